@@ -1,0 +1,163 @@
+"""The capacity model: evaluate the knob table over a snapshot for a target and role.
+
+Pure functions of a `Ctx`: no reads, no writes, so fixed snapshots (a 64 GB host, the
+seed's 8 GB box) test it as well as this machine does.  The result is plain data that
+`render` turns into a table or JSON and that `plan` turns into changes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from . import memory
+from .knobs import (CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, KNOBS, RESERVE_FDS,
+                    Ctx, Knob)
+
+# Row statuses, in the words the table prints.
+OK, RAISE, SHRINK, BINDS, SHORT, CAPPED, WARN, NA, UNREADABLE = (
+    "ok", "raise", "shrink", "binds", "short", "capped", "warn", "n/a", "unreadable")
+
+SCHEMA = "tuner.report/1"
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str
+    scope: str
+    unit: str
+    caps: str
+    current: Optional[List[Any]]
+    needed: Optional[List[Any]]
+    allows: Optional[int]
+    status: str
+    why: str
+    fix: str = ""
+
+
+@dataclass
+class Report:
+    role: str
+    target: Optional[int]
+    netns: Optional[str]
+    rows: List[Row]
+    max_connections: Optional[int]
+    binding: Optional[str]
+    reachable: Optional[bool]
+    processes: Dict[str, Any]
+    memory: Dict[str, Any]
+    sockets_now: Dict[str, int]
+    unreadable: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d = {"schema": SCHEMA, **d}
+        return d
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.name == name)
+
+
+def _unreadable(ctx: Ctx, knob: Knob) -> bool:
+    return knob.name in ctx.snap.unreadable
+
+
+def processes_needed(ctx: Ctx, connections: int) -> Dict[str, Any]:
+    """How many processes hold `connections` when each is capped by its descriptors.
+
+    Without CAP_SYS_RESOURCE the hard RLIMIT_NOFILE is the ceiling; with it, fs.nr_open.
+    """
+    nr_open = ctx.snap.int("fs.nr_open") or ctx.snap.nofile_hard
+    ceiling = nr_open if ctx.snap.cap_sys_resource else ctx.snap.nofile_hard
+    per_process = max(ceiling - RESERVE_FDS, 1) // ctx.sockets_per_conn
+    return {
+        "fd_ceiling": ceiling,
+        "hard_limit_raisable": ctx.snap.cap_sys_resource,
+        "connections_per_process": per_process,
+        "for_connections": connections,
+        "processes": math.ceil(connections / per_process) if connections else 0,
+    }
+
+
+def memory_estimates(ctx: Ctx, connections: int) -> Dict[str, Any]:
+    """Idle (slab objects only) and worst case (plus default buffers) for `connections`."""
+    tcp_mem = ctx.snap.ints("net.ipv4.tcp_mem")
+    tcp_mem_bytes = tcp_mem[2] * ctx.snap.page_size if tcp_mem else None
+    avail = ctx.mem_available
+    out: Dict[str, Any] = {
+        "source": memory.source(ctx.snap.slab),
+        "for_connections": connections,
+        "idle_bytes_per_connection": ctx.idle_bytes,
+        "idle_breakdown": ctx.idle_breakdown,
+        "worst_bytes_per_connection": ctx.worst_bytes,
+        "mem_available_bytes": avail,
+        "tcp_mem_high_bytes": tcp_mem_bytes,
+    }
+    out["idle_total_bytes"] = ctx.idle_bytes * connections
+    out["idle_fits_memory"] = None if avail is None else out["idle_total_bytes"] <= avail
+    if ctx.worst_bytes is not None:
+        out["worst_total_bytes"] = ctx.worst_bytes * connections
+        out["worst_fits_memory"] = None if avail is None else out["worst_total_bytes"] <= avail
+        # tcp_mem counts buffer pages only; slab objects are not charged to it.
+        buffers = ctx.buffer_bytes * connections
+        out["worst_buffers_fit_tcp_mem"] = None if tcp_mem_bytes is None else buffers <= tcp_mem_bytes
+    return out
+
+
+def _status(ctx: Ctx, knob: Knob, current, needed, allows, binding: Optional[str],
+            worst_fits: Optional[bool]) -> str:
+    if current is None:
+        return UNREADABLE if _unreadable(ctx, knob) else NA
+    if knob.name == binding and (ctx.target is None or (allows is not None and allows < ctx.target)):
+        return BINDS
+    if needed is not None:
+        return SHRINK if knob.caps == CAPS_BUFFERS else RAISE
+    short = ctx.target is not None and allows is not None and allows < ctx.target
+    if knob.caps == CAPS_PER_PROCESS:
+        one_process = processes_needed(ctx, ctx.target or 0)["processes"] <= 1
+        if knob.name in ("RLIMIT_NOFILE.hard", "CAP_SYS_RESOURCE") and not one_process \
+                and not ctx.snap.cap_sys_resource:
+            return CAPPED
+        return OK
+    if knob.caps == CAPS_BUFFERS:
+        return WARN if worst_fits is False else OK
+    if short:
+        return SHORT
+    return OK
+
+
+def evaluate(ctx: Ctx) -> Report:
+    evaluated = []
+    for knob in KNOBS:
+        current = knob.current(ctx)
+        allows = knob.allows(ctx) if current is not None else None
+        needed = knob.needs(ctx) if current is not None else None
+        evaluated.append((knob, current, allows, needed))
+
+    limits = [(allows, knob.name) for knob, current, allows, _ in evaluated
+              if knob.caps == CAPS_CONNECTIONS and allows is not None]
+    max_now, binding = min(limits, key=lambda t: t[0]) if limits else (None, None)
+    sized_for = ctx.target if ctx.target is not None else (max_now or 0)
+    mem = memory_estimates(ctx, sized_for)
+
+    rows = [Row(knob.name, knob.kind, knob.scope, knob.unit, knob.caps, current, needed, allows,
+                _status(ctx, knob, current, needed, allows, binding, mem.get("worst_fits_memory")),
+                knob.why, knob.fix)
+            for knob, current, allows, needed in evaluated]
+    sockstat = ctx.snap.sockstat
+    return Report(
+        role=ctx.role, target=ctx.target, netns=ctx.snap.netns, rows=rows,
+        max_connections=max_now, binding=binding,
+        reachable=None if ctx.target is None or max_now is None else max_now >= ctx.target,
+        processes=processes_needed(ctx, sized_for),
+        memory=mem,
+        sockets_now={
+            "sockets_used": sockstat.get("sockets", {}).get("used", 0),
+            "tcp_inuse": sockstat.get("TCP", {}).get("inuse", 0),
+            "tcp_orphan": sockstat.get("TCP", {}).get("orphan", 0),
+            "tcp_tw": sockstat.get("TCP", {}).get("tw", 0),
+            "tcp_mem_pages": sockstat.get("TCP", {}).get("mem", 0),
+        },
+        unreadable=list(ctx.snap.unreadable),
+    )

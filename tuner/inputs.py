@@ -1,0 +1,50 @@
+"""Validation of what users type, shared by every command.
+
+Each check raises UsageError with one line that says what to do, before anything
+is read or changed.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from .errors import UsageError
+from .knobs import ROLES
+
+# The seed's theoretical bound for one listening address: 2^32 source addresses x
+# 2^16 source ports.  Beyond it no host setting can help.
+MAX_TARGET = 2 ** 48
+
+_SUFFIX = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
+
+
+def parse_target(text: Optional[str]) -> Optional[int]:
+    """'1000000', '1_000_000', '1M', '2.5m', '500k' -> int; None stays None."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d[\d_]*(?:\.\d+)?)\s*([kKmMgG]?)\s*", str(text))
+    if not m:
+        raise UsageError(f"target {text!r} is not a whole number of connections "
+                         f"(examples: 1000000, 1_000_000, 1M)")
+    value = float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2).lower()]
+    if value != int(value):
+        raise UsageError(f"target {text!r} is not a whole number of connections")
+    value = int(value)
+    if value < 1:
+        raise UsageError(f"target must be at least 1 connection, not {text}")
+    if value > MAX_TARGET:
+        raise UsageError(f"target {value:,} is above 2^48 ({MAX_TARGET:,}), the most one "
+                         f"listening address can ever accept; use a smaller target")
+    return value
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UsageError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    return role
+
+
+def check_positive(name: str, value: Optional[int]) -> Optional[int]:
+    if value is not None and value < 1:
+        raise UsageError(f"{name} must be at least 1, not {value}")
+    return value

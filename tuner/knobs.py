@@ -1,0 +1,422 @@
+"""The descriptor table: every limit that can stop a host short of N TCP connections.
+
+One entry per knob, and everything else is driven from this table: `tuner report`
+evaluates each entry's rules, `tuner apply` writes the values the rules ask for in
+table order (so fs.nr_open comes before any RLIMIT_NOFILE that needs it), `tuner
+revert` undoes in reverse order, and the man pages list the entries with their
+"why".  Adding a knob is adding one entry here.
+
+Each entry's rules are small functions of a `Ctx` (a snapshot plus the demand:
+target N, role).  `allows` answers "how many connections does the current value
+permit?" (None where the knob is not a count limit); `needs` answers "what value
+does N need?" (None where the current value already suffices).  Needed values carry
+HEADROOM so the target is reached with margin, and only ever raise a setting,
+except buffer defaults, which shrink only when the user asks (`shrink_buffers`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable, List, Optional
+
+from . import memory
+from .readings import Snapshot, source_address_count
+
+ROLES = ("loopback", "server", "client")
+HEADROOM = 1.10          # needed values cover N plus 10%
+RESERVE_FDS = 1024       # descriptors a process needs besides its connections
+NR_OPEN_MAX = 2147483584  # kernel's sysctl_nr_open_max on 64-bit (INT_MAX & -BITS_PER_LONG)
+MAX_BACKLOG = 65535      # a burst-sized accept queue; beyond this, accept faster instead
+PORT_FLOOR = 1024        # never hand privileged ports to the ephemeral range
+PORT_CEIL = 65535
+
+# What a knob caps, which decides how its "allows" figure is used.
+CAPS_CONNECTIONS = "connections"    # caps concurrent connections on the host: may bind
+CAPS_PER_PROCESS = "per-process"    # caps one process: shard, or raise
+CAPS_IN_FLIGHT = "in-flight"        # caps connections with data queued at the same moment
+CAPS_BURSTS = "bursts"              # caps connects waiting to be accepted
+CAPS_TEARDOWN = "teardown"          # caps connections closing at once (orphans, TIME_WAIT)
+CAPS_BUFFERS = "buffers"            # sizes memory per connection, not a count
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """A snapshot and the question asked of it."""
+
+    snap: Snapshot
+    role: str = "loopback"
+    target: Optional[int] = None
+    destinations: int = 1              # distinct server ip:port the clients connect to
+    source_dev: Optional[str] = None   # interface whose addresses outbound sockets use
+    epoll: bool = True                 # every socket watched by epoll (servers do this)
+    shrink_buffers: bool = False
+
+    # --- derived figures, each computed once ---
+    @property
+    def sockets_per_conn(self) -> int:
+        # Both ends live on this host in the loopback role: two sockets, two fds.
+        return 2 if self.role == "loopback" else 1
+
+    @property
+    def outbound_per_conn(self) -> int:
+        return 0 if self.role == "server" else 1
+
+    def fds(self, n: int) -> int:
+        return n * self.sockets_per_conn
+
+    def with_headroom(self, n: int) -> int:
+        return math.ceil(n * HEADROOM)
+
+    @cached_property
+    def sources(self) -> int:
+        """Source addresses outbound sockets can spread over."""
+        dev = self.source_dev or ("lo" if self.role == "loopback" else None)
+        return source_address_count(self.snap.addresses, dev)
+
+    @cached_property
+    def idle_breakdown(self) -> dict:
+        return memory.breakdown(self.snap.slab, self.snap.page_size, self.sockets_per_conn,
+                                self.outbound_per_conn, self.epoll)
+
+    @cached_property
+    def idle_bytes(self) -> int:
+        return sum(self.idle_breakdown.values())
+
+    @property
+    def buffer_bytes(self) -> Optional[int]:
+        rmem, wmem = self.snap.ints("net.ipv4.tcp_rmem"), self.snap.ints("net.ipv4.tcp_wmem")
+        if not rmem or not wmem:
+            return None
+        return self.sockets_per_conn * (rmem[1] + wmem[1])
+
+    @property
+    def worst_bytes(self) -> Optional[int]:
+        buf = self.buffer_bytes
+        return None if buf is None else self.idle_bytes + buf
+
+    @property
+    def mem_available(self) -> Optional[int]:
+        kb = self.snap.meminfo_kb.get("MemAvailable")
+        return None if kb is None else kb * 1024
+
+    @property
+    def usable_ports(self) -> Optional[int]:
+        rng = self.snap.ints("net.ipv4.ip_local_port_range")
+        if not rng:
+            return None
+        return max(rng[1] - rng[0] + 1 - reserved_port_count(self.snap), 0)
+
+    @property
+    def conntrack_active(self) -> bool:
+        # With no rule asking for conntrack, the kernel registers no hooks and tracks
+        # nothing (nf_conntrack_count stays 0 under load, measured here).
+        return (self.snap.int("net.netfilter.nf_conntrack_count") or 0) > 0
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    kind: str            # sysctl | rlimit | capability | addresses | memory
+    scope: str           # host | netns | process
+    unit: str
+    caps: str            # one of CAPS_*
+    why: str
+    current: Callable[[Ctx], Any]
+    allows: Callable[[Ctx], Optional[int]] = lambda ctx: None
+    needs: Callable[[Ctx], Any] = lambda ctx: None
+    reads: tuple = ()    # extra (sysctl, scope) pairs the rules need, e.g. fs.file-nr
+    writable: bool = True  # apply can change it (memory and capabilities cannot)
+    fix: str = ""        # what to do when it binds and tuner cannot change it
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def is_sysctl(self) -> bool:
+        return self.kind == "sysctl"
+
+
+def reserved_port_count(snap: Snapshot) -> int:
+    text = snap.sysctls.get("net.ipv4.ip_local_reserved_ports") or ""
+    count = 0
+    for part in text.replace(",", " ").split():
+        lo, _, hi = part.partition("-")
+        count += (int(hi) - int(lo) + 1) if hi else 1
+    return count
+
+
+# ---------------------------------------------------------------- rule helpers
+
+def _sysctl(name):
+    return lambda ctx: ctx.snap.ints(name)
+
+
+def _raise_scalar(name, wanted):
+    """needs-rule for a single-integer sysctl: `wanted(ctx)` if the current is lower."""
+    def rule(ctx):
+        cur = ctx.snap.int(name)
+        if ctx.target is None or cur is None:
+            return None
+        want = wanted(ctx)
+        return [want] if want is not None and cur < want else None
+    return rule
+
+
+def _file_max_allows(ctx):
+    fmax, nr = ctx.snap.int("fs.file-max"), ctx.snap.ints("fs.file-nr")
+    if fmax is None:
+        return None
+    in_use = nr[0] if nr else 0
+    return max(fmax - in_use, 0) // ctx.sockets_per_conn
+
+
+def _file_max_wanted(ctx):
+    nr = ctx.snap.ints("fs.file-nr")
+    in_use = nr[0] if nr else 0
+    return in_use + ctx.with_headroom(ctx.fds(ctx.target)) + RESERVE_FDS
+
+
+def _per_process_allows(value):
+    return lambda ctx: (None if value(ctx) is None
+                        else max(value(ctx) - RESERVE_FDS, 0) // ctx.sockets_per_conn)
+
+
+def _one_process_fds(ctx):
+    """Descriptors one process needs to hold all N (capped by what the kernel accepts)."""
+    return min(ctx.fds(ctx.target) + RESERVE_FDS, NR_OPEN_MAX)
+
+
+def _soft_needs(ctx):
+    if ctx.target is None:
+        return None
+    # The soft limit can always go up to the hard one without privileges.
+    want = min(_one_process_fds(ctx), ctx.snap.nofile_hard)
+    return [want] if ctx.snap.nofile_soft < want else None
+
+
+def _hard_needs(ctx):
+    if ctx.target is None or not ctx.snap.cap_sys_resource:
+        return None  # without CAP_SYS_RESOURCE the hard limit cannot go up: shard instead
+    want = _one_process_fds(ctx)
+    return [want] if ctx.snap.nofile_hard < want else None
+
+
+def _port_allows(ctx):
+    if ctx.role == "server" or ctx.usable_ports is None:
+        return None
+    return ctx.usable_ports * max(ctx.sources, 1) * ctx.destinations
+
+
+def _ports_per_source_needed(ctx):
+    return math.ceil(ctx.with_headroom(ctx.target) / (max(ctx.sources, 1) * ctx.destinations))
+
+
+def _port_range_needs(ctx):
+    rng = ctx.snap.ints("net.ipv4.ip_local_port_range")
+    if ctx.role == "server" or ctx.target is None or not rng:
+        return None
+    want = _ports_per_source_needed(ctx) + reserved_port_count(ctx.snap)
+    if rng[1] - rng[0] + 1 >= want:
+        return None
+    # Widen downwards first (the top stays where admins expect it), then upwards.
+    lo = max(PORT_FLOOR, rng[1] - want + 1)
+    hi = rng[1] if rng[1] - lo + 1 >= want else min(PORT_CEIL, lo + want - 1)
+    return [min(lo, rng[0]), max(hi, rng[1])]
+
+
+def _addresses_needs(ctx):
+    """Source addresses needed once the port range is as wide as tuner will make it."""
+    if ctx.role == "server" or ctx.target is None:
+        return None
+    ports = PORT_CEIL - PORT_FLOOR + 1 - reserved_port_count(ctx.snap)
+    want = math.ceil(ctx.with_headroom(ctx.target) / (ports * ctx.destinations))
+    return [want] if ctx.sources < want else None
+
+
+def _tcp_mem_allows(ctx):
+    mem = ctx.snap.ints("net.ipv4.tcp_mem")
+    return None if not mem else mem[2] // memory.PAGES_IN_FLIGHT_PER_CONN
+
+
+def _tcp_mem_needs(ctx):
+    mem = ctx.snap.ints("net.ipv4.tcp_mem")
+    if ctx.target is None or not mem:
+        return None
+    want = ctx.with_headroom(ctx.target) * memory.PAGES_IN_FLIGHT_PER_CONN
+    if mem[2] >= want:
+        return None
+    # Keep the kernel's low/pressure/high proportions; only the scale changes.
+    factor = want / mem[2]
+    return [math.ceil(v * factor) for v in mem]
+
+
+def _buffer_needs(name):
+    def rule(ctx):
+        vals = ctx.snap.ints(name)
+        if not ctx.shrink_buffers or ctx.target is None or not vals:
+            return None
+        # Autotuning still grows a busy socket up to the max; only the initial size shrinks.
+        if vals[1] <= vals[0] or vals[1] <= 4096:
+            return None
+        return [vals[0], max(vals[0], 4096), vals[2]]
+    return rule
+
+
+def _backlog_wanted(ctx):
+    return min(ctx.target, MAX_BACKLOG)
+
+
+def _conntrack_allows(ctx):
+    cmax = ctx.snap.int("net.netfilter.nf_conntrack_max")
+    if cmax is None or not ctx.conntrack_active:
+        return None
+    return max(cmax - (ctx.snap.int("net.netfilter.nf_conntrack_count") or 0), 0)
+
+
+def _conntrack_wanted(ctx):
+    if not ctx.conntrack_active:
+        return None
+    return (ctx.snap.int("net.netfilter.nf_conntrack_count") or 0) + ctx.with_headroom(ctx.target)
+
+
+def _epoll_allows(ctx):
+    watches = ctx.snap.int("fs.epoll.max_user_watches")
+    return None if watches is None or not ctx.epoll else watches // ctx.sockets_per_conn
+
+
+def _tw_reuse_needs(ctx):
+    cur = ctx.snap.int("net.ipv4.tcp_tw_reuse")
+    # 2 (the default) reuses TIME_WAIT ports for loopback only; a load generator
+    # reconnecting to remote servers needs 1.
+    if ctx.role == "client" and ctx.target is not None and cur is not None and cur != 1:
+        return [1]
+    return None
+
+
+def _mem_allows(ctx):
+    avail = ctx.mem_available
+    return None if avail is None else avail // ctx.idle_bytes
+
+
+def _cgroup_allows(ctx):
+    cg = ctx.snap.cgroup_memory or {}
+    if cg.get("limit") is None:
+        return None
+    return max(cg["limit"] - (cg.get("usage") or 0), 0) // ctx.idle_bytes
+
+
+def _cgroup_current(ctx):
+    cg = ctx.snap.cgroup_memory or {}
+    return None if cg.get("limit") is None else [cg["limit"]]
+
+
+# ---------------------------------------------------------------- the table
+# Order is apply order: ceilings before what they cap (nr_open before RLIMIT_NOFILE,
+# port range before source addresses), host-wide before per-process.
+
+KNOBS: List[Knob] = [
+    Knob("fs.nr_open", "sysctl", "host", "descriptors", CAPS_PER_PROCESS,
+         "Ceiling on any process's RLIMIT_NOFILE: no hard limit can be set above it.",
+         current=_sysctl("fs.nr_open"),
+         allows=_per_process_allows(lambda ctx: ctx.snap.int("fs.nr_open")),
+         needs=_raise_scalar("fs.nr_open", _one_process_fds)),
+    Knob("fs.file-max", "sysctl", "host", "descriptors", CAPS_CONNECTIONS,
+         "Open files across the whole host (fs.file-nr counts those in use); past it "
+         "unprivileged processes get ENFILE.",
+         current=_sysctl("fs.file-max"), allows=_file_max_allows,
+         needs=_raise_scalar("fs.file-max", _file_max_wanted), reads=(("fs.file-nr", "host"),)),
+    Knob("RLIMIT_NOFILE.hard", "rlimit", "process", "descriptors", CAPS_PER_PROCESS,
+         "Most descriptors one process may raise its soft limit to; raising it needs "
+         "CAP_SYS_RESOURCE.",
+         current=lambda ctx: [ctx.snap.nofile_hard],
+         allows=_per_process_allows(lambda ctx: ctx.snap.nofile_hard), needs=_hard_needs,
+         fix="LimitNOFILE= in the service's unit, or nofile in /etc/security/limits.d/"),
+    Knob("RLIMIT_NOFILE.soft", "rlimit", "process", "descriptors", CAPS_PER_PROCESS,
+         "Descriptors one process may open now; past it socket()/accept() fail with EMFILE.",
+         current=lambda ctx: [ctx.snap.nofile_soft],
+         allows=_per_process_allows(lambda ctx: ctx.snap.nofile_soft), needs=_soft_needs),
+    Knob("CAP_SYS_RESOURCE", "capability", "process", "yes/no", CAPS_PER_PROCESS,
+         "Whether this process may raise its hard RLIMIT_NOFILE; containers and services "
+         "often lack it, so one process is capped and the load must be sharded.",
+         current=lambda ctx: ["yes" if ctx.snap.cap_sys_resource else "no"], writable=False,
+         fix="run with CAP_SYS_RESOURCE, or shard across processes"),
+    Knob("net.ipv4.ip_local_port_range", "sysctl", "netns", "ports", CAPS_CONNECTIONS,
+         "Ephemeral ports per (source address, destination); one source address reaches "
+         "one server ip:port at most this many times.",
+         current=_sysctl("net.ipv4.ip_local_port_range"), allows=_port_allows,
+         needs=_port_range_needs, reads=(("net.ipv4.ip_local_reserved_ports", "netns"),)),
+    Knob("source addresses", "addresses", "netns", "addresses", CAPS_CONNECTIONS,
+         "Local addresses outbound sockets can bind to; each adds a full port range "
+         "(all of 127.0.0.0/8 is local on lo).",
+         current=lambda ctx: [ctx.sources], allows=_port_allows, needs=_addresses_needs,
+         fix="tuner apply --alias-dev DEV --alias-net CIDR"),
+    Knob("net.ipv4.tcp_mem", "sysctl", "host", "pages", CAPS_IN_FLIGHT,
+         "Pages all TCP buffers may use (low, pressure, high); past high, sends stall and "
+         "received data is dropped. A message in flight costs a page per connection.",
+         current=_sysctl("net.ipv4.tcp_mem"), allows=_tcp_mem_allows, needs=_tcp_mem_needs),
+    Knob("net.ipv4.tcp_rmem", "sysctl", "netns", "bytes", CAPS_BUFFERS,
+         "Receive buffer min/default/max per socket; the default times all sockets is the "
+         "worst-case memory if every buffer fills.",
+         current=_sysctl("net.ipv4.tcp_rmem"), needs=_buffer_needs("net.ipv4.tcp_rmem")),
+    Knob("net.ipv4.tcp_wmem", "sysctl", "netns", "bytes", CAPS_BUFFERS,
+         "Send buffer min/default/max per socket; counts toward the worst case like tcp_rmem.",
+         current=_sysctl("net.ipv4.tcp_wmem"), needs=_buffer_needs("net.ipv4.tcp_wmem")),
+    Knob("net.core.somaxconn", "sysctl", "netns", "connections", CAPS_BURSTS,
+         "Cap on a listener's accept queue; a burst of connects beyond it is dropped and "
+         "retried after a second (ListenOverflows).",
+         current=_sysctl("net.core.somaxconn"),
+         needs=_raise_scalar("net.core.somaxconn", _backlog_wanted)),
+    Knob("net.ipv4.tcp_max_syn_backlog", "sysctl", "netns", "connections", CAPS_BURSTS,
+         "Half-open connections remembered per listener during a connect burst.",
+         current=_sysctl("net.ipv4.tcp_max_syn_backlog"),
+         needs=_raise_scalar("net.ipv4.tcp_max_syn_backlog", _backlog_wanted)),
+    Knob("net.ipv4.tcp_max_orphans", "sysctl", "host", "sockets", CAPS_TEARDOWN,
+         "Closed-but-unfinished sockets; closing N at once beyond it resets them instead "
+         "of closing cleanly ('too many orphaned sockets').",
+         current=_sysctl("net.ipv4.tcp_max_orphans"),
+         allows=lambda ctx: ctx.snap.int("net.ipv4.tcp_max_orphans"),
+         needs=_raise_scalar("net.ipv4.tcp_max_orphans", lambda ctx: ctx.with_headroom(ctx.target))),
+    Knob("net.ipv4.tcp_max_tw_buckets", "sysctl", "netns", "sockets", CAPS_TEARDOWN,
+         "TIME_WAIT sockets kept; beyond it they are destroyed early ('time wait bucket "
+         "table overflow'), so a mass close of N loses that protection.",
+         current=_sysctl("net.ipv4.tcp_max_tw_buckets"),
+         allows=lambda ctx: ctx.snap.int("net.ipv4.tcp_max_tw_buckets"),
+         needs=_raise_scalar("net.ipv4.tcp_max_tw_buckets", lambda ctx: ctx.with_headroom(ctx.target))),
+    Knob("net.ipv4.tcp_tw_reuse", "sysctl", "netns", "mode", CAPS_TEARDOWN,
+         "Whether new outbound connections may reuse ports in TIME_WAIT (2: loopback only); "
+         "a load generator that reconnects needs 1.",
+         current=_sysctl("net.ipv4.tcp_tw_reuse"), needs=_tw_reuse_needs),
+    Knob("net.netfilter.nf_conntrack_max", "sysctl", "host", "entries", CAPS_CONNECTIONS,
+         "Connections conntrack can track (one entry each); when full, new connections are "
+         "dropped. Binds only while conntrack is tracking (nf_conntrack_count > 0).",
+         current=_sysctl("net.netfilter.nf_conntrack_max"), allows=_conntrack_allows,
+         needs=_raise_scalar("net.netfilter.nf_conntrack_max", _conntrack_wanted),
+         reads=(("net.netfilter.nf_conntrack_count", "netns"),)),
+    Knob("fs.epoll.max_user_watches", "sysctl", "host", "watches", CAPS_CONNECTIONS,
+         "Sockets one user may watch with epoll across all its processes; epoll_ctl fails "
+         "with ENOSPC beyond it.",
+         current=_sysctl("fs.epoll.max_user_watches"), allows=_epoll_allows,
+         needs=_raise_scalar("fs.epoll.max_user_watches",
+                             lambda ctx: ctx.with_headroom(ctx.fds(ctx.target)) if ctx.epoll else None)),
+    Knob("MemAvailable", "memory", "host", "bytes", CAPS_CONNECTIONS,
+         "Memory the kernel can give without swapping; idle connections cost slab "
+         "objects (estimated below), so RAM caps them when nothing else does.",
+         current=lambda ctx: [ctx.mem_available] if ctx.mem_available is not None else None,
+         allows=_mem_allows, writable=False, fix="add memory or use a larger host"),
+    Knob("cgroup memory limit", "memory", "process", "bytes", CAPS_CONNECTIONS,
+         "Kernel socket memory is charged to the cgroup, so a container's limit caps "
+         "connections even on a large host.",
+         current=_cgroup_current, allows=_cgroup_allows, writable=False,
+         fix="raise the container's memory limit (memory.max / memory.limit_in_bytes)"),
+]
+
+BY_NAME = {k.name: k for k in KNOBS}
+
+
+def sysctl_names(scope: str) -> List[str]:
+    """Every sysctl the table reads in `scope` ('host' or 'netns'), extras included."""
+    names: List[str] = []
+    for knob in KNOBS:
+        if knob.is_sysctl and knob.scope == scope:
+            names.append(knob.name)
+        names.extend(name for name, where in knob.reads if where == scope)
+    return list(dict.fromkeys(names))

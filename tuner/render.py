@@ -1,0 +1,95 @@
+"""Turn results into text: tabulate tables for people, JSON for programs.
+
+Every command that prints a table prints the same data with --json; the JSON is the
+result's to_dict(), so the two can never disagree.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, List, Optional
+
+from tabulate import tabulate
+
+from .capacity import Report
+
+
+def number(value: Optional[int]) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def size(nbytes: Optional[float]) -> str:
+    if nbytes is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(nbytes) < 1024 or unit == "TiB":
+            return f"{nbytes:,.0f} {unit}" if unit == "B" else f"{nbytes:,.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f}"
+
+
+def value(values: Optional[List[Any]], unit: str = "") -> str:
+    if values is None:
+        return "-"
+    if unit == "bytes" and len(values) == 1 and isinstance(values[0], int):
+        return size(values[0])
+    return " ".join(f"{v:,}" if isinstance(v, int) and len(values) == 1 else str(v) for v in values)
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, default=str)
+
+
+def table(rows: Iterable[Iterable[Any]], headers: List[str]) -> str:
+    return tabulate(list(rows), headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def report_text(report: Report, why: bool = True) -> str:
+    headers = ["knob", "scope", "current", "needed", "allows", "status"] + (["why"] if why else [])
+    rows = []
+    for r in report.rows:
+        current = "unreadable (needs root)" if r.status == "unreadable" else value(r.current, r.unit)
+        allows = number(r.allows) + (" /process" if r.caps == "per-process" and r.allows is not None else "")
+        if r.allows is not None and r.caps not in ("connections", "per-process"):
+            allows += f" {r.caps}"
+        row = [r.name, r.scope, current, value(r.needed, r.unit), allows, r.status]
+        if why:
+            row.append(r.why if r.status not in ("binds", "short", "capped") or not r.fix
+                       else f"{r.why} Fix: {r.fix}.")
+        rows.append(row)
+    lines = [table(rows, headers), ""]
+    where = f" in netns {report.netns}" if report.netns else ""
+    lines.append(f"role: {report.role}{where}; target: {number(report.target)}")
+    lines.append(f"max concurrent connections now: {number(report.max_connections)}"
+                 f" (binding limit: {report.binding or '-'})")
+    if report.reachable is not None:
+        lines.append("target reachable with current settings: "
+                     + ("yes" if report.reachable else f"no, {report.binding} binds first"))
+    p = report.processes
+    fd_note = ("hard RLIMIT_NOFILE can be raised (CAP_SYS_RESOURCE)" if p["hard_limit_raisable"]
+               else f"hard RLIMIT_NOFILE {p['fd_ceiling']:,} cannot be raised (no CAP_SYS_RESOURCE)")
+    lines.append(f"processes needed for {number(p['for_connections'])}: {p['processes']:,} "
+                 f"x {p['connections_per_process']:,} connections; {fd_note}")
+    m = report.memory
+    lines.append(f"kernel memory per connection ({m['source']}): idle "
+                 f"{size(m['idle_bytes_per_connection'])}, worst case "
+                 f"{size(m['worst_bytes_per_connection'])} (with default buffers)")
+    lines.append(f"for {number(m['for_connections'])}: idle {size(m['idle_total_bytes'])}, worst case "
+                 f"{size(m.get('worst_total_bytes'))}; MemAvailable {size(m['mem_available_bytes'])}, "
+                 f"tcp_mem high {size(m['tcp_mem_high_bytes'])}")
+    verdict = []
+    if m.get("idle_fits_memory") is False:
+        verdict.append("idle connections do not fit in MemAvailable")
+    if m.get("worst_fits_memory") is False:
+        verdict.append("full default buffers would not fit in MemAvailable "
+                       "(apply --shrink-buffers lowers the defaults)")
+    if m.get("worst_buffers_fit_tcp_mem") is False:
+        verdict.append("full default buffers exceed tcp_mem")
+    if verdict:
+        lines.append("memory: " + "; ".join(verdict))
+    s = report.sockets_now
+    lines.append(f"sockets now: {s['sockets_used']:,} used, TCP {s['tcp_inuse']:,} in use, "
+                 f"{s['tcp_tw']:,} TIME_WAIT, {s['tcp_orphan']:,} orphaned, "
+                 f"{s['tcp_mem_pages']:,} pages of buffers")
+    if report.unreadable:
+        lines.append("unreadable without root: " + ", ".join(report.unreadable))
+    return "\n".join(lines)
