@@ -1,0 +1,98 @@
+"""Shared fixtures: throwaway network namespaces and a guard that the host is left as found.
+
+Tests run against the real kernel. Anything per-namespace is changed inside a
+namespace made here and removed afterwards; host-global settings that a test does
+change are snapshotted by `host_guard` (session-wide, autouse) and put back even when
+the test fails, and the session fails loudly if something drifted.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tuner import knobs, readings
+
+# Host-global sysctls any test might touch (the table's host scope, plus the lo addresses).
+HOST_SYSCTLS = [n for n in knobs.sysctl_names("host") if n != "fs.file-nr"]
+INIT_NETNS_SYSCTLS = [n for n in knobs.sysctl_names("netns") if n != "net.netfilter.nf_conntrack_count"]
+
+
+def _lo_addresses():
+    return sorted(f"{a['address']}/{a['prefixlen']}" for a in readings.read_addresses()
+                  if a["ifname"] == "lo")
+
+
+def _values(names):
+    return {n: readings.read_sysctl(n) for n in names}
+
+
+def _restore(before):
+    for name, value in before.items():
+        if value is not None and readings.read_sysctl(name) != value:
+            with open(readings.sysctl_path(name), "w") as f:
+                f.write(value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_guard():
+    """Snapshot host-global settings and lo's addresses; restore them at the end."""
+    if os.geteuid() != 0:
+        yield
+        return
+    before = _values(HOST_SYSCTLS + INIT_NETNS_SYSCTLS)
+    addrs_before = _lo_addresses()
+    yield
+    drift = {n: (v, readings.read_sysctl(n)) for n, v in before.items() if readings.read_sysctl(n) != v}
+    _restore(before)
+    extra = set(_lo_addresses()) - set(addrs_before)
+    for cidr in extra:
+        subprocess.run(["ip", "addr", "del", cidr, "dev", "lo"], check=False)
+    assert not drift, f"tests left host settings changed (now restored): {drift}"
+    assert not extra, f"tests left addresses on lo (now removed): {sorted(extra)}"
+
+
+def make_netns(prefix: str = "tuner-t") -> str:
+    from pyroute2 import netns as pnetns
+
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    pnetns.create(name)
+    # A new namespace's lo is down; loopback traffic inside it needs it up.
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    return name
+
+
+def remove_netns(name: str) -> None:
+    from pyroute2 import netns as pnetns
+
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), 9)
+        except ProcessLookupError:
+            pass
+    pnetns.remove(name)
+
+
+@pytest.fixture
+def netns():
+    """A throwaway network namespace (lo up), removed even when the test fails."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a network namespace needs root")
+    name = make_netns()
+    try:
+        yield name
+    finally:
+        remove_netns(name)
+
+
+def run_tuner(*args, env=None, timeout=120, check_rc=None):
+    """Run `python -m tuner ARGS` as a subprocess; returns CompletedProcess."""
+    proc = subprocess.run([sys.executable, "-m", "tuner", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, (proc.returncode, proc.stdout, proc.stderr)
+    return proc
