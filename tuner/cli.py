@@ -46,15 +46,16 @@ def _emit(text: str) -> None:
 
 @app.command()
 def report(
-    target: Optional[str] = typer.Option(None, "--target", "-n", help=TARGET_HELP),
-    role: str = typer.Option("loopback", "--role", help=ROLE_HELP),
-    netns: Optional[str] = typer.Option(None, "--netns", help=NETNS_HELP),
+    target: Optional[str] = typer.Option(None, "--target", "-n", metavar="N", help=TARGET_HELP),
+    role: str = typer.Option("loopback", "--role", metavar="ROLE", help=ROLE_HELP),
+    netns: Optional[str] = typer.Option(None, "--netns", metavar="NAME", help=NETNS_HELP),
     destinations: int = typer.Option(1, "--destinations",
                                      help="Distinct server ip:port the clients connect to."),
     source_dev: Optional[str] = typer.Option(
-        None, "--source-dev", help="Interface whose addresses outbound sockets use "
+        None, "--source-dev", metavar="DEV", help="Interface whose addresses outbound sockets use "
                                    "(default: lo for loopback, all non-loopback ones for client)."),
-    no_why: bool = typer.Option(False, "--no-why", help="Leave out the why column."),
+    wide: bool = typer.Option(False, "--wide", help="Add a why column for every knob "
+                                                    "(by default only rows needing attention explain themselves)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """How many connections this host can hold now, which limit binds first, and what a
@@ -65,7 +66,7 @@ def report(
     check_role(role)
     check_positive("--destinations", destinations)
     result = report_mod.build(n, role, netns, destinations, source_dev)
-    _emit(render.to_json(result.to_dict()) if json_out else render.report_text(result, why=not no_why))
+    _emit(render.to_json(result.to_dict()) if json_out else render.report_text(result, wide=wide))
     if result.reachable is False:
         raise typer.Exit(errors.EXIT_SHORT)
 

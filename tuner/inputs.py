@@ -22,7 +22,7 @@ def parse_target(text: Optional[str]) -> Optional[int]:
     """'1000000', '1_000_000', '1M', '2.5m', '500k' -> int; None stays None."""
     if text is None:
         return None
-    m = re.fullmatch(r"\s*(\d[\d_]*(?:\.\d+)?)\s*([kKmMgG]?)\s*", str(text))
+    m = re.fullmatch(r"\s*(-?\d[\d_]*(?:\.\d+)?)\s*([kKmMgG]?)\s*", str(text))
     if not m:
         raise UsageError(f"target {text!r} is not a whole number of connections "
                          f"(examples: 1000000, 1_000_000, 1M)")

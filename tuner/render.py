@@ -43,20 +43,21 @@ def table(rows: Iterable[Iterable[Any]], headers: List[str]) -> str:
     return tabulate(list(rows), headers=headers, tablefmt="simple", disable_numparse=True)
 
 
-def report_text(report: Report, why: bool = True) -> str:
-    headers = ["knob", "scope", "current", "needed", "allows", "status"] + (["why"] if why else [])
-    rows = []
+def report_text(report: Report, wide: bool = False) -> str:
+    """The knob table, then why-notes for every row that needs attention, then the summary."""
+    headers = ["knob", "scope", "current", "needed", "allows", "status"] + (["why"] if wide else [])
+    rows, notes = [], []
     for r in report.rows:
         current = "unreadable (needs root)" if r.status == "unreadable" else value(r.current, r.unit)
         allows = number(r.allows) + (" /process" if r.caps == "per-process" and r.allows is not None else "")
         if r.allows is not None and r.caps not in ("connections", "per-process"):
             allows += f" {r.caps}"
-        row = [r.name, r.scope, current, value(r.needed, r.unit), allows, r.status]
-        if why:
-            row.append(r.why if r.status not in ("binds", "short", "capped") or not r.fix
-                       else f"{r.why} Fix: {r.fix}.")
-        rows.append(row)
-    lines = [table(rows, headers), ""]
+        why = r.why if r.status not in ("binds", "short", "capped") or not r.fix else f"{r.why} Fix: {r.fix}."
+        rows.append([r.name, r.scope, current, value(r.needed, r.unit), allows, r.status]
+                    + ([why] if wide else []))
+        if not wide and r.status not in ("ok", "n/a"):
+            notes.append(f"  {r.name} ({r.status}): {why}")
+    lines = [table(rows, headers), ""] + (["why:"] + notes + [""] if notes else [])
     where = f" in netns {report.netns}" if report.netns else ""
     lines.append(f"role: {report.role}{where}; target: {number(report.target)}")
     lines.append(f"max concurrent connections now: {number(report.max_connections)}"

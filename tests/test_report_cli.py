@@ -1,0 +1,109 @@
+"""`tuner report` through typer's runner and as a real subprocess (exit codes, JSON, non-root)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from tuner import cli, knobs
+from tuner.readings import read_sysctl
+
+from conftest import run_tuner
+
+ROW_KEYS = {"name", "kind", "scope", "unit", "caps", "current", "needed", "allows", "status", "why", "fix"}
+TOP_KEYS = {"schema", "role", "target", "netns", "rows", "max_connections", "binding", "reachable",
+            "processes", "memory", "sockets_now", "unreadable"}
+
+
+def test_runner_json_schema_and_live_values():
+    result = CliRunner().invoke(cli.app, ["report", "--target", "1M", "--json"])
+    assert result.exit_code in (0, 3), result.output
+    data = json.loads(result.output)
+    assert set(data) == TOP_KEYS and data["schema"] == "tuner.report/1"
+    assert [r["name"] for r in data["rows"]] == [k.name for k in knobs.KNOBS]
+    for row in data["rows"]:
+        assert set(row) == ROW_KEYS
+    rows = {r["name"]: r for r in data["rows"]}
+    assert rows["fs.nr_open"]["current"] == [int(read_sysctl("fs.nr_open"))]
+    assert rows["net.ipv4.tcp_mem"]["current"] == [int(x) for x in read_sysctl("net.ipv4.tcp_mem").split()]
+    assert data["target"] == 1_000_000
+    assert data["max_connections"] == min(r["allows"] for r in data["rows"]
+                                          if r["caps"] == "connections" and r["allows"] is not None)
+    assert (result.exit_code == 3) == (data["reachable"] is False)
+
+
+def test_table_names_the_binding_limit_and_process_count():
+    proc = run_tuner("report", "--target", "1000000")
+    assert proc.returncode in (0, 3)
+    data = json.loads(run_tuner("report", "--target", "1000000", "--json").stdout)
+    assert f"binding limit: {data['binding']}" in proc.stdout
+    assert f"processes needed for 1,000,000: {data['processes']['processes']:,}" in proc.stdout
+    assert "fs.file-max" in proc.stdout and "\nwhy:\n" in proc.stdout
+    assert "why" in run_tuner("report", "--wide").stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "0"], "at least 1"),
+    (["--target", "-5"], "at least 1"),
+    (["--target", "abc"], "not a whole number"),
+    (["--target", "1.5"], "not a whole number"),
+    (["--target", str(2 ** 48 + 1)], "2^48"),
+    (["--role", "router"], "unknown role"),
+    (["--netns", "tuner-no-such-ns"], "no network namespace"),
+    (["--source-dev", "nosuchdev0"], "no addresses on device"),
+    (["--bogus"], "No such option"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    proc = run_tuner("report", *args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("tuner: error:")
+
+
+def test_target_suffixes_parse():
+    data = json.loads(run_tuner("report", "--target", "2_500k", "--json").stdout)
+    assert data["target"] == 2_500_000
+
+
+def test_netns_report_reads_inside(netns):
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.core.somaxconn=77"], check=True)
+    data = json.loads(run_tuner("report", "--netns", netns, "--target", "1000", "--json").stdout)
+    rows = {r["name"]: r for r in data["rows"]}
+    assert data["netns"] == netns
+    assert rows["net.core.somaxconn"]["current"] == [77]
+    assert rows["net.core.somaxconn"]["needed"] == [1000]
+    assert rows["fs.nr_open"]["current"] == [int(read_sysctl("fs.nr_open"))]
+
+
+def _as_nobody(args):
+    """Run the CLI after dropping root. The interpreter and its packages live under
+    /root, which nobody cannot read, so a warm-up run as root imports every module
+    first; then setuid(nobody) and the real command, with root's capabilities gone."""
+    code = ("import contextlib, io, os, sys, tuner.cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "    tuner.cli.main(['report', '--json']); tuner.cli.main(['report', '--bogus'])\n"
+            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+            "sys.exit(tuner.cli.main(sys.argv[1:]))\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd="/", timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root to start with")
+def test_non_root_report_says_needs_root_instead_of_failing():
+    proc = _as_nobody(["report", "--target", "1000000"])
+    assert proc.returncode in (0, 3), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "unreadable without root: /proc/slabinfo" in proc.stdout
+    assert "fallback figures" in proc.stdout
+    data = json.loads(_as_nobody(["report", "--json"]).stdout)
+    assert "/proc/slabinfo" in data["unreadable"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a namespace made by root")
+def test_non_root_netns_is_exit_4(netns):
+    proc = _as_nobody(["report", "--netns", netns])
+    assert proc.returncode == 4
+    assert proc.stderr.strip().count("\n") == 0 and "needs root" in proc.stderr
