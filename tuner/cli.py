@@ -7,7 +7,7 @@ a test would want to reach lives here.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -69,6 +69,89 @@ def report(
     _emit(render.to_json(result.to_dict()) if json_out else render.report_text(result, wide=wide))
     if result.reachable is False:
         raise typer.Exit(errors.EXIT_SHORT)
+
+
+JOURNAL_HELP = ("Write-ahead journal of changes (default /var/lib/tuner/journal.json; "
+                "env TUNER_JOURNAL).")
+
+
+def _confirm_on_terminal(plan) -> None:
+    """A serious tool does not change a host nobody confirmed: no terminal and no --yes
+    is refused (exit 2) rather than assumed."""
+    if not sys.stdin.isatty():
+        raise errors.UsageError("refusing to change this host without confirmation: no "
+                                "terminal to ask on; review with --dry-run, then pass --yes")
+    if not typer.confirm(f"Apply these {len(plan.changes)} change(s)?", default=False):
+        raise typer.Abort()
+
+
+@app.command()
+def apply(
+    target: str = typer.Option(..., "--target", "-n", help=TARGET_HELP),
+    role: str = typer.Option("loopback", "--role", help=ROLE_HELP),
+    netns: Optional[str] = typer.Option(
+        None, "--netns", help="Change per-namespace knobs inside this network namespace; "
+                              "host-wide knobs are then left alone (and listed)."),
+    destinations: int = typer.Option(1, "--destinations",
+                                     help="Distinct server ip:port the clients connect to."),
+    pid: List[int] = typer.Option([], "--pid", help="Raise RLIMIT_NOFILE of this running "
+                                                    "process (repeatable)."),
+    alias_dev: Optional[str] = typer.Option(None, "--alias-dev",
+                                            help="Device to add source-address aliases on."),
+    alias_net: Optional[str] = typer.Option(None, "--alias-net",
+                                            help="Network the /32 aliases are taken from."),
+    shrink_buffers: bool = typer.Option(False, "--shrink-buffers",
+                                        help="Lower tcp_rmem/tcp_wmem defaults (not max)."),
+    persist: bool = typer.Option(False, "--persist", help="Also write sysctl.d / limits.d "
+                                                          "files that apply at boot."),
+    unit: Optional[str] = typer.Option(None, "--unit", help="With --persist: systemd unit to "
+                                                            "give LimitNOFILE (a drop-in)."),
+    root_dir: str = typer.Option("/", "--root-dir", help="Root of the tree --persist writes "
+                                                         "into (tests aim it at a temp dir)."),
+    journal: Optional[str] = typer.Option(None, "--journal", envvar="TUNER_JOURNAL",
+                                          help=JOURNAL_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and stop."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before changing."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Change exactly what TARGET needs (only raising), through a crash-safe journal.
+    Exits 1 when a write failed (earlier changes rolled back), 3 when the target is
+    still not reachable afterwards."""
+    from . import apply as apply_mod
+    from .plan import Request
+
+    req = Request(parse_target(target), role, netns, destinations, tuple(pid), alias_dev,
+                  alias_net, shrink_buffers, persist, root_dir, unit)
+    outcome = apply_mod.run(
+        req, journal, dry_run,
+        show=(lambda plan: None) if json_out else (lambda plan: _emit(render.plan_text(plan))),
+        confirm=(lambda plan: None) if yes else _confirm_on_terminal,
+        argv=sys.argv[1:])
+    if json_out:
+        _emit(render.to_json(outcome.to_dict()))
+    elif not dry_run:
+        _emit(render.apply_text(outcome))
+    if outcome.after and outcome.after["reachable"] is False:
+        raise typer.Exit(errors.EXIT_SHORT)
+
+
+@app.command()
+def revert(
+    force: bool = typer.Option(False, "--force", help="Restore originals even where a value "
+                                                      "changed since tuner wrote it."),
+    journal: Optional[str] = typer.Option(None, "--journal", envvar="TUNER_JOURNAL",
+                                          help=JOURNAL_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be restored."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Undo what apply changed, newest first. Exits 1 unless everything is restored
+    (values changed by someone else since are skipped without --force)."""
+    from . import revert as revert_mod
+
+    outcome = revert_mod.run(journal, force, dry_run)
+    _emit(render.to_json(outcome.to_dict()) if json_out else render.revert_text(outcome))
+    if not outcome.complete:
+        raise typer.Exit(errors.EXIT_FAILED)
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -95,3 +95,98 @@ def report_text(report: Report, wide: bool = False) -> str:
     if report.unreadable:
         lines.append("unreadable without root: " + ", ".join(report.unreadable))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- apply / revert
+
+def _short(text: Any, width: int = 48) -> str:
+    text = str(text)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _shown(kind: str, v: Any) -> str:
+    if kind == "alias":
+        return "present" if v else "absent"
+    if kind == "file":
+        return "absent" if v is None else f"{len(v.splitlines())} line(s)"
+    return "-" if v is None else _short(f"{v:,}" if isinstance(v, int) else v)
+
+
+def plan_text(plan) -> str:
+    """The plan as apply shows it before changing anything: table, notes, commands."""
+    from .plan import describe
+
+    lines = []
+    where = f" (netns {plan.netns})" if plan.netns else ""
+    if plan.changes:
+        rows = [[c.knob, c.where, describe(c, c.current), describe(c, c.new), c.why]
+                for c in plan.changes]
+        lines += [f"plan for {plan.target:,} connections, role {plan.role}{where}:",
+                  table(rows, ["knob", "where", "current", "new", "why"])]
+    else:
+        lines.append(f"nothing to change for {plan.target:,} connections, role {plan.role}{where}: "
+                     f"current settings already allow it")
+    for s in plan.skipped:
+        lines.append(f"not changed: {s['knob']} ({value(s['current'])} -> {value(s['needed'])}): "
+                     f"{s['reason']}")
+    m = plan.memory
+    if m.get("worst_case_buffer_bytes_before") is not None:
+        text = (f"worst-case buffer memory at {plan.target:,} (every socket's default buffers "
+                f"full): {size(m['worst_case_buffer_bytes_before'])}")
+        if m["shrink_buffers"]:
+            text += f" before, {size(m['worst_case_buffer_bytes_after'])} after --shrink-buffers"
+        elif m.get("worst_case_buffer_bytes_if_shrunk") != m["worst_case_buffer_bytes_before"]:
+            text += (f"; --shrink-buffers would lower the defaults to make it "
+                     f"{size(m.get('worst_case_buffer_bytes_if_shrunk'))}")
+        text += f" (MemAvailable {size(m.get('mem_available_bytes'))})"
+        lines.append(text)
+    lines += [f"note: {n}" for n in plan.notes]
+    if plan.changes:
+        lines += ["", "equivalent shell commands:"] + [c.command for c in plan.changes]
+    return "\n".join(lines)
+
+
+def apply_text(outcome) -> str:
+    lines = []
+    if outcome.applied:
+        lines.append(f"applied {len(outcome.applied)} change(s); journal: {outcome.journal} "
+                     f"('tuner revert' undoes them)")
+    a = outcome.after
+    if a:
+        target = outcome.plan.target
+        if a["reachable"] is None:
+            lines.append(f"after apply: reachability of {target:,} unknown (nothing counts it)")
+        else:
+            lines.append(f"after apply: target {target:,} reachable: "
+                         + ("yes" if a["reachable"] else f"no, {a['binding']} binds first")
+                         + f" (host-wide limit now {number(a['max_connections'])}, set by "
+                           f"{a['binding'] or '-'})")
+        p = a["processes"]
+        if p["processes"] > 1:
+            cap = ("" if p["hard_limit_raisable"] else
+                   f"; the hard RLIMIT_NOFILE {p['fd_ceiling']:,} cannot be raised here "
+                   f"(no CAP_SYS_RESOURCE)")
+            lines.append(f"per process: {p['connections_per_process']:,} connections each, so "
+                         f"{target:,} needs {p['processes']:,} processes{cap}")
+        for s in a["still_binding"]:
+            fix = f": {s['fix']}" if s["fix"] else ""
+            lines.append(f"still binding: {s['knob']} = {value(s['current'])}{fix}")
+    return "\n".join(lines)
+
+
+def revert_text(outcome) -> str:
+    if not outcome.found:
+        return f"nothing to revert: no journal at {outcome.journal}"
+    if not outcome.rows:
+        return f"nothing to revert: the journal at {outcome.journal} lists no changes"
+    rows = [[r.knob, r.where, _shown(r.kind, r.current), _shown(r.kind, r.wrote),
+             _shown(r.kind, r.original),
+             r.action + (f": {r.reason}" if r.reason else "")] for r in outcome.rows]
+    lines = [table(rows, ["knob", "where", "now", "tuner wrote", "original", "action"])]
+    if outcome.dry_run:
+        lines.append("dry run: nothing was changed")
+    elif outcome.complete:
+        lines.append("everything tuner changed is back as it was; journal removed")
+    else:
+        lines.append(f"not everything was restored; what is left stays in {outcome.journal}")
+    return "\n".join(lines)

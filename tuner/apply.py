@@ -1,0 +1,234 @@
+"""`tuner apply`: validate, plan, show, confirm, then write through the journal.
+
+Each change: read the original right before writing, record it with the new value in
+the journal (state "pending", saved atomically), write and verify, mark it "done".  A
+refused write rolls back every change this run made, in reverse order, and the journal
+goes back to what it held before the run; the error names the knob and the reason.
+"""
+from __future__ import annotations
+
+import copy
+import ipaddress
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from . import report as report_mod
+from . import writers
+from .errors import EXIT_FAILED, PermissionNeeded, TunerError, UsageError
+from .inputs import check_positive, check_role
+from .journal import Journal, locked, now, resolve_path
+from .plan import Plan, Request, build_plan, check_unit
+from .readings import check_netns
+
+SCHEMA = "tuner.apply/1"
+# Test hook: SIGKILL this process right after its k-th write (before the journal marks
+# it done), to prove a crash at any point can be reverted. Unset in normal runs.
+KILL_AFTER_ENV = "TUNER_TEST_KILL_AFTER"
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    dry_run: bool
+    applied: List[Dict[str, Any]] = field(default_factory=list)
+    journal: Optional[str] = None
+    after: Optional[Dict[str, Any]] = None
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "dry_run": self.dry_run, "journal": self.journal,
+                "plan": self.plan.to_dict(), "applied": self.applied, "after": self.after}
+
+
+# ---------------------------------------------------------------- validation
+
+def check_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise PermissionNeeded(f"tuner {what} changes kernel settings and needs root: "
+                               f"run it with sudo (nothing was changed)")
+
+
+def validate(req: Request) -> None:
+    """Input errors that need no privileges: one line, exit 2, before anything else."""
+    check_role(req.role)
+    check_positive("--destinations", req.destinations)
+    check_unit(req.unit)
+    if (req.alias_dev is None) != (req.alias_net is None):
+        raise UsageError("--alias-dev and --alias-net go together: the device to add "
+                         "addresses on and the network to take them from")
+    if req.alias_net is not None:
+        try:
+            net = ipaddress.ip_network(req.alias_net, strict=False)
+        except ValueError:
+            raise UsageError(f"--alias-net {req.alias_net!r} is not a network "
+                             f"(e.g. 10.9.0.0/24)") from None
+        if net.version != 4:
+            raise UsageError(f"--alias-net {req.alias_net}: source addresses are counted "
+                             f"for IPv4 only; use an IPv4 network")
+    if req.persist and req.netns is not None:
+        raise UsageError("--persist writes boot-time settings of the host; a namespace does "
+                         "not survive a reboot, so it cannot be combined with --netns")
+    if req.unit is not None and not req.persist:
+        raise UsageError("--unit NAME writes a systemd drop-in and needs --persist")
+    if not os.path.isdir(req.root_dir):
+        raise UsageError(f"--root-dir {req.root_dir}: no such directory")
+    if req.netns is not None:
+        check_netns(req.netns)
+
+
+def read_processes(pids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
+    import psutil
+
+    out = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            soft, hard = proc.rlimit(psutil.RLIMIT_NOFILE)
+            out[pid] = {"soft": soft, "hard": hard, "create_time": proc.create_time()}
+        except psutil.NoSuchProcess:
+            raise UsageError(f"--pid {pid}: no such process") from None
+        except psutil.AccessDenied:
+            raise PermissionNeeded(f"--pid {pid}: reading its limits needs root") from None
+    return out
+
+
+def _check_device(req: Request) -> None:
+    if req.alias_dev is None:
+        return
+    from pyroute2 import IPRoute
+
+    from .readings import in_netns
+
+    with in_netns(req.netns), IPRoute() as ipr:
+        if not ipr.link_lookup(ifname=req.alias_dev):
+            where = f" in namespace {req.netns!r}" if req.netns else ""
+            raise UsageError(f"--alias-dev {req.alias_dev}: no such device{where} "
+                             f"(list them with 'ip link')")
+
+
+# ---------------------------------------------------------------- the command
+
+def prepare(req: Request, journal_path: str) -> Plan:
+    _check_device(req)
+    procs = read_processes(req.pids)
+    journal = Journal.load(journal_path)
+    snap = report_mod.snapshot(req.netns)
+    return build_plan(snap, req, procs, journal.entries if journal else ())
+
+
+def run(req: Request, journal_path: Optional[str] = None, dry_run: bool = False,
+        show: Callable[[Plan], None] = lambda plan: None,
+        confirm: Callable[[Plan], None] = lambda plan: None,
+        argv: Sequence[str] = ()) -> Outcome:
+    """Plan and (unless dry_run) apply. `show` sees the plan first; `confirm` may raise
+    to stop before anything changes."""
+    validate(req)
+    path = resolve_path(journal_path)
+    if dry_run:
+        plan = prepare(req, path)
+        show(plan)
+        return Outcome(plan, True, journal=path)
+    check_root("apply")
+    with locked(path):
+        plan = prepare(req, path)
+        show(plan)
+        outcome = Outcome(plan, False, journal=path)
+        if plan.changes:
+            confirm(plan)
+            outcome.applied = execute(plan, path, req, argv)
+        outcome.after = after_report(req)
+    return outcome
+
+
+def _entry_for(change) -> Dict[str, Any]:
+    return {"key": change.key, "knob": change.knob, "kind": change.kind, "scope": change.scope,
+            "netns": change.netns, "detail": dict(change.detail), "why": change.why}
+
+
+def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    journal = Journal.load(path) or Journal(path)
+    journal.data["applies"].append({"at": now(), "argv": list(argv), "target": req.target,
+                                    "role": req.role, "netns": req.netns})
+    kill_after = int(os.environ.get(KILL_AFTER_ENV) or 0)
+    # (entry, what the entry held before this run or None if this run created it)
+    done: List[tuple] = []
+    applied = []
+    for n, change in enumerate(plan.changes, 1):
+        try:
+            before = writers.read(change.kind, change.netns, change.detail)
+        except writers.Gone as e:
+            _rollback(journal, done)
+            raise TunerError(f"{change.knob}: {e}; rolled back {len(done)} change(s)") from None
+        entry = journal.find(change.key)
+        previous = copy.deepcopy(entry)
+        if entry is None:
+            entry = {**_entry_for(change), "original": before}
+            if change.kind == "file":
+                entry["detail"]["created_dirs"] = writers.missing_dirs(change.detail["path"])
+            journal.entries.append(entry)
+        entry.update(before=before, new=change.new, state="pending", command=change.command)
+        journal.save()  # write-ahead: the original is on disk before the setting changes
+        done.append((entry, previous))
+        try:
+            writers.write(change.kind, change.netns, entry["detail"], change.new)
+        except (writers.WriteError, writers.Gone) as e:
+            undone, failed = _rollback(journal, done)
+            tail = (f"; could not undo: {'; '.join(failed)} (still in the journal: "
+                    f"run 'tuner revert')" if failed else "; nothing is left changed")
+            raise TunerError(f"{change.knob} ({change.where}): writing {change.new!r} failed: "
+                             f"{e}; rolled back {undone} earlier change(s){tail}",
+                             EXIT_FAILED) from None
+        except BaseException:
+            _rollback(journal, done)
+            raise
+        if n == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        entry["state"] = "done"
+        journal.save()
+        applied.append({"knob": change.knob, "where": change.where, "before": before,
+                        "new": change.new})
+    return applied
+
+
+def _rollback(journal: Journal, done: List[tuple]):
+    """Undo this run's writes in reverse; the journal returns to its state before the run.
+    Returns (undone count, list of failures)."""
+    undone, failed = 0, []
+    for entry, previous in reversed(done):
+        try:
+            current = writers.read(entry["kind"], entry["netns"], entry["detail"])
+            if not writers.same(entry["kind"], current, entry["before"]):
+                writers.write(entry["kind"], entry["netns"], entry["detail"], entry["before"])
+                undone += 1
+        except writers.Gone:
+            pass  # what it belonged to is gone, and the setting with it
+        except writers.WriteError as e:
+            failed.append(f"{entry['knob']} ({e})")
+            continue  # keep the entry: revert can try again
+        if previous is None:
+            journal.entries.remove(entry)
+        else:
+            entry.clear()
+            entry.update(previous)
+    journal.data["applies"].pop()
+    if journal.entries:
+        journal.save()
+    else:
+        journal.delete()
+    return undone, failed
+
+
+def after_report(req: Request) -> Dict[str, Any]:
+    """What the capacity model says now: reachable, or what still binds."""
+    try:
+        rep = report_mod.build(req.target, req.role, req.netns, req.destinations, req.alias_dev)
+    except UsageError:
+        # An --alias-dev with no addresses at all (none were needed): count as report does.
+        rep = report_mod.build(req.target, req.role, req.netns, req.destinations)
+    capped = [{"knob": r.name, "current": r.current, "allows": r.allows, "fix": r.fix}
+              for r in rep.rows if r.status in ("binds", "short", "capped")]
+    return {"reachable": rep.reachable, "max_connections": rep.max_connections,
+            "binding": rep.binding, "processes": rep.processes, "still_binding": capped,
+            "memory": {k: rep.memory.get(k) for k in ("idle_fits_memory", "worst_fits_memory",
+                                                      "worst_total_bytes", "mem_available_bytes")}}

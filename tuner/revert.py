@@ -1,0 +1,121 @@
+"""`tuner revert`: put back what the journal says tuner changed, newest change first.
+
+For each entry: if the setting still holds what tuner wrote, restore the original; if
+it already holds the original (or what it belonged to is gone: an exited process, a
+deleted namespace), there is nothing to do; if it holds anything else, someone changed
+it after tuner did, so leave it and say so, unless --force.  Each restored entry leaves
+the journal at once, so a revert interrupted half-way can simply be run again; what is
+left (drifted, failed) stays for a later `revert --force`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, List, Optional
+
+from . import writers
+from .apply import check_root
+from .journal import Journal, locked, resolve_path
+
+SCHEMA = "tuner.revert/1"
+
+RESTORED, ALREADY, GONE, DRIFTED, FAILED = "restored", "already original", "gone", "drifted", "failed"
+WOULD_RESTORE = "would restore"
+OK_ACTIONS = (RESTORED, ALREADY, GONE, WOULD_RESTORE)
+
+
+@dataclass
+class Row:
+    knob: str
+    kind: str
+    where: str
+    current: Any
+    wrote: Any
+    original: Any
+    action: str
+    reason: str = ""
+
+
+@dataclass
+class Outcome:
+    journal: str
+    found: bool
+    dry_run: bool
+    force: bool
+    rows: List[Row] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(r.action in OK_ACTIONS for r in self.rows)
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "journal": self.journal, "found": self.found,
+                "dry_run": self.dry_run, "force": self.force, "complete": self.complete,
+                "rows": [asdict(r) for r in self.rows]}
+
+
+def where(entry) -> str:
+    d = entry["detail"]
+    if entry["kind"] == "rlimit":
+        return f"pid {d['pid']}"
+    if entry["kind"] == "alias":
+        return f"{d['address']}/{d['prefixlen']} on {d['dev']}" + (
+            f" in netns {entry['netns']}" if entry["netns"] else "")
+    if entry["kind"] == "file":
+        return d["path"]
+    return f"netns {entry['netns']}" if entry["netns"] else "host"
+
+
+def run(journal_path: Optional[str] = None, force: bool = False, dry_run: bool = False) -> Outcome:
+    path = resolve_path(journal_path)
+    if not dry_run:
+        check_root("revert")
+        with locked(path):
+            return _revert(path, force, dry_run)
+    return _revert(path, force, dry_run)
+
+
+def _revert(path: str, force: bool, dry_run: bool) -> Outcome:
+    journal = Journal.load(path)  # corrupt: raises before anything is touched
+    out = Outcome(path, journal is not None, dry_run, force)
+    if journal is None:
+        return out
+    for entry in list(reversed(journal.entries)):
+        row = _restore(entry, force, dry_run)
+        out.rows.append(row)
+        if row.action in (RESTORED, ALREADY, GONE) and not dry_run:
+            journal.entries.remove(entry)
+            journal.save()
+    if not dry_run and not journal.entries:
+        journal.delete()
+    return out
+
+
+def _restore(entry, force: bool, dry_run: bool) -> Row:
+    kind, netns, detail = entry["kind"], entry["netns"], entry["detail"]
+    row = Row(entry["knob"], kind, where(entry), None, entry["new"], entry["original"], "")
+    try:
+        row.current = writers.read(kind, netns, detail)
+    except writers.Gone as e:
+        row.action, row.reason = GONE, f"{e}: nothing to restore"
+        return row
+    if writers.same(kind, row.current, entry["original"]):
+        row.action = ALREADY
+        return row
+    # A write recorded as pending may or may not have happened before a crash.
+    ours = [entry["new"]] + ([entry["before"]] if entry["state"] == "pending" else [])
+    if not any(writers.same(kind, row.current, v) for v in ours) and not force:
+        row.action = DRIFTED
+        row.reason = ("changed since tuner wrote it (by someone else?): left alone; "
+                      "'tuner revert --force' restores the original anyway")
+        return row
+    if dry_run:
+        row.action = WOULD_RESTORE
+        return row
+    try:
+        writers.write(kind, netns, detail, entry["original"])
+        row.action = RESTORED
+    except writers.Gone as e:
+        row.action, row.reason = GONE, f"{e}: nothing to restore"
+    except writers.WriteError as e:
+        row.action, row.reason = FAILED, str(e)
+    return row
