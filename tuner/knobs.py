@@ -196,9 +196,7 @@ def _soft_needs(ctx):
 def _hard_needs(ctx):
     if ctx.target is None or not ctx.snap.cap_sys_resource:
         return None  # without CAP_SYS_RESOURCE the hard limit cannot go up: shard instead
-    # No hard limit can exceed fs.nr_open (EPERM). The plan raises nr_open first and
-    # re-reads it, so this caps only where nr_open stays as is (e.g. apply --netns).
-    want = min(_one_process_fds(ctx), ctx.snap.int("fs.nr_open") or NR_OPEN_MAX)
+    want = _one_process_fds(ctx)
     return [want] if ctx.snap.nofile_hard < want else None
 
 

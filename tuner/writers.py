@@ -100,9 +100,10 @@ def _rlimit_write(netns, detail, value: int) -> None:
     except psutil.NoSuchProcess:
         raise Gone(f"process {detail['pid']} has exited") from None
     except psutil.AccessDenied:
-        raise WriteError("EPERM: raising a hard limit needs CAP_SYS_RESOURCE, which this "
-                         "process lacks (set LimitNOFILE= in the unit or nofile in "
-                         "/etc/security/limits.d/, or shard across processes)") from None
+        raise WriteError(f"EPERM: a hard limit can go no higher than fs.nr_open "
+                         f"({read_sysctl('fs.nr_open')}) and goes up only with "
+                         f"CAP_SYS_RESOURCE (otherwise: LimitNOFILE= in the unit, nofile in "
+                         f"/etc/security/limits.d/, or shard across processes)") from None
 
 
 # ---------------------------------------------------------------- alias

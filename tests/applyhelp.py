@@ -1,0 +1,101 @@
+"""Helpers shared by test_apply.py and test_revert.py: run tuner, read the state back.
+
+Everything here reads or changes the real kernel: host values through /proc/sys, a
+namespace's through readings.in_netns, addresses through `ip`, limits through psutil.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import psutil
+
+from tuner import cli, knobs
+from tuner.readings import in_netns, read_sysctl, sysctl_path
+
+HOST_NAMES = [n for n in knobs.sysctl_names("host") if n != "fs.file-nr"]
+NETNS_NAMES = [n for n in knobs.sysctl_names("netns") if n != "net.netfilter.nf_conntrack_count"]
+
+
+def host_values():
+    """Every host-global and initial-namespace value the knob table can change."""
+    return {n: read_sysctl(n) for n in HOST_NAMES + NETNS_NAMES}
+
+
+def netns_values(ns):
+    with in_netns(ns):
+        return {n: read_sysctl(n) for n in NETNS_NAMES}
+
+
+def restore(values, ns=None):
+    """Write back what differs (os.write, so a refused value raises instead of vanishing)."""
+    with in_netns(ns):
+        for name, value in values.items():
+            if value is not None and read_sysctl(name) != value:
+                fd = os.open(sysctl_path(name), os.O_WRONLY)
+                try:
+                    os.write(fd, value.encode())
+                finally:
+                    os.close(fd)
+
+
+def tuner(capsys, *args):
+    """`tuner ARGS` in this process (fast); returns (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    rc = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def tuner_proc(*args, env_extra=None, **kw):
+    """`python -m tuner ARGS` as a real process (for kill -9, uid changes, no terminal)."""
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "tuner", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, **kw)
+
+
+def addresses(ns, dev):
+    out = subprocess.run(["ip", "-n", ns, "-4", "-j", "addr", "show", "dev", dev],
+                         capture_output=True, text=True, check=True).stdout
+    return sorted(f"{a['local']}/{a['prefixlen']}" for link in json.loads(out)
+                  for a in link.get("addr_info", []))
+
+
+def add_veth(ns, address="10.9.0.1/24"):
+    """A veth pair inside `ns` (this kernel has no dummy module), veth0 up with `address`."""
+    for cmd in (["link", "add", "veth0", "type", "veth", "peer", "name", "veth1"],
+                ["link", "set", "veth0", "up"], ["link", "set", "veth1", "up"],
+                ["addr", "add", address, "dev", "veth0"]):
+        subprocess.run(["ip", "-n", ns, *cmd], check=True)
+
+
+@contextlib.contextmanager
+def child_with_nofile(soft, hard):
+    """A running child process with the given RLIMIT_NOFILE, killed afterwards."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    proc = subprocess.Popen(["sleep", "600"], preexec_fn=limit)
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def nofile(pid):
+    return tuple(psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE))
+
+
+def tree(root):
+    """{relative path: content} of every file under root, and the directories."""
+    files, dirs = {}, set()
+    for base, dnames, fnames in os.walk(root):
+        dirs.update(os.path.relpath(os.path.join(base, d), root) for d in dnames)
+        for f in fnames:
+            with open(os.path.join(base, f)) as fh:
+                files[os.path.relpath(os.path.join(base, f), root)] = fh.read()
+    return files, dirs

@@ -1,0 +1,297 @@
+"""`tuner apply` on the real kernel: plans, round trips, namespaces, aliases, rlimits, files,
+refused writes, the lock, privileges and bad input.
+
+Host-global values a test changes are put back by `host_restored` after each test (and
+by conftest's session guard); per-namespace changes happen in throwaway namespaces.
+Nothing is faked: the one stand-in is --root-dir, which aims --persist at a temp tree
+instead of the real /etc (writing there would change how this machine boots).
+"""
+import json
+import os
+
+import pytest
+
+from tuner import journal as journal_mod
+from tuner.readings import in_netns, read_sysctl
+
+from applyhelp import (add_veth, addresses, child_with_nofile, host_values, netns_values,
+                       nofile, restore, tree, tuner, tuner_proc)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="apply changes kernel settings: needs root")
+
+
+@pytest.fixture
+def host_restored():
+    """Host values as before the test, even when it fails half-way."""
+    before = host_values()
+    yield before
+    restore(before)
+
+
+@pytest.fixture
+def jpath(tmp_path):
+    return str(tmp_path / "state" / "journal.json")
+
+
+def plan_of(capsys, *args):
+    rc, out, err = tuner(capsys, "apply", "--dry-run", "--json", *args)
+    assert rc == 0, err
+    return json.loads(out)
+
+
+# ---------------------------------------------------------------- plan
+
+def test_dry_run_shows_plan_and_commands_and_changes_nothing(capsys, jpath):
+    before = host_values()
+    rc, out, err = tuner(capsys, "apply", "--target", "1M", "--dry-run", "--journal", jpath)
+    assert rc == 0, err
+    assert "equivalent shell commands:" in out
+    assert "sysctl -w net.core.somaxconn=65535" in out
+    assert "127.0.0.0/8" in out                   # loopback: no aliases needed, and it says why
+    assert "--shrink-buffers would lower" in out  # worst-case buffer memory is explained
+    assert host_values() == before
+    assert not os.path.exists(jpath)
+
+
+def test_plan_follows_table_order_and_only_raises(capsys, jpath):
+    from tuner import knobs
+
+    data = plan_of(capsys, "--target", "1M", "--journal", jpath)
+    names = [c["knob"] for c in data["plan"]["changes"]]
+    order = [k.name for k in knobs.KNOBS]
+    assert names == sorted(names, key=order.index)
+    for c in data["plan"]["changes"]:
+        assert [int(x) for x in c["new"].split()] >= [int(x) for x in c["current"].split()], c
+        assert c["command"].startswith("sysctl -w ")
+    # A target the host already allows plans nothing.
+    assert plan_of(capsys, "--target", "100", "--journal", jpath)["plan"]["changes"] == []
+
+
+def test_shrink_buffers_lowers_defaults_with_memory_before_after(capsys, jpath, netns):
+    before = netns_values(netns)
+    data = plan_of(capsys, "--target", "1M", "--netns", netns, "--shrink-buffers", "--journal", jpath)
+    changes = {c["knob"]: c for c in data["plan"]["changes"]}
+    rmem = [int(x) for x in before["net.ipv4.tcp_rmem"].split()]
+    assert changes["net.ipv4.tcp_rmem"]["new"] == f"{rmem[0]} 4096 {rmem[2]}"
+    mem = data["plan"]["memory"]
+    assert mem["worst_case_buffer_bytes_after"] < mem["worst_case_buffer_bytes_before"]
+    rc, out, err = tuner(capsys, "apply", "--target", "1M", "--netns", netns, "--shrink-buffers",
+                         "--yes", "--journal", jpath)
+    assert rc == 0, err
+    assert netns_values(netns)["net.ipv4.tcp_rmem"] == f"{rmem[0]} 4096 {rmem[2]}"
+    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert netns_values(netns) == before
+
+
+# ---------------------------------------------------------------- round trip
+
+def test_round_trip_host_and_namespace(capsys, jpath, netns, host_restored):
+    """apply --target 1M on the host and in a namespace (one journal), then one revert:
+    every global and per-namespace value equals the snapshot taken before."""
+    host_before, ns_before = host_restored, netns_values(netns)
+    rc, out, err = tuner(capsys, "apply", "--target", "1M", "--yes", "--journal", jpath)
+    assert rc == 0, err
+    assert read_sysctl("net.core.somaxconn") == "65535"
+    assert int(read_sysctl("fs.nr_open")) >= 2_000_000
+    # The report after apply: reachable, and it names the per-process cap that still binds.
+    assert "after apply: target 1,000,000 reachable: yes" in out
+    assert "still binding: RLIMIT_NOFILE.hard" in out
+    rc, out, err = tuner(capsys, "apply", "--target", "1M", "--yes", "--netns", netns,
+                         "--journal", jpath, "--json")
+    assert rc == 0, err
+    data = json.loads(out)
+    assert data["after"]["reachable"] is True
+    assert netns_values(netns)["net.ipv4.tcp_max_tw_buckets"] == "1100000"
+    rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+    assert rc == 0, out + err
+    assert host_values() == host_before
+    assert netns_values(netns) == ns_before
+    assert not os.path.exists(jpath)
+
+
+def test_netns_changes_only_that_namespace_and_lists_host_knobs(capsys, jpath, netns, host_restored):
+    ns_before = netns_values(netns)
+    rc, out, err = tuner(capsys, "apply", "--target", "1M", "--yes", "--netns", netns,
+                         "--journal", jpath)
+    assert rc == 0, err
+    assert host_values() == host_restored           # not one host value moved
+    after = netns_values(netns)
+    assert after["net.core.somaxconn"] == "65535"
+    assert after["net.ipv4.tcp_max_syn_backlog"] == "65535"
+    assert "not changed: fs.nr_open" in out and "exists only in the initial namespace" in out
+    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert netns_values(netns) == ns_before
+
+
+def test_second_apply_keeps_first_originals(capsys, jpath, netns):
+    before = netns_values(netns)
+    assert tuner(capsys, "apply", "-n", "10k", "--yes", "--netns", netns, "--journal", jpath)[0] == 0
+    assert netns_values(netns)["net.core.somaxconn"] == "10000"
+    assert tuner(capsys, "apply", "-n", "1M", "--yes", "--netns", netns, "--journal", jpath)[0] == 0
+    entry = journal_mod.Journal.load(jpath).find(f"sysctl:{netns}:net.core.somaxconn")
+    assert (entry["original"], entry["before"], entry["new"]) == (before["net.core.somaxconn"], "10000", "65535")
+    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert netns_values(netns) == before
+
+
+# ---------------------------------------------------------------- aliases and rlimits
+
+def test_client_aliases_on_veth_in_namespace(capsys, jpath, netns):
+    add_veth(netns)
+    # An address someone else added is neither counted twice nor removed by revert.
+    import subprocess
+    subprocess.run(["ip", "-n", netns, "addr", "add", "10.9.0.200/32", "dev", "veth0"], check=True)
+    addrs_before, before = addresses(netns, "veth0"), netns_values(netns)
+    rc, out, err = tuner(capsys, "apply", "-n", "200k", "--role", "client", "--netns", netns,
+                         "--alias-dev", "veth0", "--alias-net", "10.9.0.0/24", "--yes",
+                         "--journal", jpath)
+    assert rc == 0, err
+    # 220,000 with headroom / 64,512 ports = 4 source addresses; 2 are there, 2 added as /32.
+    added = sorted(set(addresses(netns, "veth0")) - set(addrs_before))
+    assert added == ["10.9.0.2/32", "10.9.0.3/32"]
+    assert f"ip -n {netns} addr add 10.9.0.2/32 dev veth0" in out
+    assert netns_values(netns)["net.ipv4.ip_local_port_range"] == "1024 65535"
+    assert netns_values(netns)["net.ipv4.tcp_tw_reuse"] == "1"
+    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert addresses(netns, "veth0") == addrs_before
+    assert netns_values(netns) == before
+
+
+def test_client_without_alias_dev_says_how_many_and_how(capsys, jpath, netns):
+    add_veth(netns)
+    data = plan_of(capsys, "-n", "1M", "--role", "client", "--netns", netns, "--journal", jpath)
+    assert any("18 needed" in n and "--alias-dev" in n for n in data["plan"]["notes"]), data["plan"]["notes"]
+    assert not any(c["kind"] == "alias" for c in data["plan"]["changes"])
+
+
+def test_pid_raises_child_soft_limit_and_says_hard_is_capped(capsys, jpath):
+    with child_with_nofile(1024, 20000) as pid:
+        rc, out, err = tuner(capsys, "apply", "-n", "1M", "--pid", pid, "--yes", "--journal", jpath)
+        assert rc == 0, err
+        assert f"prlimit --pid {pid} --nofile=20000:20000" in out
+        assert nofile(pid) == (20000, 20000)
+        # No CAP_SYS_RESOURCE here: the plan says the hard limit stays and what to do.
+        assert "cannot raise it (no CAP_SYS_RESOURCE)" in out and "LimitNOFILE=" in out
+        rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+        assert rc == 0, out + err
+        assert nofile(pid) == (1024, 20000)
+
+
+# ---------------------------------------------------------------- persistence
+
+def test_persist_into_temp_root(capsys, jpath, tmp_path, host_restored):
+    root = tmp_path / "root"
+    (root / "etc/security/limits.d").mkdir(parents=True)
+    theirs = "# the admin's own\n*  soft  nofile  4096\n"
+    (root / "etc/security/limits.d/99-tuner.conf").write_text(theirs)
+    files_before, dirs_before = tree(root)
+    rc, out, err = tuner(capsys, "apply", "-n", "1M", "--yes", "--persist", "--root-dir", root,
+                         "--unit", "loadgen", "--journal", jpath)
+    assert rc == 0, err
+    sysctl_conf = (root / "etc/sysctl.d/99-tuner.conf").read_text()
+    assert "net.core.somaxconn = 65535" in sysctl_conf
+    assert "fs.nr_open = 2001024" in sysctl_conf
+    limits = (root / "etc/security/limits.d/99-tuner.conf").read_text()
+    assert "*     hard nofile 2001024" in limits and "root  soft nofile 2001024" in limits
+    dropin = (root / "etc/systemd/system/loadgen.service.d/99-tuner.conf").read_text()
+    assert "[Service]\nLimitNOFILE=2001024:2001024\n" in dropin
+    # A second apply (nothing left to raise) keeps the sysctls in the persisted file.
+    assert tuner(capsys, "apply", "-n", "1M", "--yes", "--persist", "--root-dir", root,
+                 "--journal", jpath)[0] == 0
+    assert (root / "etc/sysctl.d/99-tuner.conf").read_text() == sysctl_conf
+    rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+    assert rc == 0, out + err
+    assert tree(root) == (files_before, dirs_before)   # created removed, changed restored
+    assert host_values() == host_restored
+
+
+# ---------------------------------------------------------------- failures
+
+def test_rejected_write_rolls_back_earlier_changes(capsys, jpath, netns):
+    """2e9 connections: somaxconn and syn_backlog are written, then the kernel refuses
+    tcp_max_tw_buckets = 2.2e9 (above INT_MAX: EINVAL); both must be rolled back, and a
+    journal from an earlier apply must keep its originals."""
+    before = netns_values(netns)
+    assert tuner(capsys, "apply", "-n", "10k", "--yes", "--netns", netns, "--journal", jpath)[0] == 0
+    after_first = netns_values(netns)
+    journal_first = journal_mod.Journal.load(jpath).entries
+    rc, out, err = tuner(capsys, "apply", "-n", "2000000000", "--yes", "--netns", netns,
+                         "--journal", jpath)
+    assert rc == 1
+    assert err.count("\n") == 1 and "net.ipv4.tcp_max_tw_buckets" in err and "EINVAL" in err
+    assert "rolled back 2 earlier change(s)" in err
+    assert netns_values(netns) == after_first
+    assert journal_mod.Journal.load(jpath).entries == journal_first
+    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert netns_values(netns) == before
+
+
+def test_rejected_first_apply_leaves_no_journal(capsys, jpath, netns):
+    before = netns_values(netns)
+    rc, out, err = tuner(capsys, "apply", "-n", "2000000000", "--yes", "--netns", netns,
+                         "--journal", jpath)
+    assert rc == 1 and "EINVAL" in err
+    assert netns_values(netns) == before
+    assert not os.path.exists(jpath)
+
+
+def test_lock_refuses_concurrent_apply_and_revert(capsys, jpath):
+    before = host_values()
+    with journal_mod.locked(jpath):   # as another tuner would hold it (own open file description)
+        rc, out, err = tuner(capsys, "apply", "-n", "1M", "--yes", "--journal", jpath)
+        assert rc == 5 and "another tuner" in err and err.count("\n") == 1
+        assert tuner(capsys, "revert", "--journal", jpath)[0] == 5
+    assert host_values() == before
+
+
+def test_non_root_is_refused_before_any_change(tmp_path):
+    """Run as nobody: Python and tuner live under /root here, which nobody cannot read, so
+    the child imports as root and then drops to uid/gid 65534 (all groups cleared) before
+    tuner parses anything; from there on it is an ordinary unprivileged process."""
+    import subprocess
+    import sys
+
+    jdir = tmp_path / "j"
+    code = ("import contextlib, io, os, sys, psutil, pyroute2, tuner.cli, tuner.apply, tuner.revert\n"
+            # typer imports parts of itself lazily while parsing: parse once as root.
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "    tuner.cli.main(['apply', '--bogus']); tuner.cli.main(['revert', '--help'])\n"
+            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+            "sys.exit(tuner.cli.main(sys.argv[1:]))\n")
+    before = host_values()
+    for args in (["apply", "-n", "1M", "--yes"], ["revert"]):
+        proc = subprocess.run([sys.executable, "-c", code, *args, "--journal", str(jdir / "j.json")],
+                              capture_output=True, text=True, cwd="/", timeout=60)
+        assert proc.returncode == 4, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "needs root" in proc.stderr
+    assert host_values() == before
+    assert not jdir.exists()
+
+
+def test_no_terminal_and_no_yes_is_refused(jpath):
+    before = host_values()
+    proc = tuner_proc("apply", "-n", "1M", "--journal", jpath)   # stdin is /dev/null
+    assert proc.returncode == 2
+    assert "pass --yes" in proc.stderr and proc.stderr.count("\n") == 1
+    assert host_values() == before and not os.path.exists(jpath)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["-n", "lots"], "not a whole number"),
+    (["-n", "1M", "--netns", "tuner-t-nonexistent"], "no network namespace"),
+    (["-n", "1M", "--role", "client", "--alias-dev", "nosuchdev0", "--alias-net", "10.9.0.0/24"],
+     "no such device"),
+    (["-n", "1M", "--role", "client", "--alias-dev", "lo", "--alias-net", "10.9.0.0/33"],
+     "not a network"),
+    (["-n", "1M", "--alias-dev", "lo"], "go together"),
+    (["-n", "1M", "--pid", "999999999"], "no such process"),
+    (["-n", "1M", "--persist", "--netns", "NS"], "cannot be combined with --netns"),
+    (["-n", "1M", "--unit", "x"], "needs --persist"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_changed(capsys, jpath, netns, args, says):
+    args = [netns if a == "NS" else a for a in args]
+    before = host_values()
+    rc, out, err = tuner(capsys, "apply", "--yes", "--journal", jpath, *args)
+    assert rc == 2, err
+    assert says in err and err.count("\n") == 1
+    assert host_values() == before and not os.path.exists(jpath)

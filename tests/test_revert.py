@@ -1,0 +1,167 @@
+"""`tuner revert` on the real kernel: after a kill -9 at every step of apply, after drift,
+with a corrupt or missing journal, and when what a change belonged to has gone.
+
+The crash is real: apply runs as its own process and the TUNER_TEST_KILL_AFTER hook
+SIGKILLs it right after its k-th write, before the journal marks that write done (the
+worst moment).  Host values are restored after each test by `host_restored`.
+"""
+import json
+import os
+import subprocess
+
+import pytest
+
+from tuner import journal as journal_mod
+
+from applyhelp import (add_veth, addresses, child_with_nofile, host_values, netns_values,
+                       nofile, restore, tree, tuner, tuner_proc)
+from conftest import make_netns, remove_netns
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="revert changes kernel settings: needs root")
+
+
+@pytest.fixture
+def host_restored():
+    before = host_values()
+    yield before
+    restore(before)
+
+
+@pytest.fixture
+def jpath(tmp_path):
+    return str(tmp_path / "state" / "journal.json")
+
+
+def _changes(capsys, args):
+    rc, out, err = tuner(capsys, "apply", "--dry-run", "--json", *args)
+    assert rc == 0, err
+    return json.loads(out)["plan"]["changes"]
+
+
+def _kill_every_step_then_revert(capsys, jpath, args, state):
+    """For every k: apply is killed after its k-th write; revert must restore `state()`."""
+    before = state()
+    changes = _changes(capsys, args)
+    assert len(changes) >= 5, changes
+    for k in range(1, len(changes) + 1):
+        proc = tuner_proc("apply", "--yes", "--journal", jpath, *args,
+                          env_extra={"TUNER_TEST_KILL_AFTER": str(k)})
+        assert proc.returncode == -9, (k, proc.stderr)
+        entries = journal_mod.Journal.load(jpath).entries
+        assert len(entries) == k and entries[-1]["state"] == "pending", k
+        assert entries[-1]["key"] == changes[k - 1]["key"]
+        assert state() != before, k        # the crash really left the host changed
+        rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+        assert rc == 0, (k, out, err)
+        assert state() == before, (k, out)
+        assert not os.path.exists(jpath)
+
+
+def test_kill_9_after_every_change_on_host_then_revert(capsys, jpath, tmp_path, host_restored):
+    root = tmp_path / "root"
+    root.mkdir()
+    with child_with_nofile(1024, 20000) as pid:
+        args = ["-n", "1M", "--pid", str(pid), "--persist", "--root-dir", str(root),
+                "--unit", "loadgen"]
+        _kill_every_step_then_revert(capsys, jpath, args,
+                                     lambda: (host_values(), nofile(pid), tree(root)))
+
+
+def test_kill_9_after_every_change_in_namespace_with_aliases(capsys, jpath, netns):
+    add_veth(netns)
+    args = ["-n", "200k", "--role", "client", "--netns", netns, "--alias-dev", "veth0",
+            "--alias-net", "10.9.0.0/24"]
+    _kill_every_step_then_revert(capsys, jpath, args,
+                                 lambda: (netns_values(netns), addresses(netns, "veth0")))
+
+
+def test_apply_again_after_a_crash_keeps_the_first_originals(capsys, jpath, netns):
+    before = netns_values(netns)
+    args = ["-n", "1M", "--netns", netns]
+    proc = tuner_proc("apply", "--yes", "--journal", jpath, *args,
+                      env_extra={"TUNER_TEST_KILL_AFTER": "2"})
+    assert proc.returncode == -9
+    assert tuner(capsys, "apply", "--yes", "--journal", jpath, *args)[0] == 0
+    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert netns_values(netns) == before
+
+
+def test_drift_is_left_alone_unless_forced(capsys, jpath, netns):
+    before = netns_values(netns)
+    assert tuner(capsys, "apply", "-n", "1M", "--yes", "--netns", netns, "--journal", jpath)[0] == 0
+    # Someone else changes a value tuner wrote.
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", "net.core.somaxconn=5000"],
+                   check=True)
+    rc, out, err = tuner(capsys, "revert", "--journal", jpath, "--json")
+    assert rc == 1
+    rows = {r["knob"]: r for r in json.loads(out)["rows"]}
+    assert rows["net.core.somaxconn"]["action"] == "drifted"
+    assert all(r["action"] == "restored" for k, r in rows.items() if k != "net.core.somaxconn")
+    now = netns_values(netns)
+    assert now["net.core.somaxconn"] == "5000"
+    assert {k: v for k, v in now.items() if k != "net.core.somaxconn"} == \
+           {k: v for k, v in before.items() if k != "net.core.somaxconn"}
+    assert [e["knob"] for e in journal_mod.Journal.load(jpath).entries] == ["net.core.somaxconn"]
+    rc, out, err = tuner(capsys, "revert", "--journal", jpath)     # the table says so too
+    assert rc == 1 and "drifted" in out and "--force" in out
+    rc, out, err = tuner(capsys, "revert", "--journal", jpath, "--force")
+    assert rc == 0, out
+    assert netns_values(netns) == before and not os.path.exists(jpath)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"schema": "something else", "entries": []}',
+                                  '{"schema": "tuner.journal/1", "applies": [], "entries": [{"key": 1}]}'])
+def test_corrupt_journal_is_one_line_and_changes_nothing(capsys, jpath, text):
+    os.makedirs(os.path.dirname(jpath))
+    with open(jpath, "w") as f:
+        f.write(text)
+    before = host_values()
+    for args in (["apply", "-n", "1M", "--yes"], ["revert"], ["revert", "--dry-run"], ["revert", "--force"]):
+        rc, out, err = tuner(capsys, *args, "--journal", jpath)
+        assert rc == 1, (args, err)
+        assert "is corrupt" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert host_values() == before
+    with open(jpath) as f:
+        assert f.read() == text
+
+
+def test_nothing_to_revert(capsys, jpath):
+    rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+    assert rc == 0 and out.startswith("nothing to revert")
+    rc, out, err = tuner(capsys, "revert", "--journal", jpath, "--json")
+    assert rc == 0 and json.loads(out)["found"] is False
+
+
+def test_journal_from_env_and_dry_run(capsys, jpath, netns, monkeypatch):
+    monkeypatch.setenv("TUNER_JOURNAL", jpath)
+    before = netns_values(netns)
+    assert tuner(capsys, "apply", "-n", "1M", "--yes", "--netns", netns)[0] == 0
+    assert os.path.exists(jpath)
+    applied = netns_values(netns)
+    rc, out, err = tuner(capsys, "revert", "--dry-run", "--json")
+    assert rc == 0
+    data = json.loads(out)
+    assert data["schema"] == "tuner.revert/1" and data["dry_run"] is True
+    assert {r["action"] for r in data["rows"]} == {"would restore"}
+    assert netns_values(netns) == applied and os.path.exists(jpath)
+    assert tuner(capsys, "revert")[0] == 0
+    assert netns_values(netns) == before
+
+
+def test_exited_process_and_deleted_namespace_are_nothing_to_restore(capsys, jpath, host_restored):
+    ns = make_netns()
+    try:
+        with child_with_nofile(1024, 20000) as pid:
+            # --netns leaves host knobs alone: the journal holds the pid's and the namespace's.
+            assert tuner(capsys, "apply", "-n", "100k", "--pid", pid, "--netns", ns, "--yes",
+                         "--journal", jpath)[0] == 0
+            assert nofile(pid) == (20000, 20000)
+    finally:
+        remove_netns(ns)
+    rc, out, err = tuner(capsys, "revert", "--journal", jpath, "--json")
+    assert rc == 0, out
+    rows = json.loads(out)["rows"]
+    assert {r["action"] for r in rows} == {"gone"}
+    assert any("has exited" in r["reason"] for r in rows)
+    assert any("no longer exists" in r["reason"] for r in rows)
+    assert host_values() == host_restored and not os.path.exists(jpath)
