@@ -12,7 +12,7 @@ import os
 import pytest
 
 from tuner import journal as journal_mod
-from tuner.readings import in_netns, read_sysctl
+from tuner.readings import read_sysctl
 
 from applyhelp import (add_veth, addresses, child_with_nofile, host_values, netns_values,
                        nofile, restore, tree, tuner, tuner_proc)

@@ -75,13 +75,16 @@ JOURNAL_HELP = ("Write-ahead journal of changes (default /var/lib/tuner/journal.
                 "env TUNER_JOURNAL).")
 
 
-def _confirm_on_terminal(plan) -> None:
+def _confirm_on_terminal(plan, err: bool = False) -> None:
     """A serious tool does not change a host nobody confirmed: no terminal and no --yes
-    is refused (exit 2) rather than assumed."""
+    is refused (exit 2) rather than assumed. With --json the question (and the plan it
+    asks about) go to stderr, so stdout stays one JSON document."""
     if not sys.stdin.isatty():
         raise errors.UsageError("refusing to change this host without confirmation: no "
                                 "terminal to ask on; review with --dry-run, then pass --yes")
-    if not typer.confirm(f"Apply these {len(plan.changes)} change(s)?", default=False):
+    if err:
+        typer.echo(render.plan_text(plan), err=True)
+    if not typer.confirm(f"Apply these {len(plan.changes)} change(s)?", default=False, err=err):
         raise typer.Abort()
 
 
@@ -125,7 +128,7 @@ def apply(
     outcome = apply_mod.run(
         req, journal, dry_run,
         show=(lambda plan: None) if json_out else (lambda plan: _emit(render.plan_text(plan))),
-        confirm=(lambda plan: None) if yes else _confirm_on_terminal,
+        confirm=(lambda plan: None) if yes else (lambda plan: _confirm_on_terminal(plan, json_out)),
         argv=sys.argv[1:])
     if json_out:
         _emit(render.to_json(outcome.to_dict()))
