@@ -157,18 +157,22 @@ def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> Li
     for n, change in enumerate(plan.changes, 1):
         try:
             before = writers.read(change.kind, change.netns, change.detail)
+            entry = journal.find(change.key)
+            previous = copy.deepcopy(entry)
+            if entry is None:
+                entry = {**_entry_for(change), "original": before}
+                if change.kind == "file":
+                    entry["detail"]["created_dirs"] = writers.missing_dirs(change.detail["path"])
+                journal.entries.append(entry)
+            entry.update(before=before, new=change.new, state="pending", command=change.command)
+            journal.save()  # write-ahead: the original is on disk before the setting changes
         except writers.Gone as e:
+            undone, _ = _rollback(journal, done)
+            raise TunerError(f"{change.knob}: {e}; rolled back {undone} earlier change(s)") from None
+        except BaseException:
+            # Nothing of this change is written yet; the earlier ones must not stay half-done.
             _rollback(journal, done)
-            raise TunerError(f"{change.knob}: {e}; rolled back {len(done)} change(s)") from None
-        entry = journal.find(change.key)
-        previous = copy.deepcopy(entry)
-        if entry is None:
-            entry = {**_entry_for(change), "original": before}
-            if change.kind == "file":
-                entry["detail"]["created_dirs"] = writers.missing_dirs(change.detail["path"])
-            journal.entries.append(entry)
-        entry.update(before=before, new=change.new, state="pending", command=change.command)
-        journal.save()  # write-ahead: the original is on disk before the setting changes
+            raise
         done.append((entry, previous))
         try:
             writers.write(change.kind, change.netns, entry["detail"], change.new)
