@@ -84,7 +84,7 @@ def _as_nobody(args):
     first; then setuid(nobody) and the real command, with root's capabilities gone."""
     code = ("import contextlib, io, os, sys, tuner.cli\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-            "    tuner.cli.main(['report', '--json']); tuner.cli.main(['report', '--bogus'])\n"
+            "    tuner.cli.main(['report']); tuner.cli.main(['report', '--json']); tuner.cli.main(['report', '--bogus'])\n"
             "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
             "sys.exit(tuner.cli.main(sys.argv[1:]))\n")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
