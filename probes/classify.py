@@ -1,0 +1,134 @@
+"""Turn what went wrong (errno and side, or a timeout plus counters) into the limit that
+bound and the command that lifts it.
+
+A failure record from a worker is (side, op, errno, index).  The limit is decided
+from the errno, the operation and, for timeouts, from which kernel counters moved
+while the probe ran; the hint always names `tuner apply --target N` first, because
+that raises every knob the capacity model knows together, then the single change.
+"""
+from __future__ import annotations
+
+import errno as E
+import os
+import signal
+from typing import Dict, List, Optional
+
+CLIENT, SERVER, WORKER = "client", "server", "worker"
+
+# Worker operations, as small codes on the report pipe.
+OPS = ("socket", "bind", "connect", "accept", "write", "read", "echo", "verify", "listen")
+
+RLIMIT_NOFILE = "RLIMIT_NOFILE"
+FILE_MAX = "fs.file-max"
+PORT_RANGE = "net.ipv4.ip_local_port_range"
+SOURCES = "source addresses"
+SOMAXCONN = "net.core.somaxconn"
+CONNTRACK = "net.netfilter.nf_conntrack_max"
+TCP_MEM = "net.ipv4.tcp_mem"
+MEMORY = "memory"
+TIMEOUT = "timeout"
+
+
+def errno_name(code: int) -> str:
+    return E.errorcode.get(code, str(code))
+
+
+def limit_for(side: str, op: str, code: int, counters: Optional[Dict[str, int]] = None) -> Optional[str]:
+    """The knob an errno points at, given where it happened."""
+    if code == E.EMFILE:
+        return RLIMIT_NOFILE
+    if code == E.ENFILE:
+        return FILE_MAX
+    if code == E.EADDRNOTAVAIL:
+        # bind() of a source address that is not local is a missing address; connect()
+        # with no free (source, port) pair left for the destination is the port range.
+        return SOURCES if op == "bind" else PORT_RANGE
+    if code == E.EADDRINUSE:
+        return PORT_RANGE
+    if code in (E.ENOBUFS, E.ENOMEM):
+        moved = counters or {}
+        if moved.get("TCPMemoryPressures", 0) > 0 or moved.get("TCPAbortOnMemory", 0) > 0:
+            return TCP_MEM
+        return MEMORY
+    if code in (E.ETIMEDOUT, E.ECONNREFUSED, E.ECONNRESET):
+        return timeout_limit(counters or {}, {})
+    return None
+
+
+def timeout_limit(moved: Dict[str, int], now: Dict[str, int]) -> str:
+    """Which limit explains connections that never completed before the deadline.
+
+    `moved` is the growth of the counters over the run, `now` their current values.
+    """
+    if moved.get("ListenOverflows", 0) > 0 or moved.get("ListenDrops", 0) > 0:
+        return SOMAXCONN
+    if now.get("conntrack_max") and now.get("conntrack_count", 0) >= 0.99 * now["conntrack_max"]:
+        return CONNTRACK
+    if moved.get("TCPMemoryPressures", 0) > 0 or moved.get("TCPAbortOnMemory", 0) > 0:
+        return TCP_MEM
+    return TIMEOUT
+
+
+def hint(limit: Optional[str], target: int, now: Optional[Dict[str, int]] = None) -> str:
+    """The fix for a limit, as commands a reader can paste."""
+    now = now or {}
+    apply = f"tuner apply --target {target}"
+    fds = 2 * target + 65536
+    if limit == RLIMIT_NOFILE:
+        return (f"a worker ran out of descriptors (2 per connection): let the probe size workers from "
+                f"the limit (--workers auto, no --per-worker), or raise the hard nofile limit: {apply}")
+    if limit == FILE_MAX:
+        return f"{apply}, or: sysctl -w fs.file-max={fds}"
+    if limit == PORT_RANGE:
+        return (f"{apply}, or: sysctl -w net.ipv4.ip_local_port_range='1024 65535', or spread source "
+                f"addresses with --source-net 127.0.0.0/8")
+    if limit == SOURCES:
+        return f"add the source addresses ({apply} adds aliases) or pass a --source-net that is local"
+    if limit == SOMAXCONN:
+        return (f"the accept queue overflowed (ListenOverflows/ListenDrops rose): {apply}, or: "
+                f"sysctl -w net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535")
+    if limit == CONNTRACK:
+        return f"{apply}, or: sysctl -w net.netfilter.nf_conntrack_max={2 * target + 65536}"
+    if limit == TCP_MEM:
+        low, pressure, high = _tcp_mem_pages()
+        return (f"TCP hit its memory limit: {apply}, or: sysctl -w net.ipv4.tcp_mem='{2 * low} "
+                f"{2 * pressure} {2 * high}'")
+    if limit == MEMORY:
+        return "the kernel ran out of memory for sockets: free memory or probe fewer connections"
+    if limit == TIMEOUT:
+        return ("connections did not complete before --timeout and no limit counter moved: "
+                "raise --timeout or lower --rate")
+    return "unexpected error; see first_message"
+
+
+def _tcp_mem_pages():
+    try:
+        with open("/proc/sys/net/ipv4/tcp_mem") as f:
+            return tuple(int(v) for v in f.read().split())
+    except OSError:
+        return (0, 0, 0)
+
+
+def summarize(records: List[tuple], target: int, moved: Dict[str, int], now: Dict[str, int]) -> List[dict]:
+    """Group failure records (side, op, code, index, message) by (side, op, code), first
+    seen first.  `code` is an errno, except for side 'worker' where it is -signal or an
+    exit status, and op 'timeout' where the limit comes from the counters that moved."""
+    groups: Dict[tuple, dict] = {}
+    for side, op, code, index, message in records:
+        key = (side, op, code)
+        if key in groups:
+            groups[key]["count"] += 1
+            continue
+        if op == "timeout":
+            name, limit = "ETIMEDOUT", timeout_limit(moved, now)
+        elif side == WORKER:
+            name = signal.Signals(-code).name if code < 0 else f"exit status {code}"
+            # A worker SIGKILLed before verifying was most often chosen by the OOM killer.
+            limit = MEMORY if code == -signal.SIGKILL else None
+        else:
+            name, limit = errno_name(code), limit_for(side, op, code, moved)
+        groups[key] = {"side": side, "op": op, "errno": name, "count": 1,
+                       "first_message": message or f"{side} {op}() failed at connection {index}: "
+                                                   f"{os.strerror(code)}",
+                       "limit": limit, "hint": hint(limit, target, now)}
+    return list(groups.values())

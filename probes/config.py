@@ -1,0 +1,198 @@
+"""What to probe (ProbeConfig) and how it is split up (Plan).
+
+The plan is computed where the probe runs (the orchestrator, possibly inside a
+network namespace), because it depends on that process's RLIMIT_NOFILE and that
+namespace's ip_local_port_range.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+import resource
+from dataclasses import asdict, dataclass, fields
+from typing import List, Optional, Tuple, Union
+
+from . import kernel
+
+LISTEN_ADDR = "127.0.0.1"
+# Descriptors a worker needs besides its connections: stdio, the listener, report and
+# control pipes, two epoll instances, and whatever the interpreter keeps open.
+FD_HEADROOM = 64
+# Share of a port range one (source, destination) pair may use before the next
+# source address is taken: the kernel's port search slows down as the range fills.
+PORT_FILL = 0.8
+
+
+class ProbeConfigError(ValueError):
+    """The configuration cannot be run as given; nothing was opened."""
+
+
+@dataclass
+class ProbeConfig:
+    connections: int = 10000
+    hold: float = 0.0                       # seconds to hold every verified connection
+    rate: Optional[float] = None            # new connections per second, all workers together
+    workers: Union[str, int] = "auto"       # 'auto': as few as RLIMIT_NOFILE allows
+    per_worker: Optional[int] = None        # None: (RLIMIT_NOFILE - headroom) // 2
+    source_net: str = "127.0.0.0/8"         # client source addresses, or 'none' (no bind)
+    port: Optional[int] = None              # first listener port; None: outside the port range
+    timeout: Optional[float] = None         # seconds to establish and verify; None: 30 + N/10000
+    worker_nofile: Optional[int] = None     # lower RLIMIT_NOFILE in workers (diagnosis, tests)
+    accept_pause: float = 0.0               # sleep after each accept round (diagnosis, tests)
+    netns: Optional[str] = None             # run inside `ip netns exec NETNS` (run_probe only)
+    progress_interval: float = 0.25         # seconds between progress events
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProbeConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ProbeConfigError(f"unknown probe settings: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def validate(self) -> None:
+        """Checks that need nothing from the host; raises ProbeConfigError."""
+        if not isinstance(self.connections, int) or self.connections < 1:
+            raise ProbeConfigError("connections must be a positive integer")
+        if self.hold < 0 or self.accept_pause < 0:
+            raise ProbeConfigError("hold and accept_pause must not be negative")
+        if self.rate is not None and self.rate <= 0:
+            raise ProbeConfigError("rate must be positive (or None for as fast as possible)")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ProbeConfigError("timeout must be positive")
+        if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ProbeConfigError("workers must be 'auto' or a positive integer")
+        if self.per_worker is not None and self.per_worker < 1:
+            raise ProbeConfigError("per_worker must be positive")
+        if self.worker_nofile is not None and self.worker_nofile < 16:
+            raise ProbeConfigError("worker_nofile must be at least 16")
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ProbeConfigError("port must be within 1..65535")
+        sources(self.source_net)
+
+    @property
+    def effective_timeout(self) -> float:
+        return self.timeout if self.timeout is not None else 30.0 + self.connections / 10000
+
+
+@dataclass
+class Plan:
+    workers: int
+    per_worker: int              # the largest share
+    shares: List[int]
+    nofile: int                  # RLIMIT_NOFILE each worker runs with
+    port: int                    # listener of worker k is LISTEN_ADDR:(port + k)
+    port_range: Tuple[int, int]  # ip_local_port_range where the probe runs
+    source_net: str
+    addresses_per_worker: int    # 0: no bind, the kernel picks 127.0.0.1
+    fits: bool                   # every share fits the descriptor limit
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        del data["shares"]
+        data["port_range"] = list(self.port_range)
+        return data
+
+    def describe(self) -> str:
+        return (f"{self.workers} worker(s) x up to {self.per_worker:,} connections, listeners "
+                f"{LISTEN_ADDR}:{self.port}-{self.port + self.workers - 1}, sources "
+                f"{self.source_net if self.addresses_per_worker else 'kernel-chosen'}")
+
+
+class Sources:
+    """Usable source addresses of a network, minus the listener's, indexed 0..count-1."""
+
+    def __init__(self, net: ipaddress.IPv4Network):
+        self.net = net
+        first, last = int(net.network_address), int(net.broadcast_address)
+        if net.prefixlen <= 30:  # network and broadcast addresses are not hosts
+            first, last = first + 1, last - 1
+        self.first = first
+        self.skip = int(ipaddress.IPv4Address(LISTEN_ADDR))
+        self.skipping = first <= self.skip <= last
+        self.count = last - first + 1 - (1 if self.skipping else 0)
+        if self.count < 1:
+            raise ProbeConfigError(f"--source-net {net} has no address besides the listener's")
+
+    def __getitem__(self, index: int) -> str:
+        value = self.first + index % self.count
+        if self.skipping and value >= self.skip:
+            value += 1
+        return str(ipaddress.IPv4Address(value))
+
+
+def sources(source_net: str) -> Optional[Sources]:
+    if source_net.lower() == "none":
+        return None
+    try:
+        net = ipaddress.ip_network(source_net, strict=False)
+    except ValueError as exc:
+        raise ProbeConfigError(f"--source-net: {exc}") from None
+    if net.version != 4:
+        raise ProbeConfigError("--source-net must be an IPv4 network (the listener is 127.0.0.1)")
+    return Sources(net)
+
+
+def raise_nofile() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (inherited by workers); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = int(kernel.read_sysctl("fs.nr_open") or 1048576)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def make_plan(cfg: ProbeConfig, nofile: Optional[int] = None) -> Plan:
+    """Split cfg.connections over workers; pick listener ports. Raises ProbeConfigError."""
+    cfg.validate()
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if cfg.worker_nofile is not None:
+        nofile = min(nofile, cfg.worker_nofile)
+    capacity = max(1, (nofile - FD_HEADROOM) // 2)
+    per = cfg.per_worker or capacity
+    n = cfg.connections
+    count = math.ceil(n / per) if cfg.workers == "auto" else cfg.workers
+    count = min(count, n)
+    base, extra = divmod(n, count)
+    shares = [base + (1 if k < extra else 0) for k in range(count)]
+    low, high = kernel.port_range()
+    port = cfg.port if cfg.port is not None else default_port(count, (low, high))
+    if port + count - 1 > 65535:
+        raise ProbeConfigError(f"{count} listeners from port {port} run past 65535")
+    if port <= high and port + count - 1 >= low:
+        raise ProbeConfigError(
+            f"listener ports {port}-{port + count - 1} overlap ip_local_port_range {low}-{high}; "
+            f"connect() would compete with them for ephemeral ports: pick --port outside it")
+    src = sources(cfg.source_net)
+    per_address = max(1, int((high - low + 1) * PORT_FILL))
+    return Plan(workers=count, per_worker=max(shares), shares=shares, nofile=nofile, port=port,
+                port_range=(low, high), source_net=cfg.source_net,
+                addresses_per_worker=0 if src is None else math.ceil(max(shares) / per_address),
+                fits=max(shares) * 2 + FD_HEADROOM <= nofile)
+
+
+def default_port(count: int, port_range: Tuple[int, int]) -> int:
+    """First listener port: 20000 like the C reference when it fits below the range,
+    otherwise just below or above the range."""
+    low, high = port_range
+    if 20000 + count <= low or 20000 > high:
+        return 20000
+    if low - count >= 1024:
+        return low - count
+    if high + count <= 65535:
+        return high + 1
+    raise ProbeConfigError(f"no room for {count} listener ports outside ip_local_port_range {low}-{high}")
+
+
+def worker_sources(plan: Plan, k: int) -> List[str]:
+    """Source addresses worker k spreads its connections over (empty: no bind)."""
+    src = sources(plan.source_net)
+    if src is None:
+        return []
+    m = plan.addresses_per_worker
+    return [src[k * m + j] for j in range(m)]

@@ -1,0 +1,102 @@
+"""Small readers of the kernel's own counters, for the probe's figures and diagnosis.
+
+Everything here reads /proc of the calling process, so inside `ip netns exec` the
+per-namespace files (sockstat, netstat, ip_local_port_range, conntrack) describe that
+namespace.  Only the standard library is used: this module is imported by the lean
+orchestrator, whose memory every worker inherits.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Tuple
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def read_sysctl(name: str) -> Optional[str]:
+    try:
+        with open("/proc/sys/" + name.replace(".", "/")) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def sysctl_ints(name: str) -> Optional[Tuple[int, ...]]:
+    value = read_sysctl(name)
+    return None if value is None else tuple(int(v) for v in value.split())
+
+
+def port_range() -> Tuple[int, int]:
+    low, high = sysctl_ints("net.ipv4.ip_local_port_range") or (32768, 60999)
+    return low, high
+
+
+def meminfo_kb() -> Dict[str, int]:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            out[name] = int(rest.split()[0])
+    return out
+
+
+def sockstat() -> Dict[str, int]:
+    """TCP counters of /proc/net/sockstat; `tcp_mem` is in bytes (the file says pages)."""
+    out = {}
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            proto, _, rest = line.partition(":")
+            fields = rest.split()
+            if proto == "sockets":
+                out["sockets_used"] = int(fields[1])
+            elif proto == "TCP":
+                for key, value in zip(fields[::2], fields[1::2]):
+                    out["tcp_" + key] = int(value)
+    if "tcp_mem" in out:
+        out["tcp_mem"] *= PAGE
+    return out
+
+
+def netstat() -> Dict[str, int]:
+    """TcpExt counters of /proc/net/netstat (ListenOverflows, ListenDrops, ...)."""
+    out = {}
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            out.update(zip(names.split()[1:], map(int, values.split()[1:])))
+    return out
+
+
+def conntrack() -> Optional[Tuple[int, int]]:
+    """(nf_conntrack_count, nf_conntrack_max), or None when conntrack is not loaded."""
+    count = sysctl_ints("net.netfilter.nf_conntrack_count")
+    limit = sysctl_ints("net.netfilter.nf_conntrack_max")
+    return (count[0], limit[0]) if count and limit else None
+
+
+def private_memory(pid: int) -> Tuple[int, int]:
+    """(USS, PSS) of a process in bytes, from smaps_rollup (what psutil's memory_full_info reads)."""
+    uss = pss = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:", "Private_Hugetlb:")):
+                uss += int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    return uss * 1024, pss * 1024
+
+
+def snapshot() -> Dict[str, int]:
+    """The counters whose growth the probe reports, taken together."""
+    mem = meminfo_kb()
+    snap = {"slab": mem["Slab"] * 1024, "mem_available": mem["MemAvailable"] * 1024}
+    snap.update(sockstat())
+    stats = netstat()
+    for key in ("ListenOverflows", "ListenDrops", "TCPMemoryPressures", "TCPBacklogDrop",
+                "TCPAbortOnMemory"):
+        snap[key] = stats.get(key, 0)
+    track = conntrack()
+    if track:
+        snap["conntrack_count"], snap["conntrack_max"] = track
+    return snap

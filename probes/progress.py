@@ -1,0 +1,25 @@
+"""A plain-lines progress callback, for callers without a terminal UI of their own."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Optional, TextIO
+
+OnProgress = Callable[[int, int, float, str], None]
+
+
+def plain_lines(total: int, stream: Optional[TextIO] = None, interval: float = 1.0) -> OnProgress:
+    """on_progress(established, verified, rate, phase) printing at most one line per
+    `interval` seconds, and always one when the phase changes."""
+    out = stream or sys.stderr
+    state = {"last": 0.0, "phase": None}
+
+    def on_progress(established: int, verified: int, rate: float, phase: str) -> None:
+        now = time.monotonic()
+        if phase == state["phase"] and now - state["last"] < interval:
+            return
+        state["last"], state["phase"] = now, phase
+        print(f"{time.strftime('%H:%M:%S')} probe {phase:<9} established {established:>10,}/{total:,}  "
+              f"verified {verified:>10,}  {rate:>9,.0f} conn/s", file=out, flush=True)
+
+    return on_progress

@@ -1,0 +1,114 @@
+"""What a probe run found: ProbeResult (and its classified failures), JSON-able with
+stable keys.  Byte figures are per connection, where one connection is both of its
+sockets (client and server end)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import List, Optional
+
+# Exit status of `python -m probes` (and the meaning the CLI maps onto its own codes).
+EXIT_OK = 0            # every requested connection established and verified
+EXIT_INTERNAL = 1      # the probe itself failed (a bug, or the orchestrator could not start)
+EXIT_USAGE = 2         # the configuration cannot run here; nothing was opened
+EXIT_SHORT = 3         # it ran and fell short: a limit, a timeout or a mismatch (see stopped_by)
+EXIT_SIGNAL_BASE = 128  # 128 + signal number when interrupted (130 for SIGINT, 143 for SIGTERM)
+
+
+@dataclass
+class Failure:
+    side: str                 # client | server | worker
+    op: str                   # socket, bind, connect, accept, write, read, timeout, exit
+    errno: str                # EMFILE, ETIMEDOUT, ... (a signal name for side 'worker')
+    count: int
+    first_message: str
+    limit: Optional[str]      # the knob that bound, e.g. RLIMIT_NOFILE, net.core.somaxconn
+    hint: str                 # the command that lifts it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ProbeResult:
+    ok: bool
+    stopped_by: Optional[str]       # the limit (or SIGINT/SIGTERM, timeout, mismatch) that ended it
+    interrupted: bool
+    requested: int
+    attempted: int
+    established: int                # accepted by the server side
+    verified: int                   # index checked both ways
+    failed: int                     # attempted - verified
+    mismatches: int
+    workers: int
+    per_worker: int
+    nofile: int
+    port: int
+    source_net: str
+    seconds_establish: Optional[float]   # fork of the first worker to the last accept
+    rate_per_s: Optional[int]            # established / seconds_establish
+    seconds_exchange: Optional[float]    # last accept to last verification
+    seconds_total: Optional[float]       # fork to every connection verified (the C reference's "seconds")
+    seconds_hold: float
+    seconds_close: float
+    kernel_slab_bytes: int               # /proc/meminfo Slab growth at the peak
+    kernel_slab_bytes_per_conn: int
+    kernel_tcp_mem_bytes: int            # sockstat TCP mem growth (socket buffers)
+    kernel_tcp_mem_bytes_per_conn: float
+    mem_available_drop_bytes_per_conn: int
+    user_uss_bytes: int                  # sum of the workers' USS at the peak
+    user_pss_bytes: int
+    user_bytes_per_conn: int
+    orchestrator_uss_bytes: int
+    sockets_baseline: int                # sockstat TCP inuse before
+    peak_sockets: int                    # ... at the peak
+    sockets_after: int                   # ... after every worker ended
+    time_wait_after: int
+    listen_overflows: int                # TcpExt ListenOverflows growth
+    errors: List[Failure] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProbeResult":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["errors"] = [Failure(**e) for e in data.get("errors", [])]
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def exit_code(self) -> int:
+        if self.ok:
+            return EXIT_OK
+        if self.interrupted:
+            import signal
+            return EXIT_SIGNAL_BASE + signal.Signals[self.stopped_by].value
+        return EXIT_SHORT
+
+    @property
+    def user_kb_per_conn(self) -> float:
+        return self.user_bytes_per_conn / 1024
+
+    def summary_lines(self) -> List[str]:
+        """A plain summary, for `python -m probes` without --json."""
+        def num(v):
+            return "-" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:,.2f}"
+        lines = [
+            f"{'verified' if self.ok else 'FELL SHORT'}: {num(self.verified)} of {num(self.requested)} "
+            f"connections verified ({num(self.established)} established, {num(self.failed)} failed, "
+            f"{num(self.mismatches)} mismatches)" + ("" if self.ok else f"; stopped by {self.stopped_by}"),
+            f"workers: {self.workers} x up to {num(self.per_worker)} (RLIMIT_NOFILE {num(self.nofile)}), "
+            f"listeners from port {self.port}, sources {self.source_net}",
+            f"time: establish {num(self.seconds_establish)} s ({num(self.rate_per_s)}/s), exchange "
+            f"{num(self.seconds_exchange)} s, total {num(self.seconds_total)} s, hold {num(self.seconds_hold)} s, "
+            f"close {num(self.seconds_close)} s",
+            f"kernel: slab {num(self.kernel_slab_bytes_per_conn)} B/conn, tcp mem "
+            f"{num(self.kernel_tcp_mem_bytes_per_conn)} B/conn; user: {self.user_kb_per_conn:.2f} KB/conn "
+            f"(workers' USS {num(self.user_uss_bytes)} B)",
+            f"sockets: {num(self.sockets_baseline)} before, {num(self.peak_sockets)} peak, "
+            f"{num(self.sockets_after)} after ({num(self.time_wait_after)} in TIME_WAIT)",
+        ]
+        for e in self.errors:
+            lines.append(f"error: {e.side} {e.op} {e.errno} x{e.count} -> {e.limit}: {e.first_message}")
+            lines.append(f"  fix: {e.hint}")
+        return lines

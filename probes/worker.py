@@ -1,0 +1,340 @@
+"""One worker process: open its share of loopback connections, verify each, hold, close.
+
+The hot loop calls libc through ctypes on plain integers: no socket objects, no
+per-connection Python objects beyond the int itself (descriptors live in
+array('i')).  Work happens in the order the kernel finishes it fastest on
+loopback, where a connect() completes its handshake before it returns: open a batch
+of clients, accept what arrived, repeat; then the server side writes index j on
+accepted connection j, every client echoes what it got, and the server side checks
+the echo.  Reads are tried directly and only the stragglers wait in epoll.
+
+Reports go to the orchestrator as short text lines on a shared pipe (each line is
+far below PIPE_BUF, so lines from different workers never interleave):
+
+    k A opened accepted                   progress while establishing
+    k D t_ns                              every connection of the share accepted
+    k E side op errno index               a failure; the worker stops opening
+    k T opened accepted                   the deadline passed with connections pending
+    k V accepted verified mismatches t_ns exchange finished; now holding
+
+Two pipes come the other way, both signalled by the orchestrator closing its end
+(EOF reaches every worker at once): `stop` (stop opening, verify what you have) and
+`release` (close everything and exit).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as E
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from array import array
+
+from .classify import OPS
+
+SOCK_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+IP_BIND_ADDRESS_NO_PORT = 24  # bind the address now, the port at connect(): no port search at bind
+PR_SET_PDEATHSIG = 1
+BATCH = 128                   # connects between accept rounds; the accept queue never holds more
+REPORT_EVERY = 1024
+
+SIDE_CODES = {"client": 0, "server": 1}
+OP_CODES = {name: i for i, name in enumerate(OPS)}
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sockaddr(ip: str, port: int):
+    raw = struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton(ip) + bytes(8)
+    return ctypes.create_string_buffer(raw, len(raw))
+
+
+class Worker:
+    def __init__(self, k, share, listener, port, sources, report, stop, release, deadline,
+                 rate=None, accept_pause=0.0, nofile=None):
+        self.k, self.share, self.listener = k, share, listener
+        self.dst = sockaddr("127.0.0.1", port)
+        self.sources = [sockaddr(ip, 0) for ip in sources]
+        self.report_fd, self.stop_fd, self.release_fd = report, stop, release
+        self.deadline, self.rate, self.accept_pause, self.nofile = deadline, rate, accept_pause, nofile
+        self.cli = array("i")
+        self.srv = array("i")
+        self.failed = False  # a failure was reported: open nothing more
+        self.server_failed = False  # ... and it was accept(): nothing more can be accepted
+        self.stopped = False  # the orchestrator said stop
+
+    # -- reporting ---------------------------------------------------------------------
+    def send(self, *fields) -> None:
+        os.write(self.report_fd, (" ".join(map(str, (self.k,) + fields)) + "\n").encode())
+
+    def fail(self, side: str, op: str, code: int, index: int) -> None:
+        self.failed = True
+        self.server_failed = side == "server"
+        self.report_error(side, op, code, index)
+
+    # -- phases ------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.nofile is not None:
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        self.stop_poll = select.epoll()
+        self.stop_poll.register(self.stop_fd, select.EPOLLIN)
+        self.establish()
+        self.wait_accepts()
+        accepted, verified, mismatches = self.exchange()
+        self.send("V", accepted, verified, mismatches, time.monotonic_ns())
+        os.read(self.release_fd, 1)  # blocks until the orchestrator releases (EOF)
+        self.close()
+        return 0
+
+    def establish(self) -> None:
+        sock, connect, accept4 = libc.socket, libc.connect, libc.accept4
+        setsockopt, bind, close = libc.setsockopt, libc.bind, os.close
+        get_errno, monotonic, stop_poll = ctypes.get_errno, time.monotonic, self.stop_poll.poll
+        cli_add, srv_add = self.cli.append, self.srv.append
+        dst, lfd, sources = self.dst, self.listener, self.sources
+        m = len(sources)
+        one = ctypes.byref(ctypes.c_int(1))
+        AF, FLAGS, EINPROGRESS, EAGAIN = socket.AF_INET, socket.SOCK_STREAM | SOCK_FLAGS, E.EINPROGRESS, E.EAGAIN
+        n, rate, pause = self.share, self.rate, self.accept_pause
+        batch = BATCH if not rate else max(1, min(BATCH, int(rate / 50)))
+        start = monotonic()
+        reported = 0
+        i = 0
+        while i < n:
+            end = min(n, i + batch)
+            while i < end:
+                fd = sock(AF, FLAGS, 0)
+                if fd < 0:
+                    self.fail("client", "socket", get_errno(), i)
+                    break
+                if m:
+                    setsockopt(fd, 0, IP_BIND_ADDRESS_NO_PORT, one, 4)
+                    if bind(fd, sources[i % m], 16):
+                        self.fail("client", "bind", get_errno(), i)
+                        close(fd)
+                        break
+                if connect(fd, dst, 16):
+                    code = get_errno()
+                    if code != EINPROGRESS:
+                        self.fail("client", "connect", code, i)
+                        close(fd)
+                        break
+                cli_add(fd)
+                i += 1
+            # Accept what the loopback handshakes have queued so far.
+            while True:
+                c = accept4(lfd, None, None, SOCK_FLAGS)
+                if c < 0:
+                    code = get_errno()
+                    if code != EAGAIN:
+                        self.fail("server", "accept", code, len(self.srv))
+                    break
+                srv_add(c)
+            if self.failed:
+                return
+            if stop_poll(0):
+                self.stopped = True
+                return
+            if pause:
+                time.sleep(pause)
+            if rate:
+                ahead = start + i / rate - monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            if i - reported >= REPORT_EVERY:
+                reported = i
+                self.send("A", i, len(self.srv))
+
+    def wait_accepts(self) -> None:
+        """Accept the connections still queued (or retried after a drop) until the deadline."""
+        accept4, get_errno = libc.accept4, ctypes.get_errno
+        srv_add, opened = self.srv.append, len(self.cli)
+        if len(self.srv) >= opened or self.server_failed:
+            self._established()
+            return
+        poll = select.epoll()
+        poll.register(self.listener, select.EPOLLIN)
+        poll.register(self.stop_fd, select.EPOLLIN)
+        last_report = time.monotonic()
+        while len(self.srv) < opened:
+            now = time.monotonic()
+            if now >= self.deadline:
+                self.send("T", opened, len(self.srv))
+                break
+            events = poll.poll(min(0.2, self.deadline - now))
+            if any(fd == self.stop_fd for fd, _ in events):
+                self.stopped = True
+                # Still take what is already queued: those connections are established.
+                events = [(self.listener, 0)]
+            if events:
+                while True:
+                    c = accept4(self.listener, None, None, SOCK_FLAGS)
+                    if c < 0:
+                        code = get_errno()
+                        if code != E.EAGAIN:
+                            self.fail("server", "accept", code, len(self.srv))
+                        break
+                    srv_add(c)
+                if self.stopped or self.failed:
+                    break
+                if self.accept_pause:
+                    time.sleep(self.accept_pause)
+            if time.monotonic() - last_report >= 0.25:
+                last_report = time.monotonic()
+                self.send("A", opened, len(self.srv))
+        poll.close()
+        self._established()
+
+    def _established(self) -> None:
+        self.send("A", len(self.cli), len(self.srv))
+        if not self.failed and not self.stopped and len(self.srv) == self.share:
+            self.send("D", time.monotonic_ns())
+
+    def exchange(self):
+        """Index j out on accepted connection j, echoed by whichever client holds its
+        other end, checked on return.  Returns (accepted, verified, mismatches)."""
+        srv, cli = self.srv, self.cli
+        ns = len(srv)
+        pack = struct.Struct("<I").pack
+        write, read = os.write, os.read
+        # A deadline that has passed (timeout, stop) still leaves time to verify what is open.
+        deadline = max(self.deadline, time.monotonic() + 2.0)
+        written = bytearray(ns)  # 1: index sent on srv[j]
+        j = 0
+        while j < ns:
+            try:
+                for j in range(j, ns):
+                    write(srv[j], pack(j))
+                    written[j] = 1
+                j = ns
+            except OSError as exc:
+                self.report_error("server", "write", exc.errno, j)
+                j += 1
+        expected = written.count(1)
+
+        # Clients: read whatever index arrived, check it is one that was sent and not seen
+        # before, echo it.  Unaccepted clients (after a failure) have nothing to read.
+        seen = bytearray(ns)
+        mismatches = 0
+        echoed = 0
+        pending = []
+        wait = pending.append
+        for fd in cli:
+            try:
+                data = read(fd, 4)
+            except BlockingIOError:
+                wait(fd)
+                continue
+            except OSError as exc:
+                self.report_error("client", "read", exc.errno, echoed)
+                continue
+            v = int.from_bytes(data, "little") if len(data) == 4 else ns
+            if v >= ns or seen[v]:
+                mismatches += 1
+                continue
+            seen[v] = 1
+            write(fd, data)
+            echoed += 1
+        if pending and echoed < expected:
+            echoed, bad = self._drain(pending, expected - echoed, deadline, seen, ns, True)
+            mismatches += bad
+
+        # Server: check every echo against the index it sent.
+        verified = 0
+        pending = []
+        wait = pending.append
+        for j in range(ns):
+            if not written[j]:
+                continue
+            fd = srv[j]
+            try:
+                data = read(fd, 4)
+            except BlockingIOError:
+                wait(j)
+                continue
+            except OSError as exc:
+                self.report_error("server", "read", exc.errno, j)
+                continue
+            if data == pack(j):
+                verified += 1
+            else:
+                mismatches += 1
+        if pending:
+            got, bad = self._drain([srv[j] for j in pending], len(pending), deadline,
+                                   {srv[j]: j for j in pending}, ns, False)
+            verified += got
+            mismatches += bad
+        return ns, verified, mismatches
+
+    def _drain(self, fds, wanted, deadline, check, ns, client_side):
+        """Wait in epoll for the straggling reads.  Returns (done, mismatches)."""
+        poll = select.epoll()
+        for fd in fds:
+            poll.register(fd, select.EPOLLIN)
+        done = bad = 0
+        pack = struct.Struct("<I").pack
+        while done + bad < wanted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for fd, _ in poll.poll(min(left, 0.5)):
+                poll.unregister(fd)
+                try:
+                    data = os.read(fd, 4)
+                except OSError as exc:
+                    self.report_error("client" if client_side else "server", "read", exc.errno, -1)
+                    bad += 1
+                    continue
+                if client_side:
+                    v = int.from_bytes(data, "little") if len(data) == 4 else ns
+                    if v >= ns or check[v]:
+                        bad += 1
+                        continue
+                    check[v] = 1
+                    os.write(fd, data)
+                    done += 1
+                elif data == pack(check[fd]):
+                    done += 1
+                else:
+                    bad += 1
+        poll.close()
+        return done, bad
+
+    def report_error(self, side: str, op: str, code: int, index: int) -> None:
+        self.send("E", SIDE_CODES[side], OP_CODES[op], code or 0, index)
+
+    def close(self) -> None:
+        # Abortive close of the client ends (SO_LINGER 0 sends RST): neither end lingers in
+        # TIME_WAIT, so a million-connection run leaves no sockets behind for a minute.
+        linger = ctypes.create_string_buffer(struct.pack("ii", 1, 0), 8)
+        setsockopt = libc.setsockopt
+        for fd in self.cli:
+            setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, linger, 8)
+        # Process exit closes every descriptor; closing them one by one in Python would
+        # only add interpreter time.
+
+
+def start(k: int, **kwargs) -> None:
+    """Body of a freshly forked worker: never returns."""
+    code = 70
+    try:
+        # Ctrl-C reaches the whole process group; the orchestrator decides what it means
+        # and tells the workers through the pipes.  The orchestrator's wakeup pipe and
+        # handlers are not the worker's.
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != kwargs.pop("parent"):
+            os._exit(1)  # the orchestrator died between fork and prctl
+        code = Worker(k, **kwargs).run()
+    except BaseException:  # report any crash on stderr, then still leave through _exit
+        import traceback
+        traceback.print_exc()
+    finally:
+        os._exit(code)

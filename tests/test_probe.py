@@ -1,0 +1,203 @@
+"""The connection probe against the real kernel: verified runs, each failure class
+provoked for real, and clean ends.
+
+Where a knob has to be lowered (port range, somaxconn) the probe runs inside a
+throwaway network namespace (conftest's `netns`), which also gives sockstat a
+baseline of zero that no other activity on the host can disturb.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from probes import ProbeConfig, ProbeConfigError, ProbeResult, run_probe
+from probes import classify, kernel
+from probes.runner import PACKAGE_ROOT
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the probe tests use network namespaces")
+
+
+def sysctl_in(ns: str, **values) -> None:
+    args = [f"{k.replace('__', '.')}={v}" for k, v in values.items()]
+    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *args], check=True)
+
+
+def tcp_inuse(ns: str) -> int:
+    out = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/sockstat"], check=True,
+                         capture_output=True, text=True).stdout
+    fields = next(line for line in out.splitlines() if line.startswith("TCP:")).split()
+    return int(fields[fields.index("inuse") + 1])
+
+
+def processes_with(marker: str) -> list:
+    """PIDs whose command line holds marker (workers are forks: same command line)."""
+    out = subprocess.run(["pgrep", "-f", "--", marker], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+def wait_gone(marker: str, seconds: float = 5.0) -> list:
+    deadline = time.monotonic() + seconds
+    while (left := processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def probe_cmd(*args) -> list:
+    return [sys.executable, "-m", "probes", *map(str, args)]
+
+
+def probe_env() -> dict:
+    return dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+
+
+def test_verifies_every_connection_and_leaves_nothing_behind(netns):
+    progress = []
+    plans = []
+    result = run_probe(ProbeConfig(connections=20000, hold=0.3, timeout=37.0413, netns=netns),
+                       on_progress=lambda *a: progress.append(a), on_plan=plans.append)
+    assert result.ok and result.stopped_by is None and result.exit_code == 0, result.errors
+    assert result.verified == result.established == result.attempted == 20000
+    assert result.failed == 0 and result.mismatches == 0 and result.errors == []
+    # 20000 connections need 40000 descriptors: more than one worker under a 20000 limit.
+    assert result.workers == plans[0]["workers"] >= 2
+    assert result.per_worker * 2 + 64 <= result.nofile
+    assert 0 < result.seconds_establish <= result.seconds_total < 37.0413
+    assert result.seconds_exchange >= 0 and result.rate_per_s > 1000
+    assert 0.25 <= result.seconds_hold < 2
+    # A TCP socket pair costs a few KB of slab; the workers' heap far less per connection.
+    assert 2000 < result.kernel_slab_bytes_per_conn < 40000
+    assert 0 < result.user_bytes_per_conn < 4096
+    assert result.peak_sockets >= 2 * 20000
+    assert result.sockets_baseline == 0 and result.sockets_after == 0
+    assert tcp_inuse(netns) == 0
+    phases = [p[3] for p in progress]
+    assert "hold" in phases and phases[-1] == "done" and progress[-1][1] == 20000
+    assert wait_gone("37.0413") == []
+    # The dict form is what `tuner probe --json` prints: JSON-able, same figures back.
+    again = ProbeResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result
+
+
+def test_standalone_json_in_the_host_namespace():
+    before = kernel.sockstat()["tcp_inuse"]
+    proc = subprocess.run(probe_cmd("--connections", 2000, "--json", "--quiet", "--timeout", 31.0419),
+                          capture_output=True, text=True, env=probe_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ok"] and result["verified"] == 2000 and result["workers"] == 1
+    assert result["peak_sockets"] >= before + 4000
+    assert wait_gone("31.0419") == []
+
+
+def test_low_rlimit_nofile_in_a_worker_is_emfile():
+    result = run_probe(ProbeConfig(connections=3000, workers=1, worker_nofile=1024, timeout=33.0421))
+    assert not result.ok and result.exit_code == 3
+    assert result.stopped_by == classify.RLIMIT_NOFILE
+    first = result.errors[0]
+    assert first.errno == "EMFILE" and first.limit == "RLIMIT_NOFILE" and first.count >= 1
+    assert "tuner apply --target 3000" in first.hint
+    # It stopped short, but what it did open it verified.
+    assert 0 < result.verified == result.established < 1024 // 2 + 1
+    assert wait_gone("33.0421") == []
+
+
+def test_one_port_range_is_eaddrnotavail_unless_sources_are_spread(netns):
+    sysctl_in(netns, net__ipv4__ip_local_port_range="40000 40000")
+    result = run_probe(ProbeConfig(connections=2000, source_net="none", netns=netns, timeout=20))
+    assert not result.ok and result.stopped_by == classify.PORT_RANGE
+    first = result.errors[0]
+    assert (first.side, first.op, first.errno) == ("client", "connect", "EADDRNOTAVAIL")
+    assert "ip_local_port_range" in first.hint
+    assert 1 <= result.verified < 2000
+    # The same namespace, sources spread over 127.0.0.0/8: one port per address is enough.
+    spread = run_probe(ProbeConfig(connections=2000, netns=netns, timeout=20))
+    assert spread.ok and spread.verified == 2000
+    assert tcp_inuse(netns) == 0
+
+
+def test_tiny_somaxconn_and_slow_accept_is_backlog_overflow(netns):
+    sysctl_in(netns, net__core__somaxconn=4)
+    result = run_probe(ProbeConfig(connections=2000, accept_pause=0.05, timeout=2, netns=netns))
+    assert not result.ok and result.stopped_by == classify.SOMAXCONN
+    assert result.listen_overflows > 0
+    first = result.errors[0]
+    assert first.errno == "ETIMEDOUT" and "somaxconn" in first.hint
+    assert result.verified == result.established < 2000
+    assert tcp_inuse(netns) == 0
+
+
+def test_sigint_mid_ramp_ends_every_worker_and_socket(netns):
+    marker = "29.0423"
+    proc = subprocess.Popen(["ip", "netns", "exec", netns,
+                             *probe_cmd("--jsonl", "--connections", 60000, "--rate", 30000,
+                                        "--timeout", marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=probe_env())
+    try:
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event["event"] == "progress" and event["established"] >= 5000:
+                break
+        assert len(processes_with(marker)) >= 2  # orchestrator and workers are up
+        proc.send_signal(signal.SIGINT)
+        events = [json.loads(line) for line in proc.stdout]
+        assert proc.wait(timeout=20) == 128 + signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = ProbeResult.from_dict(events[-1]["result"])
+    assert result.interrupted and result.stopped_by == "SIGINT" and not result.ok
+    assert 5000 <= result.established < 60000 and result.verified == result.established
+    assert result.sockets_after == 0 and tcp_inuse(netns) == 0
+    assert wait_gone(marker) == []
+
+
+def test_killed_caller_takes_the_probe_down(netns):
+    """SIGKILL the process that called run_probe mid-hold: the orchestrator and workers
+    follow it (PR_SET_PDEATHSIG) and every socket closes."""
+    marker = "28.0425"
+    code = (f"import sys; from probes import ProbeConfig, run_probe\n"
+            f"def seen(e, v, r, phase):\n"
+            f"    if phase == 'hold': print('holding', flush=True)\n"
+            f"run_probe(ProbeConfig(connections=5000, hold=60, timeout={marker}, netns={netns!r}), seen)\n")
+    caller = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env=probe_env())
+    try:
+        assert caller.stdout.readline().strip() == "holding"
+        assert tcp_inuse(netns) >= 10000
+        caller.kill()
+        caller.wait(timeout=5)
+        assert wait_gone(marker) == []
+        deadline = time.monotonic() + 5
+        while tcp_inuse(netns) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tcp_inuse(netns) == 0
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+
+
+def test_listener_port_inside_the_port_range_is_refused():
+    low, high = kernel.port_range()
+    with pytest.raises(ProbeConfigError, match="ip_local_port_range"):
+        run_probe(ProbeConfig(connections=100, port=low + 1))
+    with pytest.raises(ProbeConfigError):
+        run_probe(ProbeConfig(connections=0))
+
+
+def test_errno_classification_names_the_knob():
+    assert classify.limit_for("client", "socket", 24, {}) == classify.RLIMIT_NOFILE   # EMFILE
+    assert classify.limit_for("client", "socket", 23, {}) == classify.FILE_MAX        # ENFILE
+    assert classify.limit_for("client", "bind", 99, {}) == classify.SOURCES           # EADDRNOTAVAIL
+    assert classify.limit_for("client", "connect", 99, {}) == classify.PORT_RANGE
+    assert classify.limit_for("client", "socket", 105, {"TCPMemoryPressures": 3}) == classify.TCP_MEM
+    assert classify.limit_for("client", "socket", 12, {}) == classify.MEMORY           # ENOMEM
+    assert classify.timeout_limit({}, {"conntrack_count": 262144, "conntrack_max": 262144}) \
+        == classify.CONNTRACK
+    assert classify.timeout_limit({}, {}) == classify.TIMEOUT
+    assert "fs.file-max=" in classify.hint(classify.FILE_MAX, 1000000)
