@@ -225,7 +225,7 @@ class Orchestrator:
         k, kind = int(parts[0]), parts[1]
         vals = [int(p) for p in parts[2:]]
         if kind == b"A":
-            self.opened[k], self.accepted[k] = vals
+            self.opened[k], self.accepted[k], self.verified[k] = vals
         elif kind == b"D":
             self.t_established[k] = vals[0]
         elif kind == b"V":
