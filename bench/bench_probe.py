@@ -147,7 +147,7 @@ def has_cap_sys_admin():
     return bool(eff & (1 << 21))
 
 
-def bench(exe, n, repeat):
+def bench(exe, n, repeat, modes):
     avail = meminfo("MemAvailable")
     if n * KERNEL_BYTES_PER_CONN > avail * 0.9:
         print(f"\n{n:,} connections: skipped, needs ~{n * KERNEL_BYTES_PER_CONN / 2**30:.1f} GiB, "
@@ -158,7 +158,8 @@ def bench(exe, n, repeat):
     # 2 descriptors per connection plus the rest of the system; CAP_SYS_ADMIN may exceed
     # file-max anyway, but the benchmark should not depend on that.
     with at_least("fs.file-max", 2 * n + 65536):
-        for mode, (c_mode, source_net) in MODES.items():
+        for mode in modes:
+            c_mode, source_net = MODES[mode]
             c_runs, p_runs = [], []
             for _ in range(repeat):
                 c_runs.append(run_conncap(exe, n, c_mode))
@@ -183,6 +184,7 @@ def main():
     ap.add_argument("--big", action="store_true", help="also 1,000,000 connections")
     ap.add_argument("--huge", action="store_true", help="also 2,000,000 connections")
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode for 100,000 (big runs: 1)")
+    ap.add_argument("--modes", default="none,spread", help="comma-separated: none, spread")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_probe needs root (network namespaces, fs.file-max)")
@@ -191,11 +193,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "conncap")
         subprocess.run(["gcc", "-O2", "-o", exe, CONNCAP_C], check=True)
-        bench(exe, 100_000, args.repeat)
+        modes = args.modes.split(",")
+        bench(exe, 100_000, args.repeat, modes)
         if args.big:
-            bench(exe, 1_000_000, 1)
+            bench(exe, 1_000_000, 1, modes)
         if args.huge:
-            bench(exe, 2_000_000, 1)
+            bench(exe, 2_000_000, 1, modes)
 
 
 if __name__ == "__main__":

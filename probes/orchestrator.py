@@ -111,17 +111,19 @@ class Orchestrator:
                 signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
                 pid = os.fork()
                 if pid == 0:
-                    gc.disable()
-                    for fd in (report_r, self.stop_w, self.release_w, wake_r, wake_w):
-                        os.close(fd)
-                    for other in listeners[k + 1:]:
-                        os.close(other.fileno())
-                    devnull = os.open(os.devnull, os.O_WRONLY)
-                    os.dup2(devnull, 1)  # stdout carries the orchestrator's events
-                    worker.start(k, parent=me, share=plan.shares[k], listener=listeners[k].fileno(),
-                                 port=plan.port + k, sources=worker_sources(plan, k), report=report_w,
-                                 stop=stop_r, release=release_r, deadline=self.deadline, rate=rate,
-                                 accept_pause=cfg.accept_pause, nofile=cfg.worker_nofile)
+                    try:
+                        gc.disable()
+                        for fd in (report_r, self.stop_w, self.release_w, wake_r, wake_w):
+                            os.close(fd)
+                        for other in listeners[k + 1:]:
+                            os.close(other.fileno())
+                        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout carries our events
+                        worker.start(k, parent=me, share=plan.shares[k], listener=listeners[k].fileno(),
+                                     port=plan.port + k, sources=worker_sources(plan, k), report=report_w,
+                                     stop=stop_r, release=release_r, deadline=self.deadline, rate=rate,
+                                     accept_pause=cfg.accept_pause, nofile=cfg.worker_nofile)
+                    finally:
+                        os._exit(70)  # never run the orchestrator's code in a worker
                 self.pids[pid] = k
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
                 listeners[k].close()
@@ -192,6 +194,8 @@ class Orchestrator:
                 elif sum(self.accepted) >= sum(plan.shares):
                     phase = "exchange"
             if phase == "stopping":
+                if self.signal is not None:  # whoever interrupts wants it over soon
+                    stop_until = min(stop_until, now + 1.0)
                 finished = all(self.reported[k] or k in self.exit_status for k in range(plan.workers))
                 if finished or now >= stop_until:
                     self.measured = self.measure()

@@ -46,7 +46,8 @@ class ProbeResult:
     source_net: str
     seconds_establish: Optional[float]   # fork of the first worker to the last accept
     rate_per_s: Optional[int]            # established / seconds_establish
-    seconds_exchange: Optional[float]    # last accept to last verification
+    seconds_exchange: Optional[float]    # last accept to last verification (batches are
+                                         # exchanged as they are accepted, so this is the tail)
     seconds_total: Optional[float]       # fork to every connection verified (the C reference's "seconds")
     seconds_hold: float
     seconds_close: float
