@@ -6,6 +6,7 @@ a test would want to reach lives here.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -157,6 +158,61 @@ def revert(
         raise typer.Exit(errors.EXIT_FAILED)
 
 
+@app.command()
+def probe(
+    connections: str = typer.Option("100000", "--connections", "-n", metavar="N",
+                                    help="Connections to open, verify and hold (1M works)."),
+    hold: float = typer.Option(0.0, "--hold", metavar="SECONDS",
+                               help="Hold every verified connection this long before closing."),
+    rate: Optional[float] = typer.Option(None, "--rate", metavar="R",
+                                         help="New connections per second, all workers together "
+                                              "(default: as fast as the kernel accepts)."),
+    workers: str = typer.Option("auto", "--workers", metavar="auto|K",
+                                help="Worker processes; auto fits each in RLIMIT_NOFILE."),
+    source_net: str = typer.Option("127.0.0.0/8", "--source-net", metavar="CIDR",
+                                   help="Client source addresses (IP_BIND_ADDRESS_NO_PORT), or "
+                                        "'none' to let the kernel pick 127.0.0.1."),
+    port: Optional[int] = typer.Option(None, "--port", metavar="P",
+                                       help="First listener port (default: outside "
+                                            "ip_local_port_range)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS",
+                                            help="Give up establishing and verifying after this "
+                                                 "long (default 30 s + 1 s per 10,000)."),
+    netns: Optional[str] = typer.Option(None, "--netns", metavar="NAME",
+                                        help="Run the probe inside this network namespace."),
+    force: bool = typer.Option(False, "--force", help="Run even when the capacity model says "
+                                                      "N cannot be reached."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Prove N concurrent loopback connections: open them across worker processes, send
+    number i on connection i and check the echo, hold them, and report figures and the
+    limit that stopped it, if any. Exits 0 when all verified, 3 when refused by
+    pre-flight or short, 130 on Ctrl-C."""
+    from . import preflight
+    from .probe_cmd import run_probe
+
+    n = parse_target(connections, "--connections")
+    n_workers = workers if workers == "auto" else _positive_int("--workers", workers)
+    pre = preflight.check(n, netns)
+    if not pre.ok and not force:
+        raise TunerError(f"refusing to probe {n:,}: {'; '.join(pre.problems)} (or pass --force)",
+                         errors.EXIT_SHORT)
+    result = run_probe(n, pre, json_out, hold=hold, rate=rate, workers=n_workers,
+                       source_net=source_net, port=port, timeout=timeout, netns=netns)
+    if json_out:
+        _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(),
+                              **result.to_dict()}))
+    else:
+        _emit(render.probe_text(result, pre.estimate_bytes_per_conn))
+    raise typer.Exit(result.exit_code)
+
+
+def _positive_int(name: str, text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise errors.UsageError(f"{name} takes 'auto' or a positive whole number, not {text!r}")
+    return int(text)
+
+
 def main(argv: Optional[list] = None) -> int:
     """Entry point: one-line errors with documented exit codes, never a traceback."""
     try:
@@ -185,6 +241,12 @@ def main(argv: Optional[list] = None) -> int:
         return 130
     except BrokenPipeError:
         return errors.EXIT_OK
+    except Exception as e:  # a bug: still one line, the traceback on request
+        if os.environ.get("TUNER_DEBUG"):
+            raise
+        print(f"tuner: internal error: {type(e).__name__}: {e} (TUNER_DEBUG=1 shows the "
+              f"traceback)", file=sys.stderr)
+        return errors.EXIT_FAILED
 
 
 def run() -> None:

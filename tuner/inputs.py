@@ -18,22 +18,22 @@ MAX_TARGET = 2 ** 48
 _SUFFIX = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
 
 
-def parse_target(text: Optional[str]) -> Optional[int]:
+def parse_target(text: Optional[str], what: str = "target") -> Optional[int]:
     """'1000000', '1_000_000', '1M', '2.5m', '500k' -> int; None stays None."""
     if text is None:
         return None
     m = re.fullmatch(r"\s*(-?\d[\d_]*(?:\.\d+)?)\s*([kKmMgG]?)\s*", str(text))
     if not m:
-        raise UsageError(f"target {text!r} is not a whole number of connections "
+        raise UsageError(f"{what} {text!r} is not a whole number of connections "
                          f"(examples: 1000000, 1_000_000, 1M)")
     value = float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2).lower()]
     if value != int(value):
-        raise UsageError(f"target {text!r} is not a whole number of connections")
+        raise UsageError(f"{what} {text!r} is not a whole number of connections")
     value = int(value)
     if value < 1:
-        raise UsageError(f"target must be at least 1 connection, not {text}")
+        raise UsageError(f"{what} must be at least 1 connection, not {text}")
     if value > MAX_TARGET:
-        raise UsageError(f"target {value:,} is above 2^48 ({MAX_TARGET:,}), the most one "
+        raise UsageError(f"{what} {value:,} is above 2^48 ({MAX_TARGET:,}), the most one "
                          f"listening address can ever accept; use a smaller target")
     return value
 

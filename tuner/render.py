@@ -190,3 +190,41 @@ def revert_text(outcome) -> str:
     else:
         lines.append(f"not everything was restored; what is left stays in {outcome.journal}")
     return "\n".join(lines)
+
+
+def probe_text(result, estimate_bytes_per_conn: Optional[int] = None) -> str:
+    """The probe's summary as a two-column table, its failures, and the fixes."""
+    def secs(v):
+        return "-" if v is None else f"{v:,.2f} s"
+
+    kernel = f"{number(result.kernel_slab_bytes_per_conn)} B slab"
+    if estimate_bytes_per_conn:
+        kernel += (f" (report estimated {estimate_bytes_per_conn:,} B, measured/estimate "
+                   f"{result.kernel_slab_bytes_per_conn / estimate_bytes_per_conn:.2f})")
+    rows = [
+        ["verified", f"{number(result.verified)} of {number(result.requested)}"],
+        ["established", number(result.established)],
+        ["failed / mismatches", f"{number(result.failed)} / {number(result.mismatches)}"],
+        ["workers", f"{result.workers} x up to {number(result.per_worker)} "
+                    f"(RLIMIT_NOFILE {number(result.nofile)})"],
+        ["establish", f"{secs(result.seconds_establish)} ({number(result.rate_per_s)} conn/s)"],
+        ["exchange tail / total", f"{secs(result.seconds_exchange)} / {secs(result.seconds_total)}"],
+        ["hold / close", f"{secs(result.seconds_hold)} / {secs(result.seconds_close)}"],
+        ["kernel memory per connection", kernel],
+        ["socket buffers per connection", f"{result.kernel_tcp_mem_bytes_per_conn:,.0f} B (sockstat TCP mem)"],
+        ["user memory per connection", f"{result.user_bytes_per_conn:,} B (workers' USS "
+                                       f"{size(result.user_uss_bytes)})"],
+        ["TCP sockets before / peak / after", f"{number(result.sockets_baseline)} / "
+                                              f"{number(result.peak_sockets)} / {number(result.sockets_after)}"],
+        ["listen overflows", number(result.listen_overflows)],
+    ]
+    head = ("all connections verified" if result.ok else
+            f"FELL SHORT: stopped by {result.stopped_by}" + (" (interrupted)" if result.interrupted else ""))
+    lines = [head, table(rows, ["figure", "value"])]
+    if result.errors:
+        lines += ["", table([[e.side, e.op, e.errno, number(e.count), e.limit or "-", e.first_message]
+                             for e in result.errors],
+                            ["side", "op", "errno", "count", "limit", "first message"])]
+        for hint in dict.fromkeys(e.hint for e in result.errors if e.hint):
+            lines.append(f"fix: {hint}")
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""`tuner probe`: the CLI front over probes/ — pre-flight, output, exit codes."""
+import io
+import json
+import subprocess
+
+import pytest
+
+from tuner import preflight
+from tuner.progress import Progress
+from tuner.readings import read_sockstat
+
+from conftest import run_tuner
+
+
+def _tcp_inuse():
+    return read_sockstat()["TCP"]["inuse"]
+
+
+def test_probe_json_verifies_and_carries_preflight_estimate():
+    proc = run_tuner("probe", "--connections", "5000", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["schema"] == "tuner.probe/1"
+    assert data["ok"] and data["verified"] == data["requested"] == 5000 and data["mismatches"] == 0
+    pre = data["preflight"]
+    assert pre["ok"] and pre["estimate_kernel_bytes_per_conn"] > 4000
+    # Measured slab growth per connection lands near the model's estimate (loose: 5k is small).
+    assert 0.5 < data["kernel_slab_bytes_per_conn"] / pre["estimate_kernel_bytes_per_conn"] < 1.5
+    # Not a terminal: progress comes as plain lines on stderr, the plan first.
+    assert "plan:" in proc.stderr and "probe" in proc.stderr
+
+
+def test_probe_table_output():
+    proc = run_tuner("probe", "-n", "2000")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("all connections verified")
+    assert "2,000 of 2,000" in proc.stdout and "report estimated" in proc.stdout
+
+
+def test_preflight_refuses_what_the_model_says_is_impossible():
+    pre = preflight.check(2 ** 40)
+    assert not pre.ok and pre.report.binding in pre.problems[0]
+    before = _tcp_inuse()
+    proc = run_tuner("probe", "--connections", str(2 ** 40))
+    assert proc.returncode == 3
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to probe" in lines[0] and "--force" in lines[0]
+    assert "tuner apply --target" in lines[0] or "fix:" in lines[0]
+    assert proc.stdout == "" and _tcp_inuse() <= before + 2  # nothing was opened
+
+
+def test_preflight_in_a_namespace_reads_that_namespace(netns):
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.core.somaxconn=64"], check=True)
+    pre = preflight.check(1000, netns)
+    assert pre.report.netns == netns
+    assert pre.report.row("net.core.somaxconn").current == [64]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--connections", "0"], "at least 1"),
+    (["--connections", "many"], "not a whole number"),
+    (["--workers", "x"], "--workers"),
+    (["--source-net", "not-a-net"], "--source-net"),
+    (["--port", "70000"], "port"),
+    (["--netns", "tuner-no-such-ns"], "no network namespace"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    proc = run_tuner("probe", *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_progress_plain_lines_are_rate_limited():
+    out = io.StringIO()
+    with Progress(100, "probe", stream=out, interval=3600, live=False) as bar:
+        for i in range(100):
+            bar.update(i, "establish", established=i)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and "probe establish 0/100" in lines[0]
+
+
+def test_progress_live_bar_renders_on_a_terminal():
+    out = io.StringIO()
+    with Progress(10, "probe", stream=out, live=True) as bar:
+        bar.update(5, "exchange", established=10)
+    assert "probe" in out.getvalue()
+
+
+def test_probes_never_import_the_cli():
+    code = ("import sys, probes, probes.orchestrator, probes.worker\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tuner', 'typer', 'rich', 'click')]\n"
+            "sys.exit(1 if bad else 0)")
+    import sys
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,53 @@
+"""Progress for long work: a live rich bar on a terminal, plain timestamped lines otherwise.
+
+Library code (the probe) reports through a plain callback; this module is the CLI's
+side of it, so the probe never imports rich or typer.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional, TextIO
+
+
+class Progress:
+    """Call update(done, **figures) as often as you like; it rate-limits itself."""
+
+    def __init__(self, total: int, label: str, stream: Optional[TextIO] = None,
+                 interval: float = 1.0, live: Optional[bool] = None):
+        self.total, self.label, self.interval = total, label, interval
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self._last: Optional[float] = None
+        self._phase = None
+        self._bar = None
+
+    def __enter__(self) -> "Progress":
+        if self.live:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
+                                       TimeElapsedColumn)
+            from rich.console import Console
+
+            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[figures]}"), TimeElapsedColumn(),
+                            console=Console(file=self.stream, force_terminal=True), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=self.total, figures="")
+        return self
+
+    def update(self, done: int, phase: str = "", **figures) -> None:
+        text = " ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in figures.items())
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, description=f"{self.label} {phase}".strip(),
+                             figures=text)
+            return
+        now = time.monotonic()
+        # The first update, every phase change, then at most one line per interval.
+        if self._last is None or phase != self._phase or now - self._last >= self.interval:
+            self._last, self._phase = now, phase
+            print(f"{time.strftime('%H:%M:%S')} {self.label} {phase} {done:,}/{self.total:,} {text}".rstrip(),
+                  file=self.stream, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
