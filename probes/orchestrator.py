@@ -14,25 +14,23 @@ Progress and the result leave through `emit(event)`, one dict per event:
 Ending is one path for every cause (success after the hold, a failure, the timeout,
 SIGINT/SIGTERM/SIGHUP): close the `stop` pipe, let workers verify what they hold,
 close the `release` pipe, reap every worker (SIGKILL after a grace period), and only
-then emit the result.  Workers also carry PR_SET_PDEATHSIG, so even a SIGKILLed
-orchestrator leaves no worker (and so no socket) behind.
+then emit the result.  The pipes, signals, forking and reaping are fleet.Fleet's,
+shared with the --serve and --connect orchestrators.
 """
 from __future__ import annotations
 
 import errno as E
-import gc
 import os
-import select
 import signal
 import socket
 import time
 from typing import Callable, Dict, List, Optional
 
 from . import classify, kernel, worker
+from .fleet import Fleet, describe_exit
 from .config import LISTEN_ADDR, Plan, ProbeConfig, ProbeConfigError, make_plan, raise_nofile, worker_sources
 
 Emit = Callable[[dict], None]
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 VERIFY_GRACE = 15.0  # seconds past the deadline before unresponsive workers are killed
 
 
@@ -67,10 +65,15 @@ def open_listeners(plan: Plan, cfg: ProbeConfig) -> List[socket.socket]:
 class Orchestrator:
     def __init__(self, cfg: ProbeConfig, emit: Emit):
         self.cfg, self.emit = cfg, emit
-        self.signal: Optional[int] = None
         self.records: List[tuple] = []   # (side, op, errno, index, message), in arrival order
-        self.pids: Dict[int, int] = {}   # pid -> worker index
-        self.exit_status: Dict[int, int] = {}
+
+    @property
+    def signal(self) -> Optional[int]:
+        return self.fleet.signal
+
+    @property
+    def exit_status(self) -> Dict[int, int]:
+        return self.fleet.exit_status
 
     # -- setup -------------------------------------------------------------------------
     def run(self) -> dict:
@@ -88,71 +91,31 @@ class Orchestrator:
         self.reported = [False] * w     # 'V' received
         self.timed_out = [False] * w
 
-        report_r, report_w = os.pipe()
-        stop_r, self.stop_w = os.pipe()
-        release_r, self.release_w = os.pipe()
-        os.set_blocking(report_r, False)
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in SIGNALS}
-        old_wakeup = signal.set_wakeup_fd(wake_w)
         self.peak = self.baseline.get("tcp_inuse", 0)
         timeout = cfg.effective_timeout
         rate = cfg.rate / w if cfg.rate else None
         try:
-            gc.collect()
-            gc.freeze()
-            self.t0 = time.monotonic_ns()
-            self.deadline = time.monotonic() + timeout
-            me = os.getpid()
-            for k in range(w):
-                # Blocked around fork so no signal runs the orchestrator's handler in a child.
-                signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-                pid = os.fork()
-                if pid == 0:
-                    try:
-                        gc.disable()
-                        for fd in (report_r, self.stop_w, self.release_w, wake_r, wake_w):
-                            os.close(fd)
-                        for other in listeners[k + 1:]:
-                            os.close(other.fileno())
-                        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout carries our events
-                        worker.start(k, parent=me, share=plan.shares[k], listener=listeners[k].fileno(),
-                                     port=plan.port + k, sources=worker_sources(plan, k), report=report_w,
-                                     stop=stop_r, release=release_r, deadline=self.deadline, rate=rate,
-                                     accept_pause=cfg.accept_pause, nofile=cfg.worker_nofile)
-                    finally:
-                        os._exit(70)  # never run the orchestrator's code in a worker
-                self.pids[pid] = k
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-                listeners[k].close()
-            for fd in (report_w, stop_r, release_r):
-                os.close(fd)
-            return self.follow(report_r, wake_r)
+            with Fleet() as fleet:
+                self.fleet = fleet
+                self.t0 = time.monotonic_ns()
+                self.deadline = time.monotonic() + timeout
+                for k in range(w):
+                    kwargs = dict(share=plan.shares[k], listener=listeners[k].fileno(), port=plan.port + k,
+                                  sources=worker_sources(plan, k), deadline=self.deadline, rate=rate,
+                                  accept_pause=cfg.accept_pause, nofile=cfg.worker_nofile,
+                                  **fleet.worker_args())
+                    fleet.fork(k, lambda k=k, kwargs=kwargs: worker.start(k, **kwargs),
+                               close_in_child=[s.fileno() for s in listeners[k + 1:]])
+                    listeners[k].close()
+                fleet.started()
+                return self.follow()
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
             for s in listeners:
                 s.close()
-            self.end_workers()
-            gc.unfreeze()
-            signal.set_wakeup_fd(old_wakeup)
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-            for fd in (report_r, wake_r, wake_w):
-                os.close(fd)
-
-    def _on_signal(self, signum, frame) -> None:
-        if self.signal is None:
-            self.signal = signum
 
     # -- the run -----------------------------------------------------------------------
-    def follow(self, report_r: int, wake_r: int) -> dict:
-        cfg, plan = self.cfg, self.plan
-        poll = select.epoll()
-        poll.register(report_r, select.EPOLLIN)
-        poll.register(wake_r, select.EPOLLIN)
-        buf = b""
+    def follow(self) -> dict:
+        cfg, plan, fleet = self.cfg, self.plan, self.fleet
         phase = "establish"
         last_emit, last_count, last_t = 0.0, 0, time.monotonic()
         self.rate_now = 0.0
@@ -160,33 +123,19 @@ class Orchestrator:
         self.measured = None
         seconds_hold = 0.0
         while True:
-            for fd, _ in poll.poll(0.05):
-                if fd == wake_r:
-                    try:
-                        os.read(wake_r, 512)
-                    except BlockingIOError:
-                        pass
-                    continue
-                try:
-                    chunk = os.read(report_r, 1 << 16)
-                except BlockingIOError:
-                    continue
-                buf += chunk
-                if b"\n" in buf:
-                    *lines, buf = buf.split(b"\n")
-                    for line in lines:
-                        self.on_report(line.split())
+            for line in fleet.read(0.05):
+                self.on_report(line)
             self.reap()
             now = time.monotonic()
             stopping = self.signal is not None or self.records or any(self.timed_out)
-            live = [k for k in self.pids.values() if k not in self.exit_status]
+            live = fleet.live
             if phase in ("establish", "exchange"):
                 if stopping or now >= self.deadline + VERIFY_GRACE:
                     if not stopping:
                         self.records.append(("client", "timeout", E.ETIMEDOUT, sum(self.accepted),
                                              "workers did not finish before the timeout"))
                     phase = "stopping"
-                    self._close_stop()
+                    fleet.stop()
                     stop_until = now + (1.0 if self.signal is not None else VERIFY_GRACE)
                 elif all(self.reported):
                     self.measured = self.measure()
@@ -200,16 +149,16 @@ class Orchestrator:
                 if finished or now >= stop_until:
                     self.measured = self.measure()
                     phase, close_start = "close", now
-                    self.release()
+                    fleet.release()
             elif phase == "hold":
                 if self.signal is not None or now >= hold_end:
                     seconds_hold = now - hold_start
                     phase, close_start = "close", now
-                    self.release()
+                    fleet.release()
             if phase == "close" and not live:
                 break
             if phase == "close" and now - close_start > 30 + plan.workers * 0.2:
-                self.kill_all()
+                fleet.kill_all()
             if now - last_emit >= cfg.progress_interval:
                 count = sum(self.accepted)
                 self.rate_now = (count - last_count) / max(now - last_t, 1e-6)
@@ -218,7 +167,6 @@ class Orchestrator:
                 self.emit({"event": "progress", "phase": phase, "established": count,
                            "verified": sum(self.verified), "rate": round(self.rate_now),
                            "elapsed": round((time.monotonic_ns() - self.t0) / 1e9, 3)})
-        poll.close()
         seconds_close = time.monotonic() - close_start
         result = self.result(seconds_hold, seconds_close)
         self.emit({"event": "progress", "phase": "done", "established": result["established"],
@@ -249,64 +197,18 @@ class Orchestrator:
                                  f"{index}: {os.strerror(code)}"))
 
     def reap(self) -> None:
-        while self.pids and len(self.exit_status) < len(self.pids):
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            k = self.pids.get(pid)
-            if k is None:
-                continue
-            self.exit_status[k] = status
+        for k in self.fleet.reap():
             if not self.reported[k]:
-                sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-                code = -sig if sig else os.WEXITSTATUS(status)
-                what = f"killed by {signal.Signals(sig).name}" if sig else f"exited with status {code}"
+                code, what = describe_exit(self.exit_status[k])
                 self.records.append(("worker", "exit", code, self.accepted[k],
-                                     f"worker {k} {what} before verifying its connections"
-                                     + (" (the OOM killer?)" if sig == signal.SIGKILL else "")))
-
-    # -- ending --------------------------------------------------------------------------
-    def _close_stop(self) -> None:
-        if self.stop_w is not None:
-            os.close(self.stop_w)
-            self.stop_w = None
-
-    def release(self) -> None:
-        self._close_stop()
-        if self.release_w is not None:
-            os.close(self.release_w)
-            self.release_w = None
-
-    def kill_all(self) -> None:
-        for pid, k in self.pids.items():
-            if k not in self.exit_status:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def end_workers(self) -> None:
-        """Last line of defence (an exception in follow): no worker outlives the orchestrator."""
-        self.release()
-        deadline = time.monotonic() + 10
-        while len(self.exit_status) < len(self.pids):
-            self.reap()
-            if len(self.exit_status) >= len(self.pids):
-                break
-            if time.monotonic() > deadline:
-                self.kill_all()
-                deadline = float("inf")
-            time.sleep(0.02)
+                                     f"worker {k} {what} before verifying its connections"))
 
     # -- figures -------------------------------------------------------------------------
     def measure(self) -> dict:
         after = kernel.snapshot()
         self.peak = max(self.peak, after.get("tcp_inuse", 0))
         uss = pss = 0
-        for pid, k in self.pids.items():
+        for pid, k in self.fleet.pids.items():
             if k in self.exit_status:
                 continue
             try:

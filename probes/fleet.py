@@ -1,0 +1,180 @@
+"""Forked workers of one orchestrator: the pipes that steer them, signals, reaping.
+
+Shared by the three orchestrators (local probe, --serve, --connect), which differ in
+what their workers do and report, not in how workers are started and ended:
+
+- one `report` pipe all workers write short text lines to (each far below PIPE_BUF,
+  so lines from different workers never interleave);
+- two control pipes the other way, signalled by closing the orchestrator's end (EOF
+  reaches every worker at once): `stop` (stop opening/accepting) and `release`
+  (close everything and exit);
+- SIGINT/SIGTERM/SIGHUP only record which signal came (self.signal) and wake the
+  poll through a wakeup pipe; the orchestrator decides what it means;
+- workers are forked after gc.freeze() with those signals blocked around fork(),
+  carry PR_SET_PDEATHSIG, and never return into orchestrator code;
+- leaving the `with` block releases, reaps and (after a grace) SIGKILLs every worker,
+  so no worker outlives its orchestrator whatever ended the run.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import select
+import signal
+import time
+from typing import Callable, Dict, Iterable, List, Optional
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Fleet:
+    def __init__(self):
+        self.signal: Optional[int] = None
+        self.pids: Dict[int, int] = {}          # pid -> worker index
+        self.exit_status: Dict[int, int] = {}   # worker index -> wait status
+        self._buf = b""
+
+    # -- setup and teardown --------------------------------------------------------------
+    def __enter__(self) -> "Fleet":
+        self.report_r, self.report_w = os.pipe()
+        self.stop_r, self.stop_w = os.pipe()
+        self.release_r, self.release_w = os.pipe()
+        os.set_blocking(self.report_r, False)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self._old_handlers = {s: signal.signal(s, self._on_signal) for s in SIGNALS}
+        self._old_wakeup = signal.set_wakeup_fd(self.wake_w)
+        self.poll = select.epoll()
+        self.poll.register(self.report_r, select.EPOLLIN)
+        self.poll.register(self.wake_r, select.EPOLLIN)
+        gc.collect()
+        gc.freeze()  # the collector never walks (so never copies) the heap workers inherit
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        self.end()
+        gc.unfreeze()
+        signal.set_wakeup_fd(self._old_wakeup)
+        for s, h in self._old_handlers.items():
+            signal.signal(s, h)
+        self.poll.close()
+        for fd in (self.report_r, self.wake_r, self.wake_w):
+            os.close(fd)
+        for fd in (self.report_w, self.stop_r, self.release_r):
+            if fd is not None:
+                os.close(fd)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.signal is None:
+            self.signal = signum
+
+    # -- workers -------------------------------------------------------------------------
+    def fork(self, k: int, body: Callable[[], None], close_in_child: Iterable[int] = ()) -> int:
+        """Fork worker k running body() (which must end the process itself); returns its pid."""
+        # Blocked around fork so no signal runs the orchestrator's handler in a child.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                gc.disable()
+                for fd in (self.report_r, self.stop_w, self.release_w, self.wake_r, self.wake_w,
+                           *close_in_child):
+                    if fd is not None:
+                        os.close(fd)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout carries the orchestrator's events
+                body()
+            finally:
+                os._exit(70)  # never run the orchestrator's code in a worker
+        self.pids[pid] = k
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        return pid
+
+    def started(self) -> None:
+        """Every worker is forked: drop the ends only workers use, so EOF means what it says."""
+        for name in ("report_w", "stop_r", "release_r"):
+            os.close(getattr(self, name))
+            setattr(self, name, None)
+
+    def worker_args(self) -> dict:
+        return {"report": self.report_w, "stop": self.stop_r, "release": self.release_r,
+                "parent": os.getpid()}
+
+    def read(self, timeout: float) -> List[List[bytes]]:
+        """Report lines (split into fields) that arrived within timeout seconds."""
+        lines: List[List[bytes]] = []
+        for fd, _ in self.poll.poll(timeout):
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if fd == self.wake_r:
+                continue  # a signal: self.signal says which
+            self._buf += chunk
+        if b"\n" in self._buf:
+            *done, self._buf = self._buf.split(b"\n")
+            lines = [line.split() for line in done if line]
+        return lines
+
+    def reap(self) -> List[int]:
+        """Indexes of the workers that exited since the last call."""
+        ended = []
+        while self.pids and len(self.exit_status) < len(self.pids):
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            k = self.pids.get(pid)
+            if k is not None:
+                self.exit_status[k] = status
+                ended.append(k)
+        return ended
+
+    @property
+    def live(self) -> List[int]:
+        return [k for k in self.pids.values() if k not in self.exit_status]
+
+    # -- ending --------------------------------------------------------------------------
+    def stop(self) -> None:
+        if self.stop_w is not None:
+            os.close(self.stop_w)
+            self.stop_w = None
+
+    def release(self) -> None:
+        self.stop()
+        if self.release_w is not None:
+            os.close(self.release_w)
+            self.release_w = None
+
+    def kill_all(self) -> None:
+        for pid, k in self.pids.items():
+            if k not in self.exit_status:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def end(self, grace: float = 10.0) -> None:
+        """Release and reap every worker; SIGKILL those still alive after `grace` seconds."""
+        self.release()
+        deadline = time.monotonic() + grace
+        while len(self.exit_status) < len(self.pids):
+            self.reap()
+            if len(self.exit_status) >= len(self.pids):
+                break
+            if time.monotonic() > deadline:
+                self.kill_all()
+                deadline = float("inf")
+            time.sleep(0.02)
+
+
+def describe_exit(status: int) -> tuple:
+    """(code, text) of a wait status: code is -signal when killed by one."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return -sig, f"killed by {signal.Signals(sig).name}" + (" (the OOM killer?)" if sig == signal.SIGKILL else "")
+    code = os.WEXITSTATUS(status)
+    return code, f"exited with status {code}"
