@@ -3,9 +3,15 @@
     python -m probes --connections 100000 [--json]     summary (or the result as JSON) on stdout,
                                                        progress lines on stderr
     python -m probes --jsonl --config '{...}'          one JSON event per line (run_probe's feed)
+    python -m probes --serve ADDR:PORT [--expect N --hold S] [--json|--jsonl]
+                                                       the server side of a probe across hosts
+    python -m probes --connect HOST:PORT -n N [--source-net CIDR] [--json|--jsonl]
+                                                       its client side (probes.wire: the exchange)
 
 Exit status: 0 all verified, 2 bad configuration (nothing opened), 3 fell short (see
-stopped_by), 128+N ended by signal N (130 Ctrl-C), 1 the probe itself failed.
+stopped_by), 128+N ended by signal N (130 Ctrl-C), 1 the probe itself failed.  --serve
+ends on SIGINT/SIGTERM (or --expect verified and held --hold seconds, or --timeout)
+with 0 when every expected connection verified, else 3.
 """
 from __future__ import annotations
 
@@ -26,13 +32,19 @@ def parse(argv):
     p.add_argument("--rate", type=float, help="new connections per second (default: as fast as possible)")
     p.add_argument("--workers", default="auto", help="'auto' or a count")
     p.add_argument("--per-worker", type=int, help="connections per worker (default: from RLIMIT_NOFILE)")
-    p.add_argument("--source-net", default="127.0.0.0/8", help="client source addresses, or 'none'")
+    p.add_argument("--source-net", help="client source addresses, or 'none' (local default 127.0.0.0/8; "
+                                        "--connect default: kernel-chosen)")
     p.add_argument("--port", type=int, help="first listener port (default: outside ip_local_port_range)")
     p.add_argument("--timeout", type=float, help="seconds to establish and verify")
     p.add_argument("--worker-nofile", type=int, help="RLIMIT_NOFILE in workers (to provoke EMFILE)")
     p.add_argument("--accept-pause", type=float, default=0.0, help="sleep after each accept round")
     p.add_argument("--progress-interval", type=float, default=0.25)
     p.add_argument("--config", help="all settings as a JSON object (overrides the flags)")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--serve", metavar="ADDR:PORT", help="serve the wire exchange to remote clients")
+    split.add_argument("--connect", metavar="HOST:PORT", help="open the connections to a --serve elsewhere")
+    p.add_argument("--expect", type=int, help="--serve: connections to verify; more are reset")
+    p.add_argument("--echo-timeout", type=float, default=10.0, help="--serve: seconds a client has to echo")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the result as one JSON object")
     out.add_argument("--jsonl", action="store_true", help="print every event as a JSON line")
@@ -41,12 +53,29 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def config_from(args) -> ProbeConfig:
+def config_from(args):
+    """The configuration of the mode asked for: ProbeConfig, ServeConfig or ConnectConfig."""
+    workers = None if args.workers == "auto" else int(args.workers)
+    if args.serve:
+        from .serve import ServeConfig
+        if args.config:
+            return ServeConfig.from_dict(json.loads(args.config))
+        return ServeConfig(listen=args.serve, expect=args.expect,
+                           hold=args.hold or None,
+                           timeout=args.timeout, echo_timeout=args.echo_timeout, workers=workers,
+                           worker_nofile=args.worker_nofile, progress_interval=args.progress_interval)
+    if args.connect:
+        from .connect import ConnectConfig
+        if args.config:
+            return ConnectConfig.from_dict(json.loads(args.config))
+        return ConnectConfig(target=args.connect, connections=args.connections,
+                             source_net=None if (args.source_net or "none") == "none" else args.source_net,
+                             rate=args.rate, hold=args.hold, timeout=args.timeout, workers=workers,
+                             worker_nofile=args.worker_nofile, progress_interval=args.progress_interval)
     if args.config:
         return ProbeConfig.from_dict(json.loads(args.config))
-    workers = args.workers if args.workers == "auto" else int(args.workers)
-    return ProbeConfig(connections=args.connections, hold=args.hold, rate=args.rate, workers=workers,
-                       per_worker=args.per_worker, source_net=args.source_net, port=args.port,
+    return ProbeConfig(connections=args.connections, hold=args.hold, rate=args.rate, workers=workers or "auto",
+                       per_worker=args.per_worker, source_net=args.source_net or "127.0.0.0/8", port=args.port,
                        timeout=args.timeout, worker_nofile=args.worker_nofile,
                        accept_pause=args.accept_pause, progress_interval=args.progress_interval)
 
@@ -77,21 +106,22 @@ def main(argv=None) -> int:
         print(f"probe: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    mode = run_mode(cfg)
     if args.jsonl:
         emit = jsonl
     else:
         from .progress import plain_lines
-        show = None if args.quiet else plain_lines(cfg.connections)
+        show = None if args.quiet else plain_lines(getattr(cfg, "connections", None) or getattr(cfg, "expect", 0) or 0)
 
         def emit(event):
-            if event["event"] == "plan" and not args.quiet:
-                print(f"probe plan: {event['describe']}", file=sys.stderr, flush=True)
+            if event["event"] in ("plan", "listening") and not args.quiet:
+                print(f"probe {event['event']}: {event['describe']}", file=sys.stderr, flush=True)
             elif event["event"] == "progress" and show:
-                show(event["established"], event["verified"], event["rate"], event["phase"])
+                show(event.get("established", event.get("accepted")), event["verified"], event["rate"],
+                     event["phase"])
 
-    from .orchestrator import orchestrate
     try:
-        result = orchestrate(cfg, emit)
+        result = mode.run(cfg, emit)
     except ProbeConfigError as exc:
         if args.jsonl:
             jsonl({"event": "error", "message": str(exc)})
@@ -102,8 +132,24 @@ def main(argv=None) -> int:
     elif args.json:
         print(json.dumps(result, indent=2))
     else:
-        print("\n".join(ProbeResult.from_dict(result).summary_lines()))
-    return ProbeResult.from_dict(result).exit_code
+        print("\n".join(mode.summary_lines(result)))
+    return mode.exit_code(result)
+
+
+class run_mode:
+    """run / summary_lines / exit_code of the mode cfg belongs to (local, serve, connect)."""
+
+    def __init__(self, cfg):
+        if isinstance(cfg, ProbeConfig):
+            from .orchestrator import orchestrate
+            self.run = orchestrate
+            self.summary_lines = lambda r: ProbeResult.from_dict(r).summary_lines()
+            self.exit_code = lambda r: ProbeResult.from_dict(r).exit_code
+            return
+        from . import connect, serve
+        module = serve if isinstance(cfg, serve.ServeConfig) else connect
+        self.run = module.serve if module is serve else module.connect
+        self.summary_lines, self.exit_code = module.summary_lines, module.exit_code
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ CONNTRACK = "net.netfilter.nf_conntrack_max"
 TCP_MEM = "net.ipv4.tcp_mem"
 MEMORY = "memory"
 TIMEOUT = "timeout"
+SERVER = "the server"    # refused, or reset/closed mid-exchange (--connect: a remote server)
 
 
 def errno_name(code: int) -> str:
@@ -50,7 +51,9 @@ def limit_for(side: str, op: str, code: int, counters: Optional[Dict[str, int]] 
         if moved.get("TCPMemoryPressures", 0) > 0 or moved.get("TCPAbortOnMemory", 0) > 0:
             return TCP_MEM
         return MEMORY
-    if code in (E.ETIMEDOUT, E.ECONNREFUSED, E.ECONNRESET):
+    if (code == E.ECONNRESET and op in ("read", "echo", "verify")) or code == E.ECONNREFUSED:
+        return SERVER
+    if code in (E.ETIMEDOUT, E.ECONNRESET):
         return timeout_limit(counters or {}, {})
     return None
 
@@ -69,10 +72,18 @@ def timeout_limit(moved: Dict[str, int], now: Dict[str, int]) -> str:
     return TIMEOUT
 
 
-def hint(limit: Optional[str], target: int, now: Optional[Dict[str, int]] = None) -> str:
-    """The fix for a limit, as commands a reader can paste."""
+def hint(limit: Optional[str], target: int, now: Optional[Dict[str, int]] = None,
+         role: str = "loopback") -> str:
+    """The fix for a limit, as commands a reader can paste.  role 'client' is `--connect`:
+    the fix is on this (load) host, and source addresses are aliases, not 127.0.0.0/8."""
     now = now or {}
     apply = f"tuner apply --target {target}"
+    if role == "client" and limit in (PORT_RANGE, SOURCES):
+        return (f"each source address gives one port range of connections to the server: add source "
+                f"addresses with tuner apply --role client --target {target} --alias-dev DEV "
+                f"--alias-net CIDR, then pass --source-net CIDR")
+    if role != "loopback":
+        apply += f" --role {role}"
     fds = 2 * target + 65536
     if limit == RLIMIT_NOFILE:
         return (f"a worker ran out of descriptors (2 per connection): let the probe size workers from "
@@ -95,6 +106,10 @@ def hint(limit: Optional[str], target: int, now: Optional[Dict[str, int]] = None
                 f"{2 * pressure} {2 * high}'")
     if limit == MEMORY:
         return "the kernel ran out of memory for sockets: free memory or probe fewer connections"
+    if limit == SERVER:
+        return ("the server refused, reset or closed connections before verifying them: is it "
+                "listening there? Its summary says why (over --expect, its descriptor limit, its "
+                "echo timeout)")
     if limit == TIMEOUT:
         return ("connections did not complete before --timeout and no limit counter moved: "
                 "raise --timeout or lower --rate")
@@ -109,7 +124,8 @@ def _tcp_mem_pages():
         return (0, 0, 0)
 
 
-def summarize(records: List[tuple], target: int, moved: Dict[str, int], now: Dict[str, int]) -> List[dict]:
+def summarize(records: List[tuple], target: int, moved: Dict[str, int], now: Dict[str, int],
+              role: str = "loopback") -> List[dict]:
     """Group failure records (side, op, code, index, message) by (side, op, code), first
     seen first.  `code` is an errno, except for side 'worker' where it is -signal or an
     exit status, and op 'timeout' where the limit comes from the counters that moved."""
@@ -130,5 +146,5 @@ def summarize(records: List[tuple], target: int, moved: Dict[str, int], now: Dic
         groups[key] = {"side": side, "op": op, "errno": name, "count": 1,
                        "first_message": message or f"{side} {op}() failed at connection {index}: "
                                                    f"{os.strerror(code)}",
-                       "limit": limit, "hint": hint(limit, target, now)}
+                       "limit": limit, "hint": hint(limit, target, now, role)}
     return list(groups.values())

@@ -326,8 +326,9 @@ class Worker:
         # only add interpreter time.
 
 
-def start(k: int, **kwargs) -> None:
-    """Body of a freshly forked worker: never returns."""
+def start(k: int, make=None, **kwargs) -> None:
+    """Body of a freshly forked worker: never returns.  `make(k, **kwargs)` builds the
+    worker (default: the loopback probe's Worker); anything with run() -> exit code."""
     code = 70
     try:
         # Ctrl-C reaches the whole process group; the orchestrator decides what it means
@@ -340,7 +341,7 @@ def start(k: int, **kwargs) -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != kwargs.pop("parent"):
             os._exit(1)  # the orchestrator died between fork and prctl
-        code = Worker(k, **kwargs).run()
+        code = (make or Worker)(k, **kwargs).run()
     except BaseException:  # report any crash on stderr, then still leave through _exit
         import traceback
         traceback.print_exc()

@@ -1,0 +1,181 @@
+"""One `--connect` worker: open its share of connections to a remote server, run the
+client half of the wire exchange (probes.wire) on each, hold the verified ones.
+
+Unlike the loopback worker, the handshake completes after connect() returns, so
+every pending connection waits in epoll; per-connection state is one byte in an
+array indexed by descriptor.  Source addresses are spread like the local probe's:
+IP_BIND_ADDRESS_NO_PORT plus bind(source, 0), so the kernel picks the port at
+connect() per (source, destination) pair.  The first socket/bind/connect failure
+stops opening (the limit is found; more attempts would only repeat it) while the
+connections already open still verify.
+
+Report lines (fleet.py):
+
+    k A opened established verified       progress (established: the index arrived)
+    k E side op errno index               a failure
+    k T opened pending                    the deadline passed with connections pending
+    k V opened established verified mismatches t_ns    exchange over; now holding
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as E
+import os
+import select
+import socket
+import time
+from typing import List, Optional
+
+from . import wire
+from .worker import IP_BIND_ADDRESS_NO_PORT, OP_CODES, SIDE_CODES, SOCK_FLAGS, libc, sockaddr
+
+WAIT_INDEX, WAIT_ACK, HELD = 1, 2, 3
+BATCH = 256
+# A connect() that fails asynchronously shows up as the socket error on the first read.
+CONNECT_ERRORS = {E.ECONNREFUSED, E.ETIMEDOUT, E.EHOSTUNREACH, E.ENETUNREACH, E.EADDRNOTAVAIL}
+
+
+class ConnectWorker:
+    def __init__(self, k, share, host, port, sources, report, stop, release, deadline,
+                 rate=None, nofile=None):
+        self.k, self.share = k, share
+        self.dst = sockaddr(host, port)
+        self.sources = [sockaddr(ip, 0) for ip in sources]
+        self.report_fd, self.stop_fd, self.release_fd = report, stop, release
+        self.deadline, self.rate = deadline, rate
+        import resource
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        self.state = bytearray(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        self.partial = {}
+        self.fds: List[int] = []
+        self.opened = self.established = self.verified = self.mismatches = self.pending = 0
+        self.failed = self.stopped = False
+
+    def send(self, *fields) -> None:
+        os.write(self.report_fd, (" ".join(map(str, (self.k,) + fields)) + "\n").encode())
+
+    def error(self, op: str, code: int, index: int) -> None:
+        self.send("E", SIDE_CODES["client"], OP_CODES[op], code or 0, index)
+
+    def run(self) -> int:
+        poll = self.poll = select.epoll()
+        poll.register(self.stop_fd, select.EPOLLIN)
+        start = last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            opening = not (self.failed or self.stopped) and self.opened < self.share
+            if opening:
+                due = self.share if not self.rate else min(self.share, int((now - start) * self.rate) + 1)
+                self.open(min(due, self.opened + BATCH))
+            elif not self.pending:
+                break
+            if now >= self.deadline:
+                if self.pending:
+                    self.send("T", self.opened, self.pending)
+                break
+            wait = 0 if opening and (not self.rate or self.opened < due) else 0.05
+            for fd, _ in poll.poll(wait):
+                if fd == self.stop_fd:
+                    poll.unregister(fd)
+                    self.stopped = True
+                    # Verify what is open, briefly: whoever stops us wants it over soon.
+                    self.deadline = min(self.deadline, time.monotonic() + 2.0)
+                else:
+                    self.on_data(fd)
+            if now - last >= 0.25:
+                last = now
+                self.send("A", self.opened, self.established, self.verified)
+        self.send("V", self.opened, self.established, self.verified, self.mismatches, time.monotonic_ns())
+        os.read(self.release_fd, 1)  # blocks until the orchestrator releases (EOF)
+        # Reset, not FIN, like the local probe: nothing lingers in TIME_WAIT afterwards.
+        linger = ctypes.create_string_buffer(b"\x01\x00\x00\x00\x00\x00\x00\x00", 8)
+        for fd in self.fds:
+            if self.state[fd]:
+                libc.setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, linger, 8)
+        return 0
+
+    def open(self, upto: int) -> None:
+        sock, connect, bind, setsockopt, get_errno = libc.socket, libc.connect, libc.bind, libc.setsockopt, ctypes.get_errno
+        dst, sources, state, register = self.dst, self.sources, self.state, self.poll.register
+        m = len(sources)
+        one = ctypes.byref(ctypes.c_int(1))
+        flags = socket.SOCK_STREAM | SOCK_FLAGS
+        ev = select.EPOLLIN | select.EPOLLRDHUP
+        i = self.opened
+        while i < upto:
+            fd = sock(socket.AF_INET, flags, 0)
+            if fd < 0:
+                self.fail("socket", get_errno(), i)
+                return
+            if m:
+                setsockopt(fd, 0, IP_BIND_ADDRESS_NO_PORT, one, 4)
+                # Offset by worker, so workers sharing the sources start on different ones.
+                if bind(fd, sources[(i + self.k) % m], 16):
+                    self.fail("bind", get_errno(), i, fd)
+                    return
+            if connect(fd, dst, 16):
+                code = get_errno()
+                if code != E.EINPROGRESS:
+                    self.fail("connect", code, i, fd)
+                    return
+            state[fd] = WAIT_INDEX
+            register(fd, ev)
+            self.fds.append(fd)
+            self.pending += 1
+            i += 1
+            self.opened = i
+
+    def fail(self, op: str, code: int, index: int, fd: Optional[int] = None) -> None:
+        self.failed = True
+        self.error(op, code, index)
+        if fd is not None:
+            os.close(fd)
+
+    def drop(self, fd: int) -> None:
+        self.poll.unregister(fd)
+        self.state[fd] = 0
+        self.pending -= 1
+        self.partial.pop(fd, None)
+        os.close(fd)
+
+    def on_data(self, fd: int) -> None:
+        st = self.state[fd]
+        want = 4 - len(self.partial.get(fd, b"")) if st == WAIT_INDEX else 1
+        try:
+            data = os.read(fd, want)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            connecting = st == WAIT_INDEX and fd not in self.partial and exc.errno in CONNECT_ERRORS
+            self.error("connect" if connecting else "read" if st == WAIT_INDEX else "verify",
+                       exc.errno, self.opened)
+            self.failed = self.failed or connecting  # the limit is found: open nothing more
+            self.drop(fd)
+            return
+        if not data:  # the server closed before the exchange finished
+            self.error("read" if st == WAIT_INDEX else "verify", E.ECONNRESET, self.opened)
+            self.drop(fd)
+            return
+        if st == WAIT_INDEX:
+            have = self.partial.pop(fd, b"") + data
+            if len(have) < 4:
+                self.partial[fd] = have
+                return
+            self.established += 1
+            try:
+                os.write(fd, have)
+            except OSError as exc:
+                self.error("echo", exc.errno, self.opened)
+                self.drop(fd)
+                return
+            self.state[fd] = WAIT_ACK
+            return
+        if data == wire.ACK:
+            self.state[fd] = HELD
+            self.poll.unregister(fd)
+            self.pending -= 1
+            self.verified += 1
+        else:
+            self.mismatches += 1
+            self.drop(fd)

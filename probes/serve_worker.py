@@ -1,0 +1,245 @@
+"""One `--serve` worker: accept on its SO_REUSEPORT listener, run the wire exchange
+(probes.wire) with every client, hold the verified connections, count what fails.
+
+Everything a connection costs here is fixed-size and indexed by its descriptor
+(state, index, peer address, echo deadline in arrays sized by RLIMIT_NOFILE), so a
+misbehaving client can cost at most one descriptor: garbage is judged on its first
+4 bytes and never buffered, a silent or stalled client is closed at its echo
+deadline, a flood beyond --expect is reset at accept, and the per-address table is
+capped (MAX_PEERS; the rest is counted under 0.0.0.0).
+
+Report lines on the fleet's pipe (see fleet.py):
+
+    k S accepted verified held pending over dropped g s n r c    running totals (g..c: wire.FAILURES)
+    k P ip accepted verified dropped over g s n r c             one client address (after release)
+    k E side op errno index                                     an error of the server itself
+    k F                                                         final lines sent; exiting
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as E
+import os
+import select
+import socket
+import struct
+import time
+from array import array
+
+from . import wire
+from .worker import OP_CODES, SIDE_CODES, SOCK_FLAGS, libc
+
+MAX_PEERS = 4096
+LINGER_0 = struct.pack("ii", 1, 0)
+HELD = struct.Struct("q")            # one slot per worker in the shared `held` map
+FREE, WAITING, VERIFIED = 0, 1, 2
+# Per-address counters, in report order.
+A_ACCEPTED, A_VERIFIED, A_DROPPED, A_OVER = range(4)
+A_FAIL = {name: 4 + i for i, name in enumerate(wire.FAILURES)}
+A_SIZE = 4 + len(wire.FAILURES)
+RDHUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+
+
+class ServeWorker:
+    def __init__(self, k, workers, listener, report, stop, release, held_map, expect=None,
+                 echo_timeout=10.0, nofile=None, report_interval=0.25):
+        self.k, self.workers, self.listener = k, workers, listener
+        self.report_fd, self.stop_fd, self.release_fd = report, stop, release
+        self.held_map, self.expect, self.echo_timeout = held_map, expect, echo_timeout
+        self.nofile, self.report_interval = nofile, report_interval
+        import resource
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        size = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.state = bytearray(size)
+        self.index = array("I", bytes(4 * size))
+        self.peer = array("I", bytes(4 * size))
+        self.deadline = array("d", bytes(8 * size))
+        self.partial = {}           # fd -> the bytes of an echo that came in pieces
+        self.pending = set()        # fds waiting for their echo
+        self.peers = {}             # peer ip (int) -> counters (A_*)
+        self.seq = 0                # connections this worker numbered (index = seq * workers + k)
+        self.accepted = self.verified = self.held = self.over = self.dropped = 0
+        self.failed = dict.fromkeys(wire.FAILURES, 0)
+        self.addr = ctypes.create_string_buffer(16)
+        self.addrlen = ctypes.c_uint(16)
+        self.linger = ctypes.create_string_buffer(LINGER_0, 8)
+
+    # -- reporting -----------------------------------------------------------------------
+    def send(self, *fields) -> None:
+        os.write(self.report_fd, (" ".join(map(str, (self.k,) + fields)) + "\n").encode())
+
+    def totals(self) -> None:
+        self.send("S", self.accepted, self.verified, self.held, len(self.pending), self.over,
+                  self.dropped, *self.failed.values())
+
+    def counters(self, ip: int) -> list:
+        row = self.peers.get(ip)
+        if row is None:
+            if len(self.peers) >= MAX_PEERS:
+                ip = 0
+                row = self.peers.get(0)
+            if row is None:
+                row = self.peers[ip] = [0] * A_SIZE
+        return row
+
+    def publish_held(self) -> None:
+        HELD.pack_into(self.held_map, self.k * HELD.size, self.held)
+
+    def held_everywhere(self) -> int:
+        return sum(v for (v,) in HELD.iter_unpack(self.held_map))
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> int:
+        poll = self.poll = select.epoll()
+        poll.register(self.listener, select.EPOLLIN)
+        poll.register(self.stop_fd, select.EPOLLIN)
+        poll.register(self.release_fd, select.EPOLLIN)
+        last = 0.0
+        while True:
+            released = False
+            for fd, ev in poll.poll(self.report_interval):
+                if fd == self.listener:
+                    self.accept()
+                elif fd == self.stop_fd:
+                    poll.unregister(fd)
+                    self.close_listener()
+                elif fd == self.release_fd:
+                    released = True
+                elif self.state[fd] == WAITING:
+                    self.on_echo(fd)
+                elif self.state[fd] == VERIFIED:
+                    self.on_drop(fd)
+            now = time.monotonic()
+            if now - last >= self.report_interval:
+                last = now
+                self.expire(now)
+                self.totals()
+            if released:
+                break
+        self.close_listener()
+        self.totals()
+        for ip, row in self.peers.items():
+            self.send("P", wire.peer_text(ip), *row)
+        self.send("F")
+        # Reset, not FIN: the server end then leaves nothing in TIME_WAIT behind it.
+        setsockopt = libc.setsockopt
+        for fd in range(len(self.state)):
+            if self.state[fd]:
+                setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, self.linger, 8)
+        return 0
+
+    def close_listener(self) -> None:
+        if self.listener is not None:
+            self.poll.unregister(self.listener)
+            os.close(self.listener)
+            self.listener = None
+
+    def accept(self) -> None:
+        accept4, get_errno, addr, addrlen = libc.accept4, ctypes.get_errno, self.addr, self.addrlen
+        poll, state, write, pack = self.poll, self.state, os.write, wire.INDEX.pack
+        ref = ctypes.byref(addrlen)
+        while self.listener is not None:
+            addrlen.value = 16
+            c = accept4(self.listener, addr, ref, SOCK_FLAGS)
+            if c < 0:
+                code = get_errno()
+                if code in (E.ECONNABORTED, E.EINTR):
+                    continue  # that client gave up in the queue: take the next
+                if code == E.EAGAIN:
+                    return
+                self.send("E", SIDE_CODES["server"], OP_CODES["accept"], code, self.accepted)
+                if code in (E.EMFILE, E.ENFILE, E.ENOBUFS, E.ENOMEM):
+                    # Full: closing the listener makes the kernel hash new connections to
+                    # the other workers' listeners (those queued here are reset).
+                    self.close_listener()
+                return
+            ip = int.from_bytes(addr.raw[4:8], "big")
+            row = self.counters(ip)
+            self.accepted += 1
+            row[A_ACCEPTED] += 1
+            if self.expect is not None and self.held_everywhere() >= self.expect:
+                self.over += 1
+                row[A_OVER] += 1
+                libc.setsockopt(c, socket.SOL_SOCKET, socket.SO_LINGER, self.linger, 8)
+                os.close(c)
+                continue
+            index = (self.seq * self.workers + self.k) & 0xFFFFFFFF
+            self.seq += 1
+            self.peer[c], self.index[c] = ip, index
+            try:
+                write(c, pack(index))
+            except OSError:
+                self.fail(c, wire.RESET, reset=True)
+                continue
+            state[c] = WAITING
+            self.deadline[c] = time.monotonic() + self.echo_timeout
+            self.pending.add(c)
+            poll.register(c, select.EPOLLIN | RDHUP)
+
+    def on_echo(self, fd: int) -> None:
+        have = self.partial.get(fd, b"")
+        try:
+            data = os.read(fd, 4 - len(have))
+        except BlockingIOError:
+            return
+        except OSError:
+            self.fail(fd, wire.RESET, reset=True)
+            return
+        if not data:
+            self.fail(fd, wire.SHORT if have else wire.CLOSED)
+            return
+        have += data
+        if len(have) < 4:
+            self.partial[fd] = have
+            return
+        self.partial.pop(fd, None)
+        if have != wire.INDEX.pack(self.index[fd]):
+            try:
+                os.write(fd, wire.NAK)
+            except OSError:
+                pass
+            self.fail(fd, wire.GARBAGE)
+            return
+        try:
+            os.write(fd, wire.ACK)
+        except OSError:
+            self.fail(fd, wire.RESET, reset=True)
+            return
+        self.pending.discard(fd)
+        self.state[fd] = VERIFIED
+        # Held connections wake this worker only when their peer goes away.
+        self.poll.modify(fd, RDHUP)
+        self.verified += 1
+        self.held += 1
+        self.publish_held()
+        self.counters(self.peer[fd])[A_VERIFIED] += 1
+
+    def on_drop(self, fd: int) -> None:
+        self.poll.unregister(fd)
+        self.state[fd] = FREE
+        os.close(fd)
+        self.held -= 1
+        self.dropped += 1
+        self.publish_held()
+        self.counters(self.peer[fd])[A_DROPPED] += 1
+
+    def fail(self, fd: int, kind: str, reset: bool = False) -> None:
+        """Count a connection that did not verify and close it (with a reset after a
+        timeout, so a stalled peer costs no FIN_WAIT/TIME_WAIT here)."""
+        self.failed[kind] += 1
+        self.counters(self.peer[fd])[A_FAIL[kind]] += 1
+        self.pending.discard(fd)
+        self.partial.pop(fd, None)
+        if self.state[fd]:
+            self.poll.unregister(fd)
+        self.state[fd] = FREE
+        if reset:
+            libc.setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, self.linger, 8)
+        os.close(fd)
+
+    def expire(self, now: float) -> None:
+        deadline = self.deadline
+        late = [fd for fd in self.pending if deadline[fd] <= now]
+        for fd in late:
+            self.fail(fd, wire.SHORT if fd in self.partial else wire.NO_ECHO, reset=True)
