@@ -86,6 +86,62 @@ def run_probe(config: ProbeConfig, on_progress: Optional[OnProgress] = None,
                          + (" | ".join(tail) or state["error"] or "no output"))
 
 
+def run_split(config, netns: Optional[str] = None, on_event: Optional[Callable[[dict], None]] = None) -> dict:
+    """Run a ServeConfig (--serve) or ConnectConfig (--connect) in a lean interpreter, like
+    run_probe; returns the result dict.  on_event sees every event (listening/plan,
+    progress).  SIGTERM to the caller is passed on, so a stopped server still reports;
+    Ctrl-C ends it the same way.  Raises ProbeConfigError / ProbeError like run_probe."""
+    from .serve import ServeConfig
+    config.validate()
+    mode, where = ("--serve", config.listen) if isinstance(config, ServeConfig) else ("--connect", config.target)
+    argv = [sys.executable, "-m", "probes", "--jsonl", "--parent-pid", str(os.getpid()), mode, where,
+            "--config", json.dumps(config.to_dict())]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    state = {"result": None, "error": None}
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True, bufsize=1)
+        old = signal.signal(signal.SIGTERM, lambda *_: proc.poll() is None and proc.send_signal(signal.SIGTERM))
+        interrupted = False
+        try:
+            while True:
+                try:
+                    for line in proc.stdout:
+                        event = json.loads(line)
+                        if event.get("event") == "result":
+                            state["result"] = event["result"]
+                        elif event.get("event") == "error":
+                            state["error"] = event["message"]
+                        elif on_event is not None:
+                            on_event(event)
+                    break
+                except KeyboardInterrupt:
+                    # The terminal's SIGINT reached the whole group; the orchestrator ends
+                    # its workers and reports; a second Ctrl-C (re-raised) kills it.
+                    if interrupted:
+                        raise
+                    interrupted = True
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGINT)
+        except BaseException:
+            proc.kill()  # workers follow through PR_SET_PDEATHSIG
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, old)
+            proc.wait()
+            proc.stdout.close()
+        if state["result"] is not None:
+            return state["result"]
+        if proc.returncode == EXIT_USAGE and state["error"]:
+            raise ProbeConfigError(state["error"])
+        stderr.seek(0)
+        tail = stderr.read().decode(errors="replace").strip().splitlines()[-5:]
+        raise ProbeError(f"probe {mode[2:]} exited with status {proc.returncode}: "
+                         + (" | ".join(tail) or state["error"] or "no output"))
+
+
 def _read_events(proc, state, on_progress, on_plan) -> None:
     for line in proc.stdout:
         event = json.loads(line)

@@ -168,8 +168,8 @@ class Server:
                 if now - last_snap >= 0.2 or held == cfg.expect:
                     self.at_peak, self.at_peak_held, last_snap = kernel.snapshot(), held, now
             if released_at is None:
-                verified = self.sum(1)
-                if cfg.expect is not None and verified >= cfg.expect and reached_at is None:
+                # Verified and still held: connections that came and went do not count.
+                if cfg.expect is not None and held >= cfg.expect and reached_at is None:
                     reached_at = now
                 if fleet.signal is not None:
                     self.stopped_by = signal.Signals(fleet.signal).name

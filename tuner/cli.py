@@ -169,9 +169,11 @@ def probe(
                                               "(default: as fast as the kernel accepts)."),
     workers: str = typer.Option("auto", "--workers", metavar="auto|K",
                                 help="Worker processes; auto fits each in RLIMIT_NOFILE."),
-    source_net: str = typer.Option("127.0.0.0/8", "--source-net", metavar="CIDR",
-                                   help="Client source addresses (IP_BIND_ADDRESS_NO_PORT), or "
-                                        "'none' to let the kernel pick 127.0.0.1."),
+    source_net: Optional[str] = typer.Option(
+        None, "--source-net", metavar="CIDR",
+        help="Client source addresses (IP_BIND_ADDRESS_NO_PORT), or 'none' to let the kernel "
+             "pick (default 127.0.0.0/8; with --connect the local addresses inside CIDR, e.g. "
+             "aliases from tuner apply, default kernel-chosen)."),
     port: Optional[int] = typer.Option(None, "--port", metavar="P",
                                        help="First listener port (default: outside "
                                             "ip_local_port_range)."),
@@ -182,12 +184,30 @@ def probe(
                                         help="Run the probe inside this network namespace."),
     force: bool = typer.Option(False, "--force", help="Run even when the capacity model says "
                                                       "N cannot be reached."),
+    serve: Optional[str] = typer.Option(
+        None, "--serve", metavar="ADDR:PORT",
+        help="Server side only: accept clients on ADDR:PORT (':PORT' for all addresses), run the "
+             "wire exchange (see WIRE PROTOCOL), hold them; report per client address. Ends on "
+             "SIGTERM/SIGINT, --timeout, or --expect held --hold seconds."),
+    connect: Optional[str] = typer.Option(
+        None, "--connect", metavar="HOST:PORT",
+        help="Client side only: open --connections to a 'tuner probe --serve' at HOST:PORT."),
+    expect: Optional[str] = typer.Option(
+        None, "--expect", metavar="N",
+        help="With --serve: connections to verify; more are reset at accept. Exit 0 only when "
+             "this many verified."),
+    echo_timeout: float = typer.Option(10.0, "--echo-timeout", metavar="SECONDS",
+                                       help="With --serve: how long a client has to echo its index."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Prove N concurrent loopback connections: open them across worker processes, send
     number i on connection i and check the echo, hold them, and report figures and the
     limit that stopped it, if any. Exits 0 when all verified, 3 when refused by
-    pre-flight or short, 130 on Ctrl-C."""
+    pre-flight or short, 130 on Ctrl-C. Across hosts: --serve on the server and --connect
+    on each load host, speaking the WIRE PROTOCOL below."""
+    if serve or connect:
+        return _probe_split(serve, connect, connections, expect, hold, rate, workers, source_net,
+                            timeout, echo_timeout, netns, json_out)
     from . import preflight
     from .probe_cmd import run_probe
 
@@ -198,13 +218,41 @@ def probe(
         raise TunerError(f"refusing to probe {n:,}: {'; '.join(pre.problems)} (or pass --force)",
                          errors.EXIT_SHORT)
     result = run_probe(n, pre, json_out, hold=hold, rate=rate, workers=n_workers,
-                       source_net=source_net, port=port, timeout=timeout, netns=netns)
+                       source_net=source_net or "127.0.0.0/8", port=port, timeout=timeout, netns=netns)
     if json_out:
         _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(),
                               **result.to_dict()}))
     else:
         _emit(render.probe_text(result, pre.estimate_bytes_per_conn))
     raise typer.Exit(result.exit_code)
+
+
+def _probe_split(serve, connect, connections, expect, hold, rate, workers, source_net, timeout,
+                 echo_timeout, netns, json_out) -> None:
+    """`tuner probe --serve` / `--connect` (probes.serve, probes.connect): exit 0 when every
+    expected (served) or requested (connect) connection verified, 3 when short."""
+    from probes.connect import ConnectConfig, exit_code as connect_exit
+    from probes.serve import ServeConfig, exit_code as serve_exit
+
+    from .probe_cmd import run_split
+
+    if serve and connect:
+        raise errors.UsageError("--serve and --connect are two ends: run one per host")
+    n_workers = None if workers == "auto" else _positive_int("--workers", workers)
+    if serve:
+        cfg = ServeConfig(listen=serve, expect=parse_target(expect, "--expect") if expect else None,
+                          hold=hold or None, timeout=timeout, echo_timeout=echo_timeout, workers=n_workers)
+        result = run_split(cfg, netns)
+        _emit(render.to_json({"schema": "tuner.probe.serve/1", **result}) if json_out
+              else render.serve_text(result))
+        raise typer.Exit(serve_exit(result))
+    cfg = ConnectConfig(target=connect, connections=parse_target(connections, "--connections"),
+                        source_net=None if source_net in (None, "none") else source_net, rate=rate,
+                        hold=hold, timeout=timeout, workers=n_workers)
+    result = run_split(cfg, netns)
+    _emit(render.to_json({"schema": "tuner.probe.connect/1", **result}) if json_out
+          else render.connect_text(result))
+    raise typer.Exit(connect_exit(result))
 
 
 def _positive_int(name: str, text: str) -> int:

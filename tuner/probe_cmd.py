@@ -35,3 +35,36 @@ def run_probe(n: int, pre, json_out: bool, **settings):
             raise UsageError(str(e)) from None
         except ProbeError as e:
             raise TunerError(str(e)) from None
+
+
+def run_split(cfg, netns=None) -> dict:
+    """`tuner probe --serve` / `--connect`: run the ServeConfig or ConnectConfig, with
+    running totals on stderr (a live bar on a terminal, plain lines otherwise)."""
+    from probes.runner import run_split as _run_split
+    from probes.serve import ServeConfig
+
+    try:
+        cfg.validate()
+    except ProbeConfigError as e:
+        raise UsageError(str(e)) from None
+    serving = isinstance(cfg, ServeConfig)
+    total = (cfg.expect or 0) if serving else cfg.connections
+    with Progress(total, "serve" if serving else "connect", stream=sys.stderr) as bar:
+        def on_event(event):
+            kind = event.get("event")
+            if kind in ("listening", "plan"):
+                print(f"{kind}: {event['describe']}", file=sys.stderr, flush=True)
+            elif kind == "progress" and serving:
+                bar.update(event["verified"], event["phase"], accepted=event["accepted"],
+                           held=event["held"], failed=event["failed"], over=event["over_expect"],
+                           rate=f"{event['rate']:,.0f}/s")
+            elif kind == "progress":
+                bar.update(event["verified"], event["phase"], established=event["established"],
+                           rate=f"{event['rate']:,.0f}/s")
+
+        try:
+            return _run_split(cfg, netns=netns, on_event=on_event)
+        except ProbeConfigError as e:
+            raise UsageError(str(e)) from None
+        except ProbeError as e:
+            raise TunerError(str(e)) from None

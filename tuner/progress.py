@@ -32,7 +32,7 @@ class Progress:
                             TextColumn("{task.fields[figures]}"), TimeElapsedColumn(),
                             console=Console(file=self.stream, force_terminal=True), transient=True)
             self._bar.start()
-            self._task = self._bar.add_task(self.label, total=self.total, figures="")
+            self._task = self._bar.add_task(self.label, total=self.total or None, figures="")  # 0: open-ended
         return self
 
     def update(self, done: int, phase: str = "", **figures) -> None:
@@ -45,7 +45,8 @@ class Progress:
         # The first update, every phase change, then at most one line per interval.
         if self._last is None or phase != self._phase or now - self._last >= self.interval:
             self._last, self._phase = now, phase
-            print(f"{time.strftime('%H:%M:%S')} {self.label} {phase} {done:,}/{self.total:,} {text}".rstrip(),
+            of = f"/{self.total:,}" if self.total else ""  # a server without --expect has no total
+            print(f"{time.strftime('%H:%M:%S')} {self.label} {phase} {done:,}{of} {text}".rstrip(),
                   file=self.stream, flush=True)
 
     def __exit__(self, *exc) -> None:

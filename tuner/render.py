@@ -228,3 +228,61 @@ def probe_text(result, estimate_bytes_per_conn: Optional[int] = None) -> str:
         for hint in dict.fromkeys(e.hint for e in result.errors if e.hint):
             lines.append(f"fix: {hint}")
     return "\n".join(lines)
+
+
+def split_errors(lines: List[str], errors: List[dict]) -> None:
+    if errors:
+        lines += ["", table([[e["side"], e["op"], e["errno"], number(e["count"]), e["limit"] or "-",
+                              e["first_message"]] for e in errors],
+                            ["side", "op", "errno", "count", "limit", "first message"])]
+        for hint in dict.fromkeys(e["hint"] for e in errors if e["hint"]):
+            lines.append(f"fix: {hint}")
+
+
+def serve_text(r: dict, max_clients: int = 20) -> str:
+    """`tuner probe --serve`: totals per client address and overall."""
+    from probes.wire import FAILURES
+
+    def row(name, c):
+        return [name, number(c["accepted"]), number(c["verified"]),
+                number(sum(c[k] for k in FAILURES)), number(c["over_expect"]), number(c["dropped"])]
+
+    head = (f"{'served' if r['ok'] else 'FELL SHORT'}: {r['verified']:,} verified"
+            + (f" of {r['expect']:,} expected" if r["expect"] else "")
+            + f" on {r['listen']}, ended by {r['stopped_by']}")
+    clients = sorted(r["clients"], key=lambda c: -c["accepted"])
+    rows = [row(c["address"], c) for c in clients[:max_clients]]
+    if len(clients) > max_clients:
+        rest = {k: sum(c[k] for c in clients[max_clients:]) for k in clients[0] if k != "address"}
+        rows.append(row(f"{len(clients) - max_clients} more", rest))
+    rows.append(row("all", {**r, "over_expect": r["over_expect"], **r["failures"]}))
+    lines = [head, table(rows, ["client", "accepted", "verified", "failed", "over --expect", "dropped"]), "",
+             table([["failed by kind", ", ".join(f"{k.replace('_', '-')} {v:,}" for k, v in r["failures"].items())],
+                    ["peak concurrent", f"{number(r['peak_concurrent'])} ({r['workers']} worker(s))"],
+                    ["kernel memory per connection", f"{number(r['kernel_slab_bytes_per_conn'])} B slab, "
+                                                     f"{r['kernel_tcp_mem_bytes_per_conn']:,.0f} B socket buffers"],
+                    ["held at end / pending", f"{number(r['held_at_end'])} / {number(r['pending_at_end'])}"],
+                    ["served for", f"{r['seconds']:,.2f} s"]], ["figure", "value"])]
+    split_errors(lines, r["errors"])
+    return "\n".join(lines)
+
+
+def connect_text(r: dict) -> str:
+    """`tuner probe --connect`: the client side's summary."""
+    head = ("all connections verified" if r["ok"] else
+            f"FELL SHORT: stopped by {r['stopped_by']}" + (" (interrupted)" if r["interrupted"] else ""))
+    rows = [
+        ["verified", f"{number(r['verified'])} of {number(r['requested'])} to {r['target']}"],
+        ["established / failed / mismatches", f"{number(r['established'])} / {number(r['failed'])} / "
+                                              f"{number(r['mismatches'])}"],
+        ["workers / source addresses", f"{r['workers']} / {r['source_addresses'] or 'kernel-chosen'}"
+                                       + (f" in {r['source_net']}" if r["source_net"] else "")],
+        ["verified in", "-" if r["seconds_verified"] is None else
+                        f"{r['seconds_verified']:,.2f} s ({number(r['rate_per_s'])} conn/s)"],
+        ["hold", f"{r['seconds_hold']:,.2f} s"],
+        ["kernel memory per connection", f"{number(r['kernel_slab_bytes_per_conn'])} B slab, "
+                                         f"{r['kernel_tcp_mem_bytes_per_conn']:,.0f} B socket buffers"],
+    ]
+    lines = [head, table(rows, ["figure", "value"])]
+    split_errors(lines, r["errors"])
+    return "\n".join(lines)
