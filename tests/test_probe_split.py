@@ -1,0 +1,313 @@
+"""The split probe on namespace hosts: `tuner probe --serve` in one namespace, `--connect`
+from three others, joined by veth pairs to a bridge inside the server's namespace.
+
+Every address (10.77.0.0/16) exists only inside namespaces made here and removed
+afterwards, even on failure; nothing routes to them from the host namespace.  Each
+client namespace is shrunk to 100 usable ephemeral ports (ip_local_port_range plus
+ip_local_reserved_ports for the rest, so widening the range cannot help), so its
+1,500 connections need more source addresses than it has: `tuner apply --alias-dev
+--alias-net` adds them and `tuner revert` takes them away.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import make_netns, remove_netns, run_tuner
+from probes import wire
+from probes.runner import PACKAGE_ROOT
+from tuner.readings import in_netns
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need root")
+
+SERVER_IP, PORT = "10.77.0.1", 7400
+PER_CLIENT = 1500
+USABLE_PORTS = 100
+
+
+def ip(*args) -> None:
+    subprocess.run(["ip", *args], check=True)
+
+
+def addresses(ns: str, dev: str) -> list:
+    out = subprocess.run(["ip", "-n", ns, "-j", "addr", "show", "dev", dev], check=True,
+                         capture_output=True, text=True).stdout
+    return sorted(f"{a['local']}/{a['prefixlen']}" for link in json.loads(out)
+                  for a in link["addr_info"] if a["family"] == "inet")
+
+
+def tuner_in(ns: str, *args, **kwargs) -> subprocess.Popen:
+    """`tuner ARGS` as a process inside namespace ns (stdout: the JSON result)."""
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "tuner", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT), **kwargs)
+
+
+def processes_with(marker: str) -> list:
+    out = subprocess.run(["pgrep", "-f", "--", marker], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+def gone(marker: str, seconds: float = 5.0) -> list:
+    deadline = time.monotonic() + seconds
+    while (left := processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@pytest.fixture
+def hosts():
+    """(server namespace, [three client namespaces]) on one bridge; removed whatever happens."""
+    made = []
+    try:
+        server = make_netns("tuner-srv")
+        made.append(server)
+        ip("-n", server, "link", "add", "br0", "type", "bridge")
+        ip("-n", server, "addr", "add", f"{SERVER_IP}/16", "dev", "br0")
+        ip("-n", server, "link", "set", "br0", "up")
+        clients = []
+        for i in (1, 2, 3):
+            client = make_netns("tuner-cli")
+            made.append(client)
+            ip("-n", server, "link", "add", f"vc{i}", "type", "veth", "peer", "name", "eth0",
+               "netns", client)
+            ip("-n", server, "link", "set", f"vc{i}", "master", "br0", "up")
+            ip("-n", client, "addr", "add", f"10.77.{i}.1/16", "dev", "eth0")
+            ip("-n", client, "link", "set", "eth0", "up")
+            clients.append(client)
+        yield server, clients
+    finally:
+        for ns in made:
+            remove_netns(ns)
+
+
+def shrink_ports(ns: str) -> None:
+    """100 usable ephemeral ports: one source address gives at most 100 connections to
+    the server's ADDR:PORT."""
+    low = 40000
+    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                    f"net.ipv4.ip_local_port_range={low} {low + USABLE_PORTS - 1}",
+                    f"net.ipv4.ip_local_reserved_ports=1024-{low - 1},{low + USABLE_PORTS}-65535"],
+                   check=True)
+
+
+def test_three_load_hosts_one_server_totals_add_up(hosts, tmp_path):
+    server, clients = hosts
+    for c in clients:
+        shrink_ports(c)
+
+    # Before: one source address cannot carry 1,500 connections; the client says which
+    # limit and that aliases are the fix.
+    out, short_served = run_short(clients[0], "probe", "--connect", f"{SERVER_IP}:{PORT}", "-n", PER_CLIENT,
+                                  "--json", "--timeout", 10, server=server)
+    short = json.loads(out)
+    assert short_served["verified"] == short["verified"]
+    assert not short["ok"] and short["stopped_by"] == "net.ipv4.ip_local_port_range"
+    err = short["errors"][0]
+    assert (err["side"], err["op"], err["errno"]) == ("client", "connect", "EADDRNOTAVAIL")
+    assert "--alias-dev" in err["hint"] and "--source-net" in err["hint"]
+    assert 50 <= short["verified"] <= USABLE_PORTS
+
+    report = json.loads(run_tuner("report", "-n", PER_CLIENT, "--role", "client", "--netns", clients[0],
+                                  "--source-dev", "eth0", "--json").stdout)
+    assert report["reachable"] is False
+
+    journals, before = [], {}
+    try:
+        for i, c in enumerate(clients, 1):
+            before[c] = addresses(c, "eth0")
+            journal = tmp_path / f"journal-{i}.json"
+            journals.append(journal)
+            proc = run_tuner("apply", "--netns", c, "--role", "client", "--target", PER_CLIENT,
+                             "--alias-dev", "eth0", "--alias-net", f"10.77.{i}.0/24", "--yes",
+                             "--journal", journal, "--json")
+            assert proc.returncode == 0, proc.stderr
+            # 1,500 x 1.1 headroom / 100 ports = 17 source addresses; one is there already.
+            assert len(addresses(c, "eth0")) == 17
+        report = json.loads(run_tuner("report", "-n", PER_CLIENT, "--role", "client", "--netns", clients[0],
+                                      "--source-dev", "eth0", "--json").stdout)
+        assert report["reachable"] is True
+
+        marker = "21.0511"
+        srv = tuner_in(server, "probe", "--serve", f"{SERVER_IP}:{PORT}", "--expect", 3 * PER_CLIENT,
+                       "--hold", 0.5, "--timeout", marker, "--json")
+        wait_listening(server)
+        loads = [tuner_in(c, "probe", "--connect", f"{SERVER_IP}:{PORT}", "-n", PER_CLIENT,
+                          "--source-net", f"10.77.{i}.0/24", "--hold", 4, "--workers", 2, "--json")
+                 for i, c in enumerate(clients, 1)]
+        outs = [p.communicate(timeout=40) for p in loads]
+        server_out, server_err = srv.communicate(timeout=40)
+        assert srv.returncode == 0, server_err
+        results = [json.loads(o) for o, _ in outs]
+        for p, r, (_, e) in zip(loads, results, outs):
+            assert p.returncode == 0 and r["ok"] and r["verified"] == PER_CLIENT, e
+            assert r["source_addresses"] == 17 and r["workers"] == 2
+        served = json.loads(server_out)
+    finally:
+        for journal in journals:
+            assert run_tuner("revert", "--journal", journal).returncode == 0
+    for c in clients:
+        assert addresses(c, "eth0") == before[c]  # the aliases are gone
+
+    # The server counted exactly what the clients verified.
+    assert served["verified"] == sum(r["verified"] for r in results) == 3 * PER_CLIENT
+    assert served["accepted"] == served["verified"] and served["failed"] == 0
+    assert served["peak_concurrent"] == served["held_at_end"] == 3 * PER_CLIENT
+    assert served["dropped"] == 0 and served["over_expect"] == 0
+    assert served["stopped_by"] == "held" and served["workers"] >= 2
+    for i, r in enumerate(results, 1):
+        rows = [c for c in served["clients"] if c["address"].startswith(f"10.77.{i}.")]
+        assert len(rows) == 17 and sum(c["verified"] for c in rows) == r["verified"]
+    assert 1000 < served["kernel_slab_bytes_per_conn"] < 40000
+    assert gone(marker) == []
+
+
+def run_short(ns: str, *args, server: str) -> tuple:
+    """A client run that falls short, against a server that serves until told to stop;
+    returns (the client's stdout, the server's result)."""
+    srv = tuner_in(server, "probe", "--serve", f"{SERVER_IP}:{PORT}", "--json")
+    try:
+        wait_listening(server)
+        client = tuner_in(ns, *args)
+        out, err = client.communicate(timeout=30)
+        assert client.returncode == 3, err
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        srv_out, _ = srv.communicate(timeout=20)
+    # SIGTERM ends the server with its summary; nothing was expected, so that is success.
+    served = json.loads(srv_out)
+    assert srv.returncode == 0 and served["stopped_by"] == "SIGTERM"
+    return out, served
+
+
+def wait_listening(ns: str, port: int = PORT, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hltn", f"sport = :{port}"],
+                             capture_output=True, text=True).stdout
+        if out.strip():
+            time.sleep(0.2)  # every worker's listener is open before the first fork
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listening on port {port} in {ns}")
+
+
+# ---------------------------------------------------------------- the server survives its clients
+
+def misbehave(kind: str, port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if kind == "garbage":
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n" + b"x" * 65536)  # judged on 4 bytes, never buffered
+        return s
+    index = recv_exactly(s, 4)
+    if kind == "half":
+        s.sendall(index[:2])
+    elif kind == "reset":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    elif kind == "closed":
+        s.shutdown(socket.SHUT_WR)
+    return s
+
+
+def recv_exactly(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def events_until(proc, predicate, seconds: float = 20.0) -> dict:
+    deadline = time.monotonic() + seconds
+    for line in proc.stdout:
+        event = json.loads(line)
+        if predicate(event):
+            return event
+        assert time.monotonic() < deadline, "server never reached the expected state"
+    raise AssertionError("server ended early")
+
+
+def test_server_counts_each_misbehaviour_and_keeps_serving(netns):
+    port, good, flood = 7500, 300, 40
+    marker = "23.0513"
+    srv = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "probes", "--jsonl",
+                            "--serve", f"127.0.0.1:{port}", "--expect", str(good), "--hold", "2",
+                            "--echo-timeout", "1", "--workers", "2", "--timeout", marker],
+                           stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT))
+    bad = []
+    try:
+        events_until(srv, lambda e: e["event"] == "listening")
+        with in_netns(netns):
+            for kind in ("garbage", "silent", "half", "reset", "closed"):
+                bad += [(kind, misbehave(kind, port)) for _ in range(3)]
+        # The garbage senders got their index and a NAK, then the server closed on them.
+        for kind, s in bad:
+            if kind == "garbage":
+                assert recv_exactly(s, 5)[4:5] == wire.NAK
+        client = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "probes",
+                                   "--connect", f"127.0.0.1:{port}", "-n", str(good), "--hold", "4", "--json"],
+                                  stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT))
+        events_until(srv, lambda e: e["event"] == "progress" and e["held"] >= good)
+        # A flood beyond --expect: each is reset before a single byte of the exchange.
+        with in_netns(netns):
+            extra = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(flood)]
+        for s in extra:
+            try:
+                assert s.recv(4) == b""
+            except ConnectionResetError:
+                pass
+            s.close()
+        result = events_until(srv, lambda e: e["event"] == "result")["result"]
+        assert srv.wait(timeout=10) == 0
+        client_result = json.loads(client.communicate(timeout=20)[0])
+    finally:
+        for _, s in bad:
+            s.close()
+        if srv.poll() is None:
+            srv.kill()
+    assert client.returncode == 0 and client_result["verified"] == good
+    assert result["ok"] and result["verified"] == good and result["stopped_by"] == "held"
+    assert result["failures"] == {"garbage": 3, "short": 3, "no_echo": 3, "reset": 3, "closed": 3}
+    assert result["over_expect"] == flood and result["failed"] == 15
+    assert result["accepted"] == good + 15 + flood and result["peak_concurrent"] == good
+    assert result["sockets_after"] == 0 and result["errors"] == []
+    assert gone(marker) == []
+
+
+def test_sigterm_ends_a_server_short_of_expect_with_its_summary(netns):
+    port, marker = 7600, "19.0517"
+    srv = tuner_in(netns, "probe", "--serve", f"127.0.0.1:{port}", "--expect", 500, "--timeout", marker,
+                   "--json")
+    try:
+        wait_listening(netns, port)
+        client = tuner_in(netns, "probe", "--connect", f"127.0.0.1:{port}", "-n", 200, "--json")
+        assert json.loads(client.communicate(timeout=30)[0])["verified"] == 200
+        assert len(processes_with(marker)) >= 3  # tuner, the orchestrator, its workers
+        srv.send_signal(signal.SIGTERM)
+        out, err = srv.communicate(timeout=20)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+    result = json.loads(out)
+    assert srv.returncode == 3, err  # 200 of 500 expected: short
+    assert result["stopped_by"] == "SIGTERM" and result["verified"] == 200 and not result["ok"]
+    assert result["dropped"] == 200  # the client closed its verified connections
+    assert gone(marker) == []
+
+
+def test_bad_endpoints_are_usage_errors():
+    assert run_tuner("probe", "--serve", "nohost").returncode == 2
+    assert run_tuner("probe", "--connect", ":7000", "-n", 10).returncode == 2
+    proc = run_tuner("probe", "--serve", ":7000", "--hold", 3)
+    assert proc.returncode == 2 and "--expect" in proc.stderr
