@@ -13,7 +13,7 @@ Trivial on purpose, so any TCP client can take part (a load generator, a shell):
 The server closes without answering when the echo does not complete within its
 --echo-timeout (counted as no-echo when nothing came, short when part of it came),
 when the client resets or closes first (reset / closed), and right after accept,
-with a reset and before any byte, when --expect connections are already verified
+with a reset and before any byte, when --expect verified connections are already held
 (over-expect).  A peer that closes a verified connection is counted as dropped.
 From a shell:
 

@@ -26,8 +26,37 @@ from .knobs import KNOBS
 EXTRA_SECTIONS: Dict[str, Dict[str, str]] = {}
 
 
+def wire_section() -> str:
+    """probes.wire's docstring (the exchange --serve and --connect speak), as roff: the
+    page says what the code documents, so the two cannot drift."""
+    from probes import wire
+
+    text = wire.__doc__.split("\n\n", 1)[1]
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = block.splitlines()
+        if all(line.startswith("    ") for line in lines) and not lines[0].lstrip()[:2] == "1.":
+            out += [".PP", ".nf", *(_roff_escape(line.strip()) for line in lines), ".fi"]
+        elif lines[0].lstrip().startswith("1."):
+            item = []
+            for line in lines + ["0."]:
+                head = line.strip().split(" ", 1)[0]
+                if head.endswith(".") and head[:-1].isdigit():
+                    if item:
+                        out += [".IP " + item[0], _roff_escape(" ".join(item[1:]))]
+                    item = [head] + line.strip().split(" ", 1)[1:]
+                else:
+                    item.append(line.strip())
+        else:
+            out += [".PP", _roff_escape(" ".join(line.strip() for line in lines))]
+    return "\n".join(out)
+
+
 def _roff_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("-", "\\-")
+
+
+EXTRA_SECTIONS["tuner probe"] = {"WIRE PROTOCOL": wire_section()}
 
 
 def knob_section() -> str:
