@@ -31,6 +31,17 @@ def port_range() -> Tuple[int, int]:
     return low, high
 
 
+def reserved_ports(low: int, high: int) -> int:
+    """How many ports of low..high net.ipv4.ip_local_reserved_ports keeps from connect()."""
+    count = 0
+    for part in (read_sysctl("net.ipv4.ip_local_reserved_ports") or "").split(","):
+        if part.strip():
+            a, _, b = part.strip().partition("-")
+            lo, hi = int(a), int(b or a)
+            count += max(0, min(hi, high) - max(lo, low) + 1)
+    return count
+
+
 def meminfo_kb() -> Dict[str, int]:
     out = {}
     with open("/proc/meminfo") as f:
