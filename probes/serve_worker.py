@@ -158,6 +158,8 @@ class ServeWorker:
             row = self.counters(ip)
             self.accepted += 1
             row[A_ACCEPTED] += 1
+            # Each worker publishes its own held count, unlocked: at the very threshold,
+            # workers verifying at the same instant can hold up to workers-1 beyond --expect.
             if self.expect is not None and self.held_everywhere() >= self.expect:
                 self.over += 1
                 row[A_OVER] += 1
