@@ -84,7 +84,11 @@ def test_client_with_one_source_address_is_bound_by_ports():
     assert rep.binding == "net.ipv4.ip_local_port_range"
     rep = evaluate(snap, role="client", target=100_000)
     assert rep.row("net.ipv4.ip_local_port_range").needed == [1024, 65535]
-    assert rep.row("source addresses").needed == [math.ceil(110_000 / 64512)]
+    # Planned for fast connects: half of each address's ports (even ports go first).
+    assert rep.row("source addresses").needed == [math.ceil(110_000 / (64512 / 2))] == [4]
+    # A small target on one address: the range widens to twice what N uses.
+    assert evaluate(snap, role="client", target=20_000).row("net.ipv4.ip_local_port_range").needed \
+        == [60999 - 44000 + 1, 60999]
     # More destinations multiply what one source address reaches.
     assert evaluate(snap, role="client", destinations=4).max_connections == 4 * 28232
 
