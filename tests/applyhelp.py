@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from tuner import cli, knobs
 from tuner.readings import in_netns, read_sysctl, sysctl_path
@@ -24,6 +25,20 @@ NETNS_NAMES = [n for n in knobs.sysctl_names("netns") if n != "net.netfilter.nf_
 def host_values():
     """Every host-global and initial-namespace value the knob table can change."""
     return {n: read_sysctl(n) for n in HOST_NAMES + NETNS_NAMES}
+
+
+@pytest.fixture
+def host_restored():
+    """Host values as before the test, even when it fails half-way."""
+    before = host_values()
+    yield before
+    restore(before)
+
+
+@pytest.fixture
+def jpath(tmp_path):
+    """A journal of the test's own, never /var/lib/tuner."""
+    return str(tmp_path / "state" / "journal.json")
 
 
 def netns_values(ns):

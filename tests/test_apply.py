@@ -14,23 +14,10 @@ import pytest
 from tuner import journal as journal_mod
 from tuner.readings import read_sysctl
 
-from applyhelp import (add_veth, addresses, child_with_nofile, host_values, netns_values,
-                       nofile, restore, tree, tuner, tuner_proc)
+from applyhelp import (add_veth, addresses, child_with_nofile, host_restored, host_values,  # noqa: F401
+                       jpath, netns_values, nofile, restore, tree, tuner, tuner_proc)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="apply changes kernel settings: needs root")
-
-
-@pytest.fixture
-def host_restored():
-    """Host values as before the test, even when it fails half-way."""
-    before = host_values()
-    yield before
-    restore(before)
-
-
-@pytest.fixture
-def jpath(tmp_path):
-    return str(tmp_path / "state" / "journal.json")
 
 
 def plan_of(capsys, *args):

@@ -13,23 +13,11 @@ import pytest
 
 from tuner import journal as journal_mod
 
-from applyhelp import (add_veth, addresses, child_with_nofile, host_values, netns_values,
-                       nofile, restore, tree, tuner, tuner_proc)
+from applyhelp import (add_veth, addresses, child_with_nofile, host_restored, host_values,  # noqa: F401
+                       jpath, netns_values, nofile, restore, tree, tuner, tuner_proc)
 from conftest import make_netns, remove_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="revert changes kernel settings: needs root")
-
-
-@pytest.fixture
-def host_restored():
-    before = host_values()
-    yield before
-    restore(before)
-
-
-@pytest.fixture
-def jpath(tmp_path):
-    return str(tmp_path / "state" / "journal.json")
 
 
 def _changes(capsys, args):

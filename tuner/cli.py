@@ -217,7 +217,7 @@ def probe(
     if not pre.ok and not force:
         raise TunerError(f"refusing to probe {n:,}: {'; '.join(pre.problems)} (or pass --force)",
                          errors.EXIT_SHORT)
-    result = run_probe(n, pre, json_out, hold=hold, rate=rate, workers=n_workers,
+    result = run_probe(n, pre, hold=hold, rate=rate, workers=n_workers,
                        source_net=source_net or "127.0.0.0/8", port=port, timeout=timeout, netns=netns)
     if json_out:
         _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(),

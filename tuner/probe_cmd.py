@@ -5,6 +5,7 @@ probes/ knows nothing of tuner's CLI; this module adapts its callbacks to a live
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from probes import ProbeConfig, ProbeConfigError, run_probe as _run
@@ -14,12 +15,22 @@ from .errors import TunerError, UsageError
 from .progress import Progress
 
 
-def run_probe(n: int, pre, json_out: bool, **settings):
-    cfg = ProbeConfig(connections=n, **settings)
+@contextlib.contextmanager
+def _as_tuner_errors():
+    """A configuration that cannot run here is bad input (exit 2, nothing opened); a
+    failure of the probe machinery itself is a failed run (exit 1)."""
     try:
-        cfg.validate()
+        yield
     except ProbeConfigError as e:
         raise UsageError(str(e)) from None
+    except ProbeError as e:
+        raise TunerError(str(e)) from None
+
+
+def run_probe(n: int, pre, **settings):
+    cfg = ProbeConfig(connections=n, **settings)
+    with _as_tuner_errors():
+        cfg.validate()
     with Progress(n, "probe", stream=sys.stderr) as bar:
         def on_plan(plan):
             print(f"plan: {plan['describe']}; pre-flight: {pre.report.processes['processes']} "
@@ -29,12 +40,8 @@ def run_probe(n: int, pre, json_out: bool, **settings):
         def on_progress(established, verified, rate, phase):
             bar.update(verified, phase, established=established, rate=f"{rate:,.0f}/s")
 
-        try:
+        with _as_tuner_errors():
             return _run(cfg, on_progress=on_progress, on_plan=on_plan)
-        except ProbeConfigError as e:
-            raise UsageError(str(e)) from None
-        except ProbeError as e:
-            raise TunerError(str(e)) from None
 
 
 def run_split(cfg, netns=None) -> dict:
@@ -43,10 +50,8 @@ def run_split(cfg, netns=None) -> dict:
     from probes.runner import run_split as _run_split
     from probes.serve import ServeConfig
 
-    try:
+    with _as_tuner_errors():
         cfg.validate()
-    except ProbeConfigError as e:
-        raise UsageError(str(e)) from None
     serving = isinstance(cfg, ServeConfig)
     total = (cfg.expect or 0) if serving else cfg.connections
     with Progress(total, "serve" if serving else "connect", stream=sys.stderr) as bar:
@@ -62,9 +67,5 @@ def run_split(cfg, netns=None) -> dict:
                 bar.update(event["verified"], event["phase"], established=event["established"],
                            rate=f"{event['rate']:,.0f}/s")
 
-        try:
+        with _as_tuner_errors():
             return _run_split(cfg, netns=netns, on_event=on_event)
-        except ProbeConfigError as e:
-            raise UsageError(str(e)) from None
-        except ProbeError as e:
-            raise TunerError(str(e)) from None
