@@ -3,7 +3,7 @@
 
 For 100,000 connections (and 1,000,000 with --big, 2,000,000 with --huge) run, in
 alternation, the C reference (shared/bench/conncap.c, compiled to a temporary
-directory) and `python -m probes`, in both source modes:
+directory) and `tuner probe` (the CLI, pre-flight included), in both source modes:
 
     none     no bind: the kernel picks 127.0.0.1 and a port (conncap's default)
     spread   IP_BIND_ADDRESS_NO_PORT over 127.0.0.0/8 (the probe's default; conncap 'noport')
@@ -118,9 +118,11 @@ def run_probe(n, source_net):
     settle()
     with netns() as ns:
         t0 = time.perf_counter()
-        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "probes", "--json", "--quiet",
+        # The user's command, not the library: pre-flight and start-up count too (in
+        # `wall`); `seconds_total` is the figure comparable with conncap's.
+        proc = subprocess.run([sys.executable, "-m", "tuner", "probe", "--json", "--netns", ns,
                                "--connections", str(n), "--source-net", source_net],
-                              capture_output=True, text=True, env=env, timeout=900)
+                              capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
         wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"probe failed ({proc.returncode}): {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
