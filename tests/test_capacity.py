@@ -98,6 +98,12 @@ def test_reserved_ports_are_not_usable():
     snap = host(net__ipv4__ip_local_reserved_ports="40000-40999,50000")
     snap.addresses = [eth]
     assert evaluate(snap, role="client").max_connections == 28232 - 1001
+    # Only the part inside ip_local_port_range (32768-60999) counts.
+    snap.sysctls["net.ipv4.ip_local_reserved_ports"] = "8000-9000,30000-32770,60999-61010"
+    assert evaluate(snap, role="client").max_connections == 28232 - 3 - 1
+    snap.sysctls["net.ipv4.ip_local_reserved_ports"] = "1024-32767"
+    rep = evaluate(snap, role="loopback", target=1000)
+    assert rep.reachable and rep.row("net.ipv4.ip_local_port_range").allows > 0
 
 
 def test_server_role_has_no_port_limit():

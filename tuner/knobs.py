@@ -55,6 +55,7 @@ class Ctx:
     target: Optional[int] = None
     destinations: int = 1              # distinct server ip:port the clients connect to
     source_dev: Optional[str] = None   # interface whose addresses outbound sockets use
+    source_count: Optional[int] = None  # sources known otherwise (the probe's --source-net)
     epoll: bool = True                 # every socket watched by epoll (servers do this)
     shrink_buffers: bool = False
 
@@ -78,6 +79,8 @@ class Ctx:
     @cached_property
     def sources(self) -> int:
         """Source addresses outbound sockets can spread over."""
+        if self.source_count is not None:
+            return self.source_count
         dev = self.source_dev or ("lo" if self.role == "loopback" else None)
         return source_address_count(self.snap.addresses, dev)
 
@@ -112,7 +115,7 @@ class Ctx:
         rng = self.snap.ints("net.ipv4.ip_local_port_range")
         if not rng:
             return None
-        return max(rng[1] - rng[0] + 1 - reserved_port_count(self.snap), 0)
+        return max(rng[1] - rng[0] + 1 - reserved_port_count(self.snap, rng[0], rng[1]), 0)
 
     @property
     def conntrack_active(self) -> bool:
@@ -142,12 +145,14 @@ class Knob:
         return self.kind == "sysctl"
 
 
-def reserved_port_count(snap: Snapshot) -> int:
+def reserved_port_count(snap: Snapshot, low: int, high: int) -> int:
+    """Ports of low..high that ip_local_reserved_ports keeps from connect(); reserved
+    ports outside the range cost nothing."""
     text = snap.sysctls.get("net.ipv4.ip_local_reserved_ports") or ""
     count = 0
     for part in text.replace(",", " ").split():
-        lo, _, hi = part.partition("-")
-        count += (int(hi) - int(lo) + 1) if hi else 1
+        first, _, last = part.partition("-")
+        count += max(0, min(int(last or first), high) - max(int(first), low) + 1)
     return count
 
 
@@ -222,7 +227,8 @@ def _port_range_needs(ctx):
     rng = ctx.snap.ints("net.ipv4.ip_local_port_range")
     if ctx.role == "server" or ctx.target is None or not rng:
         return None
-    want = _ports_per_source_needed(ctx) + reserved_port_count(ctx.snap)
+    # Reserved ports anywhere a widened range could reach are not usable.
+    want = _ports_per_source_needed(ctx) + reserved_port_count(ctx.snap, PORT_FLOOR, PORT_CEIL)
     if rng[1] - rng[0] + 1 >= want:
         return None
     # Widen downwards first (the top stays where admins expect it), then upwards.
@@ -235,7 +241,7 @@ def _addresses_needs(ctx):
     """Source addresses needed once the port range is as wide as tuner will make it."""
     if ctx.role == "server" or ctx.target is None:
         return None
-    ports = PORT_CEIL - PORT_FLOOR + 1 - reserved_port_count(ctx.snap)
+    ports = PORT_CEIL - PORT_FLOOR + 1 - reserved_port_count(ctx.snap, PORT_FLOOR, PORT_CEIL)
     want = math.ceil(ctx.with_headroom(ctx.target) / (ports * FAST_PORT_SHARE * ctx.destinations))
     return [want] if ctx.sources < want else None
 
