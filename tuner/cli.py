@@ -14,7 +14,7 @@ import typer
 
 from . import errors, render
 from .errors import TunerError
-from .inputs import check_positive, check_role, parse_target
+from .inputs import check_positive, check_role, parse_target, parse_workers
 
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in errors.EXIT_CODES.items()) + "."
 
@@ -212,18 +212,18 @@ def probe(
     from .probe_cmd import run_probe
 
     n = parse_target(connections, "--connections")
-    n_workers = workers if workers == "auto" else _positive_int("--workers", workers)
-    pre = preflight.check(n, netns)
+    n_workers = parse_workers(workers)
+    source_net = source_net or preflight.DEFAULT_SOURCE_NET
+    pre = preflight.check(n, netns, source_net, n_workers)
     if not pre.ok and not force:
-        raise TunerError(f"refusing to probe {n:,}: {'; '.join(pre.problems)} (or pass --force)",
-                         errors.EXIT_SHORT)
-    result = run_probe(n, pre, hold=hold, rate=rate, workers=n_workers,
-                       source_net=source_net or "127.0.0.0/8", port=port, timeout=timeout, netns=netns)
+        raise TunerError(pre.refusal(), errors.EXIT_SHORT)
+    result = run_probe(n, pre, hold=hold, rate=rate, workers=n_workers, source_net=source_net,
+                       port=port, timeout=timeout, netns=netns)
     if json_out:
         _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(),
                               **result.to_dict()}))
     else:
-        _emit(render.probe_text(result, pre.estimate_bytes_per_conn))
+        _emit(render.probe_text(result, pre))
     raise typer.Exit(result.exit_code)
 
 

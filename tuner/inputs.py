@@ -6,6 +6,7 @@ is read or changed.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Optional
 
 from .errors import UsageError
@@ -26,10 +27,12 @@ def parse_target(text: Optional[str], what: str = "target") -> Optional[int]:
     if not m:
         raise UsageError(f"{what} {text!r} is not a whole number of connections "
                          f"(examples: 1000000, 1_000_000, 1M)")
-    value = float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2).lower()]
-    if value != int(value):
+    # Decimal, not float: '1.0000000000000001M' is not 1,000,000, and a 400-digit
+    # number is too large rather than an OverflowError.
+    exact = Decimal(m.group(1).replace("_", "")) * _SUFFIX[m.group(2).lower()]
+    if exact != exact.to_integral_value():
         raise UsageError(f"{what} {text!r} is not a whole number of connections")
-    value = int(value)
+    value = int(exact)
     if value < 1:
         raise UsageError(f"{what} must be at least 1 connection, not {text}")
     if value > MAX_TARGET:
@@ -42,6 +45,15 @@ def check_role(role: str) -> str:
     if role not in ROLES:
         raise UsageError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     return role
+
+
+def parse_workers(text: str):
+    """'auto' or a positive whole number of worker processes."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--workers takes 'auto' or a positive whole number, not {text!r}")
+    return int(text)
 
 
 def check_positive(name: str, value: Optional[int]) -> Optional[int]:

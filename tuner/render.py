@@ -192,8 +192,10 @@ def revert_text(outcome) -> str:
     return "\n".join(lines)
 
 
-def probe_text(result, estimate_bytes_per_conn: Optional[int] = None) -> str:
-    """The probe's summary as a two-column table, its failures, and the fixes."""
+def probe_text(result, preflight=None) -> str:
+    """The probe's summary as a two-column table, its failures, and the fixes (the knob
+    table's needed value where the limit is a knob, the probe's own hint otherwise)."""
+    estimate_bytes_per_conn = preflight.estimate_bytes_per_conn if preflight else None
     def secs(v):
         return "-" if v is None else f"{v:,.2f} s"
 
@@ -225,8 +227,9 @@ def probe_text(result, estimate_bytes_per_conn: Optional[int] = None) -> str:
         lines += ["", table([[e.side, e.op, e.errno, number(e.count), e.limit or "-", e.first_message]
                              for e in result.errors],
                             ["side", "op", "errno", "count", "limit", "first message"])]
-        for hint in dict.fromkeys(e.hint for e in result.errors if e.hint):
-            lines.append(f"fix: {hint}")
+        fixes = [(preflight.fix_for(e.limit) if preflight else None) or e.hint for e in result.errors]
+        for fix in dict.fromkeys(f for f in fixes if f):
+            lines.append(f"fix: {fix}")
     return "\n".join(lines)
 
 
