@@ -82,7 +82,7 @@ def main():
         with Held(exe, args.load) as held:
             loaded = time_report()
             sockets = report.snapshot().sockstat["sockets"]["used"]
-        print(f"tuner report wall time (median of 5):")
+        print("tuner report wall time (median of 5):")
         print(f"  reference, idle host          {reference:.3f} s")
         print(f"  with {sockets:,} sockets open {loaded:.3f} s   ratio {loaded / reference:.2f}  (goal < 0.5 s)")
 

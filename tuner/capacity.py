@@ -116,8 +116,7 @@ def _status(ctx: Ctx, knob: Knob, current, needed, allows, binding: Optional[str
     short = ctx.target is not None and allows is not None and allows < ctx.target
     if knob.caps == CAPS_PER_PROCESS:
         one_process = processes_needed(ctx, ctx.target or 0)["processes"] <= 1
-        if knob.name in ("RLIMIT_NOFILE.hard", "CAP_SYS_RESOURCE") and not one_process \
-                and not ctx.snap.cap_sys_resource:
+        if knob.capped(ctx) and not one_process:
             return CAPPED
         return OK
     if knob.caps == CAPS_BUFFERS:

@@ -16,7 +16,7 @@ except buffer defaults, which shrink only when the user asks (`shrink_buffers`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, List, Optional
 
@@ -138,7 +138,9 @@ class Knob:
     reads: tuple = ()    # extra (sysctl, scope) pairs the rules need, e.g. fs.file-nr
     writable: bool = True  # apply can change it (memory and capabilities cannot)
     fix: str = ""        # what to do when it binds and tuner cannot change it
-    notes: List[str] = field(default_factory=list)
+    # Per-process limits only: True where this process cannot raise it (no
+    # CAP_SYS_RESOURCE), so a target beyond one process must be sharded.
+    capped: Callable[[Ctx], bool] = lambda ctx: False
 
     @property
     def is_sysctl(self) -> bool:
@@ -343,6 +345,7 @@ KNOBS: List[Knob] = [
          "CAP_SYS_RESOURCE.",
          current=lambda ctx: [ctx.snap.nofile_hard],
          allows=_per_process_allows(lambda ctx: ctx.snap.nofile_hard), needs=_hard_needs,
+         capped=lambda ctx: not ctx.snap.cap_sys_resource,
          fix="LimitNOFILE= in the service's unit, or nofile in /etc/security/limits.d/"),
     Knob("RLIMIT_NOFILE.soft", "rlimit", "process", "descriptors", CAPS_PER_PROCESS,
          "Descriptors one process may open now; past it socket()/accept() fail with EMFILE.",
@@ -352,6 +355,7 @@ KNOBS: List[Knob] = [
          "Whether this process may raise its hard RLIMIT_NOFILE; containers and services "
          "often lack it, so one process is capped and the load must be sharded.",
          current=lambda ctx: ["yes" if ctx.snap.cap_sys_resource else "no"], writable=False,
+         capped=lambda ctx: not ctx.snap.cap_sys_resource,
          fix="run with CAP_SYS_RESOURCE, or shard across processes"),
     Knob("net.ipv4.ip_local_port_range", "sysctl", "netns", "ports", CAPS_CONNECTIONS,
          "Ephemeral ports per (source address, destination); one source address reaches "
