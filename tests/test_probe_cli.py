@@ -111,7 +111,10 @@ def test_progress_live_bar_renders_on_a_terminal():
     out = io.StringIO()
     with Progress(10, "probe", stream=out, live=True) as bar:
         bar.update(5, "exchange", established=10)
-    assert "probe" in out.getvalue()
+        bar._bar.refresh()  # draw now rather than on the refresh thread's next tick
+    text = out.getvalue()
+    assert "probe exchange" in text and "5/10" in text and "established=10" in text
+    assert "\x1b[" in text  # drawn with terminal control sequences, not plain lines
 
 
 def test_probes_never_import_the_cli():
