@@ -113,6 +113,84 @@ def test_corrupt_journal_is_one_line_and_changes_nothing(capsys, jpath, text):
         assert f.read() == text
 
 
+RLIMIT_ENTRY = {"key": "rlimit:1:1.0:RLIMIT_NOFILE.soft", "knob": "RLIMIT_NOFILE.soft",
+                "kind": "rlimit", "scope": "process", "netns": None, "why": "",
+                "detail": {"pid": 1, "create_time": 1.0, "resource": "RLIMIT_NOFILE",
+                           "which": "soft"},
+                "original": 1024, "before": 1024, "new": 20000, "state": "done", "command": ""}
+ALIAS_ENTRY = {"key": "alias::lo:10.9.0.2/32", "knob": "source addresses", "kind": "alias",
+               "scope": "netns", "netns": None, "why": "",
+               "detail": {"dev": "lo", "address": "10.9.0.2", "prefixlen": 32},
+               "original": False, "before": False, "new": True, "state": "done", "command": ""}
+
+
+def _with(entry, **over):
+    out = {**json.loads(json.dumps(entry)), **over}
+    return {k: v for k, v in out.items() if v is not _DROP}
+
+
+def _with_detail(entry, **over):
+    return _with(entry, detail={**entry["detail"], **over})
+
+
+_DROP = object()
+
+
+# Each is a well-formed JSON entry that revert could not act on; the first four are
+# changed from the journal's own (a sysctl entry), the others are other kinds.
+BAD_ENTRIES = {
+    "detail is text": lambda e: _with(e, detail="oops"),
+    "unknown kind": lambda e: _with(e, kind="registry"),
+    "unknown state": lambda e: _with(e, state="maybe"),
+    "sysctl value not text": lambda e: _with(e, new=65535),
+    "sysctl name a path": lambda e: _with_detail(e, name="../../../etc/passwd"),
+    "no before": lambda e: _with(e, before=_DROP),
+    "netns not text": lambda e: _with(e, netns=7),
+    "key not text": lambda e: _with(e, key=None),
+    "duplicate key": lambda e: e,
+    "rlimit pid text": lambda e: _with_detail(RLIMIT_ENTRY, pid="1"),
+    "rlimit value text": lambda e: _with(RLIMIT_ENTRY, original="1024"),
+    "rlimit unknown resource": lambda e: _with_detail(RLIMIT_ENTRY, resource="RLIMIT_CORE"),
+    "alias prefixlen text": lambda e: _with_detail(ALIAS_ENTRY, prefixlen="32"),
+    "alias address bad": lambda e: _with_detail(ALIAS_ENTRY, address="10.9.0.300"),
+    "alias value not bool": lambda e: _with(ALIAS_ENTRY, new="yes"),
+    "file path relative": lambda e: _with({**ALIAS_ENTRY, "kind": "file", "original": None,
+                                           "before": None, "new": "x\n"},
+                                          detail={"path": "etc/x.conf"}),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_ENTRIES))
+def test_bad_entry_is_refused_before_anything_is_reverted_or_applied(capsys, jpath, netns, bad):
+    """A journal that parses but holds one entry revert cannot act on: revert used to undo
+    the entries before it and then crash (TypeError); apply went ahead. Both must refuse
+    at load, with one line, and change nothing."""
+    before = netns_values(netns)
+    assert tuner(capsys, "apply", "-n", "1M", "--yes", "--netns", netns, "--journal", jpath)[0] == 0
+    applied = netns_values(netns)
+    with open(jpath) as f:
+        good = f.read()
+    data = json.loads(good)
+    # Newest last and revert goes newest first: the bad entry is the last one it reaches.
+    data["entries"].insert(0, BAD_ENTRIES[bad](data["entries"][0]))
+    text = json.dumps(data)
+    with open(jpath, "w") as f:
+        f.write(text)
+    for args in (["revert"], ["revert", "--force"], ["revert", "--dry-run"],
+                 ["apply", "-n", "2M", "--yes", "--netns", netns],
+                 ["apply", "-n", "2M", "--dry-run", "--netns", netns]):
+        rc, out, err = tuner(capsys, *args, "--journal", jpath)
+        assert rc == 1, (args, out, err)
+        assert "is corrupt" in err and "entry 0" in err and err.count("\n") == 1, (args, err)
+        assert netns_values(netns) == applied, args
+        with open(jpath) as f:
+            assert f.read() == text, args
+    with open(jpath, "w") as f:
+        f.write(good)
+    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert netns_values(netns) == before
+
+
 def test_nothing_to_revert(capsys, jpath):
     rc, out, err = tuner(capsys, "revert", "--journal", jpath)
     assert rc == 0 and out.startswith("nothing to revert")

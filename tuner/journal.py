@@ -28,8 +28,10 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import ipaddress
 import json
 import os
+import re
 import tempfile
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -38,7 +40,7 @@ from .errors import EXIT_BUSY, EXIT_FAILED, TunerError
 SCHEMA = "tuner.journal/1"
 DEFAULT_PATH = "/var/lib/tuner/journal.json"
 ENV_VAR = "TUNER_JOURNAL"
-ENTRY_FIELDS = ("key", "knob", "kind", "netns", "detail", "original", "new", "state")
+ENTRY_FIELDS = ("key", "knob", "kind", "netns", "detail", "original", "before", "new", "state")
 
 
 def resolve_path(path: Optional[str] = None) -> str:
@@ -111,16 +113,120 @@ class Journal:
 
 
 def _validate(data: Any) -> None:
+    """Every field revert and apply will touch, checked before either touches anything:
+    a bad entry found half-way through a revert would leave the host half-restored."""
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ValueError(f"not a {SCHEMA} document")
     if not isinstance(data.get("entries"), list) or not isinstance(data.get("applies"), list):
         raise ValueError("'entries' and 'applies' must be lists")
+    if not all(isinstance(a, dict) for a in data["applies"]):
+        raise ValueError("every 'applies' item must be an object")
+    keys: Dict[str, int] = {}
     for i, e in enumerate(data["entries"]):
-        missing = [k for k in ENTRY_FIELDS if not isinstance(e, dict) or k not in e]
-        if missing:
-            raise ValueError(f"entry {i} lacks {', '.join(missing)}")
-        if e["kind"] not in ("sysctl", "rlimit", "alias", "file") or e["state"] not in ("pending", "done"):
-            raise ValueError(f"entry {i} has an unknown kind or state")
+        try:
+            _validate_entry(e)
+        except ValueError as err:
+            key = e.get("key") if isinstance(e, dict) and isinstance(e.get("key"), str) else None
+            raise ValueError(f"entry {i}{f' ({key})' if key else ''}: {err}") from None
+        if e["key"] in keys:
+            # One entry per setting: two would hold two "originals" for it.
+            raise ValueError(f"entry {i}: key {e['key']!r} is also entry {keys[e['key']]}'s")
+        keys[e["key"]] = i
+
+
+# A sysctl name is dotted words; anything else (a '/' or '..') would make
+# /proc/sys/<name> point somewhere tuner never wrote.
+_SYSCTL_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_STATES = ("pending", "done")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check(ok: bool, what: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{what} is {value!r}")
+
+
+def _text(d: Dict[str, Any], name: str, where: str = "") -> str:
+    value = d.get(name)
+    _check(isinstance(value, str) and value != "", f"{where}{name}", value)
+    return value
+
+
+def _netns_name(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and v not in ("", ".", "..") and "/" not in v)
+
+
+def _abs_path(v: Any) -> bool:
+    return isinstance(v, str) and os.path.isabs(v) and "\0" not in v
+
+
+def _validate_entry(e: Any) -> None:
+    if not isinstance(e, dict):
+        raise ValueError(f"not an object: {e!r}")
+    missing = [k for k in ENTRY_FIELDS if k not in e]
+    if missing:
+        raise ValueError(f"lacks {', '.join(missing)}")
+    _text(e, "key")
+    _text(e, "knob")
+    for name in ("scope", "why", "command"):
+        if name in e:
+            _check(isinstance(e[name], str), name, e[name])
+    kind = e["kind"]
+    _check(kind in VALUE_CHECKS, "kind", kind)
+    _check(e["state"] in _STATES, "state", e["state"])
+    _check(_netns_name(e["netns"]), "netns", e["netns"])
+    d = e["detail"]
+    _check(isinstance(d, dict), "detail", d)
+    DETAIL_CHECKS[kind](d)
+    value_ok, value_kind = VALUE_CHECKS[kind]
+    for name in ("original", "before", "new"):
+        if not value_ok(e[name]):
+            raise ValueError(f"{name} must be {value_kind} for a {kind} entry, not {e[name]!r}")
+
+
+def _sysctl_detail(d: Dict[str, Any]) -> None:
+    name = _text(d, "name", "detail.")
+    _check(bool(_SYSCTL_NAME.match(name)), "detail.name", name)
+
+
+def _rlimit_detail(d: Dict[str, Any]) -> None:
+    from .writers import RLIMITS
+
+    _check(_is_int(d.get("pid")) and d["pid"] > 0, "detail.pid", d.get("pid"))
+    ct = d.get("create_time")
+    _check((_is_int(ct) or isinstance(ct, float)), "detail.create_time", ct)
+    _check(d.get("resource") in RLIMITS, "detail.resource", d.get("resource"))
+    _check(d.get("which") in ("soft", "hard"), "detail.which", d.get("which"))
+
+
+def _alias_detail(d: Dict[str, Any]) -> None:
+    dev = _text(d, "dev", "detail.")
+    _check(len(dev) < 16 and "/" not in dev, "detail.dev", dev)  # IFNAMSIZ
+    address = _text(d, "address", "detail.")
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        raise ValueError(f"detail.address is {address!r}") from None
+    pl = d.get("prefixlen")
+    _check(_is_int(pl) and 0 <= pl <= 32, "detail.prefixlen", pl)
+
+
+def _file_detail(d: Dict[str, Any]) -> None:
+    _check(_abs_path(d.get("path")), "detail.path", d.get("path"))
+    dirs = d.get("created_dirs", [])
+    _check(isinstance(dirs, list) and all(_abs_path(x) for x in dirs), "detail.created_dirs", dirs)
+
+
+DETAIL_CHECKS = {"sysctl": _sysctl_detail, "rlimit": _rlimit_detail, "alias": _alias_detail,
+                 "file": _file_detail}
+# The value representation of each kind (see the schema above).
+VALUE_CHECKS = {"sysctl": (lambda v: isinstance(v, str), "text"),
+                "rlimit": (_is_int, "an integer"),
+                "alias": (lambda v: isinstance(v, bool), "true or false"),
+                "file": (lambda v: v is None or isinstance(v, str), "text or null")}
 
 
 def _fsync_dir(directory: str) -> None:
