@@ -165,6 +165,40 @@ def test_pid_raises_child_soft_limit_and_says_hard_is_capped(capsys, jpath):
         assert nofile(pid) == (1024, 20000)
 
 
+def test_netns_plan_keeps_hard_limit_under_host_nr_open():
+    """With CAP_SYS_RESOURCE, 1M loopback connections in one process need a hard
+    RLIMIT_NOFILE of 2,001,024, above this fs.nr_open (1,048,576). apply --netns leaves
+    fs.nr_open alone (host-wide), so it must not plan a hard limit the kernel refuses
+    (EPERM at write time): it plans up to fs.nr_open and says why that is all. This
+    machine has no CAP_SYS_RESOURCE, so the capability is set in a snapshot of it and
+    the plan is built from that, without writing."""
+    from dataclasses import replace
+
+    from tuner import knobs, plan, report
+
+    snap = report.snapshot()
+    snap = replace(snap, cap_sys_resource=True, sysctls={**snap.sysctls, "fs.nr_open": "1048576"})
+    procs = {4242: {"soft": 1024, "hard": 4096, "create_time": 1.0}}
+
+    in_ns = plan.build_plan(snap, plan.Request(1_000_000, netns="tuner-t-fixed"), procs)
+    rl = {c.knob: c.new for c in in_ns.changes if c.kind == "rlimit"}
+    assert rl == {"RLIMIT_NOFILE.hard": 1_048_576, "RLIMIT_NOFILE.soft": 1_048_576}
+    skipped = {s["knob"]: s for s in in_ns.skipped}
+    assert skipped["fs.nr_open"]["needed"] == [2_001_024]
+    assert any("fs.nr_open (1048576) caps it" in n and "without --netns" in n
+               for n in in_ns.notes), in_ns.notes
+
+    # On the host the plan raises fs.nr_open first, then the hard limit to what N needs.
+    on_host = plan.build_plan(snap, plan.Request(1_000_000), procs)
+    new = {c.knob: c.new for c in on_host.changes}
+    assert new["fs.nr_open"] == "2001024" and new["RLIMIT_NOFILE.hard"] == 2_001_024
+    # The report still shows what N needs, whatever apply --netns can do.
+    rows = {r.name: r for r in report.build(1_000_000, snap=snap).rows}
+    assert rows["RLIMIT_NOFILE.hard"].needed == [2_001_024]
+    assert knobs.BY_NAME["RLIMIT_NOFILE.hard"].needs(
+        knobs.Ctx(snap, target=1_000_000, host_changes=False)) == [1_048_576]
+
+
 # ---------------------------------------------------------------- persistence
 
 def test_persist_into_temp_root(capsys, jpath, tmp_path, host_restored):

@@ -58,6 +58,9 @@ class Ctx:
     source_count: Optional[int] = None  # sources known otherwise (the probe's --source-net)
     epoll: bool = True                 # every socket watched by epoll (servers do this)
     shrink_buffers: bool = False
+    # The plan may raise host-wide knobs (fs.nr_open). False for apply --netns, which
+    # leaves them alone, so per-process values must fit under the host's as they are.
+    host_changes: bool = True
 
     # --- derived figures, each computed once ---
     @property
@@ -211,6 +214,11 @@ def _hard_needs(ctx):
     if ctx.target is None or not ctx.snap.cap_sys_resource:
         return None  # without CAP_SYS_RESOURCE the hard limit cannot go up: shard instead
     want = _one_process_fds(ctx)
+    nr_open = ctx.snap.int("fs.nr_open")
+    if not ctx.host_changes and nr_open is not None:
+        # The kernel refuses a hard limit above fs.nr_open (EPERM), and this plan
+        # leaves fs.nr_open as it is: go as high as it allows, shard the rest.
+        want = min(want, nr_open)
     return [want] if ctx.snap.nofile_hard < want else None
 
 

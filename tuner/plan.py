@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import UsageError
-from .knobs import KNOBS, Ctx, Knob
+from .knobs import KNOBS, NR_OPEN_MAX, Ctx, Knob
 from .readings import Snapshot
 
 SCHEMA = "tuner.plan/1"
@@ -132,7 +132,8 @@ class Request:
 
 def _ctx(snap: Snapshot, req: Request, **over) -> Ctx:
     return Ctx(snap, role=req.role, target=req.target, destinations=req.destinations,
-               source_dev=req.alias_dev, shrink_buffers=over.get("shrink", req.shrink_buffers))
+               source_dev=req.alias_dev, shrink_buffers=over.get("shrink", req.shrink_buffers),
+               host_changes=req.netns is None)
 
 
 def _buffer_memory(snap: Snapshot, req: Request) -> Optional[int]:
@@ -225,24 +226,31 @@ def _rlimit_changes(knob: Knob, req: Request, procs, pid_snaps, sim: Snapshot,
         psnap.sysctls = dict(sim.sysctls)
         ctx = _ctx(psnap, req)
         needed = knob.needs(ctx)
-        if needed is None:
-            allows = knob.allows(ctx)
-            if allows is not None and allows < req.target and knob.fix:
-                notes.append(f"pid {pid}: {knob.name} {getattr(psnap, RLIMIT_FIELDS[which]):,} "
-                             f"holds {allows:,} connections per process and this host cannot raise "
-                             f"it (no CAP_SYS_RESOURCE): {knob.fix}; or shard the load over "
-                             f"{math.ceil(req.target / max(allows, 1)):,} processes.")
-            continue
         field_name = RLIMIT_FIELDS[which]
-        cur = getattr(psnap, field_name)
-        setattr(psnap, field_name, needed[0])
-        if which == "hard":
-            psnap.nofile_soft = min(psnap.nofile_soft, needed[0])
-        out.append(Change(
-            knob.name, "rlimit", "process", None, f"rlimit:{pid}:{info['create_time']}:{knob.name}",
-            cur, needed[0], knob.why,
-            prlimit_command(pid, psnap.nofile_soft, psnap.nofile_hard),
-            {"pid": pid, "create_time": info["create_time"], "resource": resource, "which": which}))
+        if needed is not None:
+            cur = getattr(psnap, field_name)
+            setattr(psnap, field_name, needed[0])
+            if which == "hard":
+                psnap.nofile_soft = min(psnap.nofile_soft, needed[0])
+            out.append(Change(
+                knob.name, "rlimit", "process", None,
+                f"rlimit:{pid}:{info['create_time']}:{knob.name}", cur, needed[0], knob.why,
+                prlimit_command(pid, psnap.nofile_soft, psnap.nofile_hard),
+                {"pid": pid, "create_time": info["create_time"], "resource": resource,
+                 "which": which}))
+        # Still short of N per process after this plan: say why, and what to do.
+        allows = knob.allows(_ctx(psnap, req))
+        if allows is not None and allows < req.target and knob.fix:
+            if not psnap.cap_sys_resource:
+                why = "this host cannot raise it (no CAP_SYS_RESOURCE)"
+            elif req.netns is not None:
+                why = (f"fs.nr_open ({psnap.sysctls.get('fs.nr_open')}) caps it; that is "
+                       f"host-wide, so 'tuner apply' without --netns raises it")
+            else:
+                why = f"the kernel caps every process at {NR_OPEN_MAX:,} descriptors"
+            notes.append(f"pid {pid}: {knob.name} {getattr(psnap, field_name):,} holds "
+                         f"{allows:,} connections per process and {why}: {knob.fix}; or shard "
+                         f"the load over {math.ceil(req.target / max(allows, 1)):,} processes.")
     return out
 
 
