@@ -73,6 +73,24 @@ def tuner_proc(*args, env_extra=None, **kw):
                           text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, **kw)
 
 
+# Python and tuner live under /root here, which nobody cannot read, so the child imports
+# as root and then drops to uid/gid 65534 (all groups cleared) before tuner parses
+# anything; from there on it is an ordinary unprivileged process.
+_AS_NOBODY = (
+    "import contextlib, io, os, sys, psutil, pyroute2, tuner.cli, tuner.apply, tuner.revert\n"
+    # typer imports parts of itself lazily while parsing: parse once as root.
+    "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+    "    tuner.cli.main(['apply', '--bogus']); tuner.cli.main(['revert', '--help'])\n"
+    "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+    "sys.exit(tuner.cli.main(sys.argv[1:]))\n")
+
+
+def tuner_as_nobody(*args):
+    """`tuner ARGS` as uid 65534 (no capabilities); returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-c", _AS_NOBODY, *map(str, args)],
+                          capture_output=True, text=True, cwd="/", timeout=60)
+
+
 def addresses(ns, dev):
     out = subprocess.run(["ip", "-n", ns, "-4", "-j", "addr", "show", "dev", dev],
                          capture_output=True, text=True, check=True).stdout

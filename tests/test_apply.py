@@ -15,7 +15,8 @@ from tuner import journal as journal_mod
 from tuner.readings import read_sysctl
 
 from applyhelp import (add_veth, addresses, child_with_nofile, host_restored, host_values,  # noqa: F401
-                       jpath, netns_values, nofile, restore, tree, tuner, tuner_proc)
+                       jpath, netns_values, nofile, restore, tree, tuner, tuner_as_nobody,
+                       tuner_proc)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="apply changes kernel settings: needs root")
 
@@ -267,27 +268,34 @@ def test_lock_refuses_concurrent_apply_and_revert(capsys, jpath):
 
 
 def test_non_root_is_refused_before_any_change(tmp_path):
-    """Run as nobody: Python and tuner live under /root here, which nobody cannot read, so
-    the child imports as root and then drops to uid/gid 65534 (all groups cleared) before
-    tuner parses anything; from there on it is an ordinary unprivileged process."""
-    import subprocess
-    import sys
-
     jdir = tmp_path / "j"
-    code = ("import contextlib, io, os, sys, psutil, pyroute2, tuner.cli, tuner.apply, tuner.revert\n"
-            # typer imports parts of itself lazily while parsing: parse once as root.
-            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-            "    tuner.cli.main(['apply', '--bogus']); tuner.cli.main(['revert', '--help'])\n"
-            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
-            "sys.exit(tuner.cli.main(sys.argv[1:]))\n")
     before = host_values()
     for args in (["apply", "-n", "1M", "--yes"], ["revert"]):
-        proc = subprocess.run([sys.executable, "-c", code, *args, "--journal", str(jdir / "j.json")],
-                              capture_output=True, text=True, cwd="/", timeout=60)
+        proc = tuner_as_nobody(*args, "--journal", jdir / "j.json")
         assert proc.returncode == 4, proc.stderr
         assert proc.stderr.count("\n") == 1 and "needs root" in proc.stderr
     assert host_values() == before
     assert not jdir.exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["-n", "lots"], "not a whole number"),
+    (["-n", "1M", "--netns", "tuner-t-nonexistent"], "no network namespace"),
+    (["-n", "1M", "--role", "client", "--alias-dev", "nosuchdev0", "--alias-net", "10.9.0.0/24"],
+     "no such device"),
+    (["-n", "1M", "--role", "client", "--alias-dev", "lo", "--alias-net", "10.9.0.0/33"],
+     "not a network"),
+    (["-n", "1M", "--pid", "999999999"], "no such process"),
+])
+def test_bad_input_without_root_is_exit_2_not_4(tmp_path, args, says):
+    """Bad input is exit 2 whoever runs it: input is checked before the root check (a
+    bad --alias-dev or --pid used to be exit 4 for a non-root user)."""
+    jdir = tmp_path / "j"
+    before = host_values()
+    proc = tuner_as_nobody("apply", "--yes", "--journal", jdir / "j.json", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert says in proc.stderr and proc.stderr.count("\n") == 1
+    assert host_values() == before and not jdir.exists()
 
 
 def test_no_terminal_and_no_yes_is_refused(jpath):

@@ -50,7 +50,8 @@ def check_root(what: str) -> None:
 
 
 def validate(req: Request) -> None:
-    """Input errors that need no privileges: one line, exit 2, before anything else."""
+    """Input errors: one line, exit 2, before anything else (the root check included, so
+    bad input is exit 2 whoever runs it)."""
     check_role(req.role)
     check_positive("--destinations", req.destinations)
     check_unit(req.unit)
@@ -75,6 +76,20 @@ def validate(req: Request) -> None:
         raise UsageError(f"--root-dir {req.root_dir}: no such directory")
     if req.netns is not None:
         check_netns(req.netns)
+    for pid in req.pids:
+        _check_pid(pid)
+    # Last: without root the device can only be looked for in the initial namespace;
+    # inside another one, entering it needs root, and that is exit 4 (needs root).
+    _check_device(req)
+
+
+def _check_pid(pid: int) -> None:
+    """That the process exists, which anyone may ask; its limits are read after the
+    root check."""
+    import psutil
+
+    if pid < 1 or not psutil.pid_exists(pid):
+        raise UsageError(f"--pid {pid}: no such process")
 
 
 def read_processes(pids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
@@ -110,7 +125,6 @@ def _check_device(req: Request) -> None:
 # ---------------------------------------------------------------- the command
 
 def prepare(req: Request, journal_path: str) -> Plan:
-    _check_device(req)
     procs = read_processes(req.pids)
     journal = Journal.load(journal_path)
     snap = report_mod.snapshot(req.netns)
