@@ -8,10 +8,13 @@ RLIMIT_NOFILE.  Any number of clients may connect and speak the wire exchange
 their per-client-address tables.
 
 The run ends on SIGINT/SIGTERM/SIGHUP, on --timeout, or -- with --expect and --hold
--- once --expect connections have been verified and held --hold seconds.  Either way
-every worker reports its final totals and exits; the result says how it went:
+-- once --expect connections have been verified and held --hold seconds.  A worker
+that runs out of descriptors or kernel memory at accept() closes its listener and the
+others serve on (the limit is recorded in errors); the run ends on that only when no
+listener is left.  Either way every worker reports its final totals and exits; the
+result says how it went:
 
-    ok: no server error and (with --expect) at least --expect verified
+    ok: no server error or limit hit and (with --expect) at least --expect verified
     exit status (python -m probes): 0 when ok, 3 otherwise, 2 bad configuration
 
 Kernel memory per connection is the growth of Slab (host-wide) and of the TCP
@@ -106,7 +109,9 @@ def open_listeners(addr: str, port: int, count: int) -> List[socket.socket]:
 class Server:
     def __init__(self, cfg: ServeConfig, emit: Emit):
         self.cfg, self.emit = cfg, emit
-        self.records: List[tuple] = []
+        self.records: List[tuple] = []   # failures that end the run (a worker died)
+        self.limits: List[tuple] = []    # limits one worker hit; the others keep serving
+        self.full: set = set()           # workers whose listener closed on such a limit
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -175,6 +180,8 @@ class Server:
                     self.stopped_by = signal.Signals(fleet.signal).name
                 elif self.records:
                     self.stopped_by = "error"
+                elif len(self.full) == self.w:
+                    self.stopped_by = "no listener left"
                 elif reached_at is not None and cfg.hold is not None and now - reached_at >= cfg.hold:
                     self.stopped_by = "held"
                 elif cfg.timeout and reached_at is None and now - self.t0 >= cfg.timeout:
@@ -209,9 +216,16 @@ class Server:
                 row[i] += int(v)
         elif kind == b"E":
             side, op, code, index = (int(v) for v in vals)
-            self.records.append((("client", "server")[side], classify.OPS[op], code, index,
-                                 f"worker {k}: server {classify.OPS[op]}() failed after {index} "
-                                 f"connections: {os.strerror(code)}"))
+            record = (("client", "server")[side], classify.OPS[op], code, index,
+                      f"worker {k}: server {classify.OPS[op]}() failed after {index} "
+                      f"connections: {os.strerror(code)}")
+            if classify.OPS[op] == "accept" and code in serve_worker.LISTENER_FULL:
+                # A limit of this worker, classified in the result; it closed its listener
+                # and the kernel hashes new clients to the other workers' listeners.
+                self.limits.append(record)
+                self.full.add(k)
+            else:
+                self.records.append(record)
         elif kind == b"F":
             self.final[k] = True
 
@@ -226,12 +240,15 @@ class Server:
         failures = self.failures()
         verified = self.sum(1)
         per = max(self.at_peak_held, 1)
-        errors = classify.summarize(self.records, cfg.expect or self.peak or 1,
+        errors = classify.summarize(self.records + self.limits, cfg.expect or self.peak or 1,
                                     {k: peak.get(k, 0) - base.get(k, 0) for k in peak
                                      if isinstance(peak.get(k), int)}, peak, role="server")
         reached = cfg.expect is None or verified >= cfg.expect
         stopped_by = self.stopped_by
-        if errors:
+        if errors and stopped_by in ("error", "no listener left"):
+            # Ended by what failed: name the limit.  Ended otherwise (a signal, --hold,
+            # --timeout) with a worker full on the way: that is how it ended, and the
+            # limit is in errors (and makes ok false).
             stopped_by = errors[0]["limit"] or errors[0]["errno"]
         end = kernel.sockstat()
         clients = [{"address": ip, **dict(zip(PEER_KEYS, row))}

@@ -38,6 +38,9 @@ A_ACCEPTED, A_VERIFIED, A_DROPPED, A_OVER = range(4)
 A_FAIL = {name: 4 + i for i, name in enumerate(wire.FAILURES)}
 A_SIZE = 4 + len(wire.FAILURES)
 RDHUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+# accept() errnos that mean this worker is full (descriptors, kernel memory): it closes
+# its listener and the others serve on; the orchestrator ends only when none is left.
+LISTENER_FULL = (E.EMFILE, E.ENFILE, E.ENOBUFS, E.ENOMEM)
 
 
 class ServeWorker:
@@ -149,7 +152,7 @@ class ServeWorker:
                 if code == E.EAGAIN:
                     return
                 self.send("E", SIDE_CODES["server"], OP_CODES["accept"], code, self.accepted)
-                if code in (E.EMFILE, E.ENFILE, E.ENOBUFS, E.ENOMEM):
+                if code in LISTENER_FULL:
                     # Full: closing the listener makes the kernel hash new connections to
                     # the other workers' listeners (those queued here are reset).
                     self.close_listener()

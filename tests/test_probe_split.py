@@ -311,3 +311,65 @@ def test_bad_endpoints_are_usage_errors():
     assert run_tuner("probe", "--connect", ":7000", "-n", 10).returncode == 2
     proc = run_tuner("probe", "--serve", ":7000", "--hold", 3)
     assert proc.returncode == 2 and "--expect" in proc.stderr
+
+
+def test_a_full_worker_closes_its_listener_and_the_others_serve_on(netns):
+    """Worker 0 runs out of descriptors at accept(): it closes its listener, and the
+    server keeps serving on worker 1 instead of ending (the limit is still reported)."""
+    port, marker = 7700, "17.0519"
+    srv = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "probes", "--jsonl",
+                            "--serve", f"127.0.0.1:{port}", "--workers", "2", "--worker-nofile", "100",
+                            "--timeout", marker],
+                           stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT))
+    held, after = [], 30
+    try:
+        events_until(srv, lambda e: e["event"] == "listening")
+        with in_netns(netns):
+            # Worker k numbers its connections k, k+2, ...: hold worker 0's and close worker
+            # 1's at once, until 20 in a row land on worker 1 (by chance: 2**-20): worker 0
+            # is full and closed its listener.
+            odd = 0
+            for _ in range(1000):
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                try:
+                    index = recv_exactly(s, 4)
+                except ConnectionResetError:  # queued on worker 0's listener as it closed
+                    index = b""
+                if len(index) < 4 or wire.INDEX.unpack(index)[0] % 2:
+                    s.close()
+                    odd += 1
+                    if odd == 20:
+                        break
+                    continue
+                odd = 0
+                s.sendall(index)
+                assert s.recv(1) == wire.ACK
+                held.append(s)
+            else:
+                raise AssertionError(f"worker 0 never ran out of descriptors ({len(held)} held)")
+            full = len(held)
+            assert 40 < full < 100
+            # Every new client now lands on worker 1, and verifies.
+            for _ in range(after):
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                held.append(s)
+                index = recv_exactly(s, 4)
+                assert len(index) == 4 and wire.INDEX.unpack(index)[0] % 2 == 1
+                s.sendall(index)
+                assert s.recv(1) == wire.ACK
+        assert srv.poll() is None
+        srv.send_signal(signal.SIGTERM)
+        result = events_until(srv, lambda e: e["event"] == "result")["result"]
+        assert srv.wait(timeout=10) == 3  # a worker hit a limit: not ok
+    finally:
+        for s in held:
+            s.close()
+        if srv.poll() is None:
+            srv.kill()
+    assert result["stopped_by"] == "SIGTERM" and not result["ok"]
+    assert result["verified"] == full + after
+    [error] = result["errors"]
+    assert (error["side"], error["op"], error["errno"], error["count"]) == ("server", "accept", "EMFILE", 1)
+    assert error["limit"] == "RLIMIT_NOFILE"
+    assert result["sockets_after"] == 0
+    assert gone(marker) == []
