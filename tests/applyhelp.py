@@ -41,6 +41,15 @@ def jpath(tmp_path):
     return str(tmp_path / "state" / "journal.json")
 
 
+@pytest.fixture(autouse=True)
+def own_lock(tmp_path, monkeypatch):
+    """A host-wide lock of the test's own (TUNER_LOCK), never /run/tuner.lock: nothing is
+    left in /run, and a tuner run elsewhere on this machine does not make a test busy."""
+    path = tmp_path / "lock" / "tuner.lock"
+    monkeypatch.setenv("TUNER_LOCK", str(path))
+    return str(path)
+
+
 def netns_values(ns):
     with in_netns(ns):
         return {n: read_sysctl(n) for n in NETNS_NAMES}

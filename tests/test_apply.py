@@ -15,7 +15,7 @@ from tuner import journal as journal_mod
 from tuner.readings import read_sysctl
 
 from applyhelp import (add_veth, addresses, child_with_nofile, host_restored, host_values,  # noqa: F401
-                       jpath, netns_values, nofile, restore, tree, tuner, tuner_as_nobody,
+                       jpath, own_lock, netns_values, nofile, restore, tree, tuner, tuner_as_nobody,
                        tuner_proc)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="apply changes kernel settings: needs root")
@@ -265,6 +265,43 @@ def test_lock_refuses_concurrent_apply_and_revert(capsys, jpath):
         assert rc == 5 and "another tuner" in err and err.count("\n") == 1
         assert tuner(capsys, "revert", "--journal", jpath)[0] == 5
     assert host_values() == before
+
+
+def test_host_lock_refuses_apply_with_another_journal(capsys, tmp_path, netns, own_lock):
+    """Two applies with different journals change the same settings and each would record
+    the other's value as the original: one host-wide lock keeps them apart, and the
+    refusal names the holder."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom tuner import journal\n"
+         "with journal.locked(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()\n",
+         str(tmp_path / "a" / "journal.json")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    before = netns_values(netns)
+    jb = str(tmp_path / "b" / "journal.json")
+    try:
+        assert holder.stdout.readline() == "held\n"
+        rc, out, err = tuner(capsys, "apply", "-n", "1M", "--yes", "--netns", netns, "--journal", jb)
+        assert rc == 5, err
+        assert f"(pid {holder.pid}) holds {own_lock}" in err and err.count("\n") == 1
+        rc, out, err = tuner(capsys, "revert", "--journal", jb)
+        assert rc == 5 and f"pid {holder.pid}" in err
+        assert netns_values(netns) == before and not os.path.exists(jb)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert not os.path.exists(own_lock)     # released with its holder, file and all
+    assert tuner(capsys, "apply", "-n", "1M", "--yes", "--netns", netns, "--journal", jb)[0] == 0
+    assert not os.path.exists(own_lock)
+    assert tuner(capsys, "revert", "--journal", jb)[0] == 0
+    assert netns_values(netns) == before
+
+
+def test_host_lock_defaults_to_run(monkeypatch):
+    monkeypatch.delenv("TUNER_LOCK")
+    assert journal_mod.lock_path() == "/run/tuner.lock"
 
 
 def test_non_root_is_refused_before_any_change(tmp_path):

@@ -6,6 +6,9 @@ same directory, fsync, rename over the old one, fsync the directory.  After the 
 is verified the entry becomes "done".  A crash at any point leaves a journal that
 names every setting that may have changed, so revert can always find its way back.
 
+Apply and revert hold a host-wide lock (/run/tuner.lock, or $TUNER_LOCK) and the
+journal's own (PATH.lock) while they run; a second one is refused with exit 5.
+
 One entry per setting (its `key`): a second apply that changes the same setting again
 updates `new` but keeps `original`, so revert returns to the state before tuner's first
 apply, not to the first apply's values.
@@ -40,6 +43,8 @@ from .errors import EXIT_BUSY, EXIT_FAILED, TunerError
 SCHEMA = "tuner.journal/1"
 DEFAULT_PATH = "/var/lib/tuner/journal.json"
 ENV_VAR = "TUNER_JOURNAL"
+DEFAULT_LOCK = "/run/tuner.lock"
+LOCK_ENV_VAR = "TUNER_LOCK"
 ENTRY_FIELDS = ("key", "knob", "kind", "netns", "detail", "original", "before", "new", "state")
 
 
@@ -239,23 +244,66 @@ def _fsync_dir(directory: str) -> None:
 
 @contextlib.contextmanager
 def locked(path: str) -> Iterator[None]:
-    """Hold the journal's lock (`PATH.lock`, flock) or fail at once with exit 5.
+    """Hold the host-wide lock, then the journal's (`PATH.lock`), or fail at once with
+    exit 5.
+
+    The host-wide one is what keeps two applies apart: with different journals
+    (--journal, TUNER_JOURNAL) each would otherwise record the other's value as the
+    original.  The journal's own keeps its file whole even where the host-wide one
+    is aimed elsewhere (TUNER_LOCK, as the tests do).
+    """
+    with _flock(lock_path()), _flock(path + ".lock"):
+        yield
+
+
+def lock_path() -> str:
+    """$TUNER_LOCK, else /run/tuner.lock: one per host."""
+    return os.path.abspath(os.environ.get(LOCK_ENV_VAR) or DEFAULT_LOCK)
+
+
+@contextlib.contextmanager
+def _flock(lock: str) -> Iterator[None]:
+    """flock `lock`, writing this pid into it; the file goes when the lock is released.
 
     flock is released by the kernel when the process dies, so a killed apply never
-    leaves a stale lock behind.  The lock file stays (removing it would race with
-    another tuner opening it).
+    leaves a held lock behind (only a file, which the next tuner takes over).  Removing
+    the file on release is safe because a taker checks, once it holds the lock, that
+    the path still names the file it locked; if a releaser removed it in between, it
+    opens the path again.
     """
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    os.makedirs(os.path.dirname(lock), mode=0o700, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            holder = _holder(fd)
+            os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise TunerError(f"another tuner apply or revert holds {path}.lock; "
+                raise TunerError(f"another tuner apply or revert{holder} holds {lock}; "
                                  f"wait for it to finish", EXIT_BUSY) from None
             raise
+        try:
+            mine = os.path.samestat(os.stat(lock), os.fstat(fd))
+        except FileNotFoundError:
+            mine = False
+        if mine:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
         os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """' (pid N)' from what the lock's holder wrote into it, or '' if it has not yet."""
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return f" (pid {text})" if text.isdigit() else ""
