@@ -139,10 +139,31 @@ def test_client_aliases_on_veth_in_namespace(capsys, jpath, netns):
     added = sorted(set(addresses(netns, "veth0")) - set(addrs_before))
     assert added == [f"10.9.0.{i}/32" for i in range(2, 7)]
     assert f"ip -n {netns} addr add 10.9.0.2/32 dev veth0" in out
+    assert "after apply: target 200,000 reachable: yes" in out
     assert netns_values(netns)["net.ipv4.ip_local_port_range"] == "1024 65535"
     assert netns_values(netns)["net.ipv4.tcp_tw_reuse"] == "1"
     assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
     assert addresses(netns, "veth0") == addrs_before
+    assert netns_values(netns) == before
+
+
+def test_after_report_counts_the_alias_device_even_with_no_addresses(capsys, jpath, netns):
+    """A server needs no aliases, so --alias-dev may name a device with no address at all.
+    The after-apply report used to catch the report's "no addresses on device" and quietly
+    count every interface instead; it counts that device, and says what it counted."""
+    import subprocess
+    subprocess.run(["ip", "-n", netns, "link", "add", "veth0", "type", "veth", "peer", "name",
+                    "veth1"], check=True)
+    before = netns_values(netns)
+    rc, out, err = tuner(capsys, "apply", "-n", "10k", "--role", "server", "--netns", netns,
+                         "--alias-dev", "veth0", "--alias-net", "10.9.0.0/24", "--yes",
+                         "--journal", jpath, "--json")
+    assert rc == 0, err
+    after = json.loads(out)["after"]
+    assert after["source_addresses"] == {"dev": "veth0", "count": 0}
+    assert after["reachable"] is True
+    assert addresses(netns, "veth0") == []
+    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
     assert netns_values(netns) == before
 
 

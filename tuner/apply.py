@@ -14,11 +14,12 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from . import capacity, writers
 from . import report as report_mod
-from . import writers
 from .errors import EXIT_FAILED, PermissionNeeded, TunerError, UsageError
 from .inputs import check_positive, check_role
 from .journal import Journal, locked, now, resolve_path
+from .knobs import Ctx
 from .plan import Plan, Request, build_plan, check_unit
 from .readings import check_netns
 
@@ -238,15 +239,23 @@ def _rollback(journal: Journal, done: List[tuple]):
 
 
 def after_report(req: Request) -> Dict[str, Any]:
-    """What the capacity model says now: reachable, or what still binds."""
-    try:
-        rep = report_mod.build(req.target, req.role, req.netns, req.destinations, req.alias_dev)
-    except UsageError:
-        # An --alias-dev with no addresses at all (none were needed): count as report does.
-        rep = report_mod.build(req.target, req.role, req.netns, req.destinations)
+    """What the capacity model says now: reachable, or what still binds.
+
+    Source addresses are counted on --alias-dev as the plan counted them.  Not through
+    report.build, which refuses a device with no addresses as a mistyped --source-dev:
+    here the device was checked before planning, and no addresses on it (a server
+    role needs none added) is a count of 0, not bad input after changes were made.
+    """
+    snap = report_mod.snapshot(req.netns)
+    ctx = Ctx(snap, role=req.role, target=req.target, destinations=req.destinations,
+              source_dev=req.alias_dev)
+    rep = capacity.evaluate(ctx)
     capped = [{"knob": r.name, "current": r.current, "allows": r.allows, "fix": r.fix}
               for r in rep.rows if r.status in ("binds", "short", "capped")]
     return {"reachable": rep.reachable, "max_connections": rep.max_connections,
             "binding": rep.binding, "processes": rep.processes, "still_binding": capped,
+            "source_addresses": {
+                "dev": req.alias_dev or ("lo" if req.role == "loopback" else None),
+                "count": ctx.sources},
             "memory": {k: rep.memory.get(k) for k in ("idle_fits_memory", "worst_fits_memory",
                                                       "worst_total_bytes", "mem_available_bytes")}}
