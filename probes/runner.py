@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from typing import Callable, Optional
 
 from .config import ProbeConfig, ProbeConfigError
@@ -40,57 +41,42 @@ def command(config: ProbeConfig, python: str = sys.executable) -> list:
     return ["ip", "netns", "exec", config.netns, *argv] if config.netns else argv
 
 
+class ProbeInterrupted(ProbeError):
+    """A signal ended the orchestrator before it could report (it was still starting)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} before the probe started")
+        self.signum = signum
+
+
 def run_probe(config: ProbeConfig, on_progress: Optional[OnProgress] = None,
               on_plan: Optional[Callable[[dict], None]] = None) -> ProbeResult:
     """Open, verify, hold and close config.connections loopback connections.
 
     Returns the ProbeResult whether or not every connection verified (result.ok,
-    result.stopped_by, result.exit_code say how it ended).  Ctrl-C during the run ends
-    every worker and returns the partial result with interrupted=True and
-    stopped_by='SIGINT'; a second Ctrl-C kills the orchestrator and re-raises.
-    Raises ProbeConfigError when the configuration cannot run here (nothing opened) and
+    result.stopped_by, result.exit_code say how it ended).  SIGINT or SIGTERM during the
+    run ends every worker and returns the partial result with interrupted=True and
+    stopped_by='SIGINT'/'SIGTERM'; a second Ctrl-C kills the orchestrator and re-raises.
+    Raises ProbeConfigError when the configuration cannot run here (nothing opened),
+    ProbeInterrupted when a signal came before the orchestrator could report, and
     ProbeError when the orchestrator fails.
     """
     config.validate()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(command(config), stdout=subprocess.PIPE, stderr=stderr, env=env,
-                                text=True, bufsize=1)
-        state = {"result": None, "error": None}
-        try:
-            _read_events(proc, state, on_progress, on_plan)
-        except KeyboardInterrupt:
-            # The terminal sent SIGINT to the whole group; make sure the orchestrator saw it
-            # too, then let it end the workers and report how far it got.
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            try:
-                _read_events(proc, state, on_progress, on_plan)
-            except KeyboardInterrupt:
-                proc.kill()  # workers follow through PR_SET_PDEATHSIG
-                proc.wait()
-                raise
-        finally:
-            if proc.poll() is None and state["result"] is None:
-                proc.kill()
-            proc.wait()
-            proc.stdout.close()
-        if state["result"] is not None:
-            return ProbeResult.from_dict(state["result"])
-        if proc.returncode == EXIT_USAGE and state["error"]:
-            raise ProbeConfigError(state["error"])
-        stderr.seek(0)
-        tail = stderr.read().decode(errors="replace").strip().splitlines()[-5:]
-        raise ProbeError(f"probe orchestrator exited with status {proc.returncode}: "
-                         + (" | ".join(tail) or state["error"] or "no output"))
+
+    def on_event(event: dict) -> None:
+        kind = event.get("event")
+        if kind == "progress" and on_progress is not None:
+            on_progress(event["established"], event["verified"], event["rate"], event["phase"])
+        elif kind == "plan" and on_plan is not None:
+            on_plan(event)
+
+    return ProbeResult.from_dict(_run(command(config), "orchestrator", on_event))
 
 
 def run_split(config, netns: Optional[str] = None, on_event: Optional[Callable[[dict], None]] = None) -> dict:
     """Run a ServeConfig (--serve) or ConnectConfig (--connect) in a lean interpreter, like
-    run_probe; returns the result dict.  on_event sees every event (listening/plan,
-    progress).  SIGTERM to the caller is passed on, so a stopped server still reports;
-    Ctrl-C ends it the same way.  Raises ProbeConfigError / ProbeError like run_probe."""
+    run_probe (signals included); returns the result dict.  on_event sees every other
+    event (listening/plan, progress)."""
     from .serve import ServeConfig
     config.validate()
     mode, where = ("--serve", config.listen) if isinstance(config, ServeConfig) else ("--connect", config.target)
@@ -98,59 +84,66 @@ def run_split(config, netns: Optional[str] = None, on_event: Optional[Callable[[
             "--config", json.dumps(config.to_dict())]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
+    return _run(argv, mode[2:], on_event)
+
+
+def _run(argv: list, name: str, on_event: Optional[Callable[[dict], None]]) -> dict:
+    """Start the orchestrator (argv), feed its events to on_event, return its result dict.
+
+    SIGTERM and SIGINT to this process are passed on to the orchestrator, which ends its
+    workers and still reports: whoever stops a probe (Ctrl-C, kill, a service manager)
+    gets the partial result.  (A terminal's Ctrl-C reaches the whole process group, so
+    the orchestrator may see it twice; it acts on the first.)  A second SIGINT kills the
+    orchestrator (its workers follow through PR_SET_PDEATHSIG) and raises
+    KeyboardInterrupt.  Handlers can only be set from the main thread; elsewhere the
+    caller's own handling stands.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     state = {"result": None, "error": None}
+    got: list = []   # the signals this process received, in order
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True, bufsize=1)
-        old = signal.signal(signal.SIGTERM, lambda *_: proc.poll() is None and proc.send_signal(signal.SIGTERM))
-        interrupted = False
+
+        def forward(signum, frame):
+            got.append(signum)
+            if signum == signal.SIGINT and got.count(signal.SIGINT) > 1:
+                raise KeyboardInterrupt
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            while True:
-                try:
-                    for line in proc.stdout:
-                        event = json.loads(line)
-                        if event.get("event") == "result":
-                            state["result"] = event["result"]
-                        elif event.get("event") == "error":
-                            state["error"] = event["message"]
-                        elif on_event is not None:
-                            on_event(event)
-                    break
-                except KeyboardInterrupt:
-                    # The terminal's SIGINT reached the whole group; the orchestrator ends
-                    # its workers and reports; a second Ctrl-C (re-raised) kills it.
-                    if interrupted:
-                        raise
-                    interrupted = True
-                    if proc.poll() is None:
-                        proc.send_signal(signal.SIGINT)
+            for line in proc.stdout:
+                event = json.loads(line)
+                kind = event.get("event")
+                if kind == "result":
+                    state["result"] = event["result"]
+                elif kind == "error":
+                    state["error"] = event["message"]
+                elif on_event is not None:
+                    on_event(event)
         except BaseException:
-            proc.kill()  # workers follow through PR_SET_PDEATHSIG
+            proc.kill()
             raise
         finally:
-            signal.signal(signal.SIGTERM, old)
+            for s, handler in old.items():
+                signal.signal(s, handler)
             proc.wait()
             proc.stdout.close()
         if state["result"] is not None:
             return state["result"]
         if proc.returncode == EXIT_USAGE and state["error"]:
             raise ProbeConfigError(state["error"])
+        if got and proc.returncode == -got[0]:
+            # The signal came before the orchestrator set its own handlers: nothing was
+            # reported, and nothing to report (no worker had started).
+            if got[0] == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise ProbeInterrupted(got[0])
         stderr.seek(0)
         tail = stderr.read().decode(errors="replace").strip().splitlines()[-5:]
-        raise ProbeError(f"probe {mode[2:]} exited with status {proc.returncode}: "
+        raise ProbeError(f"probe {name} exited with status {proc.returncode}: "
                          + (" | ".join(tail) or state["error"] or "no output"))
-
-
-def _read_events(proc, state, on_progress, on_plan) -> None:
-    for line in proc.stdout:
-        event = json.loads(line)
-        kind = event.get("event")
-        if kind == "progress" and on_progress is not None:
-            on_progress(event["established"], event["verified"], event["rate"], event["phase"])
-        elif kind == "plan" and on_plan is not None:
-            on_plan(event)
-        elif kind == "result":
-            state["result"] = event["result"]
-        elif kind == "error":
-            state["error"] = event["message"]

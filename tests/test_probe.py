@@ -201,3 +201,33 @@ def test_errno_classification_names_the_knob():
         == classify.CONNTRACK
     assert classify.timeout_limit({}, {}) == classify.TIMEOUT
     assert "fs.file-max=" in classify.hint(classify.FILE_MAX, 1000000)
+
+
+@pytest.mark.parametrize("sig, json_out", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_signal_to_tuner_probe_mid_hold_prints_the_partial_result(netns, sig, json_out):
+    """SIGTERM (a service manager, kill) or SIGINT to `tuner probe` itself, not its
+    group: it is passed on, the workers end, and the summary still comes out."""
+    marker = "26.0427" if sig == signal.SIGTERM else "26.0429"
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "probe", "-n", "2000", "--hold", "20",
+                             "--netns", netns, "--timeout", marker, *(["--json"] if json_out else [])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=probe_env())
+    try:
+        deadline = time.monotonic() + 20
+        while tcp_inuse(netns) < 4000:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, err
+    if json_out:
+        result = json.loads(out)
+        assert result["interrupted"] and result["stopped_by"] == sig.name
+        assert result["verified"] == 2000 and result["sockets_after"] == 0
+    else:
+        assert f"stopped by {sig.name} (interrupted)" in out
+        assert "2,000 of 2,000" in out
+    assert wait_gone(marker) == []
+    assert tcp_inuse(netns) == 0

@@ -9,7 +9,7 @@ import contextlib
 import sys
 
 from probes import ProbeConfig, ProbeConfigError, run_probe as _run
-from probes.runner import ProbeError
+from probes.runner import ProbeError, ProbeInterrupted
 
 from .errors import TunerError, UsageError
 from .progress import Progress
@@ -23,6 +23,8 @@ def _as_tuner_errors():
         yield
     except ProbeConfigError as e:
         raise UsageError(str(e)) from None
+    except ProbeInterrupted as e:  # stopped before anything ran: the signal's own exit code
+        raise TunerError(str(e), 128 + e.signum) from None
     except ProbeError as e:
         raise TunerError(str(e)) from None
 
