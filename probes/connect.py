@@ -218,6 +218,7 @@ class Client:
         done = [t for t in self.t_done if t is not None]
         seconds = (max(done) - self.t0) / 1e9 if len(done) == self.w and verified else None
         per = max(verified, 1)
+        reliable, why = kernel.judge_slab(after["slab"] - base["slab"], verified)
         return {
             "mode": "connect",
             "ok": stopped_by is None,
@@ -237,6 +238,8 @@ class Client:
             "rate_per_s": round(verified / seconds) if seconds else None,
             "seconds_hold": round(self.seconds_hold, 3),
             "kernel_slab_bytes_per_conn": round((after["slab"] - base["slab"]) / per),
+            "kernel_figures_reliable": reliable,
+            "kernel_figures_note": why,
             "kernel_tcp_mem_bytes_per_conn": round((after.get("tcp_mem", 0) - base.get("tcp_mem", 0)) / per, 1),
             "errors": errors,
         }
@@ -258,7 +261,8 @@ def summary_lines(r: dict) -> List[str]:
         f"{r['workers']} worker(s), {r['source_addresses'] or 'kernel-chosen'} source address(es); "
         f"verified in {r['seconds_verified'] if r['seconds_verified'] is not None else '-'} s "
         f"({r['rate_per_s'] or '-'}/s), held {r['seconds_hold']} s; kernel slab "
-        f"{r['kernel_slab_bytes_per_conn']:,} B/conn",
+        + (f"{r['kernel_slab_bytes_per_conn']:,} B/conn" if r["kernel_figures_reliable"]
+           else "not measurable (host busy)"),
     ]
     for e in r["errors"]:
         lines.append(f"error: {e['side']} {e['op']} {e['errno']} x{e['count']} -> {e['limit']}: "

@@ -11,6 +11,14 @@ import os
 from typing import Dict, Optional, Tuple
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# Bytes of one TCP socket object (slabinfo's "TCP" objsize: ~2.3 KiB on 6.x kernels)
+# when /proc/slabinfo cannot be read (it needs root); on the low side on purpose, as
+# it only sets the floor below which a slab figure cannot be true.
+TCP_OBJECT_FALLBACK = 2048
+# Slab growth under this share of the sockets' TCP objects alone cannot be the probe's
+# (each connection costs far more: inode, file, dentry, epoll item besides the TCP
+# object), so something else on the host freed slab meanwhile.
+SLAB_PLAUSIBLE_SHARE = 0.25
 
 
 def read_sysctl(name: str) -> Optional[str]:
@@ -99,7 +107,12 @@ def private_memory(pid: int) -> Tuple[int, int]:
 
 
 def snapshot() -> Dict[str, int]:
-    """The counters whose growth the probe reports, taken together."""
+    """The counters whose growth the probe reports, taken together.
+
+    `slab` (/proc/meminfo Slab) is host-wide: slab caches are shared by every network
+    namespace, so running the probe inside a fresh one (--netns, the tests' throwaway
+    namespaces) isolates sockstat and netstat but not Slab.  judge_slab() says when
+    other activity on the host has drowned the probe's share of it."""
     mem = meminfo_kb()
     snap = {"slab": mem["Slab"] * 1024, "mem_available": mem["MemAvailable"] * 1024}
     snap.update(sockstat())
@@ -111,3 +124,38 @@ def snapshot() -> Dict[str, int]:
     if track:
         snap["conntrack_count"], snap["conntrack_max"] = track
     return snap
+
+
+def tcp_object_size() -> int:
+    """objsize of the TCP slab cache (bytes), or TCP_OBJECT_FALLBACK."""
+    try:
+        with open("/proc/slabinfo") as f:
+            for line in f:
+                if line.startswith("TCP "):
+                    return int(line.split()[3])
+    except (OSError, ValueError, IndexError):
+        pass
+    return TCP_OBJECT_FALLBACK
+
+
+def judge_slab(growth: int, sockets: int, object_size: Optional[int] = None) -> Tuple[bool, Optional[str]]:
+    """(reliable, why not) for a Slab growth measured while `sockets` TCP sockets were open.
+
+    Slab is host-wide (see snapshot()): anything else freeing kernel memory during the
+    run shrinks the figure, possibly below zero.  A growth that is negative or smaller
+    than SLAB_PLAUSIBLE_SHARE of the sockets' TCP objects alone is not the probe's
+    cost; the caller should say "not measurable" rather than print it.  (Other activity
+    can inflate it too, which no floor detects; the report's estimate is the check.)
+    """
+    if sockets <= 0:
+        return False, "no connections were open to measure"
+    size = object_size or tcp_object_size()
+    floor = SLAB_PLAUSIBLE_SHARE * sockets * size
+    if growth < 0:
+        return False, (f"host-wide Slab shrank by {-growth:,} B while {sockets:,} sockets were open: "
+                       f"other activity on the host freed kernel memory meanwhile")
+    if growth < floor:
+        return False, (f"host-wide Slab grew {growth:,} B, under {SLAB_PLAUSIBLE_SHARE:.0%} of what "
+                       f"{sockets:,} TCP socket objects alone take ({sockets * size:,} B): other "
+                       f"activity on the host freed kernel memory meanwhile")
+    return True, None

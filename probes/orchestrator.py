@@ -246,6 +246,7 @@ class Orchestrator:
         else:
             stopped_by = None
         slab = after["slab"] - base["slab"]
+        reliable, why = kernel.judge_slab(slab, 2 * established)  # both ends are here
         tcp_mem = after.get("tcp_mem", 0) - base.get("tcp_mem", 0)
         return {
             "ok": stopped_by is None,
@@ -271,6 +272,8 @@ class Orchestrator:
             "seconds_close": round(seconds_close, 3),
             "kernel_slab_bytes": slab,
             "kernel_slab_bytes_per_conn": round(slab / per),
+            "kernel_figures_reliable": reliable,
+            "kernel_figures_note": why,
             "kernel_tcp_mem_bytes": tcp_mem,
             "kernel_tcp_mem_bytes_per_conn": round(tcp_mem / per, 1),
             "mem_available_drop_bytes_per_conn": round((base["mem_available"] - after["mem_available"]) / per),

@@ -66,6 +66,11 @@ class ProbeResult:
     time_wait_after: int
     listen_overflows: int                # TcpExt ListenOverflows growth
     errors: List[Failure] = field(default_factory=list)
+    # False when the slab figures (kernel_slab_bytes*, mem_available_drop*) are not the
+    # probe's: /proc/meminfo is host-wide and other activity moved it (kernel.judge_slab);
+    # kernel_figures_note says why.  Show "not measurable (host busy)" then, not the number.
+    kernel_figures_reliable: bool = True
+    kernel_figures_note: Optional[str] = None
 
     @classmethod
     def from_dict(cls, data: dict) -> "ProbeResult":
@@ -103,7 +108,8 @@ class ProbeResult:
             f"time: establish {num(self.seconds_establish)} s ({num(self.rate_per_s)}/s), exchange "
             f"{num(self.seconds_exchange)} s, total {num(self.seconds_total)} s, hold {num(self.seconds_hold)} s, "
             f"close {num(self.seconds_close)} s",
-            f"kernel: slab {num(self.kernel_slab_bytes_per_conn)} B/conn, tcp mem "
+            f"kernel: slab " + (f"{num(self.kernel_slab_bytes_per_conn)} B/conn" if self.kernel_figures_reliable
+                                else "not measurable (host busy)") + ", tcp mem "
             f"{num(self.kernel_tcp_mem_bytes_per_conn)} B/conn; user: {self.user_kb_per_conn:.2f} KB/conn "
             f"(workers' USS {num(self.user_uss_bytes)} B)",
             f"sockets: {num(self.sockets_baseline)} before, {num(self.peak_sockets)} peak, "

@@ -251,6 +251,7 @@ class Server:
             # limit is in errors (and makes ok false).
             stopped_by = errors[0]["limit"] or errors[0]["errno"]
         end = kernel.sockstat()
+        reliable, why = kernel.judge_slab(peak["slab"] - base["slab"], self.at_peak_held)
         clients = [{"address": ip, **dict(zip(PEER_KEYS, row))}
                    for ip, row in sorted(self.peers.items(), key=lambda item: wire.ip_int(item[0]))]
         return {
@@ -272,6 +273,8 @@ class Server:
             "peak_concurrent": self.peak,
             "seconds": round(self.seconds, 3),
             "kernel_slab_bytes_per_conn": round((peak["slab"] - base["slab"]) / per),
+            "kernel_figures_reliable": reliable,
+            "kernel_figures_note": why,
             "kernel_tcp_mem_bytes_per_conn": round((peak.get("tcp_mem", 0) - base.get("tcp_mem", 0)) / per, 1),
             "sockets_after": end.get("tcp_inuse", 0),
             "clients": clients,
@@ -295,7 +298,9 @@ def summary_lines(r: dict) -> List[str]:
           f"{r['over_expect']:,} over --expect, {r['dropped']:,} dropped by clients); ended by {r['stopped_by']}",
         "failed: " + ", ".join(f"{k.replace('_', '-')} {v:,}" for k, v in f.items()),
         f"peak concurrent {r['peak_concurrent']:,} over {r['workers']} worker(s); kernel: slab "
-        f"{r['kernel_slab_bytes_per_conn']:,} B/conn, tcp mem {r['kernel_tcp_mem_bytes_per_conn']:,} B/conn",
+        + (f"{r['kernel_slab_bytes_per_conn']:,} B/conn" if r["kernel_figures_reliable"]
+           else "not measurable (host busy)")
+        + f", tcp mem {r['kernel_tcp_mem_bytes_per_conn']:,} B/conn",
     ]
     for c in r["clients"]:
         lines.append(f"  client {c['address']}: accepted {c['accepted']:,} verified {c['verified']:,} "
