@@ -28,7 +28,8 @@ from .result import EXIT_USAGE, ProbeResult
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m probes", description=__doc__.split("\n\n")[0])
     p.add_argument("--connections", "-n", type=int, default=10000)
-    p.add_argument("--hold", type=float, default=0.0, help="seconds to hold them all")
+    p.add_argument("--hold", type=float, help="seconds to hold them all (default 0; --serve: until "
+                                               "a signal or --timeout, and 0 ends once --expect verified)")
     p.add_argument("--rate", type=float, help="new connections per second (default: as fast as possible)")
     p.add_argument("--workers", default="auto", help="'auto' or a count")
     p.add_argument("--per-worker", type=int, help="connections per worker (default: from RLIMIT_NOFILE)")
@@ -61,7 +62,7 @@ def config_from(args):
         if args.config:
             return ServeConfig.from_dict(json.loads(args.config))
         return ServeConfig(listen=args.serve, expect=args.expect,
-                           hold=args.hold or None,
+                           hold=args.hold,
                            timeout=args.timeout, echo_timeout=args.echo_timeout, workers=workers,
                            worker_nofile=args.worker_nofile, progress_interval=args.progress_interval)
     if args.connect:
@@ -70,11 +71,11 @@ def config_from(args):
             return ConnectConfig.from_dict(json.loads(args.config))
         return ConnectConfig(target=args.connect, connections=args.connections,
                              source_net=None if (args.source_net or "none") == "none" else args.source_net,
-                             rate=args.rate, hold=args.hold, timeout=args.timeout, workers=workers,
+                             rate=args.rate, hold=args.hold or 0.0, timeout=args.timeout, workers=workers,
                              worker_nofile=args.worker_nofile, progress_interval=args.progress_interval)
     if args.config:
         return ProbeConfig.from_dict(json.loads(args.config))
-    return ProbeConfig(connections=args.connections, hold=args.hold, rate=args.rate, workers=workers or "auto",
+    return ProbeConfig(connections=args.connections, hold=args.hold or 0.0, rate=args.rate, workers=workers or "auto",
                        per_worker=args.per_worker, source_net=args.source_net or "127.0.0.0/8", port=args.port,
                        timeout=args.timeout, worker_nofile=args.worker_nofile,
                        accept_pause=args.accept_pause, progress_interval=args.progress_interval)

@@ -373,3 +373,41 @@ def test_a_full_worker_closes_its_listener_and_the_others_serve_on(netns):
     assert error["limit"] == "RLIMIT_NOFILE"
     assert result["sockets_after"] == 0
     assert gone(marker) == []
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--serve", ":7000", "-n", 10], "--connections/-n"),
+    (["--serve", ":7000", "--connections", 100000], "--connections/-n"),
+    (["--serve", ":7000", "--rate", 100], "--rate"),
+    (["--serve", ":7000", "--port", 20000], "--port"),
+    (["--serve", ":7000", "--force"], "--force"),
+    (["--serve", ":7000", "--source-net", "10.0.0.0/8"], "--source-net"),
+    (["--connect", "127.0.0.1:7000", "-n", 10, "--expect", 10], "--expect"),
+    (["--connect", "127.0.0.1:7000", "-n", 10, "--echo-timeout", 3], "--echo-timeout"),
+    (["--serve", ":7000", "--connect", "127.0.0.1:7000"], "two ends"),
+])
+def test_options_the_mode_would_ignore_are_usage_errors(args, named):
+    proc = run_tuner("probe", *args, timeout=30)
+    assert proc.returncode == 2 and named in proc.stderr and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_expect_with_hold_zero_ends_once_verified(netns):
+    port, marker = 7800, "24.0531"
+    srv = tuner_in(netns, "probe", "--serve", f"127.0.0.1:{port}", "--expect", 50, "--hold", 0,
+                   "--timeout", marker, "--json")
+    client = None
+    try:
+        wait_listening(netns, port)
+        # The client holds for 8 s; the server must not wait for that, nor for --timeout.
+        client = tuner_in(netns, "probe", "--connect", f"127.0.0.1:{port}", "-n", 50, "--hold", 8, "--json")
+        out, err = srv.communicate(timeout=6)
+    finally:
+        for p in (srv, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    result = json.loads(out)
+    assert srv.returncode == 0, err
+    assert result["ok"] and result["stopped_by"] == "held" and result["verified"] == 50
+    assert gone(marker) == []

@@ -160,6 +160,7 @@ def revert(
 
 @app.command()
 def probe(
+    ctx: typer.Context,
     connections: str = typer.Option("100000", "--connections", "-n", metavar="N",
                                     help="Connections to open, verify and hold (1M works)."),
     hold: float = typer.Option(0.0, "--hold", metavar="SECONDS",
@@ -206,7 +207,7 @@ def probe(
     pre-flight or short, 130 on Ctrl-C. Across hosts: --serve on the server and --connect
     on each load host, speaking the WIRE PROTOCOL below."""
     if serve or connect:
-        return _probe_split(serve, connect, connections, expect, hold, rate, workers, source_net,
+        return _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, source_net,
                             timeout, echo_timeout, netns, json_out)
     from . import preflight
     from .probe_cmd import run_probe
@@ -227,7 +228,7 @@ def probe(
     raise typer.Exit(result.exit_code)
 
 
-def _probe_split(serve, connect, connections, expect, hold, rate, workers, source_net, timeout,
+def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, source_net, timeout,
                  echo_timeout, netns, json_out) -> None:
     """`tuner probe --serve` / `--connect` (probes.serve, probes.connect): exit 0 when every
     expected (served) or requested (connect) connection verified, 3 when short."""
@@ -238,10 +239,14 @@ def _probe_split(serve, connect, connections, expect, hold, rate, workers, sourc
 
     if serve and connect:
         raise errors.UsageError("--serve and --connect are two ends: run one per host")
+    _refuse_other_ends_options(ctx, "--serve" if serve else "--connect")
     n_workers = None if workers == "auto" else _positive_int("--workers", workers)
     if serve:
+        # --hold given (0 included) ends the run once --expect are verified and held that
+        # long; without it the server serves until a signal or --timeout.
+        given_hold = hold if _given(ctx, "hold") else None
         cfg = ServeConfig(listen=serve, expect=parse_target(expect, "--expect") if expect else None,
-                          hold=hold or None, timeout=timeout, echo_timeout=echo_timeout, workers=n_workers)
+                          hold=given_hold, timeout=timeout, echo_timeout=echo_timeout, workers=n_workers)
         result = run_split(cfg, netns)
         _emit(render.to_json({"schema": "tuner.probe.serve/1", **result}) if json_out
               else render.serve_text(result))
@@ -253,6 +258,26 @@ def _probe_split(serve, connect, connections, expect, hold, rate, workers, sourc
     _emit(render.to_json({"schema": "tuner.probe.connect/1", **result}) if json_out
           else render.connect_text(result))
     raise typer.Exit(connect_exit(result))
+
+
+# Options of the local probe or of the other end that a split mode would silently ignore.
+_NOT_WITH = {
+    "--serve": {"connections": "--connections/-n", "rate": "--rate", "port": "--port",
+                "force": "--force", "source_net": "--source-net"},
+    "--connect": {"expect": "--expect", "echo_timeout": "--echo-timeout"},
+}
+
+
+def _given(ctx, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _refuse_other_ends_options(ctx, mode: str) -> None:
+    ignored = [flag for name, flag in _NOT_WITH[mode].items() if _given(ctx, name)]
+    if ignored:
+        raise errors.UsageError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply "
+                                f"to {mode} (see 'tuner probe --help')")
 
 
 def _positive_int(name: str, text: str) -> int:
