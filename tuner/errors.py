@@ -18,7 +18,7 @@ EXIT_CODES = {
     EXIT_USAGE: "bad input (target, role, namespace, device, ...): nothing was changed",
     EXIT_SHORT: "the target is not reachable with current settings, or the probe fell short of it",
     EXIT_PERMISSION: "needs root for what was asked: nothing was changed",
-    EXIT_BUSY: "another tuner apply or revert is running (journal lock held)",
+    EXIT_BUSY: "another tuner apply or revert is running (host lock /run/tuner.lock held; TUNER_LOCK overrides the path)",
 }
 
 
