@@ -139,6 +139,7 @@ def test_client_aliases_on_veth_in_namespace(capsys, jpath, netns):
     added = sorted(set(addresses(netns, "veth0")) - set(addrs_before))
     assert added == [f"10.9.0.{i}/32" for i in range(2, 7)]
     assert f"ip -n {netns} addr add 10.9.0.2/32 dev veth0" in out
+    assert "source addresses for outbound connections on veth0: 7" in out
     assert "after apply: target 200,000 reachable: yes" in out
     assert netns_values(netns)["net.ipv4.ip_local_port_range"] == "1024 65535"
     assert netns_values(netns)["net.ipv4.tcp_tw_reuse"] == "1"

@@ -161,6 +161,10 @@ def apply_text(outcome) -> str:
                          + ("yes" if a["reachable"] else f"no, {a['binding']} binds first")
                          + f" (host-wide limit now {number(a['max_connections'])}, set by "
                            f"{a['binding'] or '-'})")
+        src = a.get("source_addresses") or {}
+        if outcome.plan.role != "server" and src.get("count") is not None:
+            lines.append(f"source addresses for outbound connections"
+                         + (f" on {src['dev']}" if src.get("dev") else "") + f": {src['count']:,}")
         p = a["processes"]
         if p["processes"] > 1:
             cap = ("" if p["hard_limit_raisable"] else
