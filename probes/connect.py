@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Callable, List, Optional
 
 from . import classify, connect_worker, kernel, wire, worker
-from .config import FD_HEADROOM, ProbeConfigError, raise_nofile
+from .config import FD_HEADROOM, ProbeConfigError, fast_ports, raise_nofile
 from .fleet import Fleet, describe_exit
 from .result import EXIT_OK, EXIT_SHORT, EXIT_SIGNAL_BASE
 
@@ -85,15 +85,10 @@ def sources_for(cfg: ConnectConfig) -> List[str]:
 
 
 def fast_capacity(sources: int) -> int:
-    """Connections to one server ADDR:PORT that connect() hands out quickly.  The kernel
-    searches the even ports of ip_local_port_range first and the odd ones only when no
-    even port is free, so past half the range every connect() scans all the even ports
-    (measured over veth: ~30,000 per source address at ~10,000/s, then ~300/s)."""
-    low, high = kernel.port_range()
-    usable = max(0, high - low + 1 - kernel.reserved_ports(low, high))
-    if usable < 8192:
-        return max(sources, 1) * usable  # a scan this short costs little: all of it is fast
-    return max(sources, 1) * usable // 2
+    """Connections to one server ADDR:PORT that connect() hands out quickly: each source
+    address (or the one the kernel picks) gets config.FAST_PORT_SHARE of the usable
+    port range (why: see there)."""
+    return max(sources, 1) * fast_ports(*kernel.port_range())
 
 
 class Client:
