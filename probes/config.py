@@ -92,7 +92,7 @@ class Plan:
     port_range: Tuple[int, int]  # ip_local_port_range where the probe runs
     source_net: str
     addresses_per_worker: int    # 0: no bind, the kernel picks 127.0.0.1
-    fits: bool                   # every share fits the descriptor limit
+    fits: bool                   # every share fits the descriptor limit (only false with worker_nofile)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -164,6 +164,15 @@ def make_plan(cfg: ProbeConfig, nofile: Optional[int] = None) -> Plan:
     count = min(count, n)
     base, extra = divmod(n, count)
     shares = [base + (1 if k < extra else 0) for k in range(count)]
+    fits = max(shares) * 2 + FD_HEADROOM <= nofile
+    # A share beyond the descriptor limit can only end in EMFILE half-way: refuse before
+    # opening anything.  worker_nofile lowers the limit on purpose to provoke just that.
+    if not fits and cfg.worker_nofile is None:
+        asked = f"--workers {cfg.workers}" if cfg.workers != "auto" else f"--per-worker {cfg.per_worker}"
+        raise ProbeConfigError(
+            f"{asked}: {max(shares):,} connections per worker need {max(shares) * 2 + FD_HEADROOM:,} "
+            f"descriptors (2 per connection + {FD_HEADROOM}), RLIMIT_NOFILE is {nofile:,}: use "
+            f"--workers {math.ceil(n / capacity)} or more, or --workers auto")
     low, high = kernel.port_range()
     port = cfg.port if cfg.port is not None else default_port(count, (low, high))
     if port + count - 1 > 65535:
@@ -177,7 +186,7 @@ def make_plan(cfg: ProbeConfig, nofile: Optional[int] = None) -> Plan:
     return Plan(workers=count, per_worker=max(shares), shares=shares, nofile=nofile, port=port,
                 port_range=(low, high), source_net=cfg.source_net,
                 addresses_per_worker=0 if src is None else math.ceil(max(shares) / per_address),
-                fits=max(shares) * 2 + FD_HEADROOM <= nofile)
+                fits=fits)
 
 
 def fast_ports(low: int, high: int) -> int:

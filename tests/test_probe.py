@@ -86,7 +86,6 @@ def test_verifies_every_connection_and_leaves_nothing_behind(netns):
 
 
 def test_standalone_json_in_the_host_namespace():
-    before = kernel.sockstat()["tcp_inuse"]
     proc = subprocess.run(probe_cmd("--connections", 2000, "--json", "--quiet", "--timeout", 31.0419),
                           capture_output=True, text=True, env=probe_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -262,3 +261,20 @@ def test_one_fast_port_share_for_plans_and_warnings(monkeypatch):
     assert connect.fast_capacity(3) == 150          # short ranges too: no special case
     monkeypatch.setattr(kernel, "reserved_ports", lambda low, high: 60)
     assert connect.fast_capacity(1) == 20           # reserved ports are not connect()'s
+
+
+def test_workers_that_cannot_hold_their_share_are_refused_up_front():
+    from probes import config
+    with pytest.raises(ProbeConfigError) as refused:
+        config.make_plan(ProbeConfig(connections=30000, workers=2, port=20000), nofile=20000)
+    message = str(refused.value)
+    assert "--workers 2" in message and "15,000 connections per worker need 30,064" in message
+    assert "RLIMIT_NOFILE is 20,000" in message and "--workers 4 or more, or --workers auto" in message
+    with pytest.raises(ProbeConfigError, match="--per-worker 12000"):
+        config.make_plan(ProbeConfig(connections=30000, per_worker=12000, port=20000), nofile=20000)
+    assert config.make_plan(ProbeConfig(connections=30000, workers=4, port=20000), nofile=20000).fits
+    # Through the CLI: bad input, one line, nothing opened.
+    proc = subprocess.run([sys.executable, "-m", "tuner", "probe", "-n", "30000", "--workers", "1"],
+                          capture_output=True, text=True, env=probe_env(), timeout=60)
+    assert proc.returncode == 2 and "--workers auto" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
