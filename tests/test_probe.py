@@ -86,6 +86,7 @@ def test_verifies_every_connection_and_leaves_nothing_behind(netns):
 
 
 def test_standalone_json_in_the_host_namespace():
+    before = kernel.sockstat()["tcp_inuse"]
     proc = subprocess.run(probe_cmd("--connections", 2000, "--json", "--quiet", "--timeout", 31.0419),
                           capture_output=True, text=True, env=probe_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
