@@ -16,6 +16,9 @@ import pytest
 
 from tuner import knobs, readings
 
+# Fixtures of tests/applyhelp.py (host_restored, jpath, own_lock) for every test module.
+pytest_plugins = ("applyhelp",)
+
 # Host-global sysctls any test might touch (the table's host scope, plus the lo addresses).
 HOST_SYSCTLS = [n for n in knobs.sysctl_names("host") if n != "fs.file-nr"]
 INIT_NETNS_SYSCTLS = [n for n in knobs.sysctl_names("netns") if n != "net.netfilter.nf_conntrack_count"]

@@ -76,7 +76,7 @@ def test_probe_refused_in_a_namespace_with_few_ports_then_spread_succeeds(netns)
     short = run_tuner("probe", "--netns", netns, "-n", "500", "--source-net", "none", "--force")
     assert short.returncode == 3
     assert "EADDRNOTAVAIL" in short.stdout
-    assert f"fix: net.ipv4.ip_local_port_range needs" in short.stdout
+    assert "fix: net.ipv4.ip_local_port_range needs" in short.stdout
     assert f"tuner apply --target 500 --netns {netns}" in short.stdout
     ok = run_tuner("probe", "--netns", netns, "-n", "500", "--json")
     assert ok.returncode == 0, ok.stderr

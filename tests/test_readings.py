@@ -1,6 +1,5 @@
 """Readings against independent reads of the same kernel state (sysctl(8), psutil, setrlimit)."""
 import os
-import resource
 import subprocess
 import sys
 

@@ -13,8 +13,8 @@ import pytest
 
 from tuner import journal as journal_mod
 
-from applyhelp import (add_veth, addresses, child_with_nofile, host_restored, host_values,  # noqa: F401
-                       jpath, own_lock, netns_values, nofile, restore, tree, tuner, tuner_proc)
+from applyhelp import (add_veth, addresses, child_with_nofile, host_values, netns_values,
+                       nofile, tree, tuner, tuner_proc)
 from conftest import make_netns, remove_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="revert changes kernel settings: needs root")

@@ -163,7 +163,7 @@ def apply_text(outcome) -> str:
                            f"{a['binding'] or '-'})")
         src = a.get("source_addresses") or {}
         if outcome.plan.role != "server" and src.get("count") is not None:
-            lines.append(f"source addresses for outbound connections"
+            lines.append("source addresses for outbound connections"
                          + (f" on {src['dev']}" if src.get("dev") else "") + f": {src['count']:,}")
         p = a["processes"]
         if p["processes"] > 1:
