@@ -240,7 +240,7 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
     if serve and connect:
         raise errors.UsageError("--serve and --connect are two ends: run one per host")
     _refuse_other_ends_options(ctx, "--serve" if serve else "--connect")
-    n_workers = None if workers == "auto" else _positive_int("--workers", workers)
+    n_workers = None if workers == "auto" else parse_workers(workers)
     if serve:
         # --hold given (0 included) ends the run once --expect are verified and held that
         # long; without it the server serves until a signal or --timeout.
@@ -278,12 +278,6 @@ def _refuse_other_ends_options(ctx, mode: str) -> None:
     if ignored:
         raise errors.UsageError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply "
                                 f"to {mode} (see 'tuner probe --help')")
-
-
-def _positive_int(name: str, text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise errors.UsageError(f"{name} takes 'auto' or a positive whole number, not {text!r}")
-    return int(text)
 
 
 def main(argv: Optional[list] = None) -> int:

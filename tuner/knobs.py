@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, List, Optional
 
+from probes.config import FAST_PORT_SHARE
+
 from . import memory
 from .readings import Snapshot, source_address_count
 
@@ -30,12 +32,11 @@ NR_OPEN_MAX = 2147483584  # kernel's sysctl_nr_open_max on 64-bit (INT_MAX & -BI
 MAX_BACKLOG = 65535      # a burst-sized accept queue; beyond this, accept faster instead
 PORT_FLOOR = 1024        # never hand privileged ports to the ephemeral range
 PORT_CEIL = 65535
-# Share of a port range one (source, destination) pair is planned to fill. connect()
-# takes even ports first and scans all of them before any odd one, so past half the
-# range every connect walks the whole range: measured here, 11,700/s fell to ~300/s
-# at ~34,800 connections per source address. `allows` still counts the full range
-# (the hard limit); plans (range widening, aliases) aim to stay fast.
-FAST_PORT_SHARE = 0.5
+# FAST_PORT_SHARE: plans (range widening, aliases) fill only this share of each source address's port
+# range: connect() takes even ports first and scans all of them before any odd one, so
+# past half a range every connect walks the whole range (measured: 11,700/s fell to
+# ~300/s). One constant for the probe and the model, imported from probes.config;
+# `allows` still counts the full range, the hard limit.
 
 # What a knob caps, which decides how its "allows" figure is used.
 CAPS_CONNECTIONS = "connections"    # caps concurrent connections on the host: may bind

@@ -204,7 +204,10 @@ def probe_text(result, preflight=None) -> str:
         return "-" if v is None else f"{v:,.2f} s"
 
     kernel = f"{number(result.kernel_slab_bytes_per_conn)} B slab"
-    if estimate_bytes_per_conn:
+    if not result.kernel_figures_reliable:
+        # Slab is host-wide: other work during the run can swamp the probe's growth.
+        kernel = f"not measurable (host busy: {result.kernel_figures_note})"
+    elif estimate_bytes_per_conn:
         kernel += (f" (report estimated {estimate_bytes_per_conn:,} B, measured/estimate "
                    f"{result.kernel_slab_bytes_per_conn / estimate_bytes_per_conn:.2f})")
     rows = [
