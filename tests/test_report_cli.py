@@ -63,6 +63,12 @@ def test_bad_input_is_one_line_exit_2(args, message):
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("tuner: error:")
 
 
+def test_version():
+    from tuner import __version__
+    proc = run_tuner("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"tuner {__version__}"
+
+
 def test_target_suffixes_parse():
     data = json.loads(run_tuner("report", "--target", "2_500k", "--json").stdout)
     assert data["target"] == 2_500_000

@@ -36,9 +36,17 @@ NETNS_HELP = "Read per-namespace knobs inside this network namespace (ip netns).
 JSON_HELP = "Print JSON (a stable, documented schema) instead of a table."
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+        typer.echo(f"tuner {__version__}")
+        raise typer.Exit(errors.EXIT_OK)
+
+
 @app.callback()
-def _tuner() -> None:
-    """Keeps `tuner` a group of subcommands even while only some exist."""
+def _tuner(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                        help="Print the version and exit.")) -> None:
+    """Keeps `tuner` a group of subcommands, with options of its own."""
 
 
 def _emit(text: str) -> None:
