@@ -141,9 +141,10 @@ class Client:
         last_t = time.monotonic()
         self.seconds_hold = 0.0
         while True:
-            for parts in fleet.read(0.05):
+            lines, ended = fleet.collect(0.05)  # lines first: a worker's last ones precede its exit
+            for parts in lines:
                 self.on_report(parts)
-            for k in fleet.reap():
+            for k in ended:
                 if not self.reported[k]:
                     code, what = describe_exit(fleet.exit_status[k])
                     self.records.append(("worker", "exit", code, self.established[k],

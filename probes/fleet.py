@@ -22,7 +22,7 @@ import os
 import select
 import signal
 import time
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -102,20 +102,37 @@ class Fleet:
                 "parent": os.getpid()}
 
     def read(self, timeout: float) -> List[List[bytes]]:
-        """Report lines (split into fields) that arrived within timeout seconds."""
+        """Report lines (split into fields) that arrived within timeout seconds: everything
+        in the pipe, not just one read's worth."""
         lines: List[List[bytes]] = []
         for fd, _ in self.poll.poll(timeout):
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            if fd == self.wake_r:
-                continue  # a signal: self.signal says which
-            self._buf += chunk
+            while True:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break  # every worker has exited and the pipe is empty
+                if fd != self.wake_r:  # the wakeup pipe only says a signal came (self.signal)
+                    self._buf += chunk
         if b"\n" in self._buf:
             *done, self._buf = self._buf.split(b"\n")
             lines = [line.split() for line in done if line]
         return lines
+
+    def collect(self, timeout: float) -> Tuple[List[List[bytes]], List[int]]:
+        """(report lines, indexes of the workers that exited), in that order of handling.
+
+        A worker writes its last lines and then exits, but read() and reap() are two
+        steps: lines written after the read and an exit seen by the reap would make a
+        worker that ended normally look as if it died without reporting.  So when anyone
+        was reaped the pipe is read again: whatever a reaped worker wrote is in it by
+        now, and the caller sees those lines before it judges the exit."""
+        lines = self.read(timeout)
+        ended = self.reap()
+        if ended:
+            lines += self.read(0)
+        return lines, ended
 
     def reap(self) -> List[int]:
         """Indexes of the workers that exited since the last call."""

@@ -123,9 +123,10 @@ class Orchestrator:
         self.measured = None
         seconds_hold = 0.0
         while True:
-            for line in fleet.read(0.05):
+            lines, ended = fleet.collect(0.05)  # lines first: a worker's last ones precede its exit
+            for line in lines:
                 self.on_report(line)
-            self.reap()
+            self.judge_exits(ended)
             now = time.monotonic()
             stopping = self.signal is not None or self.records or any(self.timed_out)
             live = fleet.live
@@ -196,8 +197,8 @@ class Orchestrator:
                                  f"worker {k}: {side_name} {classify.OPS[op]}() failed at connection "
                                  f"{index}: {os.strerror(code)}"))
 
-    def reap(self) -> None:
-        for k in self.fleet.reap():
+    def judge_exits(self, ended: List[int]) -> None:
+        for k in ended:
             if not self.reported[k]:
                 code, what = describe_exit(self.exit_status[k])
                 self.records.append(("worker", "exit", code, self.accepted[k],

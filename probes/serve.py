@@ -159,12 +159,17 @@ class Server:
         last_t = time.monotonic()
         self.stopped_by = None
         while True:
-            for parts in fleet.read(0.05):
+            lines, ended = fleet.collect(0.05)
+            for parts in lines:
                 self.on_report(parts)
-            for k in fleet.reap():
-                if not self.final[k]:
-                    code, what = describe_exit(fleet.exit_status[k])
-                    self.records.append(("worker", "exit", code, 0, f"worker {k} {what}"))
+            for k in ended:
+                # A worker that sent its final lines, or that exited cleanly once released
+                # (the run was ending anyway), did what it should: only other exits failed.
+                status = fleet.exit_status[k]
+                if self.final[k] or (released_at is not None and status == 0):
+                    continue
+                code, what = describe_exit(status)
+                self.records.append(("worker", "exit", code, 0, f"worker {k} {what}"))
             now = time.monotonic()
             held = sum(v for (v,) in serve_worker.HELD.iter_unpack(self.held_map))  # live, not last report
             if held > self.peak:
@@ -191,9 +196,7 @@ class Server:
                     fleet.release()
                     released_at = now
             elif not fleet.live:
-                for parts in fleet.read(0):  # what the last workers wrote before exiting
-                    self.on_report(parts)
-                break
+                break  # collect() read what the last workers wrote before exiting
             elif now - released_at > FINAL_GRACE:
                 fleet.kill_all()
             if now - last_emit >= cfg.progress_interval:

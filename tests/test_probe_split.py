@@ -368,6 +368,7 @@ def test_a_full_worker_closes_its_listener_and_the_others_serve_on(netns):
             srv.kill()
     assert result["stopped_by"] == "SIGTERM" and not result["ok"]
     assert result["verified"] == full + after
+    assert len(result["errors"]) == 1, result["errors"]
     [error] = result["errors"]
     assert (error["side"], error["op"], error["errno"], error["count"]) == ("server", "accept", "EMFILE", 1)
     assert error["limit"] == "RLIMIT_NOFILE"
