@@ -8,6 +8,7 @@ orchestrator, whose memory every worker inherits.
 from __future__ import annotations
 
 import os
+import time
 from typing import Dict, Optional, Tuple
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -74,6 +75,22 @@ def sockstat() -> Dict[str, int]:
     if "tcp_mem" in out:
         out["tcp_mem"] *= PAGE
     return out
+
+
+def settled_sockstat(target: int, within: float, step: float = 0.02) -> Dict[str, int]:
+    """sockstat() once tcp_inuse is down to `target`, or as it is after `within` seconds.
+
+    Sockets a process closed gracefully stay in use, orphaned, until the peer has
+    acknowledged their FIN.  On loopback that FIN can be dropped when it crosses the
+    peer's own close (the peer's socket turns into a timewait one meanwhile), and then
+    only its retransmission, an RTO (>= 200 ms) later, finishes the close: a count taken
+    at once still shows a socket that is only closing."""
+    deadline = time.monotonic() + within
+    while True:
+        out = sockstat()
+        if out.get("tcp_inuse", 0) <= target or time.monotonic() >= deadline:
+            return out
+        time.sleep(step)
 
 
 def netstat() -> Dict[str, int]:

@@ -39,6 +39,7 @@ from .result import EXIT_OK, EXIT_SHORT
 Emit = Callable[[dict], None]
 SPREAD_SLACK = 1.15   # SO_REUSEPORT hashes unevenly: size workers for 15% more than --expect
 FINAL_GRACE = 10.0    # seconds for released workers to send their tables and exit
+CLOSE_SETTLE = 1.0    # seconds for the workers' gracefully closed sockets to finish closing
 
 
 @dataclass
@@ -253,7 +254,10 @@ class Server:
             # --timeout) with a worker full on the way: that is how it ended, and the
             # limit is in errors (and makes ok false).
             stopped_by = errors[0]["limit"] or errors[0]["errno"]
-        end = kernel.sockstat()
+        # After every worker is reaped; the listeners (in the baseline) are closed too.
+        # Connections closed with a FIN (a client that left before verifying, garbage)
+        # can still be finishing: give them a retransmission or two before counting.
+        end = kernel.settled_sockstat(base.get("tcp_inuse", 0) - self.w, CLOSE_SETTLE)
         reliable, why = kernel.judge_slab(peak["slab"] - base["slab"], self.at_peak_held)
         clients = [{"address": ip, **dict(zip(PEER_KEYS, row))}
                    for ip, row in sorted(self.peers.items(), key=lambda item: wire.ip_int(item[0]))]
