@@ -313,6 +313,13 @@ def test_bad_endpoints_are_usage_errors():
     assert proc.returncode == 2 and "--expect" in proc.stderr
 
 
+def listening(port: int) -> int:
+    """Listeners on 127.0.0.1:port in the caller's network namespace."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for r in rows if r[1] == f"0100007F:{port:04X}" and r[3] == "0A")
+
+
 def test_a_full_worker_closes_its_listener_and_the_others_serve_on(netns):
     """Worker 0 runs out of descriptors at accept(): it closes its listener, and the
     server keeps serving on worker 1 instead of ending (the limit is still reported)."""
@@ -326,27 +333,27 @@ def test_a_full_worker_closes_its_listener_and_the_others_serve_on(netns):
         events_until(srv, lambda e: e["event"] == "listening")
         with in_netns(netns):
             # Worker k numbers its connections k, k+2, ...: hold worker 0's and close worker
-            # 1's at once, until 20 in a row land on worker 1 (by chance: 2**-20): worker 0
-            # is full and closed its listener.
-            odd = 0
-            for _ in range(1000):
+            # 1's at once, one client at a time, until worker 0 has closed its listener
+            # (seen in /proc/net/tcp of this namespace), not until chance routing suggests
+            # it.  The kernel picks worker 0 about every other time and it fills after ~90:
+            # 5000 attempts leave no room for bad luck.
+            for _ in range(5000):
+                if listening(port) < 2:
+                    break
                 s = socket.create_connection(("127.0.0.1", port), timeout=5)
                 try:
                     index = recv_exactly(s, 4)
-                except ConnectionResetError:  # queued on worker 0's listener as it closed
+                except ConnectionResetError:
                     index = b""
                 if len(index) < 4 or wire.INDEX.unpack(index)[0] % 2:
-                    s.close()
-                    odd += 1
-                    if odd == 20:
-                        break
+                    s.close()  # worker 1's, or queued on worker 0's listener as it closed
                     continue
-                odd = 0
                 s.sendall(index)
                 assert s.recv(1) == wire.ACK
                 held.append(s)
             else:
                 raise AssertionError(f"worker 0 never ran out of descriptors ({len(held)} held)")
+            assert listening(port) == 1  # worker 1's is still open
             full = len(held)
             assert 40 < full < 100
             # Every new client now lands on worker 1, and verifies.
