@@ -91,6 +91,19 @@ class Fleet:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         return pid
 
+    def fork_per_listener(self, listeners: list, body: Callable[[int, int], None]) -> None:
+        """Fork worker k with body(k, listener k's fd), one per listener, then started().
+
+        The parent closes each listener once its worker has it, and a worker closes the
+        listeners of the workers after it, so every listener lives in exactly one process.
+        """
+        for k, listener in enumerate(listeners):
+            fd = listener.fileno()
+            self.fork(k, lambda k=k, fd=fd: body(k, fd),
+                      close_in_child=[s.fileno() for s in listeners[k + 1:]])
+            listener.close()
+        self.started()
+
     def started(self) -> None:
         """Every worker is forked: drop the ends only workers use, so EOF means what it says."""
         for name in ("report_w", "stop_r", "release_r"):

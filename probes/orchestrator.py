@@ -99,15 +99,11 @@ class Orchestrator:
                 self.fleet = fleet
                 self.t0 = time.monotonic_ns()
                 self.deadline = time.monotonic() + timeout
-                for k in range(w):
-                    kwargs = dict(share=plan.shares[k], listener=listeners[k].fileno(), port=plan.port + k,
-                                  sources=worker_sources(plan, k), deadline=self.deadline, rate=rate,
-                                  accept_pause=cfg.accept_pause, nofile=cfg.worker_nofile,
-                                  **fleet.worker_args())
-                    fleet.fork(k, lambda k=k, kwargs=kwargs: worker.start(k, **kwargs),
-                               close_in_child=[s.fileno() for s in listeners[k + 1:]])
-                    listeners[k].close()
-                fleet.started()
+                common = dict(deadline=self.deadline, rate=rate, accept_pause=cfg.accept_pause,
+                              nofile=cfg.worker_nofile, **fleet.worker_args())
+                fleet.fork_per_listener(listeners, lambda k, fd: worker.start(
+                    k, share=plan.shares[k], listener=fd, port=plan.port + k,
+                    sources=worker_sources(plan, k), **common))
                 return self.follow()
         finally:
             for s in listeners:

@@ -108,7 +108,7 @@ class ProbeResult:
             f"time: establish {num(self.seconds_establish)} s ({num(self.rate_per_s)}/s), exchange "
             f"{num(self.seconds_exchange)} s, total {num(self.seconds_total)} s, hold {num(self.seconds_hold)} s, "
             f"close {num(self.seconds_close)} s",
-            f"kernel: slab " + (f"{num(self.kernel_slab_bytes_per_conn)} B/conn" if self.kernel_figures_reliable
+            "kernel: slab " + (f"{num(self.kernel_slab_bytes_per_conn)} B/conn" if self.kernel_figures_reliable
                                 else "not measurable (host busy)") + ", tcp mem "
             f"{num(self.kernel_tcp_mem_bytes_per_conn)} B/conn; user: {self.user_kb_per_conn:.2f} KB/conn "
             f"(workers' USS {num(self.user_uss_bytes)} B)",

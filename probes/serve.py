@@ -137,15 +137,11 @@ class Server:
             with Fleet() as fleet:
                 self.fleet = fleet
                 self.t0 = time.monotonic()
-                for k in range(w):
-                    kwargs = dict(workers=w, listener=listeners[k].fileno(), held_map=held_map,
-                                  expect=cfg.expect, echo_timeout=cfg.echo_timeout,
-                                  nofile=cfg.worker_nofile, **fleet.worker_args())
-                    fleet.fork(k, lambda k=k, kwargs=kwargs: worker.start(k, make=serve_worker.ServeWorker,
-                                                                          **kwargs),
-                               close_in_child=[s.fileno() for s in listeners[k + 1:]])
-                    listeners[k].close()
-                fleet.started()
+                common = dict(workers=w, held_map=held_map, expect=cfg.expect,
+                              echo_timeout=cfg.echo_timeout, nofile=cfg.worker_nofile,
+                              **fleet.worker_args())
+                fleet.fork_per_listener(listeners, lambda k, fd: worker.start(
+                    k, make=serve_worker.ServeWorker, listener=fd, **common))
                 return self.follow()
         finally:
             for s in listeners:
