@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -99,3 +100,17 @@ def run_tuner(*args, env=None, timeout=120, check_rc=None):
     if check_rc is not None:
         assert proc.returncode == check_rc, (proc.returncode, proc.stdout, proc.stderr)
     return proc
+
+
+def processes_with(marker: str) -> list:
+    """PIDs whose command line holds marker (probe workers are forks: same command line)."""
+    out = subprocess.run(["pgrep", "-f", "--", marker], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+def wait_gone(marker: str, seconds: float = 5.0) -> list:
+    """PIDs still holding marker after up to `seconds`: [] when every process has ended."""
+    deadline = time.monotonic() + seconds
+    while (left := processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left

@@ -19,6 +19,7 @@ import pytest
 from probes import ProbeConfig, ProbeConfigError, ProbeResult, run_probe
 from probes import classify, kernel
 from probes.runner import PACKAGE_ROOT
+from conftest import processes_with, wait_gone
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the probe tests use network namespaces")
 
@@ -33,19 +34,6 @@ def tcp_inuse(ns: str) -> int:
                          capture_output=True, text=True).stdout
     fields = next(line for line in out.splitlines() if line.startswith("TCP:")).split()
     return int(fields[fields.index("inuse") + 1])
-
-
-def processes_with(marker: str) -> list:
-    """PIDs whose command line holds marker (workers are forks: same command line)."""
-    out = subprocess.run(["pgrep", "-f", "--", marker], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split() if int(p) != os.getpid()]
-
-
-def wait_gone(marker: str, seconds: float = 5.0) -> list:
-    deadline = time.monotonic() + seconds
-    while (left := processes_with(marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 def probe_cmd(*args) -> list:

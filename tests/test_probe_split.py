@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import make_netns, remove_netns, run_tuner
+from conftest import make_netns, processes_with, remove_netns, run_tuner, wait_gone
 from probes import wire
 from probes.runner import PACKAGE_ROOT
 from tuner.readings import in_netns
@@ -49,18 +49,6 @@ def tuner_in(ns: str, *args, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "tuner", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT), **kwargs)
-
-
-def processes_with(marker: str) -> list:
-    out = subprocess.run(["pgrep", "-f", "--", marker], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split() if int(p) != os.getpid()]
-
-
-def gone(marker: str, seconds: float = 5.0) -> list:
-    deadline = time.monotonic() + seconds
-    while (left := processes_with(marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 @pytest.fixture
@@ -168,7 +156,7 @@ def test_three_load_hosts_one_server_totals_add_up(hosts, tmp_path):
         rows = [c for c in served["clients"] if c["address"].startswith(f"10.77.{i}.")]
         assert len(rows) == 33 and sum(c["verified"] for c in rows) == r["verified"]
     assert 1000 < served["kernel_slab_bytes_per_conn"] < 40000
-    assert gone(marker) == []
+    assert wait_gone(marker) == []
 
 
 def run_short(ns: str, *args, server: str) -> tuple:
@@ -282,7 +270,7 @@ def test_server_counts_each_misbehaviour_and_keeps_serving(netns):
     assert result["over_expect"] == flood and result["failed"] == 15
     assert result["accepted"] == good + 15 + flood and result["peak_concurrent"] == good
     assert result["sockets_after"] == 0 and result["errors"] == []
-    assert gone(marker) == []
+    assert wait_gone(marker) == []
 
 
 def test_sigterm_ends_a_server_short_of_expect_with_its_summary(netns):
@@ -303,7 +291,7 @@ def test_sigterm_ends_a_server_short_of_expect_with_its_summary(netns):
     assert srv.returncode == 3, err  # 200 of 500 expected: short
     assert result["stopped_by"] == "SIGTERM" and result["verified"] == 200 and not result["ok"]
     assert result["dropped"] == 200  # the client closed its verified connections
-    assert gone(marker) == []
+    assert wait_gone(marker) == []
 
 
 def test_bad_endpoints_are_usage_errors():
@@ -380,7 +368,7 @@ def test_a_full_worker_closes_its_listener_and_the_others_serve_on(netns):
     assert (error["side"], error["op"], error["errno"], error["count"]) == ("server", "accept", "EMFILE", 1)
     assert error["limit"] == "RLIMIT_NOFILE"
     assert result["sockets_after"] == 0
-    assert gone(marker) == []
+    assert wait_gone(marker) == []
 
 
 @pytest.mark.parametrize("args, named", [
@@ -418,4 +406,4 @@ def test_expect_with_hold_zero_ends_once_verified(netns):
     result = json.loads(out)
     assert srv.returncode == 0, err
     assert result["ok"] and result["stopped_by"] == "held" and result["verified"] == 50
-    assert gone(marker) == []
+    assert wait_gone(marker) == []
