@@ -26,7 +26,7 @@ import socket
 import time
 from typing import Callable, Dict, List, Optional
 
-from . import classify, kernel, worker
+from . import classify, kernel, wire, worker
 from .fleet import Fleet, describe_exit
 from .config import LISTEN_ADDR, Plan, ProbeConfig, ProbeConfigError, make_plan, raise_nofile, worker_sources
 
@@ -41,18 +41,13 @@ def open_listeners(plan: Plan, cfg: ProbeConfig) -> List[socket.socket]:
         listeners = []
         try:
             for k in range(plan.workers):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                listeners.append(s)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((LISTEN_ADDR, plan.port + k))
-                s.listen(65535)  # the kernel caps it at net.core.somaxconn
-                s.setblocking(False)
+                listeners.append(wire.listener(LISTEN_ADDR, plan.port + k))
             return listeners
         except OSError as exc:
             for s in listeners:
                 s.close()
             if exc.errno != E.EADDRINUSE or cfg.port is not None:
-                raise ProbeConfigError(f"cannot listen on {LISTEN_ADDR}:{plan.port + len(listeners) - 1}: "
+                raise ProbeConfigError(f"cannot listen on {LISTEN_ADDR}:{plan.port + len(listeners)}: "
                                        f"{exc.strerror}") from None
             low, high = plan.port_range
             nxt = plan.port + plan.workers + 97

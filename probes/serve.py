@@ -93,13 +93,7 @@ def open_listeners(addr: str, port: int, count: int) -> List[socket.socket]:
     out = []
     try:
         for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            out.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind((addr, port))
-            s.listen(65535)  # the kernel caps it at net.core.somaxconn
-            s.setblocking(False)
+            out.append(wire.listener(addr, port, reuseport=True))
         return out
     except OSError as exc:
         for s in out:

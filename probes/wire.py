@@ -107,3 +107,22 @@ def peer_text(ip_int: int) -> str:
 
 def ip_int(addr: Optional[str]) -> int:
     return int(ipaddress.IPv4Address(addr)) if addr else 0
+
+
+def listener(addr: str, port: int, reuseport: bool = False) -> socket.socket:
+    """A nonblocking listening socket on addr:port (closed again if any step fails).
+
+    reuseport: several workers' listeners share one ADDR:PORT and the kernel spreads
+    connections over them (the --serve side)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((addr, port))
+        s.listen(65535)  # the kernel caps it at net.core.somaxconn
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
