@@ -24,3 +24,149 @@ def test_pages_carry_options_knobs_and_exit_codes():
         assert manpages._roff_escape(knob.name) in report
     for code in errors.EXIT_CODES:
         assert f"\\fB{code}\\fP" in pages["tuner.1"]
+
+
+COMMON_SECTIONS = ("EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES", "SEE ALSO")
+
+
+def _section(page: str, title: str) -> str:
+    """The roff body of `.SH title` up to the next section."""
+    assert f".SH {title}\n" in page, f"no {title} section"
+    return page.split(f".SH {title}\n", 1)[1].split("\n.SH ", 1)[0]
+
+
+def test_every_page_has_environment_files_examples_and_see_also():
+    pages = manpages.render_pages()
+    for name, page in pages.items():
+        for title in COMMON_SECTIONS:
+            _section(page, title)
+        env = _section(page, "ENVIRONMENT")
+        assert r"\fBTUNER_JOURNAL\fP" in env and r"\fBTUNER_LOCK\fP" in env, name
+        files = _section(page, "FILES")
+        for path in ("/var/lib/tuner/journal.json", "/run/tuner.lock", "/etc/sysctl.d/99\\-tuner.conf",
+                     "/etc/security/limits.d/99\\-tuner.conf"):
+            assert path in files, (name, path)
+        see = _section(page, "SEE ALSO")
+        for ref in ("sysctl(8)", "prlimit(1)", "ss(8)", "sysctl.d(5)", "limits.conf(5)", "systemd.exec(5)"):
+            assert ref in see, (name, ref)
+        # Every other tuner page is named, the page itself is not.
+        own = name[:-2]
+        for other in pages:
+            assert (f"{_esc(other[:-2])}(1)" in see) == (other != name), (name, other)
+        assert _section(page, "EXAMPLES").count(".TP") >= 2, name
+
+
+def _esc(text):
+    return manpages._roff_escape(text)
+
+
+def _example_args(line: str):
+    """The tuner argv of an example line: shell pipes/redirections cut off, leading VAR=value
+    assignments dropped."""
+    import shlex
+
+    words = []
+    for w in shlex.split(line, comments=False):
+        if w in ("|", ">", ">>"):
+            break
+        words.append(w)
+    while "=" in words[0] and not words[0].startswith("-"):
+        words.pop(0)
+    assert words[0] == "tuner", line
+    return words[1:]
+
+
+def test_every_example_parses_against_the_real_cli():
+    """An example that names a missing option, a bad value type, or a command that does
+    not exist fails here (click parses without running the command)."""
+    import typer
+
+    from tuner.cli import app
+
+    root = typer.main.get_command(app)
+    paths = {ctx.command_path for _, ctx in manpages._commands()}
+    assert set(manpages.EXAMPLES) <= paths, "EXAMPLES names a command that does not exist"
+    for path, examples in manpages.EXAMPLES.items():
+        for line, text in examples:
+            assert text, line
+            args = _example_args(line)
+            assert " ".join(["tuner"] + args).startswith(path), (path, line)
+            ctx = root.make_context("tuner", list(args))
+            if args and not args[0].startswith("-"):
+                name, cmd, rest = root.resolve_command(ctx, list(args))
+                cmd.make_context(name, rest, parent=ctx)
+
+
+def test_a_command_added_later_gets_every_section():
+    """diagnose/metrics and later commands: a page with generated examples from their own
+    options, the common sections, and a place in every other page's SEE ALSO."""
+    from typing import Optional
+
+    import typer
+
+    from tuner.cli import app
+
+    later = typer.Typer()
+    later.registered_commands = list(app.registered_commands)
+    later.registered_callback = app.registered_callback
+    later.info = app.info
+
+    @later.command()
+    def diagnose(pid: int = typer.Option(..., "--pid", metavar="PID", help="Process to look at."),
+                 json_out: bool = typer.Option(False, "--json"), port: Optional[int] = None) -> None:
+        """Why this process stopped accepting connections."""
+
+    pages = manpages.render_pages(later)
+    page = pages["tuner-diagnose.1"]
+    for title in COMMON_SECTIONS:
+        _section(page, title)
+    examples = _section(page, "EXAMPLES")
+    assert r"\fBtuner diagnose \-\-pid PID\fP" in examples
+    assert r"\fBtuner diagnose \-\-pid PID \-\-json\fP" in examples
+    assert "Why this process stopped accepting connections" in examples
+    assert r"tuner\-diagnose(1)" in _section(pages["tuner.1"], "SEE ALSO")
+    assert "tuner-diagnose.1" not in manpages.render_pages()
+
+
+def test_installed_package_ships_every_page(tmp_path):
+    """A wheel built from this tree and installed into a fresh venv puts tuner.1 and every
+    subcommand's page in the venv's share/man/man1, and man-db finds them through PATH."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(root, name), src / name if src.exists() else _mk(src) / name)
+    for name in ("tuner", "probes", "man"):
+        shutil.copytree(os.path.join(root, name), src / name, ignore=ignore)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run(pip + ["wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, capture_output=True)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    wheel = next((tmp_path / "dist").glob("tuner-*.whl"))
+    subprocess.run(pip + ["--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
+                          str(wheel)], check=True, capture_output=True)
+    man1 = venv / "share" / "man" / "man1"
+    committed = {name for name in os.listdir(MAN_DIR) if name.endswith(".1")}
+    assert committed == set(manpages.render_pages())
+    assert set(os.listdir(man1)) == committed
+    for name in committed:
+        with open(os.path.join(MAN_DIR, name)) as f:
+            assert (man1 / name).read_text() == f.read()
+    if shutil.which("man") is None:
+        return  # the files are checked above; finding them is man-db's part
+    env = {k: v for k, v in os.environ.items() if k != "MANPATH"}
+    env["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"
+    found = subprocess.run(["man", "-w", "tuner", "tuner-probe"], env=env, capture_output=True,
+                           text=True, cwd=str(tmp_path))
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split() == [str(man1 / "tuner.1"), str(man1 / "tuner-probe.1")]
+
+
+def _mk(path):
+    path.mkdir(parents=True)
+    return path

@@ -6,18 +6,26 @@ module walks typer's command tree itself.  The knob table and exit codes are
 appended from the same sources the code uses, so the pages cannot drift from them
 (tests/test_man.py regenerates and compares).
 
+Every page, including those of commands added later, gets EXIT STATUS, ENVIRONMENT,
+FILES, EXAMPLES and SEE ALSO: the first three and SEE ALSO are the same for every
+command (paths and variable names come from the modules that use them); EXAMPLES come
+from the table below, or, for a command not in it yet, from its own options.
+
+The committed pages in man/ are installed with the package into share/man/man1
+(pyproject.toml's data-files), so `man tuner` finds them next to a venv's bin/.
+
     python -m tuner.manpages man/     # rewrite the committed pages
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import typer
 from click_man.man import ManPage
 
-from . import __date__, __version__, errors
+from . import __date__, __version__, errors, journal, plan
 from .cli import app
 from .knobs import KNOBS
 
@@ -74,15 +82,144 @@ def exit_section() -> str:
     return "\n".join(lines)
 
 
+def _tp(pairs) -> str:
+    """(term, text) pairs as a roff tagged list; terms in bold."""
+    lines = []
+    for term, text in pairs:
+        lines += [".TP", f"\\fB{_roff_escape(term)}\\fP", _roff_escape(text)]
+    return "\n".join(lines)
+
+
+def environment_section() -> str:
+    return _tp([
+        (journal.ENV_VAR, f"Path of the write-ahead journal apply writes and revert reads "
+                          f"(default {journal.DEFAULT_PATH}); --journal overrides it."),
+        (journal.LOCK_ENV_VAR, f"Path of the host-wide lock that keeps two applies or reverts apart "
+                               f"(default {journal.DEFAULT_LOCK})."),
+        ("TUNER_DEBUG", "When set, an internal error prints its Python traceback instead of one line."),
+    ])
+
+
+def files_section() -> str:
+    def etc(rel: str) -> str:
+        return "/" + rel
+    return _tp([
+        (journal.DEFAULT_PATH, "The journal: each setting apply changed, its original value and what "
+                               "tuner wrote, saved atomically before every write. revert reads it and "
+                               "removes it once everything is restored."),
+        (journal.DEFAULT_PATH + ".lock", "The journal's own lock (next to whichever journal is used), "
+                                         "held while apply or revert runs."),
+        (journal.DEFAULT_LOCK, "The host-wide lock: holds the pid of the running apply or revert; "
+                               "a second one exits 5."),
+        (etc(plan.SYSCTL_FILE), "Written by apply --persist: the sysctls tuner set, applied at boot by "
+                                "systemd-sysctl (see sysctl.d(5))."),
+        (etc(plan.LIMITS_FILE), "Written by apply --persist: RLIMIT_NOFILE for new login sessions "
+                                "(pam_limits, see limits.conf(5))."),
+        (etc(os.path.join(plan.UNIT_DIR, "UNIT.service.d", plan.DROPIN_NAME)),
+         "Written by apply --persist --unit UNIT: LimitNOFILE= for that service (see "
+         "systemd.exec(5))."),
+        ("/proc/sys/, /proc/slabinfo, /proc/meminfo, /proc/net/sockstat",
+         "Read by report and the probe's pre-flight; /proc/slabinfo needs root (without it the "
+         "memory estimate uses documented fallback figures)."),
+        ("/var/run/netns/NAME", "The network namespace --netns NAME names (ip-netns(8))."),
+    ])
+
+
+# Examples per command path: (command line, what it does).  Each command line is parsed
+# against the real CLI in tests/test_man.py, so an example cannot name an option that
+# does not exist.  A command missing here still gets examples built from its options.
+EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
+    "tuner": [
+        ("tuner report --target 1M", "What stands between this host and a million connections."),
+        ("tuner apply --target 1M --dry-run", "The changes a million needs, and the equivalent shell "
+                                              "commands; nothing is changed."),
+        ("tuner apply --target 1M --yes", "Make them (as root), recording the originals in the journal."),
+        ("tuner probe --connections 1M", "Prove it: open, verify and close a million loopback "
+                                         "connections."),
+        ("tuner revert", "Put back everything apply changed."),
+    ],
+    "tuner report": [
+        ("tuner report", "How many connections the host holds now and which limit binds first."),
+        ("tuner report --target 1M --wide", "What a million needs, with a why column for every knob."),
+        ("tuner report -n 100000 --role client --source-dev eth0",
+         "A load generator's view: outbound sockets from eth0's addresses to one server."),
+        ("tuner report --netns demo --target 500k", "Per-namespace knobs as seen inside namespace demo."),
+        ("tuner report --target 1M --json | jq -r '.rows[] | select(.status != \"ok\") | .name'",
+         "The knobs that need attention, for a script."),
+    ],
+    "tuner apply": [
+        ("tuner apply --target 1M --dry-run", "Show the plan and the shell commands; change nothing."),
+        ("tuner apply --target 1M --yes", "Change the host without asking."),
+        ("tuner apply --target 1M --persist --unit nginx --yes",
+         "Also write sysctl.d, limits.d and a LimitNOFILE= drop-in for nginx.service."),
+        ("tuner apply -n 100000 --role client --alias-dev eth0 --alias-net 10.77.1.0/24 --yes",
+         "A load generator: widen the port range and add the /32 source aliases 100,000 need."),
+        ("tuner apply --target 500k --netns demo --journal /root/demo-journal.json --yes",
+         "Change only namespace demo's knobs, with a journal of its own."),
+    ],
+    "tuner revert": [
+        ("tuner revert --dry-run", "What would be restored, and what changed since tuner wrote it."),
+        ("tuner revert", "Restore the originals, newest change first."),
+        ("tuner revert --force", "Restore even values someone changed since tuner wrote them."),
+        ("TUNER_JOURNAL=/root/demo-journal.json tuner revert --json", "Undo a run that used "
+                                                                      "another journal; JSON result."),
+    ],
+    "tuner probe": [
+        ("tuner probe --connections 100k", "Open, verify, hold and close 100,000 loopback connections."),
+        ("tuner probe -n 1M --hold 10 --json > run.json", "A million held ten seconds; the figures as "
+                                                          "JSON."),
+        ("tuner probe --netns demo -n 50000 --rate 5000", "50,000 inside namespace demo, 5,000 new "
+                                                          "connections a second."),
+        ("tuner probe --serve 10.77.0.1:7000 --expect 300000 --hold 2",
+         "The server side of a test across hosts: stop once 300,000 are verified and held 2 s."),
+        ("tuner probe --connect 10.77.0.1:7000 -n 100000 --source-net 10.77.1.0/24 --hold 6",
+         "One load host's share, from the aliases apply added in 10.77.1.0/24."),
+    ],
+}
+
+SEE_ALSO_EXTERNAL = ["sysctl(8)", "prlimit(1)", "ss(8)", "sysctl.d(5)", "limits.conf(5)",
+                     "systemd.exec(5)"]
+
+
+def default_examples(command, ctx) -> List[Tuple[str, str]]:
+    """For a command not in EXAMPLES: it run with its required options, and with --json
+    where it has one."""
+    base = [ctx.command_path]
+    for p in command.params:
+        if getattr(p, "param_type_name", "") == "option" and p.required:
+            base += [p.opts[0], p.metavar or p.name.upper()]
+        elif getattr(p, "param_type_name", "") == "argument":
+            base.append((p.metavar or p.name).upper())
+    out = [(" ".join(base), (command.short_help or (command.help or "").split(". ")[0]).strip())]
+    if any("--json" in getattr(p, "opts", ()) for p in command.params):
+        out.append((" ".join(base + ["--json"]), "The same, as JSON."))
+    return out
+
+
+def examples_section(command, ctx) -> str:
+    examples = EXAMPLES.get(ctx.command_path) or default_examples(command, ctx)
+    lines = []
+    for cmd, text in examples:
+        lines += [".TP", f"\\fB{_roff_escape(cmd)}\\fP", _roff_escape(text)]
+    return "\n".join(lines)
+
+
+def see_also_section(path: str, pages: List[str]) -> str:
+    own = [f"{name[:-2]}(1)" for name in pages if name[:-2] != path.replace(" ", "-")]
+    return ", ".join(f"\\fB{_roff_escape(ref)}\\fP" for ref in own + SEE_ALSO_EXTERNAL)
+
+
 def _sections(path: str) -> Dict[str, str]:
     sections = {"EXIT STATUS": exit_section()}
     if path in ("tuner", "tuner report"):
         sections["KNOBS"] = knob_section()
     sections.update(EXTRA_SECTIONS.get(path, {}))
+    sections["ENVIRONMENT"] = environment_section()
+    sections["FILES"] = files_section()
     return sections
 
 
-def _page(command, ctx) -> str:
+def _page(command, ctx, page_names: List[str]) -> str:
     page = ManPage(ctx.command_path)
     page.version = __version__
     page.date = __date__
@@ -97,25 +234,34 @@ def _page(command, ctx) -> str:
     page.commands = [(name, sub.get_short_help_str(60)) for name, sub in subcommands.items()
                      if not sub.hidden]
     text = str(page)
-    for title, body in _sections(ctx.command_path).items():
+    sections = _sections(ctx.command_path)
+    sections["EXAMPLES"] = examples_section(command, ctx)
+    sections["SEE ALSO"] = see_also_section(ctx.command_path, page_names)
+    for title, body in sections.items():
         text += f".SH {title}\n{body}\n"
     return text
 
 
-def render_pages() -> Dict[str, str]:
-    """{file name: roff text} for tuner and every visible subcommand."""
-    root = typer.main.get_command(app)
-    pages: Dict[str, str] = {}
+def _commands(typer_app=app) -> List[Tuple[object, object]]:
+    """(command, context) for tuner and every visible subcommand, depth first."""
+    out = []
 
     def walk(command, name, parent):
         ctx = command.context_class(command, info_name=name, parent=parent)
-        pages[ctx.command_path.replace(" ", "-") + ".1"] = _page(command, ctx)
+        out.append((command, ctx))
         for sub_name, sub in (getattr(command, "commands", {}) or {}).items():
             if not sub.hidden:
                 walk(sub, sub_name, ctx)
 
-    walk(root, "tuner", None)
-    return pages
+    walk(typer.main.get_command(typer_app), "tuner", None)
+    return out
+
+
+def render_pages(typer_app=app) -> Dict[str, str]:
+    """{file name: roff text} for tuner and every visible subcommand of `typer_app`."""
+    commands = _commands(typer_app)
+    names = [ctx.command_path.replace(" ", "-") + ".1" for _, ctx in commands]
+    return {name: _page(command, ctx, names) for name, (command, ctx) in zip(names, commands)}
 
 
 def write_pages(target_dir: str) -> list:
