@@ -14,7 +14,7 @@ import typer
 
 from . import errors, render
 from .errors import TunerError
-from .inputs import check_positive, check_role, parse_target, parse_workers
+from .inputs import check_netns_name, check_positive, check_role, parse_target, parse_workers
 
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in errors.EXIT_CODES.items()) + "."
 
@@ -34,6 +34,13 @@ ROLE_HELP = ("loopback: both ends on this host (two sockets each, the default); 
              "accepted sockets only; client: outbound sockets only.")
 NETNS_HELP = "Read per-namespace knobs inside this network namespace (ip netns)."
 JSON_HELP = "Print JSON (a stable, documented schema) instead of a table."
+
+
+def _netns_option(help_text: str):
+    """Every --netns is checked as it is parsed, before any namespace call: a name that
+    `ip netns list` shows, never a path."""
+    return typer.Option(None, "--netns", metavar="NAME", help=help_text,
+                        callback=lambda value: check_netns_name(value))
 
 
 def _print_version(value: bool) -> None:
@@ -57,7 +64,7 @@ def _emit(text: str) -> None:
 def report(
     target: Optional[str] = typer.Option(None, "--target", "-n", metavar="N", help=TARGET_HELP),
     role: str = typer.Option("loopback", "--role", metavar="ROLE", help=ROLE_HELP),
-    netns: Optional[str] = typer.Option(None, "--netns", metavar="NAME", help=NETNS_HELP),
+    netns: Optional[str] = _netns_option(NETNS_HELP),
     destinations: int = typer.Option(1, "--destinations",
                                      help="Distinct server ip:port the clients connect to."),
     source_dev: Optional[str] = typer.Option(
@@ -101,9 +108,8 @@ def _confirm_on_terminal(plan, err: bool = False) -> None:
 def apply(
     target: str = typer.Option(..., "--target", "-n", help=TARGET_HELP),
     role: str = typer.Option("loopback", "--role", help=ROLE_HELP),
-    netns: Optional[str] = typer.Option(
-        None, "--netns", help="Change per-namespace knobs inside this network namespace; "
-                              "host-wide knobs are then left alone (and listed)."),
+    netns: Optional[str] = _netns_option("Change per-namespace knobs inside this network "
+                                         "namespace; host-wide knobs are then left alone (and listed)."),
     destinations: int = typer.Option(1, "--destinations",
                                      help="Distinct server ip:port the clients connect to."),
     pid: List[int] = typer.Option([], "--pid", help="Raise RLIMIT_NOFILE of this running "
@@ -189,8 +195,7 @@ def probe(
     timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS",
                                             help="Give up establishing and verifying after this "
                                                  "long (default 30 s + 1 s per 10,000)."),
-    netns: Optional[str] = typer.Option(None, "--netns", metavar="NAME",
-                                        help="Run the probe inside this network namespace."),
+    netns: Optional[str] = _netns_option("Run the probe inside this network namespace."),
     force: bool = typer.Option(False, "--force", help="Run even when the capacity model says "
                                                       "N cannot be reached."),
     serve: Optional[str] = typer.Option(

@@ -5,9 +5,10 @@ is read or changed.
 """
 from __future__ import annotations
 
+import os
 import re
 from decimal import Decimal
-from typing import Optional
+from typing import List, Optional
 
 from .errors import UsageError
 from .knobs import ROLES
@@ -60,3 +61,32 @@ def check_positive(name: str, value: Optional[int]) -> Optional[int]:
     if value is not None and value < 1:
         raise UsageError(f"{name} must be at least 1, not {value}")
     return value
+
+
+# Where `ip netns add` binds named network namespaces (iproute2's NETNS_RUN_DIR).
+NETNS_RUN_DIR = "/var/run/netns"
+
+
+def netns_names() -> List[str]:
+    """The names `ip netns list` shows: entries of /var/run/netns. Only listed, never
+    created (a host with no named namespace has no such directory)."""
+    try:
+        return sorted(os.listdir(NETNS_RUN_DIR))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def check_netns_name(name: Optional[str], option: str = "--netns") -> Optional[str]:
+    """A namespace name is a name, not a path: it must be one `ip netns list` shows.
+
+    Checked before any namespace call: pyroute2 resolves a name containing '/' against
+    the working directory and creates a missing namespace there, so '../../tmp/bait'
+    given to a read-only report would create a namespace and bind mounts."""
+    if name is None:
+        return None
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise UsageError(f"{option} {name!r} is not a namespace name: give a name as "
+                         f"'ip netns list' shows it, not a path")
+    if name not in netns_names():
+        raise UsageError(f"no network namespace named {name!r}: list them with 'ip netns list'")
+    return name

@@ -20,7 +20,7 @@ import resource
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional
 
-from .errors import PermissionNeeded, UsageError
+from .errors import PermissionNeeded
 
 PROC_SYS = "/proc/sys"
 NETNS_RUN_DIR = "/var/run/netns"
@@ -239,7 +239,9 @@ def source_address_count(addresses, ifname: Optional[str], family: int = 4) -> i
 
 
 def netns_exists(name: str) -> bool:
-    return os.path.exists(os.path.join(NETNS_RUN_DIR, name))
+    from .inputs import netns_names
+
+    return name in netns_names()
 
 
 @contextlib.contextmanager
@@ -256,12 +258,19 @@ def in_netns(name: Optional[str]) -> Iterator[None]:
     check_netns(name)
     from pyroute2 import netns as pnetns
 
+    # An open descriptor, not the name: given a name, pyroute2 creates a namespace that
+    # does not exist (setns defaults to O_CREAT), and entering must never create one.
+    fd = os.open(os.path.join(NETNS_RUN_DIR, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        pnetns.pushns(name)
-    except OSError as e:
-        if e.errno == errno.EPERM:
-            raise PermissionNeeded(f"entering network namespace {name!r} needs root: run as root")
-        raise
+        try:
+            pnetns.pushns(fd)
+        except OSError as e:
+            pnetns.dropns()
+            if e.errno == errno.EPERM:
+                raise PermissionNeeded(f"entering network namespace {name!r} needs root: run as root")
+            raise
+    finally:
+        os.close(fd)
     try:
         yield
     finally:
@@ -269,8 +278,9 @@ def in_netns(name: Optional[str]) -> Iterator[None]:
 
 
 def check_netns(name: str) -> None:
-    if not netns_exists(name):
-        raise UsageError(f"no network namespace named {name!r}: list them with 'ip netns list'")
+    from .inputs import check_netns_name
+
+    check_netns_name(name)
 
 
 def take_snapshot(host_sysctls, netns_sysctls, netns: Optional[str] = None) -> Snapshot:
