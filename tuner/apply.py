@@ -14,7 +14,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import capacity, writers
+from . import capacity, settings
 from . import report as report_mod
 from .errors import EXIT_FAILED, PermissionNeeded, TunerError, UsageError
 from .inputs import check_positive, check_role
@@ -158,10 +158,14 @@ def run(req: Request, journal_path: Optional[str] = None, dry_run: bool = False,
 
 def _entry_for(change) -> Dict[str, Any]:
     return {"key": change.key, "knob": change.knob, "kind": change.kind, "scope": change.scope,
-            "netns": change.netns, "detail": dict(change.detail), "why": change.why}
+            "netns": change.netns, "detail": settings.kind(change.kind).record(change.detail),
+            "why": change.why}
 
 
 def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """Write `plan` through the journal at `path` (the lock held by the caller); returns
+    one {knob, kind, where, before, new} per change. Any failure rolls back this run's
+    writes and raises TunerError."""
     journal = Journal.load(path) or Journal(path)
     journal.data["applies"].append({"at": now(), "argv": list(argv), "target": req.target,
                                     "role": req.role, "netns": req.netns})
@@ -170,18 +174,17 @@ def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> Li
     done: List[tuple] = []
     applied = []
     for n, change in enumerate(plan.changes, 1):
+        kind = settings.kind(change.kind)
         try:
-            before = writers.read(change.kind, change.netns, change.detail)
+            before = kind.read(change.netns, change.detail)
             entry = journal.find(change.key)
             previous = copy.deepcopy(entry)
             if entry is None:
                 entry = {**_entry_for(change), "original": before}
-                if change.kind == "file":
-                    entry["detail"]["created_dirs"] = writers.missing_dirs(change.detail["path"])
                 journal.entries.append(entry)
             entry.update(before=before, new=change.new, state="pending", command=change.command)
             journal.save()  # write-ahead: the original is on disk before the setting changes
-        except writers.Gone as e:
+        except settings.Gone as e:
             undone, _ = _rollback(journal, done)
             raise TunerError(f"{change.knob}: {e}; rolled back {undone} earlier change(s)") from None
         except BaseException:
@@ -190,8 +193,8 @@ def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> Li
             raise
         done.append((entry, previous))
         try:
-            writers.write(change.kind, change.netns, entry["detail"], change.new)
-        except (writers.WriteError, writers.Gone) as e:
+            kind.write(change.netns, entry["detail"], change.new)
+        except (settings.WriteError, settings.Gone) as e:
             undone, failed = _rollback(journal, done)
             tail = (f"; could not undo: {'; '.join(failed)} (still in the journal: "
                     f"run 'tuner revert')" if failed else "; nothing is left changed")
@@ -205,8 +208,8 @@ def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> Li
             os.kill(os.getpid(), signal.SIGKILL)
         entry["state"] = "done"
         journal.save()
-        applied.append({"knob": change.knob, "where": change.where, "before": before,
-                        "new": change.new})
+        applied.append({"knob": change.knob, "kind": change.kind, "where": change.where,
+                        "before": before, "new": change.new})
     return applied
 
 
@@ -215,14 +218,13 @@ def _rollback(journal: Journal, done: List[tuple]):
     Returns (undone count, list of failures)."""
     undone, failed = 0, []
     for entry, previous in reversed(done):
+        kind = settings.kind(entry["kind"])
         try:
-            current = writers.read(entry["kind"], entry["netns"], entry["detail"])
-            if not writers.same(entry["kind"], current, entry["before"]):
-                writers.write(entry["kind"], entry["netns"], entry["detail"], entry["before"])
+            if kind.undo(entry["netns"], entry["detail"], entry["before"]):
                 undone += 1
-        except writers.Gone:
+        except settings.Gone:
             pass  # what it belonged to is gone, and the setting with it
-        except writers.WriteError as e:
+        except settings.WriteError as e:
             failed.append(f"{entry['knob']} ({e})")
             continue  # keep the entry: revert can try again
         if previous is None:

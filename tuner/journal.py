@@ -16,14 +16,14 @@ apply, not to the first apply's values.
 Schema (tuner.journal/1):
     {"schema": "tuner.journal/1", "created": ISO time, "updated": ISO time,
      "applies": [{"at": ISO time, "argv": [...], "target": N, "role": str, "netns": str|null}],
-     "entries": [{"key": str, "knob": str, "kind": "sysctl|rlimit|alias|file",
+     "entries": [{"key": str, "knob": str, "kind": a setting kind (tuner/settings/),
                   "scope": str, "netns": str|null, "detail": {...}, "why": str,
                   "original": value before tuner's first write,
                   "before": value right before the latest write,
                   "new": value tuner wrote last,
                   "state": "pending|done", "command": shell equivalent of the write}]}
-Values: sysctl text ("32768 60999"); rlimit int; alias bool (present); file text or null
-(absent).
+Values and details are the kind's (tuner/settings/<kind>.py): sysctl text ("32768
+60999"); rlimit int; alias bool (present); file text or null (absent).
 """
 from __future__ import annotations
 
@@ -31,10 +31,8 @@ import contextlib
 import datetime
 import errno
 import fcntl
-import ipaddress
 import json
 import os
-import re
 import tempfile
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -139,14 +137,7 @@ def _validate(data: Any) -> None:
         keys[e["key"]] = i
 
 
-# A sysctl name is dotted words; anything else (a '/' or '..') would make
-# /proc/sys/<name> point somewhere tuner never wrote.
-_SYSCTL_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _STATES = ("pending", "done")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _check(ok: bool, what: str, value: Any) -> None:
@@ -154,9 +145,9 @@ def _check(ok: bool, what: str, value: Any) -> None:
         raise ValueError(f"{what} is {value!r}")
 
 
-def _text(d: Dict[str, Any], name: str, where: str = "") -> str:
+def _text(d: Dict[str, Any], name: str) -> str:
     value = d.get(name)
-    _check(isinstance(value, str) and value != "", f"{where}{name}", value)
+    _check(isinstance(value, str) and value != "", name, value)
     return value
 
 
@@ -164,11 +155,10 @@ def _netns_name(v: Any) -> bool:
     return v is None or (isinstance(v, str) and v not in ("", ".", "..") and "/" not in v)
 
 
-def _abs_path(v: Any) -> bool:
-    return isinstance(v, str) and os.path.isabs(v) and "\0" not in v
-
-
 def _validate_entry(e: Any) -> None:
+    """The fields every entry has; the kind checks its detail and values."""
+    from . import settings
+
     if not isinstance(e, dict):
         raise ValueError(f"not an object: {e!r}")
     missing = [k for k in ENTRY_FIELDS if k not in e]
@@ -179,59 +169,16 @@ def _validate_entry(e: Any) -> None:
     for name in ("scope", "why", "command"):
         if name in e:
             _check(isinstance(e[name], str), name, e[name])
-    kind = e["kind"]
-    _check(kind in VALUE_CHECKS, "kind", kind)
+    _check(isinstance(e["kind"], str) and e["kind"] in settings.KINDS, "kind", e["kind"])
+    kind = settings.kind(e["kind"])
     _check(e["state"] in _STATES, "state", e["state"])
     _check(_netns_name(e["netns"]), "netns", e["netns"])
-    d = e["detail"]
-    _check(isinstance(d, dict), "detail", d)
-    DETAIL_CHECKS[kind](d)
-    value_ok, value_kind = VALUE_CHECKS[kind]
+    _check(isinstance(e["detail"], dict), "detail", e["detail"])
+    kind.check_detail(e["detail"])
     for name in ("original", "before", "new"):
-        if not value_ok(e[name]):
-            raise ValueError(f"{name} must be {value_kind} for a {kind} entry, not {e[name]!r}")
-
-
-def _sysctl_detail(d: Dict[str, Any]) -> None:
-    name = _text(d, "name", "detail.")
-    _check(bool(_SYSCTL_NAME.match(name)), "detail.name", name)
-
-
-def _rlimit_detail(d: Dict[str, Any]) -> None:
-    from .writers import RLIMITS
-
-    _check(_is_int(d.get("pid")) and d["pid"] > 0, "detail.pid", d.get("pid"))
-    ct = d.get("create_time")
-    _check((_is_int(ct) or isinstance(ct, float)), "detail.create_time", ct)
-    _check(d.get("resource") in RLIMITS, "detail.resource", d.get("resource"))
-    _check(d.get("which") in ("soft", "hard"), "detail.which", d.get("which"))
-
-
-def _alias_detail(d: Dict[str, Any]) -> None:
-    dev = _text(d, "dev", "detail.")
-    _check(len(dev) < 16 and "/" not in dev, "detail.dev", dev)  # IFNAMSIZ
-    address = _text(d, "address", "detail.")
-    try:
-        ipaddress.IPv4Address(address)
-    except ValueError:
-        raise ValueError(f"detail.address is {address!r}") from None
-    pl = d.get("prefixlen")
-    _check(_is_int(pl) and 0 <= pl <= 32, "detail.prefixlen", pl)
-
-
-def _file_detail(d: Dict[str, Any]) -> None:
-    _check(_abs_path(d.get("path")), "detail.path", d.get("path"))
-    dirs = d.get("created_dirs", [])
-    _check(isinstance(dirs, list) and all(_abs_path(x) for x in dirs), "detail.created_dirs", dirs)
-
-
-DETAIL_CHECKS = {"sysctl": _sysctl_detail, "rlimit": _rlimit_detail, "alias": _alias_detail,
-                 "file": _file_detail}
-# The value representation of each kind (see the schema above).
-VALUE_CHECKS = {"sysctl": (lambda v: isinstance(v, str), "text"),
-                "rlimit": (_is_int, "an integer"),
-                "alias": (lambda v: isinstance(v, bool), "true or false"),
-                "file": (lambda v: v is None or isinstance(v, str), "text or null")}
+        if not kind.valid_value(e[name]):
+            raise ValueError(f"{name} must be {kind.value_doc} for a {kind.name} entry, "
+                             f"not {e[name]!r}")
 
 
 def _fsync_dir(directory: str) -> None:

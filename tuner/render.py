@@ -99,28 +99,15 @@ def report_text(report: Report, wide: bool = False) -> str:
 
 # ---------------------------------------------------------------- apply / revert
 
-def _short(text: Any, width: int = 48) -> str:
-    text = str(text)
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
-def _shown(kind: str, v: Any) -> str:
-    if kind == "alias":
-        return "present" if v else "absent"
-    if kind == "file":
-        return "absent" if v is None else f"{len(v.splitlines())} line(s)"
-    return "-" if v is None else _short(f"{v:,}" if isinstance(v, int) else v)
-
-
 def plan_text(plan) -> str:
     """The plan as apply shows it before changing anything: table, notes, commands."""
-    from .plan import describe
+    from .settings import kind
 
     lines = []
     where = f" (netns {plan.netns})" if plan.netns else ""
     if plan.changes:
-        rows = [[c.knob, c.where, describe(c, c.current), describe(c, c.new), c.why]
-                for c in plan.changes]
+        rows = [[c.knob, c.where, kind(c.kind).describe(c.current), kind(c.kind).describe(c.new),
+                 c.why] for c in plan.changes]
         lines += [f"plan for {plan.target:,} connections, role {plan.role}{where}:",
                   table(rows, ["knob", "where", "current", "new", "why"])]
     else:
@@ -183,9 +170,10 @@ def revert_text(outcome) -> str:
         return f"nothing to revert: no journal at {outcome.journal}"
     if not outcome.rows:
         return f"nothing to revert: the journal at {outcome.journal} lists no changes"
-    rows = [[r.knob, r.where, _shown(r.kind, r.current), _shown(r.kind, r.wrote),
-             _shown(r.kind, r.original),
-             r.action + (f": {r.reason}" if r.reason else "")] for r in outcome.rows]
+    from .settings import kind
+
+    rows = [[r.knob, r.where] + [kind(r.kind).describe(v) for v in (r.current, r.wrote, r.original)]
+            + [r.action + (f": {r.reason}" if r.reason else "")] for r in outcome.rows]
     lines = [table(rows, ["knob", "where", "now", "tuner wrote", "original", "action"])]
     if outcome.dry_run:
         lines.append("dry run: nothing was changed")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, List, Optional
 
-from . import writers
+from . import settings
 from .apply import check_root
 from .journal import Journal, locked, resolve_path
 
@@ -54,15 +54,7 @@ class Outcome:
 
 
 def where(entry) -> str:
-    d = entry["detail"]
-    if entry["kind"] == "rlimit":
-        return f"pid {d['pid']}"
-    if entry["kind"] == "alias":
-        return f"{d['address']}/{d['prefixlen']} on {d['dev']}" + (
-            f" in netns {entry['netns']}" if entry["netns"] else "")
-    if entry["kind"] == "file":
-        return d["path"]
-    return f"netns {entry['netns']}" if entry["netns"] else "host"
+    return settings.kind(entry["kind"]).where(entry["netns"], entry["detail"])
 
 
 def run(journal_path: Optional[str] = None, force: bool = False, dry_run: bool = False) -> Outcome:
@@ -91,19 +83,24 @@ def _revert(path: str, force: bool, dry_run: bool) -> Outcome:
 
 
 def _restore(entry, force: bool, dry_run: bool) -> Row:
-    kind, netns, detail = entry["kind"], entry["netns"], entry["detail"]
-    row = Row(entry["knob"], kind, where(entry), None, entry["new"], entry["original"], "")
+    kind, netns, detail = settings.kind(entry["kind"]), entry["netns"], entry["detail"]
+    row = Row(entry["knob"], kind.name, where(entry), None, entry["new"], entry["original"], "")
     try:
-        row.current = writers.read(kind, netns, detail)
-    except writers.Gone as e:
+        row.current = kind.read(netns, detail)
+    except settings.Gone as e:
         row.action, row.reason = GONE, f"{e}: nothing to restore"
         return row
-    if writers.same(kind, row.current, entry["original"]):
+    except settings.WriteError as e:
+        row.action, row.reason = FAILED, str(e)
+        return row
+    if kind.same(row.current, entry["original"]):
         row.action = ALREADY
+        if not dry_run:
+            kind.settle(netns, detail, entry["original"])  # what a killed write left behind
         return row
     # A write recorded as pending may or may not have happened before a crash.
     ours = [entry["new"]] + ([entry["before"]] if entry["state"] == "pending" else [])
-    if not any(writers.same(kind, row.current, v) for v in ours) and not force:
+    if not any(kind.same(row.current, v) for v in ours) and not force:
         row.action = DRIFTED
         row.reason = ("changed since tuner wrote it (by someone else?): left alone; "
                       "'tuner revert --force' restores the original anyway")
@@ -112,10 +109,10 @@ def _restore(entry, force: bool, dry_run: bool) -> Row:
         row.action = WOULD_RESTORE
         return row
     try:
-        writers.write(kind, netns, detail, entry["original"])
+        kind.undo(netns, detail, entry["original"])
         row.action = RESTORED
-    except writers.Gone as e:
+    except settings.Gone as e:
         row.action, row.reason = GONE, f"{e}: nothing to restore"
-    except writers.WriteError as e:
+    except settings.WriteError as e:
         row.action, row.reason = FAILED, str(e)
     return row

@@ -1,0 +1,41 @@
+"""The setting kinds, one module each: sysctl, rlimit, alias, file.
+
+Every module in this package defines KIND, an instance of base.Kind; the registry
+below finds them, so adding a kind is adding one module (CONTRIBUTING.md shows how).
+Plan, journal, apply, revert and render reach a kind only through `kind(name)` and
+`for_knob(knob)`.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Dict, Optional
+
+from .base import Change, Gone, Kind, WriteError
+
+__all__ = ["Change", "Gone", "Kind", "WriteError", "KINDS", "kind", "for_knob"]
+
+
+def _discover() -> Dict[str, Kind]:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        k = getattr(module, "KIND", None)
+        if isinstance(k, Kind):
+            found[k.name] = k
+    return found
+
+
+KINDS: Dict[str, Kind] = _discover()
+
+
+def kind(name: str) -> Kind:
+    """The setting kind called `name` (a journal entry's or a change's "kind")."""
+    return KINDS[name]
+
+
+def for_knob(knob) -> Optional[Kind]:
+    """The kind that plans `knob` (by the knob table's kind), None if none writes it."""
+    return next((k for k in KINDS.values() if knob.kind in k.knob_kinds), None)

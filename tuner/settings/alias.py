@@ -1,0 +1,131 @@
+"""A /32 source-address alias tuner adds on a device (--alias-dev, from --alias-net).
+
+Value: True when the address is on the device, False when it is not.  Revert removes
+only the aliases tuner added: an address someone else put there has no entry.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import shlex
+from typing import List, Optional
+
+from .base import Change, Kind, WriteError, check, is_int, netns_gone, text_field
+
+IFNAMSIZ = 16
+
+
+def _link_index(ipr, dev: str) -> Optional[int]:
+    found = ipr.link_lookup(ifname=dev)
+    return found[0] if found else None
+
+
+class Alias(Kind):
+    name = "alias"
+    knob_kinds = ("addresses",)
+    value_doc = "true or false"
+
+    def key(self, netns, detail) -> str:
+        return f"alias:{netns or ''}:{detail['dev']}:{detail['address']}/{detail['prefixlen']}"
+
+    def where(self, netns, detail) -> str:
+        return (f"{detail['address']}/{detail['prefixlen']} on {detail['dev']}"
+                + (f" in netns {netns}" if netns else ""))
+
+    def describe(self, value) -> str:
+        return "present" if value else "absent"
+
+    def command(self, netns, detail, value) -> str:
+        prefix = f"ip -n {shlex.quote(netns)} " if netns else "ip "
+        return (f"{prefix}addr {'add' if value else 'del'} {detail['address']}/"
+                f"{detail['prefixlen']} dev {shlex.quote(detail['dev'])}")
+
+    def valid_value(self, value) -> bool:
+        return isinstance(value, bool)
+
+    def check_detail(self, d) -> None:
+        dev = text_field(d, "dev")
+        check(len(dev) < IFNAMSIZ and "/" not in dev, "detail.dev", dev)
+        address = text_field(d, "address")
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise ValueError(f"detail.address is {address!r}") from None
+        pl = d.get("prefixlen")
+        check(is_int(pl) and 0 <= pl <= 32, "detail.prefixlen", pl)
+
+    def _read(self, netns, detail) -> bool:
+        from pyroute2 import IPRoute
+
+        from ..readings import in_netns
+
+        netns_gone(netns)
+        with in_netns(netns), IPRoute() as ipr:
+            index = _link_index(ipr, detail["dev"])
+            if index is None:
+                return False  # the device is gone, and its addresses with it
+            return any((a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")) == detail["address"]
+                       and a["prefixlen"] == detail["prefixlen"]
+                       for a in ipr.get_addr(index=index))
+
+    def _write(self, netns, detail, present: bool) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from ..readings import in_netns
+
+        netns_gone(netns)
+        with in_netns(netns), IPRoute() as ipr:
+            index = _link_index(ipr, detail["dev"])
+            if index is None:
+                if not present:
+                    return
+                raise WriteError(f"device {detail['dev']} does not exist")
+            try:
+                ipr.addr("add" if present else "del", index=index, address=detail["address"],
+                         prefixlen=detail["prefixlen"])
+            except NetlinkError as e:
+                raise WriteError(f"{errno.errorcode.get(e.code, e.code)}: {e.args[-1]}") from None
+
+    def plan(self, knob, planning) -> List[Change]:
+        from ..errors import UsageError
+
+        req, sim = planning.req, planning.sim
+        ctx = planning.ctx()
+        if knob.current(ctx) is None:
+            return []  # not on this kernel (or unreadable): nothing to plan from
+        needed = knob.needs(ctx)
+        dev = ctx.source_dev or ("lo" if req.role == "loopback" else "non-loopback interfaces")
+        if needed is None:
+            if req.role != "server":
+                local = " (all of 127.0.0.0/8 is local on lo)" if dev == "lo" else ""
+                planning.notes.append(f"source addresses: {ctx.sources:,} usable on {dev}{local}; "
+                                      f"nothing to add for {req.target:,}.")
+            return []
+        missing = needed[0] - ctx.sources
+        if req.alias_net is None:
+            planning.notes.append(
+                f"source addresses: {needed[0]:,} needed, {ctx.sources:,} on {dev}: add "
+                f"{missing:,} more with {knob.fix} (each 'ip addr add A/32 dev DEV').")
+            return []
+        taken = {str(a["address"]) for a in sim.addresses}
+        net = ipaddress.ip_network(req.alias_net, strict=False)
+        picked: List[str] = []
+        for host in (net.hosts() if net.num_addresses > 1 else iter([net.network_address])):
+            if str(host) not in taken:
+                picked.append(str(host))
+                if len(picked) == missing:
+                    break
+        if len(picked) < missing:
+            raise UsageError(f"--alias-net {req.alias_net} has {len(picked):,} free addresses, "
+                             f"{missing:,} are needed for {req.target:,}: use a larger network")
+        out = []
+        for address in picked:
+            out.append(self.change(knob, req.netns, False, True,
+                                   {"dev": req.alias_dev, "address": address, "prefixlen": 32}))
+            sim.addresses.append({"ifname": req.alias_dev, "address": address, "prefixlen": 32,
+                                  "family": 4})
+        return out
+
+
+KIND = Alias()

@@ -1,0 +1,201 @@
+"""What every setting kind provides, the errors its writes raise, and the Change record.
+
+A setting kind (sysctl, rlimit, address alias, persisted file) is one class holding,
+side by side, everything tuner does with one setting of that kind: plan it from a knob,
+read it (the original is read right before writing, as tuned does), write it and
+verify with the same normalisation, undo it, check a journal entry of it, describe a
+value for people, the shell command that does the same, and where it lives.  Plan,
+journal, apply, revert and render ask the kind; none of them knows the kinds apart.
+
+Values are what the journal stores for the kind: text for a sysctl ("32768 60999"),
+an int for an rlimit, a bool (present) for an alias, text or None (absent) for a file.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ..errors import TunerError
+
+# Test hook: SIGKILL this process at a named point inside a write (for example
+# "file-temp": a persisted file's temp copy written, not yet renamed) to prove that a
+# crash there leaves nothing revert cannot clean up. Unset in normal runs.
+KILL_AT_ENV = "TUNER_TEST_KILL_AT"
+
+
+def crash_point(name: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WriteError(TunerError):
+    """A write the kernel (or filesystem) refused; the message names the reason."""
+
+
+class Gone(Exception):
+    """The thing a setting belonged to no longer exists (process exited, netns deleted);
+    nothing is left to restore."""
+
+
+def os_reason(e: OSError) -> str:
+    """'ENOSPC: No space left on device': the errno's name first, for grepping."""
+    name = errno.errorcode.get(e.errno or 0, "error")
+    return f"{name}: {e.strerror}" if e.strerror else name
+
+
+@dataclass
+class Change:
+    """One write the plan makes. `key` names the setting, so a second apply finds the
+    first's record in the journal; `detail` is what the kind needs to find it again."""
+
+    knob: str
+    kind: str            # a registered setting kind's name
+    scope: str           # host | netns | process | file
+    netns: Optional[str]
+    key: str
+    current: Any         # the kind's value representation (see the module docstring)
+    new: Any
+    why: str
+    command: str         # the shell equivalent of the write
+    detail: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        from . import kind
+
+        return kind(self.kind).where(self.netns, self.detail)
+
+
+class Kind:
+    """Base of every setting kind; subclasses override what differs.
+
+    Class attributes: `name` (what the journal and plans call it), `knob_kinds` (the
+    knob-table kinds it plans: a knob whose kind is listed here is planned by this
+    kind), `value_doc` (the value representation, for journal errors).
+    """
+
+    name = ""
+    knob_kinds: tuple = ()
+    value_doc = ""
+
+    # --- identity and text ---------------------------------------------------
+    def key(self, netns: Optional[str], detail: Dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def where(self, netns: Optional[str], detail: Dict[str, Any]) -> str:
+        return f"netns {netns}" if netns else "host"
+
+    def describe(self, value: Any) -> str:
+        """A value as the plan and revert tables show it."""
+        if value is None:
+            return "-"
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+    def command(self, netns: Optional[str], detail: Dict[str, Any], value: Any) -> str:
+        """The shell command that writes `value` (what the plan prints)."""
+        raise NotImplementedError
+
+    # --- the journal's checks --------------------------------------------------
+    def valid_value(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def check_detail(self, detail: Dict[str, Any]) -> None:
+        """Raise ValueError naming the field when a journal entry's detail is not one
+        this kind could have written: revert acts on it as root."""
+        raise NotImplementedError
+
+    def record(self, detail: Dict[str, Any]) -> Dict[str, Any]:
+        """The detail to journal before the first write: what undo needs beyond the
+        plan's (a file records the directories it is about to create)."""
+        return dict(detail)
+
+    # --- read, write, undo ---------------------------------------------------------
+    def normalise(self, value: Any) -> Any:
+        return value
+
+    def same(self, a: Any, b: Any) -> bool:
+        return self.normalise(a) == self.normalise(b)
+
+    def read(self, netns: Optional[str], detail: Dict[str, Any]) -> Any:
+        """The current value; raises Gone when its process or namespace no longer exists."""
+        try:
+            return self.normalise(self._read(netns, detail))
+        except OSError as e:
+            raise WriteError(f"reading it failed: {os_reason(e)}") from None
+
+    def write(self, netns: Optional[str], detail: Dict[str, Any], value: Any) -> None:
+        """Write and verify; WriteError names the reason, Gone when there is nothing
+        to write to."""
+        try:
+            self._write(netns, detail, value)
+        except OSError as e:
+            raise WriteError(os_reason(e)) from None
+        got = self.read(netns, detail)
+        if not self.same(got, value):
+            raise WriteError(f"wrote {value!r} but it reads back as {got!r}")
+
+    def settle(self, netns: Optional[str], detail: Dict[str, Any], value: Any) -> None:
+        """After the setting holds `value` again (restored, or found already so): remove
+        what an interrupted write of it may have left behind. Nothing, for most kinds."""
+
+    def undo(self, netns: Optional[str], detail: Dict[str, Any], original: Any) -> bool:
+        """Put `original` back unless it is there already, then settle; True if it wrote."""
+        wrote = False
+        if not self.same(self.read(netns, detail), original):
+            self.write(netns, detail, original)
+            wrote = True
+        self.settle(netns, detail, original)
+        return wrote
+
+    def _read(self, netns, detail) -> Any:
+        raise NotImplementedError
+
+    def _write(self, netns, detail, value) -> None:
+        raise NotImplementedError
+
+    # --- planning ------------------------------------------------------------------
+    def plan(self, knob, planning) -> List[Change]:
+        """Changes knob (one of `knob_kinds`) needs under `planning` (tuner.plan.Planning).
+        A kind records what it plans in planning.sim so later knobs see it."""
+        return []
+
+    def plan_after(self, planning) -> List[Change]:
+        """Changes (or notes) this kind adds once every knob is planned."""
+        return []
+
+    def change(self, knob, netns: Optional[str], current: Any, new: Any,
+               detail: Dict[str, Any], scope: Optional[str] = None, why: Optional[str] = None,
+               command: Optional[str] = None) -> Change:
+        return Change(knob.name if hasattr(knob, "name") else knob, self.name,
+                      scope or knob.scope, netns, self.key(netns, detail), current, new,
+                      why if why is not None else knob.why,
+                      command if command is not None else self.command(netns, detail, new),
+                      detail)
+
+
+# ---------------------------------------------------------------- shared checks
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check(ok: bool, what: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{what} is {value!r}")
+
+
+def text_field(d: Dict[str, Any], name: str) -> str:
+    value = d.get(name)
+    check(isinstance(value, str) and value != "", f"detail.{name}", value)
+    return value
+
+
+def netns_gone(netns: Optional[str]) -> None:
+    """Raise Gone when a setting's namespace has been deleted since it was written."""
+    from ..readings import netns_exists
+
+    if netns is not None and not netns_exists(netns):
+        raise Gone(f"network namespace {netns} no longer exists")

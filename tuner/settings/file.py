@@ -1,0 +1,253 @@
+"""A persisted file (--persist): a sysctl.d, limits.d or systemd drop-in file that sets
+at boot what apply set now.
+
+Value: the file's text, or None when it does not exist.  Files live only at the
+locations below under --root-dir; a journal entry naming any other path is refused.
+A write goes through a temp file next to the target, whose name is a function of
+the target's (`.NAME.tuner-tmp`), and creates missing directories, which the journal
+records before the first write: revert (and a rolled-back apply) removes both, so a
+crash at any point inside a write leaves nothing behind after `tuner revert`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import re
+import shlex
+from dataclasses import replace
+from typing import Dict, List, Optional
+
+from .base import Change, Kind, check, crash_point
+
+SYSCTL_FILE = "etc/sysctl.d/99-tuner.conf"
+LIMITS_FILE = "etc/security/limits.d/99-tuner.conf"
+UNIT_DIR = "etc/systemd/system"
+DROPIN_NAME = "99-tuner.conf"
+FILE_HEADER = "# Written by 'tuner apply'; 'tuner revert' removes it (or restores what was here).\n"
+TEMP_SUFFIX = ".tuner-tmp"
+
+_UNIT = r"[A-Za-z0-9:_.@\\-]+"
+_UNIT_RE = re.compile(rf"^{_UNIT}$")
+# Every path tuner writes: ROOT/<one of these>, ROOT being --root-dir ("" for "/").
+_LOCATIONS = re.compile(rf"^(?P<root>(/[^/]+)*)/(?P<rel>{re.escape(SYSCTL_FILE)}|"
+                        rf"{re.escape(LIMITS_FILE)}|{re.escape(UNIT_DIR)}/{_UNIT}\.d/"
+                        rf"{re.escape(DROPIN_NAME)})$")
+
+
+def check_unit(unit: Optional[str]) -> Optional[str]:
+    from ..errors import UsageError
+
+    if unit is not None and (not _UNIT_RE.match(unit) or unit.startswith(".")):
+        raise UsageError(f"--unit {unit!r} is not a systemd unit name (e.g. nginx or nginx.service)")
+    return unit
+
+
+def unit_dropin(root_dir: str, unit: str) -> str:
+    name = unit if "." in unit else unit + ".service"
+    return os.path.join(root_dir, UNIT_DIR, name + ".d", DROPIN_NAME)
+
+
+def temp_path(path: str) -> str:
+    """Where a write of `path` stages its content: same directory, a name tuner knows."""
+    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + TEMP_SUFFIX)
+
+
+def missing_dirs(path: str) -> List[str]:
+    """Parent directories of `path` that do not exist yet, outermost first."""
+    out = []
+    d = os.path.dirname(path)
+    while d and d != "/" and not os.path.isdir(d):
+        out.append(d)
+        d = os.path.dirname(d)
+    return list(reversed(out))
+
+
+def read_text(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def assignments(text: Optional[str]) -> Dict[str, str]:
+    """'key = value' lines of a sysctl.d file (comments and blank lines skipped)."""
+    out: Dict[str, str] = {}
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";")) and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = " ".join(value.split())
+    return out
+
+
+def settings_in(text: Optional[str]) -> List[str]:
+    return [l for l in (text or "").splitlines() if l.strip() and not l.lstrip().startswith("#")]
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class File(Kind):
+    name = "file"
+    value_doc = "text or null"
+
+    def key(self, netns, detail) -> str:
+        return f"file:{detail['path']}"
+
+    def where(self, netns, detail) -> str:
+        return detail["path"]
+
+    def describe(self, value) -> str:
+        return "absent" if value is None else f"{len(settings_in(value))} setting(s)"
+
+    def command(self, netns, detail, value) -> str:
+        path = detail["path"]
+        if value is None:
+            return f"rm -f {shlex.quote(path)}"
+        return (f"mkdir -p {shlex.quote(os.path.dirname(path))} && "
+                f"cat > {shlex.quote(path)} <<'EOF'\n{value}EOF")
+
+    def valid_value(self, value) -> bool:
+        return value is None or isinstance(value, str)
+
+    def check_detail(self, d) -> None:
+        path = d.get("path")
+        ok = (isinstance(path, str) and os.path.isabs(path) and "\0" not in path
+              and os.path.normpath(path) == path)
+        match = _LOCATIONS.match(path) if ok else None
+        # Only where tuner itself writes: a forged entry must not name /etc/shadow.
+        check(match is not None, "detail.path (not a sysctl.d, limits.d or systemd drop-in "
+                                 "file tuner writes)", path)
+        etc = match.group("root") + "/etc"
+        dirs = d.get("created_dirs", [])
+        check(isinstance(dirs, list) and all(
+            isinstance(x, str) and os.path.normpath(x) == x and
+            (x == etc or x.startswith(etc + "/")) and path.startswith(x + "/") for x in dirs),
+            "detail.created_dirs", dirs)
+
+    def record(self, detail):
+        return {**detail, "created_dirs": missing_dirs(detail["path"])}
+
+    def _read(self, netns, detail) -> Optional[str]:
+        return read_text(detail["path"])
+
+    def _write(self, netns, detail, content: Optional[str]) -> None:
+        path = detail["path"]
+        if content is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        crash_point("file-dirs")
+        tmp = temp_path(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # a killed write's leftover: ours by its name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            crash_point("file-temp")
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(directory)
+
+    def settle(self, netns, detail, value) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path(detail["path"]))
+        if value is None:
+            # Directories tuner created for this file (a drop-in's NAME.service.d) go too.
+            for d in reversed(detail.get("created_dirs", [])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)  # only when empty: someone else's files keep it
+
+    # ------------------------------------------------------------ planning
+
+    def plan_after(self, planning) -> List[Change]:
+        """With --persist: files that set at boot what this plan (and earlier applies)
+        set now."""
+        req = planning.req
+        if not req.persist:
+            return []
+        out = []
+        # Sysctls tuner has set in the initial namespace: earlier applies' and this one's.
+        values: Dict[str, str] = {}
+        for e in planning.journal_entries:
+            if e["kind"] == "sysctl" and not e["netns"]:
+                values[e["detail"]["name"]] = e["new"]
+        for c in planning.changes:
+            if c.kind == "sysctl" and c.netns is None:
+                values[c.detail["name"]] = c.new
+        path = os.path.join(req.root_dir, SYSCTL_FILE)
+        old = read_text(path)
+        merged = {**assignments(old), **values}
+        if merged:
+            content = FILE_HEADER + "".join(f"{k} = {v}\n" for k, v in merged.items())
+            out.append(self._change("sysctl.d", path, old, content,
+                                    "Sets the same sysctls at boot (systemd-sysctl reads sysctl.d)."))
+        out += self._limits(planning)
+        return out
+
+    def _limits(self, planning) -> List[Change]:
+        from ..knobs import KNOBS
+        from . import rlimit
+
+        req = planning.req
+        # Limits for processes started later: evaluated with CAP_SYS_RESOURCE, which
+        # pam_limits at login and systemd starting a unit hold even where tuner does not.
+        boot = replace(copy.deepcopy(planning.sim), cap_sys_resource=True)
+        limits: Dict[str, int] = {}
+        for knob in KNOBS:
+            if knob.kind not in rlimit.KIND.knob_kinds:
+                continue
+            _, which = rlimit.parts(knob)
+            needed = knob.needs(planning.ctx(boot))
+            if needed is not None:
+                setattr(boot, rlimit.FIELDS[which], needed[0])
+                limits[which] = needed[0]
+        out = []
+        if limits:
+            soft, hard = boot.nofile_soft, boot.nofile_hard
+            path = os.path.join(req.root_dir, LIMITS_FILE)
+            content = FILE_HEADER + "".join(f"{who:<5} {which:<4} nofile {val}\n"
+                                            for who in ("*", "root")
+                                            for which, val in (("soft", soft), ("hard", hard)))
+            out.append(self._change("limits.d", path, read_text(path), content,
+                                    "RLIMIT_NOFILE for new login sessions (pam_limits; '*' does "
+                                    "not cover root, so root has its own lines)."))
+            if req.unit:
+                path = unit_dropin(req.root_dir, req.unit)
+                content = FILE_HEADER + f"[Service]\nLimitNOFILE={soft}:{hard}\n"
+                out.append(self._change("systemd drop-in", path, read_text(path), content,
+                                        f"RLIMIT_NOFILE for {req.unit} when systemd starts it."))
+                planning.notes.append(f"the drop-in takes effect after 'systemctl daemon-reload "
+                                      f"&& systemctl restart {req.unit}'.")
+            if not planning.snap.cap_sys_resource:
+                planning.notes.append(
+                    "tuner lacks CAP_SYS_RESOURCE: the persisted nofile limits take effect only "
+                    "for processes started by something that holds it (systemd, login).")
+        elif req.unit:
+            planning.notes.append(f"--unit {req.unit}: RLIMIT_NOFILE already suffices; no "
+                                  f"drop-in needed.")
+        return out
+
+    def _change(self, knob: str, path: str, old: Optional[str], content: str, why: str) -> Change:
+        path = os.path.abspath(path)
+        return self.change(knob, None, old, content, {"path": path}, scope="file", why=why)
+
+
+KIND = File()
