@@ -5,11 +5,11 @@
 
 No CLI code lives here; `tuner probe` is a thin front over run_probe.
 """
-from .config import Plan, ProbeConfig, ProbeConfigError, make_plan
-from .progress import plain_lines
+from .config import ProbeConfig, ProbeConfigError, WorkerPlan, make_plan
+from .launch import ProbeError, run_probe
+from .progress_lines import plain_lines
 from .result import EXIT_INTERNAL, EXIT_OK, EXIT_SHORT, EXIT_USAGE, Failure, ProbeResult
-from .runner import ProbeError, run_probe
 
-__all__ = ["ProbeConfig", "ProbeConfigError", "ProbeError", "ProbeResult", "Failure", "Plan",
+__all__ = ["ProbeConfig", "ProbeConfigError", "ProbeError", "ProbeResult", "Failure", "WorkerPlan",
            "make_plan", "run_probe", "plain_lines", "EXIT_OK", "EXIT_INTERNAL", "EXIT_USAGE",
            "EXIT_SHORT"]

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     if args.jsonl:
         emit = jsonl
     else:
-        from .progress import plain_lines
+        from .progress_lines import plain_lines
         show = None if args.quiet else plain_lines(getattr(cfg, "connections", None) or getattr(cfg, "expect", 0) or 0)
 
         def emit(event):
@@ -138,18 +138,20 @@ def main(argv=None) -> int:
 
 
 class run_mode:
-    """run / summary_lines / exit_code of the mode cfg belongs to (local, serve, connect)."""
+    """run / summary_lines / exit_code of the mode cfg belongs to (local, serve, connect);
+    run returns the result as a JSON-able dict."""
 
     def __init__(self, cfg):
         if isinstance(cfg, ProbeConfig):
-            from .orchestrator import orchestrate
-            self.run = orchestrate
+            from .local import Local
+            self.run = lambda cfg, emit: Local(cfg, emit).run().to_dict()
             self.summary_lines = lambda r: ProbeResult.from_dict(r).summary_lines()
             self.exit_code = lambda r: ProbeResult.from_dict(r).exit_code
             return
         from . import connect, serve
         module = serve if isinstance(cfg, serve.ServeConfig) else connect
-        self.run = module.serve if module is serve else module.connect
+        mode = serve.Server if module is serve else connect.Client
+        self.run = lambda cfg, emit: mode(cfg, emit).run()
         self.summary_lines, self.exit_code = module.summary_lines, module.exit_code
 
 

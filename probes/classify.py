@@ -13,10 +13,9 @@ import os
 import signal
 from typing import Dict, List, Optional
 
-CLIENT, SERVER, WORKER = "client", "server", "worker"
-
-# Worker operations, as small codes on the report pipe.
-OPS = ("socket", "bind", "connect", "accept", "write", "read", "echo", "verify", "listen")
+CLIENT, SERVER_SIDE, WORKER = "client", "server", "worker"
+# A worker's op when the orchestrator had to SIGKILL it (it did not exit once released).
+ENDED_BY_TUNER = "ended by tuner"
 
 RLIMIT_NOFILE = "RLIMIT_NOFILE"
 FILE_MAX = "fs.file-max"
@@ -137,9 +136,12 @@ def summarize(records: List[tuple], target: int, moved: Dict[str, int], now: Dic
             continue
         if op == "timeout":
             name, limit = "ETIMEDOUT", timeout_limit(moved, now)
-        elif side == WORKER:
+        elif side == WORKER and op == ENDED_BY_TUNER:
+            name, limit = signal.Signals(-code).name, None
+        elif side == WORKER and op == "exit":
             name = signal.Signals(-code).name if code < 0 else f"exit status {code}"
-            # A worker SIGKILLed before verifying was most often chosen by the OOM killer.
+            # A worker SIGKILLed (not by tuner) before verifying was most often chosen by
+            # the OOM killer.
             limit = MEMORY if code == -signal.SIGKILL else None
         else:
             name, limit = errno_name(code), limit_for(side, op, code, moved)

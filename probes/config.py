@@ -1,4 +1,4 @@
-"""What to probe (ProbeConfig) and how it is split up (Plan).
+"""What the local probe probes (ProbeConfig) and how it is split over workers (WorkerPlan).
 
 The plan is computed where the probe runs (the orchestrator, possibly inside a
 network namespace), because it depends on that process's RLIMIT_NOFILE and that
@@ -83,7 +83,7 @@ class ProbeConfig:
 
 
 @dataclass
-class Plan:
+class WorkerPlan:
     workers: int
     per_worker: int              # the largest share
     shares: List[int]
@@ -150,7 +150,7 @@ def raise_nofile() -> int:
     return hard
 
 
-def make_plan(cfg: ProbeConfig, nofile: Optional[int] = None) -> Plan:
+def make_plan(cfg: ProbeConfig, nofile: Optional[int] = None) -> WorkerPlan:
     """Split cfg.connections over workers; pick listener ports. Raises ProbeConfigError."""
     cfg.validate()
     if nofile is None:
@@ -162,8 +162,7 @@ def make_plan(cfg: ProbeConfig, nofile: Optional[int] = None) -> Plan:
     n = cfg.connections
     count = math.ceil(n / per) if cfg.workers == "auto" else cfg.workers
     count = min(count, n)
-    base, extra = divmod(n, count)
-    shares = [base + (1 if k < extra else 0) for k in range(count)]
+    shares = split_shares(n, count)
     fits = max(shares) * 2 + FD_HEADROOM <= nofile
     # A share beyond the descriptor limit can only end in EMFILE half-way: refuse before
     # opening anything.  worker_nofile lowers the limit on purpose to provoke just that.
@@ -183,10 +182,16 @@ def make_plan(cfg: ProbeConfig, nofile: Optional[int] = None) -> Plan:
             f"connect() would compete with them for ephemeral ports: pick --port outside it")
     src = sources(cfg.source_net)
     per_address = max(1, fast_ports(low, high))
-    return Plan(workers=count, per_worker=max(shares), shares=shares, nofile=nofile, port=port,
+    return WorkerPlan(workers=count, per_worker=max(shares), shares=shares, nofile=nofile, port=port,
                 port_range=(low, high), source_net=cfg.source_net,
                 addresses_per_worker=0 if src is None else math.ceil(max(shares) / per_address),
                 fits=fits)
+
+
+def split_shares(n: int, workers: int) -> List[int]:
+    """n connections over `workers` workers, the first ones one more when uneven."""
+    base, extra = divmod(n, workers)
+    return [base + (1 if k < extra else 0) for k in range(workers)]
 
 
 def fast_ports(low: int, high: int) -> int:
@@ -209,7 +214,7 @@ def default_port(count: int, port_range: Tuple[int, int]) -> int:
     raise ProbeConfigError(f"no room for {count} listener ports outside ip_local_port_range {low}-{high}")
 
 
-def worker_sources(plan: Plan, k: int) -> List[str]:
+def worker_sources(plan: WorkerPlan, k: int) -> List[str]:
     """Source addresses worker k spreads its connections over (empty: no bind)."""
     src = sources(plan.source_net)
     if src is None:

@@ -17,17 +17,16 @@ import errno as E
 import math
 import os
 import signal
-import time
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, List, Optional
 
-from . import classify, connect_worker, kernel, wire, worker
-from .config import FD_HEADROOM, ProbeConfigError, fast_ports, raise_nofile
-from .fleet import Fleet, describe_exit
+from . import connect_worker, kernel, wire
+from .config import FD_HEADROOM, ProbeConfigError, fast_ports, split_shares
+from .fleet import Fleet, start_worker
+from .orchestration import Orchestration
 from .result import EXIT_OK, EXIT_SHORT, EXIT_SIGNAL_BASE
 
 Emit = Callable[[dict], None]
-STOP_GRACE = 5.0   # seconds for stopped workers to verify what they opened
 
 
 @dataclass
@@ -91,22 +90,17 @@ def fast_capacity(sources: int) -> int:
     return max(sources, 1) * fast_ports(*kernel.port_range())
 
 
-class Client:
-    def __init__(self, cfg: ConnectConfig, emit: Emit):
-        self.cfg, self.emit = cfg, emit
-        self.records: List[tuple] = []
+class Client(Orchestration):
+    lines = connect_worker.LINES
+    rate_of = "established"
 
-    def run(self) -> dict:
+    def plan(self, nofile: int) -> None:
         cfg = self.cfg
         cfg.validate()
-        host, port = wire.parse_endpoint(cfg.target)
-        nofile = raise_nofile()
-        if cfg.worker_nofile:
-            nofile = min(nofile, cfg.worker_nofile)
+        self.host, self.port = host, port = wire.parse_endpoint(cfg.target)
         per = max(1, nofile - FD_HEADROOM)
-        w = self.w = min(cfg.workers or math.ceil(cfg.connections / per), cfg.connections)
-        base, extra = divmod(cfg.connections, w)
-        shares = [base + (1 if k < extra else 0) for k in range(w)]
+        w = self.workers = min(cfg.workers or math.ceil(cfg.connections / per), cfg.connections)
+        self.shares = shares = split_shares(cfg.connections, w)
         self.sources = sources_for(cfg)
         fast = fast_capacity(len(self.sources))
         self.emit({"event": "plan", "workers": w, "per_worker": max(shares), "nofile": nofile,
@@ -116,118 +110,59 @@ class Client:
                                   if self.sources else "kernel-chosen source address")
                                + (f"; beyond ~{fast:,} connect() slows down: add source addresses"
                                   if cfg.connections > fast else "")})
-        self.opened, self.established, self.verified = [0] * w, [0] * w, [0] * w
-        self.mismatches, self.t_done = [0] * w, [None] * w
-        self.reported = [False] * w
         self.baseline = kernel.snapshot()
-        rate = cfg.rate / w if cfg.rate else None
-        with Fleet() as fleet:
-            self.fleet = fleet
-            self.t0 = time.monotonic_ns()
-            deadline = time.monotonic() + cfg.effective_timeout
-            for k in range(w):
-                kwargs = dict(share=shares[k], host=host, port=port, sources=self.sources,
-                              deadline=deadline, rate=rate, nofile=cfg.worker_nofile,
-                              **fleet.worker_args())
-                fleet.fork(k, lambda k=k, kwargs=kwargs: worker.start(k, make=connect_worker.ConnectWorker,
-                                                                      **kwargs))
-            fleet.started()
-            return self.follow(deadline)
+        self.after = None
 
-    def follow(self, deadline: float) -> dict:
-        cfg, fleet = self.cfg, self.fleet
-        phase, hold_start, stop_until = "establish", None, None
-        last_emit = last_count = 0
-        last_t = time.monotonic()
-        self.seconds_hold = 0.0
-        while True:
-            lines, ended = fleet.collect(0.05)  # lines first: a worker's last ones precede its exit
-            for parts in lines:
-                self.on_report(parts)
-            for k in ended:
-                if not self.reported[k]:
-                    code, what = describe_exit(fleet.exit_status[k])
-                    self.records.append(("worker", "exit", code, self.established[k],
-                                         f"worker {k} {what} before verifying its connections"))
-            now = time.monotonic()
-            if phase == "establish":
-                if all(self.reported):
-                    self.after = kernel.snapshot()
-                    phase, hold_start = "hold", now
-                elif fleet.signal is not None or now > deadline + STOP_GRACE:
-                    fleet.stop()
-                    phase, stop_until = "stopping", now + STOP_GRACE
-            if phase == "stopping" and (all(self.reported[k] or k in fleet.exit_status for k in range(self.w))
-                                        or now >= stop_until):
-                self.after = kernel.snapshot()
-                phase = "close"
-                fleet.release()
-            if phase == "hold" and (fleet.signal is not None or now - hold_start >= cfg.hold):
-                self.seconds_hold = now - hold_start
-                phase = "close"
-                fleet.release()
-            if phase == "close" and not fleet.live:
-                break
-            if now - last_emit >= cfg.progress_interval:
-                count = sum(self.established)
-                rate = (count - last_count) / max(now - last_t, 1e-6)
-                last_emit, last_count, last_t = now, count, now
-                self.emit({"event": "progress", "phase": phase, "established": count,
-                           "verified": sum(self.verified), "rate": round(rate),
-                           "elapsed": round((time.monotonic_ns() - self.t0) / 1e9, 3)})
-        return self.result()
+    def fork_workers(self, fleet: Fleet) -> None:
+        cfg = self.cfg
+        rate = cfg.rate / self.workers if cfg.rate else None
+        for k in range(self.workers):
+            kwargs = dict(share=self.shares[k], host=self.host, port=self.port, sources=self.sources,
+                          deadline=self.deadline, rate=rate, nofile=cfg.worker_nofile, **fleet.worker_args())
+            fleet.fork(k, lambda k=k, kwargs=kwargs: start_worker(connect_worker.ConnectWorker, k, **kwargs))
+        fleet.started()
 
-    def on_report(self, parts: List[bytes]) -> None:
-        k, kind, vals = int(parts[0]), parts[1], [int(p) for p in parts[2:]]
-        if kind == b"A":
-            self.opened[k], self.established[k], self.verified[k] = vals
-        elif kind == b"V":
-            self.opened[k], self.established[k], self.verified[k], self.mismatches[k], self.t_done[k] = vals
-            self.reported[k] = True
-        elif kind == b"T":
-            self.records.append(("client", "timeout", E.ETIMEDOUT, vals[0],
-                                 f"worker {k}: {vals[1]} of {vals[0]} connections not verified before "
-                                 f"the timeout"))
-        elif kind == b"E":
-            side, op, code, index = vals
-            self.records.append(("client", classify.OPS[op], code, index,
-                                 f"worker {k}: client {classify.OPS[op]}() failed after {index} "
-                                 f"connections: {os.strerror(code)}"))
+    def on_line(self, k: int, line, values: dict) -> None:
+        if line is connect_worker.TIMED_OUT:
+            self.records.append(("client", "timeout", E.ETIMEDOUT, values["opened"],
+                                 f"worker {k}: {values['pending']} of {values['opened']} connections not "
+                                 f"verified before the timeout"))
+
+    def on_error(self, k: int, side: str, op: str, code: int, index: int) -> None:
+        self.records.append((side, op, code, index, f"worker {k}: client {op}() failed after {index} "
+                                                    f"connections: {os.strerror(code)}"))
+
+    def progress(self) -> dict:
+        return {"established": self.total("established"), "verified": self.total("verified")}
+
+    def measure(self) -> None:
+        self.after = kernel.snapshot()
 
     def result(self) -> dict:
         cfg, base = self.cfg, self.baseline
-        after = getattr(self, "after", None) or kernel.snapshot()
-        verified, established = sum(self.verified), sum(self.established)
+        after = self.after or kernel.snapshot()
+        verified, established = self.total("verified"), self.total("established")
+        mismatches, opened = self.total("mismatches"), self.total("opened")
         moved = {k: after.get(k, 0) - base.get(k, 0) for k in after if isinstance(after.get(k), int)}
-        errors = classify.summarize(self.records, cfg.connections, moved, after, role="client")
-        sig = self.fleet.signal
-        if sig is not None:
-            stopped_by = signal.Signals(sig).name
-        elif errors:
-            stopped_by = errors[0]["limit"] or errors[0]["errno"]
-        elif sum(self.mismatches):
-            stopped_by = "mismatch"
-        elif verified < cfg.connections:
-            stopped_by = "unverified"
-        else:
-            stopped_by = None
-        done = [t for t in self.t_done if t is not None]
-        seconds = (max(done) - self.t0) / 1e9 if len(done) == self.w and verified else None
+        errors = self.summarize(cfg.connections, moved, after, role="client")
+        stopped_by = self.verdict(errors, cfg.connections, verified, mismatches)
+        done = [c["t_verified"] for c in self.counts if "t_verified" in c]
+        seconds = (max(done) - self.t0_ns) / 1e9 if len(done) == self.workers and verified else None
         per = max(verified, 1)
         reliable, why = kernel.judge_slab(after["slab"] - base["slab"], verified)
         return {
             "mode": "connect",
             "ok": stopped_by is None,
             "stopped_by": stopped_by,
-            "interrupted": sig is not None,
+            "interrupted": self.fleet.signal is not None,
             "target": cfg.target,
             "requested": cfg.connections,
-            "attempted": sum(self.opened),
+            "attempted": opened,
             "established": established,
             "verified": verified,
-            "failed": sum(self.opened) - verified,
-            "mismatches": sum(self.mismatches),
-            "workers": self.w,
+            "failed": opened - verified,
+            "mismatches": mismatches,
+            "workers": self.workers,
             "source_net": cfg.source_net,
             "source_addresses": len(self.sources),
             "seconds_verified": round(seconds, 3) if seconds else None,
@@ -267,7 +202,4 @@ def summary_lines(r: dict) -> List[str]:
     return lines
 
 
-def connect(cfg: ConnectConfig, emit: Emit) -> dict:
-    """Connect from this process (which forks the workers); returns the result dict."""
-    return Client(cfg, emit).run()
 

@@ -9,12 +9,7 @@ connect() per (source, destination) pair.  The first socket/bind/connect failure
 stops opening (the limit is found; more attempts would only repeat it) while the
 connections already open still verify.
 
-Report lines (fleet.py):
-
-    k A opened established verified       progress (established: the index arrived)
-    k E side op errno index               a failure
-    k T opened pending                    the deadline passed with connections pending
-    k V opened established verified mismatches t_ns    exchange over; now holding
+Report lines: PROGRESS, TIMED_OUT, VERIFIED below and fleet.ERROR (a failure).
 """
 from __future__ import annotations
 
@@ -27,7 +22,15 @@ import time
 from typing import List, Optional
 
 from . import wire
-from .worker import IP_BIND_ADDRESS_NO_PORT, OP_CODES, SIDE_CODES, SOCK_FLAGS, libc, sockaddr
+from .fleet import ERROR, OPS, SIDES, Line, line_kinds
+from .sockets import IP_BIND_ADDRESS_NO_PORT, SOCK_FLAGS, libc, reset_on_close, sockaddr
+
+# established: the server's index arrived (the server accepted it).
+PROGRESS = Line("A", "opened", "established", "verified", counts=True)
+TIMED_OUT = Line("T", "opened", "pending", counts=True)  # the deadline passed with some pending
+VERIFIED = Line("V", "opened", "established", "verified", "mismatches", "t_verified",
+                counts=True, final=True)                 # exchange over; now holding
+LINES = line_kinds(PROGRESS, TIMED_OUT, VERIFIED)
 
 WAIT_INDEX, WAIT_ACK, HELD = 1, 2, 3
 BATCH = 256
@@ -52,11 +55,11 @@ class ConnectWorker:
         self.opened = self.established = self.verified = self.mismatches = self.pending = 0
         self.failed = self.stopped = False
 
-    def send(self, *fields) -> None:
-        os.write(self.report_fd, (" ".join(map(str, (self.k,) + fields)) + "\n").encode())
+    def send(self, line: Line, **values) -> None:
+        line.write(self.report_fd, self.k, **values)
 
     def error(self, op: str, code: int, index: int) -> None:
-        self.send("E", SIDE_CODES["client"], OP_CODES[op], code or 0, index)
+        self.send(ERROR, side=SIDES.index("client"), op=OPS.index(op), errno=code or 0, index=index)
 
     def run(self) -> int:
         poll = self.poll = select.epoll()
@@ -72,7 +75,7 @@ class ConnectWorker:
                 break
             if now >= self.deadline:
                 if self.pending:
-                    self.send("T", self.opened, self.pending)
+                    self.send(TIMED_OUT, opened=self.opened, pending=self.pending)
                 break
             wait = 0 if opening and (not self.rate or self.opened < due) else 0.05
             for fd, _ in poll.poll(wait):
@@ -85,14 +88,12 @@ class ConnectWorker:
                     self.on_data(fd)
             if now - last >= 0.25:
                 last = now
-                self.send("A", self.opened, self.established, self.verified)
-        self.send("V", self.opened, self.established, self.verified, self.mismatches, time.monotonic_ns())
+                self.send(PROGRESS, opened=self.opened, established=self.established, verified=self.verified)
+        self.send(VERIFIED, opened=self.opened, established=self.established, verified=self.verified,
+                  mismatches=self.mismatches, t_verified=time.monotonic_ns())
         os.read(self.release_fd, 1)  # blocks until the orchestrator releases (EOF)
         # Reset, not FIN, like the local probe: nothing lingers in TIME_WAIT afterwards.
-        linger = ctypes.create_string_buffer(b"\x01\x00\x00\x00\x00\x00\x00\x00", 8)
-        for fd in self.fds:
-            if self.state[fd]:
-                libc.setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, linger, 8)
+        reset_on_close(fd for fd in self.fds if self.state[fd])
         return 0
 
     def open(self, upto: int) -> None:

@@ -1,10 +1,12 @@
-"""Forked workers of one orchestrator: the pipes that steer them, signals, reaping.
+"""Forked workers of one orchestrator: the pipes that steer them, signals, reaping,
+and the report lines they send.
 
-Shared by the three orchestrators (local probe, --serve, --connect), which differ in
-what their workers do and report, not in how workers are started and ended:
+Shared by the three modes (local probe, --serve, --connect), which differ in what
+their workers do and report, not in how workers are started and ended:
 
 - one `report` pipe all workers write short text lines to (each far below PIPE_BUF,
-  so lines from different workers never interleave);
+  so lines from different workers never interleave), each line a `Line` kind whose
+  named columns the worker that writes it and the orchestrator that reads it share;
 - two control pipes the other way, signalled by closing the orchestrator's end (EOF
   reaches every worker at once): `stop` (stop opening/accepting) and `release`
   (close everything and exit);
@@ -22,9 +24,67 @@ import os
 import select
 import signal
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1
+SIDES = ("client", "server")
+# Worker operations, as small codes in ERROR lines.
+OPS = ("socket", "bind", "connect", "accept", "write", "read", "echo", "verify", "listen")
+
+
+class Line:
+    """One kind of report line: `K TAG col1 col2 ...`, integers (or the `text` columns).
+
+    counts: its columns are the worker's running figures (the orchestrator keeps the
+            latest of each per worker and sums them by name);
+    final:  the worker has sent its last figures (it may exit now)."""
+
+    def __init__(self, tag: str, *columns: str, counts: bool = False, final: bool = False,
+                 text: Sequence[str] = ()):
+        self.tag, self.columns = tag.encode(), columns
+        self.counts, self.final, self.text = counts, final, frozenset(text)
+
+    def write(self, fd: int, k: int, **values) -> None:
+        if len(values) != len(self.columns):
+            raise TypeError(f"{self.tag!r} line takes {self.columns}, got {tuple(values)}")
+        os.write(fd, f"{k} {self.tag.decode()} {' '.join(str(values[c]) for c in self.columns)}\n".encode())
+
+    def read(self, fields: List[bytes]) -> dict:
+        return {c: (v.decode() if c in self.text else int(v)) for c, v in zip(self.columns, fields)}
+
+
+# A failure of a worker's own socket call (every mode): SIDES[side], OPS[op], errno, and
+# the index of the connection it happened at.
+ERROR = Line("E", "side", "op", "errno", "index")
+
+
+def line_kinds(*lines: Line) -> Dict[bytes, Line]:
+    return {line.tag: line for line in (ERROR, *lines)}
+
+
+def start_worker(make: Callable, k: int, **kwargs) -> None:
+    """Body of a freshly forked worker: `make(k, **kwargs).run()` -> exit code.  Never
+    returns into the orchestrator's code."""
+    code = 70
+    try:
+        # Ctrl-C reaches the whole process group; the orchestrator decides what it means
+        # and tells the workers through the pipes.  The orchestrator's wakeup pipe and
+        # handlers are not the worker's.
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        from .sockets import libc
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != kwargs.pop("parent"):
+            os._exit(1)  # the orchestrator died between fork and prctl
+        code = make(k, **kwargs).run()
+    except BaseException:  # report any crash on stderr, then still leave through _exit
+        import traceback
+        traceback.print_exc()
+    finally:
+        os._exit(code)
 
 
 class Fleet:
@@ -32,6 +92,7 @@ class Fleet:
         self.signal: Optional[int] = None
         self.pids: Dict[int, int] = {}          # pid -> worker index
         self.exit_status: Dict[int, int] = {}   # worker index -> wait status
+        self.killed: set = set()                # worker indexes the orchestrator SIGKILLed
         self._buf = b""
 
     # -- setup and teardown --------------------------------------------------------------
@@ -75,7 +136,11 @@ class Fleet:
         """Fork worker k running body() (which must end the process itself); returns its pid."""
         # Blocked around fork so no signal runs the orchestrator's handler in a child.
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # EAGAIN: a pids limit; the caller names it
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+            raise
         if pid == 0:
             try:
                 gc.disable()
@@ -105,10 +170,12 @@ class Fleet:
         self.started()
 
     def started(self) -> None:
-        """Every worker is forked: drop the ends only workers use, so EOF means what it says."""
+        """Every worker is forked (or no more can be): drop the ends only workers use, so
+        EOF means what it says."""
         for name in ("report_w", "stop_r", "release_r"):
-            os.close(getattr(self, name))
-            setattr(self, name, None)
+            if getattr(self, name) is not None:
+                os.close(getattr(self, name))
+                setattr(self, name, None)
 
     def worker_args(self) -> dict:
         return {"report": self.report_w, "stop": self.stop_r, "release": self.release_r,
@@ -182,6 +249,7 @@ class Fleet:
     def kill_all(self) -> None:
         for pid, k in self.pids.items():
             if k not in self.exit_status:
+                self.killed.add(k)
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -25,15 +25,14 @@ from __future__ import annotations
 import math
 import mmap
 import os
-import signal
 import socket
-import time
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Dict, List, Optional
 
-from . import classify, kernel, serve_worker, wire, worker
-from .config import FD_HEADROOM, ProbeConfigError, raise_nofile
-from .fleet import Fleet, describe_exit
+from . import kernel, serve_worker, wire
+from .config import FD_HEADROOM, ProbeConfigError
+from .fleet import Fleet, start_worker
+from .orchestration import FAILED, HELD, NO_LISTENER_LEFT, Orchestration
 from .result import EXIT_OK, EXIT_SHORT
 
 Emit = Callable[[dict], None]
@@ -101,153 +100,120 @@ def open_listeners(addr: str, port: int, count: int) -> List[socket.socket]:
         raise ProbeConfigError(f"cannot listen on {addr}:{port}: {exc.strerror}") from None
 
 
-class Server:
+class Server(Orchestration):
+    lines = serve_worker.LINES
+    run_phase = "serve"
+    verify_after_stop = False        # workers hold until released; they send their totals then
+    failure_reasons = (FAILED, NO_LISTENER_LEFT)
+
     def __init__(self, cfg: ServeConfig, emit: Emit):
-        self.cfg, self.emit = cfg, emit
-        self.records: List[tuple] = []   # failures that end the run (a worker died)
+        super().__init__(cfg, emit)
         self.limits: List[tuple] = []    # limits one worker hit; the others keep serving
         self.full: set = set()           # workers whose listener closed on such a limit
+        self.peers: Dict[str, list] = {}
+        self.reached_at: Optional[float] = None
 
-    def run(self) -> dict:
+    def plan(self, nofile: int) -> None:
         cfg = self.cfg
         cfg.validate()
-        addr, port = wire.parse_endpoint(cfg.listen, listen=True)
-        nofile = raise_nofile()
-        if cfg.worker_nofile:
-            nofile = min(nofile, cfg.worker_nofile)
-        w = self.w = plan_workers(cfg, nofile)
-        listeners = open_listeners(addr, port, w)
-        held_map = self.held_map = mmap.mmap(-1, serve_worker.HELD.size * w)  # shared with every worker
-        self.totals: List[list] = [[0] * (6 + len(wire.FAILURES)) for _ in range(w)]
-        self.peers: Dict[str, list] = {}
-        self.final = [False] * w
+        self.addr, self.port = addr, port = wire.parse_endpoint(cfg.listen, listen=True)
+        w = self.workers = plan_workers(cfg, nofile)
+        self.listeners = open_listeners(addr, port, w)
+        self.held_map = mmap.mmap(-1, serve_worker.HELD.size * w)  # shared with every worker
         self.baseline = kernel.snapshot()
-        self.at_peak, self.peak, self.at_peak_held = self.baseline, 0, 0
+        self.at_peak, self.peak, self.at_peak_held, self.last_snap = self.baseline, 0, 0, 0.0
         self.emit({"event": "listening", "address": addr, "port": port, "workers": w,
                    "nofile": nofile, "capacity": w * (nofile - FD_HEADROOM),
                    "describe": f"{w} worker(s) on {addr}:{port} (SO_REUSEPORT), up to "
                                f"{nofile - FD_HEADROOM:,} connections each"})
-        try:
-            with Fleet() as fleet:
-                self.fleet = fleet
-                self.t0 = time.monotonic()
-                common = dict(workers=w, held_map=held_map, expect=cfg.expect,
-                              echo_timeout=cfg.echo_timeout, nofile=cfg.worker_nofile,
-                              **fleet.worker_args())
-                fleet.fork_per_listener(listeners, lambda k, fd: worker.start(
-                    k, make=serve_worker.ServeWorker, listener=fd, **common))
-                return self.follow()
-        finally:
-            for s in listeners:
-                s.close()
-            held_map.close()
 
-    # -- the run -------------------------------------------------------------------------
-    def follow(self) -> dict:
-        cfg, fleet = self.cfg, self.fleet
-        released_at = reached_at = None
-        last_emit = last_count = last_snap = 0
-        last_t = time.monotonic()
-        self.stopped_by = None
-        while True:
-            lines, ended = fleet.collect(0.05)
-            for parts in lines:
-                self.on_report(parts)
-            for k in ended:
-                # A worker that sent its final lines, or that exited cleanly once released
-                # (the run was ending anyway), did what it should: only other exits failed.
-                status = fleet.exit_status[k]
-                if self.final[k] or (released_at is not None and status == 0):
-                    continue
-                code, what = describe_exit(status)
-                self.records.append(("worker", "exit", code, 0, f"worker {k} {what}"))
-            now = time.monotonic()
-            held = sum(v for (v,) in serve_worker.HELD.iter_unpack(self.held_map))  # live, not last report
-            if held > self.peak:
-                self.peak = held
-                # Kernel figures where most connections are held (a snapshot costs ~1 ms).
-                if now - last_snap >= 0.2 or held == cfg.expect:
-                    self.at_peak, self.at_peak_held, last_snap = kernel.snapshot(), held, now
-            if released_at is None:
-                # Verified and still held: connections that came and went do not count.
-                if cfg.expect is not None and held >= cfg.expect and reached_at is None:
-                    reached_at = now
-                if fleet.signal is not None:
-                    self.stopped_by = signal.Signals(fleet.signal).name
-                elif self.records:
-                    self.stopped_by = "error"
-                elif len(self.full) == self.w:
-                    self.stopped_by = "no listener left"
-                elif reached_at is not None and cfg.hold is not None and now - reached_at >= cfg.hold:
-                    self.stopped_by = "held"
-                elif cfg.timeout and reached_at is None and now - self.t0 >= cfg.timeout:
-                    self.stopped_by = "timeout"
-                if self.stopped_by:
-                    self.seconds = now - self.t0
-                    fleet.release()
-                    released_at = now
-            elif not fleet.live:
-                break  # collect() read what the last workers wrote before exiting
-            elif now - released_at > FINAL_GRACE:
-                fleet.kill_all()
-            if now - last_emit >= cfg.progress_interval:
-                accepted = self.sum(0)
-                rate = (accepted - last_count) / max(now - last_t, 1e-6)
-                last_emit, last_count, last_t = now, accepted, now
-                self.emit({"event": "progress", "phase": "serve" if released_at is None else "close",
-                           "accepted": accepted, "verified": self.sum(1), "held": held,
-                           "failed": sum(self.failures().values()), "over_expect": self.sum(4),
-                           "rate": round(rate), "elapsed": round(now - self.t0, 3)})
-        return self.result()
+    def fork_workers(self, fleet: Fleet) -> None:
+        cfg = self.cfg
+        common = dict(workers=self.workers, held_map=self.held_map, expect=cfg.expect,
+                      echo_timeout=cfg.echo_timeout, nofile=cfg.worker_nofile, **fleet.worker_args())
+        fleet.fork_per_listener(self.listeners, lambda k, fd: start_worker(
+            serve_worker.ServeWorker, k, listener=fd, **common))
 
-    def on_report(self, parts: List[bytes]) -> None:
-        k, kind, vals = int(parts[0]), parts[1], parts[2:]
-        if kind == b"S":
-            self.totals[k] = [int(v) for v in vals]
-        elif kind == b"P":
-            row = self.peers.setdefault(vals[0].decode(), [0] * serve_worker.A_SIZE)
-            for i, v in enumerate(vals[1:]):
-                row[i] += int(v)
-        elif kind == b"E":
-            side, op, code, index = (int(v) for v in vals)
-            record = (("client", "server")[side], classify.OPS[op], code, index,
-                      f"worker {k}: server {classify.OPS[op]}() failed after {index} "
-                      f"connections: {os.strerror(code)}")
-            if classify.OPS[op] == "accept" and code in serve_worker.LISTENER_FULL:
-                # A limit of this worker, classified in the result; it closed its listener
-                # and the kernel hashes new clients to the other workers' listeners.
-                self.limits.append(record)
-                self.full.add(k)
-            else:
-                self.records.append(record)
-        elif kind == b"F":
-            self.final[k] = True
+    def cleanup(self) -> None:
+        for s in getattr(self, "listeners", ()):
+            s.close()
+        if hasattr(self, "held_map"):
+            self.held_map.close()
 
-    def sum(self, i: int) -> int:
-        return sum(t[i] for t in self.totals)
+    def timeout(self) -> Optional[float]:
+        return self.cfg.timeout
+
+    def close_grace(self) -> float:
+        return FINAL_GRACE
+
+    def timeout_record(self) -> None:
+        return None  # --timeout is the server's own end, not a failure of a client
+
+    def timed_out(self, now: float) -> bool:
+        # --timeout ends a server that has not (yet) verified --expect.
+        return self.deadline is not None and self.reached_at is None and now >= self.deadline
+
+    def own_stop_reason(self, now: float) -> Optional[str]:
+        if len(self.full) == self.workers:
+            return NO_LISTENER_LEFT
+        if self.reached_at is not None and self.cfg.hold is not None and now - self.reached_at >= self.cfg.hold:
+            return HELD
+        return None
+
+    def tick(self, now: float) -> None:
+        held = self.held = sum(v for (v,) in serve_worker.HELD.iter_unpack(self.held_map))  # live
+        if held > self.peak:
+            self.peak = held
+            # Kernel figures where most connections are held (a snapshot costs ~1 ms).
+            if now - self.last_snap >= 0.2 or held == self.cfg.expect:
+                self.at_peak, self.at_peak_held, self.last_snap = kernel.snapshot(), held, now
+        # Verified and still held: connections that came and went do not count.
+        if self.phase == self.run_phase and self.cfg.expect is not None and held >= self.cfg.expect \
+                and self.reached_at is None:
+            self.reached_at = now
+
+    def on_line(self, k: int, line, values: dict) -> None:
+        if line is serve_worker.PEER:
+            row = self.peers.setdefault(values["address"], [0] * serve_worker.A_SIZE)
+            for i, column in enumerate(serve_worker.PEER_COLUMNS):
+                row[i] += values[column]
+
+    def on_error(self, k: int, side: str, op: str, code: int, index: int) -> None:
+        record = (side, op, code, index, f"worker {k}: server {op}() failed after {index} "
+                                         f"connections: {os.strerror(code)}")
+        if op == "accept" and code in serve_worker.LISTENER_FULL:
+            # A limit of this worker, classified in the result; it closed its listener
+            # and the kernel hashes new clients to the other workers' listeners.
+            self.limits.append(record)
+            self.full.add(k)
+        else:
+            self.records.append(record)
 
     def failures(self) -> Dict[str, int]:
-        return {name: self.sum(6 + i) for i, name in enumerate(wire.FAILURES)}
+        return {name: self.total(name) for name in wire.FAILURES}
+
+    def progress(self) -> dict:
+        return {"accepted": self.total("accepted"), "verified": self.total("verified"),
+                "held": self.held, "failed": sum(self.failures().values()),
+                "over_expect": self.total("over_expect")}
 
     def result(self) -> dict:
         cfg, base, peak = self.cfg, self.baseline, self.at_peak
         failures = self.failures()
-        verified = self.sum(1)
+        verified = self.total("verified")
         per = max(self.at_peak_held, 1)
-        errors = classify.summarize(self.records + self.limits, cfg.expect or self.peak or 1,
-                                    {k: peak.get(k, 0) - base.get(k, 0) for k in peak
-                                     if isinstance(peak.get(k), int)}, peak, role="server")
+        errors = self.summarize(cfg.expect or self.peak or 1,
+                                {k: peak.get(k, 0) - base.get(k, 0) for k in peak
+                                 if isinstance(peak.get(k), int)}, peak, role="server", extra=self.limits)
         reached = cfg.expect is None or verified >= cfg.expect
-        stopped_by = self.stopped_by
-        if errors and stopped_by in ("error", "no listener left"):
-            # Ended by what failed: name the limit.  Ended otherwise (a signal, --hold,
-            # --timeout) with a worker full on the way: that is how it ended, and the
-            # limit is in errors (and makes ok false).
-            stopped_by = errors[0]["limit"] or errors[0]["errno"]
+        # Ended by what failed: name the limit.  Ended otherwise (a signal, --hold,
+        # --timeout) with a worker full on the way: that is how it ended, and the limit
+        # is in errors (and makes ok false).
+        stopped_by = self.ended_by(errors)
         # After every worker is reaped; the listeners (in the baseline) are closed too.
         # Connections closed with a FIN (a client that left before verifying, garbage)
         # can still be finishing: give them a retransmission or two before counting.
-        end = kernel.settled_sockstat(base.get("tcp_inuse", 0) - self.w, CLOSE_SETTLE)
+        end = kernel.settled_sockstat(base.get("tcp_inuse", 0) - self.workers, CLOSE_SETTLE)
         reliable, why = kernel.judge_slab(peak["slab"] - base["slab"], self.at_peak_held)
         clients = [{"address": ip, **dict(zip(PEER_KEYS, row))}
                    for ip, row in sorted(self.peers.items(), key=lambda item: wire.ip_int(item[0]))]
@@ -258,17 +224,17 @@ class Server:
             "interrupted": self.fleet.signal is not None,
             "listen": cfg.listen,
             "expect": cfg.expect,
-            "workers": self.w,
-            "accepted": self.sum(0),
+            "workers": self.workers,
+            "accepted": self.total("accepted"),
             "verified": verified,
-            "held_at_end": self.sum(2),
-            "pending_at_end": self.sum(3),
-            "over_expect": self.sum(4),
-            "dropped": self.sum(5),
+            "held_at_end": self.total("held"),
+            "pending_at_end": self.total("pending"),
+            "over_expect": self.total("over_expect"),
+            "dropped": self.total("dropped"),
             "failed": sum(failures.values()),
             "failures": failures,
             "peak_concurrent": self.peak,
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.close_start - self.t0, 3),
             "kernel_slab_bytes_per_conn": round((peak["slab"] - base["slab"]) / per),
             "kernel_figures_reliable": reliable,
             "kernel_figures_note": why,
@@ -279,7 +245,7 @@ class Server:
         }
 
 
-PEER_KEYS = ("accepted", "verified", "dropped", "over_expect") + wire.FAILURES
+PEER_KEYS = serve_worker.PEER_COLUMNS
 
 
 def exit_code(result: dict) -> int:
@@ -309,7 +275,4 @@ def summary_lines(r: dict) -> List[str]:
     return lines
 
 
-def serve(cfg: ServeConfig, emit: Emit) -> dict:
-    """Serve in this process (which forks the workers); returns the result dict."""
-    return Server(cfg, emit).run()
 

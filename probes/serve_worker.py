@@ -8,12 +8,8 @@ misbehaving client can cost at most one descriptor: garbage is judged on its fir
 deadline, a flood beyond --expect is reset at accept, and the per-address table is
 capped (MAX_PEERS; the rest is counted under 0.0.0.0).
 
-Report lines on the fleet's pipe (see fleet.py):
-
-    k S accepted verified held pending over dropped g s n r c    running totals (g..c: wire.FAILURES)
-    k P ip accepted verified dropped over g s n r c             one client address (after release)
-    k E side op errno index                                     an error of the server itself
-    k F                                                         final lines sent; exiting
+Report lines on the fleet's pipe: TOTALS (running), PEER (one client address, after
+release), FINAL (the last line; exiting) and fleet.ERROR (the server's own failure).
 """
 from __future__ import annotations
 
@@ -27,16 +23,23 @@ import time
 from array import array
 
 from . import wire
-from .worker import OP_CODES, SIDE_CODES, SOCK_FLAGS, libc
+from .fleet import ERROR, OPS, SIDES, Line, line_kinds
+from .sockets import LINGER_0, SOCK_FLAGS, libc, reset_on_close
 
 MAX_PEERS = 4096
-LINGER_0 = struct.pack("ii", 1, 0)
 HELD = struct.Struct("q")            # one slot per worker in the shared `held` map
 FREE, WAITING, VERIFIED = 0, 1, 2
-# Per-address counters, in report order.
-A_ACCEPTED, A_VERIFIED, A_DROPPED, A_OVER = range(4)
-A_FAIL = {name: 4 + i for i, name in enumerate(wire.FAILURES)}
-A_SIZE = 4 + len(wire.FAILURES)
+
+TOTALS = Line("S", "accepted", "verified", "held", "pending", "over_expect", "dropped", *wire.FAILURES,
+              counts=True)
+# Per client address: the counters below, a list per address indexed by column.
+PEER_COLUMNS = ("accepted", "verified", "dropped", "over_expect") + wire.FAILURES
+PEER = Line("P", "address", *PEER_COLUMNS, text=("address",))
+FINAL = Line("F", final=True)
+LINES = line_kinds(TOTALS, PEER, FINAL)
+A_ACCEPTED, A_VERIFIED, A_DROPPED, A_OVER = (PEER_COLUMNS.index(c) for c in PEER_COLUMNS[:4])
+A_FAIL = {name: PEER_COLUMNS.index(name) for name in wire.FAILURES}
+A_SIZE = len(PEER_COLUMNS)
 RDHUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 # accept() errnos that mean this worker is full (descriptors, kernel memory): it closes
 # its listener and the others serve on; the orchestrator ends only when none is left.
@@ -69,12 +72,12 @@ class ServeWorker:
         self.linger = ctypes.create_string_buffer(LINGER_0, 8)
 
     # -- reporting -----------------------------------------------------------------------
-    def send(self, *fields) -> None:
-        os.write(self.report_fd, (" ".join(map(str, (self.k,) + fields)) + "\n").encode())
+    def send(self, line: Line, **values) -> None:
+        line.write(self.report_fd, self.k, **values)
 
     def totals(self) -> None:
-        self.send("S", self.accepted, self.verified, self.held, len(self.pending), self.over,
-                  self.dropped, *self.failed.values())
+        self.send(TOTALS, accepted=self.accepted, verified=self.verified, held=self.held,
+                  pending=len(self.pending), over_expect=self.over, dropped=self.dropped, **self.failed)
 
     def counters(self, ip: int) -> list:
         row = self.peers.get(ip)
@@ -123,13 +126,10 @@ class ServeWorker:
         self.close_listener()
         self.totals()
         for ip, row in self.peers.items():
-            self.send("P", wire.peer_text(ip), *row)
-        self.send("F")
+            self.send(PEER, address=wire.peer_text(ip), **dict(zip(PEER_COLUMNS, row)))
+        self.send(FINAL)
         # Reset, not FIN: the server end then leaves nothing in TIME_WAIT behind it.
-        setsockopt = libc.setsockopt
-        for fd in range(len(self.state)):
-            if self.state[fd]:
-                setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, self.linger, 8)
+        reset_on_close(fd for fd in range(len(self.state)) if self.state[fd])
         return 0
 
     def close_listener(self) -> None:
@@ -151,7 +151,8 @@ class ServeWorker:
                     continue  # that client gave up in the queue: take the next
                 if code == E.EAGAIN:
                     return
-                self.send("E", SIDE_CODES["server"], OP_CODES["accept"], code, self.accepted)
+                self.send(ERROR, side=SIDES.index("server"), op=OPS.index("accept"), errno=code,
+                          index=self.accepted)
                 if code in LISTENER_FULL:
                     # Full: closing the listener makes the kernel hash new connections to
                     # the other workers' listeners (those queued here are reset).

@@ -18,7 +18,7 @@ import pytest
 
 from probes import ProbeConfig, ProbeConfigError, ProbeResult, run_probe
 from probes import classify, kernel
-from probes.runner import PACKAGE_ROOT
+from probes.launch import PACKAGE_ROOT
 from conftest import processes_with, wait_gone
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the probe tests use network namespaces")

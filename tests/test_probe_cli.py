@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from tuner import preflight
-from tuner.progress import Progress
+from tuner import probe as preflight
+from tuner.live_progress import Progress
 from tuner.readings import read_sockstat
 
 from conftest import run_tuner

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import make_netns, processes_with, remove_netns, run_tuner, wait_gone
 from probes import wire
-from probes.runner import PACKAGE_ROOT
+from probes.launch import PACKAGE_ROOT
 from tuner.readings import in_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need root")

@@ -222,16 +222,15 @@ def probe(
     if serve or connect:
         return _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, source_net,
                             timeout, echo_timeout, netns, json_out)
-    from . import preflight
-    from .probe_cmd import run_probe
+    from . import probe as probe_cli
 
     n = parse_target(connections, "--connections")
     n_workers = parse_workers(workers)
-    source_net = source_net or preflight.DEFAULT_SOURCE_NET
-    pre = preflight.check(n, netns, source_net, n_workers)
+    source_net = source_net or probe_cli.DEFAULT_SOURCE_NET
+    pre = probe_cli.check(n, netns, source_net, n_workers)
     if not pre.ok and not force:
         raise TunerError(pre.refusal(), errors.EXIT_SHORT)
-    result = run_probe(n, pre, hold=hold, rate=rate, workers=n_workers, source_net=source_net,
+    result = probe_cli.run_probe(n, pre, hold=hold, rate=rate, workers=n_workers, source_net=source_net,
                        port=port, timeout=timeout, netns=netns)
     if json_out:
         _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(),
@@ -248,7 +247,7 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
     from probes.connect import ConnectConfig, exit_code as connect_exit
     from probes.serve import ServeConfig, exit_code as serve_exit
 
-    from .probe_cmd import run_split
+    from .probe import run_split
 
     if serve and connect:
         raise errors.UsageError("--serve and --connect are two ends: run one per host")

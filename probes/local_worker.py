@@ -8,14 +8,8 @@ open the clients, accept what arrived, write index j on accepted connection j,
 let every client of the batch echo what it got, check the echoes.  Reads are tried
 directly; only stragglers wait in epoll (drain) after the last batch.
 
-Reports go to the orchestrator as short text lines on a shared pipe (each line is
-far below PIPE_BUF, so lines from different workers never interleave):
-
-    k A opened accepted verified          progress
-    k D t_ns                              every connection of the share accepted
-    k E side op errno index               a failure; the worker stops opening
-    k T opened accepted                   the deadline passed with connections pending
-    k V accepted verified mismatches t_ns exchange finished; now holding
+Reports go to the orchestrator as the report lines below (fleet.Line), plus
+fleet.ERROR for a failure (the worker then stops opening).
 
 Two pipes come the other way, both signalled by the orchestrator closing its end
 (EOF reaches every worker at once): `stop` (stop opening, verify what you have) and
@@ -27,33 +21,26 @@ import ctypes
 import errno as E
 import os
 import select
-import signal
 import socket
 import struct
 import time
 from array import array
 
-from .classify import OPS
+from .fleet import ERROR, OPS, SIDES, Line, line_kinds
+from .sockets import IP_BIND_ADDRESS_NO_PORT, SOCK_FLAGS, libc, reset_on_close, sockaddr
 
-SOCK_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-IP_BIND_ADDRESS_NO_PORT = 24  # bind the address now, the port at connect(): no port search at bind
-PR_SET_PDEATHSIG = 1
 BATCH = 128                   # connects between accept rounds; the accept queue never holds more
 REPORT_EVERY = 1024
 PACK = struct.Struct("<I").pack
 
-SIDE_CODES = {"client": 0, "server": 1}
-OP_CODES = {name: i for i, name in enumerate(OPS)}
-
-libc = ctypes.CDLL(None, use_errno=True)
-
-
-def sockaddr(ip: str, port: int):
-    raw = struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton(ip) + bytes(8)
-    return ctypes.create_string_buffer(raw, len(raw))
+PROGRESS = Line("A", "opened", "accepted", "verified", counts=True)
+ACCEPTED_ALL = Line("D", "t_established", counts=True)            # every connection of the share accepted
+TIMED_OUT = Line("T", "opened", "accepted", counts=True)  # the deadline passed with some pending
+VERIFIED = Line("V", "accepted", "verified", "mismatches", "t_verified", counts=True, final=True)
+LINES = line_kinds(PROGRESS, ACCEPTED_ALL, TIMED_OUT, VERIFIED)  # (exchange over; now holding)
 
 
-class Worker:
+class LocalWorker:
     def __init__(self, k, share, listener, port, sources, report, stop, release, deadline,
                  rate=None, accept_pause=0.0, nofile=None):
         self.k, self.share, self.listener = k, share, listener
@@ -73,11 +60,11 @@ class Worker:
         self.stopped = False         # the orchestrator said stop
 
     # -- reporting ---------------------------------------------------------------------
-    def send(self, *fields) -> None:
-        os.write(self.report_fd, (" ".join(map(str, (self.k,) + fields)) + "\n").encode())
+    def send(self, line: Line, **values) -> None:
+        line.write(self.report_fd, self.k, **values)
 
     def report_error(self, side: str, op: str, code: int, index: int) -> None:
-        self.send("E", SIDE_CODES[side], OP_CODES[op], code or 0, index)
+        self.send(ERROR, side=SIDES.index(side), op=OPS.index(op), errno=code or 0, index=index)
 
     def fail(self, side: str, op: str, code: int, index: int) -> None:
         self.failed = True
@@ -85,7 +72,7 @@ class Worker:
         self.report_error(side, op, code, index)
 
     def progress(self) -> None:
-        self.send("A", len(self.cli), len(self.srv), self.verified)
+        self.send(PROGRESS, opened=len(self.cli), accepted=len(self.srv), verified=self.verified)
 
     # -- phases ------------------------------------------------------------------------
     def run(self) -> int:
@@ -98,9 +85,12 @@ class Worker:
         self.wait_accepts()
         # A deadline that has passed (timeout, stop) still leaves time to verify what is open.
         self.drain(max(self.deadline, time.monotonic() + 2.0))
-        self.send("V", len(self.srv), self.verified, self.mismatches, time.monotonic_ns())
+        self.send(VERIFIED, accepted=len(self.srv), verified=self.verified, mismatches=self.mismatches,
+                  t_verified=time.monotonic_ns())
         os.read(self.release_fd, 1)  # blocks until the orchestrator releases (EOF)
-        self.close()
+        # Only the client ends: their reset closes the server ends too (process exit
+        # closes every descriptor).
+        reset_on_close(self.cli)
         return 0
 
     def establish(self) -> None:
@@ -170,12 +160,19 @@ class Worker:
             if rate:
                 ahead = start + i / rate - monotonic()
                 if ahead > 0:
-                    time.sleep(ahead)
+                    # Wait for the next connection's turn on the stop pipe, so a stop or
+                    # the deadline ends a slow ramp at once.
+                    left = self.deadline - monotonic()
+                    if stop_poll(max(0.0, min(ahead, left))):
+                        self.stopped = True
+                        return
+                    if ahead >= left:
+                        return
             if i - reported >= REPORT_EVERY:
                 reported = i
                 self.progress()
         if len(srv) == n:
-            self.send("D", time.monotonic_ns())
+            self.send(ACCEPTED_ALL, t_established=time.monotonic_ns())
 
     def wait_accepts(self) -> None:
         """Accept the connections still queued (or retried after a drop) until the deadline."""
@@ -191,7 +188,7 @@ class Worker:
         while len(self.srv) < opened:
             now = time.monotonic()
             if now >= self.deadline:
-                self.send("T", opened, len(self.srv))
+                self.send(TIMED_OUT, opened=opened, accepted=len(self.srv))
                 break
             events = poll.poll(min(0.2, self.deadline - now))
             if any(fd == self.stop_fd for fd, _ in events):
@@ -221,7 +218,7 @@ class Worker:
         poll.close()
         self.progress()
         if not self.failed and not self.stopped and len(self.srv) == self.share:
-            self.send("D", time.monotonic_ns())
+            self.send(ACCEPTED_ALL, t_established=time.monotonic_ns())
 
     def send_indexes(self, j0: int, j1: int) -> None:
         """Server side: index j out on accepted connection j."""
@@ -314,36 +311,3 @@ class Worker:
                 if j >= 0:
                     left -= 1
         poll.close()
-
-    def close(self) -> None:
-        # Abortive close of the client ends (SO_LINGER 0 sends RST): neither end lingers in
-        # TIME_WAIT, so a million-connection run leaves no sockets behind for a minute.
-        linger = ctypes.create_string_buffer(struct.pack("ii", 1, 0), 8)
-        setsockopt = libc.setsockopt
-        for fd in self.cli:
-            setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, linger, 8)
-        # Process exit closes every descriptor; closing them one by one in Python would
-        # only add interpreter time.
-
-
-def start(k: int, make=None, **kwargs) -> None:
-    """Body of a freshly forked worker: never returns.  `make(k, **kwargs)` builds the
-    worker (default: the loopback probe's Worker); anything with run() -> exit code."""
-    code = 70
-    try:
-        # Ctrl-C reaches the whole process group; the orchestrator decides what it means
-        # and tells the workers through the pipes.  The orchestrator's wakeup pipe and
-        # handlers are not the worker's.
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != kwargs.pop("parent"):
-            os._exit(1)  # the orchestrator died between fork and prctl
-        code = (make or Worker)(k, **kwargs).run()
-    except BaseException:  # report any crash on stderr, then still leave through _exit
-        import traceback
-        traceback.print_exc()
-    finally:
-        os._exit(code)

@@ -1,4 +1,6 @@
-"""run_probe(): the library entry point for callers that are not lean.
+"""Launch a probe mode in a lean interpreter and follow its events: run_probe() (the
+local probe) and run_split() (--serve / --connect), the entry points for callers that
+are not lean.
 
 The caller (the tuner CLI) may run threads (rich's live bar refreshes from one), and
 fork() in a threaded process copies locks held by other threads into the child.  So
@@ -22,7 +24,7 @@ import threading
 from typing import Callable, Optional
 
 from .config import ProbeConfig, ProbeConfigError
-from .progress import OnProgress
+from .progress_lines import OnProgress
 from .result import EXIT_USAGE, ProbeResult
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +72,7 @@ def run_probe(config: ProbeConfig, on_progress: Optional[OnProgress] = None,
         elif kind == "plan" and on_plan is not None:
             on_plan(event)
 
-    return ProbeResult.from_dict(_run(command(config), "orchestrator", on_event))
+    return ProbeResult.from_dict(follow_events(command(config), "orchestrator", on_event))
 
 
 def run_split(config, netns: Optional[str] = None, on_event: Optional[Callable[[dict], None]] = None) -> dict:
@@ -84,10 +86,10 @@ def run_split(config, netns: Optional[str] = None, on_event: Optional[Callable[[
             "--config", json.dumps(config.to_dict())]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
-    return _run(argv, mode[2:], on_event)
+    return follow_events(argv, mode[2:], on_event)
 
 
-def _run(argv: list, name: str, on_event: Optional[Callable[[dict], None]]) -> dict:
+def follow_events(argv: list, name: str, on_event: Optional[Callable[[dict], None]]) -> dict:
     """Start the orchestrator (argv), feed its events to on_event, return its result dict.
 
     SIGTERM and SIGINT to this process are passed on to the orchestrator, which ends its

@@ -1,0 +1,278 @@
+"""The one orchestration loop of the three probe modes (local, --serve, --connect).
+
+A mode (local.Local, serve.Server, connect.Client) plans its workers (how many, which
+shares), forks them and turns their figures into its result.  Everything between is
+done here, the same way for every mode:
+
+- the descriptor limit: raised to the hard one, lowered to worker_nofile when asked;
+- the workers' report lines (fleet.Line: named columns) decoded into per-worker counts
+  the mode sums by name (`total("verified")`);
+- worker exits judged (a worker that exits before its final figures failed; one the
+  orchestrator had to SIGKILL is named as ended by tuner, not as the OOM killer's);
+- why and when the run stops, holds, releases and ends:
+
+      RUN --(every worker verified)--> HOLD --(--hold over, or a signal)--> CLOSE
+      RUN --(a stop reason)--> STOPPING --(workers verified what they have)--> CLOSE
+      RUN --(a stop reason)--> CLOSE                     (modes that hold until stopped)
+
+  stop reasons: a signal (SIGINT/SIGTERM/SIGHUP), a worker's failure, --timeout (it
+  bounds establishing and verifying), and the mode's own (--serve: held, no listener
+  left);
+- progress events at cfg.progress_interval, and one with phase "done" at the end.
+"""
+from __future__ import annotations
+
+import errno as E
+import os
+import signal
+import time
+from typing import Dict, List, Optional
+
+from . import classify
+from .config import raise_nofile
+from .fleet import ERROR, OPS, SIDES, Fleet, Line, describe_exit
+
+# Phases (the progress events' "phase"; RUN is named by the mode: establish / serve).
+EXCHANGE, STOPPING, HOLD, CLOSE, DONE = "exchange", "stopping", "hold", "close", "done"
+# Why a run ended (stopped_by), besides a signal's name and the limit a failure names.
+TIMEOUT = "timeout"
+HELD = "held"
+NO_LISTENER_LEFT = "no listener left"
+MISMATCH = "mismatch"
+UNVERIFIED = "unverified"
+FAILED = "error"            # a worker failed: the result names the limit instead
+SIGNAL_GRACE = 1.0          # seconds stopped workers get once a signal came: it should end now
+STOP_GRACE = 3.0            # ... after --timeout or a failure, to verify what they have
+
+
+def descriptor_limit(worker_nofile: Optional[int]) -> int:
+    """RLIMIT_NOFILE the workers will run with: this process's soft limit raised to the
+    hard one (inherited by every fork), or worker_nofile when that is lower."""
+    nofile = raise_nofile()
+    return min(nofile, worker_nofile) if worker_nofile else nofile
+
+
+class Orchestration:
+    lines: Dict[bytes, Line] = {}     # the report lines this mode's workers send
+    run_phase = "establish"
+    verify_after_stop = True          # stopped workers still verify what they opened
+    failure_reasons = (FAILED, TIMEOUT)  # stop reasons the first failure's limit replaces
+    rate_of = "accepted"              # the count whose growth is the progress rate
+
+    def __init__(self, cfg, emit):
+        self.cfg, self.emit = cfg, emit
+        self.records: List[tuple] = []   # (side, op, errno, index, message), in arrival order
+        self.stopped_by: Optional[str] = None
+        self.phase = self.run_phase
+        self.seconds_hold = self.seconds_close = 0.0
+        self.started: List[int] = []
+
+    # -- what a mode provides ------------------------------------------------------------
+    def plan(self, nofile: int) -> None:
+        """Set self.workers and whatever the mode needs before forking; emit its plan."""
+        raise NotImplementedError
+
+    def fork_workers(self, fleet: Fleet) -> None:
+        raise NotImplementedError
+
+    def result(self):
+        raise NotImplementedError
+
+    def progress(self) -> dict:
+        return {}
+
+    def timeout(self) -> Optional[float]:
+        return self.cfg.effective_timeout
+
+    def hold_seconds(self) -> float:
+        return self.cfg.hold or 0.0
+
+    def on_line(self, k: int, line: Line, values: dict) -> None:
+        """A report line besides errors (counts are already in self.counts[k])."""
+
+    def tick(self, now: float) -> None:
+        """Once per loop turn, after the lines are read."""
+
+    def own_stop_reason(self, now: float) -> Optional[str]:
+        return None
+
+    def timed_out(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def measure(self) -> None:
+        """Kernel figures where the run holds the most (at HOLD, or when STOPPING ends)."""
+
+    def cleanup(self) -> None:
+        """After the fleet has ended (listeners, shared maps)."""
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self):
+        nofile = descriptor_limit(getattr(self.cfg, "worker_nofile", None))
+        try:
+            self.plan(nofile)
+            with Fleet() as fleet:
+                self.fleet = fleet
+                self.counts: List[dict] = [{} for _ in range(self.workers)]
+                self.reported = [False] * self.workers
+                self.t0_ns, self.t0 = time.monotonic_ns(), time.monotonic()
+                timeout = self.timeout()
+                self.deadline = None if timeout is None else self.t0 + timeout
+                try:
+                    self.fork_workers(fleet)
+                except OSError as exc:
+                    fleet.started()
+                    self.fork_failed(exc)
+                self.started = sorted(fleet.pids.values())
+                self.follow()
+                return self.result()
+        finally:
+            self.cleanup()
+
+    def fork_failed(self, exc: OSError) -> None:
+        k = len(self.fleet.pids)
+        self.records.append(("worker", "fork", exc.errno or 0, k,
+                             f"fork of worker {k} of {self.workers} failed: {exc.strerror}"))
+
+    def follow(self) -> None:
+        fleet = self.fleet
+        last_emit, last_count, last_t = 0.0, 0, time.monotonic()
+        while True:
+            lines, ended = fleet.collect(0.05)  # lines first: a worker's last ones precede its exit
+            for parts in lines:
+                self.read_line(parts)
+            for k in ended:
+                self.judge_exit(k)
+            now = time.monotonic()
+            self.tick(now)
+            self.advance(now)
+            if self.phase == CLOSE:
+                if not fleet.live:
+                    break
+                if now - self.close_start > self.close_grace():
+                    fleet.kill_all()
+            if now - last_emit >= self.cfg.progress_interval:
+                count = self.total(self.rate_of)
+                self.rate_now = (count - last_count) / max(now - last_t, 1e-6)
+                last_emit, last_count, last_t = now, count, now
+                self.emit_progress(self.phase, self.rate_now)
+        self.seconds_close = time.monotonic() - self.close_start
+
+    def emit_progress(self, phase: str, rate: float) -> None:
+        self.emit({"event": "progress", "phase": phase, **self.progress(), "rate": round(rate),
+                   "elapsed": round((time.monotonic_ns() - self.t0_ns) / 1e9, 3)})
+
+    def advance(self, now: float) -> None:
+        fleet = self.fleet
+        if self.phase in (self.run_phase, EXCHANGE):
+            reason = self.stop_reason(now)
+            if reason is not None:
+                self.stopped_by = reason
+                if self.verify_after_stop:
+                    fleet.stop()
+                    self.phase = STOPPING
+                    self.stop_until = now + (SIGNAL_GRACE if fleet.signal is not None else STOP_GRACE)
+                else:
+                    self.close(now)
+            elif self.started and all(self.reported[k] for k in self.started):
+                self.measure()
+                self.phase, self.hold_start = HOLD, now
+            elif self.exchanging():
+                self.phase = EXCHANGE
+        if self.phase == STOPPING:
+            if fleet.signal is not None:  # whoever interrupts wants it over soon
+                self.stop_until = min(self.stop_until, now + SIGNAL_GRACE)
+            if all(self.reported[k] or k in fleet.exit_status for k in self.started) or now >= self.stop_until:
+                self.measure()
+                self.close(now)
+        elif self.phase == HOLD:
+            if fleet.signal is not None or now >= self.hold_start + self.hold_seconds():
+                self.seconds_hold = now - self.hold_start
+                self.close(now)
+
+    def exchanging(self) -> bool:
+        return False
+
+    def stop_reason(self, now: float) -> Optional[str]:
+        if self.fleet.signal is not None:
+            return signal.Signals(self.fleet.signal).name
+        if self.records:
+            return FAILED
+        if self.timed_out(now):
+            return TIMEOUT
+        return self.own_stop_reason(now)
+
+    def close(self, now: float) -> None:
+        self.fleet.release()
+        self.phase, self.close_start = CLOSE, now
+
+    def close_grace(self) -> float:
+        """Seconds released workers get to close everything and exit before SIGKILL."""
+        return 30 + self.workers * 0.2
+
+    # -- report lines --------------------------------------------------------------------
+    def read_line(self, parts: List[bytes]) -> None:
+        k, line = int(parts[0]), self.lines[parts[1]]
+        values = line.read(parts[2:])
+        if line is ERROR:
+            self.on_error(k, SIDES[values["side"]], OPS[values["op"]], values["errno"], values["index"])
+            return
+        if line.counts:
+            self.counts[k].update(values)
+        if line.final:
+            self.reported[k] = True
+        self.on_line(k, line, values)
+
+    def on_error(self, k: int, side: str, op: str, code: int, index: int) -> None:
+        self.records.append((side, op, code, index, f"worker {k}: {side} {op}() failed at connection "
+                                                    f"{index}: {os.strerror(code)}"))
+
+    def total(self, name: str) -> int:
+        return sum(c.get(name, 0) for c in self.counts)
+
+    def judge_exit(self, k: int) -> None:
+        status = self.fleet.exit_status[k]
+        # A worker that sent its final figures, or that exited cleanly once released (the
+        # run was ending anyway), did what it should: only other exits failed.
+        if self.reported[k] or (self.phase == CLOSE and status == 0):
+            return
+        held = self.counts[k].get(self.rate_of, 0)
+        if k in self.fleet.killed:
+            self.records.append(("worker", classify.ENDED_BY_TUNER, -signal.SIGKILL, held,
+                                 f"worker {k} ended by tuner: still running {self.close_grace():.0f} s "
+                                 f"after it was released"))
+            return
+        code, what = describe_exit(status)
+        self.records.append(("worker", "exit", code, held,
+                             f"worker {k} {what} before reporting its final figures"))
+
+    # -- the end -------------------------------------------------------------------------
+    def timeout_record(self) -> Optional[tuple]:
+        """The failure a --timeout stop stands for, when no worker reported one itself."""
+        return ("client", "timeout", E.ETIMEDOUT, self.total(self.rate_of),
+                "workers did not finish before the timeout")
+
+    def summarize(self, target: int, moved: Dict[str, int], now: Dict[str, int], role: str,
+                  extra: List[tuple] = ()) -> List[dict]:
+        records = list(self.records) + list(extra)
+        if self.stopped_by == TIMEOUT and not any(r[1] == "timeout" for r in records):
+            records += [r for r in [self.timeout_record()] if r]
+        return classify.summarize(records, target, moved, now, role=role)
+
+    def ended_by(self, errors: List[dict]) -> Optional[str]:
+        """stopped_by of the result: the signal, else the limit of the first failure when a
+        failure or the timeout ended it, else the mode's own reason (None: it finished)."""
+        if self.fleet.signal is not None:
+            return signal.Signals(self.fleet.signal).name
+        if errors and self.stopped_by in self.failure_reasons:
+            return errors[0]["limit"] or errors[0]["errno"]
+        return self.stopped_by
+
+    def verdict(self, errors: List[dict], requested: int, verified: int, mismatches: int) -> Optional[str]:
+        """stopped_by for the modes that open N: None when every one verified (however the
+        run then ended, unless a signal did), else why not."""
+        reason = self.ended_by(errors)
+        if self.fleet.signal is None and verified >= requested and not mismatches:
+            return None
+        if reason is None:
+            reason = MISMATCH if mismatches else UNVERIFIED
+        return reason

@@ -1,0 +1,145 @@
+"""The CLI's side of `tuner probe`: pre-flight against the capacity model, then run
+probes/ with progress and map its errors onto tuner's exit codes.
+
+Pre-flight: the probe and the report must agree.  The same snapshot and model that
+`tuner report --target N` shows decide whether a probe of N can succeed here,
+described the way the probe will run (its source addresses, one listener per worker).
+When a limit makes N impossible the probe is refused with that limit and the command
+that lifts it.
+
+probes/ knows nothing of tuner's CLI; this module adapts its callbacks to a live bar
+(terminal) or plain lines, and its exceptions to tuner's exit codes.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional, Union
+
+from probes import ProbeConfig, ProbeConfigError, launch
+from probes.config import sources
+
+from . import report
+from .capacity import Report
+from .errors import TunerError, UsageError
+from .live_progress import Progress
+
+DEFAULT_SOURCE_NET = "127.0.0.0/8"
+
+
+@dataclass
+class Preflight:
+    connections: int
+    report: Report
+    problems: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def estimate_bytes_per_conn(self) -> int:
+        return self.report.memory["idle_bytes_per_connection"]
+
+    def refusal(self) -> str:
+        return f"refusing to probe {self.connections:,}: {'; '.join(self.problems)} (or pass --force)"
+
+    def fix_for(self, limit: Optional[str]) -> Optional[str]:
+        """The table's fix for a limit the probe hit: the value N needs and how to set it."""
+        try:
+            row = self.report.row(limit)
+        except StopIteration:
+            return None
+        if row.needed is not None:
+            value = " ".join(str(v) for v in row.needed)
+            return (f"{row.name} needs {value} for {self.connections:,}: tuner apply --target "
+                    f"{self.connections}" + (f" --netns {self.report.netns}" if self.report.netns else ""))
+        return f"{row.name}: {row.fix}" if row.fix else None
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "problems": self.problems,
+                "max_connections": self.report.max_connections, "binding": self.report.binding,
+                "processes": self.report.processes["processes"],
+                "estimate_kernel_bytes_per_conn": self.estimate_bytes_per_conn}
+
+
+def check(connections: int, netns: Optional[str] = None, source_net: str = DEFAULT_SOURCE_NET,
+          workers: Union[str, int] = "auto") -> Preflight:
+    try:
+        spread = sources(source_net)
+    except ProbeConfigError as e:
+        raise UsageError(str(e)) from None
+    snap = report.snapshot(netns)
+    # One listener per worker: every worker is its own destination for the port range.
+    first = report.build(connections, "loopback", netns, snap=snap)
+    destinations = workers if isinstance(workers, int) else first.processes["processes"]
+    rep = report.build(connections, "loopback", netns, destinations=max(destinations, 1), snap=snap,
+                       source_count=1 if spread is None else spread.count)
+    pre = Preflight(connections, rep)
+    if rep.reachable is False:
+        pre.problems.append(f"{rep.binding} allows {rep.max_connections:,} connections, fewer than "
+                            f"{connections:,}; fix: {pre.fix_for(rep.binding)}")
+    mem = rep.memory
+    if mem.get("idle_fits_memory") is False and rep.binding != "MemAvailable":
+        pre.problems.append(f"{connections:,} idle connections need about "
+                            f"{mem['idle_total_bytes'] / 2**30:.1f} GiB of kernel memory, more than "
+                            f"MemAvailable; probe fewer connections")
+    return pre
+
+
+@contextlib.contextmanager
+def _as_tuner_errors():
+    """A configuration that cannot run here is bad input (exit 2, nothing opened); a
+    failure of the probe machinery itself is a failed run (exit 1)."""
+    try:
+        yield
+    except ProbeConfigError as e:
+        raise UsageError(str(e)) from None
+    except launch.ProbeInterrupted as e:  # stopped before anything ran: the signal's own exit code
+        raise TunerError(str(e), 128 + e.signum) from None
+    except launch.ProbeError as e:
+        raise TunerError(str(e)) from None
+
+
+def run_probe(n: int, pre, **settings):
+    cfg = ProbeConfig(connections=n, **settings)
+    with _as_tuner_errors():
+        cfg.validate()
+    with Progress(n, "probe", stream=sys.stderr) as bar:
+        def on_plan(plan):
+            print(f"plan: {plan['describe']}; pre-flight: {pre.report.processes['processes']} "
+                  f"process(es) needed, max now {pre.report.max_connections:,} "
+                  f"({pre.report.binding} binds first)", file=sys.stderr, flush=True)
+
+        def on_progress(established, verified, rate, phase):
+            bar.update(verified, phase, established=established, rate=f"{rate:,.0f}/s")
+
+        with _as_tuner_errors():
+            return launch.run_probe(cfg, on_progress=on_progress, on_plan=on_plan)
+
+
+def run_split(cfg, netns=None) -> dict:
+    """`tuner probe --serve` / `--connect`: run the ServeConfig or ConnectConfig, with
+    running totals on stderr (a live bar on a terminal, plain lines otherwise)."""
+    from probes.serve import ServeConfig
+
+    with _as_tuner_errors():
+        cfg.validate()
+    serving = isinstance(cfg, ServeConfig)
+    total = (cfg.expect or 0) if serving else cfg.connections
+    with Progress(total, "serve" if serving else "connect", stream=sys.stderr) as bar:
+        def on_event(event):
+            kind = event.get("event")
+            if kind in ("listening", "plan"):
+                print(f"{kind}: {event['describe']}", file=sys.stderr, flush=True)
+            elif kind == "progress" and serving:
+                bar.update(event["verified"], event["phase"], accepted=event["accepted"],
+                           held=event["held"], failed=event["failed"], over=event["over_expect"],
+                           rate=f"{event['rate']:,.0f}/s")
+            elif kind == "progress":
+                bar.update(event["verified"], event["phase"], established=event["established"],
+                           rate=f"{event['rate']:,.0f}/s")
+
+        with _as_tuner_errors():
+            return launch.run_split(cfg, netns=netns, on_event=on_event)
