@@ -21,7 +21,8 @@ from . import settings
 from .knobs import KNOBS, Ctx
 from .readings import Snapshot
 from .settings import Change
-from .settings.file import check_unit  # noqa: F401  (apply validates --unit with it)
+# apply validates --unit with check_unit; the man pages name the persisted files.
+from .settings.file import DROPIN_NAME, LIMITS_FILE, SYSCTL_FILE, UNIT_DIR, check_unit  # noqa: F401
 from .settings.sysctl import text as sysctl_text
 
 SCHEMA = "tuner.plan/1"
