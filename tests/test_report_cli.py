@@ -12,7 +12,8 @@ from tuner.readings import read_sysctl
 
 from conftest import run_tuner
 
-ROW_KEYS = {"name", "kind", "scope", "unit", "caps", "current", "needed", "allows", "status", "why", "fix"}
+ROW_KEYS = {"name", "kind", "scope", "unit", "caps", "current", "needed", "allows", "status", "why", "fix",
+            "in_use", "utilization"}
 TOP_KEYS = {"schema", "role", "target", "netns", "rows", "max_connections", "binding", "reachable",
             "processes", "memory", "sockets_now", "unreadable"}
 

@@ -34,6 +34,10 @@ class Row:
     status: str
     why: str
     fix: str = ""
+    # What is in use of this limit now, in its own unit, and in_use / the limit; None
+    # where the kernel keeps no O(1) count (knobs.Knob.usage).
+    in_use: Optional[int] = None
+    utilization: Optional[float] = None
 
 
 @dataclass
@@ -140,10 +144,14 @@ def evaluate(ctx: Ctx) -> Report:
     sized_for = ctx.target if ctx.target is not None else (max_now or 0)
     mem = memory_estimates(ctx, sized_for)
 
-    rows = [Row(knob.name, knob.kind, knob.scope, knob.unit, knob.caps, current, needed, allows,
-                _status(ctx, knob, current, needed, allows, binding, mem.get("worst_fits_memory")),
-                knob.why, knob.fix)
-            for knob, current, allows, needed in evaluated]
+    rows = []
+    for knob, current, allows, needed in evaluated:
+        usage = knob.usage(ctx) if current is not None else None
+        rows.append(Row(knob.name, knob.kind, knob.scope, knob.unit, knob.caps, current, needed, allows,
+                        _status(ctx, knob, current, needed, allows, binding, mem.get("worst_fits_memory")),
+                        knob.why, knob.fix,
+                        in_use=None if usage is None else usage[0],
+                        utilization=None if usage is None else usage[0] / usage[1]))
     sockstat = ctx.snap.sockstat
     return Report(
         role=ctx.role, target=ctx.target, netns=ctx.snap.netns, rows=rows,
@@ -157,6 +165,8 @@ def evaluate(ctx: Ctx) -> Report:
             "tcp_orphan": sockstat.get("TCP", {}).get("orphan", 0),
             "tcp_tw": sockstat.get("TCP", {}).get("tw", 0),
             "tcp_mem_pages": sockstat.get("TCP", {}).get("mem", 0),
+            # Connections open now as the role counts them (loopback: two sockets each).
+            "connections": sockstat.get("TCP", {}).get("inuse", 0) // ctx.sockets_per_conn,
         },
         unreadable=list(ctx.snap.unreadable),
     )

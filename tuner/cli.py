@@ -87,6 +87,52 @@ def report(
         raise typer.Exit(errors.EXIT_SHORT)
 
 
+@app.command()
+def metrics(
+    textfile: Optional[str] = typer.Option(
+        None, "--textfile", metavar="DIR",
+        help="Write DIR/tuner.prom atomically for node_exporter's textfile collector, then exit "
+             "(run it from a cron job or systemd timer)."),
+    listen: Optional[str] = typer.Option(
+        None, "--listen", metavar="ADDR:PORT",
+        help="Serve /metrics on ADDR:PORT (e.g. 127.0.0.1:9858; port 0 picks a free one), "
+             "reading the host at each scrape, until SIGTERM. Only ADDR is bound."),
+    target: Optional[str] = typer.Option(None, "--target", "-n", metavar="N",
+                                         help=TARGET_HELP + " Adds tuner_target_reachable."),
+    role: str = typer.Option("loopback", "--role", metavar="ROLE", help=ROLE_HELP),
+    netns: Optional[str] = typer.Option(None, "--netns", metavar="NAME", help=NETNS_HELP),
+    destinations: int = typer.Option(1, "--destinations",
+                                     help="Distinct server ip:port the clients connect to."),
+    source_dev: Optional[str] = typer.Option(
+        None, "--source-dev", metavar="DEV", help="Interface whose addresses outbound sockets use."),
+) -> None:
+    """The report's figures as Prometheus metrics: capacity, the binding limit, what each
+    limit allows and how much of it is in use. Prints the text format without --textfile
+    or --listen. See METRICS for every metric."""
+    from . import metrics as metrics_mod
+
+    if textfile is not None and listen is not None:
+        raise errors.UsageError("--textfile and --listen are two ways to export: give one")
+    check_role(role)
+    check_positive("--destinations", destinations)
+    req = metrics_mod.Request(parse_target(target), role, netns, destinations, source_dev)
+    if listen is not None:
+        metrics_mod.parse_listen(listen)
+    if textfile is not None:
+        metrics_mod.check_textfile_dir(textfile)
+    # Bad --netns or --source-dev: refused before serving anything, like the report. The
+    # one-shot modes export this very reading.
+    scrape = metrics_mod.read(req)
+    if scrape.error:
+        raise TunerError(scrape.error, errors.EXIT_USAGE)
+    if listen is not None:
+        metrics_mod.serve(listen, req, announce=lambda line: typer.echo(line, err=True))
+    elif textfile is not None:
+        metrics_mod.write_textfile(textfile, req, first=scrape)
+    else:
+        typer.echo(metrics_mod.exposition(req, first=scrape), nl=False)
+
+
 JOURNAL_HELP = ("Write-ahead journal of changes (default /var/lib/tuner/journal.json; "
                 "env TUNER_JOURNAL).")
 

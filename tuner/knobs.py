@@ -145,6 +145,10 @@ class Knob:
     # Per-process limits only: True where this process cannot raise it (no
     # CAP_SYS_RESOURCE), so a target beyond one process must be sharded.
     capped: Callable[[Ctx], bool] = lambda ctx: False
+    # (in use, limit) in the knob's own unit where the kernel counts what is in use in
+    # O(1) (fs.file-nr, sockstat, nf_conntrack_count, the cgroup's usage); None where it
+    # does not (ports per source address and epoll watches would need a socket walk).
+    usage: Callable[[Ctx], Optional[tuple]] = lambda ctx: None
 
     @property
     def is_sysctl(self) -> bool:
@@ -185,6 +189,18 @@ def _file_max_allows(ctx):
         return None
     in_use = nr[0] if nr else 0
     return max(fmax - in_use, 0) // ctx.sockets_per_conn
+
+
+def _usage(in_use, limit):
+    """usage-rule from two readers; None when either is missing on this kernel."""
+    def rule(ctx):
+        used, lim = in_use(ctx), limit(ctx)
+        return None if used is None or not lim else (used, lim)
+    return rule
+
+
+def _sockstat_tcp(key):
+    return lambda ctx: ctx.snap.sockstat.get("TCP", {}).get(key)
 
 
 def _file_max_wanted(ctx):
@@ -329,6 +345,13 @@ def _cgroup_allows(ctx):
     return max(cg["limit"] - (cg.get("usage") or 0), 0) // ctx.idle_bytes
 
 
+def _cgroup_usage(ctx):
+    cg = ctx.snap.cgroup_memory or {}
+    if cg.get("limit") is None or cg.get("usage") is None:
+        return None
+    return (cg["usage"], cg["limit"])
+
+
 def _cgroup_current(ctx):
     cg = ctx.snap.cgroup_memory or {}
     return None if cg.get("limit") is None else [cg["limit"]]
@@ -348,7 +371,9 @@ KNOBS: List[Knob] = [
          "Open files across the whole host (fs.file-nr counts those in use); past it "
          "unprivileged processes get ENFILE.",
          current=_sysctl("fs.file-max"), allows=_file_max_allows,
-         needs=_raise_scalar("fs.file-max", _file_max_wanted), reads=(("fs.file-nr", "host"),)),
+         needs=_raise_scalar("fs.file-max", _file_max_wanted), reads=(("fs.file-nr", "host"),),
+         usage=_usage(lambda ctx: (ctx.snap.ints("fs.file-nr") or [None])[0],
+                      lambda ctx: ctx.snap.int("fs.file-max"))),
     Knob("RLIMIT_NOFILE.hard", "rlimit", "process", "descriptors", CAPS_PER_PROCESS,
          "Most descriptors one process may raise its soft limit to; raising it needs "
          "CAP_SYS_RESOURCE.",
@@ -379,7 +404,8 @@ KNOBS: List[Knob] = [
     Knob("net.ipv4.tcp_mem", "sysctl", "host", "pages", CAPS_IN_FLIGHT,
          "Pages all TCP buffers may use (low, pressure, high); past high, sends stall and "
          "received data is dropped. A message in flight costs a page per connection.",
-         current=_sysctl("net.ipv4.tcp_mem"), allows=_tcp_mem_allows, needs=_tcp_mem_needs),
+         current=_sysctl("net.ipv4.tcp_mem"), allows=_tcp_mem_allows, needs=_tcp_mem_needs,
+         usage=_usage(_sockstat_tcp("mem"), lambda ctx: (ctx.snap.ints("net.ipv4.tcp_mem") or [0])[-1])),
     Knob("net.ipv4.tcp_rmem", "sysctl", "netns", "bytes", CAPS_BUFFERS,
          "Receive buffer min/default/max per socket; the default times all sockets is the "
          "worst-case memory if every buffer fills.",
@@ -401,13 +427,15 @@ KNOBS: List[Knob] = [
          "of closing cleanly ('too many orphaned sockets').",
          current=_sysctl("net.ipv4.tcp_max_orphans"),
          allows=lambda ctx: ctx.snap.int("net.ipv4.tcp_max_orphans"),
-         needs=_raise_scalar("net.ipv4.tcp_max_orphans", lambda ctx: ctx.with_headroom(ctx.target))),
+         needs=_raise_scalar("net.ipv4.tcp_max_orphans", lambda ctx: ctx.with_headroom(ctx.target)),
+         usage=_usage(_sockstat_tcp("orphan"), lambda ctx: ctx.snap.int("net.ipv4.tcp_max_orphans"))),
     Knob("net.ipv4.tcp_max_tw_buckets", "sysctl", "netns", "sockets", CAPS_TEARDOWN,
          "TIME_WAIT sockets kept; beyond it they are destroyed early ('time wait bucket "
          "table overflow'), so a mass close of N loses that protection.",
          current=_sysctl("net.ipv4.tcp_max_tw_buckets"),
          allows=lambda ctx: ctx.snap.int("net.ipv4.tcp_max_tw_buckets"),
-         needs=_raise_scalar("net.ipv4.tcp_max_tw_buckets", lambda ctx: ctx.with_headroom(ctx.target))),
+         needs=_raise_scalar("net.ipv4.tcp_max_tw_buckets", lambda ctx: ctx.with_headroom(ctx.target)),
+         usage=_usage(_sockstat_tcp("tw"), lambda ctx: ctx.snap.int("net.ipv4.tcp_max_tw_buckets"))),
     Knob("net.ipv4.tcp_tw_reuse", "sysctl", "netns", "mode", CAPS_TEARDOWN,
          "Whether new outbound connections may reuse ports in TIME_WAIT (2: loopback only); "
          "a load generator that reconnects needs 1.",
@@ -417,7 +445,9 @@ KNOBS: List[Knob] = [
          "dropped. Binds only while conntrack is tracking (nf_conntrack_count > 0).",
          current=_sysctl("net.netfilter.nf_conntrack_max"), allows=_conntrack_allows,
          needs=_raise_scalar("net.netfilter.nf_conntrack_max", _conntrack_wanted),
-         reads=(("net.netfilter.nf_conntrack_count", "netns"),)),
+         reads=(("net.netfilter.nf_conntrack_count", "netns"),),
+         usage=_usage(lambda ctx: ctx.snap.int("net.netfilter.nf_conntrack_count"),
+                      lambda ctx: ctx.snap.int("net.netfilter.nf_conntrack_max"))),
     Knob("fs.epoll.max_user_watches", "sysctl", "host", "watches", CAPS_CONNECTIONS,
          "Sockets one user may watch with epoll across all its processes; epoll_ctl fails "
          "with ENOSPC beyond it.",
@@ -432,7 +462,7 @@ KNOBS: List[Knob] = [
     Knob("cgroup memory limit", "memory", "process", "bytes", CAPS_CONNECTIONS,
          "Kernel socket memory is charged to the cgroup, so a container's limit caps "
          "connections even on a large host.",
-         current=_cgroup_current, allows=_cgroup_allows, writable=False,
+         current=_cgroup_current, allows=_cgroup_allows, writable=False, usage=_cgroup_usage,
          fix="raise the container's memory limit (memory.max / memory.limit_in_bytes)"),
 ]
 

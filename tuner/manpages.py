@@ -67,6 +67,16 @@ def _roff_escape(text: str) -> str:
 EXTRA_SECTIONS["tuner probe"] = {"WIRE PROTOCOL": wire_section()}
 
 
+def metrics_section() -> str:
+    """tuner.metrics.METRICS, the list the exporter itself walks."""
+    from . import metrics
+
+    return metrics.roff_section(_roff_escape)
+
+
+EXTRA_SECTIONS["tuner metrics"] = {"METRICS": metrics_section()}
+
+
 def knob_section() -> str:
     lines = []
     for k in KNOBS:

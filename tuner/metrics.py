@@ -1,0 +1,350 @@
+"""`tuner metrics`: the report's figures for Prometheus, as a textfile or over HTTP.
+
+Every figure comes from `tuner.report.build` (what `tuner report --json` prints), read
+fresh at each scrape by a custom collector: no gauges set once, no formula of this
+module's own.  METRICS below is the one list of what is exported; the README's
+"Metrics" table and the man page's METRICS section are generated from it
+(`markdown_table`, `roff_section`), so the documentation cannot drift from the code.
+
+prometheus_client does the exposition format, the HTTP server and the atomic textfile
+write; this module only says what to export and checks the user's --listen/--textfile
+before anything is bound or written.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import queue
+import signal
+import stat
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+
+from .errors import TunerError, UsageError
+
+TEXTFILE_NAME = "tuner.prom"   # node_exporter's textfile collector reads *.prom only
+GAUGE = "gauge"
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One reading of the host: the report and what the scrape itself cost."""
+
+    report: Optional[object]          # capacity.Report, or None when reading failed
+    duration: float
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    type: str
+    labels: Tuple[str, ...]
+    help: str
+    # Scrape -> (label values, value) pairs; an empty iterable exports no sample.
+    samples: Callable[[Scrape], Iterable[Tuple[Tuple[str, ...], float]]]
+
+
+def _rep(fn):
+    """Samples from the report only (none when the scrape failed to read the host)."""
+    return lambda s: () if s.report is None else fn(s.report)
+
+
+def _capacity(r):
+    return [((r.role,), r.max_connections)] if r.max_connections is not None else []
+
+
+def _binding(r):
+    return [((r.role, r.binding), 1)] if r.binding else []
+
+
+def _limits(r):
+    return [((row.name, row.scope, row.caps), row.allows) for row in r.rows if row.allows is not None]
+
+
+def _utilization(r):
+    return [((row.name,), row.utilization) for row in r.rows if row.utilization is not None]
+
+
+def _memory(r):
+    m = r.memory
+    return [((estimate,), m[key]) for estimate, key in (("idle", "idle_bytes_per_connection"),
+                                                        ("worst", "worst_bytes_per_connection"))
+            if m.get(key) is not None]
+
+
+def _reachable(r):
+    return [] if r.target is None or r.reachable is None else [((str(r.target),), int(r.reachable))]
+
+
+def _build_info(_s):
+    from . import __version__
+
+    return [((__version__,), 1)]
+
+
+# The exported metrics, in exposition order. Names follow Prometheus conventions: base
+# units in the name (_connections, _bytes, _seconds), _ratio for 0..1, _info for a
+# constant 1 whose labels carry the value.
+METRICS: List[Metric] = [
+    Metric("tuner_capacity_connections", GAUGE, ("role",),
+           "Most concurrent connections the host can take now for the role: the smallest "
+           "allowance of the limits that cap connections (report max_connections). Limits "
+           "counted net of what is in use (fs.file-max, MemAvailable, conntrack) shrink as "
+           "connections open.", _rep(_capacity)),
+    Metric("tuner_connections_open", GAUGE, ("role",),
+           "Connections open now as the role counts them: TCP sockets in use (sockstat) per "
+           "socket a connection takes, two for loopback (report sockets_now.connections).",
+           _rep(lambda r: [((r.role,), r.sockets_now["connections"])])),
+    Metric("tuner_binding_limit_info", GAUGE, ("role", "knob"),
+           "1 for the limit that binds first (sets tuner_capacity_connections) (report binding).",
+           _rep(_binding)),
+    Metric("tuner_limit_connections", GAUGE, ("knob", "scope", "caps"),
+           "Connections each limit allows at its current value (report rows[].allows); caps "
+           "says what it counts: connections (decides capacity), per-process, in-flight, "
+           "teardown.", _rep(_limits)),
+    Metric("tuner_limit_utilization_ratio", GAUGE, ("knob",),
+           "In use / the limit's value, 0 to 1, for limits with a count in use: fs.file-max "
+           "(fs.file-nr), tcp_mem pages, orphans, TIME_WAIT, conntrack entries, the cgroup's "
+           "memory (report rows[].utilization).", _rep(_utilization)),
+    Metric("tuner_kernel_memory_bytes_per_connection", GAUGE, ("estimate",),
+           "Kernel memory one connection costs: idle (slab objects) or worst (plus default "
+           "socket buffers) (report memory.*_bytes_per_connection).", _rep(_memory)),
+    Metric("tuner_connections_per_process", GAUGE, ("role",),
+           "Connections one process can hold under its descriptor ceiling (report "
+           "processes.connections_per_process).",
+           _rep(lambda r: [((r.role,), r.processes["connections_per_process"])])),
+    Metric("tuner_target_reachable", GAUGE, ("target",),
+           "1 when --target connections fit the current settings, else 0 (report reachable); "
+           "only with --target.", _rep(_reachable)),
+    Metric("tuner_scrape_success", GAUGE, (),
+           "1 when this scrape read the host, 0 when it failed (the reason goes to stderr; "
+           "the report's metrics are absent from that scrape).",
+           lambda s: [((), 0 if s.report is None else 1)]),
+    Metric("tuner_scrape_duration_seconds", GAUGE, (),
+           "Seconds this scrape took to read the host and run the model.",
+           lambda s: [((), s.duration)]),
+    Metric("tuner_build_info", GAUGE, ("version",), "1, with the tuner version as a label.",
+           _build_info),
+]
+
+METRIC_NAMES = [m.name for m in METRICS]
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to read: the same question `tuner report` answers."""
+
+    target: Optional[int] = None
+    role: str = "loopback"
+    netns: Optional[str] = None
+    destinations: int = 1
+    source_dev: Optional[str] = None
+
+
+def read(req: Request, snap=None) -> Scrape:
+    """One reading through report.build; a TunerError (say, the namespace went away)
+    becomes a failed scrape instead of an HTTP 500."""
+    from . import report
+
+    start = time.monotonic()
+    try:
+        rep = report.build(req.target, req.role, req.netns, req.destinations, req.source_dev, snap=snap)
+    except TunerError as e:
+        return Scrape(None, time.monotonic() - start, str(e))
+    return Scrape(rep, time.monotonic() - start)
+
+
+def families(scrape: Scrape):
+    """The metric families of one scrape, in METRICS order."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    for m in METRICS:
+        family = GaugeMetricFamily(m.name, m.help, labels=list(m.labels))
+        for labels, value in m.samples(scrape):
+            family.add_metric(list(labels), value)
+        yield family
+
+
+class Collector:
+    """A prometheus_client custom collector: each collect() reads the host afresh.
+
+    `run` decides where the reading happens: the HTTP server calls collect() on a
+    request thread, and a namespace switch (setns) and /proc/self/net both belong to
+    the main thread, so `serve` passes a runner that hands the reading to it.
+    """
+
+    def __init__(self, req: Request, run: Callable[[Callable[[], Scrape]], Scrape] = lambda f: f(),
+                 snap=None, first: Optional[Scrape] = None):
+        self.req, self.run, self.snap = req, run, snap
+        self.first = first   # a reading already taken (the CLI's check), used once
+
+    def collect(self) -> Iterator:
+        scrape, self.first = self.first, None
+        if scrape is None:
+            scrape = self.run(lambda: read(self.req, self.snap))
+        if scrape.error:
+            print(f"tuner: scrape failed: {scrape.error}", file=sys.stderr, flush=True)
+        yield from families(scrape)
+
+    def describe(self):
+        # Registering must not read the host: an empty describe() tells the registry so.
+        return []
+
+
+def registry(collector: Collector):
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    return reg
+
+
+def exposition(req: Request, snap=None, first: Optional[Scrape] = None) -> str:
+    """The text format, as one scrape of --listen would return it."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry(Collector(req, snap=snap, first=first))).decode()
+
+
+# ---------------------------------------------------------------- --textfile
+
+def check_textfile_dir(path: str) -> str:
+    """DIR must be a real directory (not a symlink), writable, and writable by nobody
+    but root or the invoking user: tuner writes there as root, so a directory another
+    user can write would let them plant a symlink for the temporary file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise UsageError(f"--textfile {path}: no such directory: create it or give node_exporter's "
+                         f"--collector.textfile.directory")
+    except OSError as e:
+        raise UsageError(f"--textfile {path}: {e.strerror}")
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"--textfile {path} is a symlink: give the directory it points to")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"--textfile {path} is not a directory: give the textfile collector's directory")
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UsageError(f"--textfile {path} is writable by other users (owner uid {st.st_uid}, mode "
+                         f"{stat.S_IMODE(st.st_mode):o}): use a directory only root or you can write "
+                         f"(chmod go-w)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"--textfile {path} is not writable by this user (or is on a read-only "
+                         f"filesystem): run as its owner or pick another directory")
+    return path
+
+
+def write_textfile(directory: str, req: Request, name: str = TEXTFILE_NAME,
+                   first: Optional[Scrape] = None) -> str:
+    """Write DIR/NAME atomically (prometheus_client writes a temporary file beside it
+    and renames it over), so node_exporter never reads half a file."""
+    from prometheus_client import write_to_textfile
+
+    check_textfile_dir(directory)
+    path = os.path.join(directory, name)
+    try:
+        write_to_textfile(path, registry(Collector(req, first=first)))
+    except OSError as e:
+        # A full disk or a quota is a limit like any other: name it.
+        raise TunerError(f"could not write {path}: {e.strerror or e} (nothing was replaced)")
+    return path
+
+
+# ---------------------------------------------------------------- --listen
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """'127.0.0.1:9100', '[::1]:9100' -> (address, port). The address is required and
+    must be an IP literal: tuner binds exactly what it is given, never all interfaces
+    by default and never a name DNS might resolve elsewhere. Port 0 picks a free one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen {text!r}: give ADDR:PORT, e.g. 127.0.0.1:9858")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise UsageError(f"--listen {text!r} has no address: give one, e.g. 127.0.0.1:{port} "
+                         f"(0.0.0.0:{port} to listen on every interface)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise UsageError(f"--listen {text!r}: {host!r} is not an IP address (e.g. 127.0.0.1 or [::1])")
+    return host, int(port)
+
+
+class MainThreadRunner:
+    """Runs the scrapes the HTTP threads ask for on the main thread, one at a time:
+    reading a namespace switches the calling thread's netns, /proc/self/net follows the
+    main thread, and one scrape at a time keeps a burst of scrapes from piling up reads
+    on a host with millions of sockets."""
+
+    def __init__(self):
+        self.jobs: "queue.Queue" = queue.Queue()
+
+    def __call__(self, fn):
+        done = threading.Event()
+        box = {}
+
+        def job():
+            try:
+                box["value"] = fn()
+            finally:
+                done.set()
+        self.jobs.put(job)
+        done.wait()
+        return box["value"]
+
+    def serve_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                job = self.jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            job()
+
+
+def serve(listen: str, req: Request, announce: Callable[[str], None]) -> None:
+    """Serve /metrics on ADDR:PORT until SIGTERM or SIGINT."""
+    from prometheus_client import start_http_server
+
+    host, port = parse_listen(listen)
+    runner = MainThreadRunner()
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry(Collector(req, run=runner)))
+    except OSError as e:
+        raise UsageError(f"--listen {listen}: cannot listen there: {e.strerror or e} "
+                         f"(pick another port or address)")
+    bound = server.server_address
+    where = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    announce(f"tuner: serving metrics on http://{where}:{bound[1]}/metrics "
+             f"(the host is read at each scrape; SIGTERM or Ctrl-C stops)")
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        runner.serve_forever(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------- documentation
+
+def markdown_table() -> str:
+    """The README's metric table (tests/test_metrics.py checks the README holds it)."""
+    lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for m in METRICS:
+        labels = ", ".join(f"`{label}`" for label in m.labels) or "-"
+        lines.append(f"| `{m.name}` | {m.type} | {labels} | {m.help} |")
+    return "\n".join(lines)
+
+
+def roff_section(escape: Callable[[str], str]) -> str:
+    lines = []
+    for m in METRICS:
+        labels = "{" + ",".join(m.labels) + "}" if m.labels else ""
+        lines += [".TP", f"\\fB{escape(m.name)}\\fP{escape(labels)} ({m.type})", escape(m.help)]
+    return "\n".join(lines)
