@@ -185,6 +185,14 @@ EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
         ("tuner probe --connect 10.77.0.1:7000 -n 100000 --source-net 10.77.1.0/24 --hold 6",
          "One load host's share, from the aliases apply added in 10.77.1.0/24."),
     ],
+    "tuner metrics": [
+        ("tuner metrics --textfile /var/lib/node_exporter/textfile_collector",
+         "Write tuner.prom for node_exporter's textfile collector (run it from a timer)."),
+        ("tuner metrics --listen 127.0.0.1:9858 --target 1M",
+         "Serve /metrics on loopback only, re-reading the host at each scrape."),
+        ("tuner metrics --role server --netns app | grep ^tuner_capacity",
+         "Print one scrape of a server's figures inside namespace app."),
+    ],
 }
 
 SEE_ALSO_EXTERNAL = ["sysctl(8)", "prlimit(1)", "ss(8)", "sysctl.d(5)", "limits.conf(5)",
