@@ -48,6 +48,8 @@ def metric_names(expr: str) -> set:
     e = re.sub(r"\{[^}]*\}", "", e)
     e = re.sub(r"\[[^\]]*\]", "", e)
     e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)
+    # Grafana's label_values(metric, label): the second argument is a label.
+    e = re.sub(r"\blabel_values\(\s*([A-Za-z_:][A-Za-z0-9_:]*)\s*,\s*[A-Za-z_][A-Za-z0-9_]*\s*\)", r"(\1)", e)
     names = set()
     for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
         word, rest = m.group(0), e[m.end():].lstrip()
@@ -63,6 +65,7 @@ def metric_names(expr: str) -> set:
 def test_metric_names_extractor():
     assert metric_names('predict_linear(a_b[1h], 3600) > a_b + c{x="d e", y=~"f"}') == {"a_b", "c"}
     assert metric_names("sum by (knob, role) (rate(x_total[5m])) / on(role) y") == {"x_total", "y"}
+    assert metric_names("label_values(tuner_x, instance)") == {"tuner_x"}
 
 
 @pytest.fixture(scope="module")

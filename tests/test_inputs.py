@@ -63,6 +63,7 @@ def unmount_under(root):
 # Every command that has --netns, and the least argv that makes it run.
 NETNS_COMMANDS = {
     "report": [],
+    "metrics": [],
     "apply": ["-n", "1000", "--dry-run"],
     "probe": ["-n", "10"],
     "probe --serve": ["--serve", "127.0.0.1:0"],

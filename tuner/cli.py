@@ -100,7 +100,7 @@ def metrics(
     target: Optional[str] = typer.Option(None, "--target", "-n", metavar="N",
                                          help=TARGET_HELP + " Adds tuner_target_reachable."),
     role: str = typer.Option("loopback", "--role", metavar="ROLE", help=ROLE_HELP),
-    netns: Optional[str] = typer.Option(None, "--netns", metavar="NAME", help=NETNS_HELP),
+    netns: Optional[str] = _netns_option(NETNS_HELP),
     destinations: int = typer.Option(1, "--destinations",
                                      help="Distinct server ip:port the clients connect to."),
     source_dev: Optional[str] = typer.Option(

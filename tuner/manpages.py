@@ -190,8 +190,8 @@ EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
          "Write tuner.prom for node_exporter's textfile collector (run it from a timer)."),
         ("tuner metrics --listen 127.0.0.1:9858 --target 1M",
          "Serve /metrics on loopback only, re-reading the host at each scrape."),
-        ("tuner metrics --role server --netns app | grep ^tuner_capacity",
-         "Print one scrape of a server's figures inside namespace app."),
+        ("tuner metrics --role server | grep ^tuner_capacity",
+         "Print one scrape of a server's figures."),
     ],
 }
 
