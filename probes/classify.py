@@ -1,10 +1,10 @@
 """Turn what went wrong (errno and side, or a timeout plus counters) into the limit that
-bound and the command that lifts it.
+bound, named as the knob table names it, and a hint in words.
 
 A failure record from a worker is (side, op, errno, index).  The limit is decided
 from the errno, the operation and, for timeouts, from which kernel counters moved
-while the probe ran; the hint always names `tuner apply --target N` first, because
-that raises every knob the capacity model knows together, then the single change.
+while the probe ran.  The values and the `tuner apply` command that lift a limit are
+the knob table's (tuner/probe.py asks it, for the probe's own configuration).
 """
 from __future__ import annotations
 
@@ -71,38 +71,32 @@ def timeout_limit(moved: Dict[str, int], now: Dict[str, int]) -> str:
     return TIMEOUT
 
 
-def hint(limit: Optional[str], target: int, now: Optional[Dict[str, int]] = None,
-         role: str = "loopback") -> str:
-    """The fix for a limit, as commands a reader can paste.  role 'client' is `--connect`:
-    the fix is on this (load) host, and source addresses are aliases, not 127.0.0.0/8."""
-    now = now or {}
-    apply = f"tuner apply --target {target}"
+def hint(limit: Optional[str], role: str = "loopback") -> str:
+    """What a limit means and which knob lifts it, in words.  The numbers and the
+    command are the knob table's (tuner/knobs.py), computed by the tuner CLI for the
+    probe's own configuration; never here, where they would drift from it."""
     if role == "client" and limit in (PORT_RANGE, SOURCES):
-        return (f"each source address gives one port range of connections to the server: add source "
-                f"addresses with tuner apply --role client --target {target} --alias-dev DEV "
-                f"--alias-net CIDR, then pass --source-net CIDR")
-    if role != "loopback":
-        apply += f" --role {role}"
-    fds = 2 * target + 65536
+        return ("each source address gives one port range of connections to the server: add "
+                "source addresses (aliases) and pass them with --source-net")
     if limit == RLIMIT_NOFILE:
-        return (f"a worker ran out of descriptors (2 per connection): let the probe size workers from "
-                f"the limit (--workers auto, no --per-worker), or raise the hard nofile limit: {apply}")
+        if role == "loopback":
+            return ("a worker ran out of descriptors (2 per connection): let the probe size workers "
+                    "from the limit (--workers auto), or raise the hard nofile limit")
+        return "a worker ran out of descriptors: more --workers, or raise the hard nofile limit"
     if limit == FILE_MAX:
-        return f"{apply}, or: sysctl -w fs.file-max={fds}"
+        return "the host ran out of open files: raise fs.file-max"
     if limit == PORT_RANGE:
-        return (f"{apply}, or: sysctl -w net.ipv4.ip_local_port_range='1024 65535', or spread source "
-                f"addresses with --source-net 127.0.0.0/8")
+        return ("no free (source address, port) pair was left for the listener: widen "
+                "net.ipv4.ip_local_port_range, or spread over more source addresses (--source-net)")
     if limit == SOURCES:
-        return f"add the source addresses ({apply} adds aliases) or pass a --source-net that is local"
+        return "a source address to bind is not local: add it, or pass a --source-net that is"
     if limit == SOMAXCONN:
-        return (f"the accept queue overflowed (ListenOverflows/ListenDrops rose): {apply}, or: "
-                f"sysctl -w net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535")
+        return ("the accept queue overflowed (ListenOverflows/ListenDrops rose): raise "
+                "net.core.somaxconn and net.ipv4.tcp_max_syn_backlog")
     if limit == CONNTRACK:
-        return f"{apply}, or: sysctl -w net.netfilter.nf_conntrack_max={2 * target + 65536}"
+        return "conntrack's table is full: raise net.netfilter.nf_conntrack_max"
     if limit == TCP_MEM:
-        low, pressure, high = _tcp_mem_pages()
-        return (f"TCP hit its memory limit: {apply}, or: sysctl -w net.ipv4.tcp_mem='{2 * low} "
-                f"{2 * pressure} {2 * high}'")
+        return "TCP hit its memory limit: raise net.ipv4.tcp_mem"
     if limit == MEMORY:
         return "the kernel ran out of memory for sockets: free memory or probe fewer connections"
     if limit == SERVER:
@@ -115,15 +109,7 @@ def hint(limit: Optional[str], target: int, now: Optional[Dict[str, int]] = None
     return "unexpected error; see first_message"
 
 
-def _tcp_mem_pages():
-    try:
-        with open("/proc/sys/net/ipv4/tcp_mem") as f:
-            return tuple(int(v) for v in f.read().split())
-    except OSError:
-        return (0, 0, 0)
-
-
-def summarize(records: List[tuple], target: int, moved: Dict[str, int], now: Dict[str, int],
+def summarize(records: List[tuple], moved: Dict[str, int], now: Dict[str, int],
               role: str = "loopback") -> List[dict]:
     """Group failure records (side, op, code, index, message) by (side, op, code), first
     seen first.  `code` is an errno, except for side 'worker' where it is -signal or an
@@ -148,5 +134,5 @@ def summarize(records: List[tuple], target: int, moved: Dict[str, int], now: Dic
         groups[key] = {"side": side, "op": op, "errno": name, "count": 1,
                        "first_message": message or f"{side} {op}() failed at connection {index}: "
                                                    f"{os.strerror(code)}",
-                       "limit": limit, "hint": hint(limit, target, now, role)}
+                       "limit": limit, "hint": hint(limit, role)}
     return list(groups.values())

@@ -140,6 +140,13 @@ def sources(source_net: str) -> Optional[Sources]:
     return Sources(net)
 
 
+def source_count(source_net: str) -> int:
+    """Source addresses a probe with this --source-net spreads over ('none': the one the
+    kernel picks).  tuner apply --source-net plans with the same count."""
+    src = sources(source_net)
+    return 1 if src is None else src.count
+
+
 def raise_nofile() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one (inherited by workers); return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

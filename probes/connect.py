@@ -144,7 +144,7 @@ class Client(Orchestration):
         verified, established = self.total("verified"), self.total("established")
         mismatches, opened = self.total("mismatches"), self.total("opened")
         moved = {k: after.get(k, 0) - base.get(k, 0) for k in after if isinstance(after.get(k), int)}
-        errors = self.summarize(cfg.connections, moved, after, role="client")
+        errors = self.summarize(moved, after, role="client")
         stopped_by = self.verdict(errors, cfg.connections, verified, mismatches)
         done = [c["t_verified"] for c in self.counts if "t_verified" in c]
         seconds = (max(done) - self.t0_ns) / 1e9 if len(done) == self.workers and verified else None

@@ -135,7 +135,7 @@ class Local(Orchestration):
         mismatches, attempted = self.total("mismatches"), self.total("opened")
         per = max(established, 1)
         moved = {k: after.get(k, 0) - base.get(k, 0) for k in after if isinstance(after.get(k), int)}
-        errors = self.summarize(cfg.connections, moved, after, role="loopback")
+        errors = self.summarize(moved, after, role="loopback")
         stopped_by = self.verdict(errors, cfg.connections, verified, mismatches)
         seconds_establish = self.seconds_since_fork("t_established")
         seconds_total = self.seconds_since_fork("t_verified")

@@ -251,12 +251,12 @@ class Orchestration:
         return ("client", "timeout", E.ETIMEDOUT, self.total(self.rate_of),
                 "workers did not finish before the timeout")
 
-    def summarize(self, target: int, moved: Dict[str, int], now: Dict[str, int], role: str,
+    def summarize(self, moved: Dict[str, int], now: Dict[str, int], role: str,
                   extra: List[tuple] = ()) -> List[dict]:
         records = list(self.records) + list(extra)
         if self.stopped_by == TIMEOUT and not any(r[1] == "timeout" for r in records):
             records += [r for r in [self.timeout_record()] if r]
-        return classify.summarize(records, target, moved, now, role=role)
+        return classify.summarize(records, moved, now, role=role)
 
     def ended_by(self, errors: List[dict]) -> Optional[str]:
         """stopped_by of the result: the signal, else the limit of the first failure when a

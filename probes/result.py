@@ -22,7 +22,10 @@ class Failure:
     count: int
     first_message: str
     limit: Optional[str]      # the knob that bound, e.g. RLIMIT_NOFILE, net.core.somaxconn
-    hint: str                 # the command that lifts it
+    hint: str                 # what it means and which knob lifts it, in words
+    # The knob table's value for this probe's configuration and the `tuner apply` that
+    # sets it (filled by `tuner probe`; None from a bare `python -m probes`).
+    fix: Optional[str] = None
 
     def to_dict(self) -> dict:
         return asdict(self)

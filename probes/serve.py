@@ -202,8 +202,7 @@ class Server(Orchestration):
         failures = self.failures()
         verified = self.total("verified")
         per = max(self.at_peak_held, 1)
-        errors = self.summarize(cfg.expect or self.peak or 1,
-                                {k: peak.get(k, 0) - base.get(k, 0) for k in peak
+        errors = self.summarize({k: peak.get(k, 0) - base.get(k, 0) for k in peak
                                  if isinstance(peak.get(k), int)}, peak, role="server", extra=self.limits)
         reached = cfg.expect is None or verified >= cfg.expect
         # Ended by what failed: name the limit.  Ended otherwise (a signal, --hold,

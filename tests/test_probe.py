@@ -90,7 +90,7 @@ def test_low_rlimit_nofile_in_a_worker_is_emfile():
     assert result.stopped_by == classify.RLIMIT_NOFILE
     first = result.errors[0]
     assert first.errno == "EMFILE" and first.limit == "RLIMIT_NOFILE" and first.count >= 1
-    assert "tuner apply --target 3000" in first.hint
+    assert "nofile limit" in first.hint and first.fix is None  # the numbers are tuner's, from the knob table
     # It stopped short, but what it did open it verified.
     assert 0 < result.verified == result.established < 1024 // 2 + 1
     assert wait_gone("33.0421") == []
@@ -189,7 +189,7 @@ def test_errno_classification_names_the_knob():
     assert classify.timeout_limit({}, {"conntrack_count": 262144, "conntrack_max": 262144}) \
         == classify.CONNTRACK
     assert classify.timeout_limit({}, {}) == classify.TIMEOUT
-    assert "fs.file-max=" in classify.hint(classify.FILE_MAX, 1000000)
+    assert classify.FILE_MAX in classify.hint(classify.FILE_MAX)  # the knob; its value is the table's
 
 
 @pytest.mark.parametrize("sig, json_out", [(signal.SIGTERM, False), (signal.SIGINT, True)])

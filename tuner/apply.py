@@ -250,7 +250,7 @@ def after_report(req: Request) -> Dict[str, Any]:
     """
     snap = report_mod.snapshot(req.netns)
     ctx = Ctx(snap, role=req.role, target=req.target, destinations=req.destinations,
-              source_dev=req.alias_dev)
+              source_dev=req.alias_dev, source_count=req.source_count)
     rep = capacity.evaluate(ctx)
     capped = [{"knob": r.name, "current": r.current, "allows": r.allows, "fix": r.fix}
               for r in rep.rows if r.status in ("binds", "short", "capped")]

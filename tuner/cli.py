@@ -14,7 +14,7 @@ import typer
 
 from . import errors, render
 from .errors import TunerError
-from .inputs import check_netns_name, check_positive, check_role, parse_target, parse_workers
+from .inputs import check_netns_name, check_positive, check_role, parse_source_net, parse_target, parse_workers
 
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in errors.EXIT_CODES.items()) + "."
 
@@ -172,6 +172,11 @@ def apply(
                                                             "give LimitNOFILE (a drop-in)."),
     root_dir: str = typer.Option("/", "--root-dir", help="Root of the tree --persist writes "
                                                          "into (tests aim it at a temp dir)."),
+    source_net: Optional[str] = typer.Option(
+        None, "--source-net", metavar="CIDR",
+        help="Plan for clients bound to the addresses of CIDR, as 'tuner probe --source-net' "
+             "binds them ('none': the one the kernel picks), instead of the local addresses "
+             "counted; the probe's fixes pass it."),
     journal: Optional[str] = typer.Option(None, "--journal", envvar="TUNER_JOURNAL",
                                           help=JOURNAL_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and stop."),
@@ -185,7 +190,8 @@ def apply(
     from .plan import Request
 
     req = Request(parse_target(target), role, netns, destinations, tuple(pid), alias_dev,
-                  alias_net, shrink_buffers, persist, root_dir, unit)
+                  alias_net, shrink_buffers, persist, root_dir, unit,
+                  source_net=parse_source_net(source_net))
     outcome = apply_mod.run(
         req, journal, dry_run,
         show=(lambda plan: None) if json_out else (lambda plan: _emit(render.plan_text(plan))),
@@ -272,12 +278,13 @@ def probe(
 
     n = parse_target(connections, "--connections")
     n_workers = parse_workers(workers)
-    source_net = source_net or probe_cli.DEFAULT_SOURCE_NET
+    source_net = parse_source_net(source_net) or probe_cli.DEFAULT_SOURCE_NET
     pre = probe_cli.check(n, netns, source_net, n_workers)
     if not pre.ok and not force:
         raise TunerError(pre.refusal(), errors.EXIT_SHORT)
     result = probe_cli.run_probe(n, pre, hold=hold, rate=rate, workers=n_workers, source_net=source_net,
-                       port=port, timeout=timeout, netns=netns)
+                                 port=port, timeout=timeout, netns=netns)
+    probe_cli.add_fixes(result, pre, netns)  # each failure's fix from the knob table
     if json_out:
         _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(),
                               **result.to_dict()}))

@@ -90,3 +90,17 @@ def check_netns_name(name: Optional[str], option: str = "--netns") -> Optional[s
     if name not in netns_names():
         raise UsageError(f"no network namespace named {name!r}: list them with 'ip netns list'")
     return name
+
+
+def parse_source_net(text: Optional[str]) -> Optional[str]:
+    """--source-net CIDR or 'none' (probe, apply): one line and exit 2 when it is not a
+    usable IPv4 network (an empty value included), None when not given."""
+    if text is None:
+        return None
+    from probes.config import ProbeConfigError, sources
+
+    try:
+        sources(text)
+    except ProbeConfigError as e:
+        raise UsageError(str(e)) from None
+    return text

@@ -61,12 +61,21 @@ class Request:
     persist: bool = False
     root_dir: str = "/"
     unit: Optional[str] = None
+    # Plan for clients bound to this network's addresses (as `tuner probe --source-net`
+    # binds them) instead of the local addresses counted; 'none': the one kernel-chosen.
+    source_net: Optional[str] = None
+
+    @property
+    def source_count(self) -> Optional[int]:
+        from probes.config import source_count
+
+        return None if self.source_net is None else source_count(self.source_net)
 
 
 def _ctx(snap: Snapshot, req: Request, **over) -> Ctx:
     return Ctx(snap, role=req.role, target=req.target, destinations=req.destinations,
                source_dev=req.alias_dev, shrink_buffers=over.get("shrink", req.shrink_buffers),
-               host_changes=req.netns is None)
+               host_changes=req.netns is None, source_count=req.source_count)
 
 
 @dataclass

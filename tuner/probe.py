@@ -17,21 +17,29 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Union
 
-from probes import ProbeConfig, ProbeConfigError, launch
-from probes.config import sources
+from probes import ProbeConfig, ProbeConfigError, classify, launch
+from probes.config import source_count
 
 from . import report
-from .capacity import Report
+from .capacity import CAPPED, Report
 from .errors import TunerError, UsageError
 from .live_progress import Progress
 
 DEFAULT_SOURCE_NET = "127.0.0.0/8"
+# The knob table's row for a limit the probe classifies under another name: the
+# workers run at their hard limit (the probe raises the soft one to it).
+KNOB_FOR_LIMIT = {classify.RLIMIT_NOFILE: "RLIMIT_NOFILE.hard"}
 
 
 @dataclass
 class Preflight:
+    """The capacity model asked about the probe as it will run (or as it ran): its
+    source addresses (source_net) and one destination per worker listener."""
+
     connections: int
     report: Report
+    source_net: str = DEFAULT_SOURCE_NET
+    destinations: int = 1
     problems: List[str] = field(default_factory=list)
 
     @property
@@ -45,16 +53,24 @@ class Preflight:
     def refusal(self) -> str:
         return f"refusing to probe {self.connections:,}: {'; '.join(self.problems)} (or pass --force)"
 
+    def apply_command(self) -> str:
+        """`tuner apply` planning for this probe's configuration, so its plan changes the
+        knobs this probe needs (a narrow --source-net needs a wider port range)."""
+        return (f"tuner apply --target {self.connections}"
+                + (f" --netns {self.report.netns}" if self.report.netns else "")
+                + f" --source-net {self.source_net}"
+                + (f" --destinations {self.destinations}" if self.destinations != 1 else ""))
+
     def fix_for(self, limit: Optional[str]) -> Optional[str]:
-        """The table's fix for a limit the probe hit: the value N needs and how to set it."""
+        """The table's fix for a limit the probe hit: the value N needs, under this
+        probe's configuration, and the command that sets it."""
         try:
-            row = self.report.row(limit)
+            row = self.report.row(KNOB_FOR_LIMIT.get(limit, limit))
         except StopIteration:
             return None
-        if row.needed is not None:
+        if row.needed is not None and row.status != CAPPED:
             value = " ".join(str(v) for v in row.needed)
-            return (f"{row.name} needs {value} for {self.connections:,}: tuner apply --target "
-                    f"{self.connections}" + (f" --netns {self.report.netns}" if self.report.netns else ""))
+            return f"{row.name} needs {value} for {self.connections:,}: {self.apply_command()}"
         return f"{row.name}: {row.fix}" if row.fix else None
 
     def to_dict(self) -> dict:
@@ -66,17 +82,19 @@ class Preflight:
 
 def check(connections: int, netns: Optional[str] = None, source_net: str = DEFAULT_SOURCE_NET,
           workers: Union[str, int] = "auto") -> Preflight:
+    """Before the run: the model for the workers the probe is likely to run."""
     try:
-        spread = sources(source_net)
+        source_count(source_net)
     except ProbeConfigError as e:
         raise UsageError(str(e)) from None
     snap = report.snapshot(netns)
     # One listener per worker: every worker is its own destination for the port range.
-    first = report.build(connections, "loopback", netns, snap=snap)
-    destinations = workers if isinstance(workers, int) else first.processes["processes"]
-    rep = report.build(connections, "loopback", netns, destinations=max(destinations, 1), snap=snap,
-                       source_count=1 if spread is None else spread.count)
-    pre = Preflight(connections, rep)
+    if isinstance(workers, int):
+        destinations = workers
+    else:
+        destinations = report.build(connections, "loopback", netns, snap=snap).processes["processes"]
+    pre = model(connections, netns, source_net, max(destinations, 1), snap)
+    rep = pre.report
     if rep.reachable is False:
         pre.problems.append(f"{rep.binding} allows {rep.max_connections:,} connections, fewer than "
                             f"{connections:,}; fix: {pre.fix_for(rep.binding)}")
@@ -86,6 +104,22 @@ def check(connections: int, netns: Optional[str] = None, source_net: str = DEFAU
                             f"{mem['idle_total_bytes'] / 2**30:.1f} GiB of kernel memory, more than "
                             f"MemAvailable; probe fewer connections")
     return pre
+
+
+def model(connections: int, netns: Optional[str], source_net: str, destinations: int,
+          snap=None) -> Preflight:
+    rep = report.build(connections, "loopback", netns, destinations=destinations, snap=snap,
+                       source_count=source_count(source_net))
+    return Preflight(connections, rep, source_net, destinations)
+
+
+def add_fixes(result, pre: Preflight, netns: Optional[str]) -> None:
+    """After the run: each failure's fix from the knob table, for the probe as it ran
+    (its source net and its actual worker count)."""
+    if result.errors:
+        ran = model(pre.connections, netns, result.source_net, max(result.workers, 1))
+        for e in result.errors:
+            e.fix = ran.fix_for(e.limit)
 
 
 @contextlib.contextmanager

@@ -186,7 +186,7 @@ def revert_text(outcome) -> str:
 
 def probe_text(result, preflight=None) -> str:
     """The probe's summary as a two-column table, its failures, and the fixes (the knob
-    table's needed value where the limit is a knob, the probe's own hint otherwise)."""
+    table's needed value and command where the limit is a knob, the hint otherwise)."""
     estimate_bytes_per_conn = preflight.estimate_bytes_per_conn if preflight else None
     def secs(v):
         return "-" if v is None else f"{v:,.2f} s"
@@ -222,7 +222,7 @@ def probe_text(result, preflight=None) -> str:
         lines += ["", table([[e.side, e.op, e.errno, number(e.count), e.limit or "-", e.first_message]
                              for e in result.errors],
                             ["side", "op", "errno", "count", "limit", "first message"])]
-        fixes = [(preflight.fix_for(e.limit) if preflight else None) or e.hint for e in result.errors]
+        fixes = [e.fix or e.hint for e in result.errors]
         for fix in dict.fromkeys(f for f in fixes if f):
             lines.append(f"fix: {fix}")
     return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""A fix the probe prints is the knob table's, for the probe as it ran, and running it
+changes the limit that stopped the probe (issue 9, "Fixes come from the knob table").
+
+Each case provokes one limit inside a throwaway namespace, forces the probe into it,
+runs the printed `tuner apply` with --dry-run --json and checks its plan changes the
+knob that stopped the probe; then applies it (journal and lock in tmp) and shows the
+same probe passes.
+"""
+import json
+import os
+import shlex
+import subprocess
+
+import pytest
+
+from probes import classify
+
+from conftest import run_tuner
+
+N = 5000
+
+
+def ns_sysctl(netns, *settings):
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", *settings], check=True)
+
+
+CASES = {
+    # One source address and a 1,000-port range: connect() runs out of ports at ~1,000.
+    "port range": (("net.ipv4.ip_local_port_range=40000 40999",),
+                   ("--source-net", "127.0.0.2/32"), classify.PORT_RANGE),
+    # An accept queue of 4 and a 2 s timeout: the burst overflows it and times out.
+    "somaxconn": (("net.core.somaxconn=4", "net.ipv4.tcp_max_syn_backlog=4"),
+                  ("--timeout", "2"), classify.SOMAXCONN),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_printed_fix_plans_the_knob_that_stopped_the_probe_and_lifts_it(netns, tmp_path, case):
+    settings, probe_args, knob = CASES[case]
+    ns_sysctl(netns, *settings)
+    env = dict(os.environ, TUNER_LOCK=str(tmp_path / "lock"), TUNER_JOURNAL=str(tmp_path / "j.json"))
+    probe = ["probe", "--netns", netns, "-n", N, *probe_args]
+    short = run_tuner(*probe, "--force", "--json", env=env)
+    assert short.returncode == 3, short.stderr
+    result = json.loads(short.stdout)
+    assert result["stopped_by"] == knob
+    fix = next(e["fix"] for e in result["errors"] if e["limit"] == knob)
+    assert fix.startswith(f"{knob} needs "), fix
+    command = shlex.split(fix.split(": ", 1)[1])
+    assert command[:2] == ["tuner", "apply"], fix
+
+    plan = json.loads(run_tuner(*command[1:], "--dry-run", "--json", env=env, check_rc=0).stdout)
+    planned = {c["knob"]: c for c in plan["plan"]["changes"]}
+    assert knob in planned, (fix, sorted(planned))
+    # The value the fix names is the value the plan sets.
+    assert fix.split(" needs ")[1].split(" for ")[0] == str(planned[knob]["new"])
+
+    run_tuner(*command[1:], "--yes", env=env, check_rc=0)
+    ok = run_tuner(*probe, "--json", env=env)
+    assert ok.returncode == 0, (ok.stdout[-2000:], ok.stderr)
+    assert json.loads(ok.stdout)["verified"] == N
+
+
+def test_apply_source_net_plans_for_that_many_sources(netns):
+    """Without --source-net apply counts all of 127.0.0.0/8 as sources and leaves a narrow
+    port range alone; with the probe's one address it widens the range."""
+    ns_sysctl(netns, "net.ipv4.ip_local_port_range=40000 40999")
+    wide = json.loads(run_tuner("apply", "--target", N, "--netns", netns, "--dry-run", "--json",
+                                check_rc=0).stdout)
+    one = json.loads(run_tuner("apply", "--target", N, "--netns", netns, "--source-net", "127.0.0.2/32",
+                               "--dry-run", "--json", check_rc=0).stdout)
+    assert classify.PORT_RANGE not in {c["knob"] for c in wide["plan"]["changes"]}
+    assert classify.PORT_RANGE in {c["knob"] for c in one["plan"]["changes"]}
+    bad = run_tuner("apply", "--target", N, "--netns", netns, "--source-net", "", "--dry-run")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--source-net" in bad.stderr
