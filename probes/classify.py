@@ -77,7 +77,8 @@ def hint(limit: Optional[str], role: str = "loopback") -> str:
     probe's own configuration; never here, where they would drift from it."""
     if role == "client" and limit in (PORT_RANGE, SOURCES):
         return ("each source address gives one port range of connections to the server: add "
-                "source addresses (aliases) and pass them with --source-net")
+                "source addresses (tuner apply --role client --alias-dev DEV --alias-net CIDR adds "
+                "them as aliases) and pass them with --source-net CIDR")
     if limit == RLIMIT_NOFILE:
         if role == "loopback":
             return ("a worker ran out of descriptors (2 per connection): let the probe size workers "
