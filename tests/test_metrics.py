@@ -309,6 +309,54 @@ def test_other_bad_input_is_one_line_exit_2(args, message):
     _assert_refused(run_tuner("metrics", *args), message)
 
 
+# ---------------------------------------------------------------- tuner probe --textfile
+
+def test_probe_textfile_carries_the_runs_figures(netns, tmp_path):
+    """The textfile says what the same run's --json says."""
+    proc = run_tuner("probe", "--netns", netns, "-n", "3000", "--json", "--textfile", tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert os.listdir(tmp_path) == [metrics.PROBE_TEXTFILE_NAME]
+    samples = parse((tmp_path / metrics.PROBE_TEXTFILE_NAME).read_text())
+    assert one(samples, "tuner_probe_success") == 1
+    assert one(samples, "tuner_probe_connections_requested") == 3000
+    assert one(samples, "tuner_probe_connections_verified") == result["verified"] == 3000
+    assert one(samples, "tuner_probe_connections_per_second") == result["rate_per_s"]
+    assert one(samples, "tuner_probe_establish_seconds") == result["seconds_establish"]
+    assert one(samples, "tuner_probe_user_memory_bytes_per_connection") == result["user_bytes_per_conn"]
+    if result["kernel_figures_reliable"]:
+        assert one(samples, "tuner_probe_kernel_memory_bytes_per_connection") == result["kernel_slab_bytes_per_conn"]
+    else:
+        assert "tuner_probe_kernel_memory_bytes_per_connection" not in samples
+    assert "tuner_probe_stopped_by_info" not in samples
+    assert abs(one(samples, "tuner_probe_last_run_timestamp_seconds") - time.time()) < 120
+
+
+def test_probe_textfile_records_a_run_that_fell_short(netns, tmp_path):
+    """A probe stopped by a limit still writes its figures, naming the limit."""
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw",
+                    "net.ipv4.ip_local_port_range=40000 40099"], check=True)
+    proc = run_tuner("probe", "--netns", netns, "-n", "500", "--source-net", "none", "--force",
+                     "--json", "--textfile", tmp_path, timeout=180)
+    assert proc.returncode == 3, proc.stderr
+    result = json.loads(proc.stdout)
+    samples = parse((tmp_path / metrics.PROBE_TEXTFILE_NAME).read_text())
+    assert one(samples, "tuner_probe_success") == 0
+    assert one(samples, "tuner_probe_connections_verified") == result["verified"] < 500
+    assert samples["tuner_probe_stopped_by_info"] == {frozenset({"limit": result["stopped_by"]}.items()): 1}
+
+
+def test_probe_bad_textfile_is_refused_before_probing(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    _assert_refused(run_tuner("probe", "-n", "10", "--textfile", shared), "writable by other users")
+    _assert_refused(run_tuner("probe", "-n", "10", "--textfile", tmp_path / "missing"), "no such directory")
+    _assert_refused(run_tuner("probe", "--serve", "127.0.0.1:0", "--textfile", tmp_path),
+                    "--textfile does not apply to --serve")
+    assert os.listdir(shared) == []
+
+
 # ---------------------------------------------------------------- documentation
 
 def test_readme_and_man_page_carry_the_generated_metric_table():
@@ -319,3 +367,9 @@ def test_readme_and_man_page_carry_the_generated_metric_table():
         page = f.read()
     for m in metrics.METRICS:
         assert m.name.replace("-", "\\-") in page
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert metrics.markdown_table(metrics.PROBE_METRICS) in f.read()
+    with open(os.path.join(REPO, "man", "tuner-probe.1")) as f:
+        page = f.read()
+    for m in metrics.PROBE_METRICS:
+        assert m.name in page

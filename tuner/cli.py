@@ -264,6 +264,10 @@ def probe(
              "this many verified."),
     echo_timeout: float = typer.Option(10.0, "--echo-timeout", metavar="SECONDS",
                                        help="With --serve: how long a client has to echo its index."),
+    textfile: Optional[str] = typer.Option(
+        None, "--textfile", metavar="DIR",
+        help="Also write the run's figures to DIR/tuner_probe.prom (atomically) for node_exporter's "
+             "textfile collector; see METRICS."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Prove N concurrent loopback connections: open them across worker processes, send
@@ -276,6 +280,9 @@ def probe(
                             timeout, echo_timeout, netns, json_out)
     from . import probe as probe_cli
 
+    if textfile is not None:   # refused before anything runs, like any bad input
+        from .metrics import check_textfile_dir
+        check_textfile_dir(textfile)
     n = parse_target(connections, "--connections")
     n_workers = parse_workers(workers)
     source_net = parse_source_net(source_net) or probe_cli.DEFAULT_SOURCE_NET
@@ -290,6 +297,9 @@ def probe(
                               **result.to_dict()}))
     else:
         _emit(render.probe_text(result, pre))
+    if textfile is not None:
+        from .metrics import write_probe_textfile
+        write_probe_textfile(textfile, result.to_dict())
     raise typer.Exit(result.exit_code)
 
 
@@ -328,8 +338,8 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
 # Options of the local probe or of the other end that a split mode would silently ignore.
 _NOT_WITH = {
     "--serve": {"connections": "--connections/-n", "rate": "--rate", "port": "--port",
-                "force": "--force", "source_net": "--source-net"},
-    "--connect": {"expect": "--expect", "echo_timeout": "--echo-timeout"},
+                "force": "--force", "source_net": "--source-net", "textfile": "--textfile"},
+    "--connect": {"expect": "--expect", "echo_timeout": "--echo-timeout", "textfile": "--textfile"},
 }
 
 

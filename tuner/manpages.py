@@ -77,6 +77,15 @@ def metrics_section() -> str:
 EXTRA_SECTIONS["tuner metrics"] = {"METRICS": metrics_section()}
 
 
+def probe_metrics_section() -> str:
+    from . import metrics
+
+    return metrics.roff_section(_roff_escape, metrics.PROBE_METRICS)
+
+
+EXTRA_SECTIONS.setdefault("tuner probe", {})["METRICS"] = probe_metrics_section()
+
+
 def knob_section() -> str:
     lines = []
     for k in KNOBS:

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from .errors import TunerError, UsageError
 
@@ -44,8 +44,9 @@ class Metric:
     type: str
     labels: Tuple[str, ...]
     help: str
-    # Scrape -> (label values, value) pairs; an empty iterable exports no sample.
-    samples: Callable[[Scrape], Iterable[Tuple[Tuple[str, ...], float]]]
+    # Scrape (or, for PROBE_METRICS, a probe result dict) -> (label values, value)
+    # pairs; an empty iterable exports no sample.
+    samples: Callable[[Any], Iterable[Tuple[Tuple[str, ...], float]]]
 
 
 def _rep(fn):
@@ -134,6 +135,43 @@ METRICS: List[Metric] = [
 METRIC_NAMES = [m.name for m in METRICS]
 
 
+# `tuner probe --textfile DIR`: the last run's figures (probes' ProbeResult.to_dict()),
+# for node_exporter's textfile collector, without a pushgateway.
+PROBE_TEXTFILE_NAME = "tuner_probe.prom"
+
+
+def _probe(key):
+    return lambda r: [] if r.get(key) is None else [((), r[key])]
+
+
+PROBE_METRICS: List[Metric] = [
+    Metric("tuner_probe_success", GAUGE, (),
+           "1 when the last probe verified every connection it asked for, else 0 (probe ok).",
+           lambda r: [((), int(bool(r["ok"])))]),
+    Metric("tuner_probe_connections_requested", GAUGE, (), "Connections the last probe asked for "
+           "(probe requested).", _probe("requested")),
+    Metric("tuner_probe_connections_verified", GAUGE, (), "Connections the last probe opened, "
+           "verified both ways and held (probe verified).", _probe("verified")),
+    Metric("tuner_probe_establish_seconds", GAUGE, (), "Seconds from the first worker to the last "
+           "accept (probe seconds_establish).", _probe("seconds_establish")),
+    Metric("tuner_probe_connections_per_second", GAUGE, (), "Connections established per second "
+           "(probe rate_per_s).", _probe("rate_per_s")),
+    Metric("tuner_probe_kernel_memory_bytes_per_connection", GAUGE, (),
+           "Slab growth per connection the last probe measured (probe kernel_slab_bytes_per_conn); "
+           "absent when other work on the host swamped it (kernel_figures_reliable false).",
+           lambda r: _probe("kernel_slab_bytes_per_conn")(r) if r.get("kernel_figures_reliable") else []),
+    Metric("tuner_probe_user_memory_bytes_per_connection", GAUGE, (),
+           "Workers' USS per connection (probe user_bytes_per_conn).", _probe("user_bytes_per_conn")),
+    Metric("tuner_probe_stopped_by_info", GAUGE, ("limit",),
+           "1, with the limit (or signal, timeout) that stopped the last probe short (probe "
+           "stopped_by); absent when it verified everything.",
+           lambda r: [((r["stopped_by"],), 1)] if r.get("stopped_by") else []),
+    Metric("tuner_probe_last_run_timestamp_seconds", GAUGE, (),
+           "When the last probe's figures were written (Unix time): alert on its age.",
+           lambda r: [((), r["written_at"])]),
+]
+
+
 @dataclass(frozen=True)
 class Request:
     """What to read: the same question `tuner report` answers."""
@@ -158,11 +196,11 @@ def read(req: Request, snap=None) -> Scrape:
     return Scrape(rep, time.monotonic() - start)
 
 
-def families(scrape: Scrape):
-    """The metric families of one scrape, in METRICS order."""
+def families(scrape: Any, table: Optional[List[Metric]] = None):
+    """The metric families of one scrape (or probe result), in the table's order."""
     from prometheus_client.core import GaugeMetricFamily
 
-    for m in METRICS:
+    for m in METRICS if table is None else table:
         family = GaugeMetricFamily(m.name, m.help, labels=list(m.labels))
         for labels, value in m.samples(scrape):
             family.add_metric(list(labels), value)
@@ -238,7 +276,7 @@ def check_textfile_dir(path: str) -> str:
 
 
 def write_textfile(directory: str, req: Request, name: str = TEXTFILE_NAME,
-                   first: Optional[Scrape] = None) -> str:
+                   first: Optional[Scrape] = None, collector=None) -> str:
     """Write DIR/NAME atomically (prometheus_client writes a temporary file beside it
     and renames it over), so node_exporter never reads half a file."""
     from prometheus_client import write_to_textfile
@@ -246,11 +284,29 @@ def write_textfile(directory: str, req: Request, name: str = TEXTFILE_NAME,
     check_textfile_dir(directory)
     path = os.path.join(directory, name)
     try:
-        write_to_textfile(path, registry(Collector(req, first=first)))
+        write_to_textfile(path, registry(collector or Collector(req, first=first)))
     except OSError as e:
         # A full disk or a quota is a limit like any other: name it.
         raise TunerError(f"could not write {path}: {e.strerror or e} (nothing was replaced)")
     return path
+
+
+class ProbeCollector:
+    """The figures of one finished probe (ProbeResult.to_dict())."""
+
+    def __init__(self, result: dict):
+        self.result = dict(result, written_at=time.time())
+
+    def collect(self):
+        yield from families(self.result, PROBE_METRICS)
+
+    def describe(self):
+        return []
+
+
+def write_probe_textfile(directory: str, result: dict) -> str:
+    """`tuner probe --textfile DIR`: DIR/tuner_probe.prom, atomically, beside tuner.prom."""
+    return write_textfile(directory, Request(), PROBE_TEXTFILE_NAME, collector=ProbeCollector(result))
 
 
 # ---------------------------------------------------------------- --listen
@@ -333,18 +389,18 @@ def serve(listen: str, req: Request, announce: Callable[[str], None]) -> None:
 
 # ---------------------------------------------------------------- documentation
 
-def markdown_table() -> str:
+def markdown_table(table: Optional[List[Metric]] = None) -> str:
     """The README's metric table (tests/test_metrics.py checks the README holds it)."""
     lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
-    for m in METRICS:
+    for m in METRICS if table is None else table:
         labels = ", ".join(f"`{label}`" for label in m.labels) or "-"
         lines.append(f"| `{m.name}` | {m.type} | {labels} | {m.help} |")
     return "\n".join(lines)
 
 
-def roff_section(escape: Callable[[str], str]) -> str:
+def roff_section(escape: Callable[[str], str], table: Optional[List[Metric]] = None) -> str:
     lines = []
-    for m in METRICS:
+    for m in METRICS if table is None else table:
         labels = "{" + ",".join(m.labels) + "}" if m.labels else ""
         lines += [".TP", f"\\fB{escape(m.name)}\\fP{escape(labels)} ({m.type})", escape(m.help)]
     return "\n".join(lines)
