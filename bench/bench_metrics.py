@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from bench_report import Held, build_conncap  # noqa: E402
-from tuner import readings  # noqa: E402
+from tuner import procfs  # noqa: E402
 
 
 def start_server():
@@ -82,10 +82,10 @@ def main():
             print(f"tuner metrics --listen scrape vs tuner report --json ({args.runs} scrapes, "
                   f"{max(args.runs // 4, 3)} reports per phase):")
             print(f"  {'phase':<10} {'sockets':>9}")
-            idle = readings.read_sockstat()["sockets"]["used"]
+            idle = procfs.sockstat()["sockets"]["used"]
             ref = row("reference", idle, scrape_times(url, args.runs)[0], report_times(max(args.runs // 4, 3)))
             with Held(exe, args.load):
-                sockets = readings.read_sockstat()["sockets"]["used"]
+                sockets = procfs.sockstat()["sockets"]["used"]
                 scrapes, body = scrape_times(url, args.runs)
                 loaded = row("loaded", sockets, scrapes, report_times(max(args.runs // 4, 3)))
             open_line = next(line for line in body.decode().splitlines()

@@ -12,6 +12,8 @@ import resource
 from dataclasses import asdict, dataclass, fields
 from typing import List, Optional, Tuple, Union
 
+from tuner import procfs
+
 from . import kernel
 
 LISTEN_ADDR = "127.0.0.1"
@@ -151,7 +153,7 @@ def raise_nofile() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one (inherited by workers); return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
-        hard = int(kernel.read_sysctl("fs.nr_open") or 1048576)
+        hard = procfs.nr_open() or 1048576
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard

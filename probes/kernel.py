@@ -1,15 +1,20 @@
-"""Small readers of the kernel's own counters, for the probe's figures and diagnosis.
+"""The kernel's counters as the probe uses them: figures before and after, and whether a
+host-wide figure can be the probe's own.
 
-Everything here reads /proc of the calling process, so inside `ip netns exec` the
-per-namespace files (sockstat, netstat, ip_local_port_range, conntrack) describe that
-namespace.  Only the standard library is used: this module is imported by the lean
-orchestrator, whose memory every worker inherits.
+The files are read by tuner.procfs (stdlib only, one error policy); this module
+shapes what the probe needs from them.  Everything reads /proc of the calling process,
+so inside `ip netns exec` the per-namespace files (sockstat, netstat,
+ip_local_port_range, conntrack) describe that namespace.  The lean orchestrator imports
+it, and every worker inherits its memory: nothing here imports more than the standard
+library at import time.
 """
 from __future__ import annotations
 
 import os
 import time
 from typing import Dict, Optional, Tuple
+
+from tuner import procfs
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # Bytes of one TCP socket object (slabinfo's "TCP" objsize: ~2.3 KiB on 6.x kernels)
@@ -22,56 +27,21 @@ TCP_OBJECT_FALLBACK = 2048
 SLAB_PLAUSIBLE_SHARE = 0.25
 
 
-def read_sysctl(name: str) -> Optional[str]:
-    try:
-        with open("/proc/sys/" + name.replace(".", "/")) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def sysctl_ints(name: str) -> Optional[Tuple[int, ...]]:
-    value = read_sysctl(name)
-    return None if value is None else tuple(int(v) for v in value.split())
-
-
 def port_range() -> Tuple[int, int]:
-    low, high = sysctl_ints("net.ipv4.ip_local_port_range") or (32768, 60999)
-    return low, high
+    return procfs.port_range() or (32768, 60999)
 
 
 def reserved_ports(low: int, high: int) -> int:
     """How many ports of low..high net.ipv4.ip_local_reserved_ports keeps from connect()."""
-    count = 0
-    for part in (read_sysctl("net.ipv4.ip_local_reserved_ports") or "").split(","):
-        if part.strip():
-            a, _, b = part.strip().partition("-")
-            lo, hi = int(a), int(b or a)
-            count += max(0, min(hi, high) - max(lo, low) + 1)
-    return count
-
-
-def meminfo_kb() -> Dict[str, int]:
-    out = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            out[name] = int(rest.split()[0])
-    return out
+    return procfs.ports_in(procfs.reserved_ports_text(), low, high)
 
 
 def sockstat() -> Dict[str, int]:
-    """TCP counters of /proc/net/sockstat; `tcp_mem` is in bytes (the file says pages)."""
-    out = {}
-    with open("/proc/net/sockstat") as f:
-        for line in f:
-            proto, _, rest = line.partition(":")
-            fields = rest.split()
-            if proto == "sockets":
-                out["sockets_used"] = int(fields[1])
-            elif proto == "TCP":
-                for key, value in zip(fields[::2], fields[1::2]):
-                    out["tcp_" + key] = int(value)
+    """TCP counters of /proc/net/sockstat, flat ("tcp_inuse", "sockets_used", ...);
+    `tcp_mem` is in bytes (the file says pages)."""
+    raw = procfs.sockstat()
+    out = {"sockets_used": raw.get("sockets", {}).get("used", 0)}
+    out.update({"tcp_" + key: value for key, value in raw.get("TCP", {}).items()})
     if "tcp_mem" in out:
         out["tcp_mem"] *= PAGE
     return out
@@ -93,34 +63,18 @@ def settled_sockstat(target: int, within: float, step: float = 0.02) -> Dict[str
         time.sleep(step)
 
 
-def netstat() -> Dict[str, int]:
-    """TcpExt counters of /proc/net/netstat (ListenOverflows, ListenDrops, ...)."""
-    out = {}
-    with open("/proc/net/netstat") as f:
-        lines = f.read().splitlines()
-    for names, values in zip(lines[::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            out.update(zip(names.split()[1:], map(int, values.split()[1:])))
-    return out
-
-
-def conntrack() -> Optional[Tuple[int, int]]:
-    """(nf_conntrack_count, nf_conntrack_max), or None when conntrack is not loaded."""
-    count = sysctl_ints("net.netfilter.nf_conntrack_count")
-    limit = sysctl_ints("net.netfilter.nf_conntrack_max")
-    return (count[0], limit[0]) if count and limit else None
-
-
 def private_memory(pid: int) -> Tuple[int, int]:
-    """(USS, PSS) of a process in bytes, from smaps_rollup (what psutil's memory_full_info reads)."""
-    uss = pss = 0
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith(("Private_Clean:", "Private_Dirty:", "Private_Hugetlb:")):
-                uss += int(line.split()[1])
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1])
-    return uss * 1024, pss * 1024
+    """(USS, PSS) of a process in bytes (psutil, imported here: only the orchestrator
+    measures, after its workers are forked)."""
+    import psutil
+
+    try:
+        info = psutil.Process(pid).memory_full_info()
+    except psutil.NoSuchProcess as exc:
+        raise ProcessLookupError(pid) from exc
+    except psutil.AccessDenied as exc:
+        raise PermissionError(pid) from exc
+    return info.uss, info.pss
 
 
 def snapshot() -> Dict[str, int]:
@@ -130,14 +84,14 @@ def snapshot() -> Dict[str, int]:
     namespace, so running the probe inside a fresh one (--netns, the tests' throwaway
     namespaces) isolates sockstat and netstat but not Slab.  judge_slab() says when
     other activity on the host has drowned the probe's share of it."""
-    mem = meminfo_kb()
+    mem = procfs.meminfo_kb()
     snap = {"slab": mem["Slab"] * 1024, "mem_available": mem["MemAvailable"] * 1024}
     snap.update(sockstat())
-    stats = netstat()
+    stats = procfs.net_counters("TcpExt")
     for key in ("ListenOverflows", "ListenDrops", "TCPMemoryPressures", "TCPBacklogDrop",
                 "TCPAbortOnMemory"):
         snap[key] = stats.get(key, 0)
-    track = conntrack()
+    track = procfs.conntrack()
     if track:
         snap["conntrack_count"], snap["conntrack_max"] = track
     return snap
@@ -146,13 +100,10 @@ def snapshot() -> Dict[str, int]:
 def tcp_object_size() -> int:
     """objsize of the TCP slab cache (bytes), or TCP_OBJECT_FALLBACK."""
     try:
-        with open("/proc/slabinfo") as f:
-            for line in f:
-                if line.startswith("TCP "):
-                    return int(line.split()[3])
-    except (OSError, ValueError, IndexError):
-        pass
-    return TCP_OBJECT_FALLBACK
+        tcp = (procfs.slabinfo() or {}).get("TCP")
+    except procfs.Unreadable:
+        tcp = None
+    return tcp.objsize if tcp else TCP_OBJECT_FALLBACK
 
 
 def judge_slab(growth: int, sockets: int, object_size: Optional[int] = None) -> Tuple[bool, Optional[str]]:

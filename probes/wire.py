@@ -60,45 +60,23 @@ def parse_endpoint(text: str, listen: bool = False) -> Tuple[str, int]:
     return addr, int(port)
 
 
-def local_networks(path: str = "/proc/net/fib_trie") -> List[ipaddress.IPv4Network]:
-    """The addresses (and local prefixes, like 127.0.0.0/8) this network namespace owns,
-    read from the kernel's LOCAL routes: what bind() accepts as a source."""
-    nets, leaf = [], None
-    with open(path) as f:
-        for line in f:
-            text = line.strip()
-            if text.startswith("|--"):
-                leaf = text[3:].strip()
-            elif text.endswith("host LOCAL") and leaf:
-                prefix = text.split()[0].lstrip("/")
-                nets.append(ipaddress.ip_network(f"{leaf}/{prefix}", strict=False))
-    return sorted(set(nets))
-
-
 def local_sources(cidr: str, limit: int = 1 << 16) -> List[str]:
     """Local addresses inside cidr, in order (at most `limit`): the source addresses a
     client spreads over.  Addresses of cidr that are not local are left out, so a
-    /24 with 17 aliases gives 17 sources, not 254 bind() failures."""
+    /24 with 17 aliases gives 17 sources, not 254 bind() failures.  Counted the way
+    `tuner report` counts source addresses (tuner.localnet: interface addresses and
+    local routes, AnyIP prefixes included)."""
     try:
         net = ipaddress.ip_network(cidr, strict=False)
     except ValueError as exc:
         raise EndpointError(f"--source-net: {exc}") from None
     if net.version != 4:
         raise EndpointError("--source-net must be an IPv4 network")
-    out: List[str] = []
-    seen = set()
-    for local in local_networks():
-        if not local.overlaps(net):
-            continue
-        inner = local if local.subnet_of(net) else net
-        hosts = [inner.network_address] if inner.num_addresses == 1 else inner.hosts()
-        for host in hosts:
-            if host in local and host in net and host not in seen:
-                seen.add(host)
-                out.append(str(host))
-                if len(out) >= limit:
-                    return out
-    return out
+    from tuner import localnet
+
+    nets = localnet.source_networks(localnet.read_addresses(), localnet.read_local_routes(),
+                                    within=str(net))
+    return localnet.source_addresses(nets, limit)
 
 
 def peer_text(ip_int: int) -> str:

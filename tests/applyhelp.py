@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from tuner import cli, knobs
-from tuner.readings import in_netns, read_sysctl, sysctl_path
+from tuner.procfs import read_sysctl, sysctl_path
+from tuner.readings import in_netns
 
 HOST_NAMES = [n for n in knobs.sysctl_names("host") if n != "fs.file-nr"]
 NETNS_NAMES = [n for n in knobs.sysctl_names("netns") if n != "net.netfilter.nf_conntrack_count"]

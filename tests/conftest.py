@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tuner import knobs, readings
+from tuner import knobs, localnet, procfs
 
 # Fixtures of tests/applyhelp.py (host_restored, jpath, own_lock) for every test module.
 pytest_plugins = ("applyhelp",)
@@ -26,18 +26,18 @@ INIT_NETNS_SYSCTLS = [n for n in knobs.sysctl_names("netns") if n != "net.netfil
 
 
 def _lo_addresses():
-    return sorted(f"{a['address']}/{a['prefixlen']}" for a in readings.read_addresses()
+    return sorted(f"{a['address']}/{a['prefixlen']}" for a in localnet.read_addresses()
                   if a["ifname"] == "lo")
 
 
 def _values(names):
-    return {n: readings.read_sysctl(n) for n in names}
+    return {n: procfs.read_sysctl(n) for n in names}
 
 
 def _restore(before):
     for name, value in before.items():
-        if value is not None and readings.read_sysctl(name) != value:
-            with open(readings.sysctl_path(name), "w") as f:
+        if value is not None and procfs.read_sysctl(name) != value:
+            with open(procfs.sysctl_path(name), "w") as f:
                 f.write(value)
 
 
@@ -50,7 +50,7 @@ def host_guard():
     before = _values(HOST_SYSCTLS + INIT_NETNS_SYSCTLS)
     addrs_before = _lo_addresses()
     yield
-    drift = {n: (v, readings.read_sysctl(n)) for n, v in before.items() if readings.read_sysctl(n) != v}
+    drift = {n: (v, procfs.read_sysctl(n)) for n, v in before.items() if procfs.read_sysctl(n) != v}
     _restore(before)
     extra = set(_lo_addresses()) - set(addrs_before)
     for cidr in extra:

@@ -29,7 +29,7 @@ def host(mem_available=20 * GiB, **sysctls):
     }
     base.update({k.replace("__", "."): v for k, v in sysctls.items()})
     return Snapshot(sysctls=base, nofile_soft=1024, nofile_hard=1048576, cap_sys_resource=True,
-                    euid=0, meminfo_kb={"MemTotal": 2 * mem_available // 1024,
+                    meminfo_kb={"MemTotal": 2 * mem_available // 1024,
                                         "MemAvailable": mem_available // 1024},
                     slab=None, sockstat={"sockets": {"used": 100}, "TCP": {"inuse": 3, "mem": 1}},
                     cgroup_memory={"version": 2, "limit": None, "usage": None}, addresses=[LO])

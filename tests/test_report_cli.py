@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tuner import cli, knobs
-from tuner.readings import read_sysctl
+from tuner.procfs import read_sysctl
 
 from conftest import run_tuner
 
@@ -88,8 +88,9 @@ def test_netns_report_reads_inside(netns):
 def _as_nobody(args):
     """Run the CLI after dropping root. The interpreter and its packages live under
     /root, which nobody cannot read, so a warm-up run as root imports every module
-    first; then setuid(nobody) and the real command, with root's capabilities gone."""
-    code = ("import contextlib, io, os, sys, tuner.cli\n"
+    first (and pyroute2.netns, which only --netns imports); then setuid(nobody) and the
+    real command, with root's capabilities gone."""
+    code = ("import contextlib, io, os, sys, tuner.cli, pyroute2.netns\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
             "    tuner.cli.main(['report']); tuner.cli.main(['report', '--json']); tuner.cli.main(['report', '--bogus'])\n"
             "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"

@@ -72,7 +72,7 @@ def processes_needed(ctx: Ctx, connections: int) -> Dict[str, Any]:
 
     Without CAP_SYS_RESOURCE the hard RLIMIT_NOFILE is the ceiling; with it, fs.nr_open.
     """
-    nr_open = ctx.snap.int("fs.nr_open") or ctx.snap.nofile_hard
+    nr_open = ctx.nr_open or ctx.snap.nofile_hard
     ceiling = nr_open if ctx.snap.cap_sys_resource else ctx.snap.nofile_hard
     per_process = max(ceiling - RESERVE_FDS, 1) // ctx.sockets_per_conn
     return {
@@ -86,8 +86,7 @@ def processes_needed(ctx: Ctx, connections: int) -> Dict[str, Any]:
 
 def memory_estimates(ctx: Ctx, connections: int) -> Dict[str, Any]:
     """Idle (slab objects only) and worst case (plus default buffers) for `connections`."""
-    tcp_mem = ctx.snap.ints("net.ipv4.tcp_mem")
-    tcp_mem_bytes = tcp_mem[2] * ctx.snap.page_size if tcp_mem else None
+    tcp_mem_bytes = ctx.tcp_mem_high_bytes
     avail = ctx.mem_available
     out: Dict[str, Any] = {
         "source": memory.source(ctx.snap.slab),

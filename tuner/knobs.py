@@ -22,7 +22,7 @@ from typing import Any, Callable, List, Optional
 
 from probes.config import FAST_PORT_SHARE
 
-from . import memory
+from . import memory, procfs
 from .readings import Snapshot, source_address_count
 
 ROLES = ("loopback", "server", "client")
@@ -86,7 +86,7 @@ class Ctx:
         if self.source_count is not None:
             return self.source_count
         dev = self.source_dev or ("lo" if self.role == "loopback" else None)
-        return source_address_count(self.snap.addresses, dev)
+        return source_address_count(self.snap, dev)
 
     @cached_property
     def idle_breakdown(self) -> dict:
@@ -108,6 +108,16 @@ class Ctx:
     def worst_bytes(self) -> Optional[int]:
         buf = self.buffer_bytes
         return None if buf is None else self.idle_bytes + buf
+
+    @property
+    def nr_open(self) -> Optional[int]:
+        return self.snap.int("fs.nr_open")
+
+    @property
+    def tcp_mem_high_bytes(self) -> Optional[int]:
+        """tcp_mem's high mark in bytes: past it, TCP buffers get no more pages."""
+        mem = self.snap.ints("net.ipv4.tcp_mem")
+        return mem[2] * self.snap.page_size if mem else None
 
     @property
     def mem_available(self) -> Optional[int]:
@@ -158,12 +168,7 @@ class Knob:
 def reserved_port_count(snap: Snapshot, low: int, high: int) -> int:
     """Ports of low..high that ip_local_reserved_ports keeps from connect(); reserved
     ports outside the range cost nothing."""
-    text = snap.sysctls.get("net.ipv4.ip_local_reserved_ports") or ""
-    count = 0
-    for part in text.replace(",", " ").split():
-        first, _, last = part.partition("-")
-        count += max(0, min(int(last or first), high) - max(int(first), low) + 1)
-    return count
+    return procfs.ports_in(snap.sysctls.get("net.ipv4.ip_local_reserved_ports") or "", low, high)
 
 
 # ---------------------------------------------------------------- rule helpers

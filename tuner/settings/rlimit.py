@@ -81,7 +81,7 @@ class Rlimit(Kind):
     def _write(self, netns, detail, value: int) -> None:
         import psutil
 
-        from ..readings import read_sysctl
+        from ..procfs import read_sysctl
 
         proc = _process(detail)
         res = RLIMITS[detail["resource"]]

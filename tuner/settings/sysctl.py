@@ -50,14 +50,16 @@ class Sysctl(Kind):
         return None if value is None else " ".join(str(value).split())
 
     def _read(self, netns, detail) -> Optional[str]:
-        from ..readings import in_netns, read_sysctl
+        from ..procfs import read_sysctl
+        from ..readings import in_netns
 
         netns_gone(netns)
         with in_netns(netns):
             return read_sysctl(detail["name"])
 
     def _write(self, netns, detail, value: str) -> None:
-        from ..readings import in_netns, sysctl_path
+        from ..procfs import sysctl_path
+        from ..readings import in_netns
 
         netns_gone(netns)
         with in_netns(netns):

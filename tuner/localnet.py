@@ -1,0 +1,182 @@
+"""What this network namespace treats as local, and how many source addresses that gives.
+
+Two netlink dumps, decoded by pyroute2's message classes: the interface addresses
+(RTM_GETADDR) and the routes of type `local` in the local table (RTM_GETROUTE, table
+255) -- what bind() accepts as a source.  The local routes include AnyIP prefixes
+(`ip route add local 10.0.0.0/24 dev lo table local`) that no interface address shows.
+
+`tuner report` (through readings' snapshot) and the probe (`--source-net`, probes.wire)
+count source addresses with the same function, `source_networks`, so they agree.
+
+Only pyroute2's netlink message modules are imported, never its package: pyroute2's
+__init__ imports every protocol family it supports (~0.3 s, more than the rest of
+`tuner report`).  Used in the parent process only; the forked probe workers never
+import this module.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import ipaddress
+import socket
+import struct
+import sys
+from typing import Dict, Iterator, List, Optional
+
+RT_TABLE_LOCAL = 255
+RTN_LOCAL = 2
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+_messages = None
+
+
+def _pyroute2_messages():
+    """pyroute2's rtmsg/ifaddrmsg classes and netlink constants, imported without
+    running pyroute2/__init__.py.  The package is registered only while its submodules
+    load; a later `import pyroute2` (apply's writers) runs the real __init__, which
+    reuses the submodules already loaded."""
+    global _messages
+    if _messages is None:
+        names = ("pyroute2.netlink", "pyroute2.netlink.rtnl", "pyroute2.netlink.rtnl.rtmsg",
+                 "pyroute2.netlink.rtnl.ifaddrmsg")
+        stub = "pyroute2" not in sys.modules
+        if stub:
+            spec = importlib.util.find_spec("pyroute2")
+            sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)
+        try:
+            mods = [importlib.import_module(name) for name in names]
+        finally:
+            if stub:
+                del sys.modules["pyroute2"]
+        _messages = mods
+    return _messages
+
+
+def _dump(msg_class, msg_type: int, family: int) -> Iterator:
+    """Every message of one netlink dump request, decoded by msg_class."""
+    netlink = _pyroute2_messages()[0]
+    request = msg_class()
+    request["family"] = family
+    request["header"]["type"] = msg_type
+    request["header"]["flags"] = netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP
+    request["header"]["sequence_number"] = 1
+    request.encode()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       netlink.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(request.data)
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
+                if kind == netlink.NLMSG_DONE:
+                    return
+                if kind == netlink.NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", data, offset + _NLMSGHDR.size)[0]
+                    raise OSError(code, f"netlink dump {msg_type} failed")
+                msg = msg_class(data[offset:offset + length])
+                msg.decode()
+                yield msg
+                offset += (length + 3) & ~3
+
+
+def _ifname(index: int) -> str:
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return str(index)
+
+
+def read_addresses() -> List[Dict[str, object]]:
+    """IPv4/IPv6 addresses of every interface of this namespace."""
+    _, rtnl, _, ifaddrmsg = _pyroute2_messages()
+    out = []
+    for msg in _dump(ifaddrmsg.ifaddrmsg, rtnl.RTM_GETADDR, socket.AF_UNSPEC):
+        out.append({
+            "ifname": _ifname(msg["index"]),
+            "address": msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"),
+            "prefixlen": msg["prefixlen"],
+            "family": 6 if msg["family"] == socket.AF_INET6 else 4,
+        })
+    return out
+
+
+def read_local_routes() -> List[Dict[str, object]]:
+    """IPv4 routes of type local in the local table: every prefix bind() accepts as a
+    source here, AnyIP prefixes included."""
+    _, rtnl, rtmsg, _ = _pyroute2_messages()
+    out = []
+    for msg in _dump(rtmsg.rtmsg, rtnl.RTM_GETROUTE, socket.AF_INET):
+        table = msg.get_attr("RTA_TABLE") or msg["table"]
+        if msg["type"] != RTN_LOCAL or table != RT_TABLE_LOCAL:
+            continue
+        out.append({"ifname": _ifname(msg.get_attr("RTA_OIF") or 0),
+                    "network": f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}",
+                    "family": 4})
+    return out
+
+
+# ---------------------------------------------------------------- counting (pure)
+
+def source_networks(addresses, local_routes, ifname: Optional[str] = None,
+                    within: Optional[str] = None) -> List[ipaddress.IPv4Network]:
+    """The IPv4 networks outbound sockets can take source addresses from, disjoint.
+
+    ifname: only those on this device; None: every device but lo (outbound to another
+    host never leaves from a loopback address) -- unless `within` is given, which
+    looks on every device and keeps only what lies inside that network (the probe's
+    --source-net).  An address on lo makes its whole prefix local (Linux answers for
+    all of 127.0.0.0/8), elsewhere an address is itself only; local routes count
+    whole (they are what the kernel answers for).
+    """
+    nets = []
+    for a in addresses:
+        if a["family"] == 4 and _on(a["ifname"], ifname, within):
+            prefix = a["prefixlen"] if a["ifname"] == "lo" else 32
+            nets.append(ipaddress.ip_network(f"{a['address']}/{prefix}", strict=False))
+    for r in local_routes:
+        if r["family"] == 4 and _on(r["ifname"], ifname, within):
+            nets.append(ipaddress.ip_network(r["network"], strict=False))
+    # CIDR networks are nested or disjoint: keep the outermost ones (127.0.0.1/32 lies in
+    # 127.0.0.0/8).  No merging of neighbours: 16 aliases side by side are 16 sources,
+    # not a /28 without its first and last address.
+    outer: List[ipaddress.IPv4Network] = []
+    for net in sorted(set(nets), key=lambda n: (n.prefixlen, n)):
+        if not any(net.subnet_of(o) for o in outer):
+            outer.append(net)
+    outer.sort()
+    if within is None:
+        return outer
+    inside = ipaddress.ip_network(within, strict=False)
+    # The overlap of two CIDR networks is the smaller one.
+    return [net if net.subnet_of(inside) else inside for net in outer if net.overlaps(inside)]
+
+
+def _on(dev: str, ifname: Optional[str], within: Optional[str]) -> bool:
+    if ifname is not None:
+        return dev == ifname
+    return within is not None or dev != "lo"
+
+
+def usable(net: ipaddress.IPv4Network) -> range:
+    """Addresses of net usable as sources, as integers: a network's own address and its
+    broadcast address are not, except in /31 and /32 (the probe's Sources agrees)."""
+    first, last = int(net.network_address), int(net.broadcast_address)
+    if net.prefixlen <= 30:
+        first, last = first + 1, last - 1
+    return range(first, last + 1)
+
+
+def source_count(networks: List[ipaddress.IPv4Network]) -> int:
+    return sum(len(usable(net)) for net in networks)
+
+
+def source_addresses(networks: List[ipaddress.IPv4Network], limit: int) -> List[str]:
+    """The first `limit` usable addresses of networks, in order."""
+    out: List[str] = []
+    for net in networks:
+        for value in usable(net)[:limit - len(out)]:
+            out.append(str(ipaddress.IPv4Address(value)))
+        if len(out) >= limit:
+            break
+    return out
