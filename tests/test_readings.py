@@ -174,7 +174,7 @@ def test_procfs_error_policy_missing_is_none_denied_is_unreadable():
 def test_procfs_and_the_probe_kernel_module_import_only_the_standard_library():
     """Forked probe workers import probes.kernel (and so tuner.procfs): neither may pull
     in psutil, pyroute2, typer or rich, which every worker would then carry."""
-    code = ("import sys; import tuner.procfs, probes.kernel, probes.worker\n"
+    code = ("import sys; import tuner.procfs, probes.kernel, probes.local_worker, probes.serve_worker, probes.connect_worker\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('psutil', 'pyroute2', 'typer', 'rich', 'click', 'pydantic', 'tabulate')))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
