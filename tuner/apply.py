@@ -8,7 +8,6 @@ goes back to what it held before the run; the error names the knob and the reaso
 from __future__ import annotations
 
 import copy
-import ipaddress
 import os
 import signal
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from . import capacity, settings
 from . import report as report_mod
 from .errors import EXIT_FAILED, PermissionNeeded, TunerError, UsageError
-from .inputs import check_positive, check_role
+from .inputs import check_alias_net, check_positive, check_role
 from .journal import Journal, locked, now, resolve_path
 from .knobs import Ctx
 from .plan import Plan, Request, build_plan, check_unit
@@ -60,11 +59,7 @@ def validate(req: Request) -> None:
         raise UsageError("--alias-dev and --alias-net go together: the device to add "
                          "addresses on and the network to take them from")
     if req.alias_net is not None:
-        try:
-            net = ipaddress.ip_network(req.alias_net, strict=False)
-        except ValueError:
-            raise UsageError(f"--alias-net {req.alias_net!r} is not a network "
-                             f"(e.g. 10.9.0.0/24)") from None
+        net = check_alias_net(req.alias_net, req.alias_dev, req.allow_public_aliases)
         if net.version != 4:
             raise UsageError(f"--alias-net {req.alias_net}: source addresses are counted "
                              f"for IPv4 only; use an IPv4 network")

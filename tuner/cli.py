@@ -14,7 +14,8 @@ import typer
 
 from . import errors, render
 from .errors import TunerError
-from .inputs import check_netns_name, check_positive, check_role, parse_source_net, parse_target, parse_workers
+from .inputs import (check_netns_name, check_netns_syntax, check_positive, check_role, parse_source_net,
+                     parse_target, parse_workers)
 
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in errors.EXIT_CODES.items()) + "."
 
@@ -37,10 +38,10 @@ JSON_HELP = "Print JSON (a stable, documented schema) instead of a table."
 
 
 def _netns_option(help_text: str):
-    """Every --netns is checked as it is parsed, before any namespace call: a name that
-    `ip netns list` shows, never a path."""
+    """Every --netns is a name, never a path, checked as it is parsed; each command then
+    checks that `ip netns list` shows it (check_netns_name) before any namespace call."""
     return typer.Option(None, "--netns", metavar="NAME", help=help_text,
-                        callback=lambda value: check_netns_name(value))
+                        callback=lambda value: check_netns_syntax(value))
 
 
 def _print_version(value: bool) -> None:
@@ -81,6 +82,7 @@ def report(
     n = parse_target(target)
     check_role(role)
     check_positive("--destinations", destinations)
+    check_netns_name(netns)
     result = report_mod.build(n, role, netns, destinations, source_dev)
     _emit(render.to_json(result.to_dict()) if json_out else render.report_text(result, wide=wide))
     if result.reachable is False:
@@ -163,7 +165,13 @@ def apply(
     alias_dev: Optional[str] = typer.Option(None, "--alias-dev",
                                             help="Device to add source-address aliases on."),
     alias_net: Optional[str] = typer.Option(None, "--alias-net",
-                                            help="Network the /32 aliases are taken from."),
+                                            help="Network the /32 aliases are taken from: a private "
+                                                 "one (10/8, 172.16/12, 192.168/16, 100.64/10; "
+                                                 "127/8 on lo only)."),
+    allow_public_aliases: bool = typer.Option(
+        False, "--allow-public-aliases",
+        help="Let --alias-net be a public network you own (never multicast, 0/8, 240/4 or "
+             "loopback off lo)."),
     shrink_buffers: bool = typer.Option(False, "--shrink-buffers",
                                         help="Lower tcp_rmem/tcp_wmem defaults (not max)."),
     persist: bool = typer.Option(False, "--persist", help="Also write sysctl.d / limits.d "
@@ -191,7 +199,7 @@ def apply(
 
     req = Request(parse_target(target), role, netns, destinations, tuple(pid), alias_dev,
                   alias_net, shrink_buffers, persist, root_dir, unit,
-                  source_net=parse_source_net(source_net))
+                  source_net=parse_source_net(source_net), allow_public_aliases=allow_public_aliases)
     outcome = apply_mod.run(
         req, journal, dry_run,
         show=(lambda plan: None) if json_out else (lambda plan: _emit(render.plan_text(plan))),
@@ -275,6 +283,7 @@ def probe(
     limit that stopped it, if any. Exits 0 when all verified, 3 when refused by
     pre-flight or short, 130 on Ctrl-C. Across hosts: --serve on the server and --connect
     on each load host, speaking the WIRE PROTOCOL below."""
+    check_netns_name(netns)
     if serve or connect:
         return _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, source_net,
                             timeout, echo_timeout, netns, json_out)

@@ -76,17 +76,23 @@ def netns_names() -> List[str]:
         return []
 
 
-def check_netns_name(name: Optional[str], option: str = "--netns") -> Optional[str]:
-    """A namespace name is a name, not a path: it must be one `ip netns list` shows.
+def check_netns_syntax(name: Optional[str], option: str = "--netns") -> Optional[str]:
+    """A namespace name is a name, not a path (checked as the option is parsed).
 
-    Checked before any namespace call: pyroute2 resolves a name containing '/' against
-    the working directory and creates a missing namespace there, so '../../tmp/bait'
-    given to a read-only report would create a namespace and bind mounts."""
-    if name is None:
-        return None
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
+    pyroute2 resolves a name containing '/' against the working directory and creates a
+    missing namespace there, so '../../tmp/bait' given to a read-only report would
+    create a namespace and bind mounts."""
+    if name is not None and (name in ("", ".", "..") or "/" in name or "\0" in name):
         raise UsageError(f"{option} {name!r} is not a namespace name: give a name as "
                          f"'ip netns list' shows it, not a path")
+    return name
+
+
+def check_netns_name(name: Optional[str], option: str = "--netns") -> Optional[str]:
+    """A name `ip netns list` shows: checked before any namespace call."""
+    if name is None:
+        return None
+    check_netns_syntax(name, option)
     if name not in netns_names():
         raise UsageError(f"no network namespace named {name!r}: list them with 'ip netns list'")
     return name
@@ -104,3 +110,60 @@ def parse_source_net(text: Optional[str]) -> Optional[str]:
     except ProbeConfigError as e:
         raise UsageError(str(e)) from None
     return text
+
+
+# Networks an operator plausibly owns, so tuner may add source addresses from them
+# without being told twice.  127.0.0.0/8 is here too, but only on lo (below).
+_PRIVATE_NETS = {
+    4: ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",   # RFC 1918
+        "100.64.0.0/10"),                                  # RFC 6598 shared address space
+    6: ("fc00::/7",),                                      # RFC 4193 unique local
+}
+# Never a host's own unicast address, whoever owns what: no flag makes these right.
+_NEVER = {
+    4: (("0.0.0.0/8", "'this network' (0.0.0.0/8)"), ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved (240.0.0.0/4)")),
+    6: (("::/128", "the unspecified address"), ("ff00::/8", "multicast")),
+}
+_LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
+
+
+def check_alias_net(text: str, dev: Optional[str], allow_public: bool = False):
+    """The network `tuner apply --alias-net` takes /32 aliases from, for device `dev`.
+
+    A root tool adds addresses only where an operator plausibly owns the network: the
+    private ranges (RFC 1918, 100.64.0.0/10 shared space, IPv6 unique local) anywhere,
+    loopback only on lo.  Anything else (public, link-local, documentation) needs
+    --allow-public-aliases; multicast, 0.0.0.0/8, 240.0.0.0/4 and loopback on a real
+    device are refused even then, since no host can use them as its own address."""
+    import ipaddress
+
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise UsageError(f"--alias-net {text!r} is not a network (e.g. 10.9.0.0/24)") from None
+
+    def inside(cidr: str) -> bool:
+        other = ipaddress.ip_network(cidr)
+        return other.version == net.version and net.subnet_of(other)
+
+    def overlaps(cidr: str) -> bool:
+        other = ipaddress.ip_network(cidr)
+        return other.version == net.version and net.overlaps(other)
+
+    for cidr, what in _NEVER[net.version]:
+        if overlaps(cidr):
+            raise UsageError(f"--alias-net {net} is {what}: no host can use such addresses as "
+                             f"its own; take aliases from a private network such as 10.0.0.0/8")
+    if overlaps(_LOOPBACK[net.version]):
+        if inside(_LOOPBACK[net.version]) and dev == "lo":
+            return net
+        raise UsageError(f"--alias-net {net} is loopback, which belongs on lo only, not on "
+                         f"{dev or 'another device'}; take aliases for {dev or 'it'} from a "
+                         f"private network such as 10.0.0.0/8")
+    if any(inside(cidr) for cidr in _PRIVATE_NETS[net.version]) or allow_public:
+        return net
+    private = ", ".join(_PRIVATE_NETS[4])
+    raise UsageError(f"--alias-net {net} is not inside a private network ({private}, or fc00::/7): "
+                     f"tuner adds addresses only from networks an operator owns; if this one "
+                     f"is yours, pass --allow-public-aliases")

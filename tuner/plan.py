@@ -64,6 +64,7 @@ class Request:
     # Plan for clients bound to this network's addresses (as `tuner probe --source-net`
     # binds them) instead of the local addresses counted; 'none': the one kernel-chosen.
     source_net: Optional[str] = None
+    allow_public_aliases: bool = False   # --alias-net outside the private ranges (inputs.py)
 
     @property
     def source_count(self) -> Optional[int]:
