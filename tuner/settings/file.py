@@ -200,7 +200,9 @@ class File(Kind):
             out.append(self._change("sysctl.d", path, old, content,
                                     "Sets the same sysctls at boot (systemd-sysctl reads sysctl.d)."))
         out += self._limits(planning)
-        return out
+        # A file that already holds what it would get is no change: a second apply writes
+        # nothing (the first apply's journal entry still restores it on revert).
+        return [c for c in out if c.current != c.new]
 
     def _limits(self, planning) -> List[Change]:
         from ..knobs import KNOBS
