@@ -150,3 +150,18 @@ def _memory(snap: Snapshot, sim: Snapshot, req: Request, before: Optional[int]) 
 def describe(change: Change, value: Any) -> str:
     """A value of `change` as the plan table shows it (the kind decides)."""
     return settings.kind(change.kind).describe(value)
+
+
+def before_after(plan: Plan) -> List[Dict[str, Any]]:
+    """Each change as {knob, kind, where, before, after}: values as the plan table shows
+    them, except files, whose whole text is given (None when absent) so that a caller
+    can show a unified diff (the Ansible module's diff mode)."""
+    out = []
+    for c in plan.changes:
+        if c.kind == "file":
+            before, after = c.current, c.new
+        else:
+            before, after = describe(c, c.current), describe(c, c.new)
+        out.append({"knob": c.knob, "kind": c.kind, "where": c.where, "before": before,
+                    "after": after})
+    return out
