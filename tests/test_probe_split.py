@@ -77,13 +77,13 @@ def hosts():
             remove_netns(ns)
 
 
-def shrink_ports(ns: str) -> None:
-    """100 usable ephemeral ports: one source address gives at most 100 connections to
-    the server's ADDR:PORT."""
+def shrink_ports(ns: str, usable: int = USABLE_PORTS) -> None:
+    """`usable` (100) ephemeral ports: one source address gives at most that many
+    connections to the server's ADDR:PORT."""
     low = 40000
     subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-                    f"net.ipv4.ip_local_port_range={low} {low + USABLE_PORTS - 1}",
-                    f"net.ipv4.ip_local_reserved_ports=1024-{low - 1},{low + USABLE_PORTS}-65535"],
+                    f"net.ipv4.ip_local_port_range={low} {low + usable - 1}",
+                    f"net.ipv4.ip_local_reserved_ports=1024-{low - 1},{low + usable}-65535"],
                    check=True)
 
 
