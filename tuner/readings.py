@@ -88,6 +88,29 @@ def source_address_count(snap: Snapshot, ifname: Optional[str]) -> int:
     return localnet.source_count(localnet.source_networks(snap.addresses, snap.local_routes, ifname))
 
 
+def listeners(port: int, address: Optional[str] = None) -> int:
+    """TCP sockets listening on `port` (on `address`, when given) in this namespace.
+
+    Read from the kernel's socket table through sock_diag (pyroute2, as `ss -l` reads
+    it), so nothing connects: a probe server that counts every client sees no stray
+    one from a readiness check.  The kernel filters by state, so the cost is the
+    number of listeners, not of connections.
+    """
+    import socket
+
+    from pyroute2 import DiagSocket
+
+    listen_state = 1 << 10  # TCP_LISTEN
+    count = 0
+    with DiagSocket() as diag:
+        diag.bind()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for sock in diag.get_sock_stats(family=family, states=listen_state):
+                if sock["idiag_sport"] == port and address in (None, sock["idiag_src"]):
+                    count += 1
+    return count
+
+
 def netns_exists(name: str) -> bool:
     from .inputs import netns_names
 
