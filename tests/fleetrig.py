@@ -72,9 +72,10 @@ class Play:
         return self.proc.stdout + self.proc.stderr
 
     def results(self, action: str, host: Optional[str] = None) -> Dict[str, dict]:
-        """{host: the record} of every task whose module is `action` (last one wins)."""
+        """{host: the record} of every task whose module is `action` ('apply', 'async_status':
+        short or fully qualified; the last one wins)."""
         return {r["host"]: r for r in self.records
-                if r["action"] in (action, f"tuner.tuner.{action}") and host in (None, r["host"])}
+                if r["action"].split(".")[-1] == action and host in (None, r["host"])}
 
 
 def ansible_bin(name: str) -> str:

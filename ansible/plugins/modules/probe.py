@@ -1,0 +1,252 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: probe
+short_description: tuner's split connection probe, one side per host
+description:
+  - "C(mode=serve) runs the server side (C(tuner probe --serve)): accepts clients on
+    O(listen), runs the wire exchange, and ends once O(expect) are verified and held
+    O(hold) seconds (or at O(timeout)). Run it with C(async) and C(poll: 0), then
+    collect it with C(async_status)."
+  - "C(mode=listening) waits until something listens on O(listen), read from the
+    kernel's socket table (nothing connects, so the server's counts stay exact)."
+  - "C(mode=connect) runs the client side (C(tuner probe --connect)): O(connections)
+    to O(server), over the local addresses inside O(source_net) (the aliases the apply
+    module added), held O(hold) seconds."
+  - "The result is the probe's JSON (C(--json)) under C(probe), with C(verified) and
+    C(ok) at the top. The task fails when the probe falls short (rc 3), with the limit
+    that stopped it. A probe changes no setting: C(changed) is always false. In check
+    mode nothing is opened."
+version_added: "0.1.0"
+author: tuner developers
+requirements:
+  - the tuner Python package, importable by ansible_python_interpreter
+options:
+  mode:
+    description: serve, listening or connect.
+    type: str
+    required: true
+    choices: [serve, listening, connect]
+  listen:
+    description: serve and listening, ADDR:PORT (":PORT" for every address).
+    type: str
+  server:
+    description: connect, HOST:PORT of the server.
+    type: str
+  connections:
+    description: connect, connections to open, verify and hold (100000, 100k).
+    type: str
+  expect:
+    description: serve, connections to verify; more are reset at accept.
+    type: str
+  hold:
+    description: Seconds to hold the verified connections (serve needs expect; a client's must outlast the server's).
+    type: float
+  timeout:
+    description: Seconds to establish and verify (serve, the whole run; listening, how long to wait; default 20).
+    type: float
+  echo_timeout:
+    description: serve, seconds a client has to echo its index.
+    type: float
+    default: 10.0
+  rate:
+    description: connect, new connections per second.
+    type: float
+  workers:
+    description: Worker processes (default as few as RLIMIT_NOFILE allows).
+    type: int
+  source_net:
+    description: connect, spread over the local addresses inside this network.
+    type: str
+  netns:
+    description: Run the probe inside this network namespace.
+    type: str
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: serve the total the load hosts bring
+  tuner.tuner.probe:
+    mode: serve
+    listen: "10.77.0.1:7000"
+    expect: 300000
+    hold: 2
+    timeout: 120
+  async: 300
+  poll: 0
+  register: served
+
+- tuner.tuner.probe:
+    mode: listening
+    listen: "10.77.0.1:7000"
+
+- name: each load host its share, over its aliases
+  tuner.tuner.probe:
+    mode: connect
+    server: "10.77.0.1:7000"
+    connections: 100000
+    source_net: 10.77.1.0/24
+    hold: 10
+"""
+
+RETURN = r"""
+probe:
+  description: The probe's result (as C(tuner probe --serve/--connect --json) prints it, without the schema key).
+  type: dict
+  returned: serve, connect
+verified:
+  description: Connections verified.
+  type: int
+  returned: serve, connect
+ok:
+  description: Whether every expected (serve) or requested (connect) connection verified.
+  type: bool
+  returned: serve, connect
+listeners:
+  description: Listening sockets found on listen's port.
+  type: int
+  returned: listening
+rc:
+  description: The probe's exit code (0 all verified, 3 short, 2 bad input, 128+N signal N).
+  type: int
+  returned: always
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.tuner.tuner.plugins.module_utils.tuner_common import (
+    fail, require_tuner, short_of, tuner_errors)
+
+
+def _launch(module, cfg):
+    """The library's split-probe entry point, its errors as tuner's exit codes."""
+    from probes import ProbeConfigError
+    from probes.launch import ProbeError, ProbeInterrupted, run_split
+
+    try:
+        return run_split(cfg, netns=module.params["netns"])
+    except ProbeConfigError as exc:   # nothing was opened
+        fail(module, tuner_errors.UsageError(str(exc)))
+    except ProbeInterrupted as exc:
+        fail(module, tuner_errors.TunerError(str(exc), 128 + exc.signum))
+    except ProbeError as exc:
+        fail(module, tuner_errors.TunerError(str(exc)))
+
+
+def _why(result):
+    """The first error's limit and hint, as the probe classified it."""
+    errors = result.get("errors") or []
+    if not errors:
+        return ""
+    first = errors[0]
+    parts = [first.get("limit") or first.get("errno"), first.get("hint")]
+    return ": " + "; ".join(str(p) for p in parts if p)
+
+
+def serve(module):
+    from probes import serve as serve_mod
+    from tuner.inputs import parse_target
+
+    p = module.params
+    try:
+        expect = parse_target(p["expect"], "expect") if p["expect"] is not None else None
+    except Exception as exc:
+        fail(module, exc)
+    cfg = serve_mod.ServeConfig(listen=p["listen"], expect=expect, hold=p["hold"], timeout=p["timeout"],
+                                echo_timeout=p["echo_timeout"], workers=p["workers"])
+    result = _launch(module, cfg)
+    rc = serve_mod.exit_code(result)
+    out = dict(changed=False, rc=rc, probe=result, verified=result["verified"], ok=result["ok"])
+    if rc != 0:
+        short_of(module, "served %s verified of %s expected on %s, ended by %s%s" % (
+            "{:,}".format(result["verified"]), "{:,}".format(expect or 0), p["listen"],
+            result["stopped_by"], _why(result)), rc, **out)
+    module.exit_json(**out)
+
+
+def connect(module):
+    from probes import connect as connect_mod
+    from tuner.inputs import parse_target
+
+    p = module.params
+    try:
+        n = parse_target(p["connections"], "connections")
+    except Exception as exc:
+        fail(module, exc)
+    cfg = connect_mod.ConnectConfig(target=p["server"], connections=n, source_net=p["source_net"],
+                                    rate=p["rate"], hold=p["hold"] or 0.0, timeout=p["timeout"],
+                                    workers=p["workers"])
+    result = _launch(module, cfg)
+    rc = connect_mod.exit_code(result)
+    out = dict(changed=False, rc=rc, probe=result, verified=result["verified"], ok=result["ok"])
+    if rc != 0:
+        short_of(module, "verified %s of %s to %s, stopped by %s%s" % (
+            "{:,}".format(result["verified"]), "{:,}".format(n), p["server"], result["stopped_by"],
+            _why(result)), rc, **out)
+    module.exit_json(**out)
+
+
+def listening(module):
+    from probes import wire
+    from tuner.readings import in_netns, listeners
+
+    p = module.params
+    try:
+        address, port = wire.parse_endpoint(p["listen"], listen=True)
+    except wire.EndpointError as exc:
+        fail(module, tuner_errors.UsageError("listen: %s" % exc))
+    wildcard = address == "0.0.0.0"
+    deadline = time.monotonic() + (p["timeout"] or 20.0)
+    try:
+        while True:
+            with in_netns(p["netns"]):
+                found = listeners(port, None if wildcard else address)
+            if found or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+    except Exception as exc:
+        fail(module, exc)
+    if not found:
+        short_of(module, "nothing listens on %s after %ss: did the serve task start (async_status "
+                         "shows why not)?" % (p["listen"], p["timeout"] or 20.0),
+                 tuner_errors.EXIT_FAILED, changed=False, listeners=0)
+    module.exit_json(changed=False, rc=0, listeners=found)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            mode=dict(type="str", required=True, choices=["serve", "listening", "connect"]),
+            listen=dict(type="str"),
+            server=dict(type="str"),
+            connections=dict(type="str"),
+            expect=dict(type="str"),
+            hold=dict(type="float"),
+            timeout=dict(type="float"),
+            echo_timeout=dict(type="float", default=10.0),
+            rate=dict(type="float"),
+            workers=dict(type="int"),
+            source_net=dict(type="str"),
+            netns=dict(type="str"),
+        ),
+        required_if=[("mode", "serve", ("listen",)), ("mode", "listening", ("listen",)),
+                     ("mode", "connect", ("server", "connections"))],
+        supports_check_mode=True,
+    )
+    require_tuner(module)
+    if module.check_mode:  # nothing serves in check mode, so nothing listens either
+        module.exit_json(changed=False, skipped=True, msg="check mode: no connections opened")
+    {"serve": serve, "connect": connect, "listening": listening}[module.params["mode"]](module)
+
+
+if __name__ == "__main__":
+    main()

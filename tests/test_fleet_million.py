@@ -1,0 +1,87 @@
+"""ansible/playbooks/million.yml on namespace hosts, through `ansible-playbook`: facts,
+apply, the split probe across one server and three load hosts, the totals asserted,
+and the revert that always runs.
+
+Each load host has 1,000 usable ephemeral ports (tests/fleetrig.py), so its 20,000
+connections need the aliases the apply module adds; the server expects their sum.
+Afterwards every namespace and the host are as before (and conftest's host_guard
+checks the host once more at the end of the session).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import processes_with
+from fleetrig import PLAYBOOKS, namespace_fleet, state
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need root")
+
+PER_HOST = 20000
+USABLE_PORTS = 1000
+MILLION = os.path.join(PLAYBOOKS, "million.yml")
+
+
+def test_million_playbook_proves_the_totals_and_leaves_every_host_as_found(tmp_path, host_restored):
+    with namespace_fleet(str(tmp_path / "fleet"), loads=3, per_host=PER_HOST, usable_ports=USABLE_PORTS) as fleet:
+        before = state(fleet)
+        play = fleet.playbook(MILLION, "-e", "tuner_hold=1 tuner_client_hold=8 tuner_probe_timeout=60")
+        assert play.proc.returncode == 0, play.output
+        after = state(fleet)
+        journals_left = [j for j in fleet.journals.values() if os.path.exists(j)]
+
+    served = play.results("async_status")["server"]["result"]
+    connected = {h: r["result"] for h, r in play.results("probe").items() if h.startswith("load")}
+    assert set(connected) == {"load1", "load2", "load3"}
+    for host, res in connected.items():
+        assert res["ok"] and res["verified"] == res["probe"]["requested"] == PER_HOST, host
+        # Its share went out over the aliases apply added: 44 addresses of its own network.
+        assert res["probe"]["source_addresses"] == 44, host
+    assert served["ok"] and served["verified"] == sum(r["verified"] for r in connected.values()) == 3 * PER_HOST
+    assert served["probe"]["failed"] == 0 and served["probe"]["over_expect"] == 0
+    assert served["probe"]["stopped_by"] == "held"
+    for i in (1, 2, 3):
+        rows = [c for c in served["probe"]["clients"] if c["address"].startswith(f"10.77.{i}.")]
+        assert sum(c["verified"] for c in rows) == PER_HOST and len(rows) == 44
+
+    # The apply changed every host (the aliases are needed), the revert undid it all.
+    applied = [r for r in play.records if r["task"].startswith("Apply")]
+    assert len(applied) == 4 and all(r["result"]["changed"] for r in applied)
+    reverted = {r["host"]: r for r in play.records if r["task"] == "Put every host back"}
+    assert set(reverted) == set(fleet.hosts) and all(r["result"]["changed"] for r in reverted.values())
+    assert after == before and journals_left == []
+    assert processes_with("-m probes") == []
+
+
+def test_a_bad_alias_network_fails_with_tuners_reason_and_reverts_everywhere(tmp_path, host_restored):
+    """load2's alias network is not a network: its apply fails with tuner's reason, the
+    play stops on every host (a partial fleet cannot bring what the server expects),
+    and the always block reverts what the other hosts had applied."""
+    from tuner.apply import validate
+    from tuner.errors import UsageError
+    from tuner.plan import Request
+
+    bad = "10.77.300.0/24"
+    with pytest.raises(UsageError) as expected:
+        validate(Request(target=PER_HOST, role="client", alias_dev="eth0", alias_net=bad))
+    with namespace_fleet(str(tmp_path / "fleet"), loads=3, per_host=PER_HOST, usable_ports=USABLE_PORTS,
+                         host_vars={"load2": {"tuner_alias_net": bad}}) as fleet:
+        before = state(fleet)
+        play = fleet.playbook(MILLION, "-e", "tuner_probe_timeout=30")
+        after = state(fleet)
+        journals_left = [j for j in fleet.journals.values() if os.path.exists(j)]
+
+    assert play.proc.returncode != 0
+    applied = {r["host"]: r for r in play.records if r["task"].startswith("Apply")}
+    assert applied["load2"]["status"] == "failed"
+    res = applied["load2"]["result"]
+    assert res["msg"] == str(expected.value) and (res["rc"], res["exit_class"]) == (2, "usage")
+    # The others had changed their hosts before load2 failed...
+    assert all(applied[h]["result"]["changed"] for h in ("server", "load1", "load3"))
+    # ...no probe ran, and the revert ran on every host and undid it.
+    assert not [r for r in play.records if r["action"].endswith("probe")]
+    reverted = {r["host"]: r for r in play.records if r["task"] == "Put every host back"}
+    assert set(reverted) == set(fleet.hosts) and all(r["status"] == "ok" for r in reverted.values())
+    assert sorted(h for h, r in reverted.items() if r["result"]["changed"]) == ["load1", "load3", "server"]
+    assert after == before and journals_left == []
