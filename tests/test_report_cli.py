@@ -15,7 +15,7 @@ from conftest import run_tuner
 ROW_KEYS = {"name", "kind", "scope", "unit", "caps", "current", "needed", "allows", "status", "why", "fix",
             "in_use", "utilization"}
 TOP_KEYS = {"schema", "role", "target", "netns", "rows", "max_connections", "binding", "reachable",
-            "processes", "memory", "sockets_now", "unreadable"}
+            "processes", "memory", "sockets_now", "unreadable", "k8s"}
 
 
 def test_runner_json_schema_and_live_values():

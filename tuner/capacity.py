@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from . import memory
-from .knobs import (CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, KNOBS, RESERVE_FDS,
+from .knobs import (BY_NAME, CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, KNOBS, RESERVE_FDS,
                     Ctx, Knob)
 
 # Row statuses, in the words the table prints.
@@ -57,10 +57,24 @@ class Report:
     def to_dict(self) -> dict:
         d = asdict(self)
         d = {"schema": SCHEMA, **d}
+        d["k8s"] = k8s_section(self.rows)
         return d
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
+
+
+def k8s_section(rows: List[Row]) -> List[Dict[str, Any]]:
+    """Where each sysctl of the report is set under Kubernetes (Knob.k8s_placement), with
+    the value the target needs, so a pod spec or a node's DaemonSet can be written."""
+    out = []
+    for r in rows:
+        knob = BY_NAME[r.name]
+        if knob.k8s_placement is not None:
+            out.append({"knob": r.name, "scope": r.scope, "placement": knob.k8s_placement,
+                        "kubelet_safe_since": knob.k8s_safe_since or None,
+                        "current": r.current, "needed": r.needed})
+    return out
 
 
 def _unreadable(ctx: Ctx, knob: Knob) -> bool:

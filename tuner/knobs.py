@@ -138,6 +138,12 @@ class Ctx:
         return (self.snap.int("net.netfilter.nf_conntrack_count") or 0) > 0
 
 
+# Where a sysctl is set under Kubernetes (Knob.k8s_placement, `tuner report --json`'s k8s).
+K8S_POD = "pod securityContext"
+K8S_UNSAFE = "node (unsafe sysctl, needs allowedUnsafeSysctls)"
+K8S_NODE_ONLY = "node only (host-wide)"
+
+
 @dataclass(frozen=True)
 class Knob:
     name: str
@@ -159,10 +165,25 @@ class Knob:
     # O(1) (fs.file-nr, sockstat, nf_conntrack_count, the cgroup's usage); None where it
     # does not (ports per source address and epoll watches would need a socket walk).
     usage: Callable[[Ctx], Optional[tuple]] = lambda ctx: None
+    # Kubernetes release since which the kubelet lists this (per-namespace) sysctl as
+    # safe, so a pod may set it in securityContext.sysctls; "" where it is not listed.
+    k8s_safe_since: str = ""
 
     @property
     def is_sysctl(self) -> bool:
         return self.kind == "sysctl"
+
+    @property
+    def k8s_placement(self) -> Optional[str]:
+        """Where a Kubernetes deployment sets this sysctl (None for other kinds): per
+        network namespace ones in the pod when the kubelet calls them safe, otherwise
+        only when the node's kubelet allows them (allowedUnsafeSysctls); host-wide ones
+        only on the node itself (a privileged DaemonSet running tuner apply)."""
+        if not self.is_sysctl:
+            return None
+        if self.scope != "netns":
+            return K8S_NODE_ONLY
+        return K8S_POD if self.k8s_safe_since else K8S_UNSAFE
 
 
 def reserved_port_count(snap: Snapshot, low: int, high: int) -> int:
@@ -400,7 +421,8 @@ KNOBS: List[Knob] = [
          "Ephemeral ports per (source address, destination); one source address reaches "
          "one server ip:port at most this many times.",
          current=_sysctl("net.ipv4.ip_local_port_range"), allows=_port_allows,
-         needs=_port_range_needs, reads=(("net.ipv4.ip_local_reserved_ports", "netns"),)),
+         needs=_port_range_needs, reads=(("net.ipv4.ip_local_reserved_ports", "netns"),),
+         k8s_safe_since="1.11"),
     Knob("source addresses", "addresses", "netns", "addresses", CAPS_CONNECTIONS,
          "Local addresses outbound sockets can bind to; each adds a full port range "
          "(all of 127.0.0.0/8 is local on lo).",
@@ -414,10 +436,12 @@ KNOBS: List[Knob] = [
     Knob("net.ipv4.tcp_rmem", "sysctl", "netns", "bytes", CAPS_BUFFERS,
          "Receive buffer min/default/max per socket; the default times all sockets is the "
          "worst-case memory if every buffer fills.",
-         current=_sysctl("net.ipv4.tcp_rmem"), needs=_buffer_needs("net.ipv4.tcp_rmem")),
+         current=_sysctl("net.ipv4.tcp_rmem"), needs=_buffer_needs("net.ipv4.tcp_rmem"),
+         k8s_safe_since="1.32"),
     Knob("net.ipv4.tcp_wmem", "sysctl", "netns", "bytes", CAPS_BUFFERS,
          "Send buffer min/default/max per socket; counts toward the worst case like tcp_rmem.",
-         current=_sysctl("net.ipv4.tcp_wmem"), needs=_buffer_needs("net.ipv4.tcp_wmem")),
+         current=_sysctl("net.ipv4.tcp_wmem"), needs=_buffer_needs("net.ipv4.tcp_wmem"),
+         k8s_safe_since="1.32"),
     Knob("net.core.somaxconn", "sysctl", "netns", "connections", CAPS_BURSTS,
          "Cap on a listener's accept queue; a burst of connects beyond it is dropped and "
          "retried after a second (ListenOverflows).",
