@@ -112,7 +112,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changes:
-  description: Per change (planned, or applied): knob, kind, where, before, after (files: whole text).
+  description: "Per change (planned, or applied): knob, kind, where, before, after (files: whole text)."
   type: list
   returned: state=present
 applied:
