@@ -13,23 +13,27 @@ import os
 
 import pytest
 
-from conftest import processes_with
+from conftest import wait_gone
 from fleetrig import PLAYBOOKS, namespace_fleet, state
+from test_probe_split import SERVER_IP
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need root")
 
 PER_HOST = 20000
 USABLE_PORTS = 1000
+PORT = 7431   # this test's own: every probe process of the play names SERVER_IP:PORT
 MILLION = os.path.join(PLAYBOOKS, "million.yml")
 
 
 def test_million_playbook_proves_the_totals_and_leaves_every_host_as_found(tmp_path, host_restored):
-    with namespace_fleet(str(tmp_path / "fleet"), loads=3, per_host=PER_HOST, usable_ports=USABLE_PORTS) as fleet:
+    with namespace_fleet(str(tmp_path / "fleet"), loads=3, per_host=PER_HOST, usable_ports=USABLE_PORTS,
+                         port=PORT) as fleet:
         before = state(fleet)
         play = fleet.playbook(MILLION, "-e", "tuner_hold=1 tuner_client_hold=8 tuner_probe_timeout=60")
         assert play.proc.returncode == 0, play.output
         after = state(fleet)
         journals_left = [j for j in fleet.journals.values() if os.path.exists(j)]
+        probes_left = wait_gone(f"{SERVER_IP}:{PORT}")   # before the namespaces (and their processes) go
 
     served = play.results("async_status")["server"]["result"]
     connected = {h: r["result"] for h, r in play.results("probe").items() if h.startswith("load")}
@@ -51,7 +55,7 @@ def test_million_playbook_proves_the_totals_and_leaves_every_host_as_found(tmp_p
     reverted = {r["host"]: r for r in play.records if r["task"] == "Put every host back"}
     assert set(reverted) == set(fleet.hosts) and all(r["result"]["changed"] for r in reverted.values())
     assert after == before and journals_left == []
-    assert processes_with("-m probes") == []
+    assert probes_left == []   # every serve and connect process has ended
 
 
 def test_a_bad_alias_network_fails_with_tuners_reason_and_reverts_everywhere(tmp_path, host_restored):
