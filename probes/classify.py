@@ -25,6 +25,8 @@ SOMAXCONN = "net.core.somaxconn"
 CONNTRACK = "net.netfilter.nf_conntrack_max"
 TCP_MEM = "net.ipv4.tcp_mem"
 MEMORY = "memory"
+# What a fork() failing with EAGAIN hit (tuner.procfs.task_limit_hit decides which).
+TASK_LIMITS = ("pids.max", "RLIMIT_NPROC", "kernel.threads-max")
 TIMEOUT = "timeout"
 SERVER = "the server"    # refused, or reset/closed mid-exchange (--connect: a remote server)
 
@@ -98,6 +100,9 @@ def hint(limit: Optional[str], role: str = "loopback") -> str:
         return "conntrack's table is full: raise net.netfilter.nf_conntrack_max"
     if limit == TCP_MEM:
         return "TCP hit its memory limit: raise net.ipv4.tcp_mem"
+    if limit in TASK_LIMITS:
+        return (f"no more worker processes could be forked (EAGAIN): {limit} caps the tasks "
+                f"here: raise it, or run fewer --workers")
     if limit == MEMORY:
         return "the kernel ran out of memory for sockets: free memory or probe fewer connections"
     if limit == SERVER:
@@ -116,12 +121,15 @@ def summarize(records: List[tuple], moved: Dict[str, int], now: Dict[str, int],
     seen first.  `code` is an errno, except for side 'worker' where it is -signal or an
     exit status, and op 'timeout' where the limit comes from the counters that moved."""
     groups: Dict[tuple, dict] = {}
-    for side, op, code, index, message in records:
+    for record in records:
+        side, op, code, index, message = record[:5]
         key = (side, op, code)
         if key in groups:
             groups[key]["count"] += 1
             continue
-        if op == "timeout":
+        if len(record) > 5:  # the orchestrator named the limit itself (a failed fork)
+            name, limit = errno_name(code), record[5]
+        elif op == "timeout":
             name, limit = "ETIMEDOUT", timeout_limit(moved, now)
         elif side == WORKER and op == ENDED_BY_TUNER:
             name, limit = signal.Signals(-code).name, None

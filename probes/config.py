@@ -149,6 +149,20 @@ def source_count(source_net: str) -> int:
     return 1 if src is None else src.count
 
 
+def worker_capacity(nofile: int, descriptors_per_connection: int) -> int:
+    """Connections one worker holds under RLIMIT_NOFILE `nofile` (FD_HEADROOM kept for
+    itself).  ProbeConfigError naming RLIMIT_NOFILE when that leaves none: a hard limit
+    of 64 cannot be sharded around."""
+    per = (nofile - FD_HEADROOM) // descriptors_per_connection
+    if per < 1:
+        raise ProbeConfigError(
+            f"RLIMIT_NOFILE {nofile:,} leaves no descriptors for connections in a worker (each "
+            f"keeps {FD_HEADROOM} for itself and needs {descriptors_per_connection} per connection): "
+            f"raise the hard nofile limit (ulimit -Hn, LimitNOFILE=, limits.d) to at least "
+            f"{FD_HEADROOM + descriptors_per_connection * 64}")
+    return per
+
+
 def raise_nofile() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one (inherited by workers); return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -166,7 +180,7 @@ def make_plan(cfg: ProbeConfig, nofile: Optional[int] = None) -> WorkerPlan:
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if cfg.worker_nofile is not None:
         nofile = min(nofile, cfg.worker_nofile)
-    capacity = max(1, (nofile - FD_HEADROOM) // 2)
+    capacity = worker_capacity(nofile, 2)  # both ends of each connection
     per = cfg.per_worker or capacity
     n = cfg.connections
     count = math.ceil(n / per) if cfg.workers == "auto" else cfg.workers

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Callable, List, Optional
 
 from . import connect_worker, kernel, wire
-from .config import FD_HEADROOM, ProbeConfigError, fast_ports, split_shares
+from .config import ProbeConfigError, fast_ports, split_shares, worker_capacity
 from .fleet import Fleet, start_worker
 from .orchestration import Orchestration
 from .result import EXIT_OK, EXIT_SHORT, EXIT_SIGNAL_BASE
@@ -98,7 +98,7 @@ class Client(Orchestration):
         cfg = self.cfg
         cfg.validate()
         self.host, self.port = host, port = wire.parse_endpoint(cfg.target)
-        per = max(1, nofile - FD_HEADROOM)
+        per = worker_capacity(nofile, 1)
         w = self.workers = min(cfg.workers or math.ceil(cfg.connections / per), cfg.connections)
         self.shares = shares = split_shares(cfg.connections, w)
         self.sources = sources_for(cfg)

@@ -129,9 +129,15 @@ class Orchestration:
             self.cleanup()
 
     def fork_failed(self, exc: OSError) -> None:
+        """No more workers could be forked: the ones running verify what they open and the
+        run stops on this failure, with the task limit named (EAGAIN)."""
         k = len(self.fleet.pids)
+        limit, detail = None, exc.strerror
+        if exc.errno == E.EAGAIN:
+            from tuner.procfs import task_limit_hit  # stdlib only; read once, here
+            limit, detail = task_limit_hit()
         self.records.append(("worker", "fork", exc.errno or 0, k,
-                             f"fork of worker {k} of {self.workers} failed: {exc.strerror}"))
+                             f"fork of worker {k + 1} of {self.workers} failed: {detail}", limit))
 
     def follow(self) -> None:
         fleet = self.fleet

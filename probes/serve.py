@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Callable, Dict, List, Optional
 
 from . import kernel, serve_worker, wire
-from .config import FD_HEADROOM, ProbeConfigError
+from .config import FD_HEADROOM, ProbeConfigError, worker_capacity
 from .fleet import Fleet, start_worker
 from .orchestration import FAILED, HELD, NO_LISTENER_LEFT, Orchestration
 from .result import EXIT_OK, EXIT_SHORT
@@ -81,9 +81,9 @@ class ServeConfig:
 
 
 def plan_workers(cfg: ServeConfig, nofile: int) -> int:
+    per = worker_capacity(nofile, 1)
     if cfg.workers:
         return cfg.workers
-    per = max(1, nofile - FD_HEADROOM)
     need = math.ceil((cfg.expect or 0) * SPREAD_SLACK / per)
     return max(need, os.cpu_count() or 1)
 
@@ -119,7 +119,7 @@ class Server(Orchestration):
         self.addr, self.port = addr, port = wire.parse_endpoint(cfg.listen, listen=True)
         w = self.workers = plan_workers(cfg, nofile)
         self.listeners = open_listeners(addr, port, w)
-        self.held_map = mmap.mmap(-1, serve_worker.HELD.size * w)  # shared with every worker
+        self.held_map = mmap.mmap(-1, serve_worker.SLOT.size * w)  # shared with every worker
         self.baseline = kernel.snapshot()
         self.at_peak, self.peak, self.at_peak_held, self.last_snap = self.baseline, 0, 0, 0.0
         self.emit({"event": "listening", "address": addr, "port": port, "workers": w,
@@ -161,7 +161,7 @@ class Server(Orchestration):
         return None
 
     def tick(self, now: float) -> None:
-        held = self.held = sum(v for (v,) in serve_worker.HELD.iter_unpack(self.held_map))  # live
+        held = self.held = sum(h for h, _ in serve_worker.SLOT.iter_unpack(self.held_map))  # live
         if held > self.peak:
             self.peak = held
             # Kernel figures where most connections are held (a snapshot costs ~1 ms).

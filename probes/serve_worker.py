@@ -27,7 +27,10 @@ from .fleet import ERROR, OPS, SIDES, Line, line_kinds
 from .sockets import LINGER_0, SOCK_FLAGS, libc, reset_on_close
 
 MAX_PEERS = 4096
-HELD = struct.Struct("q")            # one slot per worker in the shared `held` map
+# One slot per worker in the shared map: (held, admitted).  held: verified and still
+# open; admitted: accepted within --expect and not closed since (held + pending), what
+# --expect counts at accept.
+SLOT = struct.Struct("qq")
 FREE, WAITING, VERIFIED = 0, 1, 2
 
 TOTALS = Line("S", "accepted", "verified", "held", "pending", "over_expect", "dropped", *wire.FAILURES,
@@ -89,11 +92,11 @@ class ServeWorker:
                 row = self.peers[ip] = [0] * A_SIZE
         return row
 
-    def publish_held(self) -> None:
-        HELD.pack_into(self.held_map, self.k * HELD.size, self.held)
+    def publish(self) -> None:
+        SLOT.pack_into(self.held_map, self.k * SLOT.size, self.held, self.held + len(self.pending))
 
-    def held_everywhere(self) -> int:
-        return sum(v for (v,) in HELD.iter_unpack(self.held_map))
+    def admitted_everywhere(self) -> int:
+        return sum(admitted for _, admitted in SLOT.iter_unpack(self.held_map))
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -162,9 +165,11 @@ class ServeWorker:
             row = self.counters(ip)
             self.accepted += 1
             row[A_ACCEPTED] += 1
-            # Each worker publishes its own held count, unlocked: at the very threshold,
-            # workers verifying at the same instant can hold up to workers-1 beyond --expect.
-            if self.expect is not None and self.held_everywhere() >= self.expect:
+            # --expect counts connections admitted here (verifying or held), so a burst
+            # beyond it is reset at accept, not after it verified.  Each worker publishes
+            # its own count, unlocked: workers accepting at the same instant can admit up
+            # to workers-1 beyond --expect.
+            if self.expect is not None and self.admitted_everywhere() >= self.expect:
                 self.over += 1
                 row[A_OVER] += 1
                 libc.setsockopt(c, socket.SOL_SOCKET, socket.SO_LINGER, self.linger, 8)
@@ -181,6 +186,7 @@ class ServeWorker:
             state[c] = WAITING
             self.deadline[c] = time.monotonic() + self.echo_timeout
             self.pending.add(c)
+            self.publish()
             poll.register(c, select.EPOLLIN | RDHUP)
 
     def on_echo(self, fd: int) -> None:
@@ -218,7 +224,7 @@ class ServeWorker:
         self.poll.modify(fd, RDHUP)
         self.verified += 1
         self.held += 1
-        self.publish_held()
+        self.publish()
         self.counters(self.peer[fd])[A_VERIFIED] += 1
 
     def on_drop(self, fd: int) -> None:
@@ -227,7 +233,7 @@ class ServeWorker:
         os.close(fd)
         self.held -= 1
         self.dropped += 1
-        self.publish_held()
+        self.publish()
         self.counters(self.peer[fd])[A_DROPPED] += 1
 
     def fail(self, fd: int, kind: str, reset: bool = False) -> None:
@@ -243,6 +249,7 @@ class ServeWorker:
         if reset:
             libc.setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, self.linger, 8)
         os.close(fd)
+        self.publish()
 
     def expire(self, now: float) -> None:
         deadline = self.deadline

@@ -13,9 +13,9 @@ Trivial on purpose, so any TCP client can take part (a load generator, a shell):
 The server closes without answering when the echo does not complete within its
 --echo-timeout (counted as no-echo when nothing came, short when part of it came),
 when the client resets or closes first (reset / closed), and right after accept,
-with a reset and before any byte, when --expect verified connections are already held
-(over-expect).  A peer that closes a verified connection is counted as dropped.
-From a shell:
+with a reset and before any byte, when --expect connections are already admitted
+(accepted and verifying, or verified and held: over-expect).  A peer that closes a
+verified connection is counted as dropped.  From a shell:
 
     exec 3<>/dev/tcp/HOST/PORT; head -c4 <&3 >&3; head -c1 <&3 | od -An -tx1   # 06
 """

@@ -367,6 +367,8 @@ def test_a_full_worker_closes_its_listener_and_the_others_serve_on(netns):
     [error] = result["errors"]
     assert (error["side"], error["op"], error["errno"], error["count"]) == ("server", "accept", "EMFILE", 1)
     assert error["limit"] == "RLIMIT_NOFILE"
+    # Issue 8 item 16: the fix names options tuner probe has (there is no --per-worker).
+    assert "--workers" in error["hint"] and "--per-worker" not in error["hint"]
     assert result["sockets_after"] == 0
     assert wait_gone(marker) == []
 
@@ -406,4 +408,29 @@ def test_expect_with_hold_zero_ends_once_verified(netns):
     result = json.loads(out)
     assert srv.returncode == 0, err
     assert result["ok"] and result["stopped_by"] == "held" and result["verified"] == 50
+    assert wait_gone(marker) == []
+
+
+def test_expect_counts_connections_admitted_at_accept_not_verified(netns):
+    """Issue 8 item 12: a burst of 400 against --expect 300 is cut at accept: 300 admitted
+    and verified, 100 reset as over-expect (counting only verified ones let all 400 in)."""
+    port, marker = 7850, "25.0617"
+    srv = tuner_in(netns, "probe", "--serve", f"127.0.0.1:{port}", "--expect", 300, "--hold", 2,
+                   "--workers", 1, "--timeout", marker, "--json")
+    client = None
+    try:
+        wait_listening(netns, port)
+        client = tuner_in(netns, "probe", "--connect", f"127.0.0.1:{port}", "-n", 400, "--json",
+                          "--timeout", 10)
+        out, err = srv.communicate(timeout=30)
+        c_out, c_err = client.communicate(timeout=30)
+    finally:
+        for p in (srv, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    served, connected = json.loads(out), json.loads(c_out)
+    assert served["verified"] == 300 and served["over_expect"] == 100, (served, err)
+    assert served["accepted"] == 400 and served["ok"]
+    assert connected["verified"] == 300 and not connected["ok"], c_err
     assert wait_gone(marker) == []

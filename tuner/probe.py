@@ -13,12 +13,13 @@ probes/ knows nothing of tuner's CLI; this module adapts its callbacks to a live
 from __future__ import annotations
 
 import contextlib
+import resource
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Union
 
 from probes import ProbeConfig, ProbeConfigError, classify, launch
-from probes.config import source_count
+from probes.config import source_count, worker_capacity
 
 from . import report
 from .capacity import CAPPED, Report
@@ -85,6 +86,11 @@ def check(connections: int, netns: Optional[str] = None, source_net: str = DEFAU
     """Before the run: the model for the workers the probe is likely to run."""
     try:
         source_count(source_net)
+        # The workers run at the hard limit; one too low for any connection is refused
+        # here, naming it, before the model is asked about it.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard != resource.RLIM_INFINITY:
+            worker_capacity(hard, 2)
     except ProbeConfigError as e:
         raise UsageError(str(e)) from None
     snap = report.snapshot(netns)

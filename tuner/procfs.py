@@ -246,3 +246,42 @@ def page_size() -> int:
 
 
 # ---------------------------------------------------------------- per process (tuner diagnose)
+
+
+def task_limit_hit() -> tuple:
+    """(limit, detail) a fork() that failed with EAGAIN most likely hit: the pids.max of
+    this process's cgroup or an ancestor (cgroup v2, or the v1 pids hierarchy),
+    RLIMIT_NPROC, or kernel.threads-max.  Read once, at the failure, by the probe."""
+    import resource
+
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base = "/sys/fs/cgroup" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") \
+                else "/sys/fs/cgroup/unified"
+        elif "pids" in controllers.split(","):
+            base = "/sys/fs/cgroup/pids"
+        else:
+            continue
+        while True:
+            try:
+                with open(os.path.join(base + path.rstrip("/"), "pids.max")) as f:
+                    limit = f.read().strip()
+                with open(os.path.join(base + path.rstrip("/"), "pids.current")) as f:
+                    current = int(f.read())
+            except (OSError, ValueError):
+                limit = "max"
+            if limit != "max":
+                return "pids.max", f"cgroup {path or '/'} has pids.max {limit} ({current} tasks in it)"
+            if path in ("", "/"):
+                break
+            path = os.path.dirname(path)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft != resource.RLIM_INFINITY and os.geteuid() != 0:
+        return "RLIMIT_NPROC", f"RLIMIT_NPROC is {soft}"
+    return "kernel.threads-max", "the host's task limit (or its memory for new tasks)"
