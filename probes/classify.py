@@ -28,6 +28,10 @@ MEMORY = "memory"
 # What a fork() failing with EAGAIN hit (tuner.procfs.task_limit_hit decides which).
 TASK_LIMITS = ("pids.max", "RLIMIT_NPROC", "kernel.threads-max")
 TIMEOUT = "timeout"
+# --connect: connections the kernel completed into the server's accept queue that the
+# server never accepted (its descriptor limit, or its accept loop stopped).
+SERVER_NOT_ACCEPTING = "server stopped accepting"
+UNACCEPTED_OP = "accept-queue"
 SERVER = "the server"    # refused, or reset/closed mid-exchange (--connect: a remote server)
 
 
@@ -109,6 +113,10 @@ def hint(limit: Optional[str], role: str = "loopback") -> str:
         return ("the server refused, reset or closed connections before verifying them: is it "
                 "listening there? Its summary says why (over --expect, its descriptor limit, its "
                 "echo timeout)")
+    if limit == SERVER_NOT_ACCEPTING:
+        return ("the server's kernel completed these connections into its accept queue but the "
+                "server never accepted them: it stopped accepting (its descriptor limit, "
+                "RLIMIT_NOFILE, or its accept loop); look at the server, not at this host")
     if limit == TIMEOUT:
         return ("connections did not complete before --timeout and no limit counter moved: "
                 "raise --timeout or lower --rate")
@@ -123,12 +131,16 @@ def summarize(records: List[tuple], moved: Dict[str, int], now: Dict[str, int],
     groups: Dict[tuple, dict] = {}
     for record in records:
         side, op, code, index, message = record[:5]
+        # Optional: the limit, named by who recorded it (a failed fork), and how many
+        # connections the record stands for (default 1).
+        given = record[5] if len(record) > 5 else None
+        count = record[6] if len(record) > 6 else 1
         key = (side, op, code)
         if key in groups:
-            groups[key]["count"] += 1
+            groups[key]["count"] += count
             continue
-        if len(record) > 5:  # the orchestrator named the limit itself (a failed fork)
-            name, limit = errno_name(code), record[5]
+        if given is not None:
+            name, limit = errno_name(code), given
         elif op == "timeout":
             name, limit = "ETIMEDOUT", timeout_limit(moved, now)
         elif side == WORKER and op == ENDED_BY_TUNER:
@@ -140,7 +152,7 @@ def summarize(records: List[tuple], moved: Dict[str, int], now: Dict[str, int],
             limit = MEMORY if code == -signal.SIGKILL else None
         else:
             name, limit = errno_name(code), limit_for(side, op, code, moved)
-        groups[key] = {"side": side, "op": op, "errno": name, "count": 1,
+        groups[key] = {"side": side, "op": op, "errno": name, "count": count,
                        "first_message": message or f"{side} {op}() failed at connection {index}: "
                                                    f"{os.strerror(code)}",
                        "limit": limit, "hint": hint(limit, role)}

@@ -20,7 +20,7 @@ import signal
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, List, Optional
 
-from . import connect_worker, kernel, wire
+from . import classify, connect_worker, kernel, wire
 from .config import ProbeConfigError, fast_ports, split_shares, worker_capacity
 from .fleet import Fleet, start_worker
 from .orchestration import Orchestration
@@ -124,9 +124,18 @@ class Client(Orchestration):
 
     def on_line(self, k: int, line, values: dict) -> None:
         if line is connect_worker.TIMED_OUT:
-            self.records.append(("client", "timeout", E.ETIMEDOUT, values["opened"],
-                                 f"worker {k}: {values['pending']} of {values['opened']} connections not "
-                                 f"verified before the timeout"))
+            unaccepted, rest = values["unaccepted"], values["pending"] - values["unaccepted"]
+            if unaccepted:
+                # Every one counts: the server's accept queue held them and it never took
+                # them (its descriptor limit or its accept loop), not a timeout of ours.
+                self.records.append(("client", classify.UNACCEPTED_OP, E.ETIMEDOUT, values["opened"],
+                                     f"worker {k}: {unaccepted} of {values['opened']} connections completed "
+                                     f"into the server's accept queue but were never accepted",
+                                     classify.SERVER_NOT_ACCEPTING, unaccepted))
+            if rest:
+                self.records.append(("client", "timeout", E.ETIMEDOUT, values["opened"],
+                                     f"worker {k}: {rest} of {values['opened']} connections not "
+                                     f"verified before the timeout", None, rest))
 
     def on_error(self, k: int, side: str, op: str, code: int, index: int) -> None:
         self.records.append((side, op, code, index, f"worker {k}: client {op}() failed after {index} "
@@ -161,6 +170,8 @@ class Client(Orchestration):
             "established": established,
             "verified": verified,
             "failed": opened - verified,
+            # Completed by the kernel into the server's accept queue, never accepted.
+            "unaccepted": self.total("unaccepted"),
             "mismatches": mismatches,
             "workers": self.workers,
             "source_net": cfg.source_net,
@@ -188,7 +199,8 @@ def summary_lines(r: dict) -> List[str]:
     lines = [
         f"{'verified' if r['ok'] else 'FELL SHORT'}: {r['verified']:,} of {r['requested']:,} connections to "
         f"{r['target']} ({r['established']:,} established, {r['failed']:,} failed, {r['mismatches']:,} "
-        f"mismatches)" + ("" if r["ok"] else f"; stopped by {r['stopped_by']}"),
+        f"mismatches, {r['unaccepted']:,} completed into the server's accept queue and never accepted)"
+        + ("" if r["ok"] else f"; stopped by {r['stopped_by']}"),
         f"{r['workers']} worker(s), {r['source_addresses'] or 'kernel-chosen'} source address(es); "
         f"verified in {r['seconds_verified'] if r['seconds_verified'] is not None else '-'} s "
         f"({r['rate_per_s'] or '-'}/s), held {r['seconds_hold']} s; kernel slab "

@@ -27,7 +27,10 @@ from .sockets import IP_BIND_ADDRESS_NO_PORT, SOCK_FLAGS, libc, reset_on_close, 
 
 # established: the server's index arrived (the server accepted it).
 PROGRESS = Line("A", "opened", "established", "verified", counts=True)
-TIMED_OUT = Line("T", "opened", "pending", counts=True)  # the deadline passed with some pending
+# The deadline passed with `pending` connections not verified; `unaccepted` of them had
+# completed the TCP handshake (into the server's accept queue) and never got an index:
+# the server stopped accepting them.
+TIMED_OUT = Line("T", "opened", "pending", "unaccepted", counts=True)
 VERIFIED = Line("V", "opened", "established", "verified", "mismatches", "t_verified",
                 counts=True, final=True)                 # exchange over; now holding
 LINES = line_kinds(PROGRESS, TIMED_OUT, VERIFIED)
@@ -75,7 +78,8 @@ class ConnectWorker:
                 break
             if now >= self.deadline:
                 if self.pending:
-                    self.send(TIMED_OUT, opened=self.opened, pending=self.pending)
+                    self.send(TIMED_OUT, opened=self.opened, pending=self.pending,
+                              unaccepted=self.unaccepted())
                 break
             wait = 0 if opening and (not self.rate or self.opened < due) else 0.05
             for fd, _ in poll.poll(wait):
@@ -95,6 +99,19 @@ class ConnectWorker:
         # Reset, not FIN, like the local probe: nothing lingers in TIME_WAIT afterwards.
         reset_on_close(fd for fd in self.fds if self.state[fd])
         return 0
+
+    def unaccepted(self) -> int:
+        """Pending connections the kernel completed (getpeername succeeds: the handshake
+        is done, so they sit in the server's accept queue) that never received a byte."""
+        addr, size = ctypes.create_string_buffer(16), ctypes.c_uint(16)
+        getpeername, ref = libc.getpeername, ctypes.byref(size)
+        count = 0
+        for fd in self.fds:
+            if self.state[fd] == WAIT_INDEX and fd not in self.partial:
+                size.value = 16
+                if getpeername(fd, addr, ref) == 0:
+                    count += 1
+        return count
 
     def open(self, upto: int) -> None:
         sock, connect, bind, setsockopt, get_errno = libc.socket, libc.connect, libc.bind, libc.setsockopt, ctypes.get_errno

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -244,6 +245,10 @@ def test_server_counts_each_misbehaviour_and_keeps_serving(netns):
         for kind, s in bad:
             if kind == "garbage":
                 assert recv_exactly(s, 5)[4:5] == wire.NAK
+        # --expect counts connections admitted at accept, the misbehaving ones too until
+        # they are judged (the silent and half ones at their 1 s echo timeout): let them
+        # be judged first, so the good client's 300 all fit.
+        events_until(srv, lambda e: e["event"] == "progress" and e["failed"] >= 15)
         client = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "probes",
                                    "--connect", f"127.0.0.1:{port}", "-n", str(good), "--hold", "4", "--json"],
                                   stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT))
@@ -434,3 +439,43 @@ def test_expect_counts_connections_admitted_at_accept_not_verified(netns):
     assert served["accepted"] == 400 and served["ok"]
     assert connected["verified"] == 300 and not connected["ok"], c_err
     assert wait_gone(marker) == []
+
+
+def test_connect_counts_every_connection_the_server_never_accepted(netns):
+    """Issue 10: a server that stops accepting after 100 (as one at its descriptor limit
+    does) while the kernel completes 200 more into its accept queue: --connect counts
+    every one of them and says what they mean, not 'ETIMEDOUT count 1, limit: timeout'."""
+    from probes import classify
+    from tuner import render
+
+    port, served = 7870, []
+    with in_netns(netns):
+        listener = socket.create_server(("127.0.0.1", port), backlog=1024)
+
+    def serve_100():
+        for i in range(100):
+            c, _ = listener.accept()
+            c.sendall(wire.INDEX.pack(i))
+            if recv_exactly(c, 4) == wire.INDEX.pack(i):
+                c.sendall(wire.ACK)
+            served.append(c)
+
+    server = threading.Thread(target=serve_100, daemon=True)
+    server.start()
+    try:
+        proc = run_tuner("probe", "--netns", netns, "--connect", f"127.0.0.1:{port}", "-n", 300,
+                         "--timeout", 3, "--json")
+    finally:
+        server.join(timeout=10)
+        for s in (*served, listener):
+            s.close()
+    assert proc.returncode == 3, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["verified"] == 100 and result["unaccepted"] == 200
+    assert result["stopped_by"] == classify.SERVER_NOT_ACCEPTING
+    [queued] = [e for e in result["errors"] if e["limit"] == classify.SERVER_NOT_ACCEPTING]
+    assert queued["count"] == 200 and "accept queue" in queued["first_message"]
+    assert "stopped accepting" in queued["hint"]
+    assert [e for e in result["errors"] if e["limit"] == classify.TIMEOUT] == []
+    text = render.connect_text(result)
+    assert "never accepted" in text and "200" in text

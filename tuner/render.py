@@ -273,6 +273,7 @@ def connect_text(r: dict) -> str:
         ["verified", f"{number(r['verified'])} of {number(r['requested'])} to {r['target']}"],
         ["established / failed / mismatches", f"{number(r['established'])} / {number(r['failed'])} / "
                                               f"{number(r['mismatches'])}"],
+        ["in the server's accept queue, never accepted", number(r.get("unaccepted", 0))],
         ["workers / source addresses", f"{r['workers']} / {r['source_addresses'] or 'kernel-chosen'}"
                                        + (f" in {r['source_net']}" if r["source_net"] else "")],
         ["verified in", "-" if r["seconds_verified"] is None else
