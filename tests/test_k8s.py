@@ -18,7 +18,8 @@ import pytest
 from applyhelp import restore
 from conftest import run_tuner
 from tuner import knobs
-from tuner.readings import in_netns, read_sysctl, sysctl_path
+from tuner.procfs import read_sysctl, sysctl_path
+from tuner.readings import in_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and sysctl writes need root")
 
