@@ -12,7 +12,11 @@ from typing import List, Optional
 
 import typer
 
-from . import errors, render
+# Only what every command needs is imported here: each command imports its own modules
+# (render, the model, pyroute2's netlink messages, rich for live progress) when it runs,
+# so `tuner --help` and `tuner report --json` pay for nothing else
+# (bench/bench_startup.py measures both).
+from . import errors
 from .errors import TunerError
 from .inputs import (check_netns_name, check_netns_syntax, check_positive, check_role, parse_source_net,
                      parse_target, parse_workers)
@@ -77,7 +81,7 @@ def report(
 ) -> None:
     """How many connections this host can hold now, which limit binds first, and what a
     target needs. Exits 3 when --target is given and not reachable with current settings."""
-    from . import report as report_mod
+    from . import render, report as report_mod
 
     n = parse_target(target)
     check_role(role)
@@ -143,6 +147,8 @@ def _confirm_on_terminal(plan, err: bool = False) -> None:
     """A serious tool does not change a host nobody confirmed: no terminal and no --yes
     is refused (exit 2) rather than assumed. With --json the question (and the plan it
     asks about) go to stderr, so stdout stays one JSON document."""
+    from . import render
+
     if not sys.stdin.isatty():
         raise errors.UsageError("refusing to change this host without confirmation: no "
                                 "terminal to ask on; review with --dry-run, then pass --yes")
@@ -160,7 +166,7 @@ def apply(
                                          "namespace; host-wide knobs are then left alone (and listed)."),
     destinations: int = typer.Option(1, "--destinations",
                                      help="Distinct server ip:port the clients connect to."),
-    pid: List[int] = typer.Option([], "--pid", help="Raise RLIMIT_NOFILE of this running "
+    pid: List[int] = typer.Option([], "--pid", metavar="PID", help="Raise RLIMIT_NOFILE of this running "
                                                     "process (repeatable)."),
     alias_dev: Optional[str] = typer.Option(None, "--alias-dev",
                                             help="Device to add source-address aliases on."),
@@ -194,7 +200,7 @@ def apply(
     """Change exactly what TARGET needs (only raising), through a crash-safe journal.
     Exits 1 when a write failed (earlier changes rolled back), 3 when the target is
     still not reachable afterwards."""
-    from . import apply as apply_mod
+    from . import apply as apply_mod, render
     from .plan import Request
 
     req = Request(parse_target(target), role, netns, destinations, tuple(pid), alias_dev,
@@ -224,7 +230,7 @@ def revert(
 ) -> None:
     """Undo what apply changed, newest first. Exits 1 unless everything is restored
     (values changed by someone else since are skipped without --force)."""
-    from . import revert as revert_mod
+    from . import render, revert as revert_mod
 
     outcome = revert_mod.run(journal, force, dry_run)
     _emit(render.to_json(outcome.to_dict()) if json_out else render.revert_text(outcome))
@@ -287,7 +293,7 @@ def probe(
     if serve or connect:
         return _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, source_net,
                             timeout, echo_timeout, netns, json_out)
-    from . import probe as probe_cli
+    from . import probe as probe_cli, render
 
     if textfile is not None:   # refused before anything runs, like any bad input
         from .metrics import check_textfile_dir
@@ -319,6 +325,7 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
     from probes.connect import ConnectConfig, exit_code as connect_exit
     from probes.serve import ServeConfig, exit_code as serve_exit
 
+    from . import render
     from .probe import run_split
 
     if serve and connect:

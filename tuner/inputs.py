@@ -11,7 +11,6 @@ from decimal import Decimal
 from typing import List, Optional
 
 from .errors import UsageError
-from .knobs import ROLES
 
 # The seed's theoretical bound for one listening address: 2^32 source addresses x
 # 2^16 source ports.  Beyond it no host setting can help.
@@ -43,6 +42,8 @@ def parse_target(text: Optional[str], what: str = "target") -> Optional[int]:
 
 
 def check_role(role: str) -> str:
+    from .knobs import ROLES  # here, not at the top: `tuner --help` never needs the table
+
     if role not in ROLES:
         raise UsageError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     return role

@@ -18,11 +18,11 @@ def number(value: Optional[int]) -> str:
 def size(nbytes: Optional[float]) -> str:
     if nbytes is None:
         return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(nbytes) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(nbytes) < 1024:
             return f"{nbytes:,.0f} {unit}" if unit == "B" else f"{nbytes:,.1f} {unit}"
         nbytes /= 1024
-    return f"{nbytes:.1f}"
+    return f"{nbytes:,.1f} TiB"
 
 
 def value(values: Optional[List[Any]], unit: str = "") -> str:
