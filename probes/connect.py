@@ -184,6 +184,7 @@ class Client(Orchestration):
             "kernel_figures_note": why,
             "kernel_tcp_mem_bytes_per_conn": round((after.get("tcp_mem", 0) - base.get("tcp_mem", 0)) / per, 1),
             "errors": errors,
+            "timeline": self.timeline,
         }
 
 

@@ -181,4 +181,5 @@ class Local(Orchestration):
             time_wait_after=end.get("tcp_tw", 0),
             listen_overflows=moved.get("ListenOverflows", 0),
             errors=[Failure(**e) for e in errors],
+            timeline=self.timeline,
         )

@@ -18,7 +18,10 @@ done here, the same way for every mode:
   stop reasons: a signal (SIGINT/SIGTERM/SIGHUP), a worker's failure, --timeout (it
   bounds establishing and verifying), and the mode's own (--serve: held, no listener
   left);
-- progress events at cfg.progress_interval, and one with phase "done" at the end.
+- progress events at cfg.progress_interval, and one with phase "done" at the end;
+- the timeline: a sample about once a second and at every phase change (counts, rate,
+  sockets, TIME_WAIT and orphans, Slab, MemAvailable, the workers' CPU), which the
+  result carries as `timeline`.
 """
 from __future__ import annotations
 
@@ -28,7 +31,9 @@ import signal
 import time
 from typing import Dict, List, Optional
 
-from . import classify
+from tuner import procfs
+
+from . import classify, kernel
 from .config import raise_nofile
 from .fleet import ERROR, OPS, SIDES, Fleet, Line, describe_exit
 
@@ -41,6 +46,7 @@ NO_LISTENER_LEFT = "no listener left"
 MISMATCH = "mismatch"
 UNVERIFIED = "unverified"
 FAILED = "error"            # a worker failed: the result names the limit instead
+TIMELINE_EVERY = 1.0        # seconds between timeline samples (and one at each phase change)
 SIGNAL_GRACE = 1.0          # seconds stopped workers get once a signal came: it should end now
 STOP_GRACE = 3.0            # ... after --timeout or a failure, to verify what they have
 
@@ -66,6 +72,9 @@ class Orchestration:
         self.phase = self.run_phase
         self.seconds_hold = self.seconds_close = 0.0
         self.started: List[int] = []
+        self.timeline: List[dict] = []
+        self.worker_cpu: Dict[int, float] = {}   # pid -> CPU seconds, last seen
+        self.rate_now = 0.0
 
     # -- what a mode provides ------------------------------------------------------------
     def plan(self, nofile: int) -> None:
@@ -142,6 +151,7 @@ class Orchestration:
     def follow(self) -> None:
         fleet = self.fleet
         last_emit, last_count, last_t = 0.0, 0, time.monotonic()
+        last_sample, sampled_phase = float("-inf"), None
         while True:
             lines, ended = fleet.collect(0.05)  # lines first: a worker's last ones precede its exit
             for parts in lines:
@@ -151,6 +161,9 @@ class Orchestration:
             now = time.monotonic()
             self.tick(now)
             self.advance(now)
+            if self.phase != sampled_phase or now - last_sample >= TIMELINE_EVERY:
+                self.sample(now, self.phase)
+                last_sample, sampled_phase = now, self.phase
             if self.phase == CLOSE:
                 if not fleet.live:
                     break
@@ -162,6 +175,23 @@ class Orchestration:
                 last_emit, last_count, last_t = now, count, now
                 self.emit_progress(self.phase, self.rate_now)
         self.seconds_close = time.monotonic() - self.close_start
+        self.sample(time.monotonic(), DONE)  # every worker has exited: what teardown left
+
+    def sample(self, now: float, phase: str) -> None:
+        """One timeline entry (a kernel snapshot and a /proc/PID/stat per live worker:
+        about a millisecond for a hundred workers)."""
+        snap = kernel.snapshot()
+        for pid, k in self.fleet.pids.items():
+            if k not in self.fleet.exit_status:
+                cpu = procfs.cpu_seconds(pid)
+                if cpu is not None:
+                    self.worker_cpu[pid] = cpu
+        self.timeline.append({
+            "t": round(now - self.t0, 3), "phase": phase, **self.progress(),
+            "rate": round(self.rate_now), "sockets": snap.get("tcp_inuse", 0),
+            "time_wait": snap.get("tcp_tw", 0), "orphans": snap.get("tcp_orphan", 0),
+            "slab_bytes": snap["slab"], "mem_available_bytes": snap["mem_available"],
+            "worker_cpu_seconds": round(sum(self.worker_cpu.values()), 2)})
 
     def emit_progress(self, phase: str, rate: float) -> None:
         self.emit({"event": "progress", "phase": phase, **self.progress(), "rate": round(rate),

@@ -241,6 +241,7 @@ class Server(Orchestration):
             "sockets_after": end.get("tcp_inuse", 0),
             "clients": clients,
             "errors": errors,
+            "timeline": self.timeline,
         }
 
 

@@ -136,6 +136,39 @@ def test_progress_live_bar_renders_on_a_terminal():
     assert "\x1b[" in text  # drawn with terminal control sequences, not plain lines
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:  # a real pty would do; what Progress asks is only this
+        return True
+
+
+@pytest.mark.parametrize("env, live", [({"TERM": "xterm"}, True), ({"TERM": "dumb"}, False),
+                                       ({"TERM": "xterm", "NO_COLOR": "1"}, False)])
+def test_progress_on_a_terminal_falls_back_to_plain_lines_for_dumb_or_no_color(monkeypatch, env, live):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = _Terminal()
+    with Progress(10, "probe", stream=out) as bar:
+        bar.update(5, "exchange", established=10)
+    assert ("\x1b[" in out.getvalue()) is live
+    if not live:
+        assert "probe exchange 5/10 established=10" in out.getvalue()
+
+
+def test_json_timeline_samples_every_phase_and_the_teardown(netns):
+    proc = run_tuner("probe", "--netns", netns, "-n", 2000, "--hold", 2.5, "--json")
+    assert proc.returncode == 0, proc.stderr
+    timeline = json.loads(proc.stdout)["timeline"]
+    phases = [s["phase"] for s in timeline]
+    assert phases[0] == "establish" and phases[-1] == "done"
+    assert "hold" in phases and "close" in phases and phases.index("hold") < phases.index("close")
+    assert phases.count("hold") >= 3  # about one a second while holding, plus its start
+    assert [s["t"] for s in timeline] == sorted(s["t"] for s in timeline)
+    held = [s for s in timeline if s["phase"] == "hold"]
+    assert all(s["verified"] == 2000 and s["sockets"] >= 4000 for s in held)
+    assert timeline[-1]["sockets"] == 0 and timeline[-1]["worker_cpu_seconds"] > 0
+
+
 def test_probes_never_import_the_cli():
     # Of tuner, probes may import only the kernel reader (stdlib only, like them).
     code = ("import importlib, pkgutil, sys, probes\n"

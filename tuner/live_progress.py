@@ -5,6 +5,7 @@ side of it, so the probe never imports rich or typer.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Optional, TextIO
@@ -17,7 +18,10 @@ class Progress:
                  interval: float = 1.0, live: Optional[bool] = None):
         self.total, self.label, self.interval = total, label, interval
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty() if live is None else live
+        # A live bar needs a terminal that can redraw; TERM=dumb (and NO_COLOR, whose
+        # users asked for plain output) get plain lines.
+        plain_wanted = os.environ.get("TERM") == "dumb" or "NO_COLOR" in os.environ
+        self.live = (self.stream.isatty() and not plain_wanted) if live is None else live
         self._last: Optional[float] = None
         self._phase = None
         self._bar = None

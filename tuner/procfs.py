@@ -285,3 +285,12 @@ def task_limit_hit() -> tuple:
     if soft != resource.RLIM_INFINITY and os.geteuid() != 0:
         return "RLIMIT_NPROC", f"RLIMIT_NPROC is {soft}"
     return "kernel.threads-max", "the host's task limit (or its memory for new tasks)"
+
+
+def cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU time of process pid so far (/proc/PID/stat), None once it is gone."""
+    text = read_text(f"/proc/{pid}/stat")
+    if text is None:
+        return None
+    fields = text.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
