@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,30 @@ def test_bad_input_fails_with_tuners_reason_and_exit_class(fleet):
     assert play.results("apply")["load2"]["status"] == "failed" and res["msg"] == str(expected.value)
     assert (res["rc"], res["exit_class"]) == (2, "usage") and res["changed"] is False
     assert state(fleet) == before
+
+
+REFUSED = """
+- name: connect to a server that is not there
+  hosts: load1
+  gather_facts: false
+  tasks:
+    - name: connect
+      tuner.tuner.probe:
+        mode: connect
+        server: "{{ tuner_server_address }}:7499"
+        connections: 50
+        timeout: 5
+"""
+
+
+def test_a_short_probe_fails_with_the_limit_and_exit_class(fleet):
+    """Nothing listens on the server's port: the connect side falls short (rc 3, class
+    'short'), says how far it got, and still returns the probe's result."""
+    (Path(fleet.dir) / "refused.yml").write_text(REFUSED)
+    play = fleet.playbook("refused.yml")
+    assert play.proc.returncode == 2, play.output
+    rec = play.results("probe")["load1"]
+    res = rec["result"]
+    assert rec["status"] == "failed" and (res["rc"], res["exit_class"]) == (3, "short")
+    assert res["msg"].startswith("verified 0 of 50 to 10.77.0.1:7499") and res["ok"] is False
+    assert res["probe"]["verified"] == 0 and res["probe"]["errors"]

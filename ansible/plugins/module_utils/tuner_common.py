@@ -53,6 +53,8 @@ def fail(module, exc, **extra):
 
 
 def short_of(module, message, code, **extra):
-    """A run that worked but fell short of its target (tuner's exit 3 and friends)."""
+    """A run that worked but fell short of its target (tuner's exit 3 and friends);
+    `extra` is the result so far, whose own rc gives way to `code`."""
+    extra.pop("rc", None)
     module.fail_json(msg=message, rc=code, exit_class=exit_class(code),
                      exit_meaning=tuner_errors.EXIT_CODES.get(code), **extra)
