@@ -163,6 +163,13 @@ def test_installed_package_ships_every_page(tmp_path):
     for name in committed:
         with open(os.path.join(MAN_DIR, name)) as f:
             assert (man1 / name).read_text() == f.read()
+    # The JSON Schemas ship as package data (tuner.schemas loads them from the install).
+    shipped = subprocess.run([str(venv / "bin" / "python"), "-c",
+                              "import os, tuner.schemas as s; print(s.SCHEMA_DIR); print(*s.ids())"],
+                             capture_output=True, text=True, check=True, cwd=str(tmp_path)).stdout.split("\n")
+    assert shipped[0].startswith(str(venv))
+    from tuner import schemas
+    assert shipped[1].split() == schemas.ids()
     if shutil.which("man") is None:
         return  # the files are checked above; finding them is man-db's part
     env = {k: v for k, v in os.environ.items() if k != "MANPATH"}

@@ -303,12 +303,15 @@ def probe(
     source_net = parse_source_net(source_net) or probe_cli.DEFAULT_SOURCE_NET
     pre = probe_cli.check(n, netns, source_net, n_workers)
     if not pre.ok and not force:
+        if json_out:  # stdout stays one tuner.probe/1 document, the refusal with its reason
+            _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(), "refused": True,
+                                  "ok": False, "stopped_by": "preflight", "reason": pre.refusal()}))
         raise TunerError(pre.refusal(), errors.EXIT_SHORT)
     result = probe_cli.run_probe(n, pre, hold=hold, rate=rate, workers=n_workers, source_net=source_net,
                                  port=port, timeout=timeout, netns=netns)
     probe_cli.add_fixes(result, pre, netns)  # each failure's fix from the knob table
     if json_out:
-        _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(),
+        _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(), "refused": False,
                               **result.to_dict()}))
     else:
         _emit(render.probe_text(result, pre))

@@ -1,0 +1,195 @@
+"""Every command's --json, run for real, matches the JSON Schema it names; the schema files
+are valid, each is exercised by a command here, and docs/json.md is generated from them.
+
+A command added later (diagnose, metrics) adds its schema file to tuner/schemas/ and one
+row to COMMANDS: a function that runs it for real and returns the documents it printed,
+and the schema ids they must carry.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Tuple
+
+import jsonschema
+import pytest
+
+from conftest import run_tuner, wait_gone
+from tuner import schemas
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+@dataclass
+class Host:
+    """What a row may use: a throwaway namespace (lo up) and a journal path of its own."""
+
+    netns: str
+    journal: str
+
+    def json(self, *args, rc=(0,)) -> dict:
+        """`tuner ARGS` as a process; its stdout parsed as one JSON document."""
+        proc = run_tuner(*args, timeout=120)
+        assert proc.returncode in rc, (args, proc.returncode, proc.stderr)
+        return json.loads(proc.stdout)
+
+    def in_netns(self, *args) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, "-m", "tuner",
+                                 *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def _report(h: Host) -> List[dict]:
+    return [h.json("report", "--target", "1M", "--json", rc=(0, 3)),
+            h.json("report", "--netns", h.netns, "--role", "client", "--target", "100k", "--json",
+                   rc=(0, 3))]
+
+
+def _apply_dry_run(h: Host) -> List[dict]:
+    doc = h.json("apply", "--target", "100k", "--netns", h.netns, "--journal", h.journal,
+                 "--dry-run", "--json")
+    assert doc["dry_run"] and doc["plan"]["changes"], doc
+    assert not os.path.exists(h.journal)
+    return [doc]
+
+
+def _apply_then_revert(h: Host) -> List[dict]:
+    """Inside the namespace only: apply writes per-namespace sysctls there, revert undoes
+    them; the journal file between the two is a document too."""
+    applied = h.json("apply", "--target", "100k", "--netns", h.netns, "--journal", h.journal,
+                     "--yes", "--json")
+    assert applied["applied"], applied
+    with open(h.journal) as f:
+        journal = json.load(f)
+    reverted = h.json("revert", "--journal", h.journal, "--json")
+    assert reverted["complete"] and len(reverted["rows"]) == len(applied["applied"]), reverted
+    nothing = h.json("revert", "--journal", h.journal, "--json")
+    assert nothing["found"] is False
+    return [applied, journal, reverted, nothing]
+
+
+def _probe(h: Host) -> List[dict]:
+    doc = h.json("probe", "-n", 500, "--netns", h.netns, "--json")
+    assert doc["ok"] and doc["verified"] == 500 and doc["refused"] is False
+    return [doc]
+
+
+def _probe_refused(h: Host) -> List[dict]:
+    """Pre-flight refuses (exit 3): stdout is still one document, with the reason; stderr
+    the usual one line."""
+    proc = run_tuner("probe", "-n", "500M", "--netns", h.netns, "--json", timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["refused"] is True and doc["ok"] is False and "500,000,000" in doc["reason"]
+    assert doc["reason"] in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    return [doc]
+
+
+def _probe_split(h: Host) -> List[dict]:
+    port = 7931
+    srv = h.in_netns("probe", "--serve", f"127.0.0.1:{port}", "--expect", 40, "--hold", 0,
+                     "--timeout", 30, "--json")
+    client = None
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            listening = subprocess.run(["ip", "netns", "exec", h.netns, "ss", "-Hltn", f"sport = :{port}"],
+                                       capture_output=True, text=True).stdout
+            if listening.strip():
+                break
+            time.sleep(0.05)
+        client = h.in_netns("probe", "--connect", f"127.0.0.1:{port}", "-n", 40, "--hold", 1, "--json")
+        served, err = srv.communicate(timeout=30)
+        connected, cerr = client.communicate(timeout=30)
+    finally:
+        for p in (srv, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert srv.returncode == 0 and client.returncode == 0, (err, cerr)
+    return [json.loads(served), json.loads(connected)]
+
+
+# (row name, function that runs the command(s) for real, the schema of each document returned)
+COMMANDS: List[Tuple[str, Callable[[Host], List[dict]], List[str]]] = [
+    ("report", _report, ["tuner.report/1", "tuner.report/1"]),
+    ("apply --dry-run", _apply_dry_run, ["tuner.apply/1"]),
+    ("apply, journal, revert", _apply_then_revert,
+     ["tuner.apply/1", "tuner.journal/1", "tuner.revert/1", "tuner.revert/1"]),
+    ("probe", _probe, ["tuner.probe/1"]),
+    ("probe refused by pre-flight", _probe_refused, ["tuner.probe/1"]),
+    ("probe --serve / --connect", _probe_split, ["tuner.probe.serve/1", "tuner.probe.connect/1"]),
+]
+
+
+@pytest.fixture
+def host(netns, tmp_path):
+    return Host(netns, str(tmp_path / "state" / "journal.json"))
+
+
+@pytest.mark.parametrize("name,run,expected", COMMANDS, ids=[row[0] for row in COMMANDS])
+def test_command_output_matches_its_schema(host, name, run, expected):
+    docs = run(host)
+    assert [d["schema"] for d in docs] == expected
+    for doc in docs:
+        schemas.validate(doc)
+    assert wait_gone(host.netns) == [], "a probe process outlived its run"
+
+
+def test_every_schema_is_exercised_by_a_command():
+    """A schema file no command row produces is documentation nobody checks."""
+    produced = {sid for _, _, expected in COMMANDS for sid in expected}
+    by_urn = {schemas.load(sid)["$id"]: sid for sid in schemas.ids()}
+
+    def embedded(node):  # documents inside documents (apply's plan), by their $ref
+        if isinstance(node, dict):
+            if node.get("$ref") in by_urn:
+                yield by_urn[node["$ref"]]
+            for v in node.values():
+                yield from embedded(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from embedded(v)
+
+    produced |= {inner for sid in list(produced) for inner in embedded(schemas.load(sid))}
+    assert produced == set(schemas.ids())
+
+
+def test_schema_files_are_valid_and_named_for_their_id():
+    seen = set()
+    for sid in schemas.ids():
+        schema = schemas.load(sid)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert schemas.file_name(sid) in os.listdir(schemas.SCHEMA_DIR)
+        assert schema["$id"] not in seen
+        seen.add(schema["$id"])
+    jsonschema.Draft202012Validator.check_schema(schemas.common())
+
+
+def test_a_changed_type_or_missing_key_fails_validation(host):
+    """The schemas pin types and required keys: the report with a value as text (as apply/1
+    gives it), or without its binding limit, is rejected."""
+    doc = host.json("report", "--target", "1M", "--json", rc=(0, 3))
+    as_text = copy.deepcopy(doc)
+    as_text["rows"][0]["current"] = " ".join(str(v) for v in doc["rows"][0]["current"])
+    with pytest.raises(jsonschema.ValidationError):
+        schemas.validate(as_text)
+    missing = copy.deepcopy(doc)
+    del missing["binding"]
+    with pytest.raises(jsonschema.ValidationError):
+        schemas.validate(missing)
+    with pytest.raises(KeyError):
+        schemas.validate({**doc, "schema": "tuner.report/99"})
+
+
+def test_docs_are_generated_from_the_schemas():
+    with open(os.path.join(ROOT, "docs", "json.md")) as f:
+        committed = f.read()
+    assert committed == schemas.markdown(), "docs/json.md is stale: run python -m tuner.schemas"
+    for sid in schemas.ids():
+        assert f"## `{sid}`" in committed
