@@ -193,3 +193,19 @@ def test_docs_are_generated_from_the_schemas():
     assert committed == schemas.markdown(), "docs/json.md is stale: run python -m tuner.schemas"
     for sid in schemas.ids():
         assert f"## `{sid}`" in committed
+
+
+def test_every_command_with_json_has_a_schema_and_a_row():
+    """A command that grows --json (diagnose, ...) needs tuner/schemas/tuner.NAME-V.json and
+    a COMMANDS row above; this names the one missing."""
+    import typer
+
+    from tuner.cli import app
+
+    group = typer.main.get_command(app)
+    rows = {sid.split("/")[0] for _, _, expected in COMMANDS for sid in expected}
+    for name, command in group.commands.items():
+        if any("--json" in getattr(p, "opts", ()) for p in command.params):
+            assert any(sid.split("/")[0] == f"tuner.{name}" for sid in schemas.ids()), \
+                f"tuner {name} --json has no schema: add tuner/schemas/tuner.{name}-1.json"
+            assert f"tuner.{name}" in rows, f"tuner {name} --json: add a row to COMMANDS"
