@@ -17,7 +17,7 @@ from . import capacity, settings
 from . import report as report_mod
 from .errors import EXIT_FAILED, PermissionNeeded, TunerError, UsageError
 from .inputs import check_alias_net, check_positive, check_role
-from .journal import Journal, locked, now, resolve_path
+from .journal import Journal, JournalWriteError, locked, now, resolve_path
 from .knobs import Ctx
 from .plan import Plan, Request, build_plan, check_unit
 from .readings import check_netns
@@ -159,11 +159,15 @@ def _entry_for(change) -> Dict[str, Any]:
 
 def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """Write `plan` through the journal at `path` (the lock held by the caller); returns
-    one {knob, kind, where, before, new} per change. Any failure rolls back this run's
-    writes and raises TunerError."""
+    one {knob, kind, where, before, new} per change. Any failure (a refused write, a
+    journal that cannot be saved) rolls back this run's writes and raises TunerError."""
     journal = Journal.load(path) or Journal(path)
     journal.data["applies"].append({"at": now(), "argv": list(argv), "target": req.target,
                                     "role": req.role, "netns": req.netns})
+    # A full or read-only filesystem is found before the first change, not after it.
+    journal.check_room([{**_entry_for(c), "original": c.current, "before": c.current,
+                         "new": c.new, "state": "pending", "command": c.command}
+                        for c in plan.changes if journal.find(c.key) is None])
     kill_after = int(os.environ.get(KILL_AFTER_ENV) or 0)
     # (entry, what the entry held before this run or None if this run created it)
     done: List[tuple] = []
@@ -180,8 +184,9 @@ def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> Li
             entry.update(before=before, new=change.new, state="pending", command=change.command)
             journal.save()  # write-ahead: the original is on disk before the setting changes
         except settings.Gone as e:
-            undone, _ = _rollback(journal, done)
-            raise TunerError(f"{change.knob}: {e}; rolled back {undone} earlier change(s)") from None
+            raise _rolled_back(journal, done, f"{change.knob}: {e}") from None
+        except (settings.WriteError, JournalWriteError) as e:
+            raise _rolled_back(journal, done, f"{change.knob} ({change.where}): {e}") from None
         except BaseException:
             # Nothing of this change is written yet; the earlier ones must not stay half-done.
             _rollback(journal, done)
@@ -189,28 +194,38 @@ def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> Li
         done.append((entry, previous))
         try:
             kind.write(change.netns, entry["detail"], change.new)
+            if n == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            entry["state"] = "done"
+            journal.save()
         except (settings.WriteError, settings.Gone) as e:
-            undone, failed = _rollback(journal, done)
-            tail = (f"; could not undo: {'; '.join(failed)} (still in the journal: "
-                    f"run 'tuner revert')" if failed else "; nothing is left changed")
-            raise TunerError(f"{change.knob} ({change.where}): writing {change.new!r} failed: "
-                             f"{e}; rolled back {undone} earlier change(s){tail}",
-                             EXIT_FAILED) from None
+            raise _rolled_back(journal, done, f"{change.knob} ({change.where}): writing "
+                                              f"{change.new!r} failed: {e}") from None
+        except JournalWriteError as e:
+            raise _rolled_back(journal, done, f"{change.knob} ({change.where}) was written, "
+                                              f"then {e}") from None
         except BaseException:
             _rollback(journal, done)
             raise
-        if n == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-        entry["state"] = "done"
-        journal.save()
         applied.append({"knob": change.knob, "kind": change.kind, "where": change.where,
                         "before": before, "new": change.new})
     return applied
 
 
+def _rolled_back(journal: Journal, done: List[tuple], what: str) -> TunerError:
+    """Roll back, and the one-line error that says what failed and what was undone."""
+    undone, failed, unrecorded = _rollback(journal, done)
+    tail = (f"; could not undo: {'; '.join(failed)} (still in the journal: run 'tuner "
+            f"revert')" if failed else "; nothing is left changed")
+    if unrecorded:
+        tail += f" ({unrecorded})"
+    return TunerError(f"{what}; rolled back {undone} change(s) from memory{tail}", EXIT_FAILED)
+
+
 def _rollback(journal: Journal, done: List[tuple]):
-    """Undo this run's writes in reverse; the journal returns to its state before the run.
-    Returns (undone count, list of failures)."""
+    """Undo this run's writes in reverse, from what this process remembers; the journal
+    returns to its state before the run. Returns (undone count, failures, a note when the
+    journal could not be rewritten to say so, else None)."""
     undone, failed = 0, []
     for entry, previous in reversed(done):
         kind = settings.kind(entry["kind"])
@@ -228,11 +243,16 @@ def _rollback(journal: Journal, done: List[tuple]):
             entry.clear()
             entry.update(previous)
     journal.data["applies"].pop()
-    if journal.entries:
-        journal.save()
-    else:
-        journal.delete()
-    return undone, failed
+    try:
+        if journal.entries:
+            journal.save()
+        else:
+            journal.delete()
+    except (OSError, JournalWriteError) as e:
+        # What is on disk still names this run's settings with their originals; they now
+        # read as original, so 'tuner revert' drops them without writing.
+        return undone, failed, f"the journal still lists them: {e}"
+    return undone, failed, None
 
 
 def after_report(req: Request) -> Dict[str, Any]:

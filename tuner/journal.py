@@ -6,6 +6,16 @@ same directory, fsync, rename over the old one, fsync the directory.  After the 
 is verified the entry becomes "done".  A crash at any point leaves a journal that
 names every setting that may have changed, so revert can always find its way back.
 
+Trust: tuner runs as root and acts on what the journal says, so the journal, its temp
+file and the locks must be files nobody else can write: owned by root (or by the
+invoking user when not root), not group/world-writable, in a directory others cannot
+write to (a sticky one such as /tmp is fine: others cannot replace our file there),
+opened without following symlinks and checked on the open file (fstat).  Anything
+else is refused with one line (exit 1) before anything is changed.  What is read is
+capped (MAX_BYTES) and must be a regular file, so a FIFO or /dev/zero cannot hang or
+exhaust tuner.  The temp file of a save is `.NAME.tuner-tmp` next to the journal: a
+save killed half-way leaves at most that one file, which the next run removes.
+
 Apply and revert hold a host-wide lock (/run/tuner.lock, or $TUNER_LOCK) and the
 journal's own (PATH.lock) while they run; a second one is refused with exit 5.
 
@@ -33,7 +43,7 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
+import stat
 from typing import Any, Dict, Iterator, List, Optional
 
 from .errors import EXIT_BUSY, EXIT_FAILED, TunerError
@@ -59,6 +69,79 @@ class CorruptJournal(TunerError):
     exit_code = EXIT_FAILED
 
 
+class UntrustedFile(TunerError):
+    """A journal or lock file another user could have written or planted."""
+
+    exit_code = EXIT_FAILED
+
+
+class JournalWriteError(TunerError):
+    """The journal could not be saved (a full or read-only filesystem, ...)."""
+
+    exit_code = EXIT_FAILED
+
+
+MAX_BYTES = 16 << 20   # a journal of thousands of entries is well under 1 MiB
+TEMP_SUFFIX = ".tuner-tmp"
+
+
+def temp_path(path: str) -> str:
+    """The one temp file a save of `path` uses: next to it, named after it."""
+    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + TEMP_SUFFIX)
+
+
+def _owners() -> tuple:
+    return (0, os.geteuid())
+
+
+def check_dir(directory: str, what: str = "journal") -> None:
+    """Refuse a directory someone other than root (or us) owns or can write to, unless
+    it is sticky (then others cannot rename or remove our files in it)."""
+    st = os.stat(directory)
+    if st.st_uid not in _owners():
+        raise UntrustedFile(f"{what} directory {directory} is owned by uid {st.st_uid}: tuner "
+                            f"runs as root and will not trust files there; use a directory "
+                            f"owned by root (e.g. the default /var/lib/tuner)")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise UntrustedFile(f"{what} directory {directory} can be written by other users "
+                            f"(mode {stat.S_IMODE(st.st_mode):04o}): use one only root can "
+                            f"write, or a sticky one such as /tmp")
+
+
+def check_file(fd: int, path: str, what: str = "journal") -> os.stat_result:
+    """The open file behind `path` is a regular file of ours nobody else can write."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise UntrustedFile(f"{what} {path} is not a regular file: move it away")
+    if st.st_uid not in _owners():
+        raise UntrustedFile(f"{what} {path} is owned by uid {st.st_uid}, not root: tuner will "
+                            f"not act on a file another user wrote; nothing was changed "
+                            f"(inspect it, then move it away)")
+    if st.st_mode & 0o022:
+        raise UntrustedFile(f"{what} {path} is mode {stat.S_IMODE(st.st_mode):04o}: other users "
+                            f"can write it, so tuner will not act on it; nothing was changed "
+                            f"(inspect it, chmod go-w, then run again)")
+    return st
+
+
+def open_nofollow(path: str, flags: int, what: str = "journal", mode: int = 0o600) -> int:
+    """os.open without following a symlink at `path` (O_NOFOLLOW), and never blocking on
+    a FIFO (O_NONBLOCK)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UntrustedFile(f"{what} {path} is a symlink: tuner does not follow links for "
+                                f"files it acts on as root; give the real path") from None
+        raise
+
+
+def _reason(e: OSError) -> str:
+    from .settings.base import os_reason
+
+    return os_reason(e)
+
+
 class Journal:
     def __init__(self, path: str, data: Optional[Dict[str, Any]] = None):
         self.path = path
@@ -74,44 +157,110 @@ class Journal:
 
     @classmethod
     def load(cls, path: str) -> Optional["Journal"]:
-        """The journal at `path`, None when there is none; CorruptJournal if unreadable."""
+        """The journal at `path`, None when there is none; CorruptJournal if unreadable,
+        UntrustedFile if someone else could have written it."""
+        directory = os.path.dirname(path)
         try:
-            with open(path) as f:
-                text = f.read()
+            check_dir(directory)
+        except FileNotFoundError:
+            return None
+        try:
+            fd = open_nofollow(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise TunerError(f"cannot read journal {path}: {e.strerror}") from None
+            raise TunerError(f"cannot read journal {path}: {_reason(e)}") from None
         try:
-            data = json.loads(text)
+            check_file(fd, path)
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                raw = f.read(MAX_BYTES + 1)
+        except OSError as e:
+            raise TunerError(f"cannot read journal {path}: {_reason(e)}") from None
+        finally:
+            os.close(fd)
+        if len(raw) > MAX_BYTES:
+            raise CorruptJournal(f"journal {path} is larger than {MAX_BYTES:,} bytes, so it is "
+                                 f"not one tuner wrote; nothing was changed: inspect it, then "
+                                 f"move it away")
+        try:
+            data = json.loads(raw.decode())
             _validate(data)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
+            reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
             raise CorruptJournal(
-                f"journal {path} is corrupt ({e}); nothing was changed: inspect it, restore "
+                f"journal {path} is corrupt ({reason}); nothing was changed: inspect it, restore "
                 f"the settings it lists by hand, then move it away") from None
         return cls(path, data)
 
+    def text(self) -> str:
+        return json.dumps(self.data, indent=2) + "\n"
+
     def save(self) -> None:
+        """Write atomically (temp file, fsync, rename, fsync the directory); raise
+        JournalWriteError naming the reason when the filesystem refuses."""
+        from .settings.base import crash_point
+
         self.data["updated"] = now()
+        try:
+            directory = self._directory()
+            tmp = temp_path(self.path)
+            self._write_temp(tmp, self.text().encode())
+            crash_point("journal-temp")
+            os.replace(tmp, self.path)
+            _fsync_dir(directory)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_path(self.path))
+            raise JournalWriteError(f"writing journal {self.path} failed: {_reason(e)}") from None
+
+    def check_room(self, extra: List[Dict[str, Any]]) -> None:
+        """That the journal can be written, and with `extra` entries added still fits
+        next to its previous copy (a save holds both for a moment): written for real,
+        then removed, so a full or read-only filesystem is found before any change."""
+        projected = json.dumps({**self.data, "entries": self.entries + extra}, indent=2)
+        current = 0
+        with contextlib.suppress(OSError):
+            current = os.stat(self.path).st_size
+        # Room for the journal to grow to its largest and for a temp copy of that beside
+        # it (a save holds both for a moment), plus slack for values read at write time
+        # that are longer than the plan's.
+        size = 2 * len(projected) - current + len(projected) // 10 + 256
+        tmp = temp_path(self.path)
+        try:
+            self._directory()
+            self._write_temp(tmp, b" " * max(size, 1))
+        except OSError as e:
+            raise JournalWriteError(
+                f"journal {self.path} cannot be written ({_reason(e)}): nothing was changed; "
+                f"free space there or point --journal elsewhere") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _directory(self) -> str:
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".journal-", suffix=".tmp", dir=directory)
+        check_dir(directory)
+        return directory
+
+    @staticmethod
+    def _write_temp(tmp: str, data: bytes) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)   # a killed save's leftover: ours by its name
+        fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "journal temp file")
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.data, f, indent=2)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(directory)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def delete(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path(self.path))
         _fsync_dir(os.path.dirname(self.path))
 
 
@@ -200,6 +349,10 @@ def locked(path: str) -> Iterator[None]:
     is aimed elsewhere (TUNER_LOCK, as the tests do).
     """
     with _flock(lock_path()), _flock(path + ".lock"):
+        # A save killed half-way left its temp file; it is ours by name, and no one
+        # else can be saving while we hold the lock.
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            os.unlink(temp_path(path))
         yield
 
 
@@ -216,30 +369,44 @@ def _flock(lock: str) -> Iterator[None]:
     leaves a held lock behind (only a file, which the next tuner takes over).  Removing
     the file on release is safe because a taker checks, once it holds the lock, that
     the path still names the file it locked; if a releaser removed it in between, it
-    opens the path again.
+    opens the path again.  The lock is opened without following a symlink and must be
+    a regular file of ours in a directory others cannot write: a planted link would
+    otherwise have root write a pid into its target.
     """
-    os.makedirs(os.path.dirname(lock), mode=0o700, exist_ok=True)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = _holder(fd)
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise TunerError(f"another tuner apply or revert{holder} holds {lock}; "
-                                 f"wait for it to finish", EXIT_BUSY) from None
-            raise
-        try:
-            mine = os.path.samestat(os.stat(lock), os.fstat(fd))
-        except FileNotFoundError:
-            mine = False
-        if mine:
-            break
-        os.close(fd)
+    directory = os.path.dirname(lock)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        check_dir(directory, "lock")
+        while True:
+            fd = open_nofollow(lock, os.O_RDWR | os.O_CREAT, "lock")
+            try:
+                check_file(fd, lock, "lock")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = _holder(fd)
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise TunerError(f"another tuner apply or revert{holder} holds {lock}; "
+                                     f"wait for it to finish", EXIT_BUSY) from None
+                raise
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                mine = os.path.samestat(os.stat(lock), os.fstat(fd))
+            except FileNotFoundError:
+                mine = False
+            if mine:
+                break
+            os.close(fd)
+    except OSError as e:
+        raise TunerError(f"cannot take the lock {lock}: {_reason(e)}") from None
+    try:
+        # The pid only names the holder in a busy message: a full disk must not stop a
+        # revert that needs no space.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):

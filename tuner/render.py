@@ -181,6 +181,10 @@ def revert_text(outcome) -> str:
         lines.append("everything tuner changed is back as it was; journal removed")
     else:
         lines.append(f"not everything was restored; what is left stays in {outcome.journal}")
+    if outcome.journal_error:
+        lines.append(f"could not rewrite the journal ({outcome.journal_error}): it still lists "
+                     f"settings restored above; the next 'tuner revert' finds them back as "
+                     f"they were and drops them")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 
 from . import settings
 from .apply import check_root
-from .journal import Journal, locked, resolve_path
+from .journal import Journal, JournalWriteError, locked, resolve_path
 
 SCHEMA = "tuner.revert/1"
 
@@ -42,6 +42,9 @@ class Outcome:
     dry_run: bool
     force: bool
     rows: List[Row] = field(default_factory=list)
+    # Set when the journal could not be rewritten after a restore (a full disk): it
+    # still lists settings that are back to their originals (the next revert drops them).
+    journal_error: Optional[str] = None
 
     @property
     def complete(self) -> bool:
@@ -50,7 +53,7 @@ class Outcome:
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "journal": self.journal, "found": self.found,
                 "dry_run": self.dry_run, "force": self.force, "complete": self.complete,
-                "rows": [asdict(r) for r in self.rows]}
+                "journal_error": self.journal_error, "rows": [asdict(r) for r in self.rows]}
 
 
 def where(entry) -> str:
@@ -67,18 +70,27 @@ def run(journal_path: Optional[str] = None, force: bool = False, dry_run: bool =
 
 
 def _revert(path: str, force: bool, dry_run: bool) -> Outcome:
-    journal = Journal.load(path)  # corrupt: raises before anything is touched
+    journal = Journal.load(path)  # corrupt or untrusted: raises before anything is touched
     out = Outcome(path, journal is not None, dry_run, force)
     if journal is None:
         return out
+    unrecorded = None
     for entry in list(reversed(journal.entries)):
         row = _restore(entry, force, dry_run)
         out.rows.append(row)
         if row.action in (RESTORED, ALREADY, GONE) and not dry_run:
             journal.entries.remove(entry)
-            journal.save()
+            if journal.entries:
+                try:
+                    journal.save()
+                    unrecorded = None
+                except JournalWriteError as e:
+                    # Restoring matters more than recording it: go on with the rest.
+                    unrecorded = str(e)
     if not dry_run and not journal.entries:
-        journal.delete()
+        journal.delete()  # unlinking needs no space, even on a full filesystem
+    elif unrecorded:
+        out.journal_error = unrecorded
     return out
 
 
