@@ -1,7 +1,9 @@
-"""Helpers shared by test_apply.py and test_revert.py: run tuner, read the state back.
+"""The tests' one helper module: run tuner (in-process, as a process, as nobody), read
+the state back (sysctls, addresses, limits, files), and put host sysctls back.
 
 Everything here reads or changes the real kernel: host values through /proc/sys, a
 namespace's through readings.in_netns, addresses through `ip`, limits through psutil.
+conftest.py's session guard uses host_values/restore/addresses from here too.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ NETNS_NAMES = [n for n in knobs.sysctl_names("netns") if n != "net.netfilter.nf_
 
 
 def host_values():
-    """Every host-global and initial-namespace value the knob table can change."""
+    """Every host-global and initial-namespace value the knob table can change (fs.file-nr
+    and nf_conntrack_count are counters, not settings)."""
     return {n: read_sysctl(n) for n in HOST_NAMES + NETNS_NAMES}
 
 
@@ -83,14 +86,16 @@ def tuner_proc(*args, env_extra=None, timeout=60, **kw):
                           text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
 
 
-# Python and tuner live under /root here, which nobody cannot read, so the child imports
+# Python and tuner live under /root, which nobody cannot read, so the child imports
 # as root and then drops to uid/gid 65534 (all groups cleared) before tuner parses
 # anything; from there on it is an ordinary unprivileged process.
 _AS_NOBODY = (
-    "import contextlib, io, os, sys, psutil, pyroute2, tuner.cli, tuner.apply, tuner.revert\n"
-    # typer imports parts of itself lazily while parsing: parse once as root.
+    "import contextlib, io, os, sys, psutil, pyroute2, pyroute2.netns, tuner.cli, tuner.apply, tuner.revert\n"
+    # typer and the commands import parts of themselves lazily: run each once as root.
     "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-    "    tuner.cli.main(['apply', '--bogus']); tuner.cli.main(['revert', '--help'])\n"
+    "    for warm in (['apply', '--bogus'], ['revert', '--help'], ['report'], ['report', '--json'],\n"
+    "                 ['report', '--bogus']):\n"
+    "        tuner.cli.main(warm)\n"
     "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
     "sys.exit(tuner.cli.main(sys.argv[1:]))\n")
 
@@ -102,7 +107,9 @@ def tuner_as_nobody(*args):
 
 
 def addresses(ns, dev):
-    out = subprocess.run(["ip", "-n", ns, "-4", "-j", "addr", "show", "dev", dev],
+    """IPv4 addresses on `dev` in namespace `ns` (None: the initial one), as 'A/P', sorted."""
+    where = ["-n", ns] if ns else []
+    out = subprocess.run(["ip", *where, "-4", "-j", "addr", "show", "dev", dev],
                          capture_output=True, text=True, check=True).stdout
     return sorted(f"{a['local']}/{a['prefixlen']}" for link in json.loads(out)
                   for a in link.get("addr_info", []))

@@ -15,30 +15,8 @@ import uuid
 
 import pytest
 
-from tuner import knobs, localnet, procfs
-
 # Fixtures of tests/applyhelp.py (host_restored, jpath, own_lock) for every test module.
 pytest_plugins = ("applyhelp",)
-
-# Host-global sysctls any test might touch (the table's host scope, plus the lo addresses).
-HOST_SYSCTLS = [n for n in knobs.sysctl_names("host") if n != "fs.file-nr"]
-INIT_NETNS_SYSCTLS = [n for n in knobs.sysctl_names("netns") if n != "net.netfilter.nf_conntrack_count"]
-
-
-def _lo_addresses():
-    return sorted(f"{a['address']}/{a['prefixlen']}" for a in localnet.read_addresses()
-                  if a["ifname"] == "lo")
-
-
-def _values(names):
-    return {n: procfs.read_sysctl(n) for n in names}
-
-
-def _restore(before):
-    for name, value in before.items():
-        if value is not None and procfs.read_sysctl(name) != value:
-            with open(procfs.sysctl_path(name), "w") as f:
-                f.write(value)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,12 +25,15 @@ def host_guard():
     if os.geteuid() != 0:
         yield
         return
-    before = _values(HOST_SYSCTLS + INIT_NETNS_SYSCTLS)
-    addrs_before = _lo_addresses()
+    from applyhelp import addresses, host_values, restore
+
+    before = host_values()
+    addrs_before = addresses(None, "lo")
     yield
-    drift = {n: (v, procfs.read_sysctl(n)) for n, v in before.items() if procfs.read_sysctl(n) != v}
-    _restore(before)
-    extra = set(_lo_addresses()) - set(addrs_before)
+    after = host_values()
+    drift = {n: (v, after[n]) for n, v in before.items() if after[n] != v}
+    restore(before)
+    extra = set(addresses(None, "lo")) - set(addrs_before)
     for cidr in extra:
         subprocess.run(["ip", "addr", "del", cidr, "dev", "lo"], check=False)
     assert not drift, f"tests left host settings changed (now restored): {drift}"

@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+from applyhelp import addresses
 from conftest import make_netns, processes_with, remove_netns, run_tuner, wait_gone
 from probes import wire
 from probes.launch import PACKAGE_ROOT
@@ -36,13 +37,6 @@ USABLE_PORTS = 100
 
 def ip(*args) -> None:
     subprocess.run(["ip", *args], check=True)
-
-
-def addresses(ns: str, dev: str) -> list:
-    out = subprocess.run(["ip", "-n", ns, "-j", "addr", "show", "dev", dev], check=True,
-                         capture_output=True, text=True).stdout
-    return sorted(f"{a['local']}/{a['prefixlen']}" for link in json.loads(out)
-                  for a in link["addr_info"] if a["family"] == "inet")
 
 
 def tuner_in(ns: str, *args, **kwargs) -> subprocess.Popen:

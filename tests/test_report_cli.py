@@ -2,7 +2,6 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -10,6 +9,7 @@ from typer.testing import CliRunner
 from tuner import cli, knobs
 from tuner.procfs import read_sysctl
 
+from applyhelp import tuner_as_nobody
 from conftest import run_tuner
 
 ROW_KEYS = {"name", "kind", "scope", "unit", "caps", "current", "needed", "allows", "status", "why", "fix",
@@ -86,17 +86,7 @@ def test_netns_report_reads_inside(netns):
 
 
 def _as_nobody(args):
-    """Run the CLI after dropping root. The interpreter and its packages live under
-    /root, which nobody cannot read, so a warm-up run as root imports every module
-    first (and pyroute2.netns, which only --netns imports); then setuid(nobody) and the
-    real command, with root's capabilities gone."""
-    code = ("import contextlib, io, os, sys, tuner.cli, pyroute2.netns\n"
-            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-            "    tuner.cli.main(['report']); tuner.cli.main(['report', '--json']); tuner.cli.main(['report', '--bogus'])\n"
-            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
-            "sys.exit(tuner.cli.main(sys.argv[1:]))\n")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          cwd="/", timeout=60)
+    return tuner_as_nobody(*args)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root to start with")
