@@ -251,6 +251,59 @@ def test_persist_into_temp_root(capsys, jpath, tmp_path, host_restored):
     assert host_values() == host_restored
 
 
+def test_persist_plan_shows_a_diff_and_names_later_files_that_override(capsys, jpath, tmp_path):
+    """An existing file's change is shown as a unified diff (not 'N setting(s)'), and a
+    file that sorts later in sysctl.d or limits.d and sets the same key (so it wins at
+    boot or login) is named. Dry run: nothing is written."""
+    root = tmp_path / "root"
+    (root / "etc/sysctl.d").mkdir(parents=True)
+    (root / "etc/security/limits.d").mkdir(parents=True)
+    (root / "etc/sysctl.d/99-tuner.conf").write_text("fs.nr_open = 1048576\n")
+    (root / "etc/sysctl.d/zz-local.conf").write_text("net.core.somaxconn = 128\n")
+    (root / "etc/sysctl.d/00-early.conf").write_text("net.ipv4.tcp_max_orphans = 7\n")
+    (root / "etc/security/limits.d/zz-site.conf").write_text("*  hard  nofile  4096\n")
+    files_before = tree(root)
+    rc, out, err = tuner(capsys, "apply", "-n", "1M", "--dry-run", "--persist", "--root-dir", root,
+                         "--journal", jpath)
+    assert rc == 0, err
+    assert f"+++ {root}/etc/sysctl.d/99-tuner.conf (tuner)" in out
+    assert "-fs.nr_open = 1048576\n+" in out and "+fs.nr_open = 2001024" in out
+    assert f"{root}/etc/sysctl.d/zz-local.conf sorts after 99-tuner.conf and also sets " \
+           f"net.core.somaxconn" in out
+    assert f"{root}/etc/security/limits.d/zz-site.conf sorts after 99-tuner.conf and also " \
+           f"sets * hard nofile" in out
+    assert "00-early.conf" not in out            # read before ours: tuner's value wins
+    assert tree(root) == files_before
+
+
+def test_each_change_and_its_revert_go_to_the_system_log(capsys, jpath, netns, tmp_path,
+                                                       monkeypatch):
+    """A real syslog socket of the test's own (TUNER_SYSLOG): one line per change with
+    the knob, where, old -> new and why; revert logs what it put back."""
+    import socket
+
+    path = str(tmp_path / "log.sock")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(path)
+    sink.settimeout(5)
+    monkeypatch.setenv("TUNER_SYSLOG", path)
+    before = netns_values(netns)
+    try:
+        assert tuner(capsys, "apply", "-n", "1M", "--yes", "--netns", netns, "--journal", jpath)[0] == 0
+        lines = [sink.recv(4096).decode() for _ in range(3)]
+        line = next(l for l in lines if "net.core.somaxconn" in l)
+        assert line.startswith("<30>tuner: apply net.core.somaxconn")    # daemon.info
+        assert f"(netns {netns}): {int(before['net.core.somaxconn']):,} -> 65,535; " \
+               f"Cap on a listener's accept queue" in line
+        assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+        lines = [sink.recv(4096).decode() for _ in range(3)]
+        assert any(f"revert net.core.somaxconn (netns {netns}): 65,535 -> "
+                   f"{int(before['net.core.somaxconn']):,}" in l for l in lines), lines
+    finally:
+        sink.close()
+    assert netns_values(netns) == before
+
+
 # ---------------------------------------------------------------- failures
 
 def test_rejected_write_rolls_back_earlier_changes(capsys, jpath, netns):
@@ -322,9 +375,34 @@ def test_host_lock_refuses_apply_with_another_journal(capsys, tmp_path, netns, o
     assert netns_values(netns) == before
 
 
-def test_host_lock_defaults_to_run(monkeypatch):
+def test_without_tuner_lock_apply_and_revert_take_the_host_lock_in_run(capsys, tmp_path, jpath,
+                                                                      netns, monkeypatch):
+    """With TUNER_LOCK unset, a tuner holding /run/tuner.lock (with its own journal) makes
+    apply and revert busy: the default lock really is host-wide, and it is released with
+    its holder, file and all."""
+    import subprocess
+    import sys
+
     monkeypatch.delenv("TUNER_LOCK")
-    assert journal_mod.lock_path() == "/run/tuner.lock"
+    if os.path.exists("/run/tuner.lock"):
+        pytest.skip("another tuner on this machine holds /run/tuner.lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom tuner import journal\n"
+         "with journal.locked(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()\n",
+         str(tmp_path / "other" / "journal.json")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    before = netns_values(netns)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        for args in (["apply", "-n", "1M", "--yes", "--netns", netns], ["revert"]):
+            rc, out, err = tuner(capsys, *args, "--journal", jpath)
+            assert rc == 5, (args, err)
+            assert f"(pid {holder.pid}) holds /run/tuner.lock" in err
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert netns_values(netns) == before and not os.path.exists(jpath)
+    assert not os.path.exists("/run/tuner.lock")
 
 
 def test_non_root_is_refused_before_any_change(tmp_path):

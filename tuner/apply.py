@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import capacity, settings
+from . import capacity, hostlog, settings
 from . import report as report_mod
 from .errors import EXIT_FAILED, PermissionNeeded, TunerError, UsageError
 from .inputs import check_alias_net, check_positive, check_role
@@ -186,7 +186,8 @@ def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> Li
         except settings.Gone as e:
             raise _rolled_back(journal, done, f"{change.knob}: {e}") from None
         except (settings.WriteError, JournalWriteError) as e:
-            raise _rolled_back(journal, done, f"{change.knob} ({change.where}): {e}") from None
+            raise _rolled_back(journal, done, f"{change.knob} ({change.where}): {e}; undoing "
+                                              f"from memory") from None
         except BaseException:
             # Nothing of this change is written yet; the earlier ones must not stay half-done.
             _rollback(journal, done)
@@ -203,12 +204,14 @@ def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> Li
                                               f"{change.new!r} failed: {e}") from None
         except JournalWriteError as e:
             raise _rolled_back(journal, done, f"{change.knob} ({change.where}) was written, "
-                                              f"then {e}") from None
+                                              f"then {e}; undoing from memory") from None
         except BaseException:
             _rollback(journal, done)
             raise
         applied.append({"knob": change.knob, "kind": change.kind, "where": change.where,
                         "before": before, "new": change.new})
+        hostlog.change("apply", change.knob, change.where, kind.describe(before),
+                       kind.describe(change.new), change.why)
     return applied
 
 
@@ -219,7 +222,7 @@ def _rolled_back(journal: Journal, done: List[tuple], what: str) -> TunerError:
             f"revert')" if failed else "; nothing is left changed")
     if unrecorded:
         tail += f" ({unrecorded})"
-    return TunerError(f"{what}; rolled back {undone} change(s) from memory{tail}", EXIT_FAILED)
+    return TunerError(f"{what}; rolled back {undone} earlier change(s){tail}", EXIT_FAILED)
 
 
 def _rollback(journal: Journal, done: List[tuple]):
@@ -232,6 +235,10 @@ def _rollback(journal: Journal, done: List[tuple]):
         try:
             if kind.undo(entry["netns"], entry["detail"], entry["before"]):
                 undone += 1
+                hostlog.change("rollback", entry["knob"],
+                               kind.where(entry["netns"], entry["detail"]),
+                               kind.describe(entry["new"]), kind.describe(entry["before"]),
+                               "a later change of the same apply failed")
         except settings.Gone:
             pass  # what it belonged to is gone, and the setting with it
         except settings.WriteError as e:

@@ -103,7 +103,7 @@ def plan_text(plan) -> str:
     """The plan as apply shows it before changing anything: table, notes, commands."""
     from .settings import kind
 
-    lines = []
+    lines: List[str] = []
     where = f" (netns {plan.netns})" if plan.netns else ""
     if plan.changes:
         rows = [[c.knob, c.where, kind(c.kind).describe(c.current), kind(c.kind).describe(c.new),
@@ -128,6 +128,10 @@ def plan_text(plan) -> str:
         text += f" (MemAvailable {size(m.get('mem_available_bytes'))})"
         lines.append(text)
     lines += [f"note: {n}" for n in plan.notes]
+    for c in plan.changes:
+        diff = kind(c.kind).diff(c.detail, c.current, c.new)
+        if diff:
+            lines += ["", f"{c.knob} ({c.where}) changes:", diff]
     if plan.changes:
         lines += ["", "equivalent shell commands:"] + [c.command for c in plan.changes]
     return "\n".join(lines)

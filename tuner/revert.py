@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, List, Optional
 
-from . import settings
+from . import hostlog, settings
 from .apply import check_root
 from .journal import Journal, JournalWriteError, locked, resolve_path
 
@@ -123,6 +123,8 @@ def _restore(entry, force: bool, dry_run: bool) -> Row:
     try:
         kind.undo(netns, detail, entry["original"])
         row.action = RESTORED
+        hostlog.change("revert", row.knob, row.where, kind.describe(row.current),
+                       kind.describe(entry["original"]), "tuner revert" + (" --force" if force else ""))
     except settings.Gone as e:
         row.action, row.reason = GONE, f"{e}: nothing to restore"
     except settings.WriteError as e:

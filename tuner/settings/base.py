@@ -98,6 +98,11 @@ class Kind:
         """The shell command that writes `value` (what the plan prints)."""
         raise NotImplementedError
 
+    def diff(self, detail: Dict[str, Any], current: Any, new: Any) -> Optional[str]:
+        """A change too big for a table cell, shown in full under the plan (None: the
+        table's before/after says it all)."""
+        return None
+
     # --- the journal's checks --------------------------------------------------
     def valid_value(self, value: Any) -> bool:
         raise NotImplementedError

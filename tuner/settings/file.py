@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
+import glob
 import os
 import re
 import shlex
@@ -82,6 +84,36 @@ def assignments(text: Optional[str]) -> Dict[str, str]:
     return out
 
 
+def limit_lines(text: Optional[str]) -> Dict[str, str]:
+    """'domain type item' -> value of a limits.conf file ('*     hard nofile 4096')."""
+    out: Dict[str, str] = {}
+    for line in (text or "").splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) == 4:
+            out[" ".join(fields[:3])] = fields[3]
+    return out
+
+
+def _warn_overridden(planning, path: str, keys, parse) -> None:
+    """A file sorting after ours in the same directory is read later at boot (sysctl.d,
+    limits.d), so its value for the same key wins over tuner's: say which."""
+    name = os.path.basename(path)
+    for other in sorted(glob.glob(os.path.join(os.path.dirname(path), "*.conf"))):
+        if os.path.basename(other) <= name:
+            continue
+        try:
+            theirs = parse(read_text(other))
+        except (OSError, UnicodeDecodeError):
+            continue
+        both = sorted(keys & set(theirs))
+        if both:
+            planning.notes.append(
+                f"{other} sorts after {name} and also sets {', '.join(both)}: it is read "
+                f"later (at boot or login), so its value wins over tuner's; remove "
+                f"{'them' if len(both) > 1 else 'it'} there, or the persisted setting has no "
+                f"effect")
+
+
 def settings_in(text: Optional[str]) -> List[str]:
     return [l for l in (text or "").splitlines() if l.strip() and not l.lstrip().startswith("#")]
 
@@ -113,6 +145,13 @@ class File(Kind):
             return f"rm -f {shlex.quote(path)}"
         return (f"mkdir -p {shlex.quote(os.path.dirname(path))} && "
                 f"cat > {shlex.quote(path)} <<'EOF'\n{value}EOF")
+
+    def diff(self, detail, current, new) -> Optional[str]:
+        if current is None or new is None or current == new:
+            return None  # a new file's content is in the shell commands below the plan
+        path = detail["path"]
+        return "".join(difflib.unified_diff(current.splitlines(True), new.splitlines(True),
+                                            path, path + " (tuner)")).rstrip("\n")
 
     def valid_value(self, value) -> bool:
         return value is None or isinstance(value, str)
@@ -199,6 +238,7 @@ class File(Kind):
             content = FILE_HEADER + "".join(f"{k} = {v}\n" for k, v in merged.items())
             out.append(self._change("sysctl.d", path, old, content,
                                     "Sets the same sysctls at boot (systemd-sysctl reads sysctl.d)."))
+            _warn_overridden(planning, path, set(merged), assignments)
         out += self._limits(planning)
         # A file that already holds what it would get is no change: a second apply writes
         # nothing (the first apply's journal entry still restores it on revert).
@@ -231,6 +271,7 @@ class File(Kind):
             out.append(self._change("limits.d", path, read_text(path), content,
                                     "RLIMIT_NOFILE for new login sessions (pam_limits; '*' does "
                                     "not cover root, so root has its own lines)."))
+            _warn_overridden(planning, path, set(limit_lines(content)), limit_lines)
             if req.unit:
                 path = unit_dropin(req.root_dir, req.unit)
                 content = FILE_HEADER + f"[Service]\nLimitNOFILE={soft}:{hard}\n"
