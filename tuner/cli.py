@@ -17,6 +17,7 @@ import typer
 # so `tuner --help` and `tuner report --json` pay for nothing else
 # (bench/bench_startup.py measures both).
 from . import errors
+from . import inputs
 from .errors import TunerError
 from .inputs import (check_netns_name, check_netns_syntax, check_positive, check_role, parse_source_net,
                      parse_target, parse_workers)
@@ -67,10 +68,11 @@ def _emit(text: str) -> None:
 
 @app.command()
 def report(
-    target: Optional[str] = typer.Option(None, "--target", "-n", metavar="N", help=TARGET_HELP),
+    target: Optional[int] = typer.Option(None, "--target", "-n", metavar="N", help=TARGET_HELP,
+                                         parser=inputs.TARGET),
     role: str = typer.Option("loopback", "--role", metavar="ROLE", help=ROLE_HELP),
     netns: Optional[str] = _netns_option(NETNS_HELP),
-    destinations: int = typer.Option(1, "--destinations",
+    destinations: int = typer.Option(1, "--destinations", metavar="N", parser=inputs.DESTINATIONS,
                                      help="Distinct server ip:port the clients connect to."),
     source_dev: Optional[str] = typer.Option(
         None, "--source-dev", metavar="DEV", help="Interface whose addresses outbound sockets use "
@@ -103,11 +105,11 @@ def metrics(
         None, "--listen", metavar="ADDR:PORT",
         help="Serve /metrics on ADDR:PORT (e.g. 127.0.0.1:9858; port 0 picks a free one), "
              "reading the host at each scrape, until SIGTERM. Only ADDR is bound."),
-    target: Optional[str] = typer.Option(None, "--target", "-n", metavar="N",
+    target: Optional[int] = typer.Option(None, "--target", "-n", metavar="N", parser=inputs.TARGET,
                                          help=TARGET_HELP + " Adds tuner_target_reachable."),
     role: str = typer.Option("loopback", "--role", metavar="ROLE", help=ROLE_HELP),
     netns: Optional[str] = _netns_option(NETNS_HELP),
-    destinations: int = typer.Option(1, "--destinations",
+    destinations: int = typer.Option(1, "--destinations", metavar="N", parser=inputs.DESTINATIONS,
                                      help="Distinct server ip:port the clients connect to."),
     source_dev: Optional[str] = typer.Option(
         None, "--source-dev", metavar="DEV", help="Interface whose addresses outbound sockets use."),
@@ -160,17 +162,18 @@ def _confirm_on_terminal(plan, err: bool = False) -> None:
 
 @app.command()
 def apply(
-    target: str = typer.Option(..., "--target", "-n", help=TARGET_HELP),
-    role: str = typer.Option("loopback", "--role", help=ROLE_HELP),
+    target: int = typer.Option(..., "--target", "-n", metavar="N", help=TARGET_HELP,
+                               parser=inputs.TARGET),
+    role: str = typer.Option("loopback", "--role", metavar="ROLE", help=ROLE_HELP),
     netns: Optional[str] = _netns_option("Change per-namespace knobs inside this network "
                                          "namespace; host-wide knobs are then left alone (and listed)."),
-    destinations: int = typer.Option(1, "--destinations",
+    destinations: int = typer.Option(1, "--destinations", metavar="N", parser=inputs.DESTINATIONS,
                                      help="Distinct server ip:port the clients connect to."),
-    pid: List[int] = typer.Option([], "--pid", metavar="PID", help="Raise RLIMIT_NOFILE of this running "
+    pid: List[int] = typer.Option([], "--pid", metavar="PID", parser=inputs.PID, help="Raise RLIMIT_NOFILE of this running "
                                                     "process (repeatable)."),
-    alias_dev: Optional[str] = typer.Option(None, "--alias-dev",
+    alias_dev: Optional[str] = typer.Option(None, "--alias-dev", metavar="DEV",
                                             help="Device to add source-address aliases on."),
-    alias_net: Optional[str] = typer.Option(None, "--alias-net",
+    alias_net: Optional[str] = typer.Option(None, "--alias-net", metavar="CIDR",
                                             help="Network the /32 aliases are taken from: a private "
                                                  "one (10/8, 172.16/12, 192.168/16, 100.64/10; "
                                                  "127/8 on lo only)."),
@@ -182,16 +185,17 @@ def apply(
                                         help="Lower tcp_rmem/tcp_wmem defaults (not max)."),
     persist: bool = typer.Option(False, "--persist", help="Also write sysctl.d / limits.d "
                                                           "files that apply at boot."),
-    unit: Optional[str] = typer.Option(None, "--unit", help="With --persist: systemd unit to "
+    unit: Optional[str] = typer.Option(None, "--unit", metavar="UNIT", help="With --persist: systemd unit to "
                                                             "give LimitNOFILE (a drop-in)."),
-    root_dir: str = typer.Option("/", "--root-dir", help="Root of the tree --persist writes "
-                                                         "into (tests aim it at a temp dir)."),
+    root_dir: str = typer.Option("/", "--root-dir", metavar="DIR",
+                                 help="Root of the tree --persist writes into (default /): "
+                                      "prepare files for another system image, or review them."),
     source_net: Optional[str] = typer.Option(
-        None, "--source-net", metavar="CIDR",
+        None, "--source-net", metavar="CIDR", parser=parse_source_net,
         help="Plan for clients bound to the addresses of CIDR, as 'tuner probe --source-net' "
              "binds them ('none': the one the kernel picks), instead of the local addresses "
              "counted; the probe's fixes pass it."),
-    journal: Optional[str] = typer.Option(None, "--journal", envvar="TUNER_JOURNAL",
+    journal: Optional[str] = typer.Option(None, "--journal", metavar="PATH", envvar="TUNER_JOURNAL",
                                           help=JOURNAL_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and stop."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before changing."),
@@ -223,7 +227,7 @@ def apply(
 def revert(
     force: bool = typer.Option(False, "--force", help="Restore originals even where a value "
                                                       "changed since tuner wrote it."),
-    journal: Optional[str] = typer.Option(None, "--journal", envvar="TUNER_JOURNAL",
+    journal: Optional[str] = typer.Option(None, "--journal", metavar="PATH", envvar="TUNER_JOURNAL",
                                           help=JOURNAL_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be restored."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -241,24 +245,24 @@ def revert(
 @app.command()
 def probe(
     ctx: typer.Context,
-    connections: str = typer.Option("100000", "--connections", "-n", metavar="N",
+    connections: int = typer.Option(100000, "--connections", "-n", metavar="N", parser=inputs.CONNECTIONS,
                                     help="Connections to open, verify and hold (1M works)."),
-    hold: float = typer.Option(0.0, "--hold", metavar="SECONDS",
+    hold: float = typer.Option(0.0, "--hold", metavar="SECONDS", parser=inputs.HOLD,
                                help="Hold every verified connection this long before closing."),
-    rate: Optional[float] = typer.Option(None, "--rate", metavar="R",
+    rate: Optional[float] = typer.Option(None, "--rate", metavar="RATE", parser=inputs.RATE,
                                          help="New connections per second, all workers together "
                                               "(default: as fast as the kernel accepts)."),
-    workers: str = typer.Option("auto", "--workers", metavar="auto|K",
+    workers: str = typer.Option("auto", "--workers", metavar="auto|K", parser=inputs.WORKERS,
                                 help="Worker processes; auto fits each in RLIMIT_NOFILE."),
     source_net: Optional[str] = typer.Option(
-        None, "--source-net", metavar="CIDR",
+        None, "--source-net", metavar="CIDR", parser=parse_source_net,
         help="Client source addresses (IP_BIND_ADDRESS_NO_PORT), or 'none' to let the kernel "
              "pick (default 127.0.0.0/8; with --connect the local addresses inside CIDR, e.g. "
              "aliases from tuner apply, default kernel-chosen)."),
-    port: Optional[int] = typer.Option(None, "--port", metavar="P",
+    port: Optional[int] = typer.Option(None, "--port", metavar="PORT", parser=inputs.PORT,
                                        help="First listener port (default: outside "
                                             "ip_local_port_range)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS",
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", parser=inputs.TIMEOUT,
                                             help="Give up establishing and verifying after this "
                                                  "long (default 30 s + 1 s per 10,000)."),
     netns: Optional[str] = _netns_option("Run the probe inside this network namespace."),
@@ -272,11 +276,11 @@ def probe(
     connect: Optional[str] = typer.Option(
         None, "--connect", metavar="HOST:PORT",
         help="Client side only: open --connections to a 'tuner probe --serve' at HOST:PORT."),
-    expect: Optional[str] = typer.Option(
-        None, "--expect", metavar="N",
+    expect: Optional[int] = typer.Option(
+        None, "--expect", metavar="N", parser=inputs.EXPECT,
         help="With --serve: connections to verify; more are reset at accept. Exit 0 only when "
              "this many verified."),
-    echo_timeout: float = typer.Option(10.0, "--echo-timeout", metavar="SECONDS",
+    echo_timeout: float = typer.Option(10.0, "--echo-timeout", metavar="SECONDS", parser=inputs.ECHO_TIMEOUT,
                                        help="With --serve: how long a client has to echo its index."),
     textfile: Optional[str] = typer.Option(
         None, "--textfile", metavar="DIR",
@@ -290,6 +294,8 @@ def probe(
     pre-flight or short, 130 on Ctrl-C. Across hosts: --serve on the server and --connect
     on each load host, speaking the WIRE PROTOCOL below."""
     check_netns_name(netns)
+    if not serve:
+        _refuse_other_ends_options(ctx, "--serve", only=True)
     if serve or connect:
         return _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, source_net,
                             timeout, echo_timeout, netns, json_out)
@@ -367,7 +373,17 @@ def _given(ctx, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def _refuse_other_ends_options(ctx, mode: str) -> None:
+# Options that only the server end reads: without --serve they would be silently ignored.
+_SERVE_ONLY = {"expect": "--expect", "echo_timeout": "--echo-timeout"}
+
+
+def _refuse_other_ends_options(ctx, mode: str, only: bool = False) -> None:
+    if only:
+        ignored = [flag for name, flag in _SERVE_ONLY.items() if _given(ctx, name)]
+        if ignored:
+            raise errors.UsageError(f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} for "
+                                    f"{mode} only (the server end of a split probe)")
+        return
     ignored = [flag for name, flag in _NOT_WITH[mode].items() if _given(ctx, name)]
     if ignored:
         raise errors.UsageError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply "

@@ -19,11 +19,26 @@ MAX_TARGET = 2 ** 48
 _SUFFIX = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
 
 
-def parse_target(text: Optional[str], what: str = "target") -> Optional[int]:
-    """'1000000', '1_000_000', '1M', '2.5m', '500k' -> int; None stays None."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(-?\d[\d_]*(?:\.\d+)?)\s*([kKmMgG]?)\s*", str(text))
+# Longest numeric text read at all: 2^48 written out with separators fits; a 5000-digit
+# value is refused before any conversion (int() of it raises past 4300 digits).
+MAX_NUMBER_CHARS = 40
+
+
+def _shown(text: str) -> str:
+    """A value as an error message quotes it: long ones cut, with their length."""
+    return repr(text) if len(text) <= MAX_NUMBER_CHARS else f"{text[:12]!r}... ({len(text):,} characters)"
+
+
+def parse_target(text, what: str = "target") -> Optional[int]:
+    """'1000000', '1_000_000', '1M', '2.5m', '500k' -> int; None stays None. ASCII digits
+    only: '٣' and '１' are digits to Python, not to an operator reading the command."""
+    if text is None or (isinstance(text, int) and not isinstance(text, bool)):
+        return text
+    text = str(text)
+    if len(text) > MAX_NUMBER_CHARS:
+        raise UsageError(f"{what} {_shown(text)} is not a whole number of connections "
+                         f"(examples: 1000000, 1_000_000, 1M)")
+    m = re.fullmatch(r"\s*(-?\d[\d_]*(?:\.\d+)?)\s*([kKmMgG]?)\s*", text, re.ASCII)
     if not m:
         raise UsageError(f"{what} {text!r} is not a whole number of connections "
                          f"(examples: 1000000, 1_000_000, 1M)")
@@ -49,13 +64,9 @@ def check_role(role: str) -> str:
     return role
 
 
-def parse_workers(text: str):
+def parse_workers(text):
     """'auto' or a positive whole number of worker processes."""
-    if text == "auto":
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise UsageError(f"--workers takes 'auto' or a positive whole number, not {text!r}")
-    return int(text)
+    return WORKERS(text)
 
 
 def check_positive(name: str, value: Optional[int]) -> Optional[int]:
@@ -168,3 +179,73 @@ def check_alias_net(text: str, dev: Optional[str], allow_public: bool = False):
     raise UsageError(f"--alias-net {net} is not inside a private network ({private}, or fc00::/7): "
                      f"tuner adds addresses only from networks an operator owns; if this one "
                      f"is yours, pass --allow-public-aliases")
+
+
+
+# ---------------------------------------------------------------- numeric options
+
+MAX_SECONDS = 30 * 86400        # a month: longer waits are typos (and overflow poll())
+MAX_RATE = 10_000_000           # connections/s, far above any kernel's accept rate
+PID_MAX_LIMIT = 1 << 22         # the kernel's ceiling for /proc/sys/kernel/pid_max (64-bit)
+_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
+class Number:
+    """How one numeric option is read: ASCII digits only (Python's int() and float() take
+    '٣', '１', 'nan' and 'inf'), finite, within [low, high] (above low when low_open).
+
+    The CLI gives an instance as the option's parser, so every command reads a number the
+    same way as it parses its arguments; tests/test_fuzz_options.py finds the options by
+    it and reads the bounds.  kind: 'int', 'float', or 'target' (1M, 500k: parse_target)."""
+
+    def __init__(self, option: str, kind: str, low: float, high: float, *,
+                 low_open: bool = False, words: tuple = (), unit: str = ""):
+        self.option, self.kind, self.low, self.high = option, kind, low, high
+        self.low_open, self.words, self.unit = low_open, words, unit
+        self.__name__ = f"parse{option.replace('-', '_')}"
+
+    def __call__(self, value):
+        if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value                      # a default of the declaration
+        text = str(value)
+        if text in self.words:
+            return text
+        if self.kind == "target":
+            return parse_target(text, self.option)
+        pattern = _INT if self.kind == "int" else _FLOAT
+        if len(text) > MAX_NUMBER_CHARS or not pattern.fullmatch(text.strip()):
+            raise UsageError(f"{self.option} {_shown(text)} is not {self.expects()}")
+        number = int(text) if self.kind == "int" else float(text)
+        too_low = number <= self.low if self.low_open else number < self.low
+        if too_low or number > self.high or number != number:
+            raise UsageError(f"{self.option} {_shown(text)} is out of range: give {self.expects()}")
+        return number
+
+    def expects(self) -> str:
+        what = "a whole number" if self.kind == "int" else "a number"
+        low = f"above {_num(self.low)}" if self.low_open else f"from {_num(self.low)}"
+        words = "".join(f"'{w}' or " for w in self.words)
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{words}{what}{unit} {low} to {_num(self.high)}"
+
+
+def _num(x) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
+def target_option(option: str) -> Number:
+    return Number(option, "target", 1, MAX_TARGET)
+
+
+TARGET = target_option("--target")
+CONNECTIONS = target_option("--connections")
+EXPECT = target_option("--expect")
+DESTINATIONS = Number("--destinations", "int", 1, MAX_TARGET)
+PID = Number("--pid", "int", 1, PID_MAX_LIMIT)
+PORT = Number("--port", "int", 1, 65535)
+WORKERS = Number("--workers", "int", 1, 65535, words=("auto",))
+HOLD = Number("--hold", "float", 0, MAX_SECONDS, unit="of seconds")
+TIMEOUT = Number("--timeout", "float", 0, MAX_SECONDS, low_open=True, unit="of seconds")
+ECHO_TIMEOUT = Number("--echo-timeout", "float", 0, MAX_SECONDS, low_open=True, unit="of seconds")
+RATE = Number("--rate", "float", 0, MAX_RATE, low_open=True, unit="of connections per second")
