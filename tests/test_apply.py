@@ -426,7 +426,7 @@ BAD_INPUT = [
     (["-n", "1M", "--role", "client", "--alias-dev", "lo", "--alias-net", "10.9.0.0/33"],
      "not a network"),
     (["-n", "1M", "--alias-dev", "lo"], "go together"),
-    (["-n", "1M", "--pid", "999999999"], "no such process"),
+    (["-n", "1M", "--pid", "999999999"], "--pid '999999999' is out of range"),
     (["-n", "1M", "--persist", "--netns", "NS"], "cannot be combined with --netns"),
     (["-n", "1M", "--unit", "x"], "needs --persist"),
 ]

@@ -39,12 +39,21 @@ def _command_tree():
     return typer.main.get_command(cli.app).commands
 
 
+def parser_of(param):
+    """The parser= an option was declared with (typer 0.28 wraps it in a FuncParamType;
+    0.29 keeps it in the type descriptor)."""
+    described = getattr(param, "type_descriptor", None)
+    if described is not None:
+        return described.parameter_info.parser
+    return getattr(getattr(param, "type", None), "func", None)
+
+
 def numeric_options():
     """(command, option, Number) for every option read by an inputs.Number."""
     out = []
     for name, cmd in sorted(_command_tree().items()):
         for param in cmd.params:
-            parser = param.type_descriptor.parameter_info.parser
+            parser = parser_of(param)
             if isinstance(parser, inputs.Number):
                 out.append((name, param.opts[0], parser))
     return out
@@ -94,16 +103,21 @@ def test_every_numeric_looking_option_is_a_number():
     """An int/float option, or one whose placeholder is a number, is read by an
     inputs.Number: typer's own int() and float() take '٣', 'nan' and 'inf'."""
     numeric_metavars = {"N", "PID", "PORT", "SECONDS", "RATE", "auto|K", "K"}
+    checked = 0
     for name, cmd in _command_tree().items():
         for param in cmd.params:
-            info = param.type_descriptor
-            annotation = getattr(info, "annotation", None)
-            looks = (annotation in (int, float) or str(annotation) in (
-                "typing.Optional[int]", "typing.Optional[float]", "typing.List[int]",
-                "int | None", "float | None", "list[int]")) and not param.is_flag
-            looks = looks or param.metavar in numeric_metavars
+            if getattr(param, "is_flag", False):
+                continue
+            described = getattr(param, "type_descriptor", None)
+            annotation = str(getattr(described, "annotation", "")) if described else ""
+            click_type = type(getattr(param, "type", None)).__name__
+            looks = (click_type in ("IntParamType", "FloatParamType", "IntRange", "FloatRange")
+                     or any(t in annotation for t in ("int", "float"))
+                     or param.metavar in numeric_metavars)
             if looks:
-                assert isinstance(info.parameter_info.parser, inputs.Number), (name, param.opts)
+                checked += 1
+                assert isinstance(parser_of(param), inputs.Number), (name, param.opts)
+    assert checked == len(numeric_options())
 
 
 @pytest.fixture(scope="module")
