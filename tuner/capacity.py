@@ -143,9 +143,10 @@ def _status(ctx: Ctx, knob: Knob, current, needed, allows, binding: Optional[str
     return OK
 
 
-def evaluate(ctx: Ctx) -> Report:
+def evaluate(ctx: Ctx, knobs: Optional[List[Knob]] = None) -> Report:
+    """`knobs`: the table to evaluate (default KNOBS; diagnose adds PROCESS_KNOBS)."""
     evaluated = []
-    for knob in KNOBS:
+    for knob in KNOBS if knobs is None else knobs:
         current = knob.current(ctx)
         allows = knob.allows(ctx) if current is not None else None
         needed = knob.needs(ctx) if current is not None else None

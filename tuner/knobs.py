@@ -168,6 +168,9 @@ class Knob:
     # Kubernetes release since which the kubelet lists this (per-namespace) sysctl as
     # safe, so a pod may set it in securityContext.sysctls; "" where it is not listed.
     k8s_safe_since: str = ""
+    # True where `allows` is what is left after the host's current use (fs.file-nr,
+    # MemAvailable, ...), so a running service can hold its connections plus this many.
+    net_of_use: bool = False
 
     @property
     def is_sysctl(self) -> bool:
@@ -236,8 +239,10 @@ def _file_max_wanted(ctx):
 
 
 def _per_process_allows(value):
-    return lambda ctx: (None if value(ctx) is None
-                        else max(value(ctx) - RESERVE_FDS, 0) // ctx.sockets_per_conn)
+    def rule(ctx):
+        reserved = RESERVE_FDS if ctx.snap.fds_reserved is None else ctx.snap.fds_reserved
+        return None if value(ctx) is None else max(value(ctx) - reserved, 0) // ctx.sockets_per_conn
+    return rule
 
 
 def _one_process_fds(ctx):
@@ -399,7 +404,8 @@ KNOBS: List[Knob] = [
          current=_sysctl("fs.file-max"), allows=_file_max_allows,
          needs=_raise_scalar("fs.file-max", _file_max_wanted), reads=(("fs.file-nr", "host"),),
          usage=_usage(lambda ctx: (ctx.snap.ints("fs.file-nr") or [None])[0],
-                      lambda ctx: ctx.snap.int("fs.file-max"))),
+                      lambda ctx: ctx.snap.int("fs.file-max")),
+         net_of_use=True),
     Knob("RLIMIT_NOFILE.hard", "rlimit", "process", "descriptors", CAPS_PER_PROCESS,
          "Most descriptors one process may raise its soft limit to; raising it needs "
          "CAP_SYS_RESOURCE.",
@@ -476,7 +482,8 @@ KNOBS: List[Knob] = [
          needs=_raise_scalar("net.netfilter.nf_conntrack_max", _conntrack_wanted),
          reads=(("net.netfilter.nf_conntrack_count", "netns"),),
          usage=_usage(lambda ctx: ctx.snap.int("net.netfilter.nf_conntrack_count"),
-                      lambda ctx: ctx.snap.int("net.netfilter.nf_conntrack_max"))),
+                      lambda ctx: ctx.snap.int("net.netfilter.nf_conntrack_max")),
+         net_of_use=True),
     Knob("fs.epoll.max_user_watches", "sysctl", "host", "watches", CAPS_CONNECTIONS,
          "Sockets one user may watch with epoll across all its processes; epoll_ctl fails "
          "with ENOSPC beyond it.",
@@ -487,12 +494,14 @@ KNOBS: List[Knob] = [
          "Memory the kernel can give without swapping; idle connections cost slab "
          "objects (estimated below), so RAM caps them when nothing else does.",
          current=lambda ctx: [ctx.mem_available] if ctx.mem_available is not None else None,
-         allows=_mem_allows, writable=False, fix="add memory or use a larger host"),
+         allows=_mem_allows, writable=False, fix="add memory or use a larger host",
+         net_of_use=True),
     Knob("cgroup memory limit", "memory", "process", "bytes", CAPS_CONNECTIONS,
          "Kernel socket memory is charged to the cgroup, so a container's limit caps "
          "connections even on a large host.",
          current=_cgroup_current, allows=_cgroup_allows, writable=False, usage=_cgroup_usage,
-         fix="raise the container's memory limit (memory.max / memory.limit_in_bytes)"),
+         fix="raise the container's memory limit (memory.max / memory.limit_in_bytes)",
+         net_of_use=True),
 ]
 
 BY_NAME = {k.name: k for k in KNOBS}
@@ -506,3 +515,98 @@ def sysctl_names(scope: str) -> List[str]:
             names.append(knob.name)
         names.extend(name for name, where in knob.reads if where == scope)
     return list(dict.fromkeys(names))
+
+
+# ---------------------------------------------------------------- one process's own limits
+# Evaluated by `tuner diagnose` only: they need a running process's figures
+# (snap.process: threads, mappings, connections held, its cgroup's pids).  A
+# thread-per-connection server spends a task, a pid and a stack (two mappings: the
+# stack and its guard page) per connection, so these bind long before descriptors;
+# `allows` stays None unless the process looks thread-per-connection (it runs at least
+# as many threads as it holds connections).
+MAPS_PER_THREAD = 2
+THREAD_SYSCTLS = ("kernel.threads-max", "kernel.pid_max", "vm.max_map_count")
+
+
+def _proc(ctx) -> dict:
+    return ctx.snap.process or {}
+
+
+def _per_conn_threads(ctx) -> Optional[int]:
+    return _proc(ctx).get("threads_per_connection")
+
+
+def _tasks_allows(limit):
+    """Connections more that `limit(ctx)` (a task count) leaves room for (net of use)."""
+    def rule(ctx):
+        tpc, lim = _per_conn_threads(ctx), limit(ctx)
+        if not tpc or lim is None:
+            return None
+        return max(lim[0] - lim[1], 0) // tpc
+    return rule
+
+
+def _tasks_wanted(limit):
+    def wanted(ctx):
+        tpc, lim = _per_conn_threads(ctx), limit(ctx)
+        if not tpc or lim is None:
+            return None
+        more = max(ctx.target - (_proc(ctx).get("held") or 0), 0)
+        return lim[1] + ctx.with_headroom(more) * tpc
+    return wanted
+
+
+def _host_tasks(name):
+    # Every thread on the host is a task and takes a pid: (limit, tasks in use).
+    return lambda ctx: (None if ctx.snap.int(name) is None or _proc(ctx).get("host_tasks") is None
+                        else (ctx.snap.int(name), _proc(ctx)["host_tasks"]))
+
+
+def _cgroup_tasks(ctx):
+    cg = _proc(ctx).get("cgroup_pids") or {}
+    return None if cg.get("limit") is None else (cg["limit"], cg.get("current") or 0)
+
+
+def _maps_allows(ctx):
+    tpc, cur, maps = _per_conn_threads(ctx), ctx.snap.int("vm.max_map_count"), _proc(ctx).get("maps")
+    if not tpc or cur is None or maps is None:
+        return None
+    return (_proc(ctx).get("held") or 0) + max(cur - maps, 0) // (tpc * MAPS_PER_THREAD)
+
+
+def _maps_wanted(ctx):
+    tpc, maps = _per_conn_threads(ctx), _proc(ctx).get("maps")
+    if not tpc or maps is None:
+        return None
+    more = max(ctx.target - (_proc(ctx).get("held") or 0), 0)
+    return maps + ctx.with_headroom(more) * tpc * MAPS_PER_THREAD
+
+
+PROCESS_KNOBS: List[Knob] = [
+    Knob("kernel.threads-max", "sysctl", "host", "threads", CAPS_CONNECTIONS,
+         "Threads on the whole host; a thread-per-connection server gets EAGAIN from "
+         "clone() (Java: 'unable to create native thread') past it.",
+         current=_sysctl("kernel.threads-max"), allows=_tasks_allows(_host_tasks("kernel.threads-max")),
+         needs=_raise_scalar("kernel.threads-max", _tasks_wanted(_host_tasks("kernel.threads-max"))),
+         net_of_use=True),
+    Knob("kernel.pid_max", "sysctl", "host", "pids", CAPS_CONNECTIONS,
+         "Every thread takes a pid; past pid_max (at most 4,194,304) no thread can start.",
+         current=_sysctl("kernel.pid_max"), allows=_tasks_allows(_host_tasks("kernel.pid_max")),
+         needs=_raise_scalar("kernel.pid_max", _tasks_wanted(_host_tasks("kernel.pid_max"))),
+         net_of_use=True),
+    Knob("cgroup pids.max", "cgroup", "cgroup", "tasks", CAPS_CONNECTIONS,
+         "Tasks (threads) the process's cgroup may hold; a container or a unit's TasksMax= "
+         "stops a thread-per-connection server here.",
+         current=lambda ctx: None if _cgroup_tasks(ctx) is None else [_cgroup_tasks(ctx)[0]],
+         allows=_tasks_allows(_cgroup_tasks), writable=False, net_of_use=True,
+         needs=lambda ctx: (None if ctx.target is None or _cgroup_tasks(ctx) is None
+                            or _tasks_wanted(_cgroup_tasks)(ctx) is None
+                            or _tasks_wanted(_cgroup_tasks)(ctx) <= _cgroup_tasks(ctx)[0]
+                            else [_tasks_wanted(_cgroup_tasks)(ctx)]),
+         fix="raise pids.max of the process's cgroup (systemd: TasksMax= in the unit)"),
+    Knob("vm.max_map_count", "sysctl", "host", "mappings", CAPS_PER_PROCESS,
+         "Memory mappings one process may have; each thread's stack takes two, so a "
+         "thread-per-connection server stops near half of it.",
+         current=_sysctl("vm.max_map_count"), allows=_maps_allows,
+         needs=_raise_scalar("vm.max_map_count", _maps_wanted)),
+]

@@ -48,6 +48,10 @@ class Snapshot:
     # routes of type local (what bind() accepts as a source), AnyIP prefixes included
     local_routes: List[Dict[str, object]] = field(default_factory=list)
     netns: Optional[str] = None
+    # A diagnosed process (tuner diagnose): descriptors it holds for other than its
+    # connections (None: assume knobs.RESERVE_FDS), and its thread/mapping figures.
+    fds_reserved: Optional[int] = None
+    process: Optional[Dict[str, object]] = None
 
     # Small typed accessors used by the knob rules.
     def ints(self, name: str) -> Optional[List[int]]:
@@ -156,8 +160,10 @@ def check_netns(name: str) -> None:
     check_netns_name(name)
 
 
-def take_snapshot(host_sysctls, netns_sysctls, netns: Optional[str] = None) -> Snapshot:
-    """Read the host; names in `netns_sysctls` (and sockstat, addresses) from `netns`."""
+def take_snapshot(host_sysctls, netns_sysctls, netns: Optional[str] = None,
+                  enter=None) -> Snapshot:
+    """Read the host; names in `netns_sysctls` (and sockstat, addresses) from `netns`,
+    or inside `enter` (a context manager: a process's namespace opened by path)."""
     if netns is not None:
         check_netns(netns)
     snap = Snapshot(netns=netns)
@@ -168,7 +174,7 @@ def take_snapshot(host_sysctls, netns_sysctls, netns: Optional[str] = None) -> S
     snap.meminfo_kb = procfs.meminfo_kb()
     _read_slab(snap)
     snap.cgroup_memory = procfs.cgroup_memory()
-    with in_netns(netns):
+    with enter if enter is not None else in_netns(netns):
         _read_sysctls(netns_sysctls, snap)
         snap.sockstat = procfs.sockstat()
         snap.addresses = localnet.read_addresses()
