@@ -360,6 +360,63 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
     raise typer.Exit(connect_exit(result))
 
 
+@app.command()
+def diagnose(
+    pid: List[int] = typer.Option([], "--pid", metavar="PID",
+                                  help="The service's process (repeatable: pre-fork workers)."),
+    port: Optional[int] = typer.Option(None, "--port", metavar="PORT",
+                                       help="The process(es) listening on this TCP port "
+                                            "(SO_REUSEPORT workers are summed)."),
+    unit: Optional[str] = typer.Option(None, "--unit", metavar="NAME",
+                                       help="The processes of this systemd unit (from its cgroup)."),
+    netns: Optional[str] = typer.Option(None, "--netns", metavar="NAME",
+                                        help="With --port: look for the listener inside this "
+                                             "network namespace (ip netns)."),
+    target: Optional[str] = typer.Option(None, "--target", "-n", metavar="N",
+                                         help="Can the service hold N connections in total? "
+                                              "(exit 3 when not)."),
+    watch: Optional[float] = typer.Option(None, "--watch", metavar="[SECONDS]",
+                                          help="Sample live until Ctrl-C (or for SECONDS; "
+                                               "a bare --watch means until Ctrl-C): "
+                                               "connections, descriptors, accept queue, and the "
+                                               "counters that say a limit is biting."),
+    interval: float = typer.Option(1.0, "--interval", metavar="S", help="Seconds between --watch samples."),
+    wide: bool = typer.Option(False, "--wide", help="Add a why column for every limit."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP + " With --watch: one JSON line per sample."),
+) -> None:
+    """Why does this running service stall at N connections? Reads the process(es) --
+    RLIMIT_NOFILE and descriptors in use, listeners (backlog, accept queue), connections,
+    epoll watches, threads, cgroup memory and pids -- in their own network namespace and
+    cgroup, evaluates every limit for the server role with their numbers, and prints the
+    verdict, the table, and the fixes as commands. Exits 0 when the service can take
+    --target (or none is given), 3 when it cannot, 2 for a PID/port/unit that does not
+    exist or cannot be a server, 4 when reading another user's process needs root."""
+    from . import diagnose as diagnose_mod
+
+    n = parse_target(target) if target is not None else None
+    if watch is not None:
+        from . import watch as watch_mod
+
+        if watch < 0:
+            raise errors.UsageError("--watch SECONDS must be 0 (until Ctrl-C) or more")
+        if interval <= 0:
+            raise errors.UsageError(f"--interval must be more than 0 seconds, not {interval}")
+        pids = diagnose_mod.resolve(pid, port, unit, netns)
+        raise typer.Exit(watch_mod.run(pids, n, duration=watch or None, interval=interval,
+                                       json_out=json_out, emit=_emit))
+    if interval != 1.0:
+        raise errors.UsageError("--interval applies to --watch only")
+    d = diagnose_mod.diagnose(pid, port, unit, netns, n)
+    if json_out:
+        _emit(render.to_json(d.to_dict()))
+    else:
+        from .diagnose_render import diagnose_text
+
+        _emit(diagnose_text(d, wide=wide))
+    if d.reachable is False:
+        raise typer.Exit(errors.EXIT_SHORT)
+
+
 # Options of the local probe or of the other end that a split mode would silently ignore.
 _NOT_WITH = {
     "--serve": {"connections": "--connections/-n", "rate": "--rate", "port": "--port",
@@ -390,8 +447,28 @@ def _refuse_other_ends_options(ctx, mode: str, only: bool = False) -> None:
                                 f"to {mode} (see 'tuner probe --help')")
 
 
+def _bare_watch(argv: list) -> list:
+    """`tuner diagnose --watch` takes an optional SECONDS; click options cannot, so a bare
+    --watch (followed by another option or nothing) is given its 'until Ctrl-C' value 0."""
+    if "diagnose" not in argv:
+        return argv
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--watch":
+            nxt = out[i + 1] if i + 1 < len(out) else None
+            try:
+                float(nxt) if nxt is not None else None
+            except ValueError:
+                nxt = None
+            if nxt is None:
+                out.insert(i + 1, "0")
+            break
+    return out
+
+
 def main(argv: Optional[list] = None) -> int:
     """Entry point: one-line errors with documented exit codes, never a traceback."""
+    argv = _bare_watch(sys.argv[1:] if argv is None else argv)
     try:
         # standalone_mode=False: typer returns Exit codes instead of exiting, and lets
         # usage errors reach us so they print as one line.

@@ -1,0 +1,62 @@
+"""`tuner diagnose` as text: the verdict first, then the limits, listeners and fixes.
+
+The JSON is Diagnosis.to_dict() (schema tuner.diagnose/1), so text and JSON cannot
+disagree; numbers are formatted by render.number/value like every other table.
+"""
+from __future__ import annotations
+
+from .render import number, size, table, value
+
+
+def _cell(v, unit: str) -> str:
+    if v is None:
+        return "-"
+    return size(v) if unit == "bytes" else f"{v:,}"
+
+
+def diagnose_text(d, wide: bool = False) -> str:
+    lines = [d.verdict, ""]
+    rows, notes = [], []
+    for r in d.limits:
+        current = "unreadable (needs root)" if r.status == "unreadable" else value(r.current, r.unit)
+        rows.append([r.name, r.scope, current, _cell(r.used, r.unit), _cell(r.headroom, r.unit),
+                     number(r.allows), value(r.needed, r.unit), r.status] + ([r.why] if wide else []))
+        if not wide and r.status not in ("ok", "n/a"):
+            fix = f" Fix: {r.fix}." if r.fix and r.status in ("binds", "short", "capped", "full") else ""
+            notes.append(f"  {r.name}{f' (pid {r.pid})' if r.pid else ''} ({r.status}): {r.why}{fix}")
+    lines.append(table(rows, ["limit", "scope", "current", "used", "headroom", "connections",
+                              "needed", "status"] + (["why"] if wide else [])))
+    if notes:
+        lines += ["", "why:"] + list(dict.fromkeys(notes))
+    c = d.connections
+    lines.append("")
+    where = "" if d.own_netns else f" (network namespace {d.netns or '?'})"
+    procs = ", ".join(f"{p['pid']} ({p['name']})" for p in d.processes)
+    lines.append(f"service: {procs}{where}")
+    if d.listeners:
+        lines.append(table([[f"{l['address']}:{l['port']}", number(l["backlog"]), number(l["queued"]),
+                             number(l["reuseport_siblings"]), ", ".join(map(str, l["pids"]))]
+                            for l in d.listeners],
+                           ["listener", "backlog", "queued", "reuseport siblings", "pids"]))
+    else:
+        lines.append("listeners: none (the process listens on no TCP port tuner can see)")
+    by_port = ", ".join(f"{port}: {n:,}" for port, n in c["by_port"].items())
+    lines.append(f"connections held: {c['held']:,} ({c['peers']:,} distinct peer address"
+                 f"{'' if c['peers'] == 1 else 'es'}; on ports {by_port or '-'}; "
+                 f"{c['accept_queue']:,} waiting in accept queues)")
+    p_threads = sum(p["threads"] for p in d.processes)
+    lines.append(f"threads: {p_threads:,}" + (" (one per connection: thread limits count)"
+                                              if d.thread_per_connection else ""))
+    m = d.memory
+    lines.append(f"kernel memory per connection ({m['source']}): idle {size(m['idle_bytes_per_connection'])}, "
+                 f"worst case {size(m['worst_bytes_per_connection'])}")
+    if d.fix:
+        lines += ["", "fix:"]
+        for f in d.fix:
+            lines.append(f"  {f.command}")
+            lines.append(f"      {f.why}")
+    if d.notes:
+        lines += ["", "runtime:"] + [f"  {n}" for n in d.notes]
+    if d.unreadable:
+        lines.append("unreadable without root: " + ", ".join(d.unreadable))
+    return "\n".join(lines)

@@ -1,0 +1,434 @@
+"""A running service as the kernel sees it: which processes, their sockets, their limits.
+
+`tuner diagnose` (and `tuner metrics`) name a service by --pid, --port or --unit; this
+module turns that into processes and reads, for each, what decides how many
+connections it can hold.  Socket facts come from sock_diag (netlink), inside the
+process's own network namespace, never from /proc/net/tcp (a Python loop over a
+million lines) nor from listing /proc/PID/fd (which costs the process a proc inode and
+a dentry per descriptor).  /proc readers live in tuner/procfs.py ("one process").
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import socket
+import struct
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set
+
+from . import procfs
+from .errors import PermissionNeeded, TunerError, UsageError
+
+CAP_SYS_RESOURCE = 24
+LOW_FD_SCAN = 1024          # listeners and epoll instances are opened early: look this low
+NETNS_RUN_DIR = "/var/run/netns"
+
+# sock_diag (linux/sock_diag.h, linux/inet_diag.h)
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_BC_JMP, INET_DIAG_BC_S_EQ = 1, 11
+TCP_ESTABLISHED, TCP_SYN_RECV, TCP_LISTEN, TCP_CLOSE_WAIT = 1, 3, 10, 8
+# Sockets that hold a server's descriptor: established, and closed by the peer but not
+# yet by the server.
+HELD_STATES = (1 << TCP_ESTABLISHED) | (1 << TCP_CLOSE_WAIT)
+_NLMSG = struct.Struct("=IHHII")
+_DIAG_REQ = struct.Struct("=BBBBI")          # family, protocol, ext, pad, states
+_SOCKID = struct.Struct(">HH16s16sIQ")       # sport, dport, src, dst, if, cookie (cookie raw)
+_SPORT = struct.Struct(">H")
+_MSG_SPORT, _MSG_DST = 16 + 4, 16 + 24      # offsets inside an nlmsg carrying inet_diag_msg
+UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}$")
+
+
+class ProcessGone(UsageError):
+    """The process exited while tuner read it."""
+
+
+@dataclass
+class Listener:
+    family: int                  # 4 or 6
+    address: str
+    port: int
+    backlog: int                 # effective: min(listen() backlog, somaxconn at listen())
+    queued: int                  # accept queue now (ss Recv-Q)
+    inode: int
+    pids: List[int] = field(default_factory=list)
+    reuseport_siblings: int = 0  # other listening sockets on the same address and port
+
+    def to_dict(self) -> dict:
+        return {"address": self.address, "port": self.port, "family": self.family,
+                "backlog": self.backlog, "queued": self.queued, "inode": self.inode,
+                "pids": self.pids, "reuseport_siblings": self.reuseport_siblings}
+
+
+@dataclass
+class Connections:
+    """Sockets on the service's ports: counts only, from one filtered sock_diag dump."""
+
+    held: int = 0                                        # established + close-wait
+    by_port: Dict[int, int] = field(default_factory=dict)
+    peers: int = 0                                       # distinct peer addresses
+    accept_queue: int = 0                                # established, not yet accepted
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Process:
+    """One process's own figures (what the knob table reads from the host for tuner)."""
+
+    pid: int
+    name: str
+    uid: int
+    exe: Optional[str]
+    cmdline: List[str]
+    threads: int
+    fds: int
+    nofile_soft: int
+    nofile_hard: int
+    cap_sys_resource: bool
+    netns_inode: int
+    maps: int
+    socket_inodes: Dict[int, int] = field(default_factory=dict)  # inode -> fd (low fds)
+    epoll_watches: Optional[int] = None
+    cgroup_memory: Dict[str, object] = field(default_factory=dict)
+    cgroup_pids: Dict[str, object] = field(default_factory=dict)
+    unit: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("socket_inodes")
+        return d
+
+
+# ---------------------------------------------------------------- errors
+
+@contextlib.contextmanager
+def _reading(pid: int, what: str = "") -> Iterator[None]:
+    """Turn the kernel's errors while reading one process into one-line tuner errors."""
+    try:
+        yield
+    except (FileNotFoundError, ProcessLookupError):
+        if os.path.exists(f"/proc/{pid}"):
+            raise  # the process is there: a missing file is something else
+        raise ProcessGone(f"pid {pid} exited while it was being read{what}: "
+                          f"run again against the running service") from None
+    except PermissionError:
+        raise PermissionNeeded(f"reading pid {pid}{what} needs root (it belongs to another "
+                               f"user): run tuner as root") from None
+
+
+def check_pid(pid: int) -> None:
+    """Refuse, in one line each, what cannot be a server: no such process, PID 1 (the
+    init system; diagnose the service it started), a kernel thread, a zombie."""
+    if pid < 1:
+        raise UsageError(f"--pid {pid}: process IDs are positive numbers")
+    if not os.path.exists(f"/proc/{pid}"):
+        raise UsageError(f"no process with pid {pid} (list servers with 'ss -ltnp')")
+    with _reading(pid):
+        status = procfs.proc_status(pid)
+        if status.get("Tgid") and int(status["Tgid"]) != pid:
+            raise UsageError(f"pid {pid} is a thread of process {status['Tgid']}: "
+                             f"use --pid {status['Tgid']}")
+        if pid == 1:
+            raise UsageError(f"pid 1 is the init process ({status.get('Name')}): diagnose the "
+                             f"service it started, by --port or --unit")
+        if procfs.is_kernel_thread(pid):
+            raise UsageError(f"pid {pid} is a kernel thread ({status.get('Name')}): it holds no "
+                             f"sockets of its own; name a server process")
+        if status.get("State", "").startswith(("Z", "X")):
+            raise UsageError(f"pid {pid} ({status.get('Name')}) is a zombie: it has exited and "
+                             f"holds no sockets (its parent, pid {status.get('PPid')}, has not "
+                             f"reaped it)")
+
+
+# ---------------------------------------------------------------- network namespaces
+
+def own_netns_inode() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+@contextlib.contextmanager
+def in_netns_of(pid: Optional[int]) -> Iterator[None]:
+    """Run the body in the network namespace of `pid`, opened by path (/proc/PID/ns/net),
+    so /proc/sys/net, /proc/net and new netlink sockets are that namespace's. No-op
+    when it is ours."""
+    if pid is None:
+        yield
+        return
+    with _reading(pid, " (its network namespace)"):
+        if procfs.netns_inode(pid) == own_netns_inode():
+            fd = None
+        else:
+            fd = os.open(procfs.netns_path(pid), os.O_RDONLY | os.O_CLOEXEC)
+    if fd is None:
+        yield
+        return
+    from pyroute2 import netns as pnetns
+
+    try:
+        try:
+            pnetns.pushns(fd)
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                raise PermissionNeeded(f"entering the network namespace of pid {pid} needs "
+                                       f"root: run tuner as root") from None
+            raise
+        try:
+            yield
+        finally:
+            pnetns.popns()
+    finally:
+        os.close(fd)
+
+
+def netns_name(inode: int) -> Optional[str]:
+    """The `ip netns` name whose bind mount is this namespace, if any (for fix commands)."""
+    if inode == own_netns_inode():
+        return None
+    try:
+        names = sorted(os.listdir(NETNS_RUN_DIR))
+    except OSError:
+        return None
+    for name in names:
+        try:
+            if os.stat(os.path.join(NETNS_RUN_DIR, name)).st_ino == inode:
+                return name
+        except OSError:
+            continue
+    return "?"  # a namespace without a name (a container's): found, but not by name
+
+
+# ---------------------------------------------------------------- sock_diag
+
+def listeners() -> List[Listener]:
+    """Every TCP listening socket of the current network namespace (pyroute2 sock_diag,
+    filtered to LISTEN by the kernel): a handful, so decoding each is cheap."""
+    from pyroute2.netlink.diag import DiagSocket
+
+    out: List[Listener] = []
+    with DiagSocket() as ds:
+        ds.bind()
+        for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+            for msg in ds.get_sock_stats(family=family, states=1 << TCP_LISTEN):
+                if msg.get("idiag_state") != TCP_LISTEN:
+                    continue
+                out.append(Listener(version, msg["idiag_src"], msg["idiag_sport"],
+                                    msg["idiag_wqueue"], msg["idiag_rqueue"], msg["idiag_inode"]))
+    groups = Counter((l.family, l.address, l.port) for l in out)
+    for l in out:
+        l.reuseport_siblings = groups[(l.family, l.address, l.port)] - 1
+    return out
+
+
+def _port_filter(ports: Sequence[int]) -> bytes:
+    """inet_diag bytecode accepting sockets whose local port is one of `ports`:
+    S_EQ p1 (yes: accept, no: next) ... S_EQ pn (no: reject).  Each S_EQ is two ops of
+    4 bytes (code, yes, no) + (port in `no`); jumping to the end accepts, past it rejects."""
+    ops = b""
+    n = len(ports)
+    for i, port in enumerate(ports):
+        remaining = (n - i) * 8             # bytes from this op to the end
+        no = 8 if i < n - 1 else remaining + 4
+        ops += struct.pack("=BBH", INET_DIAG_BC_S_EQ, remaining, no) + struct.pack("=BBH", 0, 0, port)
+    return ops
+
+
+def _dump_request(family: int, states: int, bytecode: bytes) -> bytes:
+    body = _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 0, states) + bytes(48)
+    if bytecode:
+        body += struct.pack("=HH", 4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
+    return _NLMSG.pack(16 + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
+
+
+def connections(ports: Iterable[int], accept_queue: int = 0) -> Connections:
+    """Held sockets (established, close-wait) on these local ports, by port, and distinct
+    peers, in the current namespace.
+
+    One sock_diag dump per family, filtered in the kernel by state and port, read raw:
+    only the 2-byte port and the peer address of each message are looked at, because
+    decoding 200,000 messages field by field (pyroute2's parser) takes seconds and a
+    diagnosis must stay well under one.  Sockets still in an accept queue are established
+    but not yet the server's: `accept_queue` (from the listeners) is taken off `held`."""
+    ports = sorted(set(ports))
+    result = Connections(by_port={p: 0 for p in ports}, accept_queue=accept_queue)
+    if not ports:
+        return result
+    by_port: Counter = Counter()
+    peers: Set[bytes] = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        _dump_count(family, HELD_STATES, _port_filter(ports), by_port, peers)
+    result.by_port = {p: by_port.get(p, 0) for p in ports}
+    result.held = max(sum(result.by_port.values()) - accept_queue, 0)
+    result.peers = len(peers)
+    return result
+
+
+def _dump_count(family: int, states: int, bytecode: bytes, by_port: Counter, peers: Set[bytes]) -> None:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, 0))
+        sock.send(_dump_request(family, states, bytecode))
+        unpack_hdr, unpack_port = _NLMSG.unpack_from, _SPORT.unpack_from
+        ports: Counter = Counter()
+        while True:
+            buf = sock.recv(1 << 17)
+            off, end = 0, len(buf)
+            while off < end:
+                length, kind = unpack_hdr(buf, off)[:2]
+                if kind == NLMSG_DONE:
+                    by_port.update(ports)
+                    return
+                if kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", buf, off + 16)[0]
+                    raise OSError(code, f"sock_diag dump: {os.strerror(code)}")
+                ports[unpack_port(buf, off + _MSG_SPORT)[0]] += 1
+                peers.add(buf[off + _MSG_DST:off + _MSG_DST + 16])
+                off += (length + 3) & ~3
+    finally:
+        sock.close()
+
+
+# ---------------------------------------------------------------- processes
+
+def read_process(pid: int) -> Process:
+    """Everything diagnose needs from one process, each read O(1) in its connections."""
+    check_pid(pid)
+    with _reading(pid):
+        status = procfs.proc_status(pid)
+        limits = procfs.proc_limits(pid)
+        soft, hard = limits.get("Max open files", (None, None))
+        fds = procfs.fd_count(pid)
+        low = procfs.low_fds(pid, LOW_FD_SCAN, fds)
+        inodes = {}
+        epoll_fds = []
+        for fd, target in low.items():
+            ino = procfs.socket_inode(target)
+            if ino is not None:
+                inodes[ino] = fd
+            elif target == "anon_inode:[eventpoll]":
+                epoll_fds.append(fd)
+        watches = None
+        if epoll_fds:
+            watches = 0
+            for fd in epoll_fds:
+                try:
+                    watches += procfs.epoll_watches(pid, fd)
+                except FileNotFoundError:
+                    pass  # closed between the two reads
+        cap_eff = int(status.get("CapEff", "0"), 16)
+        proc = Process(
+            pid=pid, name=status.get("Name", "?"), uid=int(status.get("Uid", "0").split()[0]),
+            exe=procfs.exe(pid), cmdline=procfs.cmdline(pid),
+            threads=int(status.get("Threads", "1")), fds=fds,
+            nofile_soft=soft if soft is not None else 1 << 31,  # "unlimited": nr_open caps it
+            nofile_hard=hard if hard is not None else 1 << 31,
+            cap_sys_resource=bool(cap_eff >> CAP_SYS_RESOURCE & 1),
+            netns_inode=procfs.netns_inode(pid), maps=procfs.map_count(pid),
+            socket_inodes=inodes, epoll_watches=watches,
+            cgroup_memory=procfs.process_cgroup_memory(pid),
+            cgroup_pids=procfs.process_cgroup_pids(pid),
+            unit=unit_of(pid))
+    return proc
+
+
+def unit_of(pid: int) -> Optional[str]:
+    """The systemd unit a process runs in (from its cgroup path), if any."""
+    try:
+        groups = procfs.cgroups(pid)
+    except OSError:
+        return None
+    for key in ("", "name=systemd"):
+        path = groups.get(key) or ""
+        for part in reversed(path.split("/")):
+            if part.endswith(".service"):
+                return part
+    return None
+
+
+def all_pids() -> List[int]:
+    return sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
+
+
+def pids_holding(inodes: Set[int], netns_inode: int) -> Dict[int, Set[int]]:
+    """Processes (in that network namespace) whose low descriptors hold these socket
+    inodes: {pid: inodes}. Each candidate's descriptors are looked up one number at a
+    time, at most as many as it has open and never beyond LOW_FD_SCAN."""
+    found: Dict[int, Set[int]] = {}
+    me = os.getpid()
+    for pid in all_pids():
+        if pid == me:
+            continue
+        try:
+            if procfs.netns_inode(pid) != netns_inode or procfs.is_kernel_thread(pid):
+                continue
+            status = procfs.proc_status(pid)
+            if status.get("State", "").startswith(("Z", "X")):
+                continue
+            low = procfs.low_fds(pid, LOW_FD_SCAN, procfs.fd_count(pid))
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read: it cannot be matched
+        held = {procfs.socket_inode(t) for t in low.values()} & inodes
+        if held:
+            found[pid] = held
+    return found
+
+
+def pids_by_port(port: int, netns: Optional[str] = None) -> List[int]:
+    """The processes listening on `port` (all addresses, IPv4 and IPv6) in this network
+    namespace or in `netns`: pre-fork servers and SO_REUSEPORT workers all count."""
+    from . import readings
+
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port}: ports are 1..65535")
+    with readings.in_netns(netns):
+        found = [l for l in listeners() if l.port == port]
+        ns_inode = own_netns_inode()
+    where = f" in network namespace {netns!r}" if netns else ""
+    if not found:
+        raise UsageError(f"nothing listens on TCP port {port}{where} (list listeners with "
+                         f"'ss -ltn'{'' if netns else '; --netns NAME looks inside a namespace'})")
+    holders = pids_holding({l.inode for l in found}, ns_inode)
+    if not holders:
+        raise UsageError(f"port {port}{where} is listened on, but by no process tuner can see "
+                         f"(another pid namespace, or a socket passed beyond its first "
+                         f"{LOW_FD_SCAN} descriptors): use --pid")
+    pids = sorted(holders)
+    if 1 in pids:
+        raise UsageError(f"port {port} is held by pid 1, the init process (socket activation): "
+                         f"diagnose the service behind it with --unit NAME or --pid")
+    # A pre-fork master and its workers all hold the listener; children of a holder
+    # that also hold it are workers, and all of them are the service.
+    return pids
+
+
+def pids_by_unit(unit: str) -> List[int]:
+    """Processes of a systemd unit, from its cgroup (the main PID and its workers)."""
+    if not UNIT_NAME.match(unit):
+        raise UsageError(f"--unit {unit!r}: not a systemd unit name")
+    name = unit if "." in unit else unit + ".service"
+    candidates = []
+    for base in (os.path.join(procfs.CGROUP_ROOT, "unified"), procfs.CGROUP_ROOT,
+                 os.path.join(procfs.CGROUP_ROOT, "systemd")):
+        for slice_ in ("system.slice", ""):
+            candidates.append(os.path.join(base, slice_, name) if slice_ else os.path.join(base, name))
+    for path in candidates:
+        if os.path.isdir(path) and not os.path.islink(path):
+            try:
+                pids = procfs.cgroup_procs(path)
+            except OSError:
+                continue
+            pids = [p for p in pids if os.path.exists(f"/proc/{p}")]
+            if pids:
+                return sorted(pids)
+            raise UsageError(f"unit {name} has no running process (its cgroup {path} is empty): "
+                             f"start it, or use --pid")
+    raise UsageError(f"no systemd unit {name} is running (no cgroup for it under "
+                     f"{procfs.CGROUP_ROOT}): check 'systemctl status {name}'")

@@ -1,0 +1,329 @@
+"""`tuner diagnose --watch`: the service live, and the counters that say a limit bites now.
+
+Every --interval it samples, in the service's network namespace: connections held and
+descriptors in use per process, the accept queues, and the deltas of the kernel's
+counters for limits being hit (TcpExt ListenOverflows, ListenDrops, TCPReqQFullDrop,
+TCPMemoryPressures, TCPAbortOnMemory, TCPTimeWaitOverflow; sockstat orphans and
+TIME_WAIT; conntrack count, insert_failed, drop) plus new kernel log lines that name a
+limit.  When one moves, the line names the limit it means and the fix (from the knob
+table).  Ctrl-C (or the --watch duration) ends it with a summary of what moved.
+Output: rich on a terminal, one JSON line per sample with --json, plain lines otherwise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+from . import knobs, procfs, readings, service
+from .diagnose import LISTEN_BACKLOG, backlog_fix, diagnose
+
+SCHEMA = "tuner.diagnose.watch/1"
+
+# TcpExt counter -> the limit it means when it moves.
+COUNTERS = {
+    "ListenOverflows": "accept queue",          # resolved per listener: backlog or somaxconn
+    "ListenDrops": "accept queue",
+    "TCPReqQFullDrop": "net.ipv4.tcp_max_syn_backlog",
+    "TCPMemoryPressures": "net.ipv4.tcp_mem",
+    "TCPAbortOnMemory": "net.ipv4.tcp_mem",     # also: too many orphans (tcp_max_orphans)
+    "TCPTimeWaitOverflow": "net.ipv4.tcp_max_tw_buckets",
+}
+CONNTRACK = {"insert_failed": "net.netfilter.nf_conntrack_max", "drop": "net.netfilter.nf_conntrack_max"}
+# Kernel log lines that name a limit (net/ipv4/tcp.c, nf_conntrack_core.c).
+KMSG = [
+    (re.compile(r"too many orphaned sockets"), "net.ipv4.tcp_max_orphans"),
+    (re.compile(r"TCP: out of memory"), "net.ipv4.tcp_mem"),
+    (re.compile(r"nf_conntrack: table full"), "net.netfilter.nf_conntrack_max"),
+    (re.compile(r"time wait bucket table overflow"), "net.ipv4.tcp_max_tw_buckets"),
+]
+
+
+@dataclass
+class Sample:
+    t: float
+    connections: int
+    accept_queue: int
+    backlog: int
+    fds: Dict[int, int]
+    nofile_soft: Dict[int, int]
+    threads: int
+    counters: Dict[str, int]
+    orphans: int
+    time_wait: int
+    conntrack_count: Optional[int]
+    kernel_log: List[str] = field(default_factory=list)
+
+
+def _conntrack_stats() -> Dict[str, int]:
+    """insert_failed and drop summed over CPUs from /proc/net/stat/nf_conntrack (hex)."""
+    try:
+        with open("/proc/net/stat/nf_conntrack") as f:
+            head, *rows = f.read().split("\n")
+    except OSError:
+        return {}
+    names = head.split()
+    out = {k: 0 for k in CONNTRACK}
+    for row in rows:
+        vals = row.split()
+        if len(vals) != len(names):
+            continue
+        for k in CONNTRACK:
+            if k in names:
+                out[k] += int(vals[names.index(k)], 16)
+    return out
+
+
+class KernelLog:
+    """New lines of /dev/kmsg since the watch started, where readable (root, or
+    kernel.dmesg_restrict=0); nothing is created or changed by reading it."""
+
+    def __init__(self) -> None:
+        self.fd: Optional[int] = None
+        try:
+            self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError:
+            self.close()
+
+    @property
+    def readable(self) -> bool:
+        return self.fd is not None
+
+    def new_lines(self) -> List[str]:
+        out = []
+        while self.fd is not None:
+            try:
+                record = os.read(self.fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == 32:   # EPIPE: overwritten while we read; go on from here
+                    continue
+                break
+            if not record:
+                break
+            text = record.decode(errors="replace").split(";", 1)[-1].strip()
+            if any(p.search(text) for p, _ in KMSG):
+                out.append(text)
+        return out
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def take_sample(pids: Sequence[int], ports: Sequence[int], klog: KernelLog) -> Sample:
+    fds, soft, threads = {}, {}, 0
+    for pid in pids:
+        with service._reading(pid):
+            fds[pid] = procfs.fd_count(pid)
+            soft[pid] = procfs.proc_limits(pid).get("Max open files", (0, 0))[0] or 0
+            threads += int(procfs.proc_status(pid).get("Threads", "1"))
+    with service.in_netns_of(pids[0]):
+        own = [l for l in service.listeners() if l.port in ports]
+        queued = sum(l.queued for l in own)
+        conns = service.connections(ports, queued)
+        netstat = readings.read_netstat()
+        sock = readings.read_sockstat().get("TCP", {})
+        count = readings.read_sysctl("net.netfilter.nf_conntrack_count")
+        ct = _conntrack_stats()
+    counters = {k: netstat.get(k, 0) for k in COUNTERS}
+    counters.update({f"conntrack_{k}": v for k, v in ct.items()})
+    return Sample(time.time(), conns.held, queued, sum(l.backlog for l in own), fds, soft, threads,
+                  counters, sock.get("orphan", 0), sock.get("tw", 0),
+                  int(count) if count else None, klog.new_lines())
+
+
+@dataclass
+class Event:
+    counter: str
+    delta: int
+    limit: str
+    fix: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Watch:
+    """Turns samples into events (which limit, which fix) and keeps the totals."""
+
+    def __init__(self, diag, target: Optional[int], procs=()) -> None:
+        self.diag = diag
+        self.procs = list(procs)   # service.Process, for the runtime's backlog setting
+        self.target = target
+        self.first: Optional[Sample] = None
+        self.prev: Optional[Sample] = None
+        self.moved: Dict[str, int] = {}
+        self.limits_hit: Dict[str, str] = {}
+        self.peak_connections = 0
+        self.peak_queue = 0
+        self.kernel_lines: List[str] = []
+        self.samples = 0
+
+    def _fix_for(self, limit: str) -> str:
+        d = self.diag
+        if limit == LISTEN_BACKLOG and d.listeners:
+            somax = next((r.current[0] for r in d.limits if r.name == "net.core.somaxconn"
+                          and r.current), None)
+            return backlog_fix(min(d.listeners, key=lambda l: l["backlog"]), somax, self.procs).command
+        if limit == "RLIMIT_NOFILE.soft":
+            return next((f.command for f in d.fix if f.command.startswith("tuner apply --pid")),
+                        knobs.BY_NAME[limit].why)
+        knob = knobs.BY_NAME.get(limit)
+        if knob is None:
+            return ""
+        if knob.writable and knob.is_sysctl:
+            n = self.target or max(2 * (d.connections["held"] or 1), 1000)
+            netns = f" --netns {d.netns}" if d.netns and d.netns != "?" else ""
+            return f"tuner apply --target {n} --role server{netns}  ({knob.name})"
+        return knob.fix or knob.why
+
+    def accept_limit(self) -> str:
+        """Which limit a full accept queue means: the application's backlog when it asked
+        for less than somaxconn, somaxconn otherwise."""
+        somax = next((r.current[0] for r in self.diag.limits if r.name == "net.core.somaxconn"
+                      and r.current), None)
+        backlogs = [l["backlog"] for l in self.diag.listeners]
+        if somax is not None and backlogs and min(backlogs) < somax:
+            return LISTEN_BACKLOG
+        return "net.core.somaxconn"
+
+    def step(self, s: Sample) -> List[Event]:
+        self.samples += 1
+        self.peak_connections = max(self.peak_connections, s.connections)
+        self.peak_queue = max(self.peak_queue, s.accept_queue)
+        events: List[Event] = []
+        if self.first is None:
+            self.first = s
+        prev = self.prev or s
+        for name, value in s.counters.items():
+            delta = value - prev.counters.get(name, value)
+            if delta <= 0:
+                continue
+            base = name.replace("conntrack_", "")
+            limit = (self.accept_limit() if COUNTERS.get(name) == "accept queue"
+                     else COUNTERS.get(name) or CONNTRACK.get(base, ""))
+            events.append(Event(name, delta, limit, self._fix_for(limit)))
+        if s.fds and all(s.fds[p] >= s.nofile_soft[p] > 0 for p in s.fds) and s.accept_queue:
+            events.append(Event("descriptors at RLIMIT_NOFILE.soft", sum(s.fds.values()),
+                                "RLIMIT_NOFILE.soft", self._fix_for("RLIMIT_NOFILE.soft")))
+        for line in s.kernel_log:
+            limit = next(l for p, l in KMSG if p.search(line))
+            events.append(Event("kernel log", 1, limit, self._fix_for(limit)))
+            self.kernel_lines.append(line)
+        for e in events:
+            self.moved[e.counter] = self.moved.get(e.counter, 0) + e.delta
+            self.limits_hit[e.limit] = e.fix
+        self.prev = s
+        return events
+
+    def sample_dict(self, s: Sample, events: List[Event]) -> dict:
+        prev_conns = (self.first.connections if self.samples == 1 else None)
+        return {"schema": SCHEMA, "time": round(s.t, 3), "pids": list(s.fds),
+                "connections": s.connections, "fds": s.fds, "nofile_soft": s.nofile_soft,
+                "threads": s.threads, "accept_queue": s.accept_queue, "backlog": s.backlog,
+                "orphans": s.orphans, "time_wait": s.time_wait, "conntrack_count": s.conntrack_count,
+                "counters": s.counters, "events": [e.to_dict() for e in events],
+                "kernel_log": s.kernel_log, **({"first": True} if prev_conns is not None else {})}
+
+    def summary(self, reason: str) -> dict:
+        return {"schema": SCHEMA, "summary": True, "ended_by": reason, "samples": self.samples,
+                "seconds": round((self.prev.t - self.first.t) if self.first and self.prev else 0, 3),
+                "peak_connections": self.peak_connections, "peak_accept_queue": self.peak_queue,
+                "moved": self.moved, "limits_hit": self.limits_hit,
+                "kernel_log": self.kernel_lines}
+
+
+def line_text(s: Sample, events: List[Event]) -> str:
+    fds = sum(s.fds.values())
+    soft = sum(s.nofile_soft.values())
+    text = (f"{time.strftime('%H:%M:%S', time.localtime(s.t))} conns {s.connections:,} "
+            f"fds {fds:,}/{soft:,} queue {s.accept_queue:,}/{s.backlog:,} threads {s.threads:,} "
+            f"orphans {s.orphans:,} tw {s.time_wait:,}"
+            + (f" conntrack {s.conntrack_count:,}" if s.conntrack_count is not None else ""))
+    for e in events:
+        text += f"\n  {e.counter} +{e.delta:,}: {e.limit}" + (f"; fix: {e.fix}" if e.fix else "")
+    return text
+
+
+def summary_text(summary: dict) -> str:
+    lines = [f"watched {summary['samples']} sample(s) over {summary['seconds']:,.1f} s, ended by "
+             f"{summary['ended_by']}; peak {summary['peak_connections']:,} connections, accept "
+             f"queue peak {summary['peak_accept_queue']:,}"]
+    if not summary["moved"]:
+        lines.append("no limit counter moved")
+    for name, delta in summary["moved"].items():
+        lines.append(f"  {name}: +{delta:,}")
+    for limit, fix in summary["limits_hit"].items():
+        lines.append(f"limit hit: {limit}" + (f"; fix: {fix}" if fix else ""))
+    for line in summary["kernel_log"]:
+        lines.append(f"kernel: {line}")
+    return "\n".join(lines)
+
+
+def _rich_table(diag, s: Sample, w: Watch, events: List[Event]):
+    from rich.table import Table
+
+    t = Table(title=diag.verdict, title_justify="left")
+    for col in ("connections", "descriptors", "accept queue", "threads", "orphans", "TIME_WAIT"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{s.connections:,}", f"{sum(s.fds.values()):,}/{sum(s.nofile_soft.values()):,}",
+              f"{s.accept_queue:,}/{s.backlog:,}", f"{s.threads:,}", f"{s.orphans:,}", f"{s.time_wait:,}")
+    t.caption = "\n".join([f"{k} +{v:,} since start" for k, v in w.moved.items()]
+                          + [f"{e.counter} +{e.delta:,}: {e.limit}; fix: {e.fix}" for e in events]) or \
+        "no limit counter moved (Ctrl-C ends with a summary)"
+    return t
+
+
+def run(pids: Sequence[int], target: Optional[int], duration: Optional[float], interval: float,
+        json_out: bool, emit: Callable[[str], None]) -> int:
+    diag = diagnose(pids=pids, target=target)
+    ports = sorted({l["port"] for l in diag.listeners})
+    from types import SimpleNamespace
+
+    w = Watch(diag, target, [SimpleNamespace(**p) for p in diag.processes])
+    klog = KernelLog()
+    rich_live = None
+    if not json_out and sys.stdout.isatty():
+        from rich.console import Console
+        from rich.live import Live
+
+        rich_live = Live(console=Console(), auto_refresh=False)
+        rich_live.start()
+    elif not json_out:
+        emit(diag.verdict)
+        emit(f"watching pid {', '.join(map(str, diag.pids))}: ports {', '.join(map(str, ports)) or '-'}, "
+             f"every {interval:g} s" + ("" if klog.readable else "; kernel log unreadable (needs root)"))
+    reason = "duration"
+    start = time.monotonic()
+    try:
+        while True:
+            s = take_sample(diag.pids, ports, klog)
+            events = w.step(s)
+            if json_out:
+                emit(json.dumps(w.sample_dict(s, events)))
+            elif rich_live is not None:
+                rich_live.update(_rich_table(diag, s, w, events), refresh=True)
+            else:
+                emit(line_text(s, events))
+            if duration is not None and time.monotonic() - start >= duration:
+                break
+            time.sleep(max(0.0, interval - (time.monotonic() - start) % interval))
+    except KeyboardInterrupt:
+        reason = "Ctrl-C"
+    except service.ProcessGone as e:
+        reason = f"process exit ({e})"
+    finally:
+        if rich_live is not None:
+            rich_live.stop()
+        klog.close()
+    summary = w.summary(reason)
+    emit(json.dumps(summary) if json_out else summary_text(summary))
+    return 0
