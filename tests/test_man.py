@@ -117,21 +117,21 @@ def test_a_command_added_later_gets_every_section():
     later.registered_callback = app.registered_callback
     later.info = app.info
 
-    @later.command()
-    def diagnose(pid: int = typer.Option(..., "--pid", metavar="PID", help="Process to look at."),
+    @later.command("someday")
+    def someday(pid: int = typer.Option(..., "--pid", metavar="PID", help="Process to look at."),
                  json_out: bool = typer.Option(False, "--json"), port: Optional[int] = None) -> None:
         """Why this process stopped accepting connections."""
 
     pages = manpages.render_pages(later)
-    page = pages["tuner-diagnose.1"]
+    page = pages["tuner-someday.1"]
     for title in COMMON_SECTIONS:
         _section(page, title)
     examples = _section(page, "EXAMPLES")
-    assert r"\fBtuner diagnose \-\-pid PID\fP" in examples
-    assert r"\fBtuner diagnose \-\-pid PID \-\-json\fP" in examples
+    assert r"\fBtuner someday \-\-pid PID\fP" in examples
+    assert r"\fBtuner someday \-\-pid PID \-\-json\fP" in examples
     assert "Why this process stopped accepting connections" in examples
-    assert r"tuner\-diagnose(1)" in _section(pages["tuner.1"], "SEE ALSO")
-    assert "tuner-diagnose.1" not in manpages.render_pages()
+    assert r"tuner\-someday(1)" in _section(pages["tuner.1"], "SEE ALSO")
+    assert "tuner-someday.1" not in manpages.render_pages()
 
 
 def test_installed_package_ships_every_page(tmp_path):

@@ -369,9 +369,8 @@ def diagnose(
                                             "(SO_REUSEPORT workers are summed)."),
     unit: Optional[str] = typer.Option(None, "--unit", metavar="NAME",
                                        help="The processes of this systemd unit (from its cgroup)."),
-    netns: Optional[str] = typer.Option(None, "--netns", metavar="NAME",
-                                        help="With --port: look for the listener inside this "
-                                             "network namespace (ip netns)."),
+    netns: Optional[str] = _netns_option("With --port: look for the listener inside this "
+                                         "network namespace (ip netns)."),
     target: Optional[str] = typer.Option(None, "--target", "-n", metavar="N",
                                          help="Can the service hold N connections in total? "
                                               "(exit 3 when not)."),

@@ -387,7 +387,10 @@ def _apply_command(d: Diagnosis, n: int, pids: Sequence[int] = ()) -> str:
 
 
 def _fixes(d: Diagnosis, procs, snap) -> List[Fix]:
-    from .plan import sysctl_command
+    from .settings import kind
+
+    def sysctl_command(name: str, value: str, netns) -> str:
+        return kind("sysctl").command(netns, {"name": name}, value)
 
     out: List[Fix] = []
     target = d.target
@@ -458,6 +461,12 @@ def _fixes(d: Diagnosis, procs, snap) -> List[Fix]:
         if not (small or full or d.binding_limit == LISTEN_BACKLOG):
             continue
         if somaxconn is not None and l["backlog"] >= somaxconn:
+            if any(f.command.startswith("tuner apply") and "--target" in f.command for f in out):
+                out.append(Fix(f"restart the application once net.core.somaxconn is raised",
+                               f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
+                               f"net.core.somaxconn as it was at listen(); only a new listen() "
+                               f"gets the larger queue", "application"))
+                continue
             out.append(Fix(_apply_command(d, target or 2 * somaxconn),
                            f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
                            f"net.core.somaxconn; raise it, then the application must call "

@@ -202,6 +202,18 @@ EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
         ("tuner metrics --role server | grep ^tuner_capacity",
          "Print one scrape of a server's figures."),
     ],
+    "tuner diagnose": [
+        ("tuner diagnose --pid 4242", "Where this running process stalls, which limit sets it, and the fix."),
+        ("tuner diagnose --port 8080 --target 50000", "The service listening on 8080 (all its "
+                                                     "SO_REUSEPORT workers summed): can it hold 50,000?"),
+        ("tuner diagnose --unit gateway --json", "A systemd unit's processes, as JSON "
+                                                 "(schema tuner.diagnose/1)."),
+        ("tuner diagnose --port 7000 --netns demo", "A listener inside namespace demo, read with "
+                                                    "that namespace's knobs."),
+        ("tuner diagnose --pid 4242 --watch 60 --interval 0.5",
+         "Live for a minute: connections, descriptors, accept queue, and the counters that say a "
+         "limit bites; a bare --watch runs until Ctrl-C, which ends with a summary."),
+    ],
 }
 
 SEE_ALSO_EXTERNAL = ["sysctl(8)", "prlimit(1)", "ss(8)", "sysctl.d(5)", "limits.conf(5)",

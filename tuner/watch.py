@@ -43,6 +43,10 @@ KMSG = [
 ]
 
 
+WAITING_FDS = "accept queue waiting, descriptors at RLIMIT_NOFILE.soft"
+WAITING_ACCEPT = "accept queue not draining"
+
+
 @dataclass
 class Sample:
     t: float
@@ -211,9 +215,17 @@ class Watch:
             limit = (self.accept_limit() if COUNTERS.get(name) == "accept queue"
                      else COUNTERS.get(name) or CONNTRACK.get(base, ""))
             events.append(Event(name, delta, limit, self._fix_for(limit)))
-        if s.fds and all(s.fds[p] >= s.nofile_soft[p] > 0 for p in s.fds) and s.accept_queue:
-            events.append(Event("descriptors at RLIMIT_NOFILE.soft", sum(s.fds.values()),
-                                "RLIMIT_NOFILE.soft", self._fix_for("RLIMIT_NOFILE.soft")))
+        # Connections the kernel completed into the backlog that the server does not take:
+        # the gauge is the queue itself, so its peak (not a sum) is kept.
+        gauges = []
+        if s.accept_queue and s.fds and all(s.fds[p] >= s.nofile_soft[p] > 0 for p in s.fds):
+            gauges.append(Event(WAITING_FDS, s.accept_queue, "RLIMIT_NOFILE.soft",
+                                self._fix_for("RLIMIT_NOFILE.soft")))
+        elif s.accept_queue and self.prev is not None and prev.accept_queue and \
+                s.connections <= prev.connections:
+            gauges.append(Event(WAITING_ACCEPT, s.accept_queue, "accept loop",
+                                "the application is not calling accept() (a blocked event loop, a "
+                                "busy or dead acceptor thread); its descriptors still have room"))
         for line in s.kernel_log:
             limit = next(l for p, l in KMSG if p.search(line))
             events.append(Event("kernel log", 1, limit, self._fix_for(limit)))
@@ -221,6 +233,10 @@ class Watch:
         for e in events:
             self.moved[e.counter] = self.moved.get(e.counter, 0) + e.delta
             self.limits_hit[e.limit] = e.fix
+        for e in gauges:
+            self.moved[e.counter] = max(self.moved.get(e.counter, 0), e.delta)
+            self.limits_hit[e.limit] = e.fix
+        events += gauges
         self.prev = s
         return events
 
@@ -249,7 +265,8 @@ def line_text(s: Sample, events: List[Event]) -> str:
             f"orphans {s.orphans:,} tw {s.time_wait:,}"
             + (f" conntrack {s.conntrack_count:,}" if s.conntrack_count is not None else ""))
     for e in events:
-        text += f"\n  {e.counter} +{e.delta:,}: {e.limit}" + (f"; fix: {e.fix}" if e.fix else "")
+        amount = f" {e.delta:,}" if e.counter in (WAITING_FDS, WAITING_ACCEPT) else f" +{e.delta:,}"
+        text += f"\n  {e.counter}{amount}: {e.limit}" + (f"; fix: {e.fix}" if e.fix else "")
     return text
 
 
@@ -260,7 +277,9 @@ def summary_text(summary: dict) -> str:
     if not summary["moved"]:
         lines.append("no limit counter moved")
     for name, delta in summary["moved"].items():
-        lines.append(f"  {name}: +{delta:,}")
+        gauge = name in (WAITING_FDS, WAITING_ACCEPT)
+        lines.append(f"  {name}: " + (f"peak {delta:,} connections completed, never accepted"
+                                      if gauge else f"+{delta:,}"))
     for limit, fix in summary["limits_hit"].items():
         lines.append(f"limit hit: {limit}" + (f"; fix: {fix}" if fix else ""))
     for line in summary["kernel_log"]:
