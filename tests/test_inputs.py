@@ -68,6 +68,7 @@ NETNS_COMMANDS = {
     "probe": ["probe", "-n", "10"],
     "probe --serve": ["probe", "--serve", "127.0.0.1:0"],
     "probe --connect": ["probe", "--connect", "127.0.0.1:9", "-n", "1"],
+    "diagnose": ["diagnose", "--port", "9"],
 }
 
 
