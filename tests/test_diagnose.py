@@ -339,3 +339,32 @@ def test_another_users_process_needs_root():
         os.close(r)
         target.kill()
         target.wait()
+
+
+def test_watch_notices_a_descriptor_walker_and_prices_it(netns):
+    """Something listing /proc/PID/fd (here the test itself, as lsof would) pins a proc
+    inode per descriptor; --watch sees proc_inode_cache grow with the connections and
+    says what it costs per connection."""
+    srv = asyncio_server(netns, 7302)
+    try:
+        watch = subprocess.Popen([sys.executable, "-m", "tuner", "diagnose", "--pid", str(srv.pid),
+                                  "--watch", "--interval", "0.3", "--json"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        socks = wire_clients(netns, 7302, 1500)
+        fd_dir = f"/proc/{srv.pid}/fd"
+        walked = [os.lstat(os.path.join(fd_dir, name)) for name in os.listdir(fd_dir)]
+        assert len(walked) > 1500
+        time.sleep(1.0)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=30)
+        summary = json.loads(out.splitlines()[-1])
+        walker = summary["fd_walker"]
+        assert walker["walked"] is True, walker
+        assert walker["connections_grown"] >= 1500
+        # A proc inode is ~700 B here; at least half of the walked descriptors' worth.
+        assert walker["bytes_per_connection"]["proc_inode_cache"] > 300
+        for s in socks:
+            s.close()
+    finally:
+        stop(srv)

@@ -136,3 +136,80 @@ def test_jvm_without_the_flag_raises_its_own_soft_limit(netns, classes):
         assert not any("-XX:-MaxFDLimit" in n for n in d["notes"])
     finally:
         stop(java)
+
+
+@pytest.fixture
+def pids_cgroup():
+    """A pids cgroup of the test's own: thread-per-connection exhaustion is provoked there
+    (tasks capped for this JVM alone), never against the host's threads-max or pid_max."""
+    import uuid
+
+    for base in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
+        if os.path.exists(os.path.join(base, "cgroup.procs")) and (
+                base.endswith("pids") or "pids" in open(os.path.join(base, "cgroup.controllers")).read()):
+            path = os.path.join(base, f"tuner-t-{uuid.uuid4().hex[:8]}")
+            break
+    else:
+        pytest.skip("no pids cgroup controller here to confine a thread-per-connection server")
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def test_thread_per_connection_jvm_stalls_at_its_cgroups_pids_max(netns, classes, pids_cgroup):
+    """A blocking Java server, one thread per connection, in a cgroup whose pids.max
+    leaves room for 60 more threads: diagnose names the cgroup's pids.max (not the
+    descriptors, which would allow ~1,000) and predicts the stall that a probe measures."""
+    import socket
+
+    from tuner.readings import in_netns
+
+    with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
+        f.write("300")   # room for the JVM to start
+    # Join the cgroup before `ip netns exec` (it remounts /sys, hiding the cgroup tree).
+    shell = (f"echo $$ > {pids_cgroup}/cgroup.procs; exec ip netns exec {netns} sh -c "
+             f"'ulimit -Sn 1024; exec java -XX:-MaxFDLimit -Xss256k -cp {classes} WireServer threads {PORT}'")
+    java = subprocess.Popen(["sh", "-c", shell], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert java.stdout.readline().startswith("listening"), java.stderr.read()
+        socks = []
+        with in_netns(netns):
+            for _ in range(40):
+                socks.append(socket.create_connection(("127.0.0.1", PORT), timeout=10))
+        for s in socks:
+            s.sendall(s.recv(4, socket.MSG_WAITALL))
+            assert s.recv(1) == b"\x06"
+        current = int(open(os.path.join(pids_cgroup, "pids.current")).read())
+        with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
+            f.write(str(current + 60))
+        d = diagnose_json("--pid", java.pid, "--target", 500, rc=3)
+        assert d["thread_per_connection"] is True
+        assert d["binding_limit"] == "cgroup pids.max"
+        assert d["connections"]["held"] == 40
+        predicted = d["max_connections"]
+        assert predicted == 40 + 60
+        assert d["verdict"].startswith(f"stalls at {predicted:,} connections: cgroup pids.max {current + 60:,}")
+        fd_row = next(r for r in d["limits"] if r["name"] == "RLIMIT_NOFILE.soft")
+        assert fd_row["allows"] > 5 * predicted       # descriptors are nowhere near
+        assert any(f["command"].startswith("echo ") and f["command"].endswith(f"{pids_cgroup}/pids.max")
+                   for f in d["fix"]), d["fix"]
+        # Measure: the server's thread starts fail past pids.max and it closes those.
+        r = probe_connect(netns, 150, timeout=6)
+        measured = 40 + r["verified"]
+        # The JVM may start a thread of its own meanwhile (a compiler or GC worker): within 2.
+        assert abs(predicted - measured) <= 2, (predicted, measured)
+        assert r["verified"] < 150
+        for s in socks:
+            s.close()
+    finally:
+        stop(java)

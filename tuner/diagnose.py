@@ -30,6 +30,7 @@ LISTEN_BACKLOG = "listen backlog"      # the application's own limit, named as i
 # A process running at least this many connections, each with a thread of its own
 # (threads >= connections), is taken for thread-per-connection: its thread limits bind.
 THREAD_PER_CONNECTION_MIN = 32
+PEER_NOTE_MIN = 1000        # below this, one client address decides nothing
 # Limits that cap a running process now (the ceilings above them only matter for raising).
 PROCESS_BINDING = ("RLIMIT_NOFILE.soft", "vm.max_map_count")
 
@@ -132,7 +133,7 @@ def diagnose(pids: Sequence[int] = (), port: Optional[int] = None, unit: Optiona
         listening = {pid for l in own for pid in l.pids}
         procs = [p for p in procs if p.pid in listening]
     with service.in_netns_of(first):
-        conns = service.connections([l.port for l in own], sum(l.queued for l in own))
+        conns = service.counted([l.port for l in own], own)
     snap = readings.take_snapshot(knobs.sysctl_names("host") + list(knobs.THREAD_SYSCTLS),
                                   knobs.sysctl_names("netns"), enter=service.in_netns_of(first))
     host_tasks = _task_count()
@@ -179,28 +180,17 @@ def _process_snapshot(snap, proc, held: int, tpc: Optional[int], host_tasks) -> 
                             "threads_per_connection": tpc, "cgroup_pids": proc.cgroup_pids})
 
 
-def _used(name: str, snap, procs, proc=None) -> Optional[int]:
-    """What is in use of a limit now (host-wide for host knobs, the process's own else)."""
-    sock = snap.sockstat.get("TCP", {})
-    if proc is not None:
-        return {"RLIMIT_NOFILE.soft": proc.fds, "RLIMIT_NOFILE.hard": proc.fds,
-                "fs.nr_open": proc.fds, "vm.max_map_count": proc.maps}.get(name)
-    nr = snap.ints("fs.file-nr")
-    cg = procs[0].cgroup_memory or {}
-    cgp = procs[0].cgroup_pids or {}
-    return {
-        "fs.file-max": nr[0] if nr else None,
-        "net.ipv4.tcp_mem": sock.get("mem"),
-        "net.ipv4.tcp_max_orphans": sock.get("orphan"),
-        "net.ipv4.tcp_max_tw_buckets": sock.get("tw"),
-        "net.netfilter.nf_conntrack_max": snap.int("net.netfilter.nf_conntrack_count"),
-        "fs.epoll.max_user_watches": (None if all(p.epoll_watches is None for p in procs)
-                                      else sum(p.epoll_watches or 0 for p in procs)),
-        "cgroup memory limit": cg.get("usage") if cg.get("limit") is not None else None,
-        "kernel.threads-max": (snap.process or {}).get("host_tasks"),
-        "kernel.pid_max": (snap.process or {}).get("host_tasks"),
-        "cgroup pids.max": cgp.get("current") if cgp.get("limit") is not None else None,
-    }.get(name)
+def _used(row, procs, proc=None) -> Optional[int]:
+    """What is in use of a limit now: the knob table's own usage rule where it has one
+    (fs.file-nr, sockstat, conntrack, cgroups, tasks, mappings), the process's
+    descriptors for its descriptor limits, its epoll watches for max_user_watches."""
+    if proc is not None and row.name in ("RLIMIT_NOFILE.soft", "RLIMIT_NOFILE.hard", "fs.nr_open"):
+        return proc.fds
+    if row.in_use is not None:
+        return row.in_use
+    if row.name == "fs.epoll.max_user_watches" and any(p.epoll_watches is not None for p in procs):
+        return sum(p.epoll_watches or 0 for p in procs)   # this service's share of the user's
+    return None
 
 
 def _limit_value(current) -> Optional[int]:
@@ -235,7 +225,7 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
         if is_process:
             for p, held, psnap, rep in reports:
                 r = rep.rows[i]
-                used = _used(knob.name, psnap, procs, p)
+                used = _used(r, procs, p)
                 lim = _limit_value(r.current)
                 row = Limit(r.name, f"pid {p.pid}", r.kind, r.unit, r.caps, r.current, used,
                             None if used is None or lim is None else lim - used, r.allows,
@@ -245,7 +235,7 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
         else:
             p, held, psnap, rep = reports[0]
             r = rep.rows[i]
-            used = _used(knob.name, psnap, procs)
+            used = _used(r, procs)
             lim = _limit_value(r.current)
             allows = r.allows
             if allows is not None and knob.net_of_use:
@@ -323,8 +313,20 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
         unreadable=list(snap.unreadable))
     diag.verdict = _verdict(diag, procs, stalled_accepting, full)
     diag.fix = _fixes(diag, procs, snap)
-    diag.notes = _runtime_notes(diag, procs)
+    diag.notes = _runtime_notes(diag, procs) + _client_notes(diag)
     return diag
+
+
+def _client_notes(d: Diagnosis) -> List[str]:
+    """Where the clients' side decides: one peer address reaches one server ip:port at
+    most once per port of its ip_local_port_range."""
+    c = d.connections
+    if c["peers"] == 1 and c["held"] >= PEER_NOTE_MIN:
+        return [f"all {c['held']:,} connections come from one peer address: one client "
+                f"address reaches one server ip:port at most once per port of its "
+                f"ip_local_port_range (28,232 by default), whatever this server allows; more "
+                f"client addresses go further ('tuner report --role client' on the client)"]
+    return []
 
 
 # ---------------------------------------------------------------- words

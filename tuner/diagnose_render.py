@@ -56,7 +56,7 @@ def diagnose_text(d, wide: bool = False) -> str:
             lines.append(f"  {f.command}")
             lines.append(f"      {f.why}")
     if d.notes:
-        lines += ["", "runtime:"] + [f"  {n}" for n in d.notes]
+        lines += ["", "notes:"] + [f"  {n}" for n in d.notes]
     if d.unreadable:
         lines.append("unreadable without root: " + ", ".join(d.unreadable))
     return "\n".join(lines)

@@ -587,11 +587,13 @@ PROCESS_KNOBS: List[Knob] = [
          "Threads on the whole host; a thread-per-connection server gets EAGAIN from "
          "clone() (Java: 'unable to create native thread') past it.",
          current=_sysctl("kernel.threads-max"), allows=_tasks_allows(_host_tasks("kernel.threads-max")),
+         usage=_usage(lambda ctx: _proc(ctx).get("host_tasks"), lambda ctx: ctx.snap.int("kernel.threads-max")),
          needs=_raise_scalar("kernel.threads-max", _tasks_wanted(_host_tasks("kernel.threads-max"))),
          net_of_use=True),
     Knob("kernel.pid_max", "sysctl", "host", "pids", CAPS_CONNECTIONS,
          "Every thread takes a pid; past pid_max (at most 4,194,304) no thread can start.",
          current=_sysctl("kernel.pid_max"), allows=_tasks_allows(_host_tasks("kernel.pid_max")),
+         usage=_usage(lambda ctx: _proc(ctx).get("host_tasks"), lambda ctx: ctx.snap.int("kernel.pid_max")),
          needs=_raise_scalar("kernel.pid_max", _tasks_wanted(_host_tasks("kernel.pid_max"))),
          net_of_use=True),
     Knob("cgroup pids.max", "cgroup", "cgroup", "tasks", CAPS_CONNECTIONS,
@@ -599,6 +601,7 @@ PROCESS_KNOBS: List[Knob] = [
          "stops a thread-per-connection server here.",
          current=lambda ctx: None if _cgroup_tasks(ctx) is None else [_cgroup_tasks(ctx)[0]],
          allows=_tasks_allows(_cgroup_tasks), writable=False, net_of_use=True,
+         usage=lambda ctx: None if _cgroup_tasks(ctx) is None else (_cgroup_tasks(ctx)[1], _cgroup_tasks(ctx)[0]),
          needs=lambda ctx: (None if ctx.target is None or _cgroup_tasks(ctx) is None
                             or _tasks_wanted(_cgroup_tasks)(ctx) is None
                             or _tasks_wanted(_cgroup_tasks)(ctx) <= _cgroup_tasks(ctx)[0]
@@ -608,5 +611,6 @@ PROCESS_KNOBS: List[Knob] = [
          "Memory mappings one process may have; each thread's stack takes two, so a "
          "thread-per-connection server stops near half of it.",
          current=_sysctl("vm.max_map_count"), allows=_maps_allows,
+         usage=_usage(lambda ctx: _proc(ctx).get("maps"), lambda ctx: ctx.snap.int("vm.max_map_count")),
          needs=_raise_scalar("vm.max_map_count", _maps_wanted)),
 ]

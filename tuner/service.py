@@ -227,6 +227,19 @@ def listeners() -> List[Listener]:
     return out
 
 
+def counted(ports: Sequence[int], listening: Sequence[Listener]) -> Connections:
+    """connections() on these ports, with the accept queues read on both sides of the
+    dump: connections arriving during it are established but queued, and the larger
+    queue keeps them from being counted as held."""
+    conns = connections(ports, 0)
+    after = {l.inode: l.queued for l in listeners()}
+    for l in listening:
+        l.queued = max(l.queued, after.get(l.inode, 0))
+    conns.accept_queue = sum(l.queued for l in listening if l.port in set(ports))
+    conns.held = max(sum(conns.by_port.values()) - conns.accept_queue, 0)
+    return conns
+
+
 def _port_filter(ports: Sequence[int]) -> bytes:
     """inet_diag bytecode accepting sockets whose local port is one of `ports`:
     S_EQ p1 (yes: accept, no: next) ... S_EQ pn (no: reject).  Each S_EQ is two ops of

@@ -43,6 +43,11 @@ KMSG = [
 ]
 
 
+# What a descriptor walker pins per descriptor it looks at (issue 10: with one walking
+# the probe's processes, proc_inode_cache +1,425 B and dentry +778 B per connection).
+WALK_CACHES = ("proc_inode_cache", "dentry")
+WALK_MIN_CONNECTIONS = 1000     # growth below this says nothing either way
+
 WAITING_FDS = "accept queue waiting, descriptors at RLIMIT_NOFILE.soft"
 WAITING_ACCEPT = "accept queue not draining"
 
@@ -61,6 +66,7 @@ class Sample:
     time_wait: int
     conntrack_count: Optional[int]
     kernel_log: List[str] = field(default_factory=list)
+    walk_slab: Dict[str, tuple] = field(default_factory=dict)   # cache -> (active, size)
 
 
 def _conntrack_stats() -> Dict[str, int]:
@@ -131,17 +137,21 @@ def take_sample(pids: Sequence[int], ports: Sequence[int], klog: KernelLog) -> S
             threads += int(procfs.proc_status(pid).get("Threads", "1"))
     with service.in_netns_of(pids[0]):
         own = [l for l in service.listeners() if l.port in ports]
-        queued = sum(l.queued for l in own)
-        conns = service.connections(ports, queued)
+        conns = service.counted(ports, own)
+        queued = conns.accept_queue
         netstat = readings.read_netstat()
         sock = readings.read_sockstat().get("TCP", {})
         count = readings.read_sysctl("net.netfilter.nf_conntrack_count")
         ct = _conntrack_stats()
     counters = {k: netstat.get(k, 0) for k in COUNTERS}
     counters.update({f"conntrack_{k}": v for k, v in ct.items()})
+    try:
+        slab = procfs.slab_active(WALK_CACHES)
+    except OSError:
+        slab = {}   # /proc/slabinfo needs root
     return Sample(time.time(), conns.held, queued, sum(l.backlog for l in own), fds, soft, threads,
                   counters, sock.get("orphan", 0), sock.get("tw", 0),
-                  int(count) if count else None, klog.new_lines())
+                  int(count) if count else None, klog.new_lines(), slab)
 
 
 @dataclass
@@ -167,6 +177,7 @@ class Watch:
         self.moved: Dict[str, int] = {}
         self.limits_hit: Dict[str, str] = {}
         self.peak_connections = 0
+        self.peak_sample: Optional[Sample] = None
         self.peak_queue = 0
         self.kernel_lines: List[str] = []
         self.samples = 0
@@ -202,6 +213,8 @@ class Watch:
     def step(self, s: Sample) -> List[Event]:
         self.samples += 1
         self.peak_connections = max(self.peak_connections, s.connections)
+        if s.connections * 10 >= self.peak_connections * 9:
+            self.peak_sample = s    # the latest sample still near the peak
         self.peak_queue = max(self.peak_queue, s.accept_queue)
         events: List[Event] = []
         if self.first is None:
@@ -249,8 +262,31 @@ class Watch:
                 "counters": s.counters, "events": [e.to_dict() for e in events],
                 "kernel_log": s.kernel_log, **({"first": True} if prev_conns is not None else {})}
 
+    def fd_walker(self) -> Optional[dict]:
+        """proc inodes and dentries that grew with the connections: something on the host
+        lists /proc/PID/fd of the service, and each connection costs that much more."""
+        if not self.first or not self.prev or not self.first.walk_slab or not self.prev.walk_slab:
+            return None
+        grew = self.peak_connections - self.first.connections
+        if grew < WALK_MIN_CONNECTIONS:
+            return None
+        at_peak = self.peak_sample or self.prev
+        per = {}
+        for cache in WALK_CACHES:
+            a, b = self.first.walk_slab.get(cache), at_peak.walk_slab.get(cache)
+            if a and b:
+                per[cache] = round((b[0] - a[0]) * b[1] / grew)
+                if cache == "dentry":
+                    # Every socket has a dentry of its own (the report's estimate counts
+                    # it); only what grew beyond that is the walker's.
+                    per[cache] = max(per[cache] - b[1], 0)
+        proc_objects = (at_peak.walk_slab.get("proc_inode_cache", (0, 0))[0]
+                        - self.first.walk_slab.get("proc_inode_cache", (0, 0))[0])
+        return {"connections_grown": grew, "bytes_per_connection": per,
+                "walked": proc_objects >= grew // 2}
+
     def summary(self, reason: str) -> dict:
-        return {"schema": SCHEMA, "summary": True, "ended_by": reason, "samples": self.samples,
+        return {"fd_walker": self.fd_walker(),"schema": SCHEMA, "summary": True, "ended_by": reason, "samples": self.samples,
                 "seconds": round((self.prev.t - self.first.t) if self.first and self.prev else 0, 3),
                 "peak_connections": self.peak_connections, "peak_accept_queue": self.peak_queue,
                 "moved": self.moved, "limits_hit": self.limits_hit,
@@ -284,6 +320,14 @@ def summary_text(summary: dict) -> str:
         lines.append(f"limit hit: {limit}" + (f"; fix: {fix}" if fix else ""))
     for line in summary["kernel_log"]:
         lines.append(f"kernel: {line}")
+    walk = summary.get("fd_walker")
+    if walk and walk["walked"]:
+        per = walk["bytes_per_connection"]
+        lines.append(f"descriptor walker: proc inodes and dentries grew with the "
+                     f"{walk['connections_grown']:,} new connections (" + ", ".join(
+                         f"{k} +{v:,} B" for k, v in per.items()) + " per connection): something "
+                     f"lists /proc/PID/fd of this service (lsof, ss -p, a monitoring agent); on "
+                     f"this host each connection costs that much more kernel memory")
     return "\n".join(lines)
 
 
