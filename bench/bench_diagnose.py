@@ -59,7 +59,7 @@ def main():
     procs = []
     try:
         serve = subprocess.Popen(["ip", "netns", "exec", ns, *tuner("probe", "--serve", f"127.0.0.1:{PORT}",
-                                                                    "--timeout", 900)],
+                                                                    "--expect", n, "--timeout", 900)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         procs.append(serve)
         time.sleep(2)
