@@ -20,7 +20,8 @@ import uuid
 import pytest
 
 from conftest import run_tuner
-from tuner.readings import in_netns, read_sysctl
+from tuner.procfs import read_sysctl
+from tuner.readings import in_netns
 
 SERVERS = os.path.join(os.path.dirname(__file__), "servers")
 

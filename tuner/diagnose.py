@@ -121,6 +121,10 @@ def diagnose(pids: Sequence[int] = (), port: Optional[int] = None, unit: Optiona
     first = procs[0].pid
     with service.in_netns_of(first):
         found = service.listeners()
+    listening_inodes = {l.inode for l in found}
+    for p in procs:
+        if not listening_inodes & set(p.socket_inodes):
+            service.scan_further(p)
     inode_to_pids: Dict[int, List[int]] = {}
     for p in procs:
         for ino in p.socket_inodes:

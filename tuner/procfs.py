@@ -568,3 +568,21 @@ def slab_active(names) -> _Dict[str, _Tuple[int, int]]:
             if parts and parts[0] in wanted and len(parts) > 3:
                 out[parts[0]] = (int(parts[1]), int(parts[3]))
     return out
+
+
+def conntrack_stats(names) -> _Dict[str, int]:
+    """Counters of /proc/net/stat/nf_conntrack (insert_failed, drop, ...) summed over
+    CPUs (one hex row each); {} where conntrack is not loaded."""
+    try:
+        with open("/proc/net/stat/nf_conntrack") as f:
+            head, *rows = f.read().split("\n")
+    except OSError:
+        return {}
+    columns = head.split()
+    out = {k: 0 for k in names if k in columns}
+    for row in rows:
+        vals = row.split()
+        if len(vals) == len(columns):
+            for k in out:
+                out[k] += int(vals[columns.index(k)], 16)
+    return out

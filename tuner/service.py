@@ -16,6 +16,7 @@ import re
 import socket
 import struct
 from collections import Counter
+from operator import itemgetter
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
@@ -23,7 +24,10 @@ from . import procfs
 from .errors import PermissionNeeded, TunerError, UsageError
 
 CAP_SYS_RESOURCE = 24
-LOW_FD_SCAN = 1024          # listeners and epoll instances are opened early: look this low
+LOW_FD_FIRST = 64           # listeners and epoll instances are opened early: look here first,
+LOW_FD_SCAN = 1024          # and this far only for a process whose listener was not there
+EPOLL_COUNT_MAX_FDS = 4096  # fdinfo of an epoll instance is O(watches): read it for small
+                            # processes only (the row's "used" is information, not a limit)
 NETNS_RUN_DIR = "/var/run/netns"
 
 # sock_diag (linux/sock_diag.h, linux/inet_diag.h)
@@ -102,9 +106,9 @@ class Process:
     unit: Optional[str] = None
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("socket_inodes")
-        return d
+        # Not asdict(): socket_inodes can hold a thousand entries nobody needs in JSON.
+        return {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                for k, v in self.__dict__.items() if k != "socket_inodes"}
 
 
 # ---------------------------------------------------------------- errors
@@ -289,24 +293,44 @@ def _dump_count(family: int, states: int, bytecode: bytes, by_port: Counter, pee
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.bind((0, 0))
         sock.send(_dump_request(family, states, bytecode))
-        unpack_hdr, unpack_port = _NLMSG.unpack_from, _SPORT.unpack_from
-        ports: Counter = Counter()
         while True:
-            buf = sock.recv(1 << 17)
-            off, end = 0, len(buf)
-            while off < end:
-                length, kind = unpack_hdr(buf, off)[:2]
-                if kind == NLMSG_DONE:
-                    by_port.update(ports)
-                    return
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", buf, off + 16)[0]
-                    raise OSError(code, f"sock_diag dump: {os.strerror(code)}")
-                ports[unpack_port(buf, off + _MSG_SPORT)[0]] += 1
-                peers.add(buf[off + _MSG_DST:off + _MSG_DST + 16])
-                off += (length + 3) & ~3
+            if _count_buffer(sock.recv(1 << 17), by_port, peers):
+                return
     finally:
         sock.close()
+
+
+_DIAG_TYPE_BE = struct.unpack(">H", struct.pack("=H", SOCK_DIAG_BY_FAMILY))[0]
+
+
+def _count_buffer(buf: bytes, by_port: Counter, peers: Set[bytes]) -> bool:
+    """Count one recv()'s messages; True once the dump is done.
+
+    The messages of a dump have one length, so a whole buffer unpacks in C with one
+    struct (struct.iter_unpack) and counts with Counter/set over map(); only a buffer
+    holding the final NLMSG_DONE (or an error) takes the message-by-message path."""
+    if len(buf) >= 16:
+        length = _NLMSG.unpack_from(buf)[0]
+        if length >= 56 and length % 4 == 0 and len(buf) % length == 0:
+            # Big-endian throughout: the port is; the type is compared byte-swapped.
+            rec = struct.Struct(f">4xH14xH18x16s{length - 56}x")
+            rows = list(rec.iter_unpack(buf))
+            if all(r[0] == _DIAG_TYPE_BE for r in rows):
+                by_port.update(map(itemgetter(1), rows))
+                peers.update(map(itemgetter(2), rows))
+                return False
+    off, end = 0, len(buf)
+    while off < end:
+        length, kind = _NLMSG.unpack_from(buf, off)[:2]
+        if kind == NLMSG_DONE:
+            return True
+        if kind == NLMSG_ERROR:
+            code = -struct.unpack_from("=i", buf, off + 16)[0]
+            raise OSError(code, f"sock_diag dump: {os.strerror(code)}")
+        by_port[_SPORT.unpack_from(buf, off + _MSG_SPORT)[0]] += 1
+        peers.add(buf[off + _MSG_DST:off + _MSG_DST + 16])
+        off += (length + 3) & ~3
+    return False
 
 
 # ---------------------------------------------------------------- processes
@@ -319,7 +343,7 @@ def read_process(pid: int) -> Process:
         limits = procfs.proc_limits(pid)
         soft, hard = limits.get("Max open files", (None, None))
         fds = procfs.fd_count(pid)
-        low = procfs.low_fds(pid, LOW_FD_SCAN, fds)
+        low = procfs.low_fds(pid, LOW_FD_FIRST, fds)
         inodes = {}
         epoll_fds = []
         for fd, target in low.items():
@@ -329,7 +353,7 @@ def read_process(pid: int) -> Process:
             elif target == "anon_inode:[eventpoll]":
                 epoll_fds.append(fd)
         watches = None
-        if epoll_fds:
+        if epoll_fds and fds <= EPOLL_COUNT_MAX_FDS:
             watches = 0
             for fd in epoll_fds:
                 try:
@@ -350,6 +374,16 @@ def read_process(pid: int) -> Process:
             cgroup_pids=procfs.process_cgroup_pids(pid),
             unit=unit_of(pid))
     return proc
+
+
+def scan_further(proc: Process) -> None:
+    """Look up descriptors LOW_FD_FIRST..LOW_FD_SCAN of a process whose listener was not
+    among its first ones (a server that opened files before listening)."""
+    with _reading(proc.pid):
+        for fd, target in procfs.low_fds(proc.pid, LOW_FD_SCAN, proc.fds).items():
+            ino = procfs.socket_inode(target)
+            if ino is not None:
+                proc.socket_inodes[ino] = fd
 
 
 def unit_of(pid: int) -> Optional[str]:
@@ -376,21 +410,31 @@ def pids_holding(inodes: Set[int], netns_inode: int) -> Dict[int, Set[int]]:
     time, at most as many as it has open and never beyond LOW_FD_SCAN."""
     found: Dict[int, Set[int]] = {}
     me = os.getpid()
+    candidates = []
     for pid in all_pids():
         if pid == me:
             continue
         try:
             if procfs.netns_inode(pid) != netns_inode or procfs.is_kernel_thread(pid):
                 continue
-            status = procfs.proc_status(pid)
-            if status.get("State", "").startswith(("Z", "X")):
+            if procfs.proc_status(pid).get("State", "").startswith(("Z", "X")):
                 continue
-            low = procfs.low_fds(pid, LOW_FD_SCAN, procfs.fd_count(pid))
+            candidates.append((pid, procfs.fd_count(pid)))
         except (OSError, ValueError):
             continue  # gone, or not ours to read: it cannot be matched
-        held = {procfs.socket_inode(t) for t in low.values()} & inodes
-        if held:
-            found[pid] = held
+    # First the lowest descriptors of every candidate; further only while a listener is
+    # still unmatched (so a load generator's 20,000 sockets are not looked up one by one).
+    for highest in (LOW_FD_FIRST, LOW_FD_SCAN):
+        if highest > LOW_FD_FIRST and inodes <= set().union(set(), *found.values()):
+            break
+        for pid, count in candidates:
+            try:
+                low = procfs.low_fds(pid, highest, count)
+            except OSError:
+                continue
+            held = {procfs.socket_inode(t) for t in low.values()} & inodes
+            if held:
+                found.setdefault(pid, set()).update(held)
     return found
 
 

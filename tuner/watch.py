@@ -69,25 +69,6 @@ class Sample:
     walk_slab: Dict[str, tuple] = field(default_factory=dict)   # cache -> (active, size)
 
 
-def _conntrack_stats() -> Dict[str, int]:
-    """insert_failed and drop summed over CPUs from /proc/net/stat/nf_conntrack (hex)."""
-    try:
-        with open("/proc/net/stat/nf_conntrack") as f:
-            head, *rows = f.read().split("\n")
-    except OSError:
-        return {}
-    names = head.split()
-    out = {k: 0 for k in CONNTRACK}
-    for row in rows:
-        vals = row.split()
-        if len(vals) != len(names):
-            continue
-        for k in CONNTRACK:
-            if k in names:
-                out[k] += int(vals[names.index(k)], 16)
-    return out
-
-
 class KernelLog:
     """New lines of /dev/kmsg since the watch started, where readable (root, or
     kernel.dmesg_restrict=0); nothing is created or changed by reading it."""
@@ -139,10 +120,10 @@ def take_sample(pids: Sequence[int], ports: Sequence[int], klog: KernelLog) -> S
         own = [l for l in service.listeners() if l.port in ports]
         conns = service.counted(ports, own)
         queued = conns.accept_queue
-        netstat = readings.read_netstat()
-        sock = readings.read_sockstat().get("TCP", {})
-        count = readings.read_sysctl("net.netfilter.nf_conntrack_count")
-        ct = _conntrack_stats()
+        netstat = procfs.net_counters("TcpExt")
+        sock = procfs.sockstat().get("TCP", {})
+        count = procfs.read_sysctl("net.netfilter.nf_conntrack_count")
+        ct = procfs.conntrack_stats(tuple(CONNTRACK))
     counters = {k: netstat.get(k, 0) for k in COUNTERS}
     counters.update({f"conntrack_{k}": v for k, v in ct.items()})
     try:
