@@ -369,3 +369,34 @@ def test_watch_notices_a_descriptor_walker_and_prices_it(netns):
             s.close()
     finally:
         stop(srv)
+
+
+def test_prefork_master_holding_the_listener_is_not_summed(netns):
+    """A pre-fork server (as gunicorn or nginx: the master listens, its children accept):
+    --port finds all three, and only the children's descriptors count."""
+    code = ("import os,socket,time\n"
+            "s=socket.socket();s.bind(('127.0.0.1',7303));s.listen(128)\n"
+            "for i in range(2):\n"
+            "    if os.fork()==0:\n"
+            "        held=[]\n"
+            "        while True: held.append(s.accept()[0])\n"
+            "print('listening',flush=True);time.sleep(60)\n")
+    srv = in_ns(netns, sys.executable, "-c", code)
+    try:
+        assert srv.stdout.readline().startswith("listening")
+        socks = []
+        with in_netns(netns):
+            socks = [socket.create_connection(("127.0.0.1", 7303)) for _ in range(30)]
+        deadline = time.monotonic() + 10
+        while (d := diagnose_json("--port", 7303, "--netns", netns))["connections"]["held"] < 30:
+            assert time.monotonic() < deadline, d["connections"]
+            time.sleep(0.2)
+        assert srv.pid not in d["pids"] and len(d["pids"]) == 2
+        assert sorted(d["listeners"][0]["pids"]) == sorted([srv.pid] + d["pids"])
+        assert any(f"pid {srv.pid}" in n and "pre-fork master" in n for n in d["notes"])
+        procs = d["processes"]
+        assert d["max_connections"] == 30 + sum(p["nofile_soft"] - p["fds"] for p in procs)
+        for s in socks:
+            s.close()
+    finally:
+        stop(srv)

@@ -132,16 +132,30 @@ def diagnose(pids: Sequence[int] = (), port: Optional[int] = None, unit: Optiona
     own = [l for l in found if l.inode in inode_to_pids]
     for l in own:
         l.pids = sorted(inode_to_pids[l.inode])
+    supervisors: List[Any] = []
     if len(procs) > 1 and own:
         # A unit's helper processes (a shell wrapper, a log shipper) hold no listener.
         listening = {pid for l in own for pid in l.pids}
         procs = [p for p in procs if p.pid in listening]
+        # A pre-fork master (nginx, gunicorn) holds the listeners its children accept
+        # on; its own descriptors hold no connections, so it is not part of the sum.
+        holders = {p.pid: set(p.socket_inodes) for p in procs}
+        supervisors = [p for p in procs if any(q.ppid == p.pid and holders[p.pid] & holders[q.pid]
+                                               for q in procs)]
+        if supervisors and len(supervisors) < len(procs):
+            procs = [p for p in procs if p not in supervisors]
+        else:
+            supervisors = []
     with service.in_netns_of(first):
         conns = service.counted([l.port for l in own], own)
     snap = readings.take_snapshot(knobs.sysctl_names("host") + list(knobs.THREAD_SYSCTLS),
                                   knobs.sysctl_names("netns"), enter=service.in_netns_of(first))
     host_tasks = _task_count()
-    return evaluate(procs, own, conns, snap, target, host_tasks)
+    diag = evaluate(procs, own, conns, snap, target, host_tasks)
+    for p in supervisors:
+        diag.notes.append(f"pid {p.pid} ({p.name}) holds the listeners its children accept on "
+                          f"(a pre-fork master): it is not counted in the service's capacity")
+    return diag
 
 
 def _task_count() -> Optional[int]:

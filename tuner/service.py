@@ -90,6 +90,7 @@ class Process:
     pid: int
     name: str
     uid: int
+    ppid: int
     exe: Optional[str]
     cmdline: List[str]
     threads: int
@@ -363,6 +364,7 @@ def read_process(pid: int) -> Process:
         cap_eff = int(status.get("CapEff", "0"), 16)
         proc = Process(
             pid=pid, name=status.get("Name", "?"), uid=int(status.get("Uid", "0").split()[0]),
+            ppid=int(status.get("PPid", "0")),
             exe=procfs.exe(pid), cmdline=procfs.cmdline(pid),
             threads=int(status.get("Threads", "1")), fds=fds,
             nofile_soft=soft if soft is not None else 1 << 31,  # "unlimited": nr_open caps it
