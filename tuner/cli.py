@@ -390,7 +390,7 @@ def diagnose(
     verdict, the table, and the fixes as commands. Exits 0 when the service can take
     --target (or none is given), 3 when it cannot, 2 for a PID/port/unit that does not
     exist or cannot be a server, 4 when reading another user's process needs root."""
-    from . import diagnose as diagnose_mod
+    from . import diagnose as diagnose_mod, render
 
     n = parse_target(target) if target is not None else None
     if watch is not None:
