@@ -115,6 +115,19 @@ def _probe_split(h: Host) -> List[dict]:
     return [json.loads(served), json.loads(connected)]
 
 
+def _diagnose(h) -> List[dict]:
+    """diagnose of a real process (a sleep tuner did not start)."""
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        out = subprocess.run([sys.executable, "-m", "tuner", "diagnose", "--pid", str(proc.pid), "--json"],
+                             capture_output=True, text=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out.returncode == 0, out.stderr
+    return [json.loads(out.stdout)]
+
+
 # (row name, function that runs the command(s) for real, the schema of each document returned)
 COMMANDS: List[Tuple[str, Callable[[Host], List[dict]], List[str]]] = [
     ("report", _report, ["tuner.report/1", "tuner.report/1"]),
@@ -124,6 +137,7 @@ COMMANDS: List[Tuple[str, Callable[[Host], List[dict]], List[str]]] = [
     ("probe", _probe, ["tuner.probe/1"]),
     ("probe refused by pre-flight", _probe_refused, ["tuner.probe/1"]),
     ("probe --serve / --connect", _probe_split, ["tuner.probe.serve/1", "tuner.probe.connect/1"]),
+    ("diagnose", _diagnose, ["tuner.diagnose/1"]),
 ]
 
 
