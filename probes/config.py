@@ -18,7 +18,8 @@ from . import kernel
 
 LISTEN_ADDR = "127.0.0.1"
 # Descriptors a worker needs besides its connections: stdio, the listener, report and
-# control pipes, two epoll instances, and whatever the interpreter keeps open.
+# control pipes, two epoll instances, and whatever the interpreter keeps open.  tuner's
+# model reserves the same for any process (report's processes needed, apply's limits).
 FD_HEADROOM = 64
 # Share of a port range one (source address, destination) pair is planned to fill.
 # connect() takes the even ports of ip_local_port_range first and scans all of them
@@ -149,11 +150,19 @@ def source_count(source_net: str) -> int:
     return 1 if src is None else src.count
 
 
+def connections_within(nofile: int, descriptors_per_connection: int) -> int:
+    """Connections one process holds under RLIMIT_NOFILE `nofile` once FD_HEADROOM
+    descriptors are kept for everything else; 0 when the limit is at or below that.  The
+    one formula for the probe's workers and for `tuner report`'s processes needed
+    (tuner.capacity), so both name the same count."""
+    return max(nofile - FD_HEADROOM, 0) // descriptors_per_connection
+
+
 def worker_capacity(nofile: int, descriptors_per_connection: int) -> int:
     """Connections one worker holds under RLIMIT_NOFILE `nofile` (FD_HEADROOM kept for
     itself).  ProbeConfigError naming RLIMIT_NOFILE when that leaves none: a hard limit
     of 64 cannot be sharded around."""
-    per = (nofile - FD_HEADROOM) // descriptors_per_connection
+    per = connections_within(nofile, descriptors_per_connection)
     if per < 1:
         raise ProbeConfigError(
             f"RLIMIT_NOFILE {nofile:,} leaves no descriptors for connections in a worker (each "

@@ -189,7 +189,7 @@ def test_pid_raises_child_soft_limit_and_says_hard_is_capped(capsys, jpath):
 
 def test_netns_plan_keeps_hard_limit_under_host_nr_open():
     """With CAP_SYS_RESOURCE, 1M loopback connections in one process need a hard
-    RLIMIT_NOFILE of 2,001,024, above this fs.nr_open (1,048,576). apply --netns leaves
+    RLIMIT_NOFILE of 2,000,064, above this fs.nr_open (1,048,576). apply --netns leaves
     fs.nr_open alone (host-wide), so it must not plan a hard limit the kernel refuses
     (EPERM at write time): it plans up to fs.nr_open and says why that is all. This
     machine has no CAP_SYS_RESOURCE, so the capability is set in a snapshot of it and
@@ -206,17 +206,17 @@ def test_netns_plan_keeps_hard_limit_under_host_nr_open():
     rl = {c.knob: c.new for c in in_ns.changes if c.kind == "rlimit"}
     assert rl == {"RLIMIT_NOFILE.hard": 1_048_576, "RLIMIT_NOFILE.soft": 1_048_576}
     skipped = {s["knob"]: s for s in in_ns.skipped}
-    assert skipped["fs.nr_open"]["needed"] == [2_001_024]
+    assert skipped["fs.nr_open"]["needed"] == [2_000_064]
     assert any("fs.nr_open (1048576) caps it" in n and "without --netns" in n
                for n in in_ns.notes), in_ns.notes
 
     # On the host the plan raises fs.nr_open first, then the hard limit to what N needs.
     on_host = plan.build_plan(snap, plan.Request(1_000_000), procs)
     new = {c.knob: c.new for c in on_host.changes}
-    assert new["fs.nr_open"] == "2001024" and new["RLIMIT_NOFILE.hard"] == 2_001_024
+    assert new["fs.nr_open"] == "2000064" and new["RLIMIT_NOFILE.hard"] == 2_000_064
     # The report still shows what N needs, whatever apply --netns can do.
     rows = {r.name: r for r in report.build(1_000_000, snap=snap).rows}
-    assert rows["RLIMIT_NOFILE.hard"].needed == [2_001_024]
+    assert rows["RLIMIT_NOFILE.hard"].needed == [2_000_064]
     assert knobs.BY_NAME["RLIMIT_NOFILE.hard"].needs(
         knobs.Ctx(snap, target=1_000_000, host_changes=False)) == [1_048_576]
 
@@ -234,11 +234,11 @@ def test_persist_into_temp_root(capsys, jpath, tmp_path, host_restored):
     assert rc == 0, err
     sysctl_conf = (root / "etc/sysctl.d/99-tuner.conf").read_text()
     assert "net.core.somaxconn = 65535" in sysctl_conf
-    assert "fs.nr_open = 2001024" in sysctl_conf
+    assert "fs.nr_open = 2000064" in sysctl_conf
     limits = (root / "etc/security/limits.d/99-tuner.conf").read_text()
-    assert "*     hard nofile 2001024" in limits and "root  soft nofile 2001024" in limits
+    assert "*     hard nofile 2000064" in limits and "root  soft nofile 2000064" in limits
     dropin = (root / "etc/systemd/system/loadgen.service.d/99-tuner.conf").read_text()
-    assert "[Service]\nLimitNOFILE=2001024:2001024\n" in dropin
+    assert "[Service]\nLimitNOFILE=2000064:2000064\n" in dropin
     # A second apply (nothing left to raise) keeps the sysctls in the persisted file,
     # and writes nothing: the files already hold what it would write.
     rc, out, err = tuner(capsys, "apply", "-n", "1M", "--yes", "--persist", "--root-dir", root,
@@ -267,7 +267,7 @@ def test_persist_plan_shows_a_diff_and_names_later_files_that_override(capsys, j
                          "--journal", jpath)
     assert rc == 0, err
     assert f"+++ {root}/etc/sysctl.d/99-tuner.conf (tuner)" in out
-    assert "-fs.nr_open = 1048576\n+" in out and "+fs.nr_open = 2001024" in out
+    assert "-fs.nr_open = 1048576\n+" in out and "+fs.nr_open = 2000064" in out
     assert f"{root}/etc/sysctl.d/zz-local.conf sorts after 99-tuner.conf and also sets " \
            f"net.core.somaxconn" in out
     assert f"{root}/etc/security/limits.d/zz-site.conf sorts after 99-tuner.conf and also " \

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from tuner import capacity
+from probes.config import FD_HEADROOM
 from tuner.knobs import Ctx
 from tuner.readings import Snapshot
 
@@ -61,9 +62,13 @@ def test_capped_hard_limit_gives_the_process_count():
     snap.nofile_soft = snap.nofile_hard = 20000
     snap.cap_sys_resource = False
     rep = evaluate(snap, target=1_000_000)
-    per = (20000 - 1024) // 2
+    per = (20000 - 64) // 2
     assert rep.processes["connections_per_process"] == per
-    assert rep.processes["processes"] == math.ceil(1_000_000 / per) == 106
+    assert rep.processes["processes"] == math.ceil(1_000_000 / per) == 101
+    # The probe sizes its workers with the same reserve: the same count for the same limit.
+    from probes.config import make_plan, ProbeConfig
+    plan = make_plan(ProbeConfig(connections=1_000_000, port=5000), nofile=20000)
+    assert (plan.workers, plan.per_worker) == (101, 9901)
     assert rep.row("RLIMIT_NOFILE.hard").status == "capped"
     assert rep.row("RLIMIT_NOFILE.hard").needed is None  # cannot be raised: no change planned
     assert rep.row("CAP_SYS_RESOURCE").current == ["no"]
@@ -71,8 +76,8 @@ def test_capped_hard_limit_gives_the_process_count():
     snap.cap_sys_resource = True
     rep = evaluate(snap, target=1_000_000)
     assert rep.processes["processes"] == 2  # nr_open 1048576 caps one process at ~523k
-    assert rep.row("RLIMIT_NOFILE.hard").needed == [2_000_000 + 1024]
-    assert rep.row("fs.nr_open").needed == [2_000_000 + 1024]
+    assert rep.row("RLIMIT_NOFILE.hard").needed == [2_000_000 + FD_HEADROOM]
+    assert rep.row("fs.nr_open").needed == [2_000_000 + FD_HEADROOM]
 
 
 def test_client_with_one_source_address_is_bound_by_ports():
@@ -129,7 +134,7 @@ def test_large_host_is_bound_by_descriptors_not_memory():
     rep = evaluate(snap, target=1_000_000)
     assert rep.binding == "fs.file-max"
     assert rep.max_connections == (2_000_000 - 1000) // 2
-    assert rep.row("fs.file-max").needed == [1000 + 2_200_000 + 1024]
+    assert rep.row("fs.file-max").needed == [1000 + 2_200_000 + FD_HEADROOM]
     assert rep.row("MemAvailable").status == "ok"
 
 

@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -105,3 +106,24 @@ def test_non_root_netns_is_exit_4(netns):
     proc = _as_nobody(["report", "--netns", netns])
     assert proc.returncode == 4
     assert proc.stderr.strip().count("\n") == 0 and "needs root" in proc.stderr
+
+
+@pytest.mark.parametrize("limit, per_process", [(1024, 480), (256, 96), (64, 0)])
+def test_a_low_descriptor_limit_still_reports(limit, per_process):
+    """prlimit'ed as containers and old distributions are: at or below the 64 descriptors
+    a process keeps for itself it can hold no connection, and the report says so (it used
+    to end in ZeroDivisionError)."""
+    cmd = ["prlimit", f"--nofile={limit}:{limit}", "--", sys.executable, "-m", "tuner", "report",
+           "-n", "1M"]
+    text = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    data = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True,
+                                     timeout=60).stdout)
+    assert text.returncode == 3 and "Traceback" not in text.stderr and text.stderr == ""
+    p = data["processes"]
+    assert p["fd_ceiling"] == limit and p["connections_per_process"] == per_process
+    if per_process:
+        assert p["processes"] == -(-1_000_000 // per_process)
+        assert f"x {per_process:,} connections" in text.stdout
+    else:
+        assert p["processes"] is None
+        assert "none can hold a connection here: RLIMIT_NOFILE 64" in text.stdout

@@ -10,8 +10,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from probes.config import FD_HEADROOM, connections_within
+
 from . import memory
-from .knobs import (BY_NAME, CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, KNOBS, RESERVE_FDS,
+from .knobs import (BY_NAME, CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, KNOBS,
                     Ctx, Knob)
 
 # Row statuses, in the words the table prints.
@@ -85,16 +87,25 @@ def processes_needed(ctx: Ctx, connections: int) -> Dict[str, Any]:
     """How many processes hold `connections` when each is capped by its descriptors.
 
     Without CAP_SYS_RESOURCE the hard RLIMIT_NOFILE is the ceiling; with it, fs.nr_open.
+    Each process keeps FD_HEADROOM descriptors for itself (probes.connections_within, the
+    probe's own formula).  A ceiling at or below that leaves none: "processes" is then
+    None (no number of such processes holds a connection) and the report says to raise
+    the limit, instead of dividing by zero.
     """
     nr_open = ctx.nr_open or ctx.snap.nofile_hard
     ceiling = nr_open if ctx.snap.cap_sys_resource else ctx.snap.nofile_hard
-    per_process = max(ceiling - RESERVE_FDS, 1) // ctx.sockets_per_conn
+    per_process = connections_within(ceiling, ctx.sockets_per_conn)
+    if not connections:
+        processes: Optional[int] = 0
+    else:
+        processes = math.ceil(connections / per_process) if per_process else None
     return {
         "fd_ceiling": ceiling,
         "hard_limit_raisable": ctx.snap.cap_sys_resource,
+        "reserved_per_process": FD_HEADROOM,
         "connections_per_process": per_process,
         "for_connections": connections,
-        "processes": math.ceil(connections / per_process) if connections else 0,
+        "processes": processes,
     }
 
 
@@ -132,7 +143,8 @@ def _status(ctx: Ctx, knob: Knob, current, needed, allows, binding: Optional[str
         return SHRINK if knob.caps == CAPS_BUFFERS else RAISE
     short = ctx.target is not None and allows is not None and allows < ctx.target
     if knob.caps == CAPS_PER_PROCESS:
-        one_process = processes_needed(ctx, ctx.target or 0)["processes"] <= 1
+        needed = processes_needed(ctx, ctx.target or 0)["processes"]
+        one_process = needed is not None and needed <= 1
         if knob.capped(ctx) and not one_process:
             return CAPPED
         return OK

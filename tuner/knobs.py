@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, List, Optional
 
-from probes.config import FAST_PORT_SHARE
+from probes.config import FAST_PORT_SHARE, FD_HEADROOM, connections_within
 
 from . import memory, procfs
 from .readings import Snapshot, source_address_count
 
 ROLES = ("loopback", "server", "client")
 HEADROOM_PERCENT = 10    # needed values cover N plus 10%
-RESERVE_FDS = 1024       # descriptors a process needs besides its connections
+# FD_HEADROOM (probes.config, 64): descriptors a process keeps besides its connections, one
+# reserve for report, apply and the probe's workers.
 NR_OPEN_MAX = 2147483584  # kernel's sysctl_nr_open_max on 64-bit (INT_MAX & -BITS_PER_LONG)
 MAX_BACKLOG = 65535      # a burst-sized accept queue; beyond this, accept faster instead
 PORT_FLOOR = 1024        # never hand privileged ports to the ephemeral range
@@ -235,19 +236,23 @@ def _sockstat_tcp(key):
 def _file_max_wanted(ctx):
     nr = ctx.snap.ints("fs.file-nr")
     in_use = nr[0] if nr else 0
-    return in_use + ctx.with_headroom(ctx.fds(ctx.target)) + RESERVE_FDS
+    return in_use + ctx.with_headroom(ctx.fds(ctx.target)) + FD_HEADROOM
 
 
 def _per_process_allows(value):
     def rule(ctx):
-        reserved = RESERVE_FDS if ctx.snap.fds_reserved is None else ctx.snap.fds_reserved
-        return None if value(ctx) is None else max(value(ctx) - reserved, 0) // ctx.sockets_per_conn
+        if value(ctx) is None:
+            return None
+        if ctx.snap.fds_reserved is None:    # a process to be: the common reserve
+            return connections_within(value(ctx), ctx.sockets_per_conn)
+        # A running process (tuner diagnose): what it already holds for other files.
+        return max(value(ctx) - ctx.snap.fds_reserved, 0) // ctx.sockets_per_conn
     return rule
 
 
 def _one_process_fds(ctx):
     """Descriptors one process needs to hold all N (capped by what the kernel accepts)."""
-    return min(ctx.fds(ctx.target) + RESERVE_FDS, NR_OPEN_MAX)
+    return min(ctx.fds(ctx.target) + FD_HEADROOM, NR_OPEN_MAX)
 
 
 def _soft_needs(ctx):

@@ -98,7 +98,7 @@ def check(connections: int, netns: Optional[str] = None, source_net: str = DEFAU
     if isinstance(workers, int):
         destinations = workers
     else:
-        destinations = report.build(connections, "loopback", netns, snap=snap).processes["processes"]
+        destinations = report.build(connections, "loopback", netns, snap=snap).processes["processes"] or 1
     pre = model(connections, netns, source_net, max(destinations, 1), snap)
     rep = pre.report
     if rep.reachable is False:

@@ -49,7 +49,7 @@ class Snapshot:
     local_routes: List[Dict[str, object]] = field(default_factory=list)
     netns: Optional[str] = None
     # A diagnosed process (tuner diagnose): descriptors it holds for other than its
-    # connections (None: assume knobs.RESERVE_FDS), and its thread/mapping figures.
+    # connections (None: assume probes.config.FD_HEADROOM, the common reserve), and its thread/mapping figures.
     fds_reserved: Optional[int] = None
     process: Optional[Dict[str, object]] = None
 

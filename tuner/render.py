@@ -69,8 +69,14 @@ def report_text(report: Report, wide: bool = False) -> str:
     p = report.processes
     fd_note = ("hard RLIMIT_NOFILE can be raised (CAP_SYS_RESOURCE)" if p["hard_limit_raisable"]
                else f"hard RLIMIT_NOFILE {p['fd_ceiling']:,} cannot be raised (no CAP_SYS_RESOURCE)")
-    lines.append(f"processes needed for {number(p['for_connections'])}: {p['processes']:,} "
-                 f"x {p['connections_per_process']:,} connections; {fd_note}")
+    if p["processes"] is None:
+        lines.append(f"processes needed for {number(p['for_connections'])}: none can hold a connection "
+                     f"here: RLIMIT_NOFILE {p['fd_ceiling']:,} is at or below the {p['reserved_per_process']} "
+                     f"descriptors each process keeps for itself; raise it, or shard over processes "
+                     f"with a higher limit ({fd_note})")
+    else:
+        lines.append(f"processes needed for {number(p['for_connections'])}: {p['processes']:,} "
+                     f"x {p['connections_per_process']:,} connections; {fd_note}")
     m = report.memory
     lines.append(f"kernel memory per connection ({m['source']}): idle "
                  f"{size(m['idle_bytes_per_connection'])}, worst case "
@@ -157,12 +163,14 @@ def apply_text(outcome) -> str:
             lines.append("source addresses for outbound connections"
                          + (f" on {src['dev']}" if src.get("dev") else "") + f": {src['count']:,}")
         p = a["processes"]
-        if p["processes"] > 1:
+        if p["processes"] is None or p["processes"] > 1:
             cap = ("" if p["hard_limit_raisable"] else
                    f"; the hard RLIMIT_NOFILE {p['fd_ceiling']:,} cannot be raised here "
                    f"(no CAP_SYS_RESOURCE)")
+            needs = ("no number of processes can hold it: raise the limit" if p["processes"] is None
+                     else f"{target:,} needs {p['processes']:,} processes")
             lines.append(f"per process: {p['connections_per_process']:,} connections each, so "
-                         f"{target:,} needs {p['processes']:,} processes{cap}")
+                         f"{needs}{cap}")
         for s in a["still_binding"]:
             fix = f": {s['fix']}" if s["fix"] else ""
             lines.append(f"still binding: {s['knob']} = {value(s['current'])}{fix}")
