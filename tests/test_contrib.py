@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -68,11 +69,25 @@ def test_metric_names_extractor():
     assert metric_names("label_values(tuner_x, instance)") == {"tuner_x"}
 
 
+SERVER = "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(8); " \
+         "print(s.getsockname()[1], flush=True); sys.stdin.read()"
+
+
 @pytest.fixture(scope="module")
 def emitted() -> set:
-    """What a real `tuner metrics --target` run exports (every metric: --target adds the last)."""
-    text = run_tuner("metrics", "--target", "1M", check_rc=0).stdout
-    return {f.name for f in text_string_to_metric_families(text)}
+    """What a real `tuner metrics --target N --pid PID` run exports (with a listening
+    process, so the service's metrics too)."""
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        server.stdout.readline()
+        text = run_tuner("metrics", "--target", "1M", "--pid", server.pid, check_rc=0).stdout
+    finally:
+        server.kill()
+        server.wait()
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"tuner_capacity_connections", "tuner_listener_backlog"} <= names
+    return names
 
 
 def _rules():
@@ -124,7 +139,7 @@ def test_dashboard_queries_use_only_exported_metrics(emitted):
         used |= names
     # The issue's panels: capacity and headroom, utilization, the binding limit.
     assert {"tuner_capacity_connections", "tuner_connections_open", "tuner_limit_utilization_ratio",
-            "tuner_binding_limit_info"} <= used
+            "tuner_binding_limit_info", "tuner_process_open_fds", "tuner_listener_queued"} <= used
 
 
 promtool = pytest.mark.skipif(shutil.which("promtool") is None,

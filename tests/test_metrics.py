@@ -83,7 +83,7 @@ def test_exposition_equals_the_report_of_the_same_snapshot():
     rep = json.loads(json.dumps(report.build(1_000_000, "server", snap=snap).to_dict()))
     assert metric_figures(samples) == report_figures(rep)
     assert 0 < one(samples, "tuner_limit_utilization_ratio", knob="fs.file-max") < 1
-    assert set(samples) == set(metrics.METRIC_NAMES)
+    assert set(samples) == set(metrics.HOST_METRIC_NAMES)
 
 
 # Figures from counters that move between any two processes' reads, whoever runs them:
@@ -140,7 +140,7 @@ def test_failed_read_is_a_failed_scrape_not_an_error():
 # ---------------------------------------------------------------- --listen
 
 def _start_listen(*args):
-    proc = subprocess.Popen([sys.executable, "-m", "tuner", "metrics", "--listen", "127.0.0.1:0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "metrics", "--listen", "127.0.0.1:0", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
     m = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
@@ -194,6 +194,74 @@ def test_listen_rereads_the_host_at_each_scrape_while_a_probe_holds_connections(
         server.send_signal(signal.SIGTERM)
         rc = server.wait(timeout=30)
     assert rc == 0, server.stderr.read()
+
+
+# ---------------------------------------------------------------- a service's figures
+
+SERVER = """
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(int(sys.argv[1]))          # and never accept: connects wait in the accept queue
+print(s.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+
+
+def test_service_figures_follow_the_service_at_each_scrape(netns):
+    """--port in a namespace: the server's descriptors, limit, backlog and accept queue as
+    `tuner diagnose` reads them, the queue moving between scrapes, and a service that
+    stops is a failed service scrape while the host's figures go on."""
+    from tuner.readings import in_netns
+
+    server = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", SERVER, "8"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    port = int(server.stdout.readline())
+    listen, url = _start_listen("--port", port, "--netns", netns)
+    clients = []
+    try:
+        first = _scrape(url)
+        pid = str(server.pid)
+        diag = json.loads(run_tuner("diagnose", "--port", port, "--netns", netns, "--json").stdout)
+        [proc] = diag["processes"]
+        pid = str(proc["pid"])   # ip netns exec runs the server as its own child or itself
+        assert one(first, "tuner_process_open_fds", pid=pid) == proc["fds"]
+        assert one(first, "tuner_process_max_fds", pid=pid) == proc["nofile_soft"]
+        assert one(first, "tuner_listener_backlog", address="127.0.0.1", port=str(port)) == 8
+        assert one(first, "tuner_listener_queued", address="127.0.0.1", port=str(port)) == 0
+        assert one(first, "tuner_service_capacity_connections") == diag["max_connections"]
+        assert one(first, "tuner_service_scrape_success") == 1
+        with in_netns(netns):
+            clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        second = _scrape(url)
+        assert one(second, "tuner_listener_queued", address="127.0.0.1", port=str(port)) == 3
+        # Completed but not accepted: in the queue, not yet held by the service.
+        assert one(second, "tuner_service_connections") == diag["connections"]["held"]
+        server.kill()
+        server.wait(timeout=10)
+        third = _scrape(url)
+        assert one(third, "tuner_service_scrape_success") == 0
+        assert "tuner_process_open_fds" not in third
+        assert one(third, "tuner_scrape_success") == 1 and "tuner_capacity_connections" in third
+    finally:
+        for c in clients:
+            c.close()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        listen.send_signal(signal.SIGTERM)
+        rc = listen.wait(timeout=30)
+    assert rc == 0
+    assert "service scrape failed" in listen.stderr.read()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pid", "1", "--port", "80"], "one of --pid PID, --port PORT or --unit NAME"),
+    (["--port", "1"], "nothing listens on TCP port 1"),
+])
+def test_bad_service_is_one_line_exit_2(args, message):
+    proc = run_tuner("metrics", *args)
+    _assert_refused(proc, message)
 
 
 # ---------------------------------------------------------------- --textfile

@@ -113,6 +113,14 @@ def metrics(
                                      help="Distinct server ip:port the clients connect to."),
     source_dev: Optional[str] = typer.Option(
         None, "--source-dev", metavar="DEV", help="Interface whose addresses outbound sockets use."),
+    pid: List[int] = typer.Option([], "--pid", metavar="PID",
+                                  help="Add a service's own figures (as tuner diagnose): this "
+                                       "process (repeatable)."),
+    port: Optional[int] = typer.Option(None, "--port", metavar="PORT",
+                                       help="... the processes listening on this TCP port "
+                                            "(looked up in --netns when given)."),
+    unit: Optional[str] = typer.Option(None, "--unit", metavar="NAME",
+                                       help="... the processes of this systemd unit."),
 ) -> None:
     """The report's figures as Prometheus metrics: capacity, the binding limit, what each
     limit allows and how much of it is in use. Prints the text format without --textfile
@@ -123,16 +131,15 @@ def metrics(
         raise errors.UsageError("--textfile and --listen are two ways to export: give one")
     check_role(role)
     check_positive("--destinations", destinations)
-    req = metrics_mod.Request(parse_target(target), role, netns, destinations, source_dev)
+    req = metrics_mod.Request(parse_target(target), role, netns, destinations, source_dev,
+                              tuple(pid), port, unit)
     if listen is not None:
         metrics_mod.parse_listen(listen)
     if textfile is not None:
         metrics_mod.check_textfile_dir(textfile)
     # Bad --netns or --source-dev: refused before serving anything, like the report. The
     # one-shot modes export this very reading.
-    scrape = metrics_mod.read(req)
-    if scrape.error:
-        raise TunerError(scrape.error, errors.EXIT_USAGE)
+    scrape = metrics_mod.read(req, strict=True)
     if listen is not None:
         metrics_mod.serve(listen, req, announce=lambda line: typer.echo(line, err=True))
     elif textfile is not None:

@@ -36,6 +36,11 @@ class Scrape:
     report: Optional[object]          # capacity.Report, or None when reading failed
     duration: float
     error: Optional[str] = None
+    # With --pid/--port/--unit: tuner.diagnose's Diagnosis.to_dict(), or the reason it
+    # could not be read (the service stopped, its port closed) in service_error.
+    service: Optional[dict] = None
+    service_error: Optional[str] = None
+    service_asked: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,11 +52,17 @@ class Metric:
     # Scrape (or, for PROBE_METRICS, a probe result dict) -> (label values, value)
     # pairs; an empty iterable exports no sample.
     samples: Callable[[Any], Iterable[Tuple[Tuple[str, ...], float]]]
+    service: bool = False   # exported only with --pid/--port/--unit
 
 
 def _rep(fn):
     """Samples from the report only (none when the scrape failed to read the host)."""
     return lambda s: () if s.report is None else fn(s.report)
+
+
+def _svc(fn):
+    """Samples from the service's diagnosis (none without --pid/--port/--unit)."""
+    return lambda s: () if s.service is None else fn(s.service)
 
 
 def _capacity(r):
@@ -121,6 +132,35 @@ METRICS: List[Metric] = [
     Metric("tuner_target_reachable", GAUGE, ("target",),
            "1 when --target connections fit the current settings, else 0 (report reachable); "
            "only with --target.", _rep(_reachable)),
+    Metric("tuner_service_capacity_connections", GAUGE, (),
+           "With --pid/--port/--unit: most connections the service can hold now, its processes "
+           "together (diagnose max_connections).", _svc(lambda d: [((), d["max_connections"])]
+                                                         if d["max_connections"] is not None else []), service=True),
+    Metric("tuner_service_connections", GAUGE, (),
+           "Connections the service holds now on its listening ports (diagnose connections.held).",
+           _svc(lambda d: [((), d["connections"]["held"])]), service=True),
+    Metric("tuner_service_binding_limit_info", GAUGE, ("knob",),
+           "1 for the limit that stops the service first (diagnose binding_limit).",
+           _svc(lambda d: [((d["binding_limit"],), 1)] if d["binding_limit"] else []), service=True),
+    Metric("tuner_process_open_fds", GAUGE, ("pid",),
+           "Descriptors each of the service's processes has open (diagnose processes[].fds).",
+           _svc(lambda d: [((str(p["pid"]),), p["fds"]) for p in d["processes"]]), service=True),
+    Metric("tuner_process_max_fds", GAUGE, ("pid",),
+           "Each process's soft RLIMIT_NOFILE: open descriptors past it fail with EMFILE "
+           "(diagnose processes[].nofile_soft).",
+           _svc(lambda d: [((str(p["pid"]),), p["nofile_soft"]) for p in d["processes"]]), service=True),
+    Metric("tuner_listener_backlog", GAUGE, ("address", "port"),
+           "Accept queue size of each of the service's listeners: min(listen() backlog, "
+           "somaxconn) (diagnose listeners[].backlog).",
+           _svc(lambda d: [((l["address"], str(l["port"])), l["backlog"]) for l in d["listeners"]]), service=True),
+    Metric("tuner_listener_queued", GAUGE, ("address", "port"),
+           "Connections completed and waiting in each listener's accept queue now; at the "
+           "backlog, new ones are dropped (diagnose listeners[].queued).",
+           _svc(lambda d: [((l["address"], str(l["port"])), l["queued"]) for l in d["listeners"]]), service=True),
+    Metric("tuner_service_scrape_success", GAUGE, (),
+           "With --pid/--port/--unit: 1 when this scrape read the service, 0 when it could not "
+           "(it stopped, its port closed; the reason goes to stderr).",
+           lambda s: [((), 0 if s.service is None else 1)] if s.service_asked else [], service=True),
     Metric("tuner_scrape_success", GAUGE, (),
            "1 when this scrape read the host, 0 when it failed (the reason goes to stderr; "
            "the report's metrics are absent from that scrape).",
@@ -133,6 +173,7 @@ METRICS: List[Metric] = [
 ]
 
 METRIC_NAMES = [m.name for m in METRICS]
+HOST_METRIC_NAMES = [m.name for m in METRICS if not m.service]
 
 
 # `tuner probe --textfile DIR`: the last run's figures (probes' ProbeResult.to_dict()),
@@ -181,19 +222,45 @@ class Request:
     netns: Optional[str] = None
     destinations: int = 1
     source_dev: Optional[str] = None
+    # A service, as `tuner diagnose` names one: its pids, a port it listens on, or a unit.
+    pids: Tuple[int, ...] = ()
+    port: Optional[int] = None
+    unit: Optional[str] = None
+
+    @property
+    def service(self) -> bool:
+        return bool(self.pids) or self.port is not None or self.unit is not None
 
 
-def read(req: Request, snap=None) -> Scrape:
-    """One reading through report.build; a TunerError (say, the namespace went away)
-    becomes a failed scrape instead of an HTTP 500."""
+def read(req: Request, snap=None, strict: bool = False) -> Scrape:
+    """One reading through report.build (and tuner.diagnose for a service); a TunerError
+    (the namespace went away, the service stopped) becomes a failed scrape of that part
+    instead of an HTTP 500. `strict`: raise it (the command's first reading: bad input
+    is refused before anything is served or written)."""
     from . import report
 
     start = time.monotonic()
     try:
         rep = report.build(req.target, req.role, req.netns, req.destinations, req.source_dev, snap=snap)
+        error = None
     except TunerError as e:
-        return Scrape(None, time.monotonic() - start, str(e))
-    return Scrape(rep, time.monotonic() - start)
+        if strict:
+            raise
+        rep, error = None, str(e)
+    service = service_error = None
+    if req.service:
+        from .diagnose import diagnose
+
+        try:
+            # --netns chooses where --port is looked up; a pid or unit is read in its own.
+            service = diagnose(pids=req.pids, port=req.port, unit=req.unit,
+                               netns=req.netns if req.port is not None else None,
+                               target=req.target).to_dict()
+        except TunerError as e:
+            if strict:
+                raise
+            service_error = str(e)
+    return Scrape(rep, time.monotonic() - start, error, service, service_error, req.service)
 
 
 def families(scrape: Any, table: Optional[List[Metric]] = None):
@@ -226,6 +293,8 @@ class Collector:
             scrape = self.run(lambda: read(self.req, self.snap))
         if scrape.error:
             print(f"tuner: scrape failed: {scrape.error}", file=sys.stderr, flush=True)
+        if scrape.service_error:
+            print(f"tuner: service scrape failed: {scrape.service_error}", file=sys.stderr, flush=True)
         yield from families(scrape)
 
     def describe(self):
