@@ -400,3 +400,21 @@ def test_prefork_master_holding_the_listener_is_not_summed(netns):
             s.close()
     finally:
         stop(srv)
+
+
+def test_listeners_found_after_the_report_loaded_pyroute2_lean():
+    """metrics --port reads the host first (tuner.localnet loads pyroute2's netlink modules
+    without the package, for start-up time), then the service's listeners: sock_diag must
+    still import and find a real listener (it ended in a circular ImportError)."""
+    code = (
+        "import socket\n"
+        "from tuner import localnet, service\n"
+        "localnet.read_addresses()\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(17)\n"
+        "port = s.getsockname()[1]\n"
+        "print([l.backlog for l in service.listeners() if l.port == port])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[17]"

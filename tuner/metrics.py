@@ -249,10 +249,6 @@ def read(req: Request, snap=None, strict: bool = False) -> Scrape:
         rep, error = None, str(e)
     service = service_error = None
     if req.service:
-        # pyroute2 0.9.7 fails with a circular import when pyroute2.netlink.diag (service.py)
-        # is its first module imported; the package first avoids it (belongs in service.py).
-        import pyroute2  # noqa: F401
-
         from .diagnose import diagnose
 
         try:

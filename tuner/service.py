@@ -215,6 +215,10 @@ def netns_name(inode: int) -> Optional[str]:
 def listeners() -> List[Listener]:
     """Every TCP listening socket of the current network namespace (pyroute2 sock_diag,
     filtered to LISTEN by the kernel): a handful, so decoding each is cheap."""
+    # The package first: once tuner.localnet has loaded pyroute2.netlink without the
+    # package's __init__ (start-up time), importing netlink.diag alone ends in a circular
+    # import of nlsocket (pyroute2 0.9.7).
+    import pyroute2  # noqa: F401
     from pyroute2.netlink.diag import DiagSocket
 
     out: List[Listener] = []
