@@ -257,7 +257,7 @@ def test_bad_targets_are_one_line_usage_errors():
     one_line_error(run_tuner("diagnose", "--pid", 1), 2, "pid 1 is the init process")
     one_line_error(run_tuner("diagnose", "--pid", 2), 2, "kernel thread")
     one_line_error(run_tuner("diagnose", "--port", 1), 2, "nothing listens on TCP port 1")
-    one_line_error(run_tuner("diagnose", "--port", 70000), 2, "1..65535")
+    one_line_error(run_tuner("diagnose", "--port", 70000), 2, "from 1 to 65,535")
     one_line_error(run_tuner("diagnose"), 2, "one of --pid PID, --port PORT or --unit NAME")
     one_line_error(run_tuner("diagnose", "--pid", os.getpid(), "--port", 80), 2, "one of")
     one_line_error(run_tuner("diagnose", "--unit", "../etc"), 2, "not a systemd unit name")

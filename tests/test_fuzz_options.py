@@ -29,10 +29,12 @@ BASE = {
     "apply": {"--target": "1000", "--yes": None},
     "revert": {"--dry-run": None},
     "probe": {"--connections": "10", "--timeout": "5"},
+    "diagnose": {"--pid": str(os.getpid())},
 }
 # Options that only one mode reads are fuzzed in that mode.
 MODE = {"--expect": {"--serve": "127.0.0.1:0", "--timeout": "2"},
-        "--echo-timeout": {"--serve": "127.0.0.1:0", "--timeout": "2"}}
+        "--echo-timeout": {"--serve": "127.0.0.1:0", "--timeout": "2"},
+        "--interval": {"--watch": "1"}}
 
 
 def _command_tree():
@@ -102,7 +104,7 @@ def test_every_command_with_numbers_is_fuzzed():
 def test_every_numeric_looking_option_is_a_number():
     """An int/float option, or one whose placeholder is a number, is read by an
     inputs.Number: typer's own int() and float() take '٣', 'nan' and 'inf'."""
-    numeric_metavars = {"N", "PID", "PORT", "SECONDS", "RATE", "auto|K", "K"}
+    numeric_metavars = {"N", "PID", "PORT", "SECONDS", "[SECONDS]", "RATE", "auto|K", "K"}
     checked = 0
     for name, cmd in _command_tree().items():
         for param in cmd.params:

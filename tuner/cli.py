@@ -7,6 +7,7 @@ a test would want to reach lives here.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -113,10 +114,10 @@ def metrics(
                                      help="Distinct server ip:port the clients connect to."),
     source_dev: Optional[str] = typer.Option(
         None, "--source-dev", metavar="DEV", help="Interface whose addresses outbound sockets use."),
-    pid: List[int] = typer.Option([], "--pid", metavar="PID",
+    pid: List[int] = typer.Option([], "--pid", metavar="PID", parser=inputs.PID,
                                   help="Add a service's own figures (as tuner diagnose): this "
                                        "process (repeatable)."),
-    port: Optional[int] = typer.Option(None, "--port", metavar="PORT",
+    port: Optional[int] = typer.Option(None, "--port", metavar="PORT", parser=inputs.PORT,
                                        help="... the processes listening on this TCP port "
                                             "(looked up in --netns when given)."),
     unit: Optional[str] = typer.Option(None, "--unit", metavar="NAME",
@@ -369,24 +370,24 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
 
 @app.command()
 def diagnose(
-    pid: List[int] = typer.Option([], "--pid", metavar="PID",
+    pid: List[int] = typer.Option([], "--pid", metavar="PID", parser=inputs.PID,
                                   help="The service's process (repeatable: pre-fork workers)."),
-    port: Optional[int] = typer.Option(None, "--port", metavar="PORT",
+    port: Optional[int] = typer.Option(None, "--port", metavar="PORT", parser=inputs.PORT,
                                        help="The process(es) listening on this TCP port "
                                             "(SO_REUSEPORT workers are summed)."),
     unit: Optional[str] = typer.Option(None, "--unit", metavar="NAME",
                                        help="The processes of this systemd unit (from its cgroup)."),
     netns: Optional[str] = _netns_option("With --port: look for the listener inside this "
                                          "network namespace (ip netns)."),
-    target: Optional[str] = typer.Option(None, "--target", "-n", metavar="N",
+    target: Optional[int] = typer.Option(None, "--target", "-n", metavar="N", parser=inputs.TARGET,
                                          help="Can the service hold N connections in total? "
                                               "(exit 3 when not)."),
-    watch: Optional[float] = typer.Option(None, "--watch", metavar="[SECONDS]",
+    watch: Optional[float] = typer.Option(None, "--watch", metavar="[SECONDS]", parser=inputs.WATCH,
                                           help="Sample live until Ctrl-C (or for SECONDS; "
                                                "a bare --watch means until Ctrl-C): "
                                                "connections, descriptors, accept queue, and the "
                                                "counters that say a limit is biting."),
-    interval: float = typer.Option(1.0, "--interval", metavar="S", help="Seconds between --watch samples."),
+    interval: float = typer.Option(1.0, "--interval", metavar="SECONDS", parser=inputs.INTERVAL, help="Seconds between --watch samples."),
     wide: bool = typer.Option(False, "--wide", help="Add a why column for every limit."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP + " With --watch: one JSON line per sample."),
 ) -> None:
@@ -399,14 +400,10 @@ def diagnose(
     exist or cannot be a server, 4 when reading another user's process needs root."""
     from . import diagnose as diagnose_mod, render
 
-    n = parse_target(target) if target is not None else None
+    n = target
     if watch is not None:
         from . import watch as watch_mod
 
-        if watch < 0:
-            raise errors.UsageError("--watch SECONDS must be 0 (until Ctrl-C) or more")
-        if interval <= 0:
-            raise errors.UsageError(f"--interval must be more than 0 seconds, not {interval}")
         pids = diagnose_mod.resolve(pid, port, unit, netns)
         raise typer.Exit(watch_mod.run(pids, n, duration=watch or None, interval=interval,
                                        json_out=json_out, emit=_emit))
@@ -455,18 +452,17 @@ def _refuse_other_ends_options(ctx, mode: str, only: bool = False) -> None:
 
 def _bare_watch(argv: list) -> list:
     """`tuner diagnose --watch` takes an optional SECONDS; click options cannot, so a bare
-    --watch (followed by another option or nothing) is given its 'until Ctrl-C' value 0."""
+    --watch (followed by another option or nothing) is given its 'until Ctrl-C' value 0.
+    Anything else that follows is its value, for --watch's own parser to judge ('--watch
+    many' is a bad --watch, not a bare one and a stray argument)."""
     if "diagnose" not in argv:
         return argv
     out = list(argv)
     for i, arg in enumerate(out):
         if arg == "--watch":
             nxt = out[i + 1] if i + 1 < len(out) else None
-            try:
-                float(nxt) if nxt is not None else None
-            except ValueError:
-                nxt = None
-            if nxt is None:
+            # Another option: a long one, or a one-letter short one such as -n.
+            if nxt is None or nxt.startswith("--") or re.fullmatch(r"-[A-Za-z]", nxt):
                 out.insert(i + 1, "0")
             break
     return out
