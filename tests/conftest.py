@@ -95,3 +95,55 @@ def wait_gone(marker: str, seconds: float = 5.0) -> list:
     while (left := processes_with(marker)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+def remove_cgroup(path: str, seconds: float = 10.0) -> None:
+    """Remove a cgroup the test made: whatever is still inside is the test's own, so it is
+    killed, then the (empty) directory can go (rmdir fails while tasks are exiting)."""
+    import signal
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.rmdir(path)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def pids_cgroup_root() -> str:
+    """Where a child cgroup with a pids controller can be made: the v2 hierarchy when pids
+    is enabled there, else the v1 pids hierarchy (this host mounts pids in v1)."""
+    try:
+        with open("/sys/fs/cgroup/cgroup.subtree_control") as f:
+            if "pids" in f.read().split():
+                return "/sys/fs/cgroup"
+    except OSError:
+        pass
+    if os.path.exists("/sys/fs/cgroup/pids/pids.current") or os.path.isdir("/sys/fs/cgroup/pids"):
+        return "/sys/fs/cgroup/pids"
+    pytest.skip("no cgroup hierarchy with the pids controller")
+
+
+@pytest.fixture
+def pids_cgroup():
+    """A pids cgroup of the test's own (a fork limit provoked there, never against the
+    host's threads-max or pid_max), removed with whatever is left inside."""
+    path = os.path.join(pids_cgroup_root(), f"tuner-t-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        remove_cgroup(path)

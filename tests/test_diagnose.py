@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from conftest import run_tuner
+from conftest import remove_cgroup, run_tuner
 from tuner.procfs import read_sysctl
 from tuner.readings import in_netns
 
@@ -203,15 +203,7 @@ def unit_cgroup():
     try:
         yield name, path
     finally:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        remove_cgroup(path)
 
 
 def test_unit_found_by_its_cgroup_and_persist_fix_named(netns, unit_cgroup):

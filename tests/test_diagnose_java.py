@@ -138,34 +138,6 @@ def test_jvm_without_the_flag_raises_its_own_soft_limit(netns, classes):
         stop(java)
 
 
-@pytest.fixture
-def pids_cgroup():
-    """A pids cgroup of the test's own: thread-per-connection exhaustion is provoked there
-    (tasks capped for this JVM alone), never against the host's threads-max or pid_max."""
-    import uuid
-
-    for base in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
-        if os.path.exists(os.path.join(base, "cgroup.procs")) and (
-                base.endswith("pids") or "pids" in open(os.path.join(base, "cgroup.controllers")).read()):
-            path = os.path.join(base, f"tuner-t-{uuid.uuid4().hex[:8]}")
-            break
-    else:
-        pytest.skip("no pids cgroup controller here to confine a thread-per-connection server")
-    os.mkdir(path)
-    try:
-        yield path
-    finally:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-
 def test_thread_per_connection_jvm_stalls_at_its_cgroups_pids_max(netns, classes, pids_cgroup):
     """A blocking Java server, one thread per connection, in a cgroup whose pids.max
     leaves room for 60 more threads: diagnose names the cgroup's pids.max (not the

@@ -22,46 +22,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups, prlimit and 
 ENV = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
 
 
-def pids_cgroup_root() -> str:
-    """Where a child cgroup with a pids controller can be made: the v2 hierarchy when pids
-    is enabled there, else the v1 pids hierarchy (this host mounts pids in v1)."""
-    try:
-        with open("/sys/fs/cgroup/cgroup.subtree_control") as f:
-            if "pids" in f.read().split():
-                return "/sys/fs/cgroup"
-    except OSError:
-        pass
-    if os.path.exists("/sys/fs/cgroup/pids/pids.current") or os.path.isdir("/sys/fs/cgroup/pids"):
-        return "/sys/fs/cgroup/pids"
-    pytest.skip("no cgroup hierarchy with the pids controller")
-
-
-@pytest.fixture
-def pids_cgroup():
-    path = os.path.join(pids_cgroup_root(), f"tuner-t-{uuid.uuid4().hex[:8]}")
-    os.mkdir(path)
-    try:
-        yield path
-    finally:
-        # Whatever is still inside is ours: kill it, then the (empty) cgroup can go.
-        deadline = time.monotonic() + 10
-        while True:
-            with open(os.path.join(path, "cgroup.procs")) as f:
-                pids = [int(p) for p in f.read().split()]
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-
 def test_fork_eagain_in_a_pids_cgroup_is_the_pids_limit_with_a_summary(pids_cgroup):
     """Item 10: 40 workers in a cgroup of 12 tasks.  The failed fork is classified as the
     cgroup's pids.max, the workers that did start verify what they open and stop, and

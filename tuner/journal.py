@@ -207,7 +207,7 @@ class Journal:
             self._write_temp(tmp, self.text().encode())
             crash_point("journal-temp")
             os.replace(tmp, self.path)
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(temp_path(self.path))
@@ -261,7 +261,7 @@ class Journal:
             os.unlink(self.path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_path(self.path))
-        _fsync_dir(os.path.dirname(self.path))
+        fsync_dir(os.path.dirname(self.path))
 
 
 def _validate(data: Any) -> None:
@@ -330,7 +330,8 @@ def _validate_entry(e: Any) -> None:
                              f"not {e[name]!r}")
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """Make a rename or unlink in `directory` durable (the journal's and persisted files')."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

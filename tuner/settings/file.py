@@ -20,6 +20,7 @@ import shlex
 from dataclasses import replace
 from typing import Dict, List, Optional
 
+from ..journal import fsync_dir
 from .base import Change, Kind, check, crash_point
 
 SYSCTL_FILE = "etc/sysctl.d/99-tuner.conf"
@@ -118,13 +119,6 @@ def settings_in(text: Optional[str]) -> List[str]:
     return [l for l in (text or "").splitlines() if l.strip() and not l.lstrip().startswith("#")]
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 class File(Kind):
     name = "file"
@@ -203,7 +197,7 @@ class File(Kind):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     def settle(self, netns, detail, value) -> None:
         with contextlib.suppress(FileNotFoundError):
