@@ -183,3 +183,19 @@ def test_installed_package_ships_every_page(tmp_path):
 def _mk(path):
     path.mkdir(parents=True)
     return path
+
+
+def test_dash_h_is_help_on_every_command():
+    """-h is --help everywhere (a newcomer's first try; click offers only --help)."""
+    from click.testing import CliRunner
+    import typer
+
+    from tuner.cli import app
+
+    root = typer.main.get_command(app)
+    runner = CliRunner()
+    for path in [[]] + [[name] for name in root.commands]:
+        short = runner.invoke(root, path + ["-h"], prog_name="tuner")
+        long = runner.invoke(root, path + ["--help"], prog_name="tuner")
+        assert short.exit_code == 0, (path, short.output)
+        assert short.output == long.output and "Usage: tuner" in short.output, path

@@ -32,6 +32,8 @@ app = typer.Typer(
          "prove it with a probe.\n\n" + EXIT_CODES_HELP,
     add_completion=False,
     no_args_is_help=True,
+    # -h as well as --help, on every command (click offers only --help by default).
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
