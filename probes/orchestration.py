@@ -290,7 +290,12 @@ class Orchestration:
     def summarize(self, moved: Dict[str, int], now: Dict[str, int], role: str,
                   extra: List[tuple] = ()) -> List[dict]:
         records = list(self.records) + list(extra)
-        if self.stopped_by == TIMEOUT and not any(r[1] == "timeout" for r in records):
+        # A worker that reported what its pending connections were waiting for (its own
+        # timeout, or a server's accept queue that never moved) already explains the
+        # timeout: the generic record would count one phantom failure more, and only when
+        # the parent's deadline happened to pass before that report arrived.
+        explained = ("timeout", classify.UNACCEPTED_OP)
+        if self.stopped_by == TIMEOUT and not any(r[1] in explained for r in records):
             records += [r for r in [self.timeout_record()] if r]
         return classify.summarize(records, moved, now, role=role)
 
