@@ -460,3 +460,20 @@ def test_bad_input_is_one_line_exit_2_nothing_changed(capsys, jpath, netns, args
     assert rc == 2, err
     assert says in err and err.count("\n") == 1
     assert host_values() == before and not os.path.exists(jpath)
+
+
+def test_persist_does_not_read_through_a_link_planted_at_its_file(capsys, tmp_path, jpath):
+    """Under a --root-dir another user can write, a symlink at tuner's own sysctl.d file
+    pointing at a secret would have root copy the secret into the journal as the file's
+    'original' (and revert write it back world-readable). Refused, nothing written."""
+    root = tmp_path / "root"
+    (root / "etc/sysctl.d").mkdir(parents=True)
+    secret = tmp_path / "secret"
+    secret.write_text("root:$6$not-for-the-journal\n")
+    os.symlink(secret, root / "etc/sysctl.d/99-tuner.conf")
+    rc, out, err = tuner(capsys, "apply", "-n", "1M", "--dry-run", "--persist", "--root-dir", root,
+                         "--journal", jpath)
+    assert rc == 2, out + err
+    assert "symbolic link" in err and "not-for-the-journal" not in out + err
+    assert not os.path.exists(jpath)
+    assert os.path.islink(root / "etc/sysctl.d/99-tuner.conf")

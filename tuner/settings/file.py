@@ -14,9 +14,11 @@ import contextlib
 import copy
 import difflib
 import glob
+import errno
 import os
 import re
 import shlex
+import stat
 from dataclasses import replace
 from typing import Dict, List, Optional
 
@@ -66,12 +68,28 @@ def missing_dirs(path: str) -> List[str]:
     return list(reversed(out))
 
 
-def read_text(path: str) -> Optional[str]:
+def read_text(path: str, follow: bool = False) -> Optional[str]:
+    """A file's text, None when absent.  tuner's own files are read without following a
+    symlink: under a --root-dir another user can write, a link planted at the path would
+    have root copy any file into the journal (and revert write it back, mode 0644).
+    Other packages' files (`follow=True`, read only to warn) may be links, as Debian's
+    99-sysctl.conf is."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        with open(path) as f:
-            return f.read()
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            from ..errors import UsageError
+            raise UsageError(f"{path} is a symbolic link: tuner replaces its own files and "
+                             f"does not write through links; remove it") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            from ..errors import UsageError
+            raise UsageError(f"{path} is not a regular file: remove it or choose another --root-dir")
+        return f.read().decode()
 
 
 def assignments(text: Optional[str]) -> Dict[str, str]:
@@ -103,7 +121,7 @@ def _warn_overridden(planning, path: str, keys, parse) -> None:
         if os.path.basename(other) <= name:
             continue
         try:
-            theirs = parse(read_text(other))
+            theirs = parse(read_text(other, follow=True))
         except (OSError, UnicodeDecodeError):
             continue
         both = sorted(keys & set(theirs))
