@@ -98,6 +98,14 @@ class Planning:
     def ctx(self, snap: Optional[Snapshot] = None, **over) -> Ctx:
         return _ctx(self.sim if snap is None else snap, self.req, **over)
 
+    def needed(self, knob) -> Optional[tuple]:
+        """(ctx, the value `knob` needs) on the host as planned so far; None where this
+        kernel lacks the knob (or it is unreadable): nothing to plan from."""
+        ctx = self.ctx()
+        if knob.current(ctx) is None:
+            return None
+        return ctx, knob.needs(ctx)
+
 
 def _buffer_memory(snap: Snapshot, req: Request) -> Optional[int]:
     ctx = _ctx(snap, req)

@@ -91,10 +91,10 @@ class Alias(Kind):
         from ..errors import UsageError
 
         req, sim = planning.req, planning.sim
-        ctx = planning.ctx()
-        if knob.current(ctx) is None:
-            return []  # not on this kernel (or unreadable): nothing to plan from
-        needed = knob.needs(ctx)
+        state = planning.needed(knob)
+        if state is None:
+            return []
+        ctx, needed = state
         dev = ctx.source_dev or ("lo" if req.role == "loopback" else "non-loopback interfaces")
         if needed is None:
             if req.role != "server":

@@ -73,10 +73,10 @@ class Sysctl(Kind):
 
     def plan(self, knob, planning) -> List[Change]:
         req, sim = planning.req, planning.sim
-        ctx = planning.ctx()
-        if knob.current(ctx) is None:
-            return []  # not on this kernel (or unreadable): nothing to plan from
-        needed = knob.needs(ctx)
+        state = planning.needed(knob)
+        if state is None:
+            return []
+        ctx, needed = state
         if needed is None:
             return []
         if knob.scope == "host" and req.netns is not None:
