@@ -30,7 +30,10 @@ app = typer.Typer(
     help="Take a Linux host to a verified million concurrent TCP connections: find the "
          "limit that binds first, change exactly what a target needs (reversibly), and "
          "prove it with a probe.\n\n" + EXIT_CODES_HELP,
-    add_completion=False,
+    # --install-completion / --show-completion (bash, zsh, fish), and answers to the
+    # shell's _TUNER_COMPLETE requests. Costs no start-up: typer.main imports its
+    # completion module either way; this only registers the shells and two options.
+    add_completion=True,
     no_args_is_help=True,
     # -h as well as --help, on every command (click offers only --help by default).
     context_settings={"help_option_names": ["-h", "--help"]},

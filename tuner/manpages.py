@@ -86,6 +86,23 @@ def probe_metrics_section() -> str:
 EXTRA_SECTIONS.setdefault("tuner probe", {})["METRICS"] = probe_metrics_section()
 
 
+def completion_section() -> str:
+    """How to turn on shell completion (typer's, through click's _TUNER_COMPLETE)."""
+    return _tp([
+        ("tuner --install-completion", "Adds completion for the shell tuner runs from (bash, zsh or "
+                                       "fish, detected) to that shell's start-up file; it takes "
+                                       "effect in a new shell."),
+        ("tuner --show-completion", "Prints that script instead, to put where you keep them."),
+        ("_TUNER_COMPLETE=source_bash tuner > /etc/bash_completion.d/tuner",
+         "The script for one shell named explicitly (source_bash, source_zsh, source_fish), e.g. "
+         "system-wide for bash; zsh: into a directory on $fpath as _tuner; fish: "
+         "~/.config/fish/completions/tuner.fish."),
+        ("_TUNER_COMPLETE", "Set by the script when the shell asks tuner for completions "
+                            "(complete_bash, complete_zsh, complete_fish); tuner then prints "
+                            "them and exits without running a command."),
+    ])
+
+
 def knob_section() -> str:
     lines = []
     for k in KNOBS:
@@ -107,6 +124,9 @@ def _tp(pairs) -> str:
     for term, text in pairs:
         lines += [".TP", f"\\fB{_roff_escape(term)}\\fP", _roff_escape(text)]
     return "\n".join(lines)
+
+
+EXTRA_SECTIONS.setdefault("tuner", {})["SHELL COMPLETION"] = completion_section()
 
 
 def environment_section() -> str:
