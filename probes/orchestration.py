@@ -20,8 +20,11 @@ done here, the same way for every mode:
   left);
 - progress events at cfg.progress_interval, and one with phase "done" at the end;
 - the timeline: a sample about once a second and at every phase change (counts, rate,
-  sockets, TIME_WAIT and orphans, Slab, MemAvailable, the workers' CPU), which the
-  result carries as `timeline`.
+  sockets, TIME_WAIT and orphans, Slab, MemAvailable, the workers' CPU), more often while
+  the workers close, and after they have exited until the sockets are gone (or
+  TEARDOWN_BOUND); the result carries it as `timeline` and `tuner plot` draws it.  Every
+  figure is O(1) in the connections: sockstat, meminfo and one /proc/PID/stat per
+  worker, never a descriptor walk.
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ MISMATCH = "mismatch"
 UNVERIFIED = "unverified"
 FAILED = "error"            # a worker failed: the result names the limit instead
 TIMELINE_EVERY = 1.0        # seconds between timeline samples (and one at each phase change)
+TEARDOWN_EVERY = 0.25       # ... while the workers close, and after, until the sockets are gone
+TEARDOWN_BOUND = 2.0        # seconds the teardown is followed after the last worker exited
 SIGNAL_GRACE = 1.0          # seconds stopped workers get once a signal came: it should end now
 STOP_GRACE = 3.0            # ... after --timeout or a failure, to verify what they have
 
@@ -161,7 +166,8 @@ class Orchestration:
             now = time.monotonic()
             self.tick(now)
             self.advance(now)
-            if self.phase != sampled_phase or now - last_sample >= TIMELINE_EVERY:
+            every = TEARDOWN_EVERY if self.phase == CLOSE else TIMELINE_EVERY
+            if self.phase != sampled_phase or now - last_sample >= every:
                 self.sample(now, self.phase)
                 last_sample, sampled_phase = now, self.phase
             if self.phase == CLOSE:
@@ -175,23 +181,49 @@ class Orchestration:
                 last_emit, last_count, last_t = now, count, now
                 self.emit_progress(self.phase, self.rate_now)
         self.seconds_close = time.monotonic() - self.close_start
-        self.sample(time.monotonic(), DONE)  # every worker has exited: what teardown left
+        self.follow_teardown()
 
-    def sample(self, now: float, phase: str) -> None:
+    def follow_teardown(self) -> None:
+        """Every worker has exited: sample what the teardown left until the sockets are
+        back to the baseline and no orphan is left (a closed socket whose FIN is not yet
+        acknowledged), or TEARDOWN_BOUND.  TIME_WAIT is recorded, not waited for: it lasts
+        60 s by design (the workers reset their connections, so the probe leaves none of
+        its own)."""
+        base = getattr(self, "baseline", None) or {}
+        sockets, orphans = base.get("tcp_inuse", 0), base.get("tcp_orphan", 0)
+        until = time.monotonic() + TEARDOWN_BOUND
+        while True:
+            s = self.sample(time.monotonic(), DONE)
+            if (s["sockets"] <= sockets and s["orphans"] <= orphans) or time.monotonic() >= until:
+                return
+            time.sleep(TEARDOWN_EVERY)
+
+    def sample(self, now: float, phase: str) -> dict:
         """One timeline entry (a kernel snapshot and a /proc/PID/stat per live worker:
-        about a millisecond for a hundred workers)."""
+        about a millisecond for a hundred workers).  `established` is the count whose
+        growth is the rate (accepted, for --serve); `rate` is its growth over the last
+        TIMELINE_EVERY, so samples close together (a phase change) do not spike."""
         snap = kernel.snapshot()
         for pid, k in self.fleet.pids.items():
             if k not in self.fleet.exit_status:
                 cpu = procfs.cpu_seconds(pid)
                 if cpu is not None:
                     self.worker_cpu[pid] = cpu
-        self.timeline.append({
-            "t": round(now - self.t0, 3), "phase": phase, **self.progress(),
-            "rate": round(self.rate_now), "sockets": snap.get("tcp_inuse", 0),
+        t, count = now - self.t0, self.total(self.rate_of)
+        since_t, since = 0.0, 0
+        for earlier in reversed(self.timeline):
+            if earlier["t"] <= t - TIMELINE_EVERY:
+                since_t, since = earlier["t"], earlier["established"]
+                break
+        entry = {
+            "t": round(t, 3), "phase": phase, **self.progress(), "established": count,
+            "rate": round(max(count - since, 0) / max(t - since_t, 1e-3)),
+            "sockets": snap.get("tcp_inuse", 0),
             "time_wait": snap.get("tcp_tw", 0), "orphans": snap.get("tcp_orphan", 0),
             "slab_bytes": snap["slab"], "mem_available_bytes": snap["mem_available"],
-            "worker_cpu_seconds": round(sum(self.worker_cpu.values()), 2)})
+            "worker_cpu_seconds": round(sum(self.worker_cpu.values()), 2)}
+        self.timeline.append(entry)
+        return entry
 
     def emit_progress(self, phase: str, rate: float) -> None:
         self.emit({"event": "progress", "phase": phase, **self.progress(), "rate": round(rate),

@@ -74,9 +74,10 @@ class ProbeResult:
     # kernel_figures_note says why.  Show "not measurable (host busy)" then, not the number.
     kernel_figures_reliable: bool = True
     kernel_figures_note: Optional[str] = None
-    # About one sample a second and one at each phase change (orchestration.sample):
-    # t, phase, established, verified, rate, sockets, time_wait, orphans, slab_bytes,
-    # mem_available_bytes, worker_cpu_seconds.
+    # About one sample a second, one at each phase change, four a second while closing and
+    # then until the sockets are gone (orchestration.sample): t, phase, established,
+    # verified, rate, sockets, time_wait, orphans, slab_bytes, mem_available_bytes,
+    # worker_cpu_seconds; its JSON Schema is common.json's "timeline".
     timeline: List[dict] = field(default_factory=list)
 
     @classmethod
