@@ -15,14 +15,12 @@ traceback.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import resource
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
 
 from . import localnet, procfs
-from .errors import PermissionNeeded
 
 NETNS_RUN_DIR = "/var/run/netns"
 
@@ -95,24 +93,15 @@ def source_address_count(snap: Snapshot, ifname: Optional[str]) -> int:
 def listeners(port: int, address: Optional[str] = None) -> int:
     """TCP sockets listening on `port` (on `address`, when given) in this namespace.
 
-    Read from the kernel's socket table through sock_diag (pyroute2, as `ss -l` reads
-    it), so nothing connects: a probe server that counts every client sees no stray
+    Read from the kernel's socket table through sock_diag (tuner.sockdiag, as `ss -l`
+    reads it), so nothing connects: a probe server that counts every client sees no stray
     one from a readiness check.  The kernel filters by state, so the cost is the
     number of listeners, not of connections.
     """
-    import socket
+    from . import sockdiag
 
-    from pyroute2 import DiagSocket
-
-    listen_state = 1 << 10  # TCP_LISTEN
-    count = 0
-    with DiagSocket() as diag:
-        diag.bind()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for sock in diag.get_sock_stats(family=family, states=listen_state):
-                if sock["idiag_sport"] == port and address in (None, sock["idiag_src"]):
-                    count += 1
-    return count
+    return sum(1 for l in sockdiag.listening()
+               if l.port == port and address in (None, l.address))
 
 
 def netns_exists(name: str) -> bool:
@@ -126,32 +115,20 @@ def in_netns(name: Optional[str]) -> Iterator[None]:
     """Run the body inside network namespace `name` (None: stay where we are).
 
     /proc/sys/net and /proc/net resolve against the caller's netns at open time, so
-    switching this (single-threaded) process in and back is enough; pyroute2's
-    pushns/popns keep the way back.
+    switching this (single-threaded) process in and back is enough (tuner.nsenter).
     """
     if name is None:
         yield
         return
     check_netns(name)
-    from pyroute2 import netns as pnetns
+    from .nsenter import entered
 
-    # An open descriptor, not the name: given a name, pyroute2 creates a namespace that
-    # does not exist (setns defaults to O_CREAT), and entering must never create one.
     fd = os.open(os.path.join(NETNS_RUN_DIR, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        try:
-            pnetns.pushns(fd)
-        except OSError as e:
-            pnetns.dropns()
-            if e.errno == errno.EPERM:
-                raise PermissionNeeded(f"entering network namespace {name!r} needs root: run as root")
-            raise
+        with entered(fd, f"network namespace {name!r}"):
+            yield
     finally:
         os.close(fd)
-    try:
-        yield
-    finally:
-        pnetns.popns()
 
 
 def check_netns(name: str) -> None:

@@ -10,18 +10,15 @@ a dentry per descriptor).  /proc readers live in tuner/procfs.py ("one process")
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import socket
-import struct
 from collections import Counter
-from operator import itemgetter
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
-from . import procfs
-from .errors import PermissionNeeded, TunerError, UsageError
+from . import procfs, sockdiag
+from .errors import PermissionNeeded, UsageError
 
 CAP_SYS_RESOURCE = 24
 LOW_FD_FIRST = 64           # listeners and epoll instances are opened early: look here first,
@@ -30,22 +27,6 @@ EPOLL_COUNT_MAX_FDS = 4096  # fdinfo of an epoll instance is O(watches): read it
                             # processes only (the row's "used" is information, not a limit)
 NETNS_RUN_DIR = "/var/run/netns"
 
-# sock_diag (linux/sock_diag.h, linux/inet_diag.h)
-NETLINK_SOCK_DIAG = 4
-SOCK_DIAG_BY_FAMILY = 20
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-INET_DIAG_REQ_BYTECODE = 1
-INET_DIAG_BC_JMP, INET_DIAG_BC_S_EQ = 1, 11
-TCP_ESTABLISHED, TCP_SYN_RECV, TCP_LISTEN, TCP_CLOSE_WAIT = 1, 3, 10, 8
-# Sockets that hold a server's descriptor: established, and closed by the peer but not
-# yet by the server.
-HELD_STATES = (1 << TCP_ESTABLISHED) | (1 << TCP_CLOSE_WAIT)
-_NLMSG = struct.Struct("=IHHII")
-_DIAG_REQ = struct.Struct("=BBBBI")          # family, protocol, ext, pad, states
-_SOCKID = struct.Struct(">HH16s16sIQ")       # sport, dport, src, dst, if, cookie (cookie raw)
-_SPORT = struct.Struct(">H")
-_MSG_SPORT, _MSG_DST = 16 + 4, 16 + 24      # offsets inside an nlmsg carrying inet_diag_msg
 UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}$")
 
 
@@ -175,20 +156,11 @@ def in_netns_of(pid: Optional[int]) -> Iterator[None]:
     if fd is None:
         yield
         return
-    from pyroute2 import netns as pnetns
+    from .nsenter import entered
 
     try:
-        try:
-            pnetns.pushns(fd)
-        except OSError as e:
-            if e.errno == errno.EPERM:
-                raise PermissionNeeded(f"entering the network namespace of pid {pid} needs "
-                                       f"root: run tuner as root") from None
-            raise
-        try:
+        with entered(fd, f"the network namespace of pid {pid}"):
             yield
-        finally:
-            pnetns.popns()
     finally:
         os.close(fd)
 
@@ -213,23 +185,9 @@ def netns_name(inode: int) -> Optional[str]:
 # ---------------------------------------------------------------- sock_diag
 
 def listeners() -> List[Listener]:
-    """Every TCP listening socket of the current network namespace (pyroute2 sock_diag,
-    filtered to LISTEN by the kernel): a handful, so decoding each is cheap."""
-    # The package first: once tuner.localnet has loaded pyroute2.netlink without the
-    # package's __init__ (start-up time), importing netlink.diag alone ends in a circular
-    # import of nlsocket (pyroute2 0.9.7).
-    import pyroute2  # noqa: F401
-    from pyroute2.netlink.diag import DiagSocket
-
-    out: List[Listener] = []
-    with DiagSocket() as ds:
-        ds.bind()
-        for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
-            for msg in ds.get_sock_stats(family=family, states=1 << TCP_LISTEN):
-                if msg.get("idiag_state") != TCP_LISTEN:
-                    continue
-                out.append(Listener(version, msg["idiag_src"], msg["idiag_sport"],
-                                    msg["idiag_wqueue"], msg["idiag_rqueue"], msg["idiag_inode"]))
+    """Every TCP listening socket of the current network namespace (tuner.sockdiag):
+    a handful, so each is decoded."""
+    out = [Listener(*row) for row in sockdiag.listening()]
     groups = Counter((l.family, l.address, l.port) for l in out)
     for l in out:
         l.reuseport_siblings = groups[(l.family, l.address, l.port)] - 1
@@ -249,26 +207,6 @@ def counted(ports: Sequence[int], listening: Sequence[Listener]) -> Connections:
     return conns
 
 
-def _port_filter(ports: Sequence[int]) -> bytes:
-    """inet_diag bytecode accepting sockets whose local port is one of `ports`:
-    S_EQ p1 (yes: accept, no: next) ... S_EQ pn (no: reject).  Each S_EQ is two ops of
-    4 bytes (code, yes, no) + (port in `no`); jumping to the end accepts, past it rejects."""
-    ops = b""
-    n = len(ports)
-    for i, port in enumerate(ports):
-        remaining = (n - i) * 8             # bytes from this op to the end
-        no = 8 if i < n - 1 else remaining + 4
-        ops += struct.pack("=BBH", INET_DIAG_BC_S_EQ, remaining, no) + struct.pack("=BBH", 0, 0, port)
-    return ops
-
-
-def _dump_request(family: int, states: int, bytecode: bytes) -> bytes:
-    body = _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 0, states) + bytes(48)
-    if bytecode:
-        body += struct.pack("=HH", 4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    return _NLMSG.pack(16 + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
-
-
 def connections(ports: Iterable[int], accept_queue: int = 0) -> Connections:
     """Held sockets (established, close-wait) on these local ports, by port, and distinct
     peers, in the current namespace.
@@ -285,57 +223,12 @@ def connections(ports: Iterable[int], accept_queue: int = 0) -> Connections:
     by_port: Counter = Counter()
     peers: Set[bytes] = set()
     for family in (socket.AF_INET, socket.AF_INET6):
-        _dump_count(family, HELD_STATES, _port_filter(ports), by_port, peers)
+        sockdiag.dump_count(family, sockdiag.HELD_STATES, sockdiag.port_filter(ports), by_port, peers)
     result.by_port = {p: by_port.get(p, 0) for p in ports}
     result.held = max(sum(result.by_port.values()) - accept_queue, 0)
     result.peers = len(peers)
     return result
 
-
-def _dump_count(family: int, states: int, bytecode: bytes, by_port: Counter, peers: Set[bytes]) -> None:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((0, 0))
-        sock.send(_dump_request(family, states, bytecode))
-        while True:
-            if _count_buffer(sock.recv(1 << 17), by_port, peers):
-                return
-    finally:
-        sock.close()
-
-
-_DIAG_TYPE_BE = struct.unpack(">H", struct.pack("=H", SOCK_DIAG_BY_FAMILY))[0]
-
-
-def _count_buffer(buf: bytes, by_port: Counter, peers: Set[bytes]) -> bool:
-    """Count one recv()'s messages; True once the dump is done.
-
-    The messages of a dump have one length, so a whole buffer unpacks in C with one
-    struct (struct.iter_unpack) and counts with Counter/set over map(); only a buffer
-    holding the final NLMSG_DONE (or an error) takes the message-by-message path."""
-    if len(buf) >= 16:
-        length = _NLMSG.unpack_from(buf)[0]
-        if length >= 56 and length % 4 == 0 and len(buf) % length == 0:
-            # Big-endian throughout: the port is; the type is compared byte-swapped.
-            rec = struct.Struct(f">4xH14xH18x16s{length - 56}x")
-            rows = list(rec.iter_unpack(buf))
-            if all(r[0] == _DIAG_TYPE_BE for r in rows):
-                by_port.update(map(itemgetter(1), rows))
-                peers.update(map(itemgetter(2), rows))
-                return False
-    off, end = 0, len(buf)
-    while off < end:
-        length, kind = _NLMSG.unpack_from(buf, off)[:2]
-        if kind == NLMSG_DONE:
-            return True
-        if kind == NLMSG_ERROR:
-            code = -struct.unpack_from("=i", buf, off + 16)[0]
-            raise OSError(code, f"sock_diag dump: {os.strerror(code)}")
-        by_port[_SPORT.unpack_from(buf, off + _MSG_SPORT)[0]] += 1
-        peers.add(buf[off + _MSG_DST:off + _MSG_DST + 16])
-        off += (length + 3) & ~3
-    return False
 
 
 # ---------------------------------------------------------------- processes
