@@ -410,3 +410,35 @@ def test_listeners_found_after_the_report_loaded_pyroute2_lean():
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[17]"
+
+
+def test_connections_are_counted_in_each_family_the_listeners_accept(netns):
+    """A dual-stack IPv6 listener holds IPv4 clients as v4-mapped AF_INET6 sockets, an
+    IPv4 listener only AF_INET ones: service.counted dumps just the families the
+    listeners have, and must still count every held connection of both (real sockets
+    in a throwaway namespace; the raw sock_diag reader in tuner/sockdiag.py)."""
+    from tuner import service
+
+    with in_netns(netns):
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        dual = socket.socket(socket.AF_INET6)
+        dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        dual.bind(("::", 0))
+        dual.listen(64)
+        only4 = socket.socket()
+        only4.bind(("127.0.0.1", 0))
+        only4.listen(64)
+        p6, p4 = dual.getsockname()[1], only4.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", p6)) for _ in range(3)]
+        clients += [socket.create_connection(("::1", p6)) for _ in range(2)]
+        clients += [socket.create_connection(("127.0.0.1", p4)) for _ in range(4)]
+        accepted = [dual.accept()[0] for _ in range(5)] + [only4.accept()[0] for _ in range(4)]
+        listening = [l for l in service.listeners() if l.port in (p6, p4)]
+        assert sorted(l.family for l in listening) == [4, 6]
+        assert service.counted([p6], [l for l in listening if l.port == p6]).by_port == {p6: 5}
+        only = service.counted([p4], [l for l in listening if l.port == p4])
+        assert (only.held, only.by_port) == (4, {p4: 4})
+        both = service.counted([p6, p4], listening)
+        assert (both.held, both.peers) == (9, 2)   # 127.0.0.1 (mapped or not) and ::1
+        for s in clients + accepted + [dual, only4]:
+            s.close()

@@ -197,8 +197,13 @@ def listeners() -> List[Listener]:
 def counted(ports: Sequence[int], listening: Sequence[Listener]) -> Connections:
     """connections() on these ports, with the accept queues read on both sides of the
     dump: connections arriving during it are established but queued, and the larger
-    queue keeps them from being counted as held."""
-    conns = connections(ports, 0)
+    queue keeps them from being counted as held.  Only the families the listeners have
+    are dumped: an IPv4 listener's connections are all AF_INET (an IPv6 one's may be
+    either, v4-mapped), and each family's dump walks every socket of the namespace."""
+    wanted = set(ports)
+    families = {socket.AF_INET6 if l.family == 6 else socket.AF_INET
+                for l in listening if l.port in wanted}
+    conns = connections(ports, 0, families or (socket.AF_INET, socket.AF_INET6))
     after = {l.inode: l.queued for l in listeners()}
     for l in listening:
         l.queued = max(l.queued, after.get(l.inode, 0))
@@ -207,7 +212,11 @@ def counted(ports: Sequence[int], listening: Sequence[Listener]) -> Connections:
     return conns
 
 
-def connections(ports: Iterable[int], accept_queue: int = 0) -> Connections:
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def connections(ports: Iterable[int], accept_queue: int = 0,
+                families: Iterable[int] = (socket.AF_INET, socket.AF_INET6)) -> Connections:
     """Held sockets (established, close-wait) on these local ports, by port, and distinct
     peers, in the current namespace.
 
@@ -222,11 +231,13 @@ def connections(ports: Iterable[int], accept_queue: int = 0) -> Connections:
         return result
     by_port: Counter = Counter()
     peers: Set[bytes] = set()
-    for family in (socket.AF_INET, socket.AF_INET6):
+    for family in sorted(families):
         sockdiag.dump_count(family, sockdiag.HELD_STATES, sockdiag.port_filter(ports), by_port, peers)
     result.by_port = {p: by_port.get(p, 0) for p in ports}
     result.held = max(sum(result.by_port.values()) - accept_queue, 0)
-    result.peers = len(peers)
+    # An IPv4 client of a dual-stack listener is ::ffff:a.b.c.d there and a.b.c.d on an
+    # IPv4 listener: one peer.
+    result.peers = len({p[12:] + bytes(12) if p[:12] == _V4_MAPPED else p for p in peers})
     return result
 
 

@@ -140,7 +140,7 @@ def _count_buffer(buf: bytes, by_port: Counter, peers: Set[bytes]) -> bool:
             # Big-endian throughout: the port is; the type is compared byte-swapped.
             rec = struct.Struct(f">4xH14xH18x16s{length - 56}x")
             rows = list(rec.iter_unpack(buf))
-            if all(r[0] == _DIAG_TYPE_BE for r in rows):
+            if set(map(itemgetter(0), rows)) == {_DIAG_TYPE_BE}:
                 by_port.update(map(itemgetter(1), rows))
                 peers.update(map(itemgetter(2), rows))
                 return False
