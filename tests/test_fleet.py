@@ -78,9 +78,16 @@ def read_in(ns: str, name: str) -> str:
         return " ".join(read_sysctl(name).split())
 
 
-def plain(shown: str) -> str:
-    """A sysctl value as the plan shows it ("60,000") as the kernel holds it ("60000")."""
-    return shown.replace(",", "")
+def plain(values: list) -> str:
+    """A sysctl value as JSON gives it ([60000]) as the kernel holds it ("60000")."""
+    return " ".join(map(str, values))
+
+
+def shown(values: list) -> str:
+    """... and as the plan (and the diff) shows it ("60,000"): the sysctl kind describes."""
+    from tuner import settings
+
+    return settings.kind("sysctl").describe(plain(values))
 
 
 def files_under(root: str) -> dict:
@@ -116,15 +123,15 @@ def test_check_mode_diff_mode_and_idempotence(fleet, host_restored):
     # The screen shows the planned values, as a diff.
     server_rows = planned["server"]["result"]["changes"]
     somaxconn = next(r for r in server_rows if r["knob"] == "net.core.somaxconn")
-    assert f"+net.core.somaxconn [host]: {somaxconn['after']}" in check.proc.stdout
-    assert f"-net.core.somaxconn [host]: {somaxconn['before']}" in check.proc.stdout
+    assert f"+net.core.somaxconn [host]: {shown(somaxconn['after'])}" in check.proc.stdout
+    assert f"-net.core.somaxconn [host]: {shown(somaxconn['before'])}" in check.proc.stdout
     # Persisted files: a unified diff from nothing to the boot-time settings.
     sysctl_file = next(r for r in server_rows if r["kind"] == "file" and r["where"].endswith("99-tuner.conf")
                        and "sysctl.d" in r["where"])
     assert sysctl_file["before"] is None
     assert f"+net.core.somaxconn = {plain(somaxconn['after'])}" in check.proc.stdout
     diff_files = [d for d in planned["server"]["result"]["diff"] if d["after_header"] == sysctl_file["where"]]
-    assert len(diff_files) == 1 and diff_files[0]["after"] == sysctl_file["after"]
+    assert len(diff_files) == 1 and diff_files[0]["after"] == "".join(sysctl_file["after"])
 
     # Apply with --diff: what the check predicted is what the hosts now hold.
     applied = fleet.playbook("apply.yml", "--diff")
@@ -140,13 +147,13 @@ def test_check_mode_diff_mode_and_idempotence(fleet, host_restored):
                 assert read_in(ns, row["knob"]) == plain(row["after"]), (host, row)
             elif row["kind"] == "alias":
                 address = row["where"].split()[0]   # "10.77.1.2/32 on eth0"
-                assert row["after"] == "present" and address in addresses(ns, ALIAS_DEV), (host, row)
+                assert row["after"] == ["present"] and address in addresses(ns, ALIAS_DEV), (host, row)
     for i, ns in enumerate(fleet.loads, 1):
         aliases = [r for r in done[f"load{i}"]["result"]["changes"] if r["kind"] == "alias"]
         # 20,000 x 1.1 headroom / (1,000 ports x half, for fast connects) = 44 addresses.
         assert len(aliases) == 43 and len(addresses(ns, ALIAS_DEV)) == 44
         assert all(r["where"].startswith(f"10.77.{i}.") for r in aliases)
-    assert files_under(fleet.root_dir)["etc/sysctl.d/99-tuner.conf"] == sysctl_file["after"]
+    assert files_under(fleet.root_dir)["etc/sysctl.d/99-tuner.conf"] == "".join(sysctl_file["after"])
 
     # Again: nothing to write, so nothing changed.
     again = fleet.playbook("apply.yml", "--diff")

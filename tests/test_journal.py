@@ -113,7 +113,7 @@ def test_forged_file_entry_outside_tuners_locations_is_refused(capsys, tmp_path,
     data["entries"].insert(0, {
         "key": f"file:{victim}", "knob": "sysctl.d", "kind": "file", "scope": "file",
         "netns": None, "why": "", "command": "", "detail": {"path": str(victim)},
-        "original": None, "before": None, "new": "keep me\n", "state": "done"})
+        "original": None, "before": None, "new": ["keep me\n"], "state": "done"})
     with open(jpath, "w") as f:
         json.dump(data, f)
     _refused_everywhere(capsys, jpath, netns, "is corrupt")

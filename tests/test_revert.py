@@ -117,11 +117,12 @@ RLIMIT_ENTRY = {"key": "rlimit:1:1.0:RLIMIT_NOFILE.soft", "knob": "RLIMIT_NOFILE
                 "kind": "rlimit", "scope": "process", "netns": None, "why": "",
                 "detail": {"pid": 1, "create_time": 1.0, "resource": "RLIMIT_NOFILE",
                            "which": "soft"},
-                "original": 1024, "before": 1024, "new": 20000, "state": "done", "command": ""}
+                "original": [1024], "before": [1024], "new": [20000], "state": "done", "command": ""}
 ALIAS_ENTRY = {"key": "alias::lo:10.9.0.2/32", "knob": "source addresses", "kind": "alias",
                "scope": "netns", "netns": None, "why": "",
                "detail": {"dev": "lo", "address": "10.9.0.2", "prefixlen": 32},
-               "original": False, "before": False, "new": True, "state": "done", "command": ""}
+               "original": ["absent"], "before": ["absent"], "new": ["present"], "state": "done",
+               "command": ""}
 
 
 def _with(entry, **over):
@@ -142,20 +143,25 @@ BAD_ENTRIES = {
     "detail is text": lambda e: _with(e, detail="oops"),
     "unknown kind": lambda e: _with(e, kind="registry"),
     "unknown state": lambda e: _with(e, state="maybe"),
-    "sysctl value not text": lambda e: _with(e, new=65535),
+    "sysctl value not a list": lambda e: _with(e, new="65535"),
+    "sysctl value in /1's form": lambda e: _with(e, original=" ".join(map(str, e["original"]))),
     "sysctl name a path": lambda e: _with_detail(e, name="../../../etc/passwd"),
     "no before": lambda e: _with(e, before=_DROP),
     "netns not text": lambda e: _with(e, netns=7),
     "key not text": lambda e: _with(e, key=None),
     "duplicate key": lambda e: e,
     "rlimit pid text": lambda e: _with_detail(RLIMIT_ENTRY, pid="1"),
-    "rlimit value text": lambda e: _with(RLIMIT_ENTRY, original="1024"),
+    "rlimit value text": lambda e: _with(RLIMIT_ENTRY, original=["1024"]),
+    "rlimit two values": lambda e: _with(RLIMIT_ENTRY, new=[1024, 20000]),
     "rlimit unknown resource": lambda e: _with_detail(RLIMIT_ENTRY, resource="RLIMIT_CORE"),
     "alias prefixlen text": lambda e: _with_detail(ALIAS_ENTRY, prefixlen="32"),
     "alias address bad": lambda e: _with_detail(ALIAS_ENTRY, address="10.9.0.300"),
-    "alias value not bool": lambda e: _with(ALIAS_ENTRY, new="yes"),
+    "alias value not present/absent": lambda e: _with(ALIAS_ENTRY, new=["yes"]),
+    "file lines not text": lambda e: _with({**ALIAS_ENTRY, "kind": "file", "original": None,
+                                            "before": None, "new": [1]},
+                                           detail={"path": "/etc/sysctl.d/99-tuner.conf"}),
     "file path relative": lambda e: _with({**ALIAS_ENTRY, "kind": "file", "original": None,
-                                           "before": None, "new": "x\n"},
+                                           "before": None, "new": ["x\n"]},
                                           detail={"path": "etc/x.conf"}),
 }
 
@@ -207,7 +213,7 @@ def test_journal_from_env_and_dry_run(capsys, jpath, netns, monkeypatch):
     rc, out, err = tuner(capsys, "revert", "--dry-run", "--json")
     assert rc == 0
     data = json.loads(out)
-    assert data["schema"] == "tuner.revert/1" and data["dry_run"] is True
+    assert data["schema"] == "tuner.revert/2" and data["dry_run"] is True
     assert {r["action"] for r in data["rows"]} == {"would restore"}
     assert netns_values(netns) == applied and os.path.exists(jpath)
     assert tuner(capsys, "revert")[0] == 0

@@ -128,12 +128,75 @@ def _diagnose(h) -> List[dict]:
     return [json.loads(out.stdout)]
 
 
+def ns_sysctl(netns: str, name: str, value: str = None) -> str:
+    """A sysctl inside the namespace, read (and first written, with `value`) by sysctl(8)."""
+    if value is not None:
+        subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", f"{name}={value}"], check=True)
+    return subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-n", name], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def journal_1(h: Host) -> Tuple[dict, dict]:
+    """The host as an apply of tuner before tuner.journal/2 left it, and its journal: two
+    sysctls of the namespace changed and a persisted file written (under a root of the
+    test's own), with the originals as that version recorded them (sysctl text, the
+    file's text, null for absent). Returns (the journal, {sysctl: original text})."""
+    root = os.path.join(os.path.dirname(os.path.dirname(h.journal)), "root")
+    path = os.path.join(root, "etc", "sysctl.d", "99-tuner.conf")
+    originals = {"net.core.somaxconn": ns_sysctl(h.netns, "net.core.somaxconn"),
+                 "net.ipv4.ip_local_port_range": ns_sysctl(h.netns, "net.ipv4.ip_local_port_range")}
+    wrote = {"net.core.somaxconn": "5000", "net.ipv4.ip_local_port_range": "20000 60999"}
+    content = "# Written by 'tuner apply'\nnet.core.somaxconn = 5000\n"
+    entries = []
+    for name, value in wrote.items():
+        entries.append({"key": f"sysctl:{h.netns}:{name}", "knob": name, "kind": "sysctl",
+                        "scope": "netns", "netns": h.netns, "detail": {"name": name}, "why": "",
+                        "original": " ".join(originals[name].split()),
+                        "before": " ".join(originals[name].split()), "new": value,
+                        "state": "done", "command": ""})
+        ns_sysctl(h.netns, name, value)
+    entries.append({"key": f"file:{path}", "knob": "sysctl.d", "kind": "file", "scope": "file",
+                    "netns": None, "why": "", "command": "", "state": "done",
+                    "detail": {"path": path, "created_dirs": [os.path.join(root, "etc"),
+                                                              os.path.dirname(path)]},
+                    "original": None, "before": None, "new": content})
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        f.write(content)
+    doc = {"schema": "tuner.journal/1", "created": "2026-11-01T00:00:00+00:00",
+           "updated": "2026-11-01T00:00:00+00:00",
+           "applies": [{"at": "2026-11-01T00:00:00+00:00", "argv": ["apply", "-n", "100k"],
+                        "target": 100000, "role": "loopback", "netns": h.netns}],
+           "entries": entries}
+    os.makedirs(os.path.dirname(h.journal), mode=0o700, exist_ok=True)
+    with open(os.open(h.journal, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        json.dump(doc, f)
+    return doc, {**originals, "file": path}
+
+
+def _revert_journal_1(h: Host) -> List[dict]:
+    """tuner upgraded with a journal of the old version on the host: revert reads it and
+    puts everything back."""
+    old, originals = journal_1(h)
+    reverted = h.json("revert", "--journal", h.journal, "--json")
+    assert reverted["complete"] and {r["action"] for r in reverted["rows"]} == {"restored"}, reverted
+    rows = {r["knob"]: r for r in reverted["rows"]}
+    assert rows["net.ipv4.ip_local_port_range"]["wrote"] == [20000, 60999]
+    assert rows["sysctl.d"]["original"] is None and rows["sysctl.d"]["wrote"][-1] == "net.core.somaxconn = 5000\n"
+    for name in ("net.core.somaxconn", "net.ipv4.ip_local_port_range"):
+        assert ns_sysctl(h.netns, name) == originals[name]
+        assert rows[name]["original"] == [int(v) for v in originals[name].split()]
+    assert not os.path.exists(originals["file"]) and not os.path.exists(h.journal)
+    return [old, reverted]
+
+
 # (row name, function that runs the command(s) for real, the schema of each document returned)
 COMMANDS: List[Tuple[str, Callable[[Host], List[dict]], List[str]]] = [
     ("report", _report, ["tuner.report/1", "tuner.report/1"]),
-    ("apply --dry-run", _apply_dry_run, ["tuner.apply/1"]),
+    ("apply --dry-run", _apply_dry_run, ["tuner.apply/2"]),
     ("apply, journal, revert", _apply_then_revert,
-     ["tuner.apply/1", "tuner.journal/1", "tuner.revert/1", "tuner.revert/1"]),
+     ["tuner.apply/2", "tuner.journal/2", "tuner.revert/2", "tuner.revert/2"]),
+    ("revert of a journal tuner.journal/1", _revert_journal_1, ["tuner.journal/1", "tuner.revert/2"]),
     ("probe", _probe, ["tuner.probe/1"]),
     ("probe refused by pre-flight", _probe_refused, ["tuner.probe/1"]),
     ("probe --serve / --connect", _probe_split, ["tuner.probe.serve/1", "tuner.probe.connect/1"]),
@@ -223,3 +286,78 @@ def test_every_command_with_json_has_a_schema_and_a_row():
             assert any(sid.split("/")[0] == f"tuner.{name}" for sid in schemas.ids()), \
                 f"tuner {name} --json has no schema: add tuner/schemas/tuner.{name}-1.json"
             assert f"tuner.{name}" in rows, f"tuner {name} --json: add a row to COMMANDS"
+
+
+def test_apply_over_a_journal_1_keeps_its_originals_and_saves_it_as_2(host):
+    """An apply after the upgrade finds the old journal: it keeps the originals the old
+    version recorded (revert still returns to the state before tuner), saves /2."""
+    _, originals = journal_1(host)
+    applied = host.json("apply", "--target", "100k", "--netns", host.netns, "--journal", host.journal,
+                        "--yes", "--json")
+    somaxconn = next(c for c in applied["applied"] if c["knob"] == "net.core.somaxconn")
+    assert somaxconn["before"] == [5000] and somaxconn["new"] > [5000]
+    with open(host.journal) as f:
+        saved = json.load(f)
+    schemas.validate(saved)
+    entries = {e["knob"]: e for e in saved["entries"]}
+    assert saved["schema"] == "tuner.journal/2" and len(saved["applies"]) == 2
+    assert entries["net.core.somaxconn"]["original"] == [int(originals["net.core.somaxconn"])]
+    assert entries["net.core.somaxconn"]["before"] == [5000]
+    assert entries["sysctl.d"]["new"] == ["# Written by 'tuner apply'\n", "net.core.somaxconn = 5000\n"]
+    assert host.json("revert", "--journal", host.journal, "--json")["complete"]
+    for name in ("net.core.somaxconn", "net.ipv4.ip_local_port_range"):
+        assert ns_sysctl(host.netns, name) == originals[name]
+    assert not os.path.exists(originals["file"])
+
+
+def test_a_value_has_one_type_in_every_document(host):
+    """The report, the plan and the journal give the same knob's value as the same list."""
+    report = host.json("report", "--netns", host.netns, "--target", "100k", "--json", rc=(0, 3))
+    row = next(r for r in report["rows"] if r["name"] == "net.core.somaxconn")
+    applied = host.json("apply", "--target", "100k", "--netns", host.netns, "--journal", host.journal,
+                        "--yes", "--json")
+    change = next(c for c in applied["plan"]["changes"] if c["knob"] == "net.core.somaxconn")
+    done = next(c for c in applied["applied"] if c["knob"] == "net.core.somaxconn")
+    with open(host.journal) as f:
+        entry = next(e for e in json.load(f)["entries"] if e["knob"] == "net.core.somaxconn")
+    assert row["current"] == change["current"] == done["before"] == entry["original"]
+    assert row["needed"] == change["new"] == done["new"] == entry["new"]
+    assert all(isinstance(v, int) for v in row["current"] + row["needed"])
+    reverted = host.json("revert", "--journal", host.journal, "--json")
+    back = next(r for r in reverted["rows"] if r["knob"] == "net.core.somaxconn")
+    assert (back["current"], back["wrote"], back["original"]) == (row["needed"], row["needed"], row["current"])
+
+
+def _rejected(doc: dict, change) -> str:
+    bad = copy.deepcopy(doc)
+    change(bad)
+    with pytest.raises(jsonschema.ValidationError) as err:
+        schemas.validate(bad)
+    return err.value.message
+
+
+def test_a_value_of_another_type_fails_validation(host):
+    """Where a value belongs, text (apply/1's and revert/1's form) or a value of another
+    setting kind's form fails; the documents as printed pass."""
+    doc = host.json("apply", "--target", "100k", "--netns", host.netns, "--journal", host.journal,
+                    "--yes", "--json")
+    with open(host.journal) as f:
+        journal = json.load(f)
+    reverted = host.json("revert", "--journal", host.journal, "--json")
+    for d in (doc, journal, reverted):
+        schemas.validate(d)
+    as_text = lambda v: " ".join(map(str, v))
+
+    def first(key, field):
+        return lambda d: d[key][0].__setitem__(field, as_text(d[key][0][field]))
+
+    assert "is not of type 'array', 'null'" in _rejected(doc, first("applied", "before"))
+    _rejected(doc, lambda d: d["plan"]["changes"][0].__setitem__("new", as_text(d["plan"]["changes"][0]["new"])))
+    _rejected(journal, first("entries", "original"))
+    _rejected(reverted, first("rows", "wrote"))
+    _rejected(doc, lambda d: d["applied"][0].__setitem__("new", ["1 2"]))       # a word with a space
+    # Each kind's own form: an rlimit is one integer, an alias present or absent.
+    _rejected(doc, lambda d: d["applied"][0].update(kind="rlimit", new=[1024, 2048]))
+    _rejected(doc, lambda d: d["applied"][0].update(kind="alias", new=[True]))
+    _rejected(journal, lambda d: d["entries"][0].update(kind="file", new="text\n"))
+    _rejected(reverted, lambda d: d["rows"].append({**d["rows"][0], "original": True}))

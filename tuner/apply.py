@@ -22,7 +22,7 @@ from .knobs import Ctx
 from .plan import Plan, Request, build_plan, check_unit
 from .readings import check_netns
 
-SCHEMA = "tuner.apply/1"
+SCHEMA = "tuner.apply/2"
 # Test hook: SIGKILL this process right after its k-th write (before the journal marks
 # it done), to prove a crash at any point can be reverted. Unset in normal runs.
 KILL_AFTER_ENV = "TUNER_TEST_KILL_AFTER"
@@ -159,7 +159,7 @@ def _entry_for(change) -> Dict[str, Any]:
 
 def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """Write `plan` through the journal at `path` (the lock held by the caller); returns
-    one {knob, kind, where, before, new} per change. Any failure (a refused write, a
+    one {knob, kind, where, before, new} per change, values as JSON gives them. Any failure (a refused write, a
     journal that cannot be saved) rolls back this run's writes and raises TunerError."""
     journal = Journal.load(path) or Journal(path)
     journal.data["applies"].append({"at": now(), "argv": list(argv), "target": req.target,
@@ -209,7 +209,7 @@ def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> Li
             _rollback(journal, done)
             raise
         applied.append({"knob": change.knob, "kind": change.kind, "where": change.where,
-                        "before": before, "new": change.new})
+                        "before": kind.to_json(before), "new": kind.to_json(change.new)})
         hostlog.change("apply", change.knob, change.where, kind.describe(before),
                        kind.describe(change.new), change.why)
     return applied

@@ -23,8 +23,8 @@ One entry per setting (its `key`): a second apply that changes the same setting 
 updates `new` but keeps `original`, so revert returns to the state before tuner's first
 apply, not to the first apply's values.
 
-Schema (tuner.journal/1):
-    {"schema": "tuner.journal/1", "created": ISO time, "updated": ISO time,
+Schema (tuner.journal/2, tuner/schemas/tuner.journal-2.json):
+    {"schema": "tuner.journal/2", "created": ISO time, "updated": ISO time,
      "applies": [{"at": ISO time, "argv": [...], "target": N, "role": str, "netns": str|null}],
      "entries": [{"key": str, "knob": str, "kind": a setting kind (tuner/settings/),
                   "scope": str, "netns": str|null, "detail": {...}, "why": str,
@@ -32,8 +32,12 @@ Schema (tuner.journal/1):
                   "before": value right before the latest write,
                   "new": value tuner wrote last,
                   "state": "pending|done", "command": shell equivalent of the write}]}
-Values and details are the kind's (tuner/settings/<kind>.py): sysctl text ("32768
-60999"); rlimit int; alias bool (present); file text or null (absent).
+Values are lists, as every JSON document of tuner gives them (a sysctl [32768, 60999],
+an rlimit [1024], an alias ["present"], a file its lines or null); in memory they are
+the kind's own (tuner/settings/<kind>.py), converted on load and save.  A
+tuner.journal/1 (the same, with the kinds' own values: "32768 60999", 1024, true, the
+file's text), written before tuner was upgraded, is still read, so revert works across
+an upgrade; the next save writes it as /2.
 """
 from __future__ import annotations
 
@@ -48,7 +52,9 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from .errors import EXIT_BUSY, EXIT_FAILED, TunerError
 
-SCHEMA = "tuner.journal/1"
+SCHEMA = "tuner.journal/2"
+# Journals older tuners wrote, still read (revert must work after an upgrade).
+OLD_SCHEMAS = ("tuner.journal/1",)
 DEFAULT_PATH = "/var/lib/tuner/journal.json"
 ENV_VAR = "TUNER_JOURNAL"
 DEFAULT_LOCK = "/run/tuner.lock"
@@ -193,7 +199,7 @@ class Journal:
         return cls(path, data)
 
     def text(self) -> str:
-        return json.dumps(self.data, indent=2) + "\n"
+        return json.dumps(_on_disk(self.data), indent=2) + "\n"
 
     def save(self) -> None:
         """Write atomically (temp file, fsync, rename, fsync the directory); raise
@@ -217,7 +223,7 @@ class Journal:
         """That the journal can be written, and with `extra` entries added still fits
         next to its previous copy (a save holds both for a moment): written for real,
         then removed, so a full or read-only filesystem is found before any change."""
-        projected = json.dumps({**self.data, "entries": self.entries + extra}, indent=2)
+        projected = json.dumps(_on_disk({**self.data, "entries": self.entries + extra}), indent=2)
         current = 0
         with contextlib.suppress(OSError):
             current = os.stat(self.path).st_size
@@ -264,19 +270,35 @@ class Journal:
         fsync_dir(os.path.dirname(self.path))
 
 
+VALUE_FIELDS = ("original", "before", "new")
+
+
+def _on_disk(data: Dict[str, Any]) -> Dict[str, Any]:
+    """The journal as saved: every value in JSON's form (the kind's to_json)."""
+    from . import settings
+
+    def entry(e):
+        kind = settings.kind(e["kind"])
+        return {**e, **{name: kind.to_json(e[name]) for name in VALUE_FIELDS}}
+
+    return {**data, "schema": SCHEMA, "entries": [entry(e) for e in data["entries"]]}
+
+
 def _validate(data: Any) -> None:
     """Every field revert and apply will touch, checked before either touches anything:
-    a bad entry found half-way through a revert would leave the host half-restored."""
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    a bad entry found half-way through a revert would leave the host half-restored.
+    Values become the kinds' own (from the lists of /2, checked as they are in /1)."""
+    if not isinstance(data, dict) or data.get("schema") not in (SCHEMA,) + OLD_SCHEMAS:
         raise ValueError(f"not a {SCHEMA} document")
     if not isinstance(data.get("entries"), list) or not isinstance(data.get("applies"), list):
         raise ValueError("'entries' and 'applies' must be lists")
     if not all(isinstance(a, dict) for a in data["applies"]):
         raise ValueError("every 'applies' item must be an object")
     keys: Dict[str, int] = {}
+    lists = data["schema"] == SCHEMA
     for i, e in enumerate(data["entries"]):
         try:
-            _validate_entry(e)
+            _validate_entry(e, lists)
         except ValueError as err:
             key = e.get("key") if isinstance(e, dict) and isinstance(e.get("key"), str) else None
             raise ValueError(f"entry {i}{f' ({key})' if key else ''}: {err}") from None
@@ -284,6 +306,7 @@ def _validate(data: Any) -> None:
             # One entry per setting: two would hold two "originals" for it.
             raise ValueError(f"entry {i}: key {e['key']!r} is also entry {keys[e['key']]}'s")
         keys[e["key"]] = i
+    data["schema"] = SCHEMA  # values are now in memory's form; a save writes /2
 
 
 _STATES = ("pending", "done")
@@ -304,8 +327,9 @@ def _netns_name(v: Any) -> bool:
     return v is None or (isinstance(v, str) and v not in ("", ".", "..") and "/" not in v)
 
 
-def _validate_entry(e: Any) -> None:
-    """The fields every entry has; the kind checks its detail and values."""
+def _validate_entry(e: Any, lists: bool = True) -> None:
+    """The fields every entry has; the kind checks its detail and values (`lists`: in
+    /2's JSON form, converted to the kind's own here; else /1's, the kind's own)."""
     from . import settings
 
     if not isinstance(e, dict):
@@ -324,7 +348,13 @@ def _validate_entry(e: Any) -> None:
     _check(_netns_name(e["netns"]), "netns", e["netns"])
     _check(isinstance(e["detail"], dict), "detail", e["detail"])
     kind.check_detail(e["detail"])
-    for name in ("original", "before", "new"):
+    for name in VALUE_FIELDS:
+        if lists:
+            try:
+                e[name] = kind.from_json(e[name])
+            except ValueError:
+                raise ValueError(f"{name} must be {kind.json_doc} for a {kind.name} entry, "
+                                 f"not {e[name]!r}") from None
         if not kind.valid_value(e[name]):
             raise ValueError(f"{name} must be {kind.value_doc} for a {kind.name} entry, "
                              f"not {e[name]!r}")

@@ -25,7 +25,7 @@ from .settings import Change
 from .settings.file import DROPIN_NAME, LIMITS_FILE, SYSCTL_FILE, UNIT_DIR, check_unit  # noqa: F401
 from .settings.sysctl import text as sysctl_text
 
-SCHEMA = "tuner.plan/1"
+SCHEMA = "tuner.plan/2"
 
 
 @dataclass
@@ -39,7 +39,16 @@ class Plan:
     skipped: List[Dict[str, Any]]   # knobs that need a change tuner will not make here
 
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, **asdict(self)}
+        """JSON (tuner.plan/2): each change's values as lists, as the report gives them."""
+        out = {"schema": SCHEMA, **asdict(self)}
+        out["changes"] = [change_json(c) for c in self.changes]
+        return out
+
+
+def change_json(change: Change) -> Dict[str, Any]:
+    kind = settings.kind(change.kind)
+    return {**asdict(change), "current": kind.to_json(change.current),
+            "new": kind.to_json(change.new)}
 
 
 @dataclass
@@ -160,13 +169,16 @@ def describe(change: Change, value: Any) -> str:
     return settings.kind(change.kind).describe(value)
 
 
-def before_after(plan: Plan) -> List[Dict[str, Any]]:
-    """Each change as {knob, kind, where, before, after}: values as the plan table shows
-    them, except files, whose whole text is given (None when absent) so that a caller
-    can show a unified diff (the Ansible module's diff mode)."""
+def before_after(plan: Plan, shown: bool = False) -> List[Dict[str, Any]]:
+    """Each change as {knob, kind, where, before, after}: values as JSON gives them
+    (lists, null), or with `shown` as the plan table shows them, files as their whole
+    text (None when absent), for a caller that shows a diff (the Ansible module's)."""
     out = []
     for c in plan.changes:
-        if c.kind == "file":
+        kind = settings.kind(c.kind)
+        if not shown:
+            before, after = kind.to_json(c.current), kind.to_json(c.new)
+        elif c.kind == "file":
             before, after = c.current, c.new
         else:
             before, after = describe(c, c.current), describe(c, c.new)

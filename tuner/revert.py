@@ -16,7 +16,7 @@ from . import hostlog, settings
 from .apply import check_root
 from .journal import Journal, JournalWriteError, locked, resolve_path
 
-SCHEMA = "tuner.revert/1"
+SCHEMA = "tuner.revert/2"
 
 RESTORED, ALREADY, GONE, DRIFTED, FAILED = "restored", "already original", "gone", "drifted", "failed"
 WOULD_RESTORE = "would restore"
@@ -33,6 +33,12 @@ class Row:
     original: Any
     action: str
     reason: str = ""
+
+    def to_dict(self) -> dict:
+        """JSON (tuner.revert/2): values as lists, as every document gives them."""
+        kind = settings.kind(self.kind)
+        return {**asdict(self), **{name: kind.to_json(getattr(self, name))
+                                   for name in ("current", "wrote", "original")}}
 
 
 @dataclass
@@ -53,7 +59,7 @@ class Outcome:
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "journal": self.journal, "found": self.found,
                 "dry_run": self.dry_run, "force": self.force, "complete": self.complete,
-                "journal_error": self.journal_error, "rows": [asdict(r) for r in self.rows]}
+                "journal_error": self.journal_error, "rows": [r.to_dict() for r in self.rows]}
 
 
 def where(entry) -> str:

@@ -10,8 +10,10 @@ validate each command's real output against them.
 
 Adding a command with --json: add its schema file here and a row to
 tests/test_schemas.py's COMMANDS table.  Changing what an existing key means, or its
-type, is a new version: a new file (tuner.x-2.json) replaces the old one and the code
-prints the new name.
+type, is a new version: a new file (tuner.x-2.json) replaces the old one, its
+"x-changes" says what changed (docs/json.md shows it), and the code prints the new
+name.  The old file stays only while tuner still reads such documents (the journal an
+older tuner left: tuner.journal-1.json).
 
 Validation needs the `jsonschema` package (in the test extra), imported only by
 `validate`; loading and listing the schemas needs nothing beyond the standard library.
@@ -148,8 +150,9 @@ DOC_ORDER = ["tuner.report", "tuner.apply", "tuner.plan", "tuner.revert", "tuner
 
 
 def _doc_order(schema_id: str):
-    name = schema_id.split("/")[0]
-    return (DOC_ORDER.index(name) if name in DOC_ORDER else len(DOC_ORDER), schema_id)
+    """DOC_ORDER, then by name; the newest version of one name first."""
+    name, _, version = schema_id.partition("/")
+    return (DOC_ORDER.index(name) if name in DOC_ORDER else len(DOC_ORDER), name, -int(version))
 
 
 def markdown() -> str:
@@ -177,11 +180,17 @@ def markdown() -> str:
         "(bytes in bytes, counts as integers, seconds as decimals); the tables format them for",
         "people.",
         "",
+        "Values: " + " ".join(common()["$defs"]["values"]["description"].split()) + " A key that",
+        "holds a value has that type in every document (`current` in the report, the plan and",
+        "revert alike); the schemas check each setting kind's form.",
+        "",
     ]
     for sid in sorted(ids(), key=_doc_order):
         schema = load(sid)
-        lines += [f"## `{sid}`: {schema['title']}", "", " ".join(schema["description"].split()), "",
-                  "| key | type | meaning |", "|---|---|---|"]
+        lines += [f"## `{sid}`: {schema['title']}", "", " ".join(schema["description"].split()), ""]
+        if "x-changes" in schema:
+            lines += ["**Changed** " + " ".join(schema["x-changes"].split()), ""]
+        lines += ["| key | type | meaning |", "|---|---|---|"]
         lines += _rows(schema["properties"], schema.get("required", []), schema)
         # An if/then/else on one boolean key (the probe's "refused"): its rows say when.
         cond = next(iter(schema.get("if", {}).get("properties", {}).items()), None)

@@ -43,6 +43,17 @@ class Alias(Kind):
     def valid_value(self, value) -> bool:
         return isinstance(value, bool)
 
+    # As the report gives a word for a state (CAP_SYS_RESOURCE ["no"]).
+    json_doc = '["present"] or ["absent"]'
+
+    def to_json(self, value):
+        return None if value is None else [self.describe(value)]
+
+    def from_json(self, values):
+        if values not in (["present"], ["absent"]):
+            raise ValueError(f"not {self.json_doc}: {values!r}")
+        return values == ["present"]
+
     def check_detail(self, d) -> None:
         dev = text_field(d, "dev")
         check(len(dev) < IFNAMSIZ and "/" not in dev, "detail.dev", dev)

@@ -7,13 +7,17 @@ verify with the same normalisation, undo it, check a journal entry of it, descri
 value for people, the shell command that does the same, and where it lives.  Plan,
 journal, apply, revert and render ask the kind; none of them knows the kinds apart.
 
-Values are what the journal stores for the kind: text for a sysctl ("32768 60999"),
-an int for an rlimit, a bool (present) for an alias, text or None (absent) for a file.
+Values, as the kinds hold them in memory: text for a sysctl ("32768 60999"), an int
+for an rlimit, a bool (present) for an alias, text or None (absent) for a file.  In JSON
+(command output and the journal on disk) every value is one type, a list or null, as
+`tuner report --json` gives a knob's value: `to_json`/`from_json` convert, and the
+journal reads and writes through them (docs/json.md).
 """
 from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -103,6 +107,19 @@ class Kind:
         table's before/after says it all)."""
         return None
 
+    # --- JSON -----------------------------------------------------------------------
+    # What `from_json` accepts, for the journal's error message.
+    json_doc = ""
+
+    def to_json(self, value: Any) -> Optional[List[Any]]:
+        """`value` as JSON gives every setting's value: a list of numbers and words (the
+        report's form), or null."""
+        raise NotImplementedError
+
+    def from_json(self, values: Any) -> Any:
+        """The inverse of to_json; ValueError when `values` is not one this kind gives."""
+        raise NotImplementedError
+
     # --- the journal's checks --------------------------------------------------
     def valid_value(self, value: Any) -> bool:
         raise NotImplementedError
@@ -185,6 +202,21 @@ class Kind:
 
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def words(text: str) -> List[Any]:
+    """'4096 87380 6291456' -> [4096, 87380, 6291456]: whitespace-separated, integers
+    where a word is one as written (so '007' stays a word and joining gives it back)."""
+    return [int(w) if _INT.match(w) else w for w in text.split()]
+
+
+def is_words(values: Any) -> bool:
+    """A list of integers and words without whitespace (what `words` gives)."""
+    return isinstance(values, list) and all(
+        is_int(v) or (isinstance(v, str) and v != "" and v.split() == [v]) for v in values)
+
+
+_INT = re.compile(r"^-?(0|[1-9][0-9]*)$")
 
 
 def check(ok: bool, what: str, value: Any) -> None:

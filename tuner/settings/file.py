@@ -168,6 +168,23 @@ class File(Kind):
     def valid_value(self, value) -> bool:
         return value is None or isinstance(value, str)
 
+    # Its lines, each with its line break, so that joining them gives the text back
+    # byte for byte (revert restores exactly what was there); null when absent.
+    json_doc = "a list of its lines, or null when absent"
+
+    def to_json(self, value):
+        return None if value is None else value.splitlines(True)
+
+    def from_json(self, values):
+        if values is None:
+            return None
+        if not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
+            raise ValueError(f"not {self.json_doc}: {values!r}")
+        text = "".join(values)
+        if text.splitlines(True) != values:
+            raise ValueError(f"not {self.json_doc} (a line break inside a line): {values!r}")
+        return text
+
     def check_detail(self, d) -> None:
         path = d.get("path")
         ok = (isinstance(path, str) and os.path.isabs(path) and "\0" not in path

@@ -62,6 +62,16 @@ class Rlimit(Kind):
     def valid_value(self, value) -> bool:
         return is_int(value)
 
+    json_doc = "a list of one integer ([1024])"
+
+    def to_json(self, value):
+        return None if value is None else [value]
+
+    def from_json(self, values):
+        if not (isinstance(values, list) and len(values) == 1 and is_int(values[0])):
+            raise ValueError(f"not {self.json_doc}: {values!r}")
+        return values[0]
+
     def check_detail(self, d) -> None:
         check(is_int(d.get("pid")) and d["pid"] > 0, "detail.pid", d.get("pid"))
         ct = d.get("create_time")

@@ -9,7 +9,7 @@ import re
 import shlex
 from typing import Any, Dict, List, Optional, Sequence
 
-from .base import Change, Kind, check, netns_gone, text_field
+from .base import Change, Kind, check, is_words, netns_gone, text_field, words
 
 # A sysctl name is dotted words; anything else (a '/' or '..') would make
 # /proc/sys/<name> point somewhere tuner never wrote.
@@ -41,6 +41,16 @@ class Sysctl(Kind):
 
     def valid_value(self, value) -> bool:
         return isinstance(value, str)
+
+    json_doc = "a list of its numbers and words ([32768, 60999])"
+
+    def to_json(self, value):
+        return None if value is None else words(value)
+
+    def from_json(self, values):
+        if not is_words(values):
+            raise ValueError(f"not {self.json_doc}: {values!r}")
+        return text(values)
 
     def check_detail(self, detail) -> None:
         name = text_field(detail, "name")

@@ -112,7 +112,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changes:
-  description: "Per change (planned, or applied): knob, kind, where, before, after (files: whole text)."
+  description: "Per change (planned, or applied): knob, kind, where, before, after; values as
+    tuner's JSON gives them, a list (a sysctl's numbers, [65535]; an rlimit [1048576]; an
+    alias [\"present\"]; a file's lines) or null (a file absent). The diff shows them as the
+    plan table does."
   type: list
   returned: state=present
 applied:
@@ -120,7 +123,7 @@ applied:
   type: list
   returned: state=present and not check mode
 plan:
-  description: The plan (schema tuner.plan/1).
+  description: The plan (schema tuner.plan/2).
   type: dict
   returned: state=present
 after:
@@ -128,7 +131,7 @@ after:
   type: dict
   returned: state=present and not check mode
 revert:
-  description: The revert outcome (schema tuner.revert/1), one row per journal entry.
+  description: The revert outcome (schema tuner.revert/2), one row per journal entry.
   type: dict
   returned: state=reverted
 journal:
@@ -206,13 +209,16 @@ def present(module):
         outcome = apply_mod.run(req, p["journal"], dry_run=module.check_mode, argv=_argv(p))
     except Exception as exc:  # tuner rolled back whatever this run wrote
         fail(module, exc, changed=False)
-    rows = before_after(outcome.plan)
+    # Values in the result as tuner's JSON gives them (lists); as people read them
+    # (the plan table's, files whole) in the diffs.
+    shown = before_after(outcome.plan, shown=True)
     changed = bool(outcome.plan.changes) if module.check_mode else bool(outcome.applied)
-    result = dict(changed=changed, rc=0, changes=rows, files=_file_diffs(rows),
-                  plan=outcome.plan.to_dict(), applied=outcome.applied, after=outcome.after,
-                  journal=outcome.journal, notes=outcome.plan.notes, skipped=outcome.plan.skipped)
+    result = dict(changed=changed, rc=0, changes=before_after(outcome.plan),
+                  files=_file_diffs(shown), plan=outcome.plan.to_dict(), applied=outcome.applied,
+                  after=outcome.after, journal=outcome.journal, notes=outcome.plan.notes,
+                  skipped=outcome.plan.skipped)
     if module._diff:
-        result["diff"] = _diff(rows)
+        result["diff"] = _diff(shown)
     after = outcome.after
     if after and after["reachable"] is False and p["require_reachable"]:
         short_of(module, "target %s still not reachable after applying: %s binds first at %s "
@@ -232,16 +238,17 @@ def reverted(module):
         outcome = revert_mod.run(p["journal"], force=p["force"], dry_run=module.check_mode)
     except Exception as exc:
         fail(module, exc, changed=False)
-    acted = (revert_mod.RESTORED, revert_mod.WOULD_RESTORE)
-    # Values as the revert table shows them (the setting kind describes), files whole.
-    shown = lambda r, v: v if r.kind == "file" else settings.kind(r.kind).describe(v)
-    rows = [{"knob": r.knob, "kind": r.kind, "where": r.where,
-             "before": shown(r, r.current), "after": shown(r, r.original)}
-            for r in outcome.rows if r.action in acted]
-    result = dict(changed=bool(rows), rc=0, changes=rows, files=_file_diffs(rows),
+    acted = [r for r in outcome.rows if r.action in (revert_mod.RESTORED, revert_mod.WOULD_RESTORE)]
+    # In the result, values as tuner's JSON gives them (lists); in the diffs, as the
+    # revert table shows them (the setting kind describes), files whole.
+    as_json = lambda r, v: settings.kind(r.kind).to_json(v)
+    as_shown = lambda r, v: v if r.kind == "file" else settings.kind(r.kind).describe(v)
+    rows, shown = ([{"knob": r.knob, "kind": r.kind, "where": r.where, "before": f(r, r.current),
+                     "after": f(r, r.original)} for r in acted] for f in (as_json, as_shown))
+    result = dict(changed=bool(rows), rc=0, changes=rows, files=_file_diffs(shown),
                   revert=outcome.to_dict(), journal=outcome.journal)
     if module._diff:
-        result["diff"] = _diff(rows)
+        result["diff"] = _diff(shown)
     if not outcome.complete:
         left = ["%s (%s): %s%s" % (r.knob, r.where, r.action, ": " + r.reason if r.reason else "")
                 for r in outcome.rows if r.action not in revert_mod.OK_ACTIONS]
