@@ -5,6 +5,8 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
+from tuner.numfmt import number, of
+
 OnProgress = Callable[[int, int, float, str], None]
 
 
@@ -19,7 +21,7 @@ def plain_lines(total: int, stream: Optional[TextIO] = None, interval: float = 1
         if phase == state["phase"] and now - state["last"] < interval:
             return
         state["last"], state["phase"] = now, phase
-        print(f"{time.strftime('%H:%M:%S')} probe {phase:<9} established {established:>10,}/{total:,}  "
-              f"verified {verified:>10,}  {rate:>9,.0f} conn/s", file=out, flush=True)
+        print(f"{time.strftime('%H:%M:%S')} probe {phase:<9} established {of(established, total):>21}  "
+              f"verified {number(verified):>10}  {number(round(rate)):>9} conn/s", file=out, flush=True)
 
     return on_progress

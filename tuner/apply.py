@@ -210,8 +210,8 @@ def execute(plan: Plan, path: str, req: Request, argv: Sequence[str] = ()) -> Li
             raise
         applied.append({"knob": change.knob, "kind": change.kind, "where": change.where,
                         "before": kind.to_json(before), "new": kind.to_json(change.new)})
-        hostlog.change("apply", change.knob, change.where, kind.describe(before),
-                       kind.describe(change.new), change.why)
+        hostlog.change("apply", change.knob, change.where, kind.describe(before, change.knob),
+                       kind.describe(change.new, change.knob), change.why)
     return applied
 
 
@@ -237,7 +237,7 @@ def _rollback(journal: Journal, done: List[tuple]):
                 undone += 1
                 hostlog.change("rollback", entry["knob"],
                                kind.where(entry["netns"], entry["detail"]),
-                               kind.describe(entry["new"]), kind.describe(entry["before"]),
+                               kind.describe(entry["new"], entry["knob"]), kind.describe(entry["before"], entry["knob"]),
                                "a later change of the same apply failed")
         except settings.Gone:
             pass  # what it belonged to is gone, and the setting with it

@@ -395,7 +395,9 @@ def _verdict(d: Diagnosis, procs, stalled_accepting: bool, full) -> str:
 def _value(current) -> str:
     if current is None:
         return "-"
-    return " ".join(f"{v:,}" if isinstance(v, int) and len(current) == 1 else str(v) for v in current)
+    from .numfmt import values
+
+    return values(current)
 
 
 def _apply_command(d: Diagnosis, n: int, pids: Sequence[int] = ()) -> str:
@@ -514,7 +516,7 @@ def backlog_fix(listener: Dict[str, Any], somaxconn: Optional[int], procs) -> Fi
     how = [RUNTIME_BACKLOG[rt] for rt in dict.fromkeys(runtime_of(p) for p in procs) if rt in RUNTIME_BACKLOG]
     return Fix(f"listen(fd, N): raise the backlog the application passes for "
                f"{listener['address']}:{listener['port']} (now {listener['backlog']:,}; "
-               f"net.core.somaxconn {somaxconn if somaxconn is not None else '?'} allows up to that)"
+               f"net.core.somaxconn {'?' if somaxconn is None else f'{somaxconn:,}'} allows up to that)"
                + (f"; {'; '.join(how)}" if how else ""),
                "only the application sets its listen backlog (a burst beyond it waits a second "
                "for the retransmitted SYN)", "application")

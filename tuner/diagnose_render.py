@@ -5,13 +5,14 @@ disagree; numbers are formatted by render.number/value like every other table.
 """
 from __future__ import annotations
 
-from .render import number, size, table, value
+from .numfmt import number, size
+from .render import table, value
 
 
 def _cell(v, unit: str) -> str:
     if v is None:
         return "-"
-    return size(v) if unit == "bytes" else f"{v:,}"
+    return size(v) if unit == "bytes" else number(v)
 
 
 def diagnose_text(d, wide: bool = False) -> str:
@@ -40,12 +41,12 @@ def diagnose_text(d, wide: bool = False) -> str:
                            ["listener", "backlog", "queued", "reuseport siblings", "pids"]))
     else:
         lines.append("listeners: none (the process listens on no TCP port tuner can see)")
-    by_port = ", ".join(f"{port}: {n:,}" for port, n in c["by_port"].items())
-    lines.append(f"connections held: {c['held']:,} ({c['peers']:,} distinct peer address"
+    by_port = ", ".join(f"{port}: {number(n)}" for port, n in c["by_port"].items())
+    lines.append(f"connections held: {number(c['held'])} ({number(c['peers'])} distinct peer address"
                  f"{'' if c['peers'] == 1 else 'es'}; on ports {by_port or '-'}; "
-                 f"{c['accept_queue']:,} waiting in accept queues)")
+                 f"{number(c['accept_queue'])} waiting in accept queues)")
     p_threads = sum(p["threads"] for p in d.processes)
-    lines.append(f"threads: {p_threads:,}" + (" (one per connection: thread limits count)"
+    lines.append(f"threads: {number(p_threads)}" + (" (one per connection: thread limits count)"
                                               if d.thread_per_connection else ""))
     m = d.memory
     lines.append(f"kernel memory per connection ({m['source']}): idle {size(m['idle_bytes_per_connection'])}, "

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Optional, TextIO
 
+from .numfmt import number, of
+
 
 class Progress:
     """Call update(done, **figures) as often as you like; it rate-limits itself."""
@@ -40,7 +42,7 @@ class Progress:
         return self
 
     def update(self, done: int, phase: str = "", **figures) -> None:
-        text = " ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in figures.items())
+        text = " ".join(f"{k}={number(v)}" for k, v in figures.items())
         if self._bar is not None:
             self._bar.update(self._task, completed=done, description=f"{self.label} {phase}".strip(),
                              figures=text)
@@ -49,8 +51,8 @@ class Progress:
         # The first update, every phase change, then at most one line per interval.
         if self._last is None or phase != self._phase or now - self._last >= self.interval:
             self._last, self._phase = now, phase
-            of = f"/{self.total:,}" if self.total else ""  # a server without --expect has no total
-            print(f"{time.strftime('%H:%M:%S')} {self.label} {phase} {done:,}{of} {text}".rstrip(),
+            # A server without --expect has no total: its count stands alone.
+            print(f"{time.strftime('%H:%M:%S')} {self.label} {phase} {of(done, self.total)} {text}".rstrip(),
                   file=self.stream, flush=True)
 
     def __exit__(self, *exc) -> None:

@@ -166,7 +166,7 @@ def _memory(snap: Snapshot, sim: Snapshot, req: Request, before: Optional[int]) 
 
 def describe(change: Change, value: Any) -> str:
     """A value of `change` as the plan table shows it (the kind decides)."""
-    return settings.kind(change.kind).describe(value)
+    return settings.kind(change.kind).describe(value, change.knob)
 
 
 def before_after(plan: Plan, shown: bool = False) -> List[Dict[str, Any]]:

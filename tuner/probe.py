@@ -25,6 +25,7 @@ from . import report
 from .capacity import CAPPED, Report
 from .errors import TunerError, UsageError
 from .live_progress import Progress
+from .numfmt import number, rate as per_second, size, values
 
 DEFAULT_SOURCE_NET = "127.0.0.0/8"
 # The knob table's row for a limit the probe classifies under another name: the
@@ -52,7 +53,7 @@ class Preflight:
         return self.report.memory["idle_bytes_per_connection"]
 
     def refusal(self) -> str:
-        return f"refusing to probe {self.connections:,}: {'; '.join(self.problems)} (or pass --force)"
+        return f"refusing to probe {number(self.connections)}: {'; '.join(self.problems)} (or pass --force)"
 
     def apply_command(self) -> str:
         """`tuner apply` planning for this probe's configuration, so its plan changes the
@@ -70,8 +71,8 @@ class Preflight:
         except StopIteration:
             return None
         if row.needed is not None and row.status != CAPPED:
-            value = " ".join(str(v) for v in row.needed)
-            return f"{row.name} needs {value} for {self.connections:,}: {self.apply_command()}"
+            return (f"{row.name} needs {values(row.needed, row.unit)} for {number(self.connections)}: "
+                    f"{self.apply_command()}")
         return f"{row.name}: {row.fix}" if row.fix else None
 
     def to_dict(self) -> dict:
@@ -102,12 +103,12 @@ def check(connections: int, netns: Optional[str] = None, source_net: str = DEFAU
     pre = model(connections, netns, source_net, max(destinations, 1), snap)
     rep = pre.report
     if rep.reachable is False:
-        pre.problems.append(f"{rep.binding} allows {rep.max_connections:,} connections, fewer than "
-                            f"{connections:,}; fix: {pre.fix_for(rep.binding)}")
+        pre.problems.append(f"{rep.binding} allows {number(rep.max_connections)} connections, fewer than "
+                            f"{number(connections)}; fix: {pre.fix_for(rep.binding)}")
     mem = rep.memory
     if mem.get("idle_fits_memory") is False and rep.binding != "MemAvailable":
-        pre.problems.append(f"{connections:,} idle connections need about "
-                            f"{mem['idle_total_bytes'] / 2**30:.1f} GiB of kernel memory, more than "
+        pre.problems.append(f"{number(connections)} idle connections need about "
+                            f"{size(mem['idle_total_bytes'])} of kernel memory, more than "
                             f"MemAvailable; probe fewer connections")
     return pre
 
@@ -148,12 +149,12 @@ def run_probe(n: int, pre, **settings):
         cfg.validate()
     with Progress(n, "probe", stream=sys.stderr) as bar:
         def on_plan(plan):
-            print(f"plan: {plan['describe']}; pre-flight: {pre.report.processes['processes']} "
-                  f"process(es) needed, max now {pre.report.max_connections:,} "
+            print(f"plan: {plan['describe']}; pre-flight: {number(pre.report.processes['processes'])} "
+                  f"process(es) needed, max now {number(pre.report.max_connections)} "
                   f"({pre.report.binding} binds first)", file=sys.stderr, flush=True)
 
         def on_progress(established, verified, rate, phase):
-            bar.update(verified, phase, established=established, rate=f"{rate:,.0f}/s")
+            bar.update(verified, phase, established=established, rate=per_second(rate))
 
         with _as_tuner_errors():
             return launch.run_probe(cfg, on_progress=on_progress, on_plan=on_plan)
@@ -176,10 +177,10 @@ def run_split(cfg, netns=None) -> dict:
             elif kind == "progress" and serving:
                 bar.update(event["verified"], event["phase"], accepted=event["accepted"],
                            held=event["held"], failed=event["failed"], over=event["over_expect"],
-                           rate=f"{event['rate']:,.0f}/s")
+                           rate=per_second(event['rate']))
             elif kind == "progress":
                 bar.update(event["verified"], event["phase"], established=event["established"],
-                           rate=f"{event['rate']:,.0f}/s")
+                           rate=per_second(event['rate']))
 
         with _as_tuner_errors():
             return launch.run_split(cfg, netns=netns, on_event=on_event)

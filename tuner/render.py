@@ -9,28 +9,12 @@ import json
 from typing import Any, Iterable, List, Optional
 
 from .capacity import Report
+from .numfmt import number, of, rate, seconds, size, values
 
 
-def number(value: Optional[int]) -> str:
-    return "-" if value is None else f"{value:,}"
-
-
-def size(nbytes: Optional[float]) -> str:
-    if nbytes is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(nbytes) < 1024:
-            return f"{nbytes:,.0f} {unit}" if unit == "B" else f"{nbytes:,.1f} {unit}"
-        nbytes /= 1024
-    return f"{nbytes:,.1f} TiB"
-
-
-def value(values: Optional[List[Any]], unit: str = "") -> str:
-    if values is None:
-        return "-"
-    if unit == "bytes" and len(values) == 1 and isinstance(values[0], int):
-        return size(values[0])
-    return " ".join(f"{v:,}" if isinstance(v, int) and len(values) == 1 else str(v) for v in values)
+def value(vals, unit: str = "") -> str:
+    """A knob's value (a list of amounts) as a table cell: numfmt.values."""
+    return values(vals, unit)
 
 
 def to_json(data: Any) -> str:
@@ -68,15 +52,15 @@ def report_text(report: Report, wide: bool = False) -> str:
                      + ("yes" if report.reachable else f"no, {report.binding} binds first"))
     p = report.processes
     fd_note = ("hard RLIMIT_NOFILE can be raised (CAP_SYS_RESOURCE)" if p["hard_limit_raisable"]
-               else f"hard RLIMIT_NOFILE {p['fd_ceiling']:,} cannot be raised (no CAP_SYS_RESOURCE)")
+               else f"hard RLIMIT_NOFILE {number(p['fd_ceiling'])} cannot be raised (no CAP_SYS_RESOURCE)")
     if p["processes"] is None:
         lines.append(f"processes needed for {number(p['for_connections'])}: none can hold a connection "
-                     f"here: RLIMIT_NOFILE {p['fd_ceiling']:,} is at or below the {p['reserved_per_process']} "
+                     f"here: RLIMIT_NOFILE {number(p['fd_ceiling'])} is at or below the {p['reserved_per_process']} "
                      f"descriptors each process keeps for itself; raise it, or shard over processes "
                      f"with a higher limit ({fd_note})")
     else:
-        lines.append(f"processes needed for {number(p['for_connections'])}: {p['processes']:,} "
-                     f"x {p['connections_per_process']:,} connections; {fd_note}")
+        lines.append(f"processes needed for {number(p['for_connections'])}: {number(p['processes'])} "
+                     f"x {number(p['connections_per_process'])} connections; {fd_note}")
     m = report.memory
     lines.append(f"kernel memory per connection ({m['source']}): idle "
                  f"{size(m['idle_bytes_per_connection'])}, worst case "
@@ -95,9 +79,9 @@ def report_text(report: Report, wide: bool = False) -> str:
     if verdict:
         lines.append("memory: " + "; ".join(verdict))
     s = report.sockets_now
-    lines.append(f"sockets now: {s['sockets_used']:,} used, TCP {s['tcp_inuse']:,} in use, "
-                 f"{s['tcp_tw']:,} TIME_WAIT, {s['tcp_orphan']:,} orphaned, "
-                 f"{s['tcp_mem_pages']:,} pages of buffers")
+    lines.append(f"sockets now: {number(s['sockets_used'])} used, TCP {number(s['tcp_inuse'])} in use, "
+                 f"{number(s['tcp_tw'])} TIME_WAIT, {number(s['tcp_orphan'])} orphaned, "
+                 f"{number(s['tcp_mem_pages'])} pages of buffers")
     if report.unreadable:
         lines.append("unreadable without root: " + ", ".join(report.unreadable))
     return "\n".join(lines)
@@ -112,19 +96,19 @@ def plan_text(plan) -> str:
     lines: List[str] = []
     where = f" (netns {plan.netns})" if plan.netns else ""
     if plan.changes:
-        rows = [[c.knob, c.where, kind(c.kind).describe(c.current), kind(c.kind).describe(c.new),
+        rows = [[c.knob, c.where, kind(c.kind).describe(c.current, c.knob), kind(c.kind).describe(c.new, c.knob),
                  c.why] for c in plan.changes]
-        lines += [f"plan for {plan.target:,} connections, role {plan.role}{where}:",
+        lines += [f"plan for {number(plan.target)} connections, role {plan.role}{where}:",
                   table(rows, ["knob", "where", "current", "new", "why"])]
     else:
-        lines.append(f"nothing to change for {plan.target:,} connections, role {plan.role}{where}: "
+        lines.append(f"nothing to change for {number(plan.target)} connections, role {plan.role}{where}: "
                      f"current settings already allow it")
     for s in plan.skipped:
         lines.append(f"not changed: {s['knob']} ({value(s['current'])} -> {value(s['needed'])}): "
                      f"{s['reason']}")
     m = plan.memory
     if m.get("worst_case_buffer_bytes_before") is not None:
-        text = (f"worst-case buffer memory at {plan.target:,} (every socket's default buffers "
+        text = (f"worst-case buffer memory at {number(plan.target)} (every socket's default buffers "
                 f"full): {size(m['worst_case_buffer_bytes_before'])}")
         if m["shrink_buffers"]:
             text += f" before, {size(m['worst_case_buffer_bytes_after'])} after --shrink-buffers"
@@ -152,24 +136,24 @@ def apply_text(outcome) -> str:
     if a:
         target = outcome.plan.target
         if a["reachable"] is None:
-            lines.append(f"after apply: reachability of {target:,} unknown (nothing counts it)")
+            lines.append(f"after apply: reachability of {number(target)} unknown (nothing counts it)")
         else:
-            lines.append(f"after apply: target {target:,} reachable: "
+            lines.append(f"after apply: target {number(target)} reachable: "
                          + ("yes" if a["reachable"] else f"no, {a['binding']} binds first")
                          + f" (host-wide limit now {number(a['max_connections'])}, set by "
                            f"{a['binding'] or '-'})")
         src = a.get("source_addresses") or {}
         if outcome.plan.role != "server" and src.get("count") is not None:
             lines.append("source addresses for outbound connections"
-                         + (f" on {src['dev']}" if src.get("dev") else "") + f": {src['count']:,}")
+                         + (f" on {src['dev']}" if src.get("dev") else "") + f": {number(src['count'])}")
         p = a["processes"]
         if p["processes"] is None or p["processes"] > 1:
             cap = ("" if p["hard_limit_raisable"] else
-                   f"; the hard RLIMIT_NOFILE {p['fd_ceiling']:,} cannot be raised here "
+                   f"; the hard RLIMIT_NOFILE {number(p['fd_ceiling'])} cannot be raised here "
                    f"(no CAP_SYS_RESOURCE)")
             needs = ("no number of processes can hold it: raise the limit" if p["processes"] is None
-                     else f"{target:,} needs {p['processes']:,} processes")
-            lines.append(f"per process: {p['connections_per_process']:,} connections each, so "
+                     else f"{number(target)} needs {number(p['processes'])} processes")
+            lines.append(f"per process: {number(p['connections_per_process'])} connections each, so "
                          f"{needs}{cap}")
         for s in a["still_binding"]:
             fix = f": {s['fix']}" if s["fix"] else ""
@@ -184,7 +168,7 @@ def revert_text(outcome) -> str:
         return f"nothing to revert: the journal at {outcome.journal} lists no changes"
     from .settings import kind
 
-    rows = [[r.knob, r.where] + [kind(r.kind).describe(v) for v in (r.current, r.wrote, r.original)]
+    rows = [[r.knob, r.where] + [kind(r.kind).describe(v, r.knob) for v in (r.current, r.wrote, r.original)]
             + [r.action + (f": {r.reason}" if r.reason else "")] for r in outcome.rows]
     lines = [table(rows, ["knob", "where", "now", "tuner wrote", "original", "action"])]
     if outcome.dry_run:
@@ -204,15 +188,12 @@ def probe_text(result, preflight=None) -> str:
     """The probe's summary as a two-column table, its failures, and the fixes (the knob
     table's needed value and command where the limit is a knob, the hint otherwise)."""
     estimate_bytes_per_conn = preflight.estimate_bytes_per_conn if preflight else None
-    def secs(v):
-        return "-" if v is None else f"{v:,.2f} s"
-
     kernel = f"{number(result.kernel_slab_bytes_per_conn)} B slab"
     if not result.kernel_figures_reliable:
         # Slab is host-wide: other work during the run can swamp the probe's growth.
         kernel = f"not measurable (host busy: {result.kernel_figures_note})"
     elif estimate_bytes_per_conn:
-        kernel += (f" (report estimated {estimate_bytes_per_conn:,} B, measured/estimate "
+        kernel += (f" (report estimated {number(estimate_bytes_per_conn)} B, measured/estimate "
                    f"{result.kernel_slab_bytes_per_conn / estimate_bytes_per_conn:.2f})")
     rows = [
         ["verified", f"{number(result.verified)} of {number(result.requested)}"],
@@ -220,12 +201,12 @@ def probe_text(result, preflight=None) -> str:
         ["failed / mismatches", f"{number(result.failed)} / {number(result.mismatches)}"],
         ["workers", f"{result.workers} x up to {number(result.per_worker)} "
                     f"(RLIMIT_NOFILE {number(result.nofile)})"],
-        ["establish", f"{secs(result.seconds_establish)} ({number(result.rate_per_s)} conn/s)"],
-        ["exchange tail / total", f"{secs(result.seconds_exchange)} / {secs(result.seconds_total)}"],
-        ["hold / close", f"{secs(result.seconds_hold)} / {secs(result.seconds_close)}"],
+        ["establish", f"{seconds(result.seconds_establish)} ({number(result.rate_per_s)} conn/s)"],
+        ["exchange tail / total", f"{seconds(result.seconds_exchange)} / {seconds(result.seconds_total)}"],
+        ["hold / close", f"{seconds(result.seconds_hold)} / {seconds(result.seconds_close)}"],
         ["kernel memory per connection", kernel],
-        ["socket buffers per connection", f"{result.kernel_tcp_mem_bytes_per_conn:,.0f} B (sockstat TCP mem)"],
-        ["user memory per connection", f"{result.user_bytes_per_conn:,} B (workers' USS "
+        ["socket buffers per connection", f"{number(round(result.kernel_tcp_mem_bytes_per_conn))} B (sockstat TCP mem)"],
+        ["user memory per connection", f"{number(result.user_bytes_per_conn)} B (workers' USS "
                                        f"{size(result.user_uss_bytes)})"],
         ["TCP sockets before / peak / after", f"{number(result.sockets_baseline)} / "
                                               f"{number(result.peak_sockets)} / {number(result.sockets_after)}"],
@@ -261,8 +242,8 @@ def serve_text(r: dict, max_clients: int = 20) -> str:
         return [name, number(c["accepted"]), number(c["verified"]),
                 number(sum(c[k] for k in FAILURES)), number(c["over_expect"]), number(c["dropped"])]
 
-    head = (f"{'served' if r['ok'] else 'FELL SHORT'}: {r['verified']:,} verified"
-            + (f" of {r['expect']:,} expected" if r["expect"] else "")
+    head = (f"{'served' if r['ok'] else 'FELL SHORT'}: {number(r['verified'])} verified"
+            + (f" of {number(r['expect'])} expected" if r["expect"] else "")
             + f" on {r['listen']}, ended by {r['stopped_by']}")
     clients = sorted(r["clients"], key=lambda c: -c["accepted"])
     rows = [row(c["address"], c) for c in clients[:max_clients]]
@@ -271,12 +252,12 @@ def serve_text(r: dict, max_clients: int = 20) -> str:
         rows.append(row(f"{len(clients) - max_clients} more", rest))
     rows.append(row("all", {**r, "over_expect": r["over_expect"], **r["failures"]}))
     lines = [head, table(rows, ["client", "accepted", "verified", "failed", "over --expect", "dropped"]), "",
-             table([["failed by kind", ", ".join(f"{k.replace('_', '-')} {v:,}" for k, v in r["failures"].items())],
+             table([["failed by kind", ", ".join(f"{k.replace('_', '-')} {number(v)}" for k, v in r["failures"].items())],
                     ["peak concurrent", f"{number(r['peak_concurrent'])} ({r['workers']} worker(s))"],
                     ["kernel memory per connection", f"{number(r['kernel_slab_bytes_per_conn'])} B slab, "
-                                                     f"{r['kernel_tcp_mem_bytes_per_conn']:,.0f} B socket buffers"],
+                                                     f"{number(round(r['kernel_tcp_mem_bytes_per_conn']))} B socket buffers"],
                     ["held at end / pending", f"{number(r['held_at_end'])} / {number(r['pending_at_end'])}"],
-                    ["served for", f"{r['seconds']:,.2f} s"]], ["figure", "value"])]
+                    ["served for", f"{seconds(r['seconds'])}"]], ["figure", "value"])]
     split_errors(lines, r["errors"])
     return "\n".join(lines)
 
@@ -293,10 +274,10 @@ def connect_text(r: dict) -> str:
         ["workers / source addresses", f"{r['workers']} / {r['source_addresses'] or 'kernel-chosen'}"
                                        + (f" in {r['source_net']}" if r["source_net"] else "")],
         ["verified in", "-" if r["seconds_verified"] is None else
-                        f"{r['seconds_verified']:,.2f} s ({number(r['rate_per_s'])} conn/s)"],
-        ["hold", f"{r['seconds_hold']:,.2f} s"],
+                        f"{seconds(r['seconds_verified'])} ({number(r['rate_per_s'])} conn/s)"],
+        ["hold", f"{seconds(r['seconds_hold'])}"],
         ["kernel memory per connection", f"{number(r['kernel_slab_bytes_per_conn'])} B slab, "
-                                         f"{r['kernel_tcp_mem_bytes_per_conn']:,.0f} B socket buffers"],
+                                         f"{number(round(r['kernel_tcp_mem_bytes_per_conn']))} B socket buffers"],
     ]
     lines = [head, table(rows, ["figure", "value"])]
     split_errors(lines, r["errors"])

@@ -129,8 +129,8 @@ def _restore(entry, force: bool, dry_run: bool) -> Row:
     try:
         kind.undo(netns, detail, entry["original"])
         row.action = RESTORED
-        hostlog.change("revert", row.knob, row.where, kind.describe(row.current),
-                       kind.describe(entry["original"]), "tuner revert" + (" --force" if force else ""))
+        hostlog.change("revert", row.knob, row.where, kind.describe(row.current, row.knob),
+                       kind.describe(entry["original"], row.knob), "tuner revert" + (" --force" if force else ""))
     except settings.Gone as e:
         row.action, row.reason = GONE, f"{e}: nothing to restore"
     except settings.WriteError as e:

@@ -32,7 +32,7 @@ class Alias(Kind):
         return (f"{detail['address']}/{detail['prefixlen']} on {detail['dev']}"
                 + (f" in netns {netns}" if netns else ""))
 
-    def describe(self, value) -> str:
+    def describe(self, value, knob: str = "") -> str:
         return "present" if value else "absent"
 
     def command(self, netns, detail, value) -> str:

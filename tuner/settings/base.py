@@ -73,6 +73,14 @@ class Change:
         return kind(self.kind).where(self.netns, self.detail)
 
 
+def unit_of(knob: str) -> str:
+    """The knob table's unit for a knob name ('' for what is not a knob: a file)."""
+    from ..knobs import BY_NAME
+
+    row = BY_NAME.get(knob)
+    return row.unit if row else ""
+
+
 class Kind:
     """Base of every setting kind; subclasses override what differs.
 
@@ -92,11 +100,14 @@ class Kind:
     def where(self, netns: Optional[str], detail: Dict[str, Any]) -> str:
         return f"netns {netns}" if netns else "host"
 
-    def describe(self, value: Any) -> str:
-        """A value as the plan and revert tables show it."""
-        if value is None:
-            return "-"
-        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+    def describe(self, value: Any, knob: str = "") -> str:
+        """A value as the plan and revert tables show it: amounts through the one number
+        formatter (tuner/numfmt.py), in the unit of `knob` (a port range stays ports)."""
+        from ..numfmt import values
+
+        if value is None or isinstance(value, bool):
+            return "-" if value is None else str(value)
+        return values(value if isinstance(value, str) else [value], unit_of(knob))
 
     def command(self, netns: Optional[str], detail: Dict[str, Any], value: Any) -> str:
         """The shell command that writes `value` (what the plan prints)."""

@@ -148,7 +148,7 @@ class File(Kind):
     def where(self, netns, detail) -> str:
         return detail["path"]
 
-    def describe(self, value) -> str:
+    def describe(self, value, knob: str = "") -> str:
         return "absent" if value is None else f"{len(settings_in(value))} setting(s)"
 
     def command(self, netns, detail, value) -> str:

@@ -33,12 +33,6 @@ class Sysctl(Kind):
         prefix = f"ip netns exec {shlex.quote(netns)} " if netns else ""
         return f"{prefix}sysctl -w {detail['name']}={shlex.quote(value) if ' ' in value else value}"
 
-    def describe(self, value) -> str:
-        if value is None:
-            return "-"
-        # One number: grouped like every other count tuner prints ("1,048,576").
-        return f"{int(value):,}" if str(value).isdigit() else str(value)
-
     def valid_value(self, value) -> bool:
         return isinstance(value, str)
 
