@@ -19,10 +19,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from conftest import make_netns, remove_netns
+from tuner import procfs
 from test_probe_split import SERVER_IP, addresses, ip, shrink_ports
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -179,6 +181,29 @@ def namespace_fleet(dirname: str, loads: int = 3, per_host: int = 20000,
     finally:
         for ns in made:
             remove_netns(ns)
+
+
+def processes_left(fleet: Fleet, seconds: float = 15.0) -> Dict[str, List[str]]:
+    """{host: command lines} of processes still inside a host's namespace after up to
+    `seconds` ({} when every one has ended).  Ansible's async watcher polls its job every
+    5 s, so it may outlive the job by that long; tuner's own probes must be gone.  Read
+    before the rig removes the namespaces, which kills whatever is left."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = {}
+        for name, ns in fleet.hosts.items():
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            cmds = []
+            for pid in pids:
+                try:
+                    cmds.append(" ".join(procfs.cmdline(int(pid))))
+                except OSError:   # ended meanwhile
+                    pass
+            if cmds:
+                left[name] = cmds
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.2)
 
 
 def state(fleet: Fleet) -> Dict[str, dict]:

@@ -222,3 +222,40 @@ def test_a_short_probe_fails_with_the_limit_and_exit_class(fleet):
     assert rec["status"] == "failed" and (res["rc"], res["exit_class"]) == (3, "short")
     assert res["msg"].startswith("verified 0 of 50 to 10.77.0.1:7499") and res["ok"] is False
     assert res["probe"]["verified"] == 0 and res["probe"]["errors"]
+
+
+PUBLIC = """
+- name: aliases from a public network
+  hosts: load1
+  gather_facts: false
+  environment: "{{ tuner_env }}"
+  tasks:
+    - name: apply
+      tuner.tuner.apply:
+        target: "{{ tuner_target }}"
+        role: client
+        alias_dev: "{{ tuner_alias_dev }}"
+        alias_net: 198.51.100.0/24
+        allow_public_aliases: "{{ allow_public | default(false) }}"
+"""
+
+
+def test_a_public_alias_network_needs_allow_public_aliases(fleet):
+    """198.51.100.0/24 (TEST-NET-2) is not a private network: without
+    allow_public_aliases the plan is refused with tuner's reason (usage); with it, check
+    mode plans aliases from it.  Check mode only: nothing is added, nothing is sent."""
+    (Path(fleet.dir) / "public.yml").write_text(PUBLIC)
+    before = state(fleet)
+    refused = fleet.playbook("public.yml", "--check")
+    assert refused.proc.returncode == 2, refused.output
+    rec = refused.results("apply")["load1"]
+    assert rec["status"] == "failed" and (rec["result"]["rc"], rec["result"]["exit_class"]) == (2, "usage")
+    assert "198.51.100.0/24" in rec["result"]["msg"] and "allow-public-aliases" in rec["result"]["msg"]
+
+    allowed = fleet.playbook("public.yml", "--check", "-e", "allow_public=true")
+    assert allowed.proc.returncode == 0, allowed.output
+    res = allowed.results("apply")["load1"]["result"]
+    aliases = [r for r in res["changes"] if r["kind"] == "alias"]
+    assert res["changed"] and res["applied"] == [] and len(aliases) == 43
+    assert all(r["where"].startswith("198.51.100.") and r["where"].endswith(f"on {ALIAS_DEV}") for r in aliases)
+    assert state(fleet) == before and not os.path.exists(fleet.journals["load1"])

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from conftest import wait_gone
-from fleetrig import PLAYBOOKS, namespace_fleet, state
+from fleetrig import PLAYBOOKS, namespace_fleet, processes_left, state
 from test_probe_split import SERVER_IP
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need root")
@@ -34,9 +34,12 @@ def test_million_playbook_proves_the_totals_and_leaves_every_host_as_found(tmp_p
         after = state(fleet)
         journals_left = [j for j in fleet.journals.values() if os.path.exists(j)]
         probes_left = wait_gone(f"{SERVER_IP}:{PORT}")   # before the namespaces (and their processes) go
+        left = processes_left(fleet)
 
-    served = play.results("async_status")["server"]["result"]
-    connected = {h: r["result"] for h, r in play.results("probe").items() if h.startswith("load")}
+    [served] = [r["result"] for r in play.records if r["task"] == "Collect the server's result"
+                and r["host"] == "server"]
+    connected = {r["host"]: r["result"] for r in play.records if r["task"].startswith("Connect")
+                 and r["host"].startswith("load")}
     assert set(connected) == {"load1", "load2", "load3"}
     for host, res in connected.items():
         assert res["ok"] and res["verified"] == res["probe"]["requested"] == PER_HOST, host
@@ -55,7 +58,11 @@ def test_million_playbook_proves_the_totals_and_leaves_every_host_as_found(tmp_p
     reverted = {r["host"]: r for r in play.records if r["task"] == "Put every host back"}
     assert set(reverted) == set(fleet.hosts) and all(r["result"]["changed"] for r in reverted.values())
     assert after == before and journals_left == []
-    assert probes_left == []   # every serve and connect process has ended
+    assert probes_left == [] and left == {}   # every serve and connect process has ended
+    # Nothing failed, so the always section found no server to stop.
+    [stop] = [r for r in play.records if r["action"].endswith("probe") and r["host"] == "server"
+              and r["task"].startswith("Stop")]
+    assert stop["status"] == "ok" and stop["result"]["stopped"] == [] and not stop["result"]["changed"]
 
 
 def test_a_bad_alias_network_fails_with_tuners_reason_and_reverts_everywhere(tmp_path, host_restored):
@@ -75,6 +82,7 @@ def test_a_bad_alias_network_fails_with_tuners_reason_and_reverts_everywhere(tmp
         play = fleet.playbook(MILLION, "-e", "tuner_probe_timeout=30")
         after = state(fleet)
         journals_left = [j for j in fleet.journals.values() if os.path.exists(j)]
+        left = processes_left(fleet)
 
     assert play.proc.returncode != 0
     applied = {r["host"]: r for r in play.records if r["task"].startswith("Apply")}
@@ -83,9 +91,47 @@ def test_a_bad_alias_network_fails_with_tuners_reason_and_reverts_everywhere(tmp
     assert res["msg"] == str(expected.value) and (res["rc"], res["exit_class"]) == (2, "usage")
     # The others had changed their hosts before load2 failed...
     assert all(applied[h]["result"]["changed"] for h in ("server", "load1", "load3"))
-    # ...no probe ran, and the revert ran on every host and undid it.
-    assert not [r for r in play.records if r["action"].endswith("probe")]
+    # ...no probe ran (the always section had no server to stop), and the revert ran on
+    # every host and undid it.
+    assert not [r for r in play.records if r["action"].endswith("probe") and r["status"] != "skipped"]
     reverted = {r["host"]: r for r in play.records if r["task"] == "Put every host back"}
     assert set(reverted) == set(fleet.hosts) and all(r["status"] == "ok" for r in reverted.values())
     assert sorted(h for h, r in reverted.items() if r["result"]["changed"]) == ["load1", "load3", "server"]
-    assert after == before and journals_left == []
+    assert after == before and journals_left == [] and left == {}
+
+
+def test_a_load_host_failing_while_the_server_serves_stops_the_server_before_the_revert(tmp_path, host_restored):
+    """load2 connects to a port nobody serves: its connect fails (rc 3) while the server's
+    async serve job waits for 3 x N.  The always section stops that job (Ansible would
+    leave it running until its own timeout), shows the server's partial result, then
+    reverts; afterwards no process is left in any namespace."""
+    per_host, port = 2000, 7432
+    with namespace_fleet(str(tmp_path / "fleet"), loads=3, per_host=per_host, port=port,
+                         host_vars={"load2": {"tuner_port": port + 1}}) as fleet:
+        before = state(fleet)
+        play = fleet.playbook(MILLION, "-e", "tuner_hold=1 tuner_client_hold=2 tuner_probe_timeout=120")
+        after = state(fleet)
+        journals_left = [j for j in fleet.journals.values() if os.path.exists(j)]
+        left = processes_left(fleet)
+
+    assert play.proc.returncode != 0
+    connected = {r["host"]: r for r in play.records if r["task"].startswith("Connect") and r["host"] != "server"}
+    assert connected["load2"]["status"] == "failed"
+    assert connected["load2"]["result"]["msg"].startswith(f"verified 0 of {per_host:,} to {SERVER_IP}:{port + 1}")
+    # The server was serving when load2 failed, and nothing collected it in the block.
+    assert not [r for r in play.records if r["task"] == "Collect the server's result"]
+    [stop] = [r for r in play.records if r["task"].startswith("Stop the server's probe")
+              and r["host"] == "server"]
+    assert stop["status"] == "ok" and stop["result"]["changed"] and len(stop["result"]["stopped"]) == 1
+    assert stop["result"]["killed"] == []   # it ended on SIGTERM, and reported
+    [served] = [r for r in play.records if r["task"].startswith("The server's result") and r["host"] == "server"]
+    res = served["result"]
+    assert res["finished"] and res["probe"]["stopped_by"] == "SIGTERM" and res["probe"]["interrupted"]
+    assert res["probe"]["expect"] == 3 * per_host and res["probe"]["verified"] < 3 * per_host
+    # The revert still ran everywhere, after the stop, and put every host back.
+    order = [r["task"] for r in play.records if r["host"] == "server"]
+    assert order.index(stop["task"]) < order.index("Put every host back")
+    reverted = {r["host"]: r for r in play.records if r["task"] == "Put every host back"}
+    assert set(reverted) == set(fleet.hosts) and all(r["status"] == "ok" and r["result"]["changed"]
+                                                     for r in reverted.values())
+    assert after == before and journals_left == [] and left == {}

@@ -54,8 +54,12 @@ options:
     description: Device to add /32 source-address aliases on (with alias_net).
     type: str
   alias_net:
-    description: Network the aliases are taken from (with alias_dev).
+    description: Network the aliases are taken from (with alias_dev); a private one unless allow_public_aliases.
     type: str
+  allow_public_aliases:
+    description: Allow an alias_net outside the private ranges, a public network this host owns (as C(tuner apply --allow-public-aliases)); networks no host may own are refused still.
+    type: bool
+    default: false
   shrink_buffers:
     description: Lower tcp_rmem/tcp_wmem defaults (not max).
     type: bool
@@ -204,6 +208,7 @@ def present(module):
         req = Request(target=parse_target(p["target"]), role=p["role"], netns=p["netns"],
                       destinations=p["destinations"], pids=tuple(p["pid"]),
                       alias_dev=p["alias_dev"], alias_net=p["alias_net"],
+                      allow_public_aliases=p["allow_public_aliases"],
                       shrink_buffers=p["shrink_buffers"], persist=p["persist"],
                       root_dir=p["root_dir"], unit=p["unit"])
         outcome = apply_mod.run(req, p["journal"], dry_run=module.check_mode, argv=_argv(p))
@@ -269,6 +274,7 @@ def main():
             pid=dict(type="list", elements="int", default=[]),
             alias_dev=dict(type="str"),
             alias_net=dict(type="str"),
+            allow_public_aliases=dict(type="bool", default=False),
             shrink_buffers=dict(type="bool", default=False),
             persist=dict(type="bool", default=False),
             unit=dict(type="str"),

@@ -14,25 +14,33 @@ description:
     collect it with C(async_status)."
   - "C(mode=listening) waits until something listens on O(listen), read from the
     kernel's socket table (nothing connects, so the server's counts stay exact)."
+  - "C(mode=stop) ends the C(mode=serve) probe still serving O(listen) in this network
+    namespace (or O(netns)): for the C(always) section of a play whose later step failed
+    while the server served asynchronously (Ansible cannot stop an async job). The
+    server's orchestrator gets SIGTERM, ends its workers and reports, so the serve job
+    finishes with its partial result (collect it with C(async_status)); after O(timeout)
+    (default 20) seconds it is killed. Only processes of this user that run
+    C(python -m probes ... --serve LISTEN) with exactly this O(listen) are touched.
+    C(changed) is true when one was stopped; in check mode they are only listed."
   - "C(mode=connect) runs the client side (C(tuner probe --connect)): O(connections)
     to O(server), over the local addresses inside O(source_net) (the aliases the apply
     module added), held O(hold) seconds."
   - "The result is the probe's JSON (C(--json)) under C(probe), with C(verified) and
     C(ok) at the top. The task fails when the probe falls short (rc 3), with the limit
-    that stopped it. A probe changes no setting: C(changed) is always false. In check
-    mode nothing is opened."
+    that stopped it. A probe changes no setting: C(changed) is false (but for C(mode=stop)). In
+    check mode nothing is opened."
 version_added: "0.1.0"
 author: tuner developers
 requirements:
   - the tuner Python package, importable by ansible_python_interpreter
 options:
   mode:
-    description: serve, listening or connect.
+    description: serve, listening, stop or connect.
     type: str
     required: true
-    choices: [serve, listening, connect]
+    choices: [serve, listening, stop, connect]
   listen:
-    description: serve and listening, ADDR:PORT (":PORT" for every address).
+    description: serve, listening and stop, ADDR:PORT (":PORT" for every address).
     type: str
   server:
     description: connect, HOST:PORT of the server.
@@ -47,7 +55,7 @@ options:
     description: Seconds to hold the verified connections (serve needs expect; a client's must outlast the server's).
     type: float
   timeout:
-    description: Seconds to establish and verify (serve, the whole run; listening, how long to wait; default 20).
+    description: Seconds to establish and verify (serve, the whole run; listening and stop, how long to wait; default 20).
     type: float
   echo_timeout:
     description: serve, seconds a client has to echo its index.
@@ -63,7 +71,7 @@ options:
     description: connect, spread over the local addresses inside this network.
     type: str
   netns:
-    description: Run the probe inside this network namespace.
+    description: Run the probe inside this network namespace (stop, the namespace it serves in).
     type: str
 attributes:
   check_mode:
@@ -86,6 +94,11 @@ EXAMPLES = r"""
 
 - tuner.tuner.probe:
     mode: listening
+    listen: "10.77.0.1:7000"
+
+- name: in a play's always section, end a server a failed step left serving
+  tuner.tuner.probe:
+    mode: stop
     listen: "10.77.0.1:7000"
 
 - name: each load host its share, over its aliases
@@ -114,12 +127,24 @@ listeners:
   description: Listening sockets found on listen's port.
   type: int
   returned: listening
+stopped:
+  description: PIDs of the serve probes that ended on SIGTERM (check mode, that would be stopped).
+  type: list
+  elements: int
+  returned: stop
+killed:
+  description: PIDs of those still running after timeout, killed with SIGKILL.
+  type: list
+  elements: int
+  returned: stop
 rc:
   description: The probe's exit code (0 all verified, 3 short, 2 bad input, 128+N signal N).
   type: int
   returned: always
 """
 
+import os
+import signal
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -222,10 +247,75 @@ def listening(module):
     module.exit_json(changed=False, rc=0, listeners=found)
 
 
+def _serving(listen, netns):
+    """The orchestrators of `--serve LISTEN` probes of this user in this namespace: the
+    lean interpreter launch.run_split starts (python -m probes --jsonl ... --serve
+    LISTEN ...), not its workers (forks with the same command line, which end with it)."""
+    import psutil
+    from tuner import procfs
+    from tuner.inputs import NETNS_RUN_DIR, check_netns_name
+
+    if netns is not None:
+        check_netns_name(netns, "netns")
+        where = os.stat(os.path.join(NETNS_RUN_DIR, netns)).st_ino
+    else:
+        where = procfs.netns_inode(os.getpid())
+    found = {}
+    for proc in psutil.process_iter(["cmdline", "uids", "ppid"]):
+        argv = proc.info["cmdline"] or []
+        uids = proc.info["uids"]
+        if proc.pid == os.getpid() or uids is None or uids.real != os.getuid():
+            continue
+        if argv[1:3] != ["-m", "probes"] or "--serve" not in argv[:-1]:
+            continue
+        if argv[argv.index("--serve") + 1] != listen:
+            continue
+        try:
+            if procfs.netns_inode(proc.pid) != where:
+                continue
+        except OSError:   # gone meanwhile
+            continue
+        found[proc.pid] = proc
+    return [proc for pid, proc in sorted(found.items()) if proc.info["ppid"] not in found]
+
+
+def stop(module):
+    import psutil
+    from probes import wire
+
+    p = module.params
+    try:
+        wire.parse_endpoint(p["listen"], listen=True)
+    except wire.EndpointError as exc:
+        fail(module, tuner_errors.UsageError("listen: %s" % exc))
+    try:
+        procs = _serving(p["listen"], p["netns"])
+    except Exception as exc:
+        fail(module, exc)
+    pids = [proc.pid for proc in procs]
+    if module.check_mode:
+        module.exit_json(changed=bool(pids), rc=0, stopped=pids, killed=[])
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)   # it ends its workers, then reports
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=p["timeout"] or 20.0)
+    killed = []
+    for proc in alive:   # its workers follow it (PR_SET_PDEATHSIG)
+        try:
+            proc.kill()
+            killed.append(proc.pid)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    module.exit_json(changed=bool(pids), rc=0, stopped=pids, killed=killed)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            mode=dict(type="str", required=True, choices=["serve", "listening", "connect"]),
+            mode=dict(type="str", required=True, choices=["serve", "listening", "stop", "connect"]),
             listen=dict(type="str"),
             server=dict(type="str"),
             connections=dict(type="str"),
@@ -239,13 +329,15 @@ def main():
             netns=dict(type="str"),
         ),
         required_if=[("mode", "serve", ("listen",)), ("mode", "listening", ("listen",)),
+                     ("mode", "stop", ("listen",)),
                      ("mode", "connect", ("server", "connections"))],
         supports_check_mode=True,
     )
     require_tuner(module)
-    if module.check_mode:  # nothing serves in check mode, so nothing listens either
+    if module.check_mode and module.params["mode"] != "stop":
+        # Nothing serves in check mode, so nothing listens either.
         module.exit_json(changed=False, skipped=True, msg="check mode: no connections opened")
-    {"serve": serve, "connect": connect, "listening": listening}[module.params["mode"]](module)
+    {"serve": serve, "connect": connect, "listening": listening, "stop": stop}[module.params["mode"]](module)
 
 
 if __name__ == "__main__":
