@@ -68,7 +68,8 @@ def row(label: str, host: str, r: dict, alone: dict) -> str:
     rate = r.get("rate_per_s") or 0
     seconds = r.get("seconds_verified")
     versus = f"{rate / alone['rate_per_s']:.2f}" if alone and alone.get("rate_per_s") else "-"
-    return (f"{label:<24}{host:<8}{r['verified']:>10,}{seconds if seconds is not None else 0:>10.2f}"
+    shown = f"{seconds:.2f}" if seconds is not None else "-"   # a short run never verified all
+    return (f"{label:<24}{host:<8}{r['verified']:>10,}{shown:>10}"
             f"{rate:>10,}{versus:>10}" + ("" if r.get("ok") else "  (short)"))
 
 
