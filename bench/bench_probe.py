@@ -14,8 +14,9 @@ connection next to `tuner report`'s estimate (goal within 10%).
 
 Every run happens in a fresh network namespace, deleted afterwards: its sockets
 (TIME_WAIT included: conncap closes gracefully) go with it, so one run's leftovers
-never slow the next, and sockstat counts only that run.  fs.file-max is raised when
-2 descriptors per connection would not fit, and restored in a finally.
+never slow the next, and sockstat counts only that run.  The host-wide limits the knob
+table says N loopback connections need (open files, for 1,000,000 and more) are raised
+through the sysctl setting kind for the runs of N, and put back in a finally.
 
     python bench/bench_probe.py [--big] [--huge] [--repeat 3]
 
@@ -25,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -36,39 +36,40 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)  # run as a script from a checkout: this tuner, not another
+
+from tuner import knobs, procfs, report  # noqa: E402
+from tuner.settings import kind  # noqa: E402
+from tuner.settings.sysctl import text as sysctl_text  # noqa: E402
+
 CONNCAP_C = os.environ.get("CONNCAP_C", os.path.join(ROOT, "..", "shared", "bench", "conncap.c"))
 MODES = {"none": ("none", "none"), "spread": ("noport", "127.0.0.0/8")}  # mode: (conncap, --source-net)
 KERNEL_BYTES_PER_CONN = 9000  # rough slab plus page-table cost, only to refuse runs that cannot fit
 
 
-def sysctl_path(name):
-    return "/proc/sys/" + name.replace(".", "/")
-
-
-def read_sysctl(name):
-    with open(sysctl_path(name)) as f:
-        return f.read().strip()
-
-
-def write_sysctl(name, value):
-    with open(sysctl_path(name), "w") as f:
-        f.write(str(value))
-
-
 @contextlib.contextmanager
-def at_least(name, value):
-    """Raise an integer sysctl to `value` for the block if lower; always put it back."""
-    before = read_sysctl(name)
-    if int(before) >= value:
-        yield
-        return
-    print(f"  raising {name} {before} -> {value} for the run (restored afterwards)")
-    write_sysctl(name, value)
+def host_limits(n):
+    """For the block: the host-wide limits on connections that the knob table says n
+    loopback connections need (the per-namespace ones are each run's own fresh
+    namespace's), raised to its `needed` value through the sysctl setting kind, which
+    reads back what it wrote; always put back, and read back, afterwards."""
+    sysctl = kind("sysctl")
+    raised = []
     try:
+        for row in report.build(n, "loopback").rows:
+            knob = knobs.BY_NAME[row.name]
+            if not (knob.is_sysctl and knob.scope == "host" and knob.caps == knobs.CAPS_CONNECTIONS
+                    and row.needed):
+                continue
+            detail = {"name": knob.name}
+            before, value = sysctl.read(None, detail), sysctl_text(row.needed)
+            print(f"  raising {knob.name} {before} -> {value} for the run (restored afterwards)")
+            raised.append((detail, before))
+            sysctl.write(None, detail, value)
         yield
     finally:
-        write_sysctl(name, before)
-        assert read_sysctl(name) == before, f"{name} not restored"
+        for detail, before in reversed(raised):
+            sysctl.undo(None, detail, before)
 
 
 @contextlib.contextmanager
@@ -96,7 +97,7 @@ def settle(limit=20.0):
 
 
 def meminfo(key):
-    return int(re.search(rf"^{key}:\s+(\d+)", open("/proc/meminfo").read(), re.M).group(1)) * 1024
+    return procfs.meminfo_kb()[key] * 1024
 
 
 def run_conncap(exe, n, mode):
@@ -143,10 +144,11 @@ def report_estimate(n):
         return None
 
 
+CAP_SYS_ADMIN = 21
+
+
 def has_cap_sys_admin():
-    with open("/proc/self/status") as f:
-        eff = int(re.search(r"CapEff:\s*([0-9a-f]+)", f.read()).group(1), 16)
-    return bool(eff & (1 << 21))
+    return procfs.has_capability(CAP_SYS_ADMIN)
 
 
 def bench(exe, n, repeat, modes):
@@ -158,8 +160,8 @@ def bench(exe, n, repeat, modes):
     print(f"\n{n:,} connections, {repeat} run(s) per mode, alternating C and probe:")
     estimate = report_estimate(n)
     # 2 descriptors per connection plus the rest of the system; CAP_SYS_ADMIN may exceed
-    # file-max anyway, but the benchmark should not depend on that.
-    with at_least("fs.file-max", 2 * n + 65536):
+    # the open-files limit anyway, but the benchmark should not depend on that.
+    with host_limits(n):
         for mode in modes:
             c_mode, source_net = MODES[mode]
             c_runs, p_runs = [], []
@@ -189,8 +191,9 @@ def main():
     ap.add_argument("--modes", default="none,spread", help="comma-separated: none, spread")
     args = ap.parse_args()
     if os.geteuid() != 0:
-        sys.exit("bench_probe needs root (network namespaces, fs.file-max)")
-    print(f"CAP_SYS_ADMIN: {has_cap_sys_admin()} (with it the kernel lets this process exceed fs.file-max); "
+        sys.exit("bench_probe needs root (network namespaces, host-wide limits)")
+    print(f"CAP_SYS_ADMIN: {has_cap_sys_admin()} (with it the kernel lets this process exceed the "
+          f"host's open-files limit); "
           f"RLIMIT_NOFILE hard {resource.getrlimit(resource.RLIMIT_NOFILE)[1]}")
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "conncap")

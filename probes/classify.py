@@ -1,10 +1,13 @@
 """Turn what went wrong (errno and side, or a timeout plus counters) into the limit that
 bound, named as the knob table names it, and a hint in words.
 
-A failure record from a worker is (side, op, errno, index).  The limit is decided
-from the errno, the operation and, for timeouts, from which kernel counters moved
-while the probe ran.  The values and the `tuner apply` command that lift a limit are
-the knob table's (tuner/probe.py asks it, for the probe's own configuration).
+A failure record from a worker is (side, op, errno, index).  The knob table
+(tuner/knobs.py, each knob's `signs`) says which errno of which call, and which kernel
+counters that moved while the probe ran, mean which knob, and the words for it; this
+module groups the records and asks it.  Only what is no knob (the peer, a timeout no
+counter explains, RLIMIT_NPROC) is named here.  The values and the `tuner apply`
+command that lift a limit are the table's too (tuner/probe.py asks it, for the
+probe's own configuration).
 """
 from __future__ import annotations
 
@@ -17,22 +20,40 @@ CLIENT, SERVER_SIDE, WORKER = "client", "server", "worker"
 # A worker's op when the orchestrator had to SIGKILL it (it did not exit once released).
 ENDED_BY_TUNER = "ended by tuner"
 
-RLIMIT_NOFILE = "RLIMIT_NOFILE"
-FILE_MAX = "fs.file-max"
-PORT_RANGE = "net.ipv4.ip_local_port_range"
-SOURCES = "source addresses"
-SOMAXCONN = "net.core.somaxconn"
-CONNTRACK = "net.netfilter.nf_conntrack_max"
-TCP_MEM = "net.ipv4.tcp_mem"
-MEMORY = "memory"
-# What a fork() failing with EAGAIN hit (tuner.procfs.task_limit_hit decides which).
-TASK_LIMITS = ("pids.max", "RLIMIT_NPROC", "kernel.threads-max")
+# Limits that are not knobs of the table (tuner/knobs.py names every knob, and the
+# errnos, counters and words that show it being hit):
 TIMEOUT = "timeout"
 # --connect: connections the kernel completed into the server's accept queue that the
 # server never accepted (its descriptor limit, or its accept loop stopped).
 SERVER_NOT_ACCEPTING = "server stopped accepting"
 UNACCEPTED_OP = "accept-queue"
-SERVER = "the server"    # refused, or reset/closed mid-exchange (--connect: a remote server)
+# The peer refused, or reset/closed mid-exchange (--connect: a remote server).
+PEER = "the server"
+# A fork() that failed with EAGAIN under this process's RLIMIT_NPROC (tuner.procfs.
+# task_limit_hit names it; the other task limits it names are knobs).
+NPROC = "RLIMIT_NPROC"
+
+_OWN_HINTS = {
+    NPROC: ("no more worker processes could be forked (EAGAIN): RLIMIT_NPROC caps the tasks "
+            "here: raise it, or run fewer --workers"),
+    PEER: ("the server refused, reset or closed connections before verifying them: is it "
+           "listening there? Its summary says why (over --expect, its descriptor limit, its "
+           "echo timeout)"),
+    SERVER_NOT_ACCEPTING: ("the server's kernel completed these connections into its accept "
+                           "queue but the server never accepted them: it stopped accepting (its "
+                           "descriptor limit, RLIMIT_NOFILE, or its accept loop); look at the "
+                           "server, not at this host"),
+    TIMEOUT: ("connections did not complete before --timeout and no limit counter moved: "
+              "raise --timeout or lower --rate"),
+}
+
+
+def _knobs():
+    # Imported when a failure is classified (in the parent, after the run), not when the
+    # lean orchestrator starts: tuner.knobs imports probes.config itself.
+    from tuner import knobs
+
+    return knobs
 
 
 def errno_name(code: int) -> str:
@@ -40,87 +61,33 @@ def errno_name(code: int) -> str:
 
 
 def limit_for(side: str, op: str, code: int, counters: Optional[Dict[str, int]] = None) -> Optional[str]:
-    """The knob an errno points at, given where it happened."""
-    if code == E.EMFILE:
-        return RLIMIT_NOFILE
-    if code == E.ENFILE:
-        return FILE_MAX
-    if code == E.EADDRNOTAVAIL:
-        # bind() of a source address that is not local is a missing address; connect()
-        # with no free (source, port) pair left for the destination is the port range.
-        return SOURCES if op == "bind" else PORT_RANGE
-    if code == E.EADDRINUSE:
-        return PORT_RANGE
-    if code in (E.ENOBUFS, E.ENOMEM):
-        moved = counters or {}
-        if moved.get("TCPMemoryPressures", 0) > 0 or moved.get("TCPAbortOnMemory", 0) > 0:
-            return TCP_MEM
-        return MEMORY
+    """The limit an errno points at, given where it happened: the knob table's for
+    errnos a knob explains (its signs), else the peer's or a timeout's."""
+    knob = _knobs().for_error(code, op, counters or {})
+    if knob is not None:
+        return knob.probe_name
     if (code == E.ECONNRESET and op in ("read", "echo", "verify")) or code == E.ECONNREFUSED:
-        return SERVER
+        return PEER
     if code in (E.ETIMEDOUT, E.ECONNRESET):
         return timeout_limit(counters or {}, {})
     return None
 
 
 def timeout_limit(moved: Dict[str, int], now: Dict[str, int]) -> str:
-    """Which limit explains connections that never completed before the deadline.
-
-    `moved` is the growth of the counters over the run, `now` their current values.
-    """
-    if moved.get("ListenOverflows", 0) > 0 or moved.get("ListenDrops", 0) > 0:
-        return SOMAXCONN
-    if now.get("conntrack_max") and now.get("conntrack_count", 0) >= 0.99 * now["conntrack_max"]:
-        return CONNTRACK
-    if moved.get("TCPMemoryPressures", 0) > 0 or moved.get("TCPAbortOnMemory", 0) > 0:
-        return TCP_MEM
-    return TIMEOUT
+    """Which limit explains connections that never completed before the deadline: the
+    knob whose counters rose over the run (`moved`) or that is full now (`now`, the
+    probe's kernel snapshot), else the timeout itself."""
+    knob = _knobs().for_timeout(moved, now)
+    return TIMEOUT if knob is None else knob.probe_name
 
 
 def hint(limit: Optional[str], role: str = "loopback") -> str:
-    """What a limit means and which knob lifts it, in words.  The numbers and the
-    command are the knob table's (tuner/knobs.py), computed by the tuner CLI for the
-    probe's own configuration; never here, where they would drift from it."""
-    if role == "client" and limit in (PORT_RANGE, SOURCES):
-        return ("each source address gives one port range of connections to the server: add "
-                "source addresses (tuner apply --role client --alias-dev DEV --alias-net CIDR adds "
-                "them as aliases) and pass them with --source-net CIDR")
-    if limit == RLIMIT_NOFILE:
-        if role == "loopback":
-            return ("a worker ran out of descriptors (2 per connection): let the probe size workers "
-                    "from the limit (--workers auto), or raise the hard nofile limit")
-        return "a worker ran out of descriptors: more --workers, or raise the hard nofile limit"
-    if limit == FILE_MAX:
-        return "the host ran out of open files: raise fs.file-max"
-    if limit == PORT_RANGE:
-        return ("no free (source address, port) pair was left for the listener: widen "
-                "net.ipv4.ip_local_port_range, or spread over more source addresses (--source-net)")
-    if limit == SOURCES:
-        return "a source address to bind is not local: add it, or pass a --source-net that is"
-    if limit == SOMAXCONN:
-        return ("the accept queue overflowed (ListenOverflows/ListenDrops rose): raise "
-                "net.core.somaxconn and net.ipv4.tcp_max_syn_backlog")
-    if limit == CONNTRACK:
-        return "conntrack's table is full: raise net.netfilter.nf_conntrack_max"
-    if limit == TCP_MEM:
-        return "TCP hit its memory limit: raise net.ipv4.tcp_mem"
-    if limit in TASK_LIMITS:
-        return (f"no more worker processes could be forked (EAGAIN): {limit} caps the tasks "
-                f"here: raise it, or run fewer --workers")
-    if limit == MEMORY:
-        return "the kernel ran out of memory for sockets: free memory or probe fewer connections"
-    if limit == SERVER:
-        return ("the server refused, reset or closed connections before verifying them: is it "
-                "listening there? Its summary says why (over --expect, its descriptor limit, its "
-                "echo timeout)")
-    if limit == SERVER_NOT_ACCEPTING:
-        return ("the server's kernel completed these connections into its accept queue but the "
-                "server never accepted them: it stopped accepting (its descriptor limit, "
-                "RLIMIT_NOFILE, or its accept loop); look at the server, not at this host")
-    if limit == TIMEOUT:
-        return ("connections did not complete before --timeout and no limit counter moved: "
-                "raise --timeout or lower --rate")
-    return "unexpected error; see first_message"
+    """What a limit means and which knob lifts it, in words: the knob table's (the
+    numbers and the command are its `needs`, computed by tuner/probe.py for the probe's
+    own configuration; never here, where they would drift from it)."""
+    knob = _knobs().for_probe_limit(limit)
+    text = knob.hint(role) if knob is not None else _OWN_HINTS.get(limit or "")
+    return text or "unexpected error; see first_message"
 
 
 def summarize(records: List[tuple], moved: Dict[str, int], now: Dict[str, int],
@@ -149,7 +116,7 @@ def summarize(records: List[tuple], moved: Dict[str, int], now: Dict[str, int],
             name = signal.Signals(-code).name if code < 0 else f"exit status {code}"
             # A worker SIGKILLed (not by tuner) before verifying was most often chosen by
             # the OOM killer.
-            limit = MEMORY if code == -signal.SIGKILL else None
+            limit = _knobs().for_error(E.ENOMEM, op, {}).probe_name if code == -signal.SIGKILL else None
         else:
             name, limit = errno_name(code), limit_for(side, op, code, moved)
         groups[key] = {"side": side, "op": op, "errno": name, "count": count,

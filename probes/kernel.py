@@ -32,7 +32,7 @@ def port_range() -> Tuple[int, int]:
 
 
 def reserved_ports(low: int, high: int) -> int:
-    """How many ports of low..high net.ipv4.ip_local_reserved_ports keeps from connect()."""
+    """How many ports of low..high the reserved ports (ip_local_reserved_ports) keep from connect()."""
     return procfs.ports_in(procfs.reserved_ports_text(), low, high)
 
 

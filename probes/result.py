@@ -21,7 +21,7 @@ class Failure:
     errno: str                # EMFILE, ETIMEDOUT, ... (a signal name for side 'worker')
     count: int
     first_message: str
-    limit: Optional[str]      # the knob that bound, e.g. RLIMIT_NOFILE, net.core.somaxconn
+    limit: Optional[str]      # the knob that bound (tuner/knobs.py's name, or the probe's)
     hint: str                 # what it means and which knob lifts it, in words
     # The knob table's value for this probe's configuration and the `tuner apply` that
     # sets it (filled by `tuner probe`; None from a bare `python -m probes`).

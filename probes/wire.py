@@ -98,7 +98,7 @@ def listener(addr: str, port: int, reuseport: bool = False) -> socket.socket:
         if reuseport:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind((addr, port))
-        s.listen(65535)  # the kernel caps it at net.core.somaxconn
+        s.listen(65535)  # the kernel caps it (somaxconn)
         s.setblocking(False)
     except OSError:
         s.close()

@@ -87,7 +87,7 @@ def test_standalone_json_in_the_host_namespace():
 def test_low_rlimit_nofile_in_a_worker_is_emfile():
     result = run_probe(ProbeConfig(connections=3000, workers=1, worker_nofile=1024, timeout=33.0421))
     assert not result.ok and result.exit_code == 3
-    assert result.stopped_by == classify.RLIMIT_NOFILE
+    assert result.stopped_by == "RLIMIT_NOFILE"
     first = result.errors[0]
     assert first.errno == "EMFILE" and first.limit == "RLIMIT_NOFILE" and first.count >= 1
     assert "nofile limit" in first.hint and first.fix is None  # the numbers are tuner's, from the knob table
@@ -99,7 +99,7 @@ def test_low_rlimit_nofile_in_a_worker_is_emfile():
 def test_one_port_range_is_eaddrnotavail_unless_sources_are_spread(netns):
     sysctl_in(netns, net__ipv4__ip_local_port_range="40000 40000")
     result = run_probe(ProbeConfig(connections=2000, source_net="none", netns=netns, timeout=20))
-    assert not result.ok and result.stopped_by == classify.PORT_RANGE
+    assert not result.ok and result.stopped_by == "net.ipv4.ip_local_port_range"
     first = result.errors[0]
     assert (first.side, first.op, first.errno) == ("client", "connect", "EADDRNOTAVAIL")
     assert "ip_local_port_range" in first.hint
@@ -113,7 +113,7 @@ def test_one_port_range_is_eaddrnotavail_unless_sources_are_spread(netns):
 def test_tiny_somaxconn_and_slow_accept_is_backlog_overflow(netns):
     sysctl_in(netns, net__core__somaxconn=4)
     result = run_probe(ProbeConfig(connections=2000, accept_pause=0.05, timeout=2, netns=netns))
-    assert not result.ok and result.stopped_by == classify.SOMAXCONN
+    assert not result.ok and result.stopped_by == "net.core.somaxconn"
     assert result.listen_overflows > 0
     first = result.errors[0]
     assert first.errno == "ETIMEDOUT" and "somaxconn" in first.hint
@@ -180,16 +180,27 @@ def test_listener_port_inside_the_port_range_is_refused():
 
 
 def test_errno_classification_names_the_knob():
-    assert classify.limit_for("client", "socket", 24, {}) == classify.RLIMIT_NOFILE   # EMFILE
-    assert classify.limit_for("client", "socket", 23, {}) == classify.FILE_MAX        # ENFILE
-    assert classify.limit_for("client", "bind", 99, {}) == classify.SOURCES           # EADDRNOTAVAIL
-    assert classify.limit_for("client", "connect", 99, {}) == classify.PORT_RANGE
-    assert classify.limit_for("client", "socket", 105, {"TCPMemoryPressures": 3}) == classify.TCP_MEM
-    assert classify.limit_for("client", "socket", 12, {}) == classify.MEMORY           # ENOMEM
+    """The knob table's signs decide: an errno of a call, counters that rose, a table
+    that is full; the words name the knob."""
+    assert classify.limit_for("client", "socket", 24, {}) == "RLIMIT_NOFILE"          # EMFILE
+    assert classify.limit_for("client", "socket", 23, {}) == "fs.file-max"            # ENFILE
+    assert classify.limit_for("client", "bind", 99, {}) == "source addresses"         # EADDRNOTAVAIL
+    assert classify.limit_for("client", "connect", 99, {}) == "net.ipv4.ip_local_port_range"
+    assert classify.limit_for("client", "connect", 98, {}) == "net.ipv4.ip_local_port_range"  # EADDRINUSE
+    assert classify.limit_for("client", "socket", 105, {"TCPMemoryPressures": 3}) == "net.ipv4.tcp_mem"
+    assert classify.limit_for("client", "socket", 12, {}) == "memory"                 # ENOMEM
+    assert classify.limit_for("client", "connect", 111, {}) == classify.PEER         # ECONNREFUSED
     assert classify.timeout_limit({}, {"conntrack_count": 262144, "conntrack_max": 262144}) \
-        == classify.CONNTRACK
+        == "net.netfilter.nf_conntrack_max"
+    assert classify.timeout_limit({}, {"conntrack_count": 1000, "conntrack_max": 262144}) == classify.TIMEOUT
+    # An overflowing accept queue explains a timeout before memory pressure does.
+    assert classify.timeout_limit({"ListenDrops": 2, "TCPMemoryPressures": 1}, {}) == "net.core.somaxconn"
+    assert classify.timeout_limit({"TCPMemoryPressures": 1}, {}) == "net.ipv4.tcp_mem"
     assert classify.timeout_limit({}, {}) == classify.TIMEOUT
-    assert classify.FILE_MAX in classify.hint(classify.FILE_MAX)  # the knob; its value is the table's
+    assert "fs.file-max" in classify.hint("fs.file-max")  # the knob; its value is the table's
+    assert "pids.max caps the tasks" in classify.hint("pids.max")
+    assert "RLIMIT_NPROC caps the tasks" in classify.hint(classify.NPROC)
+    assert "--alias-net" in classify.hint("net.ipv4.ip_local_port_range", role="client")
 
 
 @pytest.mark.parametrize("sig, json_out", [(signal.SIGTERM, False), (signal.SIGINT, True)])

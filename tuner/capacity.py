@@ -86,7 +86,8 @@ def _unreadable(ctx: Ctx, knob: Knob) -> bool:
 def processes_needed(ctx: Ctx, connections: int) -> Dict[str, Any]:
     """How many processes hold `connections` when each is capped by its descriptors.
 
-    Without CAP_SYS_RESOURCE the hard RLIMIT_NOFILE is the ceiling; with it, fs.nr_open.
+    Without CAP_SYS_RESOURCE the hard RLIMIT_NOFILE is the ceiling; with it, the sysctl
+    that caps every hard limit (the knob table's ceiling of RLIMIT_NOFILE.hard).
     Each process keeps FD_HEADROOM descriptors for itself (probes.connections_within, the
     probe's own formula).  A ceiling at or below that leaves none: "processes" is then
     None (no number of such processes holds a connection) and the report says to raise

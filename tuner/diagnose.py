@@ -32,7 +32,7 @@ LISTEN_BACKLOG = "listen backlog"      # the application's own limit, named as i
 THREAD_PER_CONNECTION_MIN = 32
 PEER_NOTE_MIN = 1000        # below this, one client address decides nothing
 # Limits that cap a running process now (the ceilings above them only matter for raising).
-PROCESS_BINDING = ("RLIMIT_NOFILE.soft", "vm.max_map_count")
+PROCESS_BINDING = tuple(k.name for k in knobs.ALL if k.binds_running)
 
 
 @dataclass
@@ -198,16 +198,18 @@ def _process_snapshot(snap, proc, held: int, tpc: Optional[int], host_tasks) -> 
                             "threads_per_connection": tpc, "cgroup_pids": proc.cgroup_pids})
 
 
-def _used(row, procs, proc=None) -> Optional[int]:
-    """What is in use of a limit now: the knob table's own usage rule where it has one
-    (fs.file-nr, sockstat, conntrack, cgroups, tasks, mappings), the process's
-    descriptors for its descriptor limits, its epoll watches for max_user_watches."""
-    if proc is not None and row.name in ("RLIMIT_NOFILE.soft", "RLIMIT_NOFILE.hard", "fs.nr_open"):
-        return proc.fds
+def _used(knob, row, procs, proc=None) -> Optional[int]:
+    """What is in use of a limit now: for a per-process row, what the process uses of it
+    (knob.service_use: its descriptors); else the knob table's own usage rule where it
+    has one (open files, sockstat, conntrack, cgroups, tasks, mappings); else what the
+    service's processes use of it together (their epoll watches: this service's share of
+    the user's)."""
+    if proc is not None and knob.service_use:
+        return getattr(proc, knob.service_use)
     if row.in_use is not None:
         return row.in_use
-    if row.name == "fs.epoll.max_user_watches" and any(p.epoll_watches is not None for p in procs):
-        return sum(p.epoll_watches or 0 for p in procs)   # this service's share of the user's
+    if knob.service_use and any(getattr(p, knob.service_use) is not None for p in procs):
+        return sum(getattr(p, knob.service_use) or 0 for p in procs)
     return None
 
 
@@ -227,7 +229,7 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
     # One thread per connection when the service as a whole looks that way.
     service_tpc = 1 if (held_total >= THREAD_PER_CONNECTION_MIN
                         and sum(p.threads for p in procs) >= held_total) else None
-    table = knobs.KNOBS + knobs.PROCESS_KNOBS
+    table = knobs.ALL
     reports = []
     for p, held, tpc in zip(procs, shares, tpcs):
         psnap = _process_snapshot(snap, p, held, tpc or service_tpc, host_tasks)
@@ -237,13 +239,11 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
     per_process: Dict[str, List[Limit]] = {}
     shared: List[Limit] = []
     for i, knob in enumerate(table):
-        is_process = knob.scope == "process" or knob.name == "vm.max_map_count"
-        if knob.name == "cgroup memory limit":
-            is_process = False  # one cgroup for the service's processes (their first's)
-        if is_process:
+        # The cgroup's memory limit is one row: one cgroup for the service's processes.
+        if knob.each_process:
             for p, held, psnap, rep in reports:
                 r = rep.rows[i]
-                used = _used(r, procs, p)
+                used = _used(knob, r, procs, p)
                 lim = _limit_value(r.current)
                 row = Limit(r.name, f"pid {p.pid}", r.kind, r.unit, r.caps, r.current, used,
                             None if used is None or lim is None else lim - used, r.allows,
@@ -253,7 +253,7 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
         else:
             p, held, psnap, rep = reports[0]
             r = rep.rows[i]
-            used = _used(r, procs)
+            used = _used(knob, r, procs)
             lim = _limit_value(r.current)
             allows = r.allows
             if allows is not None and knob.net_of_use:
@@ -265,18 +265,19 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
             if knob.caps == CAPS_CONNECTIONS:
                 shared.append(row)
 
-    somaxconn = snap.int("net.core.somaxconn")
+    cap = knobs.backlog_cap()
+    somaxconn = snap.int(cap.name)
     for l in own_listeners:
         full = l.backlog > 0 and l.queued >= l.backlog
         rows.append(Limit(
             LISTEN_BACKLOG, "listener", "application", "connections", "bursts", [l.backlog],
             l.queued, l.backlog - l.queued, None, None, "full" if full else "ok",
             f"Accept queue of {l.address}:{l.port} (ss Send-Q): min(the backlog the application "
-            f"passed to listen(), net.core.somaxconn {somaxconn if somaxconn is not None else '?'} "
+            f"passed to listen(), {cap.name} {somaxconn if somaxconn is not None else '?'} "
             f"when it called listen()); connects completed beyond it while the server does not "
             f"accept are dropped and retried a second later (ListenOverflows).",
             "raise the backlog the application passes to listen()" if somaxconn and l.backlog < somaxconn
-            else "raise net.core.somaxconn (tuner apply), then the application must listen() again"))
+            else f"raise {cap.name} (tuner apply), then the application must listen() again"))
 
     # Each process stops at its own tightest limit; the service holds their sum.
     per_pid_stop: Dict[int, tuple] = {}
@@ -301,7 +302,7 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
     stalled_accepting = bool(full) and max_now is not None and max_now > held_total
     if stalled_accepting:
         binding = (LISTEN_BACKLOG if somaxconn is None or full[0].backlog < somaxconn
-                   else "net.core.somaxconn")
+                   else cap.name)
         binding_pids = sorted({pid for l in full for pid in l.pids})
 
     reachable = None if target is None or max_now is None else max_now >= target
@@ -375,10 +376,10 @@ def _verdict(d: Diagnosis, procs, stalled_accepting: bool, full) -> str:
         value = f"{values[0]:,}" if len(values) == 1 else "/".join(f"{v:,}" for v in values)
         what = (f"{b} {value} of {_who(procs, d.binding_pids)}, {other:,} descriptor"
                 f"{'' if other == 1 else 's'} already used for other files")
-    elif b == "vm.max_map_count":
-        r = d.limit(b, d.binding_pids[0])
+    elif b in knobs.BY_NAME_ALL and knobs.BY_NAME_ALL[b].per_thread and knobs.BY_NAME_ALL[b].each_process:
+        knob, r = knobs.BY_NAME_ALL[b], d.limit(b, d.binding_pids[0])
         what = (f"{b} {r.current[0]:,} of {_who(procs, d.binding_pids)}: one thread per "
-                f"connection, {knobs.MAPS_PER_THREAD} mappings each, {r.used:,} mappings in use")
+                f"connection, {knob.per_thread} {knob.unit} each, {r.used:,} {knob.unit} in use")
     else:
         r = next(r for r in d.limits if r.name == b)
         used = "" if r.used is None else f", {r.used:,} in use"
@@ -475,8 +476,9 @@ def _fixes(d: Diagnosis, procs, snap) -> List[Fix]:
         knob = knobs.BY_NAME.get(r.name)
         if knob and not knob.writable and knob.fix and r.name == d.binding_limit and knob.scope != "process":
             out.append(Fix(knob.fix, f"{r.name} binds", "host"))
-    # The accept queue: the application's own setting (or somaxconn first).
-    somaxconn = snap.int("net.core.somaxconn")
+    # The accept queue: the application's own setting (or the knob that caps it first).
+    cap = knobs.backlog_cap()
+    somaxconn = snap.int(cap.name)
     for l in d.listeners:
         small = target is not None and l["backlog"] < min(target, knobs.MAX_BACKLOG)
         full = l["queued"] >= l["backlog"] > 0
@@ -484,14 +486,14 @@ def _fixes(d: Diagnosis, procs, snap) -> List[Fix]:
             continue
         if somaxconn is not None and l["backlog"] >= somaxconn:
             if any(f.command.startswith("tuner apply") and "--target" in f.command for f in out):
-                out.append(Fix(f"restart the application once net.core.somaxconn is raised",
+                out.append(Fix(f"restart the application once {cap.name} is raised",
                                f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
-                               f"net.core.somaxconn as it was at listen(); only a new listen() "
+                               f"{cap.name} as it was at listen(); only a new listen() "
                                f"gets the larger queue", "application"))
                 continue
             out.append(Fix(_apply_command(d, target or 2 * somaxconn),
                            f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
-                           f"net.core.somaxconn; raise it, then the application must call "
+                           f"{cap.name}; raise it, then the application must call "
                            f"listen() again (restart it) to get the larger queue"))
         else:
             out.append(backlog_fix(l, somaxconn, procs))
@@ -512,11 +514,12 @@ RUNTIME_BACKLOG = {
 
 
 def backlog_fix(listener: Dict[str, Any], somaxconn: Optional[int], procs) -> Fix:
-    """The application's own setting: only it can pass a larger backlog to listen()."""
+    """The application's own setting: only it can pass a larger backlog to listen()
+    (`somaxconn`: the value of the knob that caps it)."""
     how = [RUNTIME_BACKLOG[rt] for rt in dict.fromkeys(runtime_of(p) for p in procs) if rt in RUNTIME_BACKLOG]
     return Fix(f"listen(fd, N): raise the backlog the application passes for "
                f"{listener['address']}:{listener['port']} (now {listener['backlog']:,}; "
-               f"net.core.somaxconn {'?' if somaxconn is None else f'{somaxconn:,}'} allows up to that)"
+               f"{knobs.backlog_cap().name} {'?' if somaxconn is None else f'{somaxconn:,}'} allows up to that)"
                + (f"; {'; '.join(how)}" if how else ""),
                "only the application sets its listen backlog (a burst beyond it waits a second "
                "for the retransmitted SYN)", "application")

@@ -43,7 +43,7 @@ def _logger() -> logging.Logger:
 
 
 def change(action: str, knob: str, where: str, old: Any, new: Any, why: str) -> None:
-    """'apply net.core.somaxconn (netns x): 4,096 -> 65,535; why'"""
+    """'apply KNOB (netns x): 4,096 -> 65,535; why'"""
     try:
         _logger().info("%s %s (%s): %s -> %s; %s", action, knob, where, old, new, why)
     except Exception:  # noqa: BLE001 - see the module docstring

@@ -186,7 +186,7 @@ def check_alias_net(text: str, dev: Optional[str], allow_public: bool = False):
 
 MAX_SECONDS = 30 * 86400        # a month: longer waits are typos (and overflow poll())
 MAX_RATE = 10_000_000           # connections/s, far above any kernel's accept rate
-PID_MAX_LIMIT = 1 << 22         # the kernel's ceiling for /proc/sys/kernel/pid_max (64-bit)
+PID_MAX_LIMIT = 1 << 22         # the kernel's ceiling for pid_max (64-bit)
 _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 

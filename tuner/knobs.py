@@ -15,6 +15,7 @@ except buffer defaults, which shrink only when the user asks (`shrink_buffers`).
 """
 from __future__ import annotations
 
+import errno as E
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -146,6 +147,38 @@ K8S_NODE_ONLY = "node only (host-wide)"
 
 
 @dataclass(frozen=True)
+class Signs:
+    """How a limit shows itself being hit, so the probe's classifier (probes/classify.py)
+    and `tuner diagnose --watch` (tuner/watch.py) ask the table instead of keeping lists
+    of their own."""
+
+    # (errno, op) a failing call returns when this limit is hit; op None: any call (an
+    # entry naming the op wins over one for any op).
+    errors: tuple = ()
+    # True where an errno above means this limit only if one of its counters rose
+    # (ENOBUFS is tcp_mem's when TCP reported memory pressure, plain memory otherwise).
+    only_with_counters: bool = False
+    # Kernel counters that rise when it is hit, as (source, name): "TcpExt" for
+    # /proc/net/netstat, "conntrack" for /proc/net/stat/nf_conntrack (counter_key names them).
+    counters: tuple = ()
+    # (in use, limit): keys of the probe's kernel snapshot (probes/kernel.py); the limit
+    # is hit when what is in use reaches FULL_SHARE of it.
+    full: tuple = ()
+    # Kernel log messages (regular expressions) that name it (net/ipv4/tcp.c, nf_conntrack_core.c).
+    kernel_log: tuple = ()
+    # What the probe calls it when not the knob's name: its workers run at their hard
+    # RLIMIT_NOFILE, so EMFILE there is "RLIMIT_NOFILE" and the hard limit's fix.
+    probe_name: str = ""
+    # A probe stopped by it, in words, as (role, text); role None: any role. "{name}" is
+    # the knob's name. The numbers and the command come from `needs` (tuner/probe.py).
+    hints: tuple = ()
+
+
+# Share of a limit in use at which a probe that timed out is taken to have hit it.
+FULL_SHARE = 0.99
+
+
+@dataclass(frozen=True)
 class Knob:
     name: str
     kind: str            # sysctl | rlimit | capability | addresses | memory
@@ -172,10 +205,44 @@ class Knob:
     # True where `allows` is what is left after the host's current use (fs.file-nr,
     # MemAvailable, ...), so a running service can hold its connections plus this many.
     net_of_use: bool = False
+    # How it shows itself being hit (errnos, counters, kernel log lines, words).
+    signs: Signs = Signs()
+    # The knob whose value this one caps (fs.nr_open caps RLIMIT_NOFILE.hard, which caps
+    # the soft one): it matters for raising, a running process stops at the one below.
+    ceiling_of: str = ""
+    # What a diagnosed process (tuner.service.Process) uses of it: the attribute counted
+    # (its descriptors, its epoll watches), summed over the service's processes.
+    service_use: str = ""
+    # Caps the backlog listen() gets: a listener's accept queue is min(backlog, this).
+    caps_backlog: bool = False
+    # Of this limit's unit, what each thread of a thread-per-connection server takes.
+    per_thread: int = 0
 
     @property
     def is_sysctl(self) -> bool:
         return self.kind == "sysctl"
+
+    @property
+    def binds_running(self) -> bool:
+        """A limit a running process stops at by itself (its soft RLIMIT_NOFILE, its
+        mappings), as opposed to the ceilings above them, which only matter for raising."""
+        return self.caps == CAPS_PER_PROCESS and not self.ceiling_of
+
+    @property
+    def each_process(self) -> bool:
+        """Evaluated for each process on its own, even where its value is host-wide."""
+        return self.binds_running or (self.caps == CAPS_PER_PROCESS and self.scope == "process")
+
+    @property
+    def probe_name(self) -> str:
+        return self.signs.probe_name or self.name
+
+    def hint(self, role: str) -> str:
+        """A probe stopped by this limit, in words (role-specific words first)."""
+        text = next((t for r, t in self.signs.hints if r == role), None)
+        if text is None:
+            text = next((t for r, t in self.signs.hints if r is None), "")
+        return text.format(name=self.name, probe_name=self.probe_name)
 
     @property
     def k8s_placement(self) -> Optional[str]:
@@ -394,6 +461,12 @@ def _cgroup_current(ctx):
 
 
 # ---------------------------------------------------------------- the table
+# Words for a probe that ran out of source ports as a client of another host.
+_CLIENT_PORTS_HINT = ("each source address gives one port range of connections to the server: add "
+                      "source addresses (tuner apply --role client --alias-dev DEV --alias-net CIDR "
+                      "adds them as aliases) and pass them with --source-net CIDR")
+_TASKS_HINT = ("no more worker processes could be forked (EAGAIN): {probe_name} caps the tasks "
+               "here: raise it, or run fewer --workers")
 # Order is apply order: ceilings before what they cap (nr_open before RLIMIT_NOFILE,
 # port range before source addresses), host-wide before per-process.
 
@@ -402,7 +475,7 @@ KNOBS: List[Knob] = [
          "Ceiling on any process's RLIMIT_NOFILE: no hard limit can be set above it.",
          current=_sysctl("fs.nr_open"),
          allows=_per_process_allows(lambda ctx: ctx.snap.int("fs.nr_open")),
-         needs=_raise_scalar("fs.nr_open", _one_process_fds)),
+         needs=_raise_scalar("fs.nr_open", _one_process_fds), ceiling_of="RLIMIT_NOFILE.hard"),
     Knob("fs.file-max", "sysctl", "host", "descriptors", CAPS_CONNECTIONS,
          "Open files across the whole host (fs.file-nr counts those in use); past it "
          "unprivileged processes get ENFILE.",
@@ -410,40 +483,62 @@ KNOBS: List[Knob] = [
          needs=_raise_scalar("fs.file-max", _file_max_wanted), reads=(("fs.file-nr", "host"),),
          usage=_usage(lambda ctx: (ctx.snap.ints("fs.file-nr") or [None])[0],
                       lambda ctx: ctx.snap.int("fs.file-max")),
-         net_of_use=True),
+         net_of_use=True,
+         signs=Signs(errors=((E.ENFILE, None),),
+                     hints=((None, "the host ran out of open files: raise {name}"),))),
     Knob("RLIMIT_NOFILE.hard", "rlimit", "process", "descriptors", CAPS_PER_PROCESS,
          "Most descriptors one process may raise its soft limit to; raising it needs "
          "CAP_SYS_RESOURCE.",
          current=lambda ctx: [ctx.snap.nofile_hard],
          allows=_per_process_allows(lambda ctx: ctx.snap.nofile_hard), needs=_hard_needs,
          capped=lambda ctx: not ctx.snap.cap_sys_resource,
-         fix="LimitNOFILE= in the service's unit, or nofile in /etc/security/limits.d/"),
+         fix="LimitNOFILE= in the service's unit, or nofile in /etc/security/limits.d/",
+         ceiling_of="RLIMIT_NOFILE.soft", service_use="fds",
+         signs=Signs(errors=((E.EMFILE, None),), probe_name="RLIMIT_NOFILE", hints=(
+             ("loopback", "a worker ran out of descriptors (2 per connection): let the probe size "
+                          "workers from the limit (--workers auto), or raise the hard nofile limit"),
+             (None, "a worker ran out of descriptors: more --workers, or raise the hard nofile limit")))),
     Knob("RLIMIT_NOFILE.soft", "rlimit", "process", "descriptors", CAPS_PER_PROCESS,
          "Descriptors one process may open now; past it socket()/accept() fail with EMFILE.",
          current=lambda ctx: [ctx.snap.nofile_soft],
-         allows=_per_process_allows(lambda ctx: ctx.snap.nofile_soft), needs=_soft_needs),
+         allows=_per_process_allows(lambda ctx: ctx.snap.nofile_soft), needs=_soft_needs,
+         service_use="fds"),
     Knob("CAP_SYS_RESOURCE", "capability", "process", "yes/no", CAPS_PER_PROCESS,
          "Whether this process may raise its hard RLIMIT_NOFILE; containers and services "
          "often lack it, so one process is capped and the load must be sharded.",
          current=lambda ctx: ["yes" if ctx.snap.cap_sys_resource else "no"], writable=False,
          capped=lambda ctx: not ctx.snap.cap_sys_resource,
-         fix="run with CAP_SYS_RESOURCE, or shard across processes"),
+         fix="run with CAP_SYS_RESOURCE, or shard across processes", ceiling_of="RLIMIT_NOFILE.hard"),
     Knob("net.ipv4.ip_local_port_range", "sysctl", "netns", "ports", CAPS_CONNECTIONS,
          "Ephemeral ports per (source address, destination); one source address reaches "
          "one server ip:port at most this many times.",
          current=_sysctl("net.ipv4.ip_local_port_range"), allows=_port_allows,
          needs=_port_range_needs, reads=(("net.ipv4.ip_local_reserved_ports", "netns"),),
-         k8s_safe_since="1.11"),
+         k8s_safe_since="1.11",
+         # connect() with no free (source, port) pair left for the destination.
+         signs=Signs(errors=((E.EADDRNOTAVAIL, None), (E.EADDRINUSE, None)), hints=(
+             ("client", _CLIENT_PORTS_HINT),
+             (None, "no free (source address, port) pair was left for the listener: widen {name}, "
+                    "or spread over more source addresses (--source-net)")))),
     Knob("source addresses", "addresses", "netns", "addresses", CAPS_CONNECTIONS,
          "Local addresses outbound sockets can bind to; each adds a full port range "
          "(all of 127.0.0.0/8 is local on lo).",
          current=lambda ctx: [ctx.sources], allows=_port_allows, needs=_addresses_needs,
-         fix="tuner apply --alias-dev DEV --alias-net CIDR"),
+         fix="tuner apply --alias-dev DEV --alias-net CIDR",
+         # bind() of a source address that is not local.
+         signs=Signs(errors=((E.EADDRNOTAVAIL, "bind"),), hints=(
+             ("client", _CLIENT_PORTS_HINT),
+             (None, "a source address to bind is not local: add it, or pass a --source-net that is")))),
     Knob("net.ipv4.tcp_mem", "sysctl", "host", "pages", CAPS_IN_FLIGHT,
          "Pages all TCP buffers may use (low, pressure, high); past high, sends stall and "
          "received data is dropped. A message in flight costs a page per connection.",
          current=_sysctl("net.ipv4.tcp_mem"), allows=_tcp_mem_allows, needs=_tcp_mem_needs,
-         usage=_usage(_sockstat_tcp("mem"), lambda ctx: (ctx.snap.ints("net.ipv4.tcp_mem") or [0])[-1])),
+         usage=_usage(_sockstat_tcp("mem"), lambda ctx: (ctx.snap.ints("net.ipv4.tcp_mem") or [0])[-1]),
+         # TCPAbortOnMemory also counts sockets reset for too many orphans (tcp_max_orphans).
+         signs=Signs(errors=((E.ENOBUFS, None), (E.ENOMEM, None)), only_with_counters=True,
+                     counters=(("TcpExt", "TCPMemoryPressures"), ("TcpExt", "TCPAbortOnMemory")),
+                     kernel_log=(r"TCP: out of memory",),
+                     hints=((None, "TCP hit its memory limit: raise {name}"),))),
     Knob("net.ipv4.tcp_rmem", "sysctl", "netns", "bytes", CAPS_BUFFERS,
          "Receive buffer min/default/max per socket; the default times all sockets is the "
          "worst-case memory if every buffer fills.",
@@ -457,25 +552,32 @@ KNOBS: List[Knob] = [
          "Cap on a listener's accept queue; a burst of connects beyond it is dropped and "
          "retried after a second (ListenOverflows).",
          current=_sysctl("net.core.somaxconn"),
-         needs=_raise_scalar("net.core.somaxconn", _backlog_wanted)),
+         needs=_raise_scalar("net.core.somaxconn", _backlog_wanted), caps_backlog=True,
+         signs=Signs(counters=(("TcpExt", "ListenOverflows"), ("TcpExt", "ListenDrops")), hints=(
+             (None, "the accept queue overflowed (ListenOverflows/ListenDrops rose): raise {name} "
+                    "and net.ipv4.tcp_max_syn_backlog"),))),
     Knob("net.ipv4.tcp_max_syn_backlog", "sysctl", "netns", "connections", CAPS_BURSTS,
          "Half-open connections remembered per listener during a connect burst.",
          current=_sysctl("net.ipv4.tcp_max_syn_backlog"),
-         needs=_raise_scalar("net.ipv4.tcp_max_syn_backlog", _backlog_wanted)),
+         needs=_raise_scalar("net.ipv4.tcp_max_syn_backlog", _backlog_wanted),
+         signs=Signs(counters=(("TcpExt", "TCPReqQFullDrop"),))),
     Knob("net.ipv4.tcp_max_orphans", "sysctl", "host", "sockets", CAPS_TEARDOWN,
          "Closed-but-unfinished sockets; closing N at once beyond it resets them instead "
          "of closing cleanly ('too many orphaned sockets').",
          current=_sysctl("net.ipv4.tcp_max_orphans"),
          allows=lambda ctx: ctx.snap.int("net.ipv4.tcp_max_orphans"),
          needs=_raise_scalar("net.ipv4.tcp_max_orphans", lambda ctx: ctx.with_headroom(ctx.target)),
-         usage=_usage(_sockstat_tcp("orphan"), lambda ctx: ctx.snap.int("net.ipv4.tcp_max_orphans"))),
+         usage=_usage(_sockstat_tcp("orphan"), lambda ctx: ctx.snap.int("net.ipv4.tcp_max_orphans")),
+         signs=Signs(kernel_log=(r"too many orphaned sockets",))),
     Knob("net.ipv4.tcp_max_tw_buckets", "sysctl", "netns", "sockets", CAPS_TEARDOWN,
          "TIME_WAIT sockets kept; beyond it they are destroyed early ('time wait bucket "
          "table overflow'), so a mass close of N loses that protection.",
          current=_sysctl("net.ipv4.tcp_max_tw_buckets"),
          allows=lambda ctx: ctx.snap.int("net.ipv4.tcp_max_tw_buckets"),
          needs=_raise_scalar("net.ipv4.tcp_max_tw_buckets", lambda ctx: ctx.with_headroom(ctx.target)),
-         usage=_usage(_sockstat_tcp("tw"), lambda ctx: ctx.snap.int("net.ipv4.tcp_max_tw_buckets"))),
+         usage=_usage(_sockstat_tcp("tw"), lambda ctx: ctx.snap.int("net.ipv4.tcp_max_tw_buckets")),
+         signs=Signs(counters=(("TcpExt", "TCPTimeWaitOverflow"),),
+                     kernel_log=(r"time wait bucket table overflow",))),
     Knob("net.ipv4.tcp_tw_reuse", "sysctl", "netns", "mode", CAPS_TEARDOWN,
          "Whether new outbound connections may reuse ports in TIME_WAIT (2: loopback only); "
          "a load generator that reconnects needs 1.",
@@ -488,19 +590,25 @@ KNOBS: List[Knob] = [
          reads=(("net.netfilter.nf_conntrack_count", "netns"),),
          usage=_usage(lambda ctx: ctx.snap.int("net.netfilter.nf_conntrack_count"),
                       lambda ctx: ctx.snap.int("net.netfilter.nf_conntrack_max")),
-         net_of_use=True),
+         net_of_use=True,
+         signs=Signs(counters=(("conntrack", "insert_failed"), ("conntrack", "drop")),
+                     full=("conntrack_count", "conntrack_max"), kernel_log=(r"nf_conntrack: table full",),
+                     hints=((None, "conntrack's table is full: raise {name}"),))),
     Knob("fs.epoll.max_user_watches", "sysctl", "host", "watches", CAPS_CONNECTIONS,
          "Sockets one user may watch with epoll across all its processes; epoll_ctl fails "
          "with ENOSPC beyond it.",
          current=_sysctl("fs.epoll.max_user_watches"), allows=_epoll_allows,
          needs=_raise_scalar("fs.epoll.max_user_watches",
-                             lambda ctx: ctx.with_headroom(ctx.fds(ctx.target)) if ctx.epoll else None)),
+                             lambda ctx: ctx.with_headroom(ctx.fds(ctx.target)) if ctx.epoll else None),
+         service_use="epoll_watches"),
     Knob("MemAvailable", "memory", "host", "bytes", CAPS_CONNECTIONS,
          "Memory the kernel can give without swapping; idle connections cost slab "
          "objects (estimated below), so RAM caps them when nothing else does.",
          current=lambda ctx: [ctx.mem_available] if ctx.mem_available is not None else None,
          allows=_mem_allows, writable=False, fix="add memory or use a larger host",
-         net_of_use=True),
+         net_of_use=True,
+         signs=Signs(errors=((E.ENOBUFS, None), (E.ENOMEM, None)), probe_name="memory", hints=(
+             (None, "the kernel ran out of memory for sockets: free memory or probe fewer connections"),))),
     Knob("cgroup memory limit", "memory", "process", "bytes", CAPS_CONNECTIONS,
          "Kernel socket memory is charged to the cgroup, so a container's limit caps "
          "connections even on a large host.",
@@ -594,13 +702,13 @@ PROCESS_KNOBS: List[Knob] = [
          current=_sysctl("kernel.threads-max"), allows=_tasks_allows(_host_tasks("kernel.threads-max")),
          usage=_usage(lambda ctx: _proc(ctx).get("host_tasks"), lambda ctx: ctx.snap.int("kernel.threads-max")),
          needs=_raise_scalar("kernel.threads-max", _tasks_wanted(_host_tasks("kernel.threads-max"))),
-         net_of_use=True),
+         net_of_use=True, per_thread=1, signs=Signs(hints=((None, _TASKS_HINT),))),
     Knob("kernel.pid_max", "sysctl", "host", "pids", CAPS_CONNECTIONS,
          "Every thread takes a pid; past pid_max (at most 4,194,304) no thread can start.",
          current=_sysctl("kernel.pid_max"), allows=_tasks_allows(_host_tasks("kernel.pid_max")),
          usage=_usage(lambda ctx: _proc(ctx).get("host_tasks"), lambda ctx: ctx.snap.int("kernel.pid_max")),
          needs=_raise_scalar("kernel.pid_max", _tasks_wanted(_host_tasks("kernel.pid_max"))),
-         net_of_use=True),
+         net_of_use=True, per_thread=1),
     Knob("cgroup pids.max", "cgroup", "cgroup", "tasks", CAPS_CONNECTIONS,
          "Tasks (threads) the process's cgroup may hold; a container or a unit's TasksMax= "
          "stops a thread-per-connection server here.",
@@ -611,11 +719,98 @@ PROCESS_KNOBS: List[Knob] = [
                             or _tasks_wanted(_cgroup_tasks)(ctx) is None
                             or _tasks_wanted(_cgroup_tasks)(ctx) <= _cgroup_tasks(ctx)[0]
                             else [_tasks_wanted(_cgroup_tasks)(ctx)]),
-         fix="raise pids.max of the process's cgroup (systemd: TasksMax= in the unit)"),
+         fix="raise pids.max of the process's cgroup (systemd: TasksMax= in the unit)",
+         per_thread=1, signs=Signs(probe_name="pids.max", hints=((None, _TASKS_HINT),))),
     Knob("vm.max_map_count", "sysctl", "host", "mappings", CAPS_PER_PROCESS,
          "Memory mappings one process may have; each thread's stack takes two, so a "
          "thread-per-connection server stops near half of it.",
          current=_sysctl("vm.max_map_count"), allows=_maps_allows,
          usage=_usage(lambda ctx: _proc(ctx).get("maps"), lambda ctx: ctx.snap.int("vm.max_map_count")),
-         needs=_raise_scalar("vm.max_map_count", _maps_wanted)),
+         needs=_raise_scalar("vm.max_map_count", _maps_wanted), per_thread=MAPS_PER_THREAD),
 ]
+
+# Every knob, the host's and a running process's own.
+ALL: List[Knob] = KNOBS + PROCESS_KNOBS
+BY_NAME_ALL = {k.name: k for k in ALL}
+
+
+# ---------------------------------------------------------------- asking the table
+# How a limit shows itself being hit (Knob.signs), for the probe's classifier and
+# `tuner diagnose --watch`.
+
+def for_probe_limit(limit: Optional[str]) -> Optional[Knob]:
+    """The knob a probe's stopped_by/errors[].limit names (its probe_name)."""
+    return next((k for k in ALL if k.probe_name == limit), None)
+
+
+def counter_key(source: str, name: str) -> str:
+    """How a counter is keyed in samples and in the probe's snapshot: TcpExt counters by
+    their own name, conntrack's statistics as conntrack_<name>."""
+    return name if source == "TcpExt" else f"{source}_{name}"
+
+
+def counters(source: Optional[str] = None) -> dict:
+    """{counter key: knob} for every counter the table names (of `source` only, if given)."""
+    return {counter_key(src, name): k for k in ALL for src, name in k.signs.counters
+            if source in (None, src)}
+
+
+def rose(knob: Knob, moved: dict) -> bool:
+    """One of the knob's counters grew (`moved`: growth by counter key)."""
+    return any(moved.get(counter_key(src, name), 0) > 0 for src, name in knob.signs.counters)
+
+
+def full(knob: Knob, now: dict) -> bool:
+    """What is in use of it has reached FULL_SHARE (`now`: the probe's kernel snapshot)."""
+    if not knob.signs.full:
+        return False
+    used, limit = (now.get(key) for key in knob.signs.full)
+    return bool(limit) and (used or 0) >= FULL_SHARE * limit
+
+
+def for_error(code: int, op: str, moved: Optional[dict] = None) -> Optional[Knob]:
+    """The knob a call `op` failing with errno `code` hit; an entry for the op itself
+    wins over one for any op. `moved`: counters that grew meanwhile."""
+    fallback = None
+    for knob in ALL:
+        for errno_, only_op in knob.signs.errors:
+            if errno_ != code or only_op not in (None, op):
+                continue
+            if knob.signs.only_with_counters and not rose(knob, moved or {}):
+                continue
+            if only_op == op:
+                return knob
+            fallback = fallback or knob
+    return fallback
+
+
+# A connect that timed out was dropped at a queue first (the accept queue, the SYN
+# queue), else by a full table (conntrack), else for want of buffer memory.
+TIMEOUT_CAUSES = (CAPS_BURSTS, CAPS_CONNECTIONS, CAPS_IN_FLIGHT)
+
+
+def for_timeout(moved: dict, now: dict) -> Optional[Knob]:
+    """The knob that explains connections that never completed: its counters rose over
+    the run (`moved`), or it is full now (`now`)."""
+    for caps in TIMEOUT_CAUSES:
+        for knob in ALL:
+            if knob.caps == caps and (rose(knob, moved) or full(knob, now)):
+                return knob
+    return None
+
+
+def kernel_log_patterns() -> List[tuple]:
+    """(compiled pattern, knob) for every kernel log message the table names."""
+    import re
+
+    return [(re.compile(p), k) for k in ALL for p in k.signs.kernel_log]
+
+
+def backlog_cap() -> Knob:
+    """The knob that caps every listener's accept queue (listen()'s backlog)."""
+    return next(k for k in ALL if k.caps_backlog)
+
+
+def ceiling(name: str, kind: str = "sysctl") -> Optional[Knob]:
+    """The knob of `kind` that caps knob `name` (ceiling_of)."""
+    return next((k for k in ALL if k.ceiling_of == name and k.kind == kind), None)

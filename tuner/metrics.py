@@ -105,7 +105,7 @@ METRICS: List[Metric] = [
     Metric("tuner_capacity_connections", GAUGE, ("role",),
            "Most concurrent connections the host can take now for the role: the smallest "
            "allowance of the limits that cap connections (report max_connections). Limits "
-           "counted net of what is in use (fs.file-max, MemAvailable, conntrack) shrink as "
+           "counted net of what is in use (open files, MemAvailable, conntrack) shrink as "
            "connections open.", _rep(_capacity)),
     Metric("tuner_connections_open", GAUGE, ("role",),
            "Connections open now as the role counts them: TCP sockets in use (sockstat) per "
@@ -119,8 +119,8 @@ METRICS: List[Metric] = [
            "says what it counts: connections (decides capacity), per-process, in-flight, "
            "teardown.", _rep(_limits)),
     Metric("tuner_limit_utilization_ratio", GAUGE, ("knob",),
-           "In use / the limit's value, 0 to 1, for limits with a count in use: fs.file-max "
-           "(fs.file-nr), tcp_mem pages, orphans, TIME_WAIT, conntrack entries, the cgroup's "
+           "In use / the limit's value, 0 to 1, for limits with a count in use: open files "
+           "(file-nr), tcp_mem pages, orphans, TIME_WAIT, conntrack entries, the cgroup's "
            "memory (report rows[].utilization).", _rep(_utilization)),
     Metric("tuner_kernel_memory_bytes_per_connection", GAUGE, ("estimate",),
            "Kernel memory one connection costs: idle (slab objects) or worst (plus default "

@@ -3,7 +3,8 @@
 Everything comes from the knob table: a knob is in the plan when its `needs` rule
 returns a value, and the plan's order is the table's order.  After each change the
 plan writes the new value into a copy of the snapshot and re-evaluates, so later rules
-see earlier changes (fs.nr_open raised before the hard RLIMIT_NOFILE that needs it; the
+see earlier changes (the host's descriptor ceiling raised before the hard RLIMIT_NOFILE
+that needs it; the
 port range widened before source addresses are counted).  Which setting kind plans a
 knob, and how, is the kind's (tuner/settings/): sysctl -> /proc/sys, rlimit -> prlimit
 on each --pid, addresses -> /32 aliases on --alias-dev; `--persist` adds files at the

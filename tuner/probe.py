@@ -18,19 +18,16 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Union
 
-from probes import ProbeConfig, ProbeConfigError, classify, launch
+from probes import ProbeConfig, ProbeConfigError, launch
 from probes.config import source_count, worker_capacity
 
-from . import report
+from . import knobs, report
 from .capacity import CAPPED, Report
 from .errors import TunerError, UsageError
 from .live_progress import Progress
 from .numfmt import number, rate as per_second, size, values
 
 DEFAULT_SOURCE_NET = "127.0.0.0/8"
-# The knob table's row for a limit the probe classifies under another name: the
-# workers run at their hard limit (the probe raises the soft one to it).
-KNOB_FOR_LIMIT = {classify.RLIMIT_NOFILE: "RLIMIT_NOFILE.hard"}
 
 
 @dataclass
@@ -66,8 +63,11 @@ class Preflight:
     def fix_for(self, limit: Optional[str]) -> Optional[str]:
         """The table's fix for a limit the probe hit: the value N needs, under this
         probe's configuration, and the command that sets it."""
+        # The probe names some knobs its own way (RLIMIT_NOFILE: its workers run at the
+        # hard limit); the table says which knob a probe limit is.
+        knob = knobs.for_probe_limit(limit)
         try:
-            row = self.report.row(KNOB_FOR_LIMIT.get(limit, limit))
+            row = self.report.row(knob.name if knob is not None else limit)
         except StopIteration:
             return None
         if row.needed is not None and row.status != CAPPED:

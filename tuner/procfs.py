@@ -98,6 +98,11 @@ def nr_open() -> Optional[int]:
     return sysctl_int("fs.nr_open")
 
 
+def conntrack_count() -> Optional[int]:
+    """Connections conntrack tracks now in this namespace, None when it is not loaded."""
+    return sysctl_int("net.netfilter.nf_conntrack_count")
+
+
 def conntrack() -> Optional[Tuple[int, int]]:
     """(nf_conntrack_count, nf_conntrack_max), or None when conntrack is not loaded."""
     count = sysctl_int("net.netfilter.nf_conntrack_count")

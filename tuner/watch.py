@@ -1,19 +1,17 @@
 """`tuner diagnose --watch`: the service live, and the counters that say a limit bites now.
 
 Every --interval it samples, in the service's network namespace: connections held and
-descriptors in use per process, the accept queues, and the deltas of the kernel's
-counters for limits being hit (TcpExt ListenOverflows, ListenDrops, TCPReqQFullDrop,
-TCPMemoryPressures, TCPAbortOnMemory, TCPTimeWaitOverflow; sockstat orphans and
-TIME_WAIT; conntrack count, insert_failed, drop) plus new kernel log lines that name a
-limit.  When one moves, the line names the limit it means and the fix (from the knob
-table).  Ctrl-C (or the --watch duration) ends it with a summary of what moved.
+descriptors in use per process, the accept queues, sockstat's orphans and TIME_WAIT,
+conntrack's count, and the deltas of the kernel counters the knob table says rise when
+a limit is hit (each knob's `signs`: TcpExt ListenOverflows, TCPMemoryPressures, ...,
+conntrack's insert_failed and drop) plus new kernel log lines the table names.  When
+one moves, the line names the limit it means and the fix (from the knob table).  Ctrl-C (or the --watch duration) ends it with a summary of what moved.
 Output: rich on a terminal, one JSON line per sample with --json, plain lines otherwise.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,23 +22,9 @@ from .diagnose import LISTEN_BACKLOG, backlog_fix, diagnose
 
 SCHEMA = "tuner.diagnose.watch/1"
 
-# TcpExt counter -> the limit it means when it moves.
-COUNTERS = {
-    "ListenOverflows": "accept queue",          # resolved per listener: backlog or somaxconn
-    "ListenDrops": "accept queue",
-    "TCPReqQFullDrop": "net.ipv4.tcp_max_syn_backlog",
-    "TCPMemoryPressures": "net.ipv4.tcp_mem",
-    "TCPAbortOnMemory": "net.ipv4.tcp_mem",     # also: too many orphans (tcp_max_orphans)
-    "TCPTimeWaitOverflow": "net.ipv4.tcp_max_tw_buckets",
-}
-CONNTRACK = {"insert_failed": "net.netfilter.nf_conntrack_max", "drop": "net.netfilter.nf_conntrack_max"}
-# Kernel log lines that name a limit (net/ipv4/tcp.c, nf_conntrack_core.c).
-KMSG = [
-    (re.compile(r"too many orphaned sockets"), "net.ipv4.tcp_max_orphans"),
-    (re.compile(r"TCP: out of memory"), "net.ipv4.tcp_mem"),
-    (re.compile(r"nf_conntrack: table full"), "net.netfilter.nf_conntrack_max"),
-    (re.compile(r"time wait bucket table overflow"), "net.ipv4.tcp_max_tw_buckets"),
-]
+# Counters and kernel log lines that mean a limit is hit: the knob table's (Knob.signs).
+COUNTERS = knobs.counters()            # counter key -> knob
+KMSG = knobs.kernel_log_patterns()     # (pattern, knob)
 
 
 # What a descriptor walker pins per descriptor it looks at (issue 10: with one walking
@@ -70,8 +54,8 @@ class Sample:
 
 
 class KernelLog:
-    """New lines of /dev/kmsg since the watch started, where readable (root, or
-    kernel.dmesg_restrict=0); nothing is created or changed by reading it."""
+    """New lines of /dev/kmsg since the watch started, where readable (root, or an
+    unrestricted dmesg); nothing is created or changed by reading it."""
 
     def __init__(self) -> None:
         self.fd: Optional[int] = None
@@ -122,17 +106,18 @@ def take_sample(pids: Sequence[int], ports: Sequence[int], klog: KernelLog) -> S
         queued = conns.accept_queue
         netstat = procfs.net_counters("TcpExt")
         sock = procfs.sockstat().get("TCP", {})
-        count = procfs.read_sysctl("net.netfilter.nf_conntrack_count")
-        ct = procfs.conntrack_stats(tuple(CONNTRACK))
-    counters = {k: netstat.get(k, 0) for k in COUNTERS}
-    counters.update({f"conntrack_{k}": v for k, v in ct.items()})
+        count = procfs.conntrack_count()
+        ct = procfs.conntrack_stats(tuple(name for k in knobs.ALL for src, name in k.signs.counters
+                                          if src == "conntrack"))
+    counters = {key: netstat.get(key, 0) for key in knobs.counters("TcpExt")}
+    counters.update({knobs.counter_key("conntrack", k): v for k, v in ct.items()})
     try:
         slab = procfs.slab_active(WALK_CACHES)
     except OSError:
         slab = {}   # /proc/slabinfo needs root
     return Sample(time.time(), conns.held, queued, sum(l.backlog for l in own), fds, soft, threads,
                   counters, sock.get("orphan", 0), sock.get("tw", 0),
-                  int(count) if count else None, klog.new_lines(), slab)
+                  count, klog.new_lines(), slab)
 
 
 @dataclass
@@ -166,9 +151,8 @@ class Watch:
     def _fix_for(self, limit: str) -> str:
         d = self.diag
         if limit == LISTEN_BACKLOG and d.listeners:
-            somax = next((r.current[0] for r in d.limits if r.name == "net.core.somaxconn"
-                          and r.current), None)
-            return backlog_fix(min(d.listeners, key=lambda l: l["backlog"]), somax, self.procs).command
+            return backlog_fix(min(d.listeners, key=lambda l: l["backlog"]), self.backlog_cap(),
+                               self.procs).command
         if limit == "RLIMIT_NOFILE.soft":
             return next((f.command for f in d.fix if f.command.startswith("tuner apply --pid")),
                         knobs.BY_NAME[limit].why)
@@ -181,15 +165,19 @@ class Watch:
             return f"tuner apply --target {n} --role server{netns}  ({knob.name})"
         return knob.fix or knob.why
 
+    def backlog_cap(self) -> Optional[int]:
+        """The value of the knob that caps listen()'s backlog, as diagnose read it."""
+        name = knobs.backlog_cap().name
+        return next((r.current[0] for r in self.diag.limits if r.name == name and r.current), None)
+
     def accept_limit(self) -> str:
         """Which limit a full accept queue means: the application's backlog when it asked
-        for less than somaxconn, somaxconn otherwise."""
-        somax = next((r.current[0] for r in self.diag.limits if r.name == "net.core.somaxconn"
-                      and r.current), None)
+        for less than the knob that caps it, that knob otherwise."""
+        cap = self.backlog_cap()
         backlogs = [l["backlog"] for l in self.diag.listeners]
-        if somax is not None and backlogs and min(backlogs) < somax:
+        if cap is not None and backlogs and min(backlogs) < cap:
             return LISTEN_BACKLOG
-        return "net.core.somaxconn"
+        return knobs.backlog_cap().name
 
     def step(self, s: Sample) -> List[Event]:
         self.samples += 1
@@ -205,9 +193,8 @@ class Watch:
             delta = value - prev.counters.get(name, value)
             if delta <= 0:
                 continue
-            base = name.replace("conntrack_", "")
-            limit = (self.accept_limit() if COUNTERS.get(name) == "accept queue"
-                     else COUNTERS.get(name) or CONNTRACK.get(base, ""))
+            knob = COUNTERS.get(name)
+            limit = "" if knob is None else self.accept_limit() if knob.caps_backlog else knob.name
             events.append(Event(name, delta, limit, self._fix_for(limit)))
         # Connections the kernel completed into the backlog that the server does not take:
         # the gauge is the queue itself, so its peak (not a sum) is kept.
@@ -221,7 +208,7 @@ class Watch:
                                 "the application is not calling accept() (a blocked event loop, a "
                                 "busy or dead acceptor thread); its descriptors still have room"))
         for line in s.kernel_log:
-            limit = next(l for p, l in KMSG if p.search(line))
+            limit = next(k.name for p, k in KMSG if p.search(line))
             events.append(Event("kernel log", 1, limit, self._fix_for(limit)))
             self.kernel_lines.append(line)
         for e in events:

@@ -91,6 +91,7 @@ class Rlimit(Kind):
     def _write(self, netns, detail, value: int) -> None:
         import psutil
 
+        from ..knobs import BY_NAME, ceiling
         from ..procfs import read_sysctl
 
         proc = _process(detail)
@@ -103,20 +104,24 @@ class Rlimit(Kind):
         except psutil.NoSuchProcess:
             raise Gone(f"process {detail['pid']} has exited") from None
         except psutil.AccessDenied:
-            raise WriteError(f"EPERM: a hard limit can go no higher than fs.nr_open "
-                             f"({read_sysctl('fs.nr_open')}) and goes up only with "
-                             f"CAP_SYS_RESOURCE (otherwise: LimitNOFILE= in the unit, nofile "
-                             f"in /etc/security/limits.d/, or shard across processes)") from None
+            # The knob table says which sysctl caps a hard limit (and what else to do).
+            hard = BY_NAME[f"{detail['resource']}.hard"]
+            cap = ceiling(hard.name)
+            raise WriteError(f"EPERM: a hard limit can go no higher than {cap.name} "
+                             f"({read_sysctl(cap.name)}) and goes up only with "
+                             f"CAP_SYS_RESOURCE (otherwise: {hard.fix}, or shard across "
+                             f"processes)") from None
 
     def plan(self, knob, planning) -> List[Change]:
-        from ..knobs import NR_OPEN_MAX
+        from ..knobs import NR_OPEN_MAX, ceiling
 
         res, which = parts(knob)
         req = planning.req
         out = []
         for pid, info in planning.procs.items():
             psnap = planning.pid_snaps[pid]
-            # Host-wide ceilings (fs.nr_open) as raised so far, the process's own limits.
+            # Host-wide ceilings (the sysctl that caps a hard limit) as raised so far, the
+            # process's own limits.
             psnap.sysctls = dict(planning.sim.sysctls)
             needed = knob.needs(planning.ctx(psnap))
             field_name = FIELDS[which]
@@ -137,7 +142,8 @@ class Rlimit(Kind):
                 if not psnap.cap_sys_resource:
                     why = "this host cannot raise it (no CAP_SYS_RESOURCE)"
                 elif req.netns is not None:
-                    why = (f"fs.nr_open ({psnap.sysctls.get('fs.nr_open')}) caps it; that is "
+                    cap = ceiling(f"{res}.hard")
+                    why = (f"{cap.name} ({psnap.sysctls.get(cap.name)}) caps it; that is "
                            f"host-wide, so 'tuner apply' without --netns raises it")
                 else:
                     why = f"the kernel caps every process at {NR_OPEN_MAX:,} descriptors"
