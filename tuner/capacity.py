@@ -2,7 +2,9 @@
 
 Pure functions of a `Ctx`: no reads, no writes, so fixed snapshots (a 64 GB host, the
 seed's 8 GB box) test it as well as this machine does.  The result is plain data that
-`render` turns into a table or JSON and that `plan` turns into changes.
+`render` turns into a table or JSON and that `plan` turns into changes.  The figures
+every command shares are computed here once: the processes a target needs
+(processes_needed) and the worst-case memory (worst_case_bytes).
 """
 from __future__ import annotations
 
@@ -110,8 +112,16 @@ def processes_needed(ctx: Ctx, connections: int) -> Dict[str, Any]:
     }
 
 
+def worst_case_bytes(ctx: Ctx, connections: int) -> Optional[int]:
+    """The one worst-case memory figure (memory.WORST_CASE): what `connections` take if
+    every socket's default buffers fill at once, the idle slab objects included (per
+    connection: ctx.worst_bytes). Report, apply's plan, metrics and diagnose show this."""
+    per = ctx.worst_bytes
+    return None if per is None else per * connections
+
+
 def memory_estimates(ctx: Ctx, connections: int) -> Dict[str, Any]:
-    """Idle (slab objects only) and worst case (plus default buffers) for `connections`."""
+    """Idle (slab objects only) and worst case (worst_case_bytes) for `connections`."""
     tcp_mem_bytes = ctx.tcp_mem_high_bytes
     avail = ctx.mem_available
     out: Dict[str, Any] = {
@@ -126,7 +136,7 @@ def memory_estimates(ctx: Ctx, connections: int) -> Dict[str, Any]:
     out["idle_total_bytes"] = ctx.idle_bytes * connections
     out["idle_fits_memory"] = None if avail is None else out["idle_total_bytes"] <= avail
     if ctx.worst_bytes is not None:
-        out["worst_total_bytes"] = ctx.worst_bytes * connections
+        out["worst_total_bytes"] = worst_case_bytes(ctx, connections)
         out["worst_fits_memory"] = None if avail is None else out["worst_total_bytes"] <= avail
         # tcp_mem counts buffer pages only; slab objects are not charged to it.
         buffers = ctx.buffer_bytes * connections

@@ -5,6 +5,7 @@ disagree; numbers are formatted by render.number/value like every other table.
 """
 from __future__ import annotations
 
+from .memory import WORST_CASE
 from .numfmt import number, size
 from .render import table, value
 
@@ -50,7 +51,7 @@ def diagnose_text(d, wide: bool = False) -> str:
                                               if d.thread_per_connection else ""))
     m = d.memory
     lines.append(f"kernel memory per connection ({m['source']}): idle {size(m['idle_bytes_per_connection'])}, "
-                 f"worst case {size(m['worst_bytes_per_connection'])}")
+                 f"{WORST_CASE} {size(m['worst_bytes_per_connection'])}")
     if d.fix:
         lines += ["", "fix:"]
         for f in d.fix:

@@ -8,7 +8,8 @@ what slab growth shows (TCP objects are 2368 bytes but 13 share 8 pages: 2521).
 
 Worst case adds each socket's default receive and send buffers (tcp_rmem[1] +
 tcp_wmem[1]), the seed post's "80000 * 131072 * 2 * 2 bytes" arithmetic: what the
-host would need if every connection filled its initial buffers at once.
+host would need if every connection filled its initial buffers at once.  It is one
+figure everywhere (tuner.capacity.worst_case_bytes), shown with one label (WORST_CASE).
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ PER_OUTBOUND = ("tcp_bind_bucket", "tcp_bind2_bucket")
 
 # A message in flight is charged to the socket in whole pages (SK_MEM_QUANTUM).
 PAGES_IN_FLIGHT_PER_CONN = 1
+
+# The one worst-case figure's label, wherever it is shown (report, apply's plan, diagnose,
+# metrics): what it includes. tuner.capacity.worst_case_bytes computes it.
+WORST_CASE = "worst case (slab objects + full default buffers)"
 
 
 def object_bytes(slab: Optional[Dict[str, List[int]]], cache: str, page_size: int = 4096) -> int:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from .errors import TunerError, UsageError
+from .memory import WORST_CASE
 
 TEXTFILE_NAME = "tuner.prom"   # node_exporter's textfile collector reads *.prom only
 GAUGE = "gauge"
@@ -123,8 +124,8 @@ METRICS: List[Metric] = [
            "(file-nr), tcp_mem pages, orphans, TIME_WAIT, conntrack entries, the cgroup's "
            "memory (report rows[].utilization).", _rep(_utilization)),
     Metric("tuner_kernel_memory_bytes_per_connection", GAUGE, ("estimate",),
-           "Kernel memory one connection costs: idle (slab objects) or worst (plus default "
-           "socket buffers) (report memory.*_bytes_per_connection).", _rep(_memory)),
+           f"Kernel memory one connection costs: idle (slab objects) or worst, the "
+           f"{WORST_CASE} (report memory.*_bytes_per_connection).", _rep(_memory)),
     Metric("tuner_connections_per_process", GAUGE, ("role",),
            "Connections one process can hold under its descriptor ceiling (report "
            "processes.connections_per_process).",

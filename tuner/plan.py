@@ -4,8 +4,7 @@ Everything comes from the knob table: a knob is in the plan when its `needs` rul
 returns a value, and the plan's order is the table's order.  After each change the
 plan writes the new value into a copy of the snapshot and re-evaluates, so later rules
 see earlier changes (the host's descriptor ceiling raised before the hard RLIMIT_NOFILE
-that needs it; the
-port range widened before source addresses are counted).  Which setting kind plans a
+that needs it; the port range widened before source addresses are counted).  Which setting kind plans a
 knob, and how, is the kind's (tuner/settings/): sysctl -> /proc/sys, rlimit -> prlimit
 on each --pid, addresses -> /32 aliases on --alias-dev; `--persist` adds files at the
 end that set the same values at boot.
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import settings
+from .capacity import worst_case_bytes
 from .knobs import KNOBS, Ctx
 from .readings import Snapshot
 from .settings import Change
@@ -118,8 +118,14 @@ class Planning:
 
 
 def _buffer_memory(snap: Snapshot, req: Request) -> Optional[int]:
+    """The buffers' part of the worst case (the plan's worst_case_buffer_bytes_*)."""
     ctx = _ctx(snap, req)
     return None if ctx.buffer_bytes is None else ctx.buffer_bytes * req.target
+
+
+def _worst_case(snap: Snapshot, req: Request) -> Optional[int]:
+    """The one worst-case figure (capacity.worst_case_bytes), as `tuner report` shows it."""
+    return worst_case_bytes(_ctx(snap, req), req.target)
 
 
 def build_plan(snap: Snapshot, req: Request, procs: Optional[Dict[int, Dict[str, Any]]] = None,
@@ -147,7 +153,9 @@ def build_plan(snap: Snapshot, req: Request, procs: Optional[Dict[int, Dict[str,
 
 def _memory(snap: Snapshot, sim: Snapshot, req: Request, before: Optional[int]) -> Dict[str, Any]:
     after = _buffer_memory(sim, req)
-    out: Dict[str, Any] = {"worst_case_buffer_bytes_before": before,
+    out: Dict[str, Any] = {"worst_total_bytes_before": _worst_case(snap, req),
+                           "worst_total_bytes_after": _worst_case(sim, req),
+                           "worst_case_buffer_bytes_before": before,
                            "worst_case_buffer_bytes_after": after,
                            "shrink_buffers": req.shrink_buffers}
     if not req.shrink_buffers:
@@ -160,6 +168,7 @@ def _memory(snap: Snapshot, sim: Snapshot, req: Request, before: Optional[int]) 
                 if needed is not None:
                     shrunk.sysctls[knob.name] = sysctl_text(needed)
         out["worst_case_buffer_bytes_if_shrunk"] = _buffer_memory(shrunk, req)
+        out["worst_total_bytes_if_shrunk"] = _worst_case(shrunk, req)
     ctx = _ctx(sim, req)
     out["mem_available_bytes"] = ctx.mem_available
     return out

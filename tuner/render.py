@@ -10,6 +10,7 @@ from typing import Any, Iterable, List, Optional
 
 from .capacity import Report
 from .numfmt import number, of, rate, seconds, size, values
+from .memory import WORST_CASE
 
 
 def value(vals, unit: str = "") -> str:
@@ -63,9 +64,9 @@ def report_text(report: Report, wide: bool = False) -> str:
                      f"x {number(p['connections_per_process'])} connections; {fd_note}")
     m = report.memory
     lines.append(f"kernel memory per connection ({m['source']}): idle "
-                 f"{size(m['idle_bytes_per_connection'])}, worst case "
-                 f"{size(m['worst_bytes_per_connection'])} (with default buffers)")
-    lines.append(f"for {number(m['for_connections'])}: idle {size(m['idle_total_bytes'])}, worst case "
+                 f"{size(m['idle_bytes_per_connection'])}, {WORST_CASE} "
+                 f"{size(m['worst_bytes_per_connection'])}")
+    lines.append(f"for {number(m['for_connections'])}: idle {size(m['idle_total_bytes'])}, {WORST_CASE} "
                  f"{size(m.get('worst_total_bytes'))}; MemAvailable {size(m['mem_available_bytes'])}, "
                  f"tcp_mem high {size(m['tcp_mem_high_bytes'])}")
     verdict = []
@@ -107,14 +108,13 @@ def plan_text(plan) -> str:
         lines.append(f"not changed: {s['knob']} ({value(s['current'])} -> {value(s['needed'])}): "
                      f"{s['reason']}")
     m = plan.memory
-    if m.get("worst_case_buffer_bytes_before") is not None:
-        text = (f"worst-case buffer memory at {number(plan.target)} (every socket's default buffers "
-                f"full): {size(m['worst_case_buffer_bytes_before'])}")
+    if m.get("worst_total_bytes_before") is not None:
+        text = f"kernel memory for {number(plan.target)}: {WORST_CASE} {size(m['worst_total_bytes_before'])}"
         if m["shrink_buffers"]:
-            text += f" before, {size(m['worst_case_buffer_bytes_after'])} after --shrink-buffers"
-        elif m.get("worst_case_buffer_bytes_if_shrunk") != m["worst_case_buffer_bytes_before"]:
+            text += f" before, {size(m['worst_total_bytes_after'])} after --shrink-buffers"
+        elif m.get("worst_total_bytes_if_shrunk") != m["worst_total_bytes_before"]:
             text += (f"; --shrink-buffers would lower the defaults to make it "
-                     f"{size(m.get('worst_case_buffer_bytes_if_shrunk'))}")
+                     f"{size(m.get('worst_total_bytes_if_shrunk'))}")
         text += f" (MemAvailable {size(m.get('mem_available_bytes'))})"
         lines.append(text)
     lines += [f"note: {n}" for n in plan.notes]
