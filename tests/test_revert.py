@@ -148,6 +148,9 @@ BAD_ENTRIES = {
     "sysctl name a path": lambda e: _with_detail(e, name="../../../etc/passwd"),
     "no before": lambda e: _with(e, before=_DROP),
     "netns not text": lambda e: _with(e, netns=7),
+    # The journal checks a namespace name as --netns does (tuner.inputs): a name, not a path.
+    "netns a path": lambda e: _with(e, netns="../../run/netns/x"),
+    "netns with a NUL": lambda e: _with(e, netns="ns\u0000x"),
     "key not text": lambda e: _with(e, key=None),
     "duplicate key": lambda e: e,
     "rlimit pid text": lambda e: _with_detail(RLIMIT_ENTRY, pid="1"),

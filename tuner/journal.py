@@ -50,7 +50,7 @@ import os
 import stat
 from typing import Any, Dict, Iterator, List, Optional
 
-from .errors import EXIT_BUSY, EXIT_FAILED, TunerError
+from .errors import EXIT_BUSY, EXIT_FAILED, TunerError, UsageError
 
 SCHEMA = "tuner.journal/2"
 # Journals older tuners wrote, still read (revert must work after an upgrade).
@@ -324,7 +324,19 @@ def _text(d: Dict[str, Any], name: str) -> str:
 
 
 def _netns_name(v: Any) -> bool:
-    return v is None or (isinstance(v, str) and v not in ("", ".", "..") and "/" not in v)
+    """None (the host) or a namespace name as `--netns` accepts it (tuner.inputs' one
+    check: a name, not a path)."""
+    from .inputs import check_netns_syntax
+
+    if v is None:
+        return True
+    if not isinstance(v, str):
+        return False
+    try:
+        check_netns_syntax(v)
+    except UsageError:
+        return False
+    return True
 
 
 def _validate_entry(e: Any, lists: bool = True) -> None:
