@@ -1,8 +1,11 @@
 """The `tuner` command: a thin typer shell over the library.
 
-Each command parses its options, calls one library function, renders the result
-(table or --json) and maps errors to the exit codes in tuner.errors.  No logic that
-a test would want to reach lives here.
+Each command parses its options, calls the library (tuner.report, tuner.apply,
+tuner.probe, ...), renders the result (table or --json) and maps errors to the exit
+codes in tuner.errors.  The one set of rules kept here is about the command line
+itself: which `tuner probe` options belong to which end of a split probe (--serve,
+--connect), decided from which options were given, which only typer's context knows;
+everything a result depends on lives in the library.
 """
 from __future__ import annotations
 

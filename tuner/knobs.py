@@ -1,10 +1,11 @@
-"""The descriptor table: every limit that can stop a host short of N TCP connections.
+"""The knob table: every limit that can stop a host short of N TCP connections.
 
 One entry per knob, and everything else is driven from this table: `tuner report`
 evaluates each entry's rules, `tuner apply` writes the values the rules ask for in
 table order (so fs.nr_open comes before any RLIMIT_NOFILE that needs it), `tuner
 revert` undoes in reverse order, and the man pages list the entries with their
-"why".  Adding a knob is adding one entry here.
+"why".  Adding a knob is adding one entry here.  KNOBS are the host's; PROCESS_KNOBS
+(threads, pids, mappings) only `tuner diagnose` evaluates, for a running process.
 
 Each entry's rules are small functions of a `Ctx` (a snapshot plus the demand:
 target N, role).  `allows` answers "how many connections does the current value
@@ -12,6 +13,14 @@ permit?" (None where the knob is not a count limit); `needs` answers "what value
 does N need?" (None where the current value already suffices).  Needed values carry
 HEADROOM_PERCENT so the target is reached with margin, and only ever raise a setting,
 except buffer defaults, which shrink only when the user asks (`shrink_buffers`).
+
+An entry also says how its limit shows itself being hit (`signs`: the errno of which
+call, the kernel counters that rise, the kernel log lines, the probe's words for it),
+which limit it is the ceiling of, what a running process uses of it, and whether it
+caps listen()'s backlog.  The probe's classifier, `tuner diagnose` and its --watch,
+and the rlimit setting kind ask the table through the functions at the end
+(for_error, for_timeout, counters, backlog_cap, ceiling, ...); this module and
+tuner/procfs.py are the only ones that name a sysctl (tests/test_one_home.py).
 """
 from __future__ import annotations
 
@@ -65,7 +74,7 @@ class Ctx:
     # leaves them alone, so per-process values must fit under the host's as they are.
     host_changes: bool = True
 
-    # --- derived figures, each computed once ---
+    # --- derived figures (the slab breakdown and source count are cached per Ctx) ---
     @property
     def sockets_per_conn(self) -> int:
         # Both ends live on this host in the loopback role: two sockets, two fds.

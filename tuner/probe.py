@@ -7,6 +7,10 @@ described the way the probe will run (its source addresses, one listener per wor
 When a limit makes N impossible the probe is refused with that limit and the command
 that lifts it.
 
+After the run, each failure gets its fix from the knob table (add_fixes): the knob the
+probe's limit is, the value it needs for the probe as it ran, and the `tuner apply`
+command that sets it.
+
 probes/ knows nothing of tuner's CLI; this module adapts its callbacks to a live bar
 (terminal) or plain lines, and its exceptions to tuner's exit codes.
 """

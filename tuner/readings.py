@@ -1,4 +1,6 @@
-"""A snapshot of everything the capacity model needs, read from the live host.
+"""A snapshot of everything the capacity model needs, read from the live host, and
+where it is read: entering a network namespace by name (in_netns, with the name
+checked first), and counting a port's listeners through sock_diag.
 
 The snapshot is plain data (dicts of numbers and strings) so that the model can be
 run on fixed inputs (tests build the seed's 8 GB box by hand).  Every read is O(1) in

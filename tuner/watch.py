@@ -5,7 +5,8 @@ descriptors in use per process, the accept queues, sockstat's orphans and TIME_W
 conntrack's count, and the deltas of the kernel counters the knob table says rise when
 a limit is hit (each knob's `signs`: TcpExt ListenOverflows, TCPMemoryPressures, ...,
 conntrack's insert_failed and drop) plus new kernel log lines the table names.  When
-one moves, the line names the limit it means and the fix (from the knob table).  Ctrl-C (or the --watch duration) ends it with a summary of what moved.
+one moves, the line names the limit it means and the fix (from the knob table).
+Ctrl-C (or the --watch duration) ends it with a summary of what moved.
 Output: rich on a terminal, one JSON line per sample with --json, plain lines otherwise.
 """
 from __future__ import annotations
