@@ -2,7 +2,10 @@
 
 The plan is computed where the probe runs (the orchestrator, possibly inside a
 network namespace), because it depends on that process's RLIMIT_NOFILE and that
-namespace's ip_local_port_range.
+namespace's ip_local_port_range.  The constants and formulas the probe shares with
+tuner's model live here too, once: the descriptor reserve of a process (FD_HEADROOM,
+connections_within), the share of a port range planned (FAST_PORT_SHARE) and how
+many source addresses a --source-net gives (source_count).
 """
 from __future__ import annotations
 
@@ -172,6 +175,22 @@ def worker_capacity(nofile: int, descriptors_per_connection: int) -> int:
     return per
 
 
+def nofile_for(connections: int) -> int:
+    """The lowest RLIMIT_NOFILE under which a probe of `connections` runs: its workers
+    (2 descriptors per connection each) and their listeners in the orchestrator fit."""
+    nofile = FD_HEADROOM + 2
+    while math.ceil(connections / connections_within(nofile, 2)) + FD_HEADROOM > nofile:
+        nofile += 1
+    return nofile
+
+
+def _hard_limit_fix() -> str:
+    # The knob table's words (imported when needed: tuner.knobs imports this module).
+    from tuner.knobs import BY_NAME
+
+    return BY_NAME["RLIMIT_NOFILE.hard"].fix
+
+
 def raise_nofile() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one (inherited by workers); return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -187,6 +206,7 @@ def make_plan(cfg: ProbeConfig, nofile: Optional[int] = None) -> WorkerPlan:
     cfg.validate()
     if nofile is None:
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    own_nofile = nofile
     if cfg.worker_nofile is not None:
         nofile = min(nofile, cfg.worker_nofile)
     capacity = worker_capacity(nofile, 2)  # both ends of each connection
@@ -204,6 +224,15 @@ def make_plan(cfg: ProbeConfig, nofile: Optional[int] = None) -> WorkerPlan:
             f"{asked}: {max(shares):,} connections per worker need {max(shares) * 2 + FD_HEADROOM:,} "
             f"descriptors (2 per connection + {FD_HEADROOM}), RLIMIT_NOFILE is {nofile:,}: use "
             f"--workers {math.ceil(n / capacity)} or more, or --workers auto")
+    # The orchestrator opens every worker's listener before forking any (a busy port is
+    # found before a connection is opened) and keeps them: under a hard limit too low
+    # for that many it would stop at EMFILE itself, before the first worker runs.
+    if count + FD_HEADROOM > own_nofile:
+        raise ProbeConfigError(
+            f"{count:,} workers of {worker_capacity(nofile, 2):,} connections each: the probe "
+            f"holds every worker's listener, {count + FD_HEADROOM:,} descriptors with its own "
+            f"{FD_HEADROOM}, RLIMIT_NOFILE is {own_nofile:,}: raise the hard nofile limit "
+            f"({_hard_limit_fix()}) to at least {nofile_for(n):,}, or probe fewer connections")
     low, high = kernel.port_range()
     port = cfg.port if cfg.port is not None else default_port(count, (low, high))
     if port + count - 1 > 65535:
