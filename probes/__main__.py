@@ -89,7 +89,28 @@ def follow_parent(pid: int) -> None:
         sys.exit(1)
 
 
+def quiet_broken_pipe() -> None:
+    """The reader went away (`python -m probes | head`): nothing more can be said, and
+    Python's own flush of stdout at exit must not raise again (a traceback)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+
 def main(argv=None) -> int:
+    """Exit status as the module docstring says; a reader that goes away while the run
+    goes on (stderr into `| head`) ends it like SIGPIPE would: 128 + SIGPIPE."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv=None) -> int:
     args = parse(argv)
     if args.parent_pid:
         follow_parent(args.parent_pid)
@@ -128,12 +149,16 @@ def main(argv=None) -> int:
             jsonl({"event": "error", "message": str(exc)})
         print(f"probe: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.jsonl:
-        jsonl({"event": "result", "result": result})
-    elif args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print("\n".join(mode.summary_lines(result)))
+    try:
+        if args.jsonl:
+            jsonl({"event": "result", "result": result})
+        elif args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print("\n".join(mode.summary_lines(result)))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_broken_pipe()   # the run is over: its exit status stands
     return mode.exit_code(result)
 
 

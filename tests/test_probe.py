@@ -276,3 +276,21 @@ def test_workers_that_cannot_hold_their_share_are_refused_up_front():
                           capture_output=True, text=True, env=probe_env(), timeout=60)
     assert proc.returncode == 2 and "--workers auto" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+
+
+@pytest.mark.parametrize("both", [False, True])
+def test_a_reader_that_goes_away_is_no_traceback(netns, both):
+    """`python -m probes | head -1`: the summary meets a closed pipe; the run's exit status
+    stands, without a BrokenPipeError traceback. With stderr into the same pipe (`2>&1 |
+    head -1`) the progress lines meet it mid-run: it ends as SIGPIPE would (141), and its
+    workers with it."""
+    marker = f"47.042{int(both)}"
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, *probe_cmd("-n", 3000, "--timeout", marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT if both else subprocess.PIPE,
+                            env=probe_env())
+    proc.stdout.readline() if both else None   # the plan line is out: the run is under way
+    proc.stdout.close()
+    err = b"" if both else proc.stderr.read()
+    assert proc.wait(timeout=120) == (128 + signal.SIGPIPE if both else 0), err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
+    assert wait_gone(marker) == []

@@ -22,15 +22,19 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups, prlimit and 
 ENV = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
 
 
-def test_fork_eagain_in_a_pids_cgroup_is_the_pids_limit_with_a_summary(pids_cgroup):
+@pytest.mark.parametrize("ip_netns_exec", [False, True])
+def test_fork_eagain_in_a_pids_cgroup_is_the_pids_limit_with_a_summary(pids_cgroup, netns, ip_netns_exec):
     """Item 10: 40 workers in a cgroup of 12 tasks.  The failed fork is classified as the
     cgroup's pids.max, the workers that did start verify what they open and stop, and
-    the summary (here --json) is printed: no traceback."""
+    the summary (here --json) is printed: no traceback.  Under `ip netns exec` too, whose
+    fresh /sys has no cgroup mount: the cgroup is read where the caller's namespace
+    mounts it (tuner.procfs.cgroup_root), not taken for kernel.threads-max."""
     with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
         f.write("12")
-    marker = "41.0627"
+    marker = f"41.062{int(ip_netns_exec)}"
+    wrap = f"ip netns exec {netns} " if ip_netns_exec else ""
     proc = subprocess.run(
-        ["sh", "-c", f'echo $$ > {pids_cgroup}/cgroup.procs && exec "$0" -m tuner "$@"', sys.executable,
+        ["sh", "-c", f'echo $$ > {pids_cgroup}/cgroup.procs && exec {wrap}"$0" -m tuner "$@"', sys.executable,
          "probe", "-n", "2000", "--workers", "40", "--timeout", marker, "--force", "--json"],
         capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 3, proc.stderr

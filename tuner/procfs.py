@@ -171,7 +171,7 @@ def cgroup_memory() -> Dict[str, Optional[int]]:
     entries = [line.split(":", 2) for line in (text or "").splitlines() if line.count(":") >= 2]
     for _, controllers, path in entries:
         if controllers == "":  # v2 unified hierarchy
-            base = "/sys/fs/cgroup" + path
+            base = cgroup_root() + path
             limit = _first_word(os.path.join(base, "memory.max"))
             if limit is not None:
                 result.update(version=2, limit=_int_or_none(limit),
@@ -180,7 +180,7 @@ def cgroup_memory() -> Dict[str, Optional[int]]:
     for _, controllers, path in entries:
         if "memory" in controllers.split(","):
             # The v1 mount may show our cgroup as its root (a container) or the full path.
-            for base in ("/sys/fs/cgroup/memory" + path, "/sys/fs/cgroup/memory"):
+            for base in (cgroup_root() + "/memory" + path, cgroup_root() + "/memory"):
                 limit = _first_word(os.path.join(base, "memory.limit_in_bytes"))
                 if limit is not None:
                     value = int(limit)
@@ -255,37 +255,20 @@ def page_size() -> int:
 
 def task_limit_hit() -> tuple:
     """(limit, detail) a fork() that failed with EAGAIN most likely hit: the pids.max of
-    this process's cgroup or an ancestor (cgroup v2, or the v1 pids hierarchy),
-    RLIMIT_NPROC, or kernel.threads-max.  Read once, at the failure, by the probe."""
+    this process's cgroup or an ancestor with the least room (cgroup v2, or the v1 pids
+    hierarchy; process_cgroup_pids, as diagnose reads it), RLIMIT_NPROC, or
+    kernel.threads-max.  Read once, at the failure, by the probe."""
     import resource
 
     try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
+        pids = process_cgroup_pids(os.getpid())
     except OSError:
-        lines = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            base = "/sys/fs/cgroup" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") \
-                else "/sys/fs/cgroup/unified"
-        elif "pids" in controllers.split(","):
-            base = "/sys/fs/cgroup/pids"
-        else:
-            continue
-        while True:
-            try:
-                with open(os.path.join(base + path.rstrip("/"), "pids.max")) as f:
-                    limit = f.read().strip()
-                with open(os.path.join(base + path.rstrip("/"), "pids.current")) as f:
-                    current = int(f.read())
-            except (OSError, ValueError):
-                limit = "max"
-            if limit != "max":
-                return "pids.max", f"cgroup {path or '/'} has pids.max {limit} ({current} tasks in it)"
-            if path in ("", "/"):
-                break
-            path = os.path.dirname(path)
+        pids = {"limit": None}
+    if pids["limit"] is not None:
+        base = _v2_base() if pids["version"] == 2 else os.path.join(cgroup_root(), "pids")
+        where = pids["path"][len(base or ""):]
+        return "pids.max", (f"cgroup {where or '/'} has pids.max {pids['limit']} "
+                            f"({pids['current']} tasks in it)")
     soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
     if soft != resource.RLIM_INFINITY and os.geteuid() != 0:
         return "RLIMIT_NPROC", f"RLIMIT_NPROC is {soft}"
@@ -459,6 +442,45 @@ def netns_path(pid: int) -> str:
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
+def cgroup_root() -> str:
+    """Where this process reads the cgroup hierarchy: /sys/fs/cgroup, or, where nothing
+    is mounted there, the same directory as seen by PID 1 or else the nearest ancestor
+    that sees it.  `ip netns exec` runs its command in a mount namespace of its own with
+    a fresh /sys, whose fs/cgroup is an empty directory; the cgroups are still this
+    process's, and the mount namespace it came from still shows them.  Only a process
+    owned by root, in this process's cgroup namespace (so the paths /proc/PID/cgroup
+    gives mean the same there), is looked through, and only to read."""
+    try:
+        if _os.listdir(CGROUP_ROOT):
+            return CGROUP_ROOT
+        mine = _os.stat("/proc/self/ns/cgroup")
+    except OSError:
+        return CGROUP_ROOT
+    for pid in [1] + _ancestors():
+        try:
+            ns = _os.stat(_pid_path(pid, "ns", "cgroup"))
+            if _os.stat(_pid_path(pid)).st_uid != 0 or (ns.st_dev, ns.st_ino) != (mine.st_dev, mine.st_ino):
+                continue
+            seen = _pid_path(pid, "root") + CGROUP_ROOT
+            if _os.listdir(seen):
+                return seen
+        except OSError:
+            continue   # PID 1 may be out of reach (another user namespace), an ancestor gone
+    return CGROUP_ROOT
+
+
+def _ancestors(limit: int = 64) -> _List[int]:
+    """This process's parent, its parent, ... (PPid of /proc/PID/status), up to PID 1."""
+    out, pid = [], _os.getppid()
+    while pid > 1 and len(out) < limit:
+        out.append(pid)
+        try:
+            pid = int(proc_status(pid).get("PPid", "0"))
+        except (OSError, ValueError):
+            break
+    return out
+
+
 def cgroups(pid: int) -> _Dict[str, str]:
     """/proc/PID/cgroup as {controller: path}; the v2 hierarchy under key ""."""
     out = {}
@@ -485,7 +507,8 @@ def _cg_int(text: _Optional[str]) -> _Optional[int]:
 
 
 def _v2_base() -> _Optional[str]:
-    for base in (CGROUP_ROOT, _os.path.join(CGROUP_ROOT, "unified")):
+    root = cgroup_root()
+    for base in (root, _os.path.join(root, "unified")):
         if _os.path.exists(_os.path.join(base, "cgroup.controllers")):
             return base
     return None
@@ -497,11 +520,12 @@ def _cgroup_dirs(pid: int, controller: str, v1_dir: str) -> _List[_Tuple[int, st
     out = []
     v2 = _v2_base()
     if v2 and "" in groups:
-        out.append((2, v2 + groups[""]))
+        out.append((2, v2 + groups[""].rstrip("/")))
     if controller in groups:
         # A container may see its own cgroup as the mount's root.
-        for base in (_os.path.join(CGROUP_ROOT, v1_dir) + groups[controller],
-                     _os.path.join(CGROUP_ROOT, v1_dir)):
+        root = cgroup_root()
+        for base in (_os.path.join(root, v1_dir) + groups[controller].rstrip("/"),
+                     _os.path.join(root, v1_dir)):
             out.append((1, base))
     return out
 
@@ -521,7 +545,7 @@ def process_cgroup_memory(pid: int) -> _Dict[str, _Optional[int]]:
             if raw is not None and raw < 1 << 60 and (limit is None or raw < limit[0]):
                 limit = (raw, path)
             parent = _os.path.dirname(path)
-            if len(parent) <= len(CGROUP_ROOT) or parent == path:
+            if len(parent) <= len(cgroup_root()) or parent == path:
                 break
             path = parent
         usage = _cg_int(_cg_value(_os.path.join(limit[1] if limit else base, names[1])))
@@ -536,8 +560,8 @@ def process_cgroup_pids(pid: int) -> _Dict[str, _Optional[int]]:
     for version, base in _cgroup_dirs(pid, "pids", "pids"):
         if _cg_value(_os.path.join(base, "pids.current")) is None:
             continue
-        best, path = None, base
-        while len(path) > len(CGROUP_ROOT):
+        best, path, root = None, base, cgroup_root()
+        while len(path) > len(root):
             limit = _cg_int(_cg_value(_os.path.join(path, "pids.max")))
             current = _cg_int(_cg_value(_os.path.join(path, "pids.current")))
             if limit is not None and current is not None and (best is None or limit - current < best[0] - best[1]):
