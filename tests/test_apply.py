@@ -236,9 +236,12 @@ def test_persist_into_temp_root(capsys, jpath, tmp_path, host_restored):
     assert "net.core.somaxconn = 65535" in sysctl_conf
     assert "fs.nr_open = 2000064" in sysctl_conf
     limits = (root / "etc/security/limits.d/99-tuner.conf").read_text()
-    assert "*     hard nofile 2000064" in limits and "root  soft nofile 2000064" in limits
+    # Hard limits only (soft stays at its default: tests/test_persist_user.py); the
+    # admin's soft line in tuner's file stays.
+    assert "*     hard nofile 2000064" in limits and "root  hard nofile 2000064" in limits
+    assert "*  soft  nofile  4096" in limits and "root  soft" not in limits
     dropin = (root / "etc/systemd/system/loadgen.service.d/99-tuner.conf").read_text()
-    assert "[Service]\nLimitNOFILE=2000064:2000064\n" in dropin
+    assert "[Service]\nLimitNOFILE=1024:2000064\n" in dropin
     # A second apply (nothing left to raise) keeps the sysctls in the persisted file,
     # and writes nothing: the files already hold what it would write.
     rc, out, err = tuner(capsys, "apply", "-n", "1M", "--yes", "--persist", "--root-dir", root,

@@ -19,7 +19,7 @@ from .errors import EXIT_FAILED, PermissionNeeded, TunerError, UsageError
 from .inputs import check_alias_net, check_positive, check_role
 from .journal import Journal, JournalWriteError, locked, now, resolve_path
 from .knobs import Ctx
-from .plan import Plan, Request, build_plan, check_unit
+from .plan import Plan, Request, build_plan, check_unit, check_user
 from .readings import check_netns
 
 SCHEMA = "tuner.apply/2"
@@ -68,6 +68,11 @@ def validate(req: Request) -> None:
                          "not survive a reboot, so it cannot be combined with --netns")
     if req.unit is not None and not req.persist:
         raise UsageError("--unit NAME writes a systemd drop-in and needs --persist")
+    if req.user is not None and not req.persist:
+        raise UsageError("--user NAME scopes the limits.d file --persist writes; add --persist")
+    if req.raise_soft and not req.persist:
+        raise UsageError("--raise-soft sets the soft limit --persist writes; add --persist")
+    check_user(req.user)
     if not os.path.isdir(req.root_dir):
         raise UsageError(f"--root-dir {req.root_dir}: no such directory")
     if req.netns is not None:

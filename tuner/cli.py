@@ -202,7 +202,18 @@ def apply(
     persist: bool = typer.Option(False, "--persist", help="Also write sysctl.d / limits.d "
                                                           "files that apply at boot."),
     unit: Optional[str] = typer.Option(None, "--unit", metavar="UNIT", help="With --persist: systemd unit to "
-                                                            "give LimitNOFILE (a drop-in)."),
+                                                            "give LimitNOFILE (a drop-in): the "
+                                                            "recommended path for a service."),
+    user: Optional[str] = typer.Option(
+        None, "--user", metavar="NAME",
+        help="With --persist: limits.d's nofile lines for this user only (one of this host's), "
+             "not every user and root. limits.d reaches login sessions; a service started by "
+             "systemd needs --unit."),
+    raise_soft: bool = typer.Option(
+        False, "--raise-soft",
+        help="With --persist: persist the soft RLIMIT_NOFILE at the hard one too. Without "
+             "it only the hard limit is raised and the soft one stays 1024 (select() handles "
+             "no descriptor above 1023; see systemd.exec(5)): programs raise their own."),
     root_dir: str = typer.Option("/", "--root-dir", metavar="DIR",
                                  help="Root of the tree --persist writes into (default /): "
                                       "prepare files for another system image, or review them."),
@@ -225,7 +236,8 @@ def apply(
 
     req = Request(parse_target(target), role, netns, destinations, tuple(pid), alias_dev,
                   alias_net, shrink_buffers, persist, root_dir, unit,
-                  source_net=parse_source_net(source_net), allow_public_aliases=allow_public_aliases)
+                  source_net=parse_source_net(source_net), allow_public_aliases=allow_public_aliases,
+                  user=user, raise_soft=raise_soft)
     outcome = apply_mod.run(
         req, journal, dry_run,
         show=(lambda plan: None) if json_out else (lambda plan: _emit(render.plan_text(plan))),

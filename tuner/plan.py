@@ -23,7 +23,8 @@ from .knobs import KNOBS, Ctx
 from .readings import Snapshot
 from .settings import Change
 # apply validates --unit with check_unit; the man pages name the persisted files.
-from .settings.file import DROPIN_NAME, LIMITS_FILE, SYSCTL_FILE, UNIT_DIR, check_unit  # noqa: F401
+from .settings.file import (DROPIN_NAME, LIMITS_FILE, SYSCTL_FILE, UNIT_DIR, check_unit,  # noqa: F401
+                            check_user)
 from .settings.sysctl import text as sysctl_text
 
 SCHEMA = "tuner.plan/2"
@@ -75,6 +76,10 @@ class Request:
     # binds them) instead of the local addresses counted; 'none': the one kernel-chosen.
     source_net: Optional[str] = None
     allow_public_aliases: bool = False   # --alias-net outside the private ranges (inputs.py)
+    # --persist's limits.d lines for this user only (else every user and root), and the
+    # persisted soft RLIMIT_NOFILE raised to the hard one too (else left at its default).
+    user: Optional[str] = None
+    raise_soft: bool = False
 
     @property
     def source_count(self) -> Optional[int]:

@@ -133,6 +133,49 @@ def _warn_overridden(planning, path: str, keys, parse) -> None:
                 f"effect")
 
 
+def _keep_others(text: Optional[str], replaced) -> List[str]:
+    """The setting lines of tuner's limits.d file that this apply does not replace (its
+    `replaced` (domain, type) pairs of nofile): another user's (an earlier apply's
+    --user, or a line added by hand), a soft limit this apply leaves alone, another
+    item. Comments go; the header is written again."""
+    out = []
+    for line in (text or "").splitlines(True):
+        fields = line.split("#", 1)[0].split()
+        if fields and not (len(fields) == 4 and (fields[0], fields[1]) in replaced
+                           and fields[2] == "nofile"):
+            out.append(line if line.endswith("\n") else line + "\n")
+    return out
+
+
+# The soft RLIMIT_NOFILE systemd gives every service and login (systemd.exec(5)):
+# select() cannot watch a descriptor above FD_SETSIZE - 1 = 1023.
+SOFT_DEFAULT = 1024
+# A limits.conf domain tuner writes: a user name (useradd's NAME_REGEX, with the
+# upper case and dots other distributions allow); never a group (@), wildcard or
+# anything limits.conf would read as another field.
+_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+
+
+def check_user(user: Optional[str]) -> Optional[str]:
+    """--user NAME: a user name that exists on this host (checked with pwd before
+    anything is written), else one line, exit 2."""
+    from ..errors import UsageError
+
+    if user is None:
+        return None
+    if not _USER_RE.match(user):
+        raise UsageError(f"--user {user!r} is not a user name (letters, digits, '_', '.', '-'; "
+                         f"a group or '*' is not offered: leave --user out for every user)")
+    import pwd
+
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise UsageError(f"--user {user}: no such user on this host (getent passwd {user}); "
+                         f"limits.d names the user the service runs as") from None
+    return user
+
+
 def settings_in(text: Optional[str]) -> List[str]:
     return [l for l in (text or "").splitlines() if l.strip() and not l.lstrip().startswith("#")]
 
@@ -274,6 +317,15 @@ class File(Kind):
         return [c for c in out if c.current != c.new]
 
     def _limits(self, planning) -> List[Change]:
+        """limits.d (login sessions, pam_limits) and, with --unit, the service's drop-in.
+
+        Only the hard limit goes up to what the target needs; the soft one stays where
+        it starts (1,024) unless --raise-soft: select() cannot watch a descriptor above
+        1023, so systemd.exec(5) keeps the soft limit there and expects a program that
+        wants more to raise its own up to the hard limit (the JVM, Go since 1.19 and
+        nginx's worker_rlimit_nofile do).  limits.d names --user only, or every user
+        ('*', which does not cover root, and root) without it.
+        """
         from ..knobs import KNOBS
         from . import rlimit
 
@@ -290,31 +342,53 @@ class File(Kind):
             if needed is not None:
                 setattr(boot, rlimit.FIELDS[which], needed[0])
                 limits[which] = needed[0]
-        out = []
-        if limits:
-            soft, hard = boot.nofile_soft, boot.nofile_hard
-            path = os.path.join(req.root_dir, LIMITS_FILE)
-            content = FILE_HEADER + "".join(f"{who:<5} {which:<4} nofile {val}\n"
-                                            for who in ("*", "root")
-                                            for which, val in (("soft", soft), ("hard", hard)))
-            out.append(self._change("limits.d", path, read_text(path), content,
-                                    "RLIMIT_NOFILE for new login sessions (pam_limits; '*' does "
-                                    "not cover root, so root has its own lines)."))
-            _warn_overridden(planning, path, set(limit_lines(content)), limit_lines)
+        hard = boot.nofile_hard
+        if not limits:
             if req.unit:
-                path = unit_dropin(req.root_dir, req.unit)
-                content = FILE_HEADER + f"[Service]\nLimitNOFILE={soft}:{hard}\n"
-                out.append(self._change("systemd drop-in", path, read_text(path), content,
-                                        f"RLIMIT_NOFILE for {req.unit} when systemd starts it."))
-                planning.notes.append(f"the drop-in takes effect after 'systemctl daemon-reload "
-                                      f"&& systemctl restart {req.unit}'.")
-            if not planning.snap.cap_sys_resource:
-                planning.notes.append(
-                    "tuner lacks CAP_SYS_RESOURCE: the persisted nofile limits take effect only "
-                    "for processes started by something that holds it (systemd, login).")
-        elif req.unit:
-            planning.notes.append(f"--unit {req.unit}: RLIMIT_NOFILE already suffices; no "
-                                  f"drop-in needed.")
+                planning.notes.append(f"--unit {req.unit}: RLIMIT_NOFILE already suffices; no "
+                                      f"drop-in needed.")
+            return []
+        if "hard" not in limits and not req.raise_soft:
+            planning.notes.append(
+                f"persisted RLIMIT_NOFILE: the hard limit {hard:,} already suffices and a "
+                f"program raises its own soft limit up to it; for one that does not, "
+                f"--raise-soft persists soft = hard.")
+            return []
+        soft = hard if req.raise_soft else None
+        out = []
+        path = os.path.join(req.root_dir, LIMITS_FILE)
+        old = read_text(path)
+        domains = [req.user] if req.user else ["*", "root"]
+        ours = [(who, which, value) for who in domains
+                for which, value in (("soft", soft), ("hard", hard)) if value is not None]
+        content = FILE_HEADER + "".join(_keep_others(old, {(w, t) for w, t, _ in ours})) + "".join(
+            f"{who:<5} {which:<4} nofile {value}\n" for who, which, value in ours)
+        who = f"user {req.user}" if req.user else "every user ('*' does not cover root, so root has its own lines)"
+        out.append(self._change("limits.d", path, old, content,
+                                f"RLIMIT_NOFILE for new login sessions of {who} (pam_limits)."))
+        _warn_overridden(planning, path, {f"{w} {which} nofile" for w, which, _ in ours}, limit_lines)
+        if req.unit:
+            path = unit_dropin(req.root_dir, req.unit)
+            content = FILE_HEADER + f"[Service]\nLimitNOFILE={soft or SOFT_DEFAULT}:{hard}\n"
+            out.append(self._change("systemd drop-in", path, read_text(path), content,
+                                    f"RLIMIT_NOFILE for {req.unit} when systemd starts it."))
+            planning.notes.append(f"the drop-in takes effect after 'systemctl daemon-reload "
+                                  f"&& systemctl restart {req.unit}'.")
+        else:
+            planning.notes.append(
+                "limits.d applies to login sessions (pam_limits), not to services: for a "
+                "service, --unit NAME (a systemd drop-in) is the recommended path.")
+        if soft is None:
+            planning.notes.append(
+                f"persisted RLIMIT_NOFILE: hard {hard:,}; the soft limit stays as login and "
+                f"systemd set it ({SOFT_DEFAULT:,} by default: select() handles no descriptor "
+                f"above 1023, see systemd.exec(5)), and a program raises its own up to the hard "
+                f"one (the JVM, Go, nginx's worker_rlimit_nofile do); for one that does not, "
+                f"add --raise-soft.")
+        if not planning.snap.cap_sys_resource:
+            planning.notes.append(
+                "tuner lacks CAP_SYS_RESOURCE: the persisted nofile limits take effect only "
+                "for processes started by something that holds it (systemd, login).")
         return out
 
     def _change(self, knob: str, path: str, old: Optional[str], content: str, why: str) -> Change:

@@ -157,7 +157,8 @@ class Rlimit(Kind):
         if not planning.procs:
             planning.notes.append(
                 "RLIMIT_NOFILE is per process: name running processes with --pid, or set it "
-                "for future ones with --persist (limits.d) and --unit NAME (systemd).")
+                "for future ones with --persist --unit NAME (a systemd drop-in: the path for a "
+                "service) or --persist [--user NAME] (limits.d: login sessions).")
         return []
 
 

@@ -69,8 +69,19 @@ options:
     type: bool
     default: false
   unit:
-    description: With persist, the systemd unit to give LimitNOFILE (a drop-in).
+    description: With persist, the systemd unit to give LimitNOFILE (a drop-in); the recommended path for a service.
     type: str
+  user:
+    description: "With persist, write limits.d's nofile lines for this user only (it must exist on the
+      managed host), not for every user and root. limits.d reaches login sessions; a service
+      started by systemd needs O(unit)."
+    type: str
+  raise_soft:
+    description: "With persist, persist the soft RLIMIT_NOFILE at the hard one too. By default only the
+      hard limit is raised and the soft one stays 1024 (select() handles no descriptor above
+      1023): programs raise their own."
+    type: bool
+    default: false
   root_dir:
     description: Root of the tree persist writes into.
     type: path
@@ -108,6 +119,13 @@ EXAMPLES = r"""
     role: server
     persist: true
     unit: myserver
+
+- name: The same limits at login for the service's user only (not every user)
+  tuner.tuner.apply:
+    target: 1M
+    role: server
+    persist: true
+    user: myserver
 
 - name: Put everything back
   tuner.tuner.apply:
@@ -210,7 +228,8 @@ def present(module):
                       alias_dev=p["alias_dev"], alias_net=p["alias_net"],
                       allow_public_aliases=p["allow_public_aliases"],
                       shrink_buffers=p["shrink_buffers"], persist=p["persist"],
-                      root_dir=p["root_dir"], unit=p["unit"])
+                      root_dir=p["root_dir"], unit=p["unit"], user=p["user"],
+                      raise_soft=p["raise_soft"])
         outcome = apply_mod.run(req, p["journal"], dry_run=module.check_mode, argv=_argv(p))
     except Exception as exc:  # tuner rolled back whatever this run wrote
         fail(module, exc, changed=False)
@@ -278,6 +297,8 @@ def main():
             shrink_buffers=dict(type="bool", default=False),
             persist=dict(type="bool", default=False),
             unit=dict(type="str"),
+            user=dict(type="str"),
+            raise_soft=dict(type="bool", default=False),
             root_dir=dict(type="path", default="/"),
             journal=dict(type="path"),
             force=dict(type="bool", default=False),
