@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tarfile
+
+import yaml
 
 from fleetrig import COLLECTION, PLAYBOOKS, ansible_bin, ansible_env
 
@@ -28,6 +31,7 @@ def test_collection_builds_with_every_module_and_the_playbook(tmp_path):
     for m in MODULES:
         assert f"plugins/modules/{m}.py" in names
     assert "plugins/module_utils/tuner_common.py" in names and "playbooks/million.yml" in names
+    assert "plugins/doc_fragments/common.py" in names
 
 
 def test_module_docs_parse_and_name_every_option(tmp_path):
@@ -38,6 +42,45 @@ def test_module_docs_parse_and_name_every_option(tmp_path):
         doc = docs[f"tuner.tuner.{m}"]["doc"]
         assert doc["options"] and docs[f"tuner.tuner.{m}"]["examples"].strip(), m
     assert set(docs["tuner.tuner.apply"]["doc"]["options"]["state"]["choices"]) == {"present", "reverted"}
+
+
+def text(description) -> str:
+    """ansible-doc gives a description as a string or a list of paragraphs."""
+    return description if isinstance(description, str) else " ".join(description)
+
+
+def test_shared_options_are_written_once_and_rendered_in_each_module(tmp_path):
+    """plugins/doc_fragments/common.py holds what the modules share; ansible-doc renders
+    it inside each module (as a user reads it), merged with the module's own."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "tuner_doc_fragment", os.path.join(COLLECTION, "plugins", "doc_fragments", "common.py"))
+    fragment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fragment)
+    shared = yaml.safe_load(fragment.ModuleDocFragment.CAPACITY)["options"]
+    [requirement] = yaml.safe_load(fragment.ModuleDocFragment.DOCUMENTATION)["requirements"]
+
+    proc = run(tmp_path, ansible_bin("ansible-doc"), "--json", *(f"tuner.tuner.{m}" for m in MODULES))
+    assert proc.returncode == 0, proc.stderr
+    docs = {m: json.loads(proc.stdout)[f"tuner.tuner.{m}"]["doc"] for m in MODULES}
+    for m in ("apply", "facts"):
+        for name, option in shared.items():
+            assert text(docs[m]["options"][name]["description"]) == option["description"], (m, name)
+            assert docs[m]["options"][name]["type"] == option["type"], (m, name)
+    # Each module's own options and requirements are kept next to the shared ones.
+    assert {"state", "journal", "alias_net", "allow_public_aliases"} <= set(docs["apply"]["options"])
+    assert "source_dev" in docs["facts"]["options"]
+    # probe's netns is where the probe runs: its own text, not the fragment's.
+    assert text(docs["probe"]["options"]["netns"]["description"]) != shared["netns"]["description"]
+    for m in MODULES:
+        assert requirement in docs[m]["requirements"], m
+    assert any(r.startswith("root") for r in docs["apply"]["requirements"])
+    # The documentation names exactly what each module accepts (its argument_spec).
+    for m in MODULES:
+        source = open(os.path.join(COLLECTION, "plugins", "modules", f"{m}.py")).read()
+        spec_names = set(re.findall(r"^ {12}(\w+)=dict\(", source, re.M))
+        assert spec_names == set(docs[m]["options"]), m
 
 
 def test_playbook_syntax(tmp_path):

@@ -23,28 +23,16 @@ description:
 version_added: "0.1.0"
 author: tuner developers
 requirements:
-  - the tuner Python package, importable by ansible_python_interpreter
   - root on the managed host (become)
+extends_documentation_fragment:
+  - tuner.tuner.common
+  - tuner.tuner.common.capacity
 options:
   state:
     description: present (apply) or reverted (undo what tuner changed).
     type: str
     choices: [present, reverted]
     default: present
-  target:
-    description: Concurrent connections to tune for (1000000, 1_000_000, 1M, 500k). Required with state=present.
-    type: str
-  role:
-    description: loopback (both ends here), server (accepted sockets) or client (outbound sockets).
-    type: str
-    default: loopback
-  destinations:
-    description: Distinct server ip:port the clients connect to.
-    type: int
-    default: 1
-  netns:
-    description: Change per-namespace knobs inside this network namespace; host-wide knobs are left alone.
-    type: str
   pid:
     description: Raise RLIMIT_NOFILE of these running processes.
     type: list

@@ -13,24 +13,12 @@ description:
     capacity before it changes anything. Reads only: nothing is created or changed."
 version_added: "0.1.0"
 author: tuner developers
+extends_documentation_fragment:
+  - tuner.tuner.common
+  - tuner.tuner.common.capacity
 requirements:
-  - the tuner Python package, importable by ansible_python_interpreter
   - root for the slab-based memory figures (/proc/slabinfo); without it they are estimates
 options:
-  target:
-    description: Target concurrent connections (1000000, 1M, 500k).
-    type: str
-  role:
-    description: loopback, server or client.
-    type: str
-    default: loopback
-  netns:
-    description: Read per-namespace knobs inside this network namespace.
-    type: str
-  destinations:
-    description: Distinct server ip:port the clients connect to.
-    type: int
-    default: 1
   source_dev:
     description: Interface whose addresses outbound sockets use.
     type: str

@@ -31,8 +31,8 @@ description:
     check mode nothing is opened."
 version_added: "0.1.0"
 author: tuner developers
-requirements:
-  - the tuner Python package, importable by ansible_python_interpreter
+extends_documentation_fragment:
+  - tuner.tuner.common
 options:
   mode:
     description: serve, listening, stop or connect.
