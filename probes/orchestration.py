@@ -131,6 +131,7 @@ class Orchestration:
                 self.t0_ns, self.t0 = time.monotonic_ns(), time.monotonic()
                 timeout = self.timeout()
                 self.deadline = None if timeout is None else self.t0 + timeout
+                self.sample(self.t0, self.phase)  # the host before the first fork
                 try:
                     self.fork_workers(fleet)
                 except OSError as exc:
@@ -216,7 +217,9 @@ class Orchestration:
                 since_t, since = earlier["t"], earlier["established"]
                 break
         entry = {
-            "t": round(t, 3), "phase": phase, **self.progress(), "established": count,
+            # before the first fork there are no counts yet, only the host's figures
+            "t": round(t, 3), "phase": phase, **(self.progress() if self.started else {"verified": 0}),
+            "established": count,
             "rate": round(max(count - since, 0) / max(t - since_t, 1e-3)),
             "sockets": snap.get("tcp_inuse", 0),
             "time_wait": snap.get("tcp_tw", 0), "orphans": snap.get("tcp_orphan", 0),

@@ -89,3 +89,148 @@ def test_serve_and_connect_timelines_reach_n_and_mark_their_phases(netns):
     left = [s for s in served if s["phase"] == "serve" and s["t"] > served[0]["t"] and s["sockets"] < n]
     assert left and left[-1]["verified"] == n and served[-1]["sockets"] <= left[-1]["sockets"]
     assert wait_gone(marker) == []
+
+
+# ---------------------------------------------------------------- tuner plot
+
+SVG = "{http://www.w3.org/2000/svg}"
+PANELS = ("connections", "rate", "slab", "available")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two real probe runs (the kernel picking sources, and spread over 127/8), as
+    `tuner probe --json` wrote them."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    from conftest import make_netns, remove_netns
+
+    out, paths = tmp_path_factory.mktemp("runs"), []
+    ns = make_netns("tuner-plot")
+    try:
+        for source in ("none", "127.0.0.0/8"):
+            proc = run_tuner("probe", "--netns", ns, "-n", 4000, "--source-net", source, "--json")
+            assert proc.returncode == 0, proc.stderr
+            path = out / f"{'none' if source == 'none' else 'spread'}.json"
+            path.write_text(proc.stdout)
+            paths.append(str(path))
+    finally:
+        remove_netns(ns)
+    return paths
+
+
+def plot(*args, env=None):
+    return run_tuner("plot", *args, env=env)
+
+
+def test_svg_draws_one_line_per_run_in_each_panel(runs, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    out = tmp_path / "runs.svg"
+    proc = plot(*runs, "-o", out, "--label", "kernel picks", "--label", "spread")
+    assert proc.returncode == 0, proc.stderr
+    root = ET.parse(out).getroot()  # raises unless it is well-formed XML
+    assert root.tag == SVG + "svg"
+    axes = [g for g in root.iter(SVG + "g") if g.get("id", "").startswith("axes_")]
+    assert len(axes) == len(PANELS)
+    for ax, panel in zip(axes, PANELS):
+        lines = sorted(g.get("id") for g in ax.iter(SVG + "g") if g.get("id", "").startswith("run"))
+        assert lines == [f"run1-{panel}", f"run2-{panel}"]
+    # each line goes through every sample of its run's timeline
+    for i, path in enumerate(runs, 1):
+        samples = len(json.loads(open(path).read())["timeline"])
+        line = next(g for g in root.iter(SVG + "g") if g.get("id") == f"run{i}-connections")
+        d = line.find(SVG + "path").get("d")
+        assert d.count("L") == samples - 1
+    texts = " ".join("".join(t.itertext()) for t in root.iter(SVG + "text"))
+    assert "kernel picks" in texts and "spread" in texts  # the legend names each run
+
+
+def test_png_is_a_png_matplotlib_reads_back_with_each_run_drawn(runs, tmp_path):
+    import matplotlib.image
+    from matplotlib.colors import to_rgb
+
+    out = tmp_path / "runs.png"
+    proc = plot(*runs, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(str(out))
+    assert pixels.ndim == 3 and pixels.shape[0] > 400 and pixels.shape[1] > 400
+    flat = {tuple(round(float(c), 2) for c in px[:3]) for px in pixels.reshape(-1, pixels.shape[2])}
+    for color in ("C0", "C1"):  # run 1 and run 2, each in its own colour
+        assert tuple(round(c, 2) for c in to_rgb(color)) in flat
+
+
+def test_missing_matplotlib_is_one_line_naming_the_extra(runs, tmp_path):
+    """matplotlib is installed here (the test extra), so its absence is made real for one
+    process: a sys.meta_path finder in the subprocess refuses to import it, as Python does
+    when the package is not installed."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "runs.svg"
+    code = ("import sys\n"
+            "class NoMatplotlib:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'matplotlib':\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, NoMatplotlib())\n"
+            "from tuner.cli import main\n"
+            f"sys.exit(main(['plot', {runs[0]!r}, '-o', {str(out)!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == ["tuner: error: tuner plot needs matplotlib, which is not "
+                                        "installed: pip install 'tuner[plot]'"]
+    assert not out.exists()
+
+
+def test_a_file_that_is_not_a_probe_run_is_refused_and_nothing_is_written(runs, tmp_path):
+    report = run_tuner("report", "--json")
+    refused_probe = {"schema": "tuner.probe/1", "refused": True}
+    older = json.loads(open(runs[0]).read())
+    del older["timeline"]               # a probe from before the timeline
+    broken = json.loads(open(runs[0]).read())
+    broken["timeline"][1]["established"] = "many"
+    cases = {"report.json": (report.stdout, "its schema is 'tuner.report/1'"),
+             "refused.json": (json.dumps(refused_probe), "the pre-flight refused"),
+             "older.json": (json.dumps(older), "'timeline' is a required property"),
+             "broken.json": (json.dumps(broken), "at timeline/1/established"),
+             "text.json": ("not json at all", "not JSON"),
+             "deep.json": ("[" * 100000 + "]" * 100000, "nested too deeply")}
+    out = tmp_path / "runs.svg"
+    for name, (text, why) in cases.items():
+        (tmp_path / name).write_text(text)
+        proc = plot(runs[0], tmp_path / name, "-o", out)
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert len(proc.stderr.splitlines()) == 1 and why in proc.stderr, (name, proc.stderr)
+        assert proc.stderr.startswith(f"tuner: error: {tmp_path / name}: ")
+        assert not out.exists()
+    for args, why in [((runs[0], "-o", tmp_path / "runs.pdf"), "name a .svg or .png file"),
+                      ((runs[0], "-o", out, "--label", "a", "--label", "b"), "--label given 2 time(s) for 1 run"),
+                      ((tmp_path, "-o", out), "not a regular file"),
+                      ((tmp_path / "absent.json", "-o", out), "No such file")]:
+        proc = plot(*args)
+        assert proc.returncode == 2 and why in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert not out.exists()
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # nobody writes it: opened without blocking, refused at once
+    proc = plot(fifo, "-o", out)
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr
+
+
+def test_an_unwritable_output_is_exit_1(runs, tmp_path):
+    proc = plot(runs[0], "-o", tmp_path / "no" / "such" / "dir.svg")
+    assert proc.returncode == 1 and proc.stderr.startswith("tuner: error: cannot write ")
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_other_commands_never_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom tuner.cli import main\n"
+            "try:\n    main(['report', '--json'])\nexcept SystemExit:\n    pass\n"
+            "sys.exit(1 if [m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'jsonschema')]\n"
+            "         or 'tuner.plot' in sys.modules else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -448,6 +448,30 @@ _NOT_WITH = {
 }
 
 
+@app.command()
+def plot(
+    runs: List[str] = typer.Argument(..., metavar="RUN.json...",
+                                     help="Files written by 'tuner probe --json' (loopback, --serve or --connect)."),
+    output: str = typer.Option(..., "--output", "-o", metavar="FILE",
+                               help="The picture to write: FILE.svg or FILE.png (the name picks the format)."),
+    label: List[str] = typer.Option([], "--label", metavar="TEXT",
+                                    help="The legend's name for each RUN, once per RUN in order "
+                                         "(default: the file names)."),
+    title: Optional[str] = typer.Option(None, "--title", metavar="TEXT", help="The picture's title."),
+) -> None:
+    """Draw probe runs over time from their --json timeline: connections established, the
+    rate, kernel slab and MemAvailable, one line per run in each panel, several runs
+    overlaid (before/after an apply, --source-net none vs spread). Needs the optional extra
+    tuner[plot] (pip install 'tuner[plot]': matplotlib, jsonschema). Exits 0 when the
+    picture was written; 1 when the extra is missing or FILE cannot be written; 2 when a
+    RUN is not a tuner probe --json document with a timeline, or FILE does not end in
+    .svg or .png (nothing is written)."""
+    from .plot import plot as draw_runs
+
+    drawn = draw_runs(runs, output, label, title)
+    _emit(f"wrote {drawn['output']}: {', '.join(drawn['runs'])}")
+
+
 def _given(ctx, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")

@@ -234,6 +234,12 @@ EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
          "Live for a minute: connections, descriptors, accept queue, and the counters that say a "
          "limit bites; a bare --watch runs until Ctrl-C, which ends with a summary."),
     ],
+    "tuner plot": [
+        ("tuner probe -n 100000 --json > run.json; tuner plot run.json -o run.svg",
+         "A run's connections, rate, kernel slab and MemAvailable over time, as an SVG."),
+        ("tuner plot before.json after.json --label 'before apply' --label 'after apply' -o runs.png",
+         "Two runs overlaid, each named in the legend (pip install 'tuner[plot]' first)."),
+    ],
 }
 
 SEE_ALSO_EXTERNAL = ["sysctl(8)", "prlimit(1)", "ss(8)", "sysctl.d(5)", "limits.conf(5)",
