@@ -30,7 +30,10 @@ from .fleet import ERROR, OPS, SIDES, Line, line_kinds
 from .sockets import IP_BIND_ADDRESS_NO_PORT, SOCK_FLAGS, libc, reset_on_close, sockaddr
 
 BATCH = 128                   # connects between accept rounds; the accept queue never holds more
-REPORT_EVERY = 1024
+REPORT_EVERY = 1024            # connections between progress reports while opening,
+REPORT_SECONDS = 0.5           # ... or this long, when fewer opened: a slow ramp (ports running
+                               # out) still moves in the progress and the timeline, about twice a
+                               # sample, without a line per batch from every worker
 PACK = struct.Struct("<I").pack
 
 PROGRESS = Line("A", "opened", "accepted", "verified", counts=True)
@@ -108,7 +111,7 @@ class LocalWorker:
         AF, FLAGS, EINPROGRESS, EAGAIN = socket.AF_INET, socket.SOCK_STREAM | SOCK_FLAGS, E.EINPROGRESS, E.EAGAIN
         n, rate, pause = self.share, self.rate, self.accept_pause
         batch = BATCH if not rate else max(1, min(BATCH, int(rate / 50)))
-        start = monotonic()
+        start = last_report = monotonic()
         reported = 0
         i = 0
         while i < n:
@@ -168,8 +171,8 @@ class LocalWorker:
                         return
                     if ahead >= left:
                         return
-            if i - reported >= REPORT_EVERY:
-                reported = i
+            if i - reported >= REPORT_EVERY or (i > reported and monotonic() - last_report >= REPORT_SECONDS):
+                reported, last_report = i, monotonic()
                 self.progress()
         if len(srv) == n:
             self.send(ACCEPTED_ALL, t_established=time.monotonic_ns())

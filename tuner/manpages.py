@@ -235,8 +235,9 @@ EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
          "limit bites; a bare --watch runs until Ctrl-C, which ends with a summary."),
     ],
     "tuner plot": [
-        ("tuner probe -n 100000 --json > run.json; tuner plot run.json -o run.svg",
-         "A run's connections, rate, kernel slab and MemAvailable over time, as an SVG."),
+        ("tuner plot run.json -o run.svg",
+         "A run's connections, rate, kernel slab and MemAvailable over time, as an SVG "
+         "(run.json: the output of tuner probe --json)."),
         ("tuner plot before.json after.json --label 'before apply' --label 'after apply' -o runs.png",
          "Two runs overlaid, each named in the legend (pip install 'tuner[plot]' first)."),
     ],
