@@ -213,7 +213,7 @@ class Orchestration:
         t, count = now - self.t0, self.total(self.rate_of)
         since_t, since = 0.0, 0
         for earlier in reversed(self.timeline):
-            if earlier["t"] <= t - TIMELINE_EVERY:
+            if earlier["t"] <= t - TIMELINE_EVERY + 0.001:  # t is kept to the millisecond
                 since_t, since = earlier["t"], earlier["established"]
                 break
         entry = {
