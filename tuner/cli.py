@@ -75,6 +75,14 @@ def _emit(text: str) -> None:
     typer.echo(text)
 
 
+def _width(err: bool = False):
+    """The terminal's width for human output on stdout (or stderr); None when piped, so
+    scripts and pagers get every line whole (tuner.fit)."""
+    from .fit import terminal_width
+
+    return terminal_width(sys.stderr if err else sys.stdout)
+
+
 @app.command()
 def report(
     target: Optional[int] = typer.Option(None, "--target", "-n", metavar="N", help=TARGET_HELP,
@@ -99,7 +107,7 @@ def report(
     check_positive("--destinations", destinations)
     check_netns_name(netns)
     result = report_mod.build(n, role, netns, destinations, source_dev)
-    _emit(render.to_json(result.to_dict()) if json_out else render.report_text(result, wide=wide))
+    _emit(render.to_json(result.to_dict()) if json_out else render.report_text(result, wide=wide, width=_width()))
     if result.reachable is False:
         raise typer.Exit(errors.EXIT_SHORT)
 
@@ -171,7 +179,7 @@ def _confirm_on_terminal(plan, err: bool = False) -> None:
         raise errors.UsageError("refusing to change this host without confirmation: no "
                                 "terminal to ask on; review with --dry-run, then pass --yes")
     if err:
-        typer.echo(render.plan_text(plan), err=True)
+        typer.echo(render.plan_text(plan, _width(err=True)), err=True)
     if not typer.confirm(f"Apply these {len(plan.changes)} change(s)?", default=False, err=err):
         raise typer.Abort()
 
@@ -240,13 +248,13 @@ def apply(
                   user=user, raise_soft=raise_soft)
     outcome = apply_mod.run(
         req, journal, dry_run,
-        show=(lambda plan: None) if json_out else (lambda plan: _emit(render.plan_text(plan))),
+        show=(lambda plan: None) if json_out else (lambda plan: _emit(render.plan_text(plan, _width()))),
         confirm=(lambda plan: None) if yes else (lambda plan: _confirm_on_terminal(plan, json_out)),
         argv=sys.argv[1:])
     if json_out:
         _emit(render.to_json(outcome.to_dict()))
     elif not dry_run:
-        _emit(render.apply_text(outcome))
+        _emit(render.apply_text(outcome, _width()))
     if outcome.after and outcome.after["reachable"] is False:
         raise typer.Exit(errors.EXIT_SHORT)
 
@@ -265,7 +273,7 @@ def revert(
     from . import render, revert as revert_mod
 
     outcome = revert_mod.run(journal, force, dry_run)
-    _emit(render.to_json(outcome.to_dict()) if json_out else render.revert_text(outcome))
+    _emit(render.to_json(outcome.to_dict()) if json_out else render.revert_text(outcome, _width()))
     if not outcome.complete:
         raise typer.Exit(errors.EXIT_FAILED)
 
@@ -348,7 +356,7 @@ def probe(
         _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(), "refused": False,
                               **result.to_dict()}))
     else:
-        _emit(render.probe_text(result, pre))
+        _emit(render.probe_text(result, pre, _width()))
     if textfile is not None:
         from .metrics import write_probe_textfile
         write_probe_textfile(textfile, result.to_dict())
@@ -377,14 +385,14 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
                           hold=given_hold, timeout=timeout, echo_timeout=echo_timeout, workers=n_workers)
         result = run_split(cfg, netns)
         _emit(render.to_json({"schema": "tuner.probe.serve/1", **result}) if json_out
-              else render.serve_text(result))
+              else render.serve_text(result, width=_width()))
         raise typer.Exit(serve_exit(result))
     cfg = ConnectConfig(target=connect, connections=parse_target(connections, "--connections"),
                         source_net=None if source_net in (None, "none") else source_net, rate=rate,
                         hold=hold, timeout=timeout, workers=n_workers)
     result = run_split(cfg, netns)
     _emit(render.to_json({"schema": "tuner.probe.connect/1", **result}) if json_out
-          else render.connect_text(result))
+          else render.connect_text(result, _width()))
     raise typer.Exit(connect_exit(result))
 
 
@@ -435,7 +443,7 @@ def diagnose(
     else:
         from .diagnose_render import diagnose_text
 
-        _emit(diagnose_text(d, wide=wide))
+        _emit(diagnose_text(d, wide=wide, width=_width()))
     if d.reachable is False:
         raise typer.Exit(errors.EXIT_SHORT)
 

@@ -5,9 +5,15 @@ disagree; numbers are formatted by render.number/value like every other table.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+from . import fit
 from .memory import WORST_CASE
 from .numfmt import number, size
 from .render import table, value
+
+
+SHELL_WORDS = ("tuner", "sysctl", "echo", "prlimit", "ip", "systemctl", "mkdir")
 
 
 def _cell(v, unit: str) -> str:
@@ -16,7 +22,7 @@ def _cell(v, unit: str) -> str:
     return size(v) if unit == "bytes" else number(v)
 
 
-def diagnose_text(d, wide: bool = False) -> str:
+def diagnose_text(d, wide: bool = False, width: Optional[int] = None) -> str:
     lines = [d.verdict, ""]
     rows, notes = [], []
     for r in d.limits:
@@ -27,7 +33,8 @@ def diagnose_text(d, wide: bool = False) -> str:
             fix = f" Fix: {r.fix}." if r.fix and r.status in ("binds", "short", "capped", "full") else ""
             notes.append(f"  {r.name}{f' (pid {r.pid})' if r.pid else ''} ({r.status}): {r.why}{fix}")
     lines.append(table(rows, ["limit", "scope", "current", "used", "headroom", "connections",
-                              "needed", "status"] + (["why"] if wide else [])))
+                              "needed", "status"] + (["why"] if wide else []), width,
+                       note=8 if wide else None, note_title="why:", tag=7))
     if notes:
         lines += ["", "why:"] + list(dict.fromkeys(notes))
     c = d.connections
@@ -39,7 +46,7 @@ def diagnose_text(d, wide: bool = False) -> str:
         lines.append(table([[f"{l['address']}:{l['port']}", number(l["backlog"]), number(l["queued"]),
                              number(l["reuseport_siblings"]), ", ".join(map(str, l["pids"]))]
                             for l in d.listeners],
-                           ["listener", "backlog", "queued", "reuseport siblings", "pids"]))
+                           ["listener", "backlog", "queued", "reuseport siblings", "pids"], width))
     else:
         lines.append("listeners: none (the process listens on no TCP port tuner can see)")
     by_port = ", ".join(f"{port}: {number(n)}" for port, n in c["by_port"].items())
@@ -52,13 +59,15 @@ def diagnose_text(d, wide: bool = False) -> str:
     m = d.memory
     lines.append(f"kernel memory per connection ({m['source']}): idle {size(m['idle_bytes_per_connection'])}, "
                  f"{WORST_CASE} {size(m['worst_bytes_per_connection'])}")
+    lines = fit.lines(lines, width)
     if d.fix:
         lines += ["", "fix:"]
         for f in d.fix:
-            lines.append(f"  {f.command}")
-            lines.append(f"      {f.why}")
-    if d.notes:
-        lines += ["", "notes:"] + [f"  {n}" for n in d.notes]
-    if d.unreadable:
-        lines.append("unreadable without root: " + ", ".join(d.unreadable))
-    return "\n".join(lines)
+            # A command is wrapped with '\' so that it still runs as pasted; advice (an
+            # application's setting) wraps as prose.
+            shell = f.command.split(" ", 1)[0] in SHELL_WORDS
+            lines.append(fit.command(f"  {f.command}", width) if shell else fit.wrap(f"  {f.command}", width))
+            lines.append(fit.wrap(f"      {f.why}", width))
+    tail = ([""] + ["notes:"] + [f"  {n}" for n in d.notes] if d.notes else []) + (
+        ["unreadable without root: " + ", ".join(d.unreadable)] if d.unreadable else [])
+    return "\n".join(lines + fit.lines(tail, width))

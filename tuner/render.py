@@ -1,13 +1,15 @@
 """Turn results into text: tabulate tables for people, JSON for programs.
 
 Every command that prints a table prints the same data with --json; the JSON is the
-result's to_dict(), so the two can never disagree.
+result's to_dict(), so the two can never disagree. Each text function takes the width of
+the terminal it is shown on (tuner.fit; None when piped: every line whole).
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Iterable, List, Optional
 
+from . import fit
 from .capacity import Report
 from .numfmt import number, of, rate, seconds, size, values
 from .memory import WORST_CASE
@@ -22,14 +24,15 @@ def to_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False, default=str)
 
 
-def table(rows: Iterable[Iterable[Any]], headers: List[str]) -> str:
-    # Imported here: tabulate costs ~40 ms at start-up and --json never needs it.
-    from tabulate import tabulate
+def table(rows: Iterable[Iterable[Any]], headers: List[str], width: Optional[int] = None,
+          note: Optional[int] = None, note_title: str = "", tag: Optional[int] = None) -> str:
+    """A table fitted to `width` (tuner.fit.table); `note` is a long-text column that
+    moves under the table when it does not fit, `tag` a status shown with the row's name
+    when rows have to be stacked."""
+    return fit.table(rows, headers, width, note, note_title, tag)
 
-    return tabulate(list(rows), headers=headers, tablefmt="simple", disable_numparse=True)
 
-
-def report_text(report: Report, wide: bool = False) -> str:
+def report_text(report: Report, wide: bool = False, width: Optional[int] = None) -> str:
     """The knob table, then why-notes for every row that needs attention, then the summary."""
     headers = ["knob", "scope", "current", "needed", "allows", "status"] + (["why"] if wide else [])
     rows, notes = [], []
@@ -43,7 +46,8 @@ def report_text(report: Report, wide: bool = False) -> str:
                     + ([why] if wide else []))
         if not wide and r.status not in ("ok", "n/a"):
             notes.append(f"  {r.name} ({r.status}): {why}")
-    lines = [table(rows, headers), ""] + (["why:"] + notes + [""] if notes else [])
+    lines = [table(rows, headers, width, note=6 if wide else None, note_title="why:", tag=5), ""] + (
+        ["why:"] + notes + [""] if notes else [])
     where = f" in netns {report.netns}" if report.netns else ""
     lines.append(f"role: {report.role}{where}; target: {number(report.target)}")
     lines.append(f"max concurrent connections now: {number(report.max_connections)}"
@@ -85,12 +89,12 @@ def report_text(report: Report, wide: bool = False) -> str:
                  f"{number(s['tcp_mem_pages'])} pages of buffers")
     if report.unreadable:
         lines.append("unreadable without root: " + ", ".join(report.unreadable))
-    return "\n".join(lines)
+    return "\n".join(fit.lines(lines, width))
 
 
 # ---------------------------------------------------------------- apply / revert
 
-def plan_text(plan) -> str:
+def plan_text(plan, width: Optional[int] = None) -> str:
     """The plan as apply shows it before changing anything: table, notes, commands."""
     from .settings import kind
 
@@ -100,7 +104,7 @@ def plan_text(plan) -> str:
         rows = [[c.knob, c.where, kind(c.kind).describe(c.current, c.knob), kind(c.kind).describe(c.new, c.knob),
                  c.why] for c in plan.changes]
         lines += [f"plan for {number(plan.target)} connections, role {plan.role}{where}:",
-                  table(rows, ["knob", "where", "current", "new", "why"])]
+                  table(rows, ["knob", "where", "current", "new", "why"], width, note=4, note_title="why:")]
     else:
         lines.append(f"nothing to change for {number(plan.target)} connections, role {plan.role}{where}: "
                      f"current settings already allow it")
@@ -122,12 +126,13 @@ def plan_text(plan) -> str:
         diff = kind(c.kind).diff(c.detail, c.current, c.new)
         if diff:
             lines += ["", f"{c.knob} ({c.where}) changes:", diff]
+    lines = fit.lines(lines, width)
     if plan.changes:
-        lines += ["", "equivalent shell commands:"] + [c.command for c in plan.changes]
+        lines += ["", "equivalent shell commands:"] + [fit.command(c.command, width) for c in plan.changes]
     return "\n".join(lines)
 
 
-def apply_text(outcome) -> str:
+def apply_text(outcome, width: Optional[int] = None) -> str:
     lines = []
     if outcome.applied:
         lines.append(f"applied {len(outcome.applied)} change(s); journal: {outcome.journal} "
@@ -158,19 +163,23 @@ def apply_text(outcome) -> str:
         for s in a["still_binding"]:
             fix = f": {s['fix']}" if s["fix"] else ""
             lines.append(f"still binding: {s['knob']} = {value(s['current'])}{fix}")
-    return "\n".join(lines)
+    return "\n".join(fit.lines(lines, width))
 
 
-def revert_text(outcome) -> str:
+def revert_text(outcome, width: Optional[int] = None) -> str:
     if not outcome.found:
-        return f"nothing to revert: no journal at {outcome.journal}"
+        return fit.wrap(f"nothing to revert: no journal at {outcome.journal}", width)
     if not outcome.rows:
-        return f"nothing to revert: the journal at {outcome.journal} lists no changes"
+        return fit.wrap(f"nothing to revert: the journal at {outcome.journal} lists no changes", width)
     from .settings import kind
 
+    # Why an entry was left (drifted, failed, gone) is its own column, which moves
+    # under the table on a narrow terminal.
+    reasons = any(r.reason for r in outcome.rows)
     rows = [[r.knob, r.where] + [kind(r.kind).describe(v, r.knob) for v in (r.current, r.wrote, r.original)]
-            + [r.action + (f": {r.reason}" if r.reason else "")] for r in outcome.rows]
-    lines = [table(rows, ["knob", "where", "now", "tuner wrote", "original", "action"])]
+            + [r.action] + ([r.reason] if reasons else []) for r in outcome.rows]
+    lines = [table(rows, ["knob", "where", "now", "tuner wrote", "original", "action"]
+                   + (["why"] if reasons else []), width, note=6 if reasons else None, note_title="why:")]
     if outcome.dry_run:
         lines.append("dry run: nothing was changed")
     elif outcome.complete:
@@ -181,10 +190,10 @@ def revert_text(outcome) -> str:
         lines.append(f"could not rewrite the journal ({outcome.journal_error}): it still lists "
                      f"settings restored above; the next 'tuner revert' finds them back as "
                      f"they were and drops them")
-    return "\n".join(lines)
+    return "\n".join(fit.lines(lines, width))
 
 
-def probe_text(result, preflight=None) -> str:
+def probe_text(result, preflight=None, width: Optional[int] = None) -> str:
     """The probe's summary as a two-column table, its failures, and the fixes (the knob
     table's needed value and command where the limit is a knob, the hint otherwise)."""
     estimate_bytes_per_conn = preflight.estimate_bytes_per_conn if preflight else None
@@ -214,27 +223,28 @@ def probe_text(result, preflight=None) -> str:
     ]
     head = ("all connections verified" if result.ok else
             f"FELL SHORT: stopped by {result.stopped_by}" + (" (interrupted)" if result.interrupted else ""))
-    lines = [head, table(rows, ["figure", "value"])]
-    if result.errors:
-        lines += ["", table([[e.side, e.op, e.errno, number(e.count), e.limit or "-", e.first_message]
-                             for e in result.errors],
-                            ["side", "op", "errno", "count", "limit", "first message"])]
-        fixes = [e.fix or e.hint for e in result.errors]
-        for fix in dict.fromkeys(f for f in fixes if f):
-            lines.append(f"fix: {fix}")
-    return "\n".join(lines)
+    lines = [head, table(rows, ["figure", "value"], width)]
+    errors = [{"side": e.side, "op": e.op, "errno": e.errno, "count": e.count, "limit": e.limit,
+               "first_message": e.first_message, "hint": e.fix or e.hint} for e in result.errors]
+    split_errors(lines, errors, width)
+    return "\n".join(fit.lines(lines, width))
 
 
-def split_errors(lines: List[str], errors: List[dict]) -> None:
+ERROR_HEADERS = ["side", "op", "errno", "count", "limit", "first message"]
+
+
+def split_errors(lines: List[str], errors: List[dict], width: Optional[int] = None) -> None:
+    """The failures by kind (the first message moves under the table on a narrow
+    terminal), then each distinct fix."""
     if errors:
         lines += ["", table([[e["side"], e["op"], e["errno"], number(e["count"]), e["limit"] or "-",
-                              e["first_message"]] for e in errors],
-                            ["side", "op", "errno", "count", "limit", "first message"])]
+                              e["first_message"]] for e in errors], ERROR_HEADERS, width, note=5,
+                            note_title="first messages:")]
         for hint in dict.fromkeys(e["hint"] for e in errors if e["hint"]):
             lines.append(f"fix: {hint}")
 
 
-def serve_text(r: dict, max_clients: int = 20) -> str:
+def serve_text(r: dict, max_clients: int = 20, width: Optional[int] = None) -> str:
     """`tuner probe --serve`: totals per client address and overall."""
     from probes.wire import FAILURES
 
@@ -251,18 +261,18 @@ def serve_text(r: dict, max_clients: int = 20) -> str:
         rest = {k: sum(c[k] for c in clients[max_clients:]) for k in clients[0] if k != "address"}
         rows.append(row(f"{len(clients) - max_clients} more", rest))
     rows.append(row("all", {**r, "over_expect": r["over_expect"], **r["failures"]}))
-    lines = [head, table(rows, ["client", "accepted", "verified", "failed", "over --expect", "dropped"]), "",
+    lines = [head, table(rows, ["client", "accepted", "verified", "failed", "over --expect", "dropped"], width), "",
              table([["failed by kind", ", ".join(f"{k.replace('_', '-')} {number(v)}" for k, v in r["failures"].items())],
                     ["peak concurrent", f"{number(r['peak_concurrent'])} ({r['workers']} worker(s))"],
                     ["kernel memory per connection", f"{number(r['kernel_slab_bytes_per_conn'])} B slab, "
                                                      f"{number(round(r['kernel_tcp_mem_bytes_per_conn']))} B socket buffers"],
                     ["held at end / pending", f"{number(r['held_at_end'])} / {number(r['pending_at_end'])}"],
-                    ["served for", f"{seconds(r['seconds'])}"]], ["figure", "value"])]
-    split_errors(lines, r["errors"])
-    return "\n".join(lines)
+                    ["served for", f"{seconds(r['seconds'])}"]], ["figure", "value"], width)]
+    split_errors(lines, r["errors"], width)
+    return "\n".join(fit.lines(lines, width))
 
 
-def connect_text(r: dict) -> str:
+def connect_text(r: dict, width: Optional[int] = None) -> str:
     """`tuner probe --connect`: the client side's summary."""
     head = ("all connections verified" if r["ok"] else
             f"FELL SHORT: stopped by {r['stopped_by']}" + (" (interrupted)" if r["interrupted"] else ""))
@@ -279,6 +289,6 @@ def connect_text(r: dict) -> str:
         ["kernel memory per connection", f"{number(r['kernel_slab_bytes_per_conn'])} B slab, "
                                          f"{number(round(r['kernel_tcp_mem_bytes_per_conn']))} B socket buffers"],
     ]
-    lines = [head, table(rows, ["figure", "value"])]
-    split_errors(lines, r["errors"])
-    return "\n".join(lines)
+    lines = [head, table(rows, ["figure", "value"], width)]
+    split_errors(lines, r["errors"], width)
+    return "\n".join(fit.lines(lines, width))

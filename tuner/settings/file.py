@@ -29,7 +29,8 @@ SYSCTL_FILE = "etc/sysctl.d/99-tuner.conf"
 LIMITS_FILE = "etc/security/limits.d/99-tuner.conf"
 UNIT_DIR = "etc/systemd/system"
 DROPIN_NAME = "99-tuner.conf"
-FILE_HEADER = "# Written by 'tuner apply'; 'tuner revert' removes it (or restores what was here).\n"
+# Two short lines: the plan shows files verbatim, and they fit a narrow terminal.
+FILE_HEADER = "# Written by 'tuner apply'; 'tuner revert' removes it\n# (or restores what was here).\n"
 TEMP_SUFFIX = ".tuner-tmp"
 
 _UNIT = r"[A-Za-z0-9:_.@\\-]+"
