@@ -65,14 +65,30 @@ def run_probe(config: ProbeConfig, on_progress: Optional[OnProgress] = None,
     """
     config.validate()
 
+    # The seconds of the hold left go to a callback that takes a fifth argument (one
+    # written for four keeps working).
+    with_hold = on_progress is not None and _takes_five(on_progress)
+
     def on_event(event: dict) -> None:
         kind = event.get("event")
         if kind == "progress" and on_progress is not None:
-            on_progress(event["established"], event["verified"], event["rate"], event["phase"])
+            figures = (event["established"], event["verified"], event["rate"], event["phase"])
+            on_progress(*figures, event.get("hold_left")) if with_hold else on_progress(*figures)
         elif kind == "plan" and on_plan is not None:
             on_plan(event)
 
     return ProbeResult.from_dict(follow_events(command(config), "orchestrator", on_event))
+
+
+def _takes_five(fn) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return (any(p.kind == p.VAR_POSITIONAL for p in params)
+            or sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 5)
 
 
 def run_split(config, netns: Optional[str] = None, on_event: Optional[Callable[[dict], None]] = None) -> dict:

@@ -28,6 +28,7 @@ done here, the same way for every mode:
 """
 from __future__ import annotations
 
+import collections
 import errno as E
 import os
 import signal
@@ -49,6 +50,7 @@ NO_LISTENER_LEFT = "no listener left"
 MISMATCH = "mismatch"
 UNVERIFIED = "unverified"
 FAILED = "error"            # a worker failed: the result names the limit instead
+RATE_WINDOW = 1.0           # seconds the progress rate is measured over
 TIMELINE_EVERY = 1.0        # seconds between timeline samples (and one at each phase change)
 TEARDOWN_EVERY = 0.25       # ... while the workers close, and after, until the sockets are gone
 TEARDOWN_BOUND = 2.0        # seconds the teardown is followed after the last worker exited
@@ -94,6 +96,16 @@ class Orchestration:
 
     def progress(self) -> dict:
         return {}
+
+    def rate_count(self) -> int:
+        """The count whose growth is the rate (rate_of), as fresh as the mode has it."""
+        return self.total(self.rate_of)
+
+    def hold_left(self, now: float) -> Optional[float]:
+        """Seconds of the hold still to go while holding (None otherwise)."""
+        if self.phase != HOLD:
+            return None
+        return max(self.hold_start + self.hold_seconds() - now, 0.0)
 
     def timeout(self) -> Optional[float]:
         return self.cfg.effective_timeout
@@ -156,7 +168,7 @@ class Orchestration:
 
     def follow(self) -> None:
         fleet = self.fleet
-        last_emit, last_count, last_t = 0.0, 0, time.monotonic()
+        last_emit, window = 0.0, collections.deque([(time.monotonic(), 0)])
         last_sample, sampled_phase = float("-inf"), None
         while True:
             lines, ended = fleet.collect(0.05)  # lines first: a worker's last ones precede its exit
@@ -177,9 +189,15 @@ class Orchestration:
                 if now - self.close_start > self.close_grace():
                     fleet.kill_all()
             if now - last_emit >= self.cfg.progress_interval:
-                count = self.total(self.rate_of)
-                self.rate_now = (count - last_count) / max(now - last_t, 1e-6)
-                last_emit, last_count, last_t = now, count, now
+                # The rate over the last RATE_WINDOW: counts arrive in report-interval
+                # steps, so one progress interval alone reads 0 between two steps.
+                count = self.rate_count()
+                window.append((now, count))
+                while len(window) > 2 and window[1][0] <= now - RATE_WINDOW:
+                    window.popleft()
+                t0, c0 = window[0]
+                self.rate_now = (count - c0) / (now - t0) if now > t0 else 0.0
+                last_emit = now
                 self.emit_progress(self.phase, self.rate_now)
         self.seconds_close = time.monotonic() - self.close_start
         self.follow_teardown()
@@ -229,8 +247,10 @@ class Orchestration:
         return entry
 
     def emit_progress(self, phase: str, rate: float) -> None:
+        left = self.hold_left(time.monotonic())
         self.emit({"event": "progress", "phase": phase, **self.progress(), "rate": round(rate),
-                   "elapsed": round((time.monotonic_ns() - self.t0_ns) / 1e9, 3)})
+                   "elapsed": round((time.monotonic_ns() - self.t0_ns) / 1e9, 3)}
+                  | ({} if left is None else {"hold_left": round(left, 1)}))
 
     def advance(self, now: float) -> None:
         fleet = self.fleet

@@ -112,6 +112,7 @@ class Server(Orchestration):
         self.full: set = set()           # workers whose listener closed on such a limit
         self.peers: Dict[str, list] = {}
         self.reached_at: Optional[float] = None
+        self.held = self.accepted_now = self.verified_now = 0
 
     def plan(self, nofile: int) -> None:
         cfg = self.cfg
@@ -161,7 +162,10 @@ class Server(Orchestration):
         return None
 
     def tick(self, now: float) -> None:
-        held = self.held = sum(h for h, _ in serve_worker.SLOT.iter_unpack(self.held_map))  # live
+        # Live, from every worker's slot at one moment: held never reads above accepted.
+        slots = list(serve_worker.SLOT.iter_unpack(self.held_map))
+        held = self.held = sum(s[0] for s in slots)
+        self.accepted_now, self.verified_now = sum(s[2] for s in slots), sum(s[3] for s in slots)
         if held > self.peak:
             self.peak = held
             # Kernel figures where most connections are held (a snapshot costs ~1 ms).
@@ -193,9 +197,21 @@ class Server(Orchestration):
         return {name: self.total(name) for name in wire.FAILURES}
 
     def progress(self) -> dict:
-        return {"accepted": self.total("accepted"), "verified": self.total("verified"),
+        # accepted, verified and held as the workers' slots give them now (the report
+        # lines' totals arrive up to a report interval later; the larger is the newer).
+        return {"accepted": max(self.accepted_now, self.total("accepted")),
+                "verified": max(self.verified_now, self.total("verified")),
                 "held": self.held, "failed": sum(self.failures().values()),
                 "over_expect": self.total("over_expect")}
+
+    def rate_count(self) -> int:
+        return max(self.accepted_now, self.total("accepted"))
+
+    def hold_left(self, now: float):
+        """The server holds from the moment --expect are held, for --hold seconds."""
+        if self.reached_at is None or self.cfg.hold is None or self.phase != self.run_phase:
+            return None
+        return max(self.cfg.hold - (now - self.reached_at), 0.0)
 
     def result(self) -> dict:
         cfg, base, peak = self.cfg, self.baseline, self.at_peak

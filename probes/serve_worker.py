@@ -27,10 +27,11 @@ from .fleet import ERROR, OPS, SIDES, Line, line_kinds
 from .sockets import LINGER_0, SOCK_FLAGS, libc, reset_on_close
 
 MAX_PEERS = 4096
-# One slot per worker in the shared map: (held, admitted).  held: verified and still
-# open; admitted: accepted within --expect and not closed since (held + pending), what
-# --expect counts at accept.
-SLOT = struct.Struct("qq")
+# One slot per worker in the shared map: (held, admitted, accepted, verified).  held:
+# verified and still open; admitted: accepted within --expect and not closed since (held +
+# pending), what --expect counts at accept; accepted and verified: the running totals, so
+# that the progress line reads all four at the same moment (the report lines arrive later).
+SLOT = struct.Struct("qqqq")
 FREE, WAITING, VERIFIED = 0, 1, 2
 
 TOTALS = Line("S", "accepted", "verified", "held", "pending", "over_expect", "dropped", *wire.FAILURES,
@@ -98,10 +99,11 @@ class ServeWorker:
         return row
 
     def publish(self) -> None:
-        SLOT.pack_into(self.held_map, self.k * SLOT.size, self.held, self.held + len(self.pending))
+        SLOT.pack_into(self.held_map, self.k * SLOT.size, self.held, self.held + len(self.pending),
+                       self.accepted, self.verified)
 
     def admitted_everywhere(self) -> int:
-        return sum(admitted for _, admitted in SLOT.iter_unpack(self.held_map))
+        return sum(slot[1] for slot in SLOT.iter_unpack(self.held_map))
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -147,6 +149,12 @@ class ServeWorker:
             self.listener = None
 
     def accept(self) -> None:
+        try:
+            self._accept()
+        finally:
+            self.publish()   # the accepted count, also of connections reset at accept
+
+    def _accept(self) -> None:
         accept4, get_errno, addr, addrlen = libc.accept4, ctypes.get_errno, self.addr, self.addrlen
         poll, state, write, pack = self.poll, self.state, os.write, wire.INDEX.pack
         ref = ctypes.byref(addrlen)

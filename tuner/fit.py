@@ -56,8 +56,9 @@ def lines(texts: Iterable[str], width: Optional[int]) -> List[str]:
 
 def command(cmd: str, width: Optional[int]) -> str:
     """A shell command wrapped with ' \\' continuations, breaking only between words, so
-    that the wrapped text pastes into a shell as the same command. A here-document's
-    body is file content: it is shown exactly as it will be written."""
+    that the wrapped text pastes into a shell as the same command (one word longer than
+    the line stays whole). A here-document's body is file content: it is shown exactly
+    as it will be written."""
     if width is None:
         return cmd
     first, sep, body = cmd.partition("\n")

@@ -157,8 +157,10 @@ def run_probe(n: int, pre, **settings):
                   f"process(es) needed, max now {number(pre.report.max_connections)} "
                   f"({pre.report.binding} binds first)", file=sys.stderr, flush=True)
 
-        def on_progress(established, verified, rate, phase):
-            bar.update(verified, phase, established=established, rate=per_second(rate))
+        def on_progress(established, verified, rate, phase, hold_left=None):
+            # While holding, the verified connections are the ones held.
+            figures = {"held": verified} if hold_left is not None else {"established": established}
+            bar.update(verified, phase, hold_left, **figures, rate=per_second(rate))
 
         with _as_tuner_errors():
             return launch.run_probe(cfg, on_progress=on_progress, on_plan=on_plan)
@@ -179,12 +181,13 @@ def run_split(cfg, netns=None) -> dict:
             if kind in ("listening", "plan"):
                 print(f"{kind}: {event['describe']}", file=sys.stderr, flush=True)
             elif kind == "progress" and serving:
-                bar.update(event["verified"], event["phase"], accepted=event["accepted"],
-                           held=event["held"], failed=event["failed"], over=event["over_expect"],
-                           rate=per_second(event['rate']))
+                # verified of --expect, then accepted >= verified >= held, read together.
+                bar.update(event["verified"], event["phase"], event.get("hold_left"),
+                           accepted=event["accepted"], held=event["held"], failed=event["failed"],
+                           over=event["over_expect"], rate=per_second(event["rate"]))
             elif kind == "progress":
-                bar.update(event["verified"], event["phase"], established=event["established"],
-                           rate=per_second(event['rate']))
+                bar.update(event["verified"], event["phase"], event.get("hold_left"),
+                           established=event["established"], rate=per_second(event["rate"]))
 
         with _as_tuner_errors():
             return launch.run_split(cfg, netns=netns, on_event=on_event)

@@ -1,0 +1,86 @@
+"""Progress that tells the truth: the plain lines of a real probe, read number by number.
+
+A split probe (`--serve` and `--connect` in a namespace of the test's own, on loopback)
+and a local probe with --hold print their progress lines on stderr (a pipe: plain
+lines); each figure must be what it says.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from conftest import run_tuner
+from test_probe_split import tuner_in, wait_listening
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
+
+LINE = re.compile(r"^\d\d:\d\d:\d\d (?P<label>[a-z ]+?) (?P<done>[\d,]+)(?:/(?P<total>[\d,]+))?"
+                  r"(?P<figures>(?: \w+=\S+)*)(?: hold (?P<left>[\d.,]+) s left)?$")
+
+
+def n(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def progress(stderr: str) -> list:
+    """Each progress line as {label, done, total, figures..., left}."""
+    out = []
+    for line in stderr.splitlines():
+        m = LINE.match(line)
+        if m:
+            figures = dict(f.split("=", 1) for f in m["figures"].split())
+            out.append({"label": m["label"], "done": n(m["done"]), "left": m["left"] and float(m["left"].replace(",", "")),
+                        **figures})
+    return out
+
+
+def test_split_probe_lines_say_what_they_count(netns):
+    port, conns = 7331, 9000
+    serve = tuner_in(netns, "probe", "--serve", f"127.0.0.1:{port}", "--expect", conns, "--hold", 2.5,
+                     "--timeout", 120)
+    client = None
+    try:
+        wait_listening(netns, port)
+        # Paced: connections arrive over about three seconds, so several lines see them.
+        client = tuner_in(netns, "probe", "--connect", f"127.0.0.1:{port}", "-n", conns,
+                          "--rate", 3000, "--hold", 3.5, "--timeout", 120)
+        c_out, c_err = client.communicate(timeout=120)
+        s_out, s_err = serve.communicate(timeout=120)
+    finally:
+        for p in (serve, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert client.returncode == 0 and serve.returncode == 0, (c_err, s_err)
+
+    served = progress(s_err)
+    assert len(served) >= 4, s_err
+    # The label once: 'serve 1,234/9,000', never 'serve serve'.
+    assert "serve serve" not in s_err and {p["label"] for p in served} <= {"serve", "serve close"}, s_err
+    for p in served:
+        # One moment's counts: held <= verified <= accepted.
+        assert n(p["held"]) <= p["done"] <= n(p["accepted"]), (p, s_err)
+    arriving = [p for p in served if 0 < p["done"] < conns]
+    assert arriving and all(n(p["rate"].removesuffix("/s")) > 0 for p in arriving), s_err
+    # The hold counts down once all are held.
+    left = [p["left"] for p in served if p["left"] is not None]
+    assert left and left == sorted(left, reverse=True) and left[0] <= 2.5, s_err
+    assert all(n(p["held"]) == conns for p in served if p["left"] is not None), s_err
+
+    connected = progress(c_err)
+    assert {p["label"] for p in connected} >= {"connect establish", "connect hold"}, c_err
+    left = [p["left"] for p in connected if p["label"] == "connect hold"]
+    assert len(left) >= 2 and left == sorted(left, reverse=True) and None not in left, c_err
+    assert any(n(p["rate"].removesuffix("/s")) > 0 for p in connected if p["label"] == "connect establish"
+               and 0 < p["done"] < conns), c_err
+
+
+def test_local_probe_hold_counts_down_with_the_held(netns):
+    p = run_tuner("probe", "--netns", netns, "-n", 3000, "--hold", 2.5, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = [x for x in progress(p.stderr) if x["label"] == "probe hold"]
+    assert len(lines) >= 2, p.stderr
+    assert all(n(x["held"]) == 3000 and x["left"] is not None for x in lines), p.stderr
+    assert [x["left"] for x in lines] == sorted((x["left"] for x in lines), reverse=True), p.stderr
