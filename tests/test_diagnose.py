@@ -442,3 +442,32 @@ def test_connections_are_counted_in_each_family_the_listeners_accept(netns):
         assert (both.held, both.peers) == (9, 2)   # 127.0.0.1 (mapped or not) and ::1
         for s in clients + accepted + [dual, only4]:
             s.close()
+
+
+def test_a_service_on_two_ports_is_diagnosed_with_both_counted(netns):
+    """A service listening on two ports (80 and 443, say) is diagnosed through the CLI:
+    the kernel-side filter for more than one port is accepted (it was refused with
+    EINVAL, a traceback) and each port's held connections are counted."""
+    code = ("import socket, sys, time\n"
+            "ls = [socket.create_server(('127.0.0.1', 0)) for _ in range(2)]\n"
+            "print(*[l.getsockname()[1] for l in ls], flush=True)\n"
+            "held = []\n"
+            "for i, l in enumerate(ls):\n"
+            "    for _ in range(i + 2):\n"
+            "        held.append(l.accept()[0])\n"
+            "print('accepted', flush=True)\n"
+            "time.sleep(60)\n")
+    srv = in_ns(netns, sys.executable, "-c", code)
+    try:
+        ports = [int(p) for p in srv.stdout.readline().split()]
+        with in_netns(netns):
+            clients = [socket.create_connection(("127.0.0.1", p)) for i, p in enumerate(ports)
+                       for _ in range(i + 2)]
+        assert srv.stdout.readline().strip() == "accepted"
+        d = diagnose_json("--pid", srv.pid)
+        assert d["connections"]["by_port"] == {str(ports[0]): 2, str(ports[1]): 3}
+        assert d["connections"]["held"] == 5
+        for c in clients:
+            c.close()
+    finally:
+        stop(srv)

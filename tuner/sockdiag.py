@@ -96,16 +96,20 @@ def listening() -> List[Listening]:
 
 
 def port_filter(ports: Sequence[int]) -> bytes:
-    """inet_diag bytecode accepting sockets whose local port is one of `ports`:
-    S_EQ p1 (yes: accept, no: next) ... S_EQ pn (no: reject).  Each S_EQ is two ops of
-    4 bytes (code, yes, no) + (port in `no`); jumping to the end accepts, past it rejects."""
-    ops = b""
-    n = len(ports)
-    for i, port in enumerate(ports):
-        remaining = (n - i) * 8             # bytes from this op to the end
-        no = 8 if i < n - 1 else remaining + 4
-        ops += struct.pack("=BBH", INET_DIAG_BC_S_EQ, remaining, no) + struct.pack("=BBH", 0, 0, port)
-    return ops
+    """inet_diag bytecode accepting sockets whose local port is one of `ports`, built as
+    `ss` builds `sport = :a or sport = :b`: each S_EQ (two 4-byte ops: code, yes, no;
+    then the port in `no`) falls through to a JMP on a match and skips it otherwise; the
+    JMP always takes its `no` jump, to the end (accept); the last S_EQ's `no` goes past
+    the end (reject).  The kernel's audit (inet_diag_bc_audit) walks the `yes` chain and
+    wants every `no` target on it: an S_EQ whose `yes` jumps straight to the end is
+    refused with EINVAL as soon as there are two ports."""
+    code = b""
+    for port in reversed(ports):
+        test = struct.pack("=BBH", INET_DIAG_BC_S_EQ, 8, 12) + struct.pack("=BBH", 0, 0, port)
+        if code:
+            test += struct.pack("=BBH", INET_DIAG_BC_JMP, 4, len(code) + 4)
+        code = test + code
+    return code
 
 
 def _dump_request(family: int, states: int, bytecode: bytes) -> bytes:
