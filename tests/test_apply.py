@@ -66,7 +66,7 @@ def test_shrink_buffers_lowers_defaults_with_memory_before_after(capsys, jpath, 
                          "--yes", "--journal", jpath)
     assert rc == 0, err
     assert netns_values(netns)["net.ipv4.tcp_rmem"] == f"{rmem[0]} 4096 {rmem[2]}"
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert netns_values(netns) == before
 
 
@@ -89,7 +89,7 @@ def test_round_trip_host_and_namespace(capsys, jpath, netns, host_restored):
     data = json.loads(out)
     assert data["after"]["reachable"] is True
     assert netns_values(netns)["net.ipv4.tcp_max_tw_buckets"] == "1100000"
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath)
     assert rc == 0, out + err
     assert host_values() == host_before
     assert netns_values(netns) == ns_before
@@ -106,7 +106,7 @@ def test_netns_changes_only_that_namespace_and_lists_host_knobs(capsys, jpath, n
     assert after["net.core.somaxconn"] == "65535"
     assert after["net.ipv4.tcp_max_syn_backlog"] == "65535"
     assert "not changed: fs.nr_open" in out and "exists only in the initial namespace" in out
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert netns_values(netns) == ns_before
 
 
@@ -117,7 +117,7 @@ def test_second_apply_keeps_first_originals(capsys, jpath, netns):
     assert tuner(capsys, "apply", "-n", "1M", "--yes", "--netns", netns, "--journal", jpath)[0] == 0
     entry = journal_mod.Journal.load(jpath).find(f"sysctl:{netns}:net.core.somaxconn")
     assert (entry["original"], entry["before"], entry["new"]) == (before["net.core.somaxconn"], "10000", "65535")
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert netns_values(netns) == before
 
 
@@ -142,7 +142,7 @@ def test_client_aliases_on_veth_in_namespace(capsys, jpath, netns):
     assert "after apply: target 200,000 reachable: yes" in out
     assert netns_values(netns)["net.ipv4.ip_local_port_range"] == "1024 65535"
     assert netns_values(netns)["net.ipv4.tcp_tw_reuse"] == "1"
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert addresses(netns, "veth0") == addrs_before
     assert netns_values(netns) == before
 
@@ -163,7 +163,7 @@ def test_after_report_counts_the_alias_device_even_with_no_addresses(capsys, jpa
     assert after["source_addresses"] == {"dev": "veth0", "count": 0}
     assert after["reachable"] is True
     assert addresses(netns, "veth0") == []
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert netns_values(netns) == before
 
 
@@ -182,7 +182,7 @@ def test_pid_raises_child_soft_limit_and_says_hard_is_capped(capsys, jpath):
         assert nofile(pid) == (20000, 20000)
         # No CAP_SYS_RESOURCE here: the plan says the hard limit stays and what to do.
         assert "cannot raise it (no CAP_SYS_RESOURCE)" in out and "LimitNOFILE=" in out
-        rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+        rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath)
         assert rc == 0, out + err
         assert nofile(pid) == (1024, 20000)
 
@@ -248,7 +248,7 @@ def test_persist_into_temp_root(capsys, jpath, tmp_path, host_restored):
                          "--journal", jpath, "--json")
     assert rc == 0 and json.loads(out)["applied"] == [], out + err
     assert (root / "etc/sysctl.d/99-tuner.conf").read_text() == sysctl_conf
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath)
     assert rc == 0, out + err
     assert tree(root) == (files_before, dirs_before)   # created removed, changed restored
     assert host_values() == host_restored
@@ -298,7 +298,7 @@ def test_each_change_and_its_revert_go_to_the_system_log(capsys, jpath, netns, t
         assert line.startswith("<30>tuner: apply net.core.somaxconn")    # daemon.info
         assert f"(netns {netns}): {int(before['net.core.somaxconn']):,} -> 65,535; " \
                f"Cap on a listener's accept queue" in line
-        assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+        assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
         lines = [sink.recv(4096).decode() for _ in range(3)]
         assert any(f"revert net.core.somaxconn (netns {netns}): 65,535 -> "
                    f"{int(before['net.core.somaxconn']):,}" in l for l in lines), lines
@@ -324,7 +324,7 @@ def test_rejected_write_rolls_back_earlier_changes(capsys, jpath, netns):
     assert "rolled back 2 earlier change(s)" in err
     assert netns_values(netns) == after_first
     assert journal_mod.Journal.load(jpath).entries == journal_first
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert netns_values(netns) == before
 
 
@@ -342,7 +342,7 @@ def test_lock_refuses_concurrent_apply_and_revert(capsys, jpath):
     with journal_mod.locked(jpath):   # as another tuner would hold it (own open file description)
         rc, out, err = tuner(capsys, "apply", "-n", "1M", "--yes", "--journal", jpath)
         assert rc == 5 and "another tuner" in err and err.count("\n") == 1
-        assert tuner(capsys, "revert", "--journal", jpath)[0] == 5
+        assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 5
     assert host_values() == before
 
 
@@ -365,7 +365,7 @@ def test_host_lock_refuses_apply_with_another_journal(capsys, tmp_path, netns, o
         rc, out, err = tuner(capsys, "apply", "-n", "1M", "--yes", "--netns", netns, "--journal", jb)
         assert rc == 5, err
         assert f"(pid {holder.pid}) holds {own_lock}" in err and err.count("\n") == 1
-        rc, out, err = tuner(capsys, "revert", "--journal", jb)
+        rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jb)
         assert rc == 5 and f"pid {holder.pid}" in err
         assert netns_values(netns) == before and not os.path.exists(jb)
     finally:
@@ -374,7 +374,7 @@ def test_host_lock_refuses_apply_with_another_journal(capsys, tmp_path, netns, o
     assert not os.path.exists(own_lock)     # released with its holder, file and all
     assert tuner(capsys, "apply", "-n", "1M", "--yes", "--netns", netns, "--journal", jb)[0] == 0
     assert not os.path.exists(own_lock)
-    assert tuner(capsys, "revert", "--journal", jb)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jb)[0] == 0
     assert netns_values(netns) == before
 
 
@@ -397,7 +397,7 @@ def test_without_tuner_lock_apply_and_revert_take_the_host_lock_in_run(capsys, t
     before = netns_values(netns)
     try:
         assert holder.stdout.readline() == "held\n"
-        for args in (["apply", "-n", "1M", "--yes", "--netns", netns], ["revert"]):
+        for args in (["apply", "-n", "1M", "--yes", "--netns", netns], ["revert", "--yes"]):
             rc, out, err = tuner(capsys, *args, "--journal", jpath)
             assert rc == 5, (args, err)
             assert f"(pid {holder.pid}) holds /run/tuner.lock" in err
@@ -411,7 +411,7 @@ def test_without_tuner_lock_apply_and_revert_take_the_host_lock_in_run(capsys, t
 def test_non_root_is_refused_before_any_change(tmp_path):
     jdir = tmp_path / "j"
     before = host_values()
-    for args in (["apply", "-n", "1M", "--yes"], ["revert"]):
+    for args in (["apply", "-n", "1M", "--yes"], ["revert", "--yes"]):
         proc = tuner_as_nobody(*args, "--journal", jdir / "j.json")
         assert proc.returncode == 4, proc.stderr
         assert proc.stderr.count("\n") == 1 and "needs root" in proc.stderr

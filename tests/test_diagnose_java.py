@@ -117,7 +117,7 @@ def test_jvm_under_ulimit_1024_stall_predicted_then_lifted(netns, classes, tmp_p
         # A second probe verifies 5,000.
         r2 = probe_connect(netns, 5000, timeout=30)
         assert r2["verified"] == 5000 and r2["ok"], r2["errors"]
-        reverted = run_tuner("revert", "--journal", journal)
+        reverted = run_tuner("revert", "--yes", "--journal", journal)
         assert reverted.returncode == 0, reverted.stdout + reverted.stderr
         assert diagnose_json("--pid", pid)["processes"][0]["nofile_soft"] == 1024
     finally:

@@ -141,7 +141,7 @@ def test_apply_then_revert_in_a_namespace_fit(columns, netns, jpath, own_lock):
     # A value changed behind tuner's back: the drifted row and its reason must fit too.
     subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.core.somaxconn=5000"], check=True)
     # Without --force the drifted one is left (exit 1); with it, all is restored.
-    for args, rc in ((["--dry-run"], 1), (["--force"], 0)):
+    for args, rc in ((["--dry-run"], 1), (["--yes", "--force"], 0)):
         text = on_terminal(["revert", "--journal", jpath, *args], columns, env=env, rcs=(rc,))
         assert "somaxconn" in text and not too_wide(text, columns), text
 

@@ -249,7 +249,7 @@ def test_apply_adds_aliases_from_an_allowed_network_and_revert_removes_them(caps
     assert rc == 0, err
     added = sorted(set(addresses(netns, "veth0")) - set(addrs))
     assert added and all(a.startswith(prefix + ".") and a.endswith("/32") for a in added)
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert addresses(netns, "veth0") == addrs and netns_values(netns) == values
 
 

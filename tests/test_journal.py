@@ -31,7 +31,7 @@ def _apply_in(capsys, netns, jpath, *extra):
 def _refused_everywhere(capsys, jpath, netns, says):
     """Every command that reads the journal refuses it: one line, exit 1, nothing changed."""
     applied = netns_values(netns)
-    for args in (["revert"], ["revert", "--force"], ["revert", "--dry-run"],
+    for args in (["revert", "--yes"], ["revert", "--yes", "--force"], ["revert", "--dry-run"],
                  ["apply", "-n", "2M", "--yes", "--netns", netns],
                  ["apply", "-n", "2M", "--dry-run", "--netns", netns]):
         rc, out, err = tuner(capsys, *args, "--journal", jpath)
@@ -58,7 +58,7 @@ def test_journal_another_user_can_write_is_refused(capsys, jpath, netns, how):
         assert f.read() == text
     os.chown(jpath, 0, 0)
     os.chmod(jpath, 0o600)
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert netns_values(netns) == before
 
 
@@ -69,7 +69,7 @@ def test_journal_symlink_is_not_followed(capsys, tmp_path, jpath, netns):
     link = tmp_path / "state" / "link.json"
     os.symlink(jpath, link)
     _refused_everywhere(capsys, str(link), netns, "is a symlink")
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert netns_values(netns) == before
 
 
@@ -85,7 +85,7 @@ def test_journal_in_a_directory_others_can_write_is_refused(capsys, jpath, netns
     _refused_everywhere(capsys, jpath, netns, directory)
     os.chown(directory, 0, 0)
     os.chmod(directory, 0o700)
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert netns_values(netns) == before
 
 
@@ -98,7 +98,7 @@ def test_our_journal_in_a_sticky_shared_directory_is_accepted(capsys, tmp_path, 
     before = netns_values(netns)
     _apply_in(capsys, netns, jpath)
     assert stat.S_IMODE(os.stat(jpath).st_mode) & 0o022 == 0
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert netns_values(netns) == before
 
 
@@ -130,7 +130,7 @@ def test_lock_symlink_is_not_followed(capsys, tmp_path, jpath, netns, own_lock, 
     os.makedirs(os.path.dirname(lock), exist_ok=True)
     os.symlink(target, lock)
     before = netns_values(netns)
-    for args in (["apply", "-n", "1M", "--yes", "--netns", netns], ["revert"]):
+    for args in (["apply", "-n", "1M", "--yes", "--netns", netns], ["revert", "--yes"]):
         rc, out, err = tuner(capsys, *args, "--journal", jpath)
         assert rc == 1, (args, err)
         assert "is a symlink" in err and err.count("\n") == 1
@@ -167,7 +167,7 @@ def test_kill_inside_a_persisted_file_write_then_revert_leaves_nothing(capsys, j
     assert dirs, "the kill came after tuner created directories"
     if point == "file-temp":
         assert any(".tuner-tmp" in f for f in files), files
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath)
     assert rc == 0, out + err
     assert tree(root) == before
     assert not os.path.exists(jpath)
@@ -225,7 +225,7 @@ def test_revert_completes_on_a_full_filesystem(capsys, tiny_fs, netns):
     subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", "net.core.somaxconn=5000"],
                    check=True)
     _fill(tiny_fs)
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath)
     assert rc == 1, out + err
     assert "could not rewrite the journal" in out and "ENOSPC" in out
     now = netns_values(netns)
@@ -234,7 +234,7 @@ def test_revert_completes_on_a_full_filesystem(capsys, tiny_fs, netns):
            {k: v for k, v in before.items() if k != "net.core.somaxconn"}
     # With room again, the drifted one is still recorded, and --force finishes.
     os.unlink(tiny_fs / "filler")
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath, "--force")
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath, "--force")
     assert rc == 0, out + err
     assert netns_values(netns) == before and not os.path.exists(jpath)
 
@@ -245,7 +245,7 @@ def test_revert_on_a_full_filesystem_with_nothing_left_removes_the_journal(capsy
     before = netns_values(netns)
     _apply_in(capsys, netns, jpath)
     _fill(tiny_fs)
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath)
     assert rc == 0, out + err
     assert netns_values(netns) == before and not os.path.exists(jpath)
 
@@ -284,7 +284,7 @@ def test_odd_journal_files_are_one_line_at_once(tmp_path, make):
             f.write('"}')
     else:
         jpath.write_text("[" * 100_000 + "]" * 100_000)
-    for args in (["revert"], ["revert", "--dry-run"], ["apply", "-n", "1M", "--dry-run"]):
+    for args in (["revert", "--yes"], ["revert", "--dry-run"], ["apply", "-n", "1M", "--dry-run"]):
         proc = tuner_proc(*args, "--journal", jpath, timeout=20)
         assert proc.returncode in (1, 2), (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and "internal error" not in proc.stderr, proc.stderr
@@ -303,7 +303,7 @@ def test_killed_journal_saves_leave_one_known_temp_that_the_next_run_removes(cap
         # Next to the journal, named after it, and never more than one.
         temps = [n for n in os.listdir(directory) if n.endswith(".tuner-tmp")]
         assert temps == [".journal.json.tuner-tmp"], os.listdir(directory)
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath)
     assert rc == 0, out + err
     assert netns_values(netns) == before
     assert [n for n in os.listdir(directory) if "tmp" in n] == []

@@ -127,8 +127,8 @@ def test_apply_and_revert_in_a_namespace(capsys, jpath, netns):
     rc, out, err = tuner(capsys, "apply", "-n", "1M", "--netns", netns, "--yes", "--journal", jpath)
     assert rc in (0, 3), err
     assert "65,535" in out and not bare_numbers(out), out
-    for args in (["--dry-run"], []):
-        rc, out, err = tuner(capsys, "revert", "--journal", jpath, *args)
+    for args in (["--dry-run"], ["--yes"]):
+        rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath, *args)
         assert rc == 0, err
         # somaxconn: 65,535 written, 4,096 before (a new namespace's default).
         assert re.search(r"net\.core\.somaxconn.*65,535\s+4,096", out), out

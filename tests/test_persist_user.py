@@ -54,7 +54,7 @@ def test_user_scopes_limits_d_and_revert_removes_it(capsys, jpath, tmp_path, hos
     with open(jpath) as f:
         entry = next(e for e in json.load(f)["entries"] if e["knob"] == "limits.d")
     assert "".join(entry["new"]) == limits and entry["original"] is None
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath)
     assert rc == 0, out + err
     assert tree(root) == before and not os.path.exists(jpath)
     assert host_values() == host_restored
@@ -81,7 +81,7 @@ def test_raise_soft_and_the_drop_in(capsys, jpath, tmp_path, host_restored):
                                                       [USER, "soft", "nofile", str(hard)]]
     dropin = (root / "etc/systemd/system/web.service.d/99-tuner.conf").read_text()
     assert f"[Service]\nLimitNOFILE={hard}:{hard}\n" in dropin
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert tree(root) == ({}, set())
     assert host_values() == host_restored
 
@@ -103,7 +103,7 @@ def test_lines_of_other_users_stay_and_revert_restores_the_file_exactly(capsys, 
     assert setting_lines(limits_of(root)) == [["redis", "hard", "nofile", "65536"],
                                               [USER, "soft", "nofile", "4096"],
                                               [USER, "hard", "nofile", str(hard)]]
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert limits_of(root) == earlier
     assert host_values() == host_restored
 

@@ -137,7 +137,7 @@ def test_three_load_hosts_one_server_totals_add_up(hosts, tmp_path):
         served = json.loads(server_out)
     finally:
         for journal in journals:
-            assert run_tuner("revert", "--journal", journal).returncode == 0
+            assert run_tuner("revert", "--yes", "--journal", journal).returncode == 0
     for c in clients:
         assert addresses(c, "eth0") == before[c]  # the aliases are gone
 

@@ -39,7 +39,7 @@ def _kill_every_step_then_revert(capsys, jpath, args, state):
         assert len(entries) == k and entries[-1]["state"] == "pending", k
         assert entries[-1]["key"] == changes[k - 1]["key"]
         assert state() != before, k        # the crash really left the host changed
-        rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+        rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath)
         assert rc == 0, (k, out, err)
         assert state() == before, (k, out)
         assert not os.path.exists(jpath)
@@ -70,7 +70,7 @@ def test_apply_again_after_a_crash_keeps_the_first_originals(capsys, jpath, netn
                       env_extra={"TUNER_TEST_KILL_AFTER": "2"})
     assert proc.returncode == -9
     assert tuner(capsys, "apply", "--yes", "--journal", jpath, *args)[0] == 0
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert netns_values(netns) == before
 
 
@@ -80,7 +80,7 @@ def test_drift_is_left_alone_unless_forced(capsys, jpath, netns):
     # Someone else changes a value tuner wrote.
     subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", "net.core.somaxconn=5000"],
                    check=True)
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath, "--json")
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath, "--json")
     assert rc == 1
     rows = {r["knob"]: r for r in json.loads(out)["rows"]}
     assert rows["net.core.somaxconn"]["action"] == "drifted"
@@ -90,9 +90,9 @@ def test_drift_is_left_alone_unless_forced(capsys, jpath, netns):
     assert {k: v for k, v in now.items() if k != "net.core.somaxconn"} == \
            {k: v for k, v in before.items() if k != "net.core.somaxconn"}
     assert [e["knob"] for e in journal_mod.Journal.load(jpath).entries] == ["net.core.somaxconn"]
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath)     # the table says so too
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath)     # the table says so too
     assert rc == 1 and "drifted" in out and "--force" in out
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath, "--force")
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath, "--force")
     assert rc == 0, out
     assert netns_values(netns) == before and not os.path.exists(jpath)
 
@@ -104,7 +104,7 @@ def test_corrupt_journal_is_one_line_and_changes_nothing(capsys, jpath, text):
     with open(jpath, "w") as f:
         f.write(text)
     before = host_values()
-    for args in (["apply", "-n", "1M", "--yes"], ["revert"], ["revert", "--dry-run"], ["revert", "--force"]):
+    for args in (["apply", "-n", "1M", "--yes"], ["revert", "--yes"], ["revert", "--dry-run"], ["revert", "--yes", "--force"]):
         rc, out, err = tuner(capsys, *args, "--journal", jpath)
         assert rc == 1, (args, err)
         assert "is corrupt" in err and err.count("\n") == 1 and "Traceback" not in err
@@ -185,7 +185,7 @@ def test_bad_entry_is_refused_before_anything_is_reverted_or_applied(capsys, jpa
     text = json.dumps(data)
     with open(jpath, "w") as f:
         f.write(text)
-    for args in (["revert"], ["revert", "--force"], ["revert", "--dry-run"],
+    for args in (["revert", "--yes"], ["revert", "--yes", "--force"], ["revert", "--dry-run"],
                  ["apply", "-n", "2M", "--yes", "--netns", netns],
                  ["apply", "-n", "2M", "--dry-run", "--netns", netns]):
         rc, out, err = tuner(capsys, *args, "--journal", jpath)
@@ -196,14 +196,14 @@ def test_bad_entry_is_refused_before_anything_is_reverted_or_applied(capsys, jpa
             assert f.read() == text, args
     with open(jpath, "w") as f:
         f.write(good)
-    assert tuner(capsys, "revert", "--journal", jpath)[0] == 0
+    assert tuner(capsys, "revert", "--yes", "--journal", jpath)[0] == 0
     assert netns_values(netns) == before
 
 
 def test_nothing_to_revert(capsys, jpath):
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath)
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath)
     assert rc == 0 and out.startswith("nothing to revert")
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath, "--json")
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath, "--json")
     assert rc == 0 and json.loads(out)["found"] is False
 
 
@@ -213,13 +213,13 @@ def test_journal_from_env_and_dry_run(capsys, jpath, netns, monkeypatch):
     assert tuner(capsys, "apply", "-n", "1M", "--yes", "--netns", netns)[0] == 0
     assert os.path.exists(jpath)
     applied = netns_values(netns)
-    rc, out, err = tuner(capsys, "revert", "--dry-run", "--json")
+    rc, out, err = tuner(capsys, "revert", "--yes", "--dry-run", "--json")
     assert rc == 0
     data = json.loads(out)
     assert data["schema"] == "tuner.revert/2" and data["dry_run"] is True
     assert {r["action"] for r in data["rows"]} == {"would restore"}
     assert netns_values(netns) == applied and os.path.exists(jpath)
-    assert tuner(capsys, "revert")[0] == 0
+    assert tuner(capsys, "revert", "--yes")[0] == 0
     assert netns_values(netns) == before
 
 
@@ -233,7 +233,7 @@ def test_exited_process_and_deleted_namespace_are_nothing_to_restore(capsys, jpa
             assert nofile(pid) == (20000, 20000)
     finally:
         remove_netns(ns)
-    rc, out, err = tuner(capsys, "revert", "--journal", jpath, "--json")
+    rc, out, err = tuner(capsys, "revert", "--yes", "--journal", jpath, "--json")
     assert rc == 0, out
     rows = json.loads(out)["rows"]
     assert {r["action"] for r in rows} == {"gone"}

@@ -66,9 +66,9 @@ def _apply_then_revert(h: Host) -> List[dict]:
     assert applied["applied"], applied
     with open(h.journal) as f:
         journal = json.load(f)
-    reverted = h.json("revert", "--journal", h.journal, "--json")
+    reverted = h.json("revert", "--yes", "--journal", h.journal, "--json")
     assert reverted["complete"] and len(reverted["rows"]) == len(applied["applied"]), reverted
-    nothing = h.json("revert", "--journal", h.journal, "--json")
+    nothing = h.json("revert", "--yes", "--journal", h.journal, "--json")
     assert nothing["found"] is False
     return [applied, journal, reverted, nothing]
 
@@ -178,7 +178,7 @@ def _revert_journal_1(h: Host) -> List[dict]:
     """tuner upgraded with a journal of the old version on the host: revert reads it and
     puts everything back."""
     old, originals = journal_1(h)
-    reverted = h.json("revert", "--journal", h.journal, "--json")
+    reverted = h.json("revert", "--yes", "--journal", h.journal, "--json")
     assert reverted["complete"] and {r["action"] for r in reverted["rows"]} == {"restored"}, reverted
     rows = {r["knob"]: r for r in reverted["rows"]}
     assert rows["net.ipv4.ip_local_port_range"]["wrote"] == [20000, 60999]
@@ -304,7 +304,7 @@ def test_apply_over_a_journal_1_keeps_its_originals_and_saves_it_as_2(host):
     assert entries["net.core.somaxconn"]["original"] == [int(originals["net.core.somaxconn"])]
     assert entries["net.core.somaxconn"]["before"] == [5000]
     assert entries["sysctl.d"]["new"] == ["# Written by 'tuner apply'\n", "net.core.somaxconn = 5000\n"]
-    assert host.json("revert", "--journal", host.journal, "--json")["complete"]
+    assert host.json("revert", "--yes", "--journal", host.journal, "--json")["complete"]
     for name in ("net.core.somaxconn", "net.ipv4.ip_local_port_range"):
         assert ns_sysctl(host.netns, name) == originals[name]
     assert not os.path.exists(originals["file"])
@@ -323,7 +323,7 @@ def test_a_value_has_one_type_in_every_document(host):
     assert row["current"] == change["current"] == done["before"] == entry["original"]
     assert row["needed"] == change["new"] == done["new"] == entry["new"]
     assert all(isinstance(v, int) for v in row["current"] + row["needed"])
-    reverted = host.json("revert", "--journal", host.journal, "--json")
+    reverted = host.json("revert", "--yes", "--journal", host.journal, "--json")
     back = next(r for r in reverted["rows"] if r["knob"] == "net.core.somaxconn")
     assert (back["current"], back["wrote"], back["original"]) == (row["needed"], row["needed"], row["current"])
 
@@ -343,7 +343,7 @@ def test_a_value_of_another_type_fails_validation(host):
                     "--yes", "--json")
     with open(host.journal) as f:
         journal = json.load(f)
-    reverted = host.json("revert", "--journal", host.journal, "--json")
+    reverted = host.json("revert", "--yes", "--journal", host.journal, "--json")
     for d in (doc, journal, reverted):
         schemas.validate(d)
     as_text = lambda v: " ".join(map(str, v))

@@ -172,15 +172,32 @@ JOURNAL_HELP = ("Write-ahead journal of changes (default /var/lib/tuner/journal.
 def _confirm_on_terminal(plan, err: bool = False) -> None:
     """A serious tool does not change a host nobody confirmed: no terminal and no --yes
     is refused (exit 2) rather than assumed. With --json the question (and the plan it
-    asks about) go to stderr, so stdout stays one JSON document."""
+    asks about) go to stderr, so stdout stays one JSON document. A "no" ends the command
+    with EXIT_DECLINED (6): nothing changed, and nothing failed."""
     from . import render
 
-    if not sys.stdin.isatty():
-        raise errors.UsageError("refusing to change this host without confirmation: no "
-                                "terminal to ask on; review with --dry-run, then pass --yes")
+    _need_terminal()
     if err:
         typer.echo(render.plan_text(plan, _width(err=True)), err=True)
     if not typer.confirm(f"Apply these {len(plan.changes)} change(s)?", default=False, err=err):
+        raise typer.Abort()
+
+
+def _need_terminal() -> None:
+    if not sys.stdin.isatty():
+        raise errors.UsageError("refusing to change this host without confirmation: no "
+                                "terminal to ask on; review with --dry-run, then pass --yes")
+
+
+def _confirm_revert(preview, err: bool = False) -> None:
+    """revert asks like apply: what it would restore (the dry run's table), then the
+    question; --yes skips both."""
+    from . import render, revert as revert_mod
+
+    _need_terminal()
+    n = sum(r.action == revert_mod.WOULD_RESTORE for r in preview.rows)
+    typer.echo(render.revert_text(preview, _width(err=err), preview=True), err=err)
+    if not typer.confirm(f"Restore these {n} setting(s)?", default=False, err=err):
         raise typer.Abort()
 
 
@@ -236,9 +253,10 @@ def apply(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before changing."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Change exactly what TARGET needs (only raising), through a crash-safe journal.
-    Exits 1 when a write failed (earlier changes rolled back), 3 when the target is
-    still not reachable afterwards."""
+    """Change exactly what N needs (only raising), through a crash-safe journal, after
+    showing the plan and asking (--yes skips the question; without a terminal it is
+    required). Exits 1 when a write failed (earlier changes rolled back), 3 when the
+    target is still not reachable afterwards, 6 when you answer no."""
     from . import apply as apply_mod, render
     from .plan import Request
 
@@ -266,13 +284,17 @@ def revert(
     journal: Optional[str] = typer.Option(None, "--journal", metavar="PATH", envvar="TUNER_JOURNAL",
                                           help=JOURNAL_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be restored."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before restoring."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Undo what apply changed, newest first. Exits 1 unless everything is restored
-    (values changed by someone else since are skipped without --force)."""
+    """Undo what apply changed, newest first, after showing what it will restore and
+    asking (--yes skips the question; without a terminal it is required). Exits 1 unless
+    everything is restored (values changed by someone else since are skipped without
+    --force), 6 when you answer no."""
     from . import render, revert as revert_mod
 
-    outcome = revert_mod.run(journal, force, dry_run)
+    outcome = revert_mod.run(journal, force, dry_run,
+                             confirm=None if yes else (lambda preview: _confirm_revert(preview, json_out)))
     _emit(render.to_json(outcome.to_dict()) if json_out else render.revert_text(outcome, _width()))
     if not outcome.complete:
         raise typer.Exit(errors.EXIT_FAILED)
@@ -542,8 +564,9 @@ def main(argv: Optional[list] = None) -> int:
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
-        print("tuner: aborted, nothing was changed", file=sys.stderr)
-        return errors.EXIT_FAILED
+        # A "no" at the prompt (or Ctrl-D there) is the user's choice, not a failure.
+        print("tuner: nothing was changed (you answered no)", file=sys.stderr)
+        return errors.EXIT_DECLINED
     except KeyboardInterrupt:
         print("tuner: interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ EXIT_USAGE = 2         # bad input: nothing was read or changed
 EXIT_SHORT = 3         # the target is not reachable now (report) / the probe fell short
 EXIT_PERMISSION = 4    # needs root (or a capability) for what was asked
 EXIT_BUSY = 5          # another tuner apply/revert holds the lock
+EXIT_DECLINED = 6      # the user answered no at apply's or revert's prompt: not a failure
 
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -19,6 +20,7 @@ EXIT_CODES = {
     EXIT_SHORT: "the target is not reachable with current settings, or the probe fell short of it",
     EXIT_PERMISSION: "needs root for what was asked: nothing was changed",
     EXIT_BUSY: "another tuner apply or revert is running (host lock /run/tuner.lock held; TUNER_LOCK overrides the path)",
+    EXIT_DECLINED: "you answered no at the prompt of apply or revert: nothing was changed",
 }
 
 

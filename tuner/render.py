@@ -166,7 +166,9 @@ def apply_text(outcome, width: Optional[int] = None) -> str:
     return "\n".join(fit.lines(lines, width))
 
 
-def revert_text(outcome, width: Optional[int] = None) -> str:
+def revert_text(outcome, width: Optional[int] = None, preview: bool = False) -> str:
+    """The revert table, then how it ended; `preview`: what a revert is about to do
+    (the question follows)."""
     if not outcome.found:
         return fit.wrap(f"nothing to revert: no journal at {outcome.journal}", width)
     if not outcome.rows:
@@ -180,7 +182,9 @@ def revert_text(outcome, width: Optional[int] = None) -> str:
             + [r.action] + ([r.reason] if reasons else []) for r in outcome.rows]
     lines = [table(rows, ["knob", "where", "now", "tuner wrote", "original", "action"]
                    + (["why"] if reasons else []), width, note=6 if reasons else None, note_title="why:")]
-    if outcome.dry_run:
+    if preview:
+        lines.insert(0, "tuner revert will:")
+    elif outcome.dry_run:
         lines.append("dry run: nothing was changed")
     elif outcome.complete:
         lines.append("everything tuner changed is back as it was; journal removed")

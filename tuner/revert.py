@@ -10,7 +10,7 @@ left (drifted, failed) stays for a later `revert --force`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from . import hostlog, settings
 from .apply import check_root
@@ -66,11 +66,19 @@ def where(entry) -> str:
     return settings.kind(entry["kind"]).where(entry["netns"], entry["detail"])
 
 
-def run(journal_path: Optional[str] = None, force: bool = False, dry_run: bool = False) -> Outcome:
+def run(journal_path: Optional[str] = None, force: bool = False, dry_run: bool = False,
+        confirm: Optional[Callable[[Outcome], None]] = None) -> Outcome:
+    """Revert (or, dry_run, say what would be). `confirm` sees what a revert would
+    restore, under the lock, before anything is touched, and may raise to stop there; it
+    is not asked when there is nothing to restore."""
     path = resolve_path(journal_path)
     if not dry_run:
         check_root("revert")
         with locked(path):
+            if confirm is not None:
+                preview = _revert(path, force, True)
+                if any(r.action == WOULD_RESTORE for r in preview.rows):
+                    confirm(preview)
             return _revert(path, force, dry_run)
     return _revert(path, force, dry_run)
 
