@@ -170,7 +170,7 @@ def _wrapped(rows: List[List[str]], headers: List[str], width: int) -> Optional[
 
 
 def _stacked(rows: List[List[str]], headers: List[str], width: int, tag: Optional[int] = None) -> str:
-    """Each row as its first cell (with the `tag` column's value: 'fs.nr_open (raise)'),
+    """Each row as its first cell (with the `tag` column's value: 'KNOB (raise)'),
     then its 'header: value' fields packed below it; empty ones ('-') are left out, the
     table layout (and piped output) shows them."""
     out: List[str] = []
