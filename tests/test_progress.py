@@ -84,3 +84,37 @@ def test_local_probe_hold_counts_down_with_the_held(netns):
     assert len(lines) >= 2, p.stderr
     assert all(n(x["held"]) == 3000 and x["left"] is not None for x in lines), p.stderr
     assert [x["left"] for x in lines] == sorted((x["left"] for x in lines), reverse=True), p.stderr
+
+
+def test_quiet_probe_prints_the_result_and_nothing_on_stderr(netns):
+    """-q (cron, scripts keeping a log): a local probe and a split pair print no progress
+    and no plan/listening lines on stderr, but the same result on stdout and exit code;
+    an error still reaches stderr."""
+    loud = run_tuner("probe", "--netns", netns, "-n", 2000, "--hold", 1.5, timeout=120)
+    quiet = run_tuner("probe", "--netns", netns, "-n", 2000, "--hold", 1.5, "-q", timeout=120)
+    assert loud.returncode == quiet.returncode == 0, (loud.stderr, quiet.stderr)
+    assert progress(loud.stderr) and "plan:" in loud.stderr
+    assert quiet.stderr == "", quiet.stderr
+    assert quiet.stdout.splitlines()[0] == loud.stdout.splitlines()[0], (loud.stdout, quiet.stdout)
+
+    port = 7332
+    serve = tuner_in(netns, "probe", "--serve", f"127.0.0.1:{port}", "--expect", 500, "--hold", 0.5,
+                     "--timeout", 60, "--quiet")
+    client = None
+    try:
+        wait_listening(netns, port)
+        client = tuner_in(netns, "probe", "--connect", f"127.0.0.1:{port}", "-n", 500, "--hold", 1,
+                          "--timeout", 60, "-q")
+        c_out, c_err = client.communicate(timeout=60)
+        s_out, s_err = serve.communicate(timeout=60)
+    finally:
+        for p in (serve, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert client.returncode == serve.returncode == 0, (c_err, s_err)
+    assert (c_err, s_err) == ("", ""), (c_err, s_err)
+    assert "500" in c_out and "500" in s_out, (c_out, s_out)
+
+    bad = run_tuner("probe", "--netns", netns, "-n", 0, "-q")
+    assert bad.returncode == 2 and bad.stderr.startswith("tuner: error:"), bad.stderr

@@ -344,6 +344,9 @@ def probe(
         None, "--textfile", metavar="DIR",
         help="Also write the run's figures to DIR/tuner_probe.prom (atomically) for node_exporter's "
              "textfile collector; see METRICS."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="No progress and no plan lines on stderr (errors still "
+                                    "are): for cron and scripts that keep the result only."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Prove N concurrent loopback connections: open them across worker processes, send
@@ -356,7 +359,7 @@ def probe(
         _refuse_other_ends_options(ctx, "--serve", only=True)
     if serve or connect:
         return _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, source_net,
-                            timeout, echo_timeout, netns, json_out)
+                            timeout, echo_timeout, netns, json_out, quiet)
     from . import probe as probe_cli, render
 
     if textfile is not None:   # refused before anything runs, like any bad input
@@ -372,7 +375,7 @@ def probe(
                                   "ok": False, "stopped_by": "preflight", "reason": pre.refusal()}))
         raise TunerError(pre.refusal(), errors.EXIT_SHORT)
     result = probe_cli.run_probe(n, pre, hold=hold, rate=rate, workers=n_workers, source_net=source_net,
-                                 port=port, timeout=timeout, netns=netns)
+                                 port=port, timeout=timeout, netns=netns, quiet=quiet)
     probe_cli.add_fixes(result, pre, netns)  # each failure's fix from the knob table
     if json_out:
         _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(), "refused": False,
@@ -386,7 +389,7 @@ def probe(
 
 
 def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, source_net, timeout,
-                 echo_timeout, netns, json_out) -> None:
+                 echo_timeout, netns, json_out, quiet=False) -> None:
     """`tuner probe --serve` / `--connect` (probes.serve, probes.connect): exit 0 when every
     expected (served) or requested (connect) connection verified, 3 when short."""
     from probes.connect import ConnectConfig, exit_code as connect_exit
@@ -405,14 +408,14 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
         given_hold = hold if _given(ctx, "hold") else None
         cfg = ServeConfig(listen=serve, expect=parse_target(expect, "--expect") if expect else None,
                           hold=given_hold, timeout=timeout, echo_timeout=echo_timeout, workers=n_workers)
-        result = run_split(cfg, netns)
+        result = run_split(cfg, netns, quiet)
         _emit(render.to_json({"schema": "tuner.probe.serve/1", **result}) if json_out
               else render.serve_text(result, width=_width()))
         raise typer.Exit(serve_exit(result))
     cfg = ConnectConfig(target=connect, connections=parse_target(connections, "--connections"),
                         source_net=None if source_net in (None, "none") else source_net, rate=rate,
                         hold=hold, timeout=timeout, workers=n_workers)
-    result = run_split(cfg, netns)
+    result = run_split(cfg, netns, quiet)
     _emit(render.to_json({"schema": "tuner.probe.connect/1", **result}) if json_out
           else render.connect_text(result, _width()))
     raise typer.Exit(connect_exit(result))

@@ -25,13 +25,15 @@ class Progress:
     rate-limits itself."""
 
     def __init__(self, total: int, label: str, stream: Optional[TextIO] = None,
-                 interval: float = 1.0, live: Optional[bool] = None):
+                 interval: float = 1.0, live: Optional[bool] = None, quiet: bool = False):
         self.total, self.label, self.interval = total, label, interval
+        self.quiet = quiet  # -q: nothing on stderr but errors (cron, scripts keeping a log)
         self.stream = stream or sys.stderr
         # A live bar needs a terminal that can redraw; TERM=dumb (and NO_COLOR, whose
         # users asked for plain output) get plain lines.
         plain_wanted = os.environ.get("TERM") == "dumb" or "NO_COLOR" in os.environ
         self.live = (self.stream.isatty() and not plain_wanted) if live is None else live
+        self.live = self.live and not quiet
         self._last: Optional[float] = None
         self._phase = None
         self._bar = None
@@ -64,7 +66,14 @@ class Progress:
         """The label and the phase, once each ('serve', not 'serve serve')."""
         return self.label if phase in ("", self.label) else f"{self.label} {phase}"
 
+    def note(self, line: str) -> None:
+        """A line about the run (its plan, where it listens), not a count: quiet drops it."""
+        if not self.quiet:
+            print(line, file=self.stream, flush=True)
+
     def update(self, done: int, phase: str = "", hold_left: Optional[float] = None, **figures) -> None:
+        if self.quiet:
+            return
         text = " ".join(f"{k}={number(v)}" for k, v in figures.items())
         if hold_left is not None:
             # A hold has no count to advance: the seconds it has left are its progress.

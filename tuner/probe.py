@@ -147,15 +147,15 @@ def _as_tuner_errors():
         raise TunerError(str(e)) from None
 
 
-def run_probe(n: int, pre, **settings):
+def run_probe(n: int, pre, quiet: bool = False, **settings):
     cfg = ProbeConfig(connections=n, **settings)
     with _as_tuner_errors():
         cfg.validate()
-    with Progress(n, "probe", stream=sys.stderr) as bar:
+    with Progress(n, "probe", stream=sys.stderr, quiet=quiet) as bar:
         def on_plan(plan):
-            print(f"plan: {plan['describe']}; pre-flight: {number(pre.report.processes['processes'])} "
-                  f"process(es) needed, max now {number(pre.report.max_connections)} "
-                  f"({pre.report.binding} binds first)", file=sys.stderr, flush=True)
+            bar.note(f"plan: {plan['describe']}; pre-flight: {number(pre.report.processes['processes'])} "
+                     f"process(es) needed, max now {number(pre.report.max_connections)} "
+                     f"({pre.report.binding} binds first)")
 
         def on_progress(established, verified, rate, phase, hold_left=None):
             # While holding, the verified connections are the ones held.
@@ -166,7 +166,7 @@ def run_probe(n: int, pre, **settings):
             return launch.run_probe(cfg, on_progress=on_progress, on_plan=on_plan)
 
 
-def run_split(cfg, netns=None) -> dict:
+def run_split(cfg, netns=None, quiet: bool = False) -> dict:
     """`tuner probe --serve` / `--connect`: run the ServeConfig or ConnectConfig, with
     running totals on stderr (a live bar on a terminal, plain lines otherwise)."""
     from probes.serve import ServeConfig
@@ -175,11 +175,11 @@ def run_split(cfg, netns=None) -> dict:
         cfg.validate()
     serving = isinstance(cfg, ServeConfig)
     total = (cfg.expect or 0) if serving else cfg.connections
-    with Progress(total, "serve" if serving else "connect", stream=sys.stderr) as bar:
+    with Progress(total, "serve" if serving else "connect", stream=sys.stderr, quiet=quiet) as bar:
         def on_event(event):
             kind = event.get("event")
             if kind in ("listening", "plan"):
-                print(f"{kind}: {event['describe']}", file=sys.stderr, flush=True)
+                bar.note(f"{kind}: {event['describe']}")
             elif kind == "progress" and serving:
                 # verified of --expect, then accepted >= verified >= held, read together.
                 bar.update(event["verified"], event["phase"], event.get("hold_left"),
