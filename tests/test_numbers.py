@@ -15,7 +15,7 @@ import pytest
 from applyhelp import tuner
 from conftest import run_tuner
 from test_diagnose import asyncio_server, stop
-from test_probe_split import tuner_in, wait_listening
+from test_probe_split import split_pair
 from tuner import numfmt
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="reads root-only files / changes a namespace")
@@ -172,19 +172,9 @@ def test_diagnose(capsys, netns):
 @root
 def test_split_probe_serve_and_connect(netns):
     port = 7312
-    serve = tuner_in(netns, "probe", "--serve", f"127.0.0.1:{port}", "--expect", 12000, "--hold", 0,
-                     "--timeout", 120)
-    client = None
-    try:
-        wait_listening(netns, port)
-        client = tuner_in(netns, "probe", "--connect", f"127.0.0.1:{port}", "-n", 12000, "--timeout", 120)
-        c_out, c_err = client.communicate(timeout=150)
-        s_out, s_err = serve.communicate(timeout=150)
-    finally:
-        for p in (serve, client):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+    serve, client = split_pair(netns, port, ["--expect", 12000, "--hold", 0, "--timeout", 120],
+                               ["-n", 12000, "--timeout", 120], timeout=150)
+    (s_out, s_err), (c_out, c_err) = (serve.stdout_text, serve.stderr_text), (client.stdout_text, client.stderr_text)
     assert client.returncode == 0 and serve.returncode == 0, (c_err, s_err)
     names = [port] + re.findall(r":(\d+)", c_err + s_err + s_out + c_out)
     for text in (c_out, c_err, s_out, s_err):

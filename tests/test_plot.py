@@ -11,7 +11,7 @@ import os
 import pytest
 
 from conftest import run_tuner, wait_gone
-from test_probe_split import tuner_in, wait_listening
+from test_probe_split import split_pair
 from tuner import schemas
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
@@ -62,21 +62,10 @@ def test_loopback_timeline_follows_the_run_and_its_teardown(netns):
 @root_only
 def test_serve_and_connect_timelines_reach_n_and_mark_their_phases(netns):
     n, port, marker = 3000, 7460, "31.0417"
-    srv = tuner_in(netns, "probe", "--serve", f"127.0.0.1:{port}", "--expect", n, "--hold", 4,
-                   "--timeout", marker, "--json")
-    client = None
-    try:
-        wait_listening(netns, port)
-        client = tuner_in(netns, "probe", "--connect", f"127.0.0.1:{port}", "-n", n, "--hold", 1.5,
-                          "--json")
-        c_out, c_err = client.communicate(timeout=60)
-        out, err = srv.communicate(timeout=60)
-    finally:
-        for p in (srv, client):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
-    assert client.returncode == 0, c_err
+    srv, client = split_pair(netns, port, ["--expect", n, "--hold", 4, "--timeout", marker, "--json"],
+                             ["-n", n, "--hold", 1.5, "--json"], timeout=60)
+    out, c_out = srv.stdout_text, client.stdout_text
+    assert client.returncode == 0, client.stderr_text
     connected = check_timeline(json.loads(c_out), n, "establish")
     assert any(s["phase"] == "hold" and s["verified"] == n for s in connected)
     assert connected[-1]["orphans"] == 0

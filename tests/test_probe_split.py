@@ -184,6 +184,28 @@ def wait_listening(ns: str, port: int = PORT, seconds: float = 10.0) -> None:
     raise AssertionError(f"nothing listening on port {port} in {ns}")
 
 
+def split_pair(ns: str, port: int, serve_args, connect_args, timeout: float = 60,
+               server_first: bool = False):
+    """`tuner probe --serve 127.0.0.1:PORT SERVE_ARGS` and, once it listens, `--connect`
+    with CONNECT_ARGS, both in namespace ns; waits for both (the server first when it
+    ends on its own before the client can) and kills whatever is left whatever happens.
+    Returns (server, client) as finished processes with .stdout/.stderr text."""
+    serve = tuner_in(ns, "probe", "--serve", f"127.0.0.1:{port}", *serve_args)
+    client = None
+    try:
+        wait_listening(ns, port)
+        client = tuner_in(ns, "probe", "--connect", f"127.0.0.1:{port}", *connect_args)
+        first, second = (serve, client) if server_first else (client, serve)
+        for p in (first, second):
+            p.stdout_text, p.stderr_text = p.communicate(timeout=timeout)
+    finally:
+        for p in (serve, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    return serve, client
+
+
 # ---------------------------------------------------------------- the server survives its clients
 
 def misbehave(kind: str, port: int) -> socket.socket:
@@ -414,21 +436,11 @@ def test_expect_counts_connections_admitted_at_accept_not_verified(netns):
     """Issue 8 item 12: a burst of 400 against --expect 300 is cut at accept: 300 admitted
     and verified, 100 reset as over-expect (counting only verified ones let all 400 in)."""
     port, marker = 7850, "25.0617"
-    srv = tuner_in(netns, "probe", "--serve", f"127.0.0.1:{port}", "--expect", 300, "--hold", 2,
-                   "--workers", 1, "--timeout", marker, "--json")
-    client = None
-    try:
-        wait_listening(netns, port)
-        client = tuner_in(netns, "probe", "--connect", f"127.0.0.1:{port}", "-n", 400, "--json",
-                          "--timeout", 10)
-        out, err = srv.communicate(timeout=30)
-        c_out, c_err = client.communicate(timeout=30)
-    finally:
-        for p in (srv, client):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
-    served, connected = json.loads(out), json.loads(c_out)
+    srv, client = split_pair(netns, port, ["--expect", 300, "--hold", 2, "--workers", 1,
+                                           "--timeout", marker, "--json"],
+                             ["-n", 400, "--json", "--timeout", 10], timeout=30, server_first=True)
+    err, c_err = srv.stderr_text, client.stderr_text
+    served, connected = json.loads(srv.stdout_text), json.loads(client.stdout_text)
     assert served["verified"] == 300 and served["over_expect"] == 100, (served, err)
     assert served["accepted"] == 400 and served["ok"]
     assert connected["verified"] == 300 and not connected["ok"], c_err

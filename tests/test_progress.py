@@ -12,7 +12,7 @@ import re
 import pytest
 
 from conftest import run_tuner
-from test_probe_split import tuner_in, wait_listening
+from test_probe_split import split_pair
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
 
@@ -38,21 +38,10 @@ def progress(stderr: str) -> list:
 
 def test_split_probe_lines_say_what_they_count(netns):
     port, conns = 7331, 9000
-    serve = tuner_in(netns, "probe", "--serve", f"127.0.0.1:{port}", "--expect", conns, "--hold", 2.5,
-                     "--timeout", 120)
-    client = None
-    try:
-        wait_listening(netns, port)
-        # Paced: connections arrive over about three seconds, so several lines see them.
-        client = tuner_in(netns, "probe", "--connect", f"127.0.0.1:{port}", "-n", conns,
-                          "--rate", 3000, "--hold", 3.5, "--timeout", 120)
-        c_out, c_err = client.communicate(timeout=120)
-        s_out, s_err = serve.communicate(timeout=120)
-    finally:
-        for p in (serve, client):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+    # Paced: connections arrive over about three seconds, so several lines see them.
+    serve, client = split_pair(netns, port, ["--expect", conns, "--hold", 2.5, "--timeout", 120],
+                               ["-n", conns, "--rate", 3000, "--hold", 3.5, "--timeout", 120], timeout=120)
+    s_err, c_err = serve.stderr_text, client.stderr_text
     assert client.returncode == 0 and serve.returncode == 0, (c_err, s_err)
 
     served = progress(s_err)
@@ -98,20 +87,9 @@ def test_quiet_probe_prints_the_result_and_nothing_on_stderr(netns):
     assert quiet.stdout.splitlines()[0] == loud.stdout.splitlines()[0], (loud.stdout, quiet.stdout)
 
     port = 7332
-    serve = tuner_in(netns, "probe", "--serve", f"127.0.0.1:{port}", "--expect", 500, "--hold", 0.5,
-                     "--timeout", 60, "--quiet")
-    client = None
-    try:
-        wait_listening(netns, port)
-        client = tuner_in(netns, "probe", "--connect", f"127.0.0.1:{port}", "-n", 500, "--hold", 1,
-                          "--timeout", 60, "-q")
-        c_out, c_err = client.communicate(timeout=60)
-        s_out, s_err = serve.communicate(timeout=60)
-    finally:
-        for p in (serve, client):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+    serve, client = split_pair(netns, port, ["--expect", 500, "--hold", 0.5, "--timeout", 60, "--quiet"],
+                               ["-n", 500, "--hold", 1, "--timeout", 60, "-q"], timeout=60)
+    (s_out, s_err), (c_out, c_err) = (serve.stdout_text, serve.stderr_text), (client.stdout_text, client.stderr_text)
     assert client.returncode == serve.returncode == 0, (c_err, s_err)
     assert (c_err, s_err) == ("", ""), (c_err, s_err)
     assert "500" in c_out and "500" in s_out, (c_out, s_out)
