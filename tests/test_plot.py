@@ -223,3 +223,20 @@ def test_other_commands_never_import_matplotlib():
             "         or 'tuner.plot' in sys.modules else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_link_planted_at_the_output_is_not_followed(runs, tmp_path):
+    """tuner plot runs as root: a symbolic link another user planted at the output name
+    (a shared directory) must not make it overwrite the link's target; a FIFO there must
+    not block it. One line, exit 1, the target untouched."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "out.svg"
+    link.symlink_to(victim)
+    proc = plot(runs[0], "-o", link)
+    assert proc.returncode == 1 and proc.stderr == f"tuner: error: cannot write {link}: it is a symbolic link\n"
+    assert victim.read_text() == "precious\n"
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    proc = plot(runs[0], "-o", fifo)
+    assert proc.returncode == 1 and proc.stderr == f"tuner: error: cannot write {fifo}: not a regular file\n"

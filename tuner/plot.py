@@ -12,8 +12,11 @@ file stays small and diffs between runs of the same data are empty.
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import stat
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import errors
@@ -79,7 +82,6 @@ def read_run(path: str) -> dict:
     except OSError as exc:
         raise bad(f"cannot read it ({exc.strerror})") from None
     try:
-        import stat
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise bad("not a regular file")
         with os.fdopen(fd, "rb", closefd=False) as f:
@@ -150,10 +152,32 @@ def draw(runs: Sequence[Run], path: str, fmt: str, title: Optional[str] = None) 
                             "e.g. hold, close, done)")
         fig.suptitle(title or "tuner probe: connections, rate and kernel memory over time")
         metadata = {"Date": None} if fmt == "svg" else {}
-        try:
-            fig.savefig(path, format=fmt, metadata=metadata)
-        except OSError as exc:
-            raise TunerError(f"cannot write {path}: {exc.strerror or exc}") from None
+        image = io.BytesIO()
+        fig.savefig(image, format=fmt, metadata=metadata)
+        _write_output(path, image.getvalue())
+
+
+def _write_output(path: str, data: bytes) -> None:
+    """Write the picture as root without following a link at `path` (one planted in a
+    shared directory would have root overwrite its target) and only into a regular file
+    (a FIFO would block)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        # ENXIO: a FIFO nobody reads (O_NONBLOCK keeps it from blocking).
+        reason = {errno.ELOOP: "it is a symbolic link", errno.ENXIO: "not a regular file"}.get(
+            exc.errno, exc.strerror or str(exc))
+        raise TunerError(f"cannot write {path}: {reason}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TunerError(f"cannot write {path}: not a regular file")
+        os.ftruncate(fd, 0)
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(data)
+    except OSError as exc:
+        raise TunerError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def plot(paths: Sequence[str], output: str, labels: Sequence[str] = (), title: Optional[str] = None) -> Dict:
