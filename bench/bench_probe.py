@@ -38,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # run as a script from a checkout: this tuner, not another
 
-from tuner import knobs, procfs, report  # noqa: E402
+from tuner import assess, knobs, procfs  # noqa: E402
 from tuner.settings import kind  # noqa: E402
 from tuner.settings.sysctl import text as sysctl_text  # noqa: E402
 
@@ -56,7 +56,7 @@ def host_limits(n):
     sysctl = kind("sysctl")
     raised = []
     try:
-        for row in report.build(n, "loopback").rows:
+        for row in assess.build(n, "loopback").rows:
             knob = knobs.BY_NAME[row.name]
             if not (knob.is_sysctl and knob.scope == "host" and knob.caps == knobs.CAPS_CONNECTIONS
                     and row.needed):

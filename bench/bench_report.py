@@ -22,7 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from tuner import capacity, report  # noqa: E402
+from tuner import assess, capacity  # noqa: E402
 from tuner.knobs import Ctx  # noqa: E402
 
 CONNCAP_C = os.environ.get("CONNCAP_C", os.path.join(HERE, "..", "..", "shared", "bench", "conncap.c"))
@@ -69,7 +69,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         exe = build_conncap(tmp)
 
-        estimate = capacity.evaluate(Ctx(report.snapshot(), role="loopback", epoll=False))
+        estimate = capacity.evaluate(Ctx(assess.snapshot(), role="loopback", epoll=False))
         est = estimate.memory["idle_bytes_per_connection"]
         with Held(exe, args.connections) as held:
             measured = float(held.figures["slab_bytes_per_conn"])
@@ -81,7 +81,7 @@ def main():
         reference = time_report()
         with Held(exe, args.load) as held:
             loaded = time_report()
-            sockets = report.snapshot().sockstat["sockets"]["used"]
+            sockets = assess.snapshot().sockstat["sockets"]["used"]
         print("tuner report wall time (median of 5):")
         print(f"  reference, idle host          {reference:.3f} s")
         print(f"  with {sockets:,} sockets open {loaded:.3f} s   ratio {loaded / reference:.2f}  (goal < 0.5 s)")

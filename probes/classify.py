@@ -6,7 +6,7 @@ A failure record from a worker is (side, op, errno, index).  The knob table
 counters that moved while the probe ran, mean which knob, and the words for it; this
 module groups the records and asks it.  Only what is no knob (the peer, a timeout no
 counter explains, RLIMIT_NPROC) is named here.  The values and the `tuner apply`
-command that lift a limit are the table's too (tuner/probe.py asks it, for the
+command that lift a limit are the table's too (tuner/probe_run.py asks it, for the
 probe's own configuration).
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def timeout_limit(moved: Dict[str, int], now: Dict[str, int]) -> str:
 
 def hint(limit: Optional[str], role: str = "loopback") -> str:
     """What a limit means and which knob lifts it, in words: the knob table's (the
-    numbers and the command are its `needs`, computed by tuner/probe.py for the probe's
+    numbers and the command are its `needs`, computed by tuner/probe_run.py for the probe's
     own configuration; never here, where they would drift from it)."""
     knob = _knobs().for_probe_limit(limit)
     text = knob.hint(role) if knob is not None else _OWN_HINTS.get(limit or "")

@@ -196,9 +196,9 @@ def test_netns_plan_keeps_hard_limit_under_host_nr_open():
     the plan is built from that, without writing."""
     from dataclasses import replace
 
-    from tuner import knobs, plan, report
+    from tuner import assess, knobs, plan
 
-    snap = report.snapshot()
+    snap = assess.snapshot()
     snap = replace(snap, cap_sys_resource=True, sysctls={**snap.sysctls, "fs.nr_open": "1048576"})
     procs = {4242: {"soft": 1024, "hard": 4096, "create_time": 1.0}}
 
@@ -215,7 +215,7 @@ def test_netns_plan_keeps_hard_limit_under_host_nr_open():
     new = {c.knob: c.new for c in on_host.changes}
     assert new["fs.nr_open"] == "2000064" and new["RLIMIT_NOFILE.hard"] == 2_000_064
     # The report still shows what N needs, whatever apply --netns can do.
-    rows = {r.name: r for r in report.build(1_000_000, snap=snap).rows}
+    rows = {r.name: r for r in assess.build(1_000_000, snap=snap).rows}
     assert rows["RLIMIT_NOFILE.hard"].needed == [2_000_064]
     assert knobs.BY_NAME["RLIMIT_NOFILE.hard"].needs(
         knobs.Ctx(snap, target=1_000_000, host_changes=False)) == [1_048_576]

@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tuner import metrics, report
+from tuner import assess, metrics
 
 from conftest import run_tuner
 
@@ -77,10 +77,10 @@ def report_figures(rep: dict) -> dict:
 
 def test_exposition_equals_the_report_of_the_same_snapshot():
     """One snapshot, two renderings: every figure the metrics carry is the report's."""
-    snap = report.snapshot()
+    snap = assess.snapshot()
     req = metrics.Request(target=1_000_000, role="server")
     samples = parse(metrics.exposition(req, snap=snap))
-    rep = json.loads(json.dumps(report.build(1_000_000, "server", snap=snap).to_dict()))
+    rep = json.loads(json.dumps(assess.build(1_000_000, "server", snap=snap).to_dict()))
     assert metric_figures(samples) == report_figures(rep)
     assert 0 < one(samples, "tuner_limit_utilization_ratio", knob="fs.file-max") < 1
     assert set(samples) == set(metrics.HOST_METRIC_NAMES)

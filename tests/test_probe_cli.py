@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from tuner import probe as preflight
+from tuner import probe_run as preflight
 from tuner.live_progress import Progress
 from tuner.procfs import sockstat as read_sockstat
 

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from probes import kernel, wire
-from tuner import knobs, localnet, procfs, readings, report
+from tuner import assess, knobs, localnet, procfs, readings
 from tuner.readings import Snapshot
 
 
@@ -21,7 +21,7 @@ def _sysctl_cli(name, netns=None):
 
 @pytest.fixture(scope="module")
 def snap():
-    return report.snapshot()
+    return assess.snapshot()
 
 
 def test_every_sysctl_matches_sysctl_command(snap):
@@ -95,7 +95,7 @@ def test_anyip_local_route_counts_for_report_and_probe_alike(netns):
     --source-net finds it, through the same tuner.localnet function."""
     subprocess.run(["ip", "-n", netns, "route", "add", "local", "10.77.5.0/24", "dev", "lo",
                     "table", "local"], check=True)
-    inside = report.snapshot(netns)
+    inside = assess.snapshot(netns)
     assert readings.source_address_count(inside, "lo") == (2 ** 24 - 2) + 254
     with readings.in_netns(netns):
         found = wire.local_sources("10.77.5.0/24")
@@ -110,7 +110,7 @@ def test_anyip_local_route_counts_for_report_and_probe_alike(netns):
     nets = localnet.source_networks(inside.addresses, inside.local_routes, within="10.77.5.0/24")
     assert localnet.source_count(nets) == len(found)
     # And the source-addresses knob in `tuner report` shows it.
-    rows = {r.name: r for r in report.build(target=1000, netns=netns, snap=inside).rows}
+    rows = {r.name: r for r in assess.build(target=1000, netns=netns, snap=inside).rows}
     assert rows["source addresses"].current == [(2 ** 24 - 2) + 254]
 
 
@@ -120,11 +120,11 @@ def test_reserved_ports_are_counted_alike_by_report_and_probe(netns):
     subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw",
                     "net.ipv4.ip_local_port_range=40000 40999",
                     "net.ipv4.ip_local_reserved_ports=40000-40009,40500,50000-50100"], check=True)
-    inside = report.snapshot(netns)
+    inside = assess.snapshot(netns)
     with readings.in_netns(netns):
         probe_usable = 1000 - kernel.reserved_ports(*kernel.port_range())
     assert probe_usable == 1000 - 11
-    rep = report.build(target=1000, netns=netns, snap=inside, source_count=1)
+    rep = assess.build(target=1000, netns=netns, snap=inside, source_count=1)
     assert rep.row("net.ipv4.ip_local_port_range").allows == probe_usable
 
 
@@ -184,8 +184,8 @@ def test_procfs_and_the_probe_kernel_module_import_only_the_standard_library():
 def test_per_netns_readings_come_from_inside(netns):
     subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.core.somaxconn=1234",
                     "net.ipv4.ip_local_port_range=40000 40009"], check=True)
-    inside = report.snapshot(netns)
-    host = report.snapshot()
+    inside = assess.snapshot(netns)
+    host = assess.snapshot()
     assert inside.sysctls["net.core.somaxconn"] == "1234" == _sysctl_cli("net.core.somaxconn", netns)
     assert inside.sysctls["net.ipv4.ip_local_port_range"] == "40000 40009"
     assert host.sysctls["net.core.somaxconn"] == _sysctl_cli("net.core.somaxconn")
@@ -200,4 +200,4 @@ def test_per_netns_readings_come_from_inside(netns):
 def test_unknown_netns_is_a_usage_error():
     from tuner.errors import UsageError
     with pytest.raises(UsageError, match="ip netns list"):
-        report.snapshot("no-such-ns-x")
+        assess.snapshot("no-such-ns-x")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import capacity, hostlog, settings
-from . import report as report_mod
+from . import assess
 from .errors import EXIT_FAILED, PermissionNeeded, TunerError, UsageError
 from .inputs import check_alias_net, check_positive, check_role
 from .journal import Journal, JournalWriteError, locked, now, resolve_path
@@ -128,7 +128,7 @@ def _check_device(req: Request) -> None:
 def prepare(req: Request, journal_path: str) -> Plan:
     procs = read_processes(req.pids)
     journal = Journal.load(journal_path)
-    snap = report_mod.snapshot(req.netns)
+    snap = assess.snapshot(req.netns)
     return build_plan(snap, req, procs, journal.entries if journal else ())
 
 
@@ -271,11 +271,11 @@ def after_report(req: Request) -> Dict[str, Any]:
     """What the capacity model says now: reachable, or what still binds.
 
     Source addresses are counted on --alias-dev as the plan counted them.  Not through
-    report.build, which refuses a device with no addresses as a mistyped --source-dev:
+    assess.build, which refuses a device with no addresses as a mistyped --source-dev:
     here the device was checked before planning, and no addresses on it (a server
     role needs none added) is a count of 0, not bad input after changes were made.
     """
-    snap = report_mod.snapshot(req.netns)
+    snap = assess.snapshot(req.netns)
     ctx = Ctx(snap, role=req.role, target=req.target, destinations=req.destinations,
               source_dev=req.alias_dev, source_count=req.source_count)
     rep = capacity.evaluate(ctx)

@@ -1,7 +1,7 @@
 """The `tuner` command: a thin typer shell over the library.
 
-Each command parses its options, calls the library (tuner.report, tuner.apply,
-tuner.probe, ...), renders the result (table or --json) and maps errors to the exit
+Each command parses its options, calls the library (tuner.assess, tuner.apply,
+tuner.probe_run, ...), renders the result (table or --json) and maps errors to the exit
 codes in tuner.errors.  The one set of rules kept here is about the command line
 itself: which `tuner probe` options belong to which end of a split probe (--serve,
 --connect), decided from which options were given, which only typer's context knows;
@@ -100,13 +100,13 @@ def report(
 ) -> None:
     """How many connections this host can hold now, which limit binds first, and what a
     target needs. Exits 3 when --target is given and not reachable with current settings."""
-    from . import render, report as report_mod
+    from . import assess, render
 
     n = parse_target(target)
     check_role(role)
     check_positive("--destinations", destinations)
     check_netns_name(netns)
-    result = report_mod.build(n, role, netns, destinations, source_dev)
+    result = assess.build(n, role, netns, destinations, source_dev)
     _emit(render.to_json(result.to_dict()) if json_out else render.report_text(result, wide=wide, width=_width()))
     if result.reachable is False:
         raise typer.Exit(errors.EXIT_SHORT)
@@ -360,7 +360,7 @@ def probe(
     if serve or connect:
         return _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, source_net,
                             timeout, echo_timeout, netns, json_out, quiet)
-    from . import probe as probe_cli, render
+    from . import probe_run as probe_cli, render
 
     if textfile is not None:   # refused before anything runs, like any bad input
         from .metrics import check_textfile_dir
@@ -396,7 +396,7 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
     from probes.serve import ServeConfig, exit_code as serve_exit
 
     from . import render
-    from .probe import run_split
+    from .probe_run import run_split
 
     if serve and connect:
         raise errors.UsageError("--serve and --connect are two ends: run one per host")

@@ -179,7 +179,7 @@ class Signs:
     # RLIMIT_NOFILE, so EMFILE there is "RLIMIT_NOFILE" and the hard limit's fix.
     probe_name: str = ""
     # A probe stopped by it, in words, as (role, text); role None: any role. "{name}" is
-    # the knob's name. The numbers and the command come from `needs` (tuner/probe.py).
+    # the knob's name. The numbers and the command come from `needs` (tuner/probe_run.py).
     hints: tuple = ()
 
 

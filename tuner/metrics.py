@@ -1,6 +1,6 @@
 """`tuner metrics`: the report's figures for Prometheus, as a textfile or over HTTP.
 
-Every figure comes from `tuner.report.build` (what `tuner report --json` prints), read
+Every figure comes from `tuner.assess.build` (what `tuner report --json` prints), read
 fresh at each scrape by a custom collector: no gauges set once, no formula of this
 module's own.  METRICS below is the one list of what is exported; the README's
 "Metrics" table and the man page's METRICS section are generated from it
@@ -234,15 +234,15 @@ class Request:
 
 
 def read(req: Request, snap=None, strict: bool = False) -> Scrape:
-    """One reading through report.build (and tuner.diagnose for a service); a TunerError
+    """One reading through assess.build (and tuner.diagnose for a service); a TunerError
     (the namespace went away, the service stopped) becomes a failed scrape of that part
     instead of an HTTP 500. `strict`: raise it (the command's first reading: bad input
     is refused before anything is served or written)."""
-    from . import report
+    from . import assess
 
     start = time.monotonic()
     try:
-        rep = report.build(req.target, req.role, req.netns, req.destinations, req.source_dev, snap=snap)
+        rep = assess.build(req.target, req.role, req.netns, req.destinations, req.source_dev, snap=snap)
         error = None
     except TunerError as e:
         if strict:

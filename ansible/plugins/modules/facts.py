@@ -86,7 +86,7 @@ def main():
     )
     require_tuner(module)
     from tuner import render
-    from tuner import report as report_mod
+    from tuner import assess
     from tuner.inputs import check_positive, check_role, parse_target
 
     p = module.params
@@ -94,7 +94,7 @@ def main():
         target = parse_target(p["target"])
         check_role(p["role"])
         check_positive("destinations", p["destinations"])
-        rep = report_mod.build(target, p["role"], p["netns"], p["destinations"], p["source_dev"])
+        rep = assess.build(target, p["role"], p["netns"], p["destinations"], p["source_dev"])
         # Exactly the JSON `tuner report --json` prints.
         data = json.loads(render.to_json(rep.to_dict()))
     except Exception as exc:

@@ -25,7 +25,7 @@ from typing import List, Optional, Union
 from probes import ProbeConfig, ProbeConfigError, launch
 from probes.config import source_count, worker_capacity
 
-from . import knobs, report
+from . import assess, knobs
 from .capacity import CAPPED, Report
 from .errors import TunerError, UsageError
 from .live_progress import Progress
@@ -98,12 +98,12 @@ def check(connections: int, netns: Optional[str] = None, source_net: str = DEFAU
             worker_capacity(hard, 2)
     except ProbeConfigError as e:
         raise UsageError(str(e)) from None
-    snap = report.snapshot(netns)
+    snap = assess.snapshot(netns)
     # One listener per worker: every worker is its own destination for the port range.
     if isinstance(workers, int):
         destinations = workers
     else:
-        destinations = report.build(connections, "loopback", netns, snap=snap).processes["processes"] or 1
+        destinations = assess.build(connections, "loopback", netns, snap=snap).processes["processes"] or 1
     pre = model(connections, netns, source_net, max(destinations, 1), snap)
     rep = pre.report
     if rep.reachable is False:
@@ -119,7 +119,7 @@ def check(connections: int, netns: Optional[str] = None, source_net: str = DEFAU
 
 def model(connections: int, netns: Optional[str], source_net: str, destinations: int,
           snap=None) -> Preflight:
-    rep = report.build(connections, "loopback", netns, destinations=destinations, snap=snap,
+    rep = assess.build(connections, "loopback", netns, destinations=destinations, snap=snap,
                        source_count=source_count(source_net))
     return Preflight(connections, rep, source_net, destinations)
 

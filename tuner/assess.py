@@ -1,4 +1,5 @@
-"""`tuner report`: read this host (or a namespace) and run the capacity model."""
+"""Assess this host (or a namespace) for `tuner report`, apply, probe and metrics: take
+the snapshot the knob table asks for and run the capacity model on it."""
 from __future__ import annotations
 
 from typing import Optional
