@@ -1,0 +1,38 @@
+"""tuner's own exchange (probes.wire) as a protocol: the server sends a 4-byte index,
+the client echoes it, the server acknowledges with one byte.  The second check is
+passive: the server sends nothing more while both hold, so still open is the answer."""
+from __future__ import annotations
+
+from .. import wire
+from . import NEED, REFUSED, VERIFIED, Exchange, Protocol
+
+
+class WireExchange(Exchange):
+    __slots__ = ("have", "echoed")
+
+    def __init__(self):
+        super().__init__()
+        self.have, self.echoed = b"", False
+
+    def feed(self, data: bytes) -> int:
+        self.out = b""
+        if not self.echoed:
+            self.have += data
+            if len(self.have) < 4:
+                return NEED
+            self.out, data, self.echoed = self.have[:4], self.have[4:], True
+            if not data:
+                return NEED
+        if data[:1] == wire.ACK:
+            return VERIFIED
+        self.words = "NAK: the server did not accept the echo of its index" if data[:1] == wire.NAK \
+            else f"answered {data[:8]!r}, not ACK"
+        return REFUSED
+
+
+class TunerWire(Protocol):
+    name = "tuner"
+    server_first = True
+
+    def opening(self) -> Exchange:
+        return WireExchange()
