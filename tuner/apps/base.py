@@ -1,0 +1,439 @@
+"""What every application adapter shares: the view of a process it is given, the cap it
+returns, and the trust rules for reading a service from outside as root.
+
+A server often caps its own connections below what the kernel and its descriptor
+limit allow (nginx `worker_connections`, HAProxy `maxconn`, Redis `maxclients`,
+PostgreSQL `max_connections`).  `tuner diagnose` asks the adapter that recognises the
+service for that cap and takes the minimum over kernel, process and application.
+
+How to add an adapter (one module in tuner/apps/; the registry in __init__.py finds
+every module defining ADAPTER, nothing else lists it):
+
+    from .base import Adapter, AppCap, AppFix, ProcView, Untrusted, read_trusted
+
+    class Redis(Adapter):
+        name = "redis"
+
+        def recognise(self, proc: ProcView) -> bool:      # cheap, never fails
+            return proc.exe_name == "redis-server"
+
+        def read(self, proc: ProcView) -> AppCap:         # never raises for what it
+            ...                                            # cannot read: says so
+
+        def fix(self, proc, cap, want) -> AppFix | None:  # the setting for `want`
+            ...                                            # connections
+
+    ADAPTER = Redis()
+
+Rules (tuner runs as root; the service's own user may be hostile):
+- `proc` is built once by diagnose from the kernel's view (/proc/PID/{exe,cmdline,
+  status,limits}, sock_diag for listeners): never walk /proc/PID/fd.
+- Open files only through `read_trusted` (root-owned path, or the service's uid
+  where its documentation has it own the file, e.g. PostgreSQL's data directory;
+  nothing group/world-writable; links only where their owner and directory are
+  trusted; O_NOFOLLOW at the end).  Execute a binary only through
+  `trusted_binary` + `run_trusted` (root-owned, not writable, at a root-owned path,
+  the very file the process runs).  Connect only through `local_connect` /
+  `unix_connect`.
+- What could not be read goes into AppCap.unread with the reason, and `allows` is
+  None: diagnose then says its prediction is an upper bound and how to tell tuner the
+  cap (`--app-limit N`).  Never a silent guess: a value the application would take by
+  default is sureness DEFAULT, one derived by the application's own rule COMPUTED.
+- Tests start the real server (tests/realservers.py) with a known cap and with the
+  package's defaults, and compare with a real probe.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from .. import procfs
+
+# How sure an AppCap's `allows` is.
+READ = "read"            # the application said it (CONFIG GET, show info) or its config does
+COMPUTED = "computed"    # derived by the application's own documented rule (from ulimit, ...)
+DEFAULT = "default"      # not set anywhere tuner could read: the application's default
+UNKNOWN = "unknown"      # could not be read: allows is None, unread says why
+GIVEN = "given"          # told by the user (--app-limit N)
+SURENESS = (READ, COMPUTED, DEFAULT, UNKNOWN, GIVEN)
+
+RELOAD, RESTART = "reload", "restart"
+
+TRUSTED_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+RUN_TIMEOUT = 5.0          # seconds for a trusted binary's config dump
+READ_MAX = 4 << 20         # a config file larger than this is not a config file
+LINK_HOPS = 40             # as the kernel's MAXSYMLINKS
+
+
+class Untrusted(Exception):
+    """A file, binary or socket tuner will not read as root; the message says why."""
+
+
+# ---------------------------------------------------------------- the process
+
+@dataclass(frozen=True)
+class ProcView:
+    """One process as the kernel shows it, read once by diagnose for the adapters."""
+
+    pid: int
+    ppid: int
+    name: str                          # comm (/proc/PID/status Name)
+    exe: Optional[str]                 # readlink /proc/PID/exe: may end " (deleted)"
+    cmdline: Tuple[str, ...]
+    uid: int
+    gid: int
+    nofile_soft: Optional[int]
+    nofile_hard: Optional[int]
+    netns_inode: Optional[int]
+    cwd: Optional[str] = None          # readlink /proc/PID/cwd (PostgreSQL runs in its data dir)
+    listeners: Tuple[Tuple[str, int], ...] = ()   # (address, port) of the service's TCP listeners
+    children: Tuple["ProcView", ...] = ()          # direct children (workers), one level
+
+    @property
+    def exe_name(self) -> str:
+        """Basename of the executable ("" when unreadable), without " (deleted)"."""
+        exe = (self.exe or "").removesuffix(" (deleted)")
+        return os.path.basename(exe)
+
+    @property
+    def ports(self) -> List[int]:
+        return sorted({port for _, port in self.listeners})
+
+    def option(self, *flags: str) -> Optional[str]:
+        """The value of a command-line option: `-c FILE`, `-cFILE`, `--conf=FILE`."""
+        return option(self.cmdline, *flags)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["children"] = [c.pid for c in self.children]
+        return d
+
+
+def option(argv: Sequence[str], *flags: str) -> Optional[str]:
+    """The last value given to any of `flags` in argv (the last one wins, as getopt)."""
+    found = None
+    for i, arg in enumerate(argv):
+        for flag in flags:
+            if arg == flag and i + 1 < len(argv):
+                found = argv[i + 1]
+            elif flag.startswith("--") and arg.startswith(flag + "="):
+                found = arg[len(flag) + 1:]
+            elif not flag.startswith("--") and len(flag) == 2 and arg.startswith(flag) and len(arg) > 2:
+                found = arg[2:]
+    return found
+
+
+def _readlink(pid: int, what: str) -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/{what}")
+    except OSError:
+        return None
+
+
+def children_of(pid: int) -> List[int]:
+    """Direct children, from /proc/PID/task/*/children (the kernel's list, O(children))."""
+    out: List[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        text = procfs.read_text(f"/proc/{pid}/task/{tid}/children")
+        out += [int(c) for c in (text or "").split()]
+    return sorted(set(out))
+
+
+def view(pid: int, listeners: Sequence[Tuple[str, int]] = (), depth: int = 1) -> ProcView:
+    """Read one process (and its children, `depth` levels) for the adapters.  A process
+    that exits meanwhile reads as what was left (OSError is not raised from here)."""
+    try:
+        status = procfs.proc_status(pid)
+    except OSError:
+        status = {}
+    try:
+        soft, hard = procfs.proc_limits(pid).get("Max open files", (None, None))
+    except OSError:
+        soft = hard = None
+    try:
+        cmd = tuple(procfs.cmdline(pid))
+        netns: Optional[int] = procfs.netns_inode(pid)
+    except OSError:
+        cmd, netns = (), None
+    kids = tuple(view(c, (), depth - 1) for c in children_of(pid)) if depth > 0 else ()
+    return ProcView(pid=pid, ppid=int(status.get("PPid", "0")), name=status.get("Name", "?"),
+                    exe=_readlink(pid, "exe"), cmdline=cmd,
+                    uid=int(status.get("Uid", "-1 0").split()[0]),
+                    gid=int(status.get("Gid", "-1 0").split()[0]),
+                    nofile_soft=soft, nofile_hard=hard, netns_inode=netns,
+                    cwd=_readlink(pid, "cwd"), listeners=tuple(listeners), children=kids)
+
+
+# ---------------------------------------------------------------- what an adapter returns
+
+@dataclass
+class AppFix:
+    """How to raise the application's cap: the lines to write, where, the descriptor
+    limit each process needs with them, and whether a reload takes them or a restart."""
+
+    lines: List[str]                   # config lines as written: "worker_connections 2048;"
+    file: Optional[str]                # where to write them: "/etc/nginx/nginx.conf:12"
+    nofile: Optional[int]              # soft RLIMIT_NOFILE each process needs with them
+    action: str                        # RELOAD | RESTART
+    command: str                       # "kill -HUP 812" / "systemctl restart redis-server"
+    allows: Optional[int] = None       # what the service holds with the fix
+    why: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AppCap:
+    """The application's own connection cap as an adapter read it."""
+
+    app: str                           # "nginx"
+    setting: str                       # "worker_connections 512 x 2 workers"
+    allows: Optional[int]              # connections the service accepts under it; None: unknown
+    where: str                         # "/etc/nginx/nginx.conf:12", "CONFIG GET over 127.0.0.1:6379"
+    sureness: str                      # one of SURENESS
+    why: str                           # how the figure follows from the setting
+    fix: Optional[AppFix] = None
+    unread: List[str] = field(default_factory=list)   # what could not be read, and why
+    notes: List[str] = field(default_factory=list)    # runtime facts worth saying (Go, Node)
+
+    @property
+    def label(self) -> str:
+        """The binding limit's name: `nginx worker_connections 512 x 2 workers (/etc/nginx/nginx.conf:12)`."""
+        return f"{self.app} {self.setting}" + (f" ({self.where})" if self.where else "")
+
+    @property
+    def known(self) -> bool:
+        return self.allows is not None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["label"] = self.label
+        return d
+
+
+def unknown(app: str, setting: str, where: str, *unread: str) -> AppCap:
+    """The cap could not be read: say what and why; diagnose adds how to tell tuner."""
+    return AppCap(app, setting, None, where, UNKNOWN,
+                  f"{app}'s own cap could not be read", unread=list(unread))
+
+
+class Adapter:
+    """One application: recognise its process, read its cap, size the fix."""
+
+    name = "?"
+
+    def recognise(self, proc: ProcView) -> bool:
+        raise NotImplementedError
+
+    def read(self, proc: ProcView) -> AppCap:
+        raise NotImplementedError
+
+    def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
+        """The change that lets the service hold `want` connections; None when the
+        application has no setting for it (or needs none)."""
+        return None
+
+
+# ---------------------------------------------------------------- trust: files
+
+def _owned_ok(st: os.stat_result, owners: Sequence[int]) -> bool:
+    return st.st_uid in owners
+
+
+def _check_dir(path: str, st: os.stat_result, owners: Sequence[int]) -> None:
+    if not stat.S_ISDIR(st.st_mode):
+        raise Untrusted(f"{path} is not a directory")
+    if not _owned_ok(st, owners):
+        raise Untrusted(f"{path} belongs to uid {st.st_uid}, not to root")
+    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable and not st.st_mode & stat.S_ISVTX:
+        raise Untrusted(f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):o})")
+
+
+def _resolve(path: str, owners: Sequence[int]) -> str:
+    """`path` with its links resolved, every directory on the way checked: owned by one
+    of `owners`, not group/world-writable (a sticky one such as /tmp is passed when the
+    entry under it is trusted), and a link followed only when root owns it and its
+    directory, so nobody else can have planted it."""
+    if not os.path.isabs(path):
+        raise Untrusted(f"{path} is not an absolute path")
+    parts, done, hops = [p for p in path.split("/") if p], "/", 0
+    _check_dir("/", os.lstat("/"), (0,))
+    sticky = False
+    while parts:
+        part = parts.pop(0)
+        if part in (".", ""):
+            continue
+        if part == "..":
+            done = os.path.dirname(done) or "/"
+            continue
+        cur = os.path.join(done, part)
+        st = os.lstat(cur)
+        if sticky and not _owned_ok(st, owners):
+            raise Untrusted(f"{cur} lies in a shared directory and belongs to uid {st.st_uid}")
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > LINK_HOPS or st.st_uid != 0 or os.lstat(done).st_uid != 0:
+                raise Untrusted(f"{cur} is a link that someone other than root could have made")
+            target = os.readlink(cur)
+            parts = [p for p in target.split("/") if p] + parts
+            done = "/" if target.startswith("/") else done
+            continue
+        if parts:
+            _check_dir(cur, st, owners)
+            sticky = bool(st.st_mode & stat.S_ISVTX and st.st_mode & stat.S_IWOTH)
+        done = cur
+    return done
+
+
+def read_trusted(path: str, owners: Sequence[int] = (0,)) -> str:
+    """The text of a config file read as root only if nobody but `owners` (root by
+    default; add the service's uid only where its documentation has it own the file)
+    can have written it or any directory on its way; Untrusted (with the reason)
+    otherwise, OSError when it is missing."""
+    real = _resolve(path, owners)
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Untrusted(f"{path} is not a regular file")
+        if not _owned_ok(st, owners):
+            raise Untrusted(f"{path} belongs to uid {st.st_uid}, not to root")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise Untrusted(f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):o})")
+        if st.st_uid != 0 and st.st_nlink > 1:
+            raise Untrusted(f"{path} has {st.st_nlink} hard links")
+        if st.st_size > READ_MAX:
+            raise Untrusted(f"{path} is {st.st_size} bytes: not a config file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(READ_MAX).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
+
+
+def why_not(path: str, err: Exception) -> str:
+    """One line for AppCap.unread: what was not read and why."""
+    if isinstance(err, Untrusted):
+        return f"{path} not read: {err}"
+    if isinstance(err, FileNotFoundError):
+        return f"{path} not read: it does not exist"
+    if isinstance(err, PermissionError):
+        return f"{path} not read: permission denied (run tuner as root)"
+    return f"{path} not read: {getattr(err, 'strerror', None) or err}"
+
+
+# ---------------------------------------------------------------- trust: binaries
+
+def trusted_binary(proc: ProcView) -> str:
+    """The path of the process's own executable if it is safe to run as root: the very
+    file the process runs (not replaced since), a regular root-owned file nobody else
+    can write, at a path whose directories only root can change; Untrusted otherwise."""
+    exe = proc.exe or ""
+    if not exe or exe.endswith(" (deleted)"):
+        raise Untrusted(f"the executable of pid {proc.pid} is gone or replaced ({exe or '?'})")
+    real = _resolve(exe, (0,))
+    st = os.lstat(real)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise Untrusted(f"{exe} is not a root-owned executable that only root can write")
+    running = os.stat(f"/proc/{proc.pid}/exe")
+    if (running.st_dev, running.st_ino) != (st.st_dev, st.st_ino):
+        raise Untrusted(f"{exe} is not the file pid {proc.pid} runs (replaced since it started)")
+    return real
+
+
+def run_trusted(argv: Sequence[str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run a binary `trusted_binary` returned, with a clean environment, no input, and a
+    time limit; its output as text.  OSError or subprocess.TimeoutExpired on failure."""
+    return subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          errors="replace", timeout=timeout, check=False, cwd="/",
+                          env={"PATH": TRUSTED_PATH, "LC_ALL": "C"})
+
+
+# ---------------------------------------------------------------- trust: sockets
+
+def _loopback_for(address: str) -> Optional[Tuple[int, str]]:
+    """Where to reach a listener bound to `address` on this host: itself if loopback,
+    the loopback of its family if a wildcard; None for any other address."""
+    if address in ("0.0.0.0", "") or address.startswith("127."):
+        return socket.AF_INET, "127.0.0.1" if address in ("0.0.0.0", "") else address
+    if address in ("::", "::1"):
+        return socket.AF_INET6, "::1"
+    if address.startswith("::ffff:127."):
+        return socket.AF_INET, address[7:]
+    return None
+
+
+def local_connect(proc: ProcView, port: int, timeout: float = 1.0) -> socket.socket:
+    """A TCP connection to the service's own listener on `port` over loopback, made in
+    the process's network namespace (a socket stays in the namespace it was made in).
+    Untrusted when the service listens there on no loopback or wildcard address."""
+    from ..service import in_netns_of  # the namespace home; service imports nothing of apps
+
+    reach = next((r for a, p in proc.listeners if p == port for r in [_loopback_for(a)] if r), None)
+    if reach is None:
+        raise Untrusted(f"port {port} of pid {proc.pid} listens on no loopback or wildcard address")
+    family, address = reach
+    with in_netns_of(proc.pid):
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((address, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def unix_connect(path: str, owners: Sequence[int] = (0,), timeout: float = 1.0) -> socket.socket:
+    """A connection to a UNIX socket (an admin or stats socket) whose path only `owners`
+    can have made: the socket file and every directory on its way."""
+    real = _resolve(path, owners)
+    st = os.lstat(real)
+    if not stat.S_ISSOCK(st.st_mode):
+        raise Untrusted(f"{path} is not a socket")
+    if not _owned_ok(st, owners):
+        raise Untrusted(f"{path} belongs to uid {st.st_uid}, not to root")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(real)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def exchange(sock: socket.socket, request: bytes, limit: int = 1 << 20) -> bytes:
+    """Send one request and read the reply until the peer closes (or `limit` bytes or
+    the socket's timeout): for line protocols such as HAProxy's `show info`."""
+    chunks: List[bytes] = []
+    size = 0
+    with sock:
+        sock.sendall(request)
+        while size < limit:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)
+
+
+def workers(proc: ProcView, name_prefix: str = "") -> List[ProcView]:
+    """The process's children whose command line starts with `name_prefix` (nginx
+    retitles its workers "nginx: worker process")."""
+    return [c for c in proc.children
+            if not name_prefix or (c.cmdline and c.cmdline[0].startswith(name_prefix))]
+
