@@ -21,7 +21,7 @@ import pytest
 
 from conftest import remove_cgroup, run_tuner
 from tuner.procfs import read_sysctl
-from tuner.readings import in_netns
+from tuner.netns import in_netns
 
 SERVERS = os.path.join(os.path.dirname(__file__), "servers")
 

@@ -18,7 +18,7 @@ import pytest
 from fleetrig import ALIAS_DEV, namespace_fleet, state
 from test_probe_split import addresses
 from tuner.procfs import read_sysctl
-from tuner.readings import in_netns
+from tuner.netns import in_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need root")
 

@@ -81,13 +81,13 @@ def test_every_example_parses_against_the_real_cli(monkeypatch):
     not exist fails here (click parses without running the command)."""
     import typer
 
-    from tuner import inputs
+    from tuner import netns
     from tuner.cli import app
 
     # --netns is checked against the namespaces that exist when it is parsed; the
     # examples' "demo" is a placeholder for one the reader made, so it exists here.
-    real = inputs.netns_names
-    monkeypatch.setattr(inputs, "netns_names", lambda: sorted(set(real()) | {"demo"}))
+    real = netns.names
+    monkeypatch.setattr(netns, "names", lambda: sorted(set(real()) | {"demo"}))
 
     root = typer.main.get_command(app)
     paths = {ctx.command_path for _, ctx in manpages._commands()}

@@ -26,7 +26,7 @@ from applyhelp import addresses
 from conftest import make_netns, processes_with, remove_netns, run_tuner, wait_gone
 from probes import wire
 from probes.launch import PACKAGE_ROOT
-from tuner.readings import in_netns
+from tuner.netns import in_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need root")
 

@@ -10,6 +10,7 @@ import pytest
 
 from probes import kernel, wire
 from tuner import assess, knobs, localnet, procfs, readings
+from tuner.netns import in_netns
 from tuner.readings import Snapshot
 
 
@@ -97,7 +98,7 @@ def test_anyip_local_route_counts_for_report_and_probe_alike(netns):
                     "table", "local"], check=True)
     inside = assess.snapshot(netns)
     assert readings.source_address_count(inside, "lo") == (2 ** 24 - 2) + 254
-    with readings.in_netns(netns):
+    with in_netns(netns):
         found = wire.local_sources("10.77.5.0/24")
         outside = wire.local_sources("10.78.0.0/16")
         # Each counted address really binds here (the first and the last of the prefix).
@@ -121,7 +122,7 @@ def test_reserved_ports_are_counted_alike_by_report_and_probe(netns):
                     "net.ipv4.ip_local_port_range=40000 40999",
                     "net.ipv4.ip_local_reserved_ports=40000-40009,40500,50000-50100"], check=True)
     inside = assess.snapshot(netns)
-    with readings.in_netns(netns):
+    with in_netns(netns):
         probe_usable = 1000 - kernel.reserved_ports(*kernel.port_range())
     assert probe_usable == 1000 - 11
     rep = assess.build(target=1000, netns=netns, snap=inside, source_count=1)

@@ -20,7 +20,7 @@ from .inputs import check_alias_net, check_positive, check_role
 from .journal import Journal, JournalWriteError, locked, now, resolve_path
 from .knobs import Ctx
 from .plan import Plan, Request, build_plan, check_unit, check_user
-from .readings import check_netns
+from .netns import check_name, in_netns
 
 SCHEMA = "tuner.apply/2"
 # Test hook: SIGKILL this process right after its k-th write (before the journal marks
@@ -76,7 +76,7 @@ def validate(req: Request) -> None:
     if not os.path.isdir(req.root_dir):
         raise UsageError(f"--root-dir {req.root_dir}: no such directory")
     if req.netns is not None:
-        check_netns(req.netns)
+        check_name(req.netns)
     for pid in req.pids:
         _check_pid(pid)
     # Last: without root the device can only be looked for in the initial namespace;
@@ -113,8 +113,6 @@ def _check_device(req: Request) -> None:
     if req.alias_dev is None:
         return
     from pyroute2 import IPRoute
-
-    from .readings import in_netns
 
     with in_netns(req.netns), IPRoute() as ipr:
         if not ipr.link_lookup(ifname=req.alias_dev):

@@ -23,8 +23,8 @@ import typer
 from . import errors
 from . import inputs
 from .errors import TunerError
-from .inputs import (check_netns_name, check_netns_syntax, check_positive, check_role, parse_source_net,
-                     parse_target, parse_workers)
+from .inputs import check_positive, check_role, parse_source_net, parse_target, parse_workers
+from .netns import check_name as check_netns_name, check_syntax as check_netns_syntax
 
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in errors.EXIT_CODES.items()) + "."
 

@@ -21,7 +21,7 @@ import shlex
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import capacity, knobs, readings, service
+from . import capacity, knobs, netns, readings, service
 from .errors import UsageError
 from .knobs import CAPS_CONNECTIONS, CAPS_PER_PROCESS, Ctx
 
@@ -318,7 +318,7 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
             row.status = "short"
 
     tpc_any = any(tpcs) or bool(service_tpc)
-    netns_name = service.netns_name(procs[0].netns_inode)
+    netns_name = netns.name_of(procs[0].netns_inode)
     diag = Diagnosis(
         pids=[p.pid for p in procs], processes=[p.to_dict() for p in procs], target=target,
         netns=netns_name, own_netns=netns_name is None,

@@ -5,10 +5,9 @@ is read or changed.
 """
 from __future__ import annotations
 
-import os
 import re
 from decimal import Decimal
-from typing import List, Optional
+from typing import Optional
 
 from .errors import UsageError
 
@@ -75,39 +74,10 @@ def check_positive(name: str, value: Optional[int]) -> Optional[int]:
     return value
 
 
-# Where `ip netns add` binds named network namespaces (iproute2's NETNS_RUN_DIR).
-NETNS_RUN_DIR = "/var/run/netns"
-
-
-def netns_names() -> List[str]:
-    """The names `ip netns list` shows: entries of /var/run/netns. Only listed, never
-    created (a host with no named namespace has no such directory)."""
-    try:
-        return sorted(os.listdir(NETNS_RUN_DIR))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def check_netns_syntax(name: Optional[str], option: str = "--netns") -> Optional[str]:
-    """A namespace name is a name, not a path (checked as the option is parsed).
-
-    pyroute2 resolves a name containing '/' against the working directory and creates a
-    missing namespace there, so '../../tmp/bait' given to a read-only report would
-    create a namespace and bind mounts."""
-    if name is not None and (name in ("", ".", "..") or "/" in name or "\0" in name):
-        raise UsageError(f"{option} {name!r} is not a namespace name: give a name as "
-                         f"'ip netns list' shows it, not a path")
-    return name
-
-
-def check_netns_name(name: Optional[str], option: str = "--netns") -> Optional[str]:
-    """A name `ip netns list` shows: checked before any namespace call."""
-    if name is None:
-        return None
-    check_netns_syntax(name, option)
-    if name not in netns_names():
-        raise UsageError(f"no network namespace named {name!r}: list them with 'ip netns list'")
-    return name
+# A systemd unit name (systemd.unit(5): ASCII letters, digits and ":-_.\\@", at most 255
+# characters), as diagnose/metrics --unit and apply --persist's drop-in take it.
+UNIT_CHARS = r"[A-Za-z0-9:_.@\\-]"
+UNIT_NAME = re.compile(rf"^{UNIT_CHARS}{{1,255}}$")
 
 
 def parse_source_net(text: Optional[str]) -> Optional[str]:

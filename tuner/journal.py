@@ -51,6 +51,7 @@ import stat
 from typing import Any, Dict, Iterator, List, Optional
 
 from .errors import EXIT_BUSY, EXIT_FAILED, TunerError, UsageError
+from .netns import check_syntax
 
 SCHEMA = "tuner.journal/2"
 # Journals older tuners wrote, still read (revert must work after an upgrade).
@@ -324,16 +325,14 @@ def _text(d: Dict[str, Any], name: str) -> str:
 
 
 def _netns_name(v: Any) -> bool:
-    """None (the host) or a namespace name as `--netns` accepts it (tuner.inputs' one
+    """None (the host) or a namespace name as `--netns` accepts it (tuner.netns' one
     check: a name, not a path)."""
-    from .inputs import check_netns_syntax
-
     if v is None:
         return True
     if not isinstance(v, str):
         return False
     try:
-        check_netns_syntax(v)
+        check_syntax(v)
     except UsageError:
         return False
     return True

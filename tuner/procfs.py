@@ -16,7 +16,7 @@ Error policy, the same for every reader here:
 Values come back in the kernel's own units unless a name says otherwise (meminfo_kb is
 in kB, sockstat's "mem" in pages).  Files under /proc/net and /proc/sys/net resolve
 against the caller's network namespace when they are opened, so reading inside a
-namespace (tuner.readings.in_netns, `ip netns exec`) describes that namespace.
+namespace (tuner.netns.in_netns, `ip netns exec`) describes that namespace.
 
 Per-process readers (/proc/PID/...) for `tuner diagnose` go in a section of their own
 at the end.

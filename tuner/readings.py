@@ -1,6 +1,6 @@
 """A snapshot of everything the capacity model needs, read from the live host, and
-where it is read: entering a network namespace by name (in_netns, with the name
-checked first), and counting a port's listeners through sock_diag.
+where it is read (a network namespace is entered through tuner.netns), and counting a
+port's listeners through sock_diag.
 
 The snapshot is plain data (dicts of numbers and strings) so that the model can be
 run on fixed inputs (tests build the seed's 8 GB box by hand).  Every read is O(1) in
@@ -16,15 +16,12 @@ traceback.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import resource
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List, Optional
 
-from . import localnet, procfs
-
-NETNS_RUN_DIR = "/var/run/netns"
+from . import localnet, procfs, sockdiag
+from .netns import check_name, in_netns
 
 
 @dataclass
@@ -100,51 +97,15 @@ def listeners(port: int, address: Optional[str] = None) -> int:
     one from a readiness check.  The kernel filters by state, so the cost is the
     number of listeners, not of connections.
     """
-    from . import sockdiag
-
     return sum(1 for l in sockdiag.listening()
                if l.port == port and address in (None, l.address))
-
-
-def netns_exists(name: str) -> bool:
-    from .inputs import netns_names
-
-    return name in netns_names()
-
-
-@contextlib.contextmanager
-def in_netns(name: Optional[str]) -> Iterator[None]:
-    """Run the body inside network namespace `name` (None: stay where we are).
-
-    /proc/sys/net and /proc/net resolve against the caller's netns at open time, so
-    switching this (single-threaded) process in and back is enough (tuner.nsenter).
-    """
-    if name is None:
-        yield
-        return
-    check_netns(name)
-    from .nsenter import entered
-
-    fd = os.open(os.path.join(NETNS_RUN_DIR, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        with entered(fd, f"network namespace {name!r}"):
-            yield
-    finally:
-        os.close(fd)
-
-
-def check_netns(name: str) -> None:
-    from .inputs import check_netns_name
-
-    check_netns_name(name)
 
 
 def take_snapshot(host_sysctls, netns_sysctls, netns: Optional[str] = None,
                   enter=None) -> Snapshot:
     """Read the host; names in `netns_sysctls` (and sockstat, addresses) from `netns`,
     or inside `enter` (a context manager: a process's namespace opened by path)."""
-    if netns is not None:
-        check_netns(netns)
+    check_name(netns)
     snap = Snapshot(netns=netns)
     _read_sysctls(host_sysctls, snap)
     snap.nofile_soft, snap.nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)

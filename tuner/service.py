@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -19,16 +18,13 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
 from . import procfs, sockdiag
 from .errors import PermissionNeeded, UsageError
+from .inputs import UNIT_NAME
+from .netns import entered, in_netns, own_inode
 
-CAP_SYS_RESOURCE = 24
 LOW_FD_FIRST = 64           # listeners and epoll instances are opened early: look here first,
 LOW_FD_SCAN = 1024          # and this far only for a process whose listener was not there
 EPOLL_COUNT_MAX_FDS = 4096  # fdinfo of an epoll instance is O(watches): read it for small
                             # processes only (the row's "used" is information, not a limit)
-NETNS_RUN_DIR = "/var/run/netns"
-
-UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}$")
-
 
 class ProcessGone(UsageError):
     """The process exited while tuner read it."""
@@ -136,10 +132,6 @@ def check_pid(pid: int) -> None:
 
 # ---------------------------------------------------------------- network namespaces
 
-def own_netns_inode() -> int:
-    return os.stat("/proc/self/ns/net").st_ino
-
-
 @contextlib.contextmanager
 def in_netns_of(pid: Optional[int]) -> Iterator[None]:
     """Run the body in the network namespace of `pid`, opened by path (/proc/PID/ns/net),
@@ -149,37 +141,18 @@ def in_netns_of(pid: Optional[int]) -> Iterator[None]:
         yield
         return
     with _reading(pid, " (its network namespace)"):
-        if procfs.netns_inode(pid) == own_netns_inode():
+        if procfs.netns_inode(pid) == own_inode():
             fd = None
         else:
             fd = os.open(procfs.netns_path(pid), os.O_RDONLY | os.O_CLOEXEC)
     if fd is None:
         yield
         return
-    from .nsenter import entered
-
     try:
         with entered(fd, f"the network namespace of pid {pid}"):
             yield
     finally:
         os.close(fd)
-
-
-def netns_name(inode: int) -> Optional[str]:
-    """The `ip netns` name whose bind mount is this namespace, if any (for fix commands)."""
-    if inode == own_netns_inode():
-        return None
-    try:
-        names = sorted(os.listdir(NETNS_RUN_DIR))
-    except OSError:
-        return None
-    for name in names:
-        try:
-            if os.stat(os.path.join(NETNS_RUN_DIR, name)).st_ino == inode:
-                return name
-        except OSError:
-            continue
-    return "?"  # a namespace without a name (a container's): found, but not by name
 
 
 # ---------------------------------------------------------------- sock_diag
@@ -277,7 +250,7 @@ def read_process(pid: int) -> Process:
             threads=int(status.get("Threads", "1")), fds=fds,
             nofile_soft=soft if soft is not None else 1 << 31,  # "unlimited": nr_open caps it
             nofile_hard=hard if hard is not None else 1 << 31,
-            cap_sys_resource=bool(cap_eff >> CAP_SYS_RESOURCE & 1),
+            cap_sys_resource=bool(cap_eff >> procfs.CAP_SYS_RESOURCE & 1),
             netns_inode=procfs.netns_inode(pid), maps=procfs.map_count(pid),
             socket_inodes=inodes, epoll_watches=watches,
             cgroup_memory=procfs.process_cgroup_memory(pid),
@@ -351,13 +324,11 @@ def pids_holding(inodes: Set[int], netns_inode: int) -> Dict[int, Set[int]]:
 def pids_by_port(port: int, netns: Optional[str] = None) -> List[int]:
     """The processes listening on `port` (all addresses, IPv4 and IPv6) in this network
     namespace or in `netns`: pre-fork servers and SO_REUSEPORT workers all count."""
-    from . import readings
-
     if not 1 <= port <= 65535:
         raise UsageError(f"--port {port}: ports are 1..65535")
-    with readings.in_netns(netns):
+    with in_netns(netns):
         found = [l for l in listeners() if l.port == port]
-        ns_inode = own_netns_inode()
+        ns_inode = own_inode()
     where = f" in network namespace {netns!r}" if netns else ""
     if not found:
         raise UsageError(f"nothing listens on TCP port {port}{where} (list listeners with "

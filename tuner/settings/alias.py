@@ -10,6 +10,7 @@ import ipaddress
 import shlex
 from typing import List, Optional
 
+from ..netns import in_netns
 from .base import Change, Kind, WriteError, check, is_int, netns_gone, text_field
 
 IFNAMSIZ = 16
@@ -68,8 +69,6 @@ class Alias(Kind):
     def _read(self, netns, detail) -> bool:
         from pyroute2 import IPRoute
 
-        from ..readings import in_netns
-
         netns_gone(netns)
         with in_netns(netns), IPRoute() as ipr:
             index = _link_index(ipr, detail["dev"])
@@ -82,8 +81,6 @@ class Alias(Kind):
     def _write(self, netns, detail, present: bool) -> None:
         from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError
-
-        from ..readings import in_netns
 
         netns_gone(netns)
         with in_netns(netns), IPRoute() as ipr:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..errors import TunerError
+from ..netns import exists
 
 # Test hook: SIGKILL this process at a named point inside a write (for example
 # "file-temp": a persisted file's temp copy written, not yet renamed) to prove that a
@@ -243,7 +244,5 @@ def text_field(d: Dict[str, Any], name: str) -> str:
 
 def netns_gone(netns: Optional[str]) -> None:
     """Raise Gone when a setting's namespace has been deleted since it was written."""
-    from ..readings import netns_exists
-
-    if netns is not None and not netns_exists(netns):
+    if netns is not None and not exists(netns):
         raise Gone(f"network namespace {netns} no longer exists")

@@ -22,6 +22,7 @@ import stat
 from dataclasses import replace
 from typing import Dict, List, Optional
 
+from ..inputs import UNIT_CHARS, UNIT_NAME
 from ..journal import fsync_dir
 from .base import Change, Kind, check, crash_point
 
@@ -33,8 +34,7 @@ DROPIN_NAME = "99-tuner.conf"
 FILE_HEADER = "# Written by 'tuner apply'; 'tuner revert' removes it\n# (or restores what was here).\n"
 TEMP_SUFFIX = ".tuner-tmp"
 
-_UNIT = r"[A-Za-z0-9:_.@\\-]+"
-_UNIT_RE = re.compile(rf"^{_UNIT}$")
+_UNIT = rf"{UNIT_CHARS}+"
 # Every path tuner writes: ROOT/<one of these>, ROOT being --root-dir ("" for "/").
 _LOCATIONS = re.compile(rf"^(?P<root>(/[^/]+)*)/(?P<rel>{re.escape(SYSCTL_FILE)}|"
                         rf"{re.escape(LIMITS_FILE)}|{re.escape(UNIT_DIR)}/{_UNIT}\.d/"
@@ -44,7 +44,7 @@ _LOCATIONS = re.compile(rf"^(?P<root>(/[^/]+)*)/(?P<rel>{re.escape(SYSCTL_FILE)}
 def check_unit(unit: Optional[str]) -> Optional[str]:
     from ..errors import UsageError
 
-    if unit is not None and (not _UNIT_RE.match(unit) or unit.startswith(".")):
+    if unit is not None and (not UNIT_NAME.match(unit) or unit.startswith(".")):
         raise UsageError(f"--unit {unit!r} is not a systemd unit name (e.g. nginx or nginx.service)")
     return unit
 

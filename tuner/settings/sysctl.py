@@ -9,6 +9,8 @@ import re
 import shlex
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..netns import in_netns
+from ..procfs import read_sysctl, sysctl_path
 from .base import Change, Kind, check, is_words, netns_gone, text_field, words
 
 # A sysctl name is dotted words; anything else (a '/' or '..') would make
@@ -54,17 +56,11 @@ class Sysctl(Kind):
         return None if value is None else " ".join(str(value).split())
 
     def _read(self, netns, detail) -> Optional[str]:
-        from ..procfs import read_sysctl
-        from ..readings import in_netns
-
         netns_gone(netns)
         with in_netns(netns):
             return read_sysctl(detail["name"])
 
     def _write(self, netns, detail, value: str) -> None:
-        from ..procfs import sysctl_path
-        from ..readings import in_netns
-
         netns_gone(netns)
         with in_netns(netns):
             # os.write, not a buffered file: the kernel's EINVAL must reach us from the

@@ -222,7 +222,8 @@ def connect(module):
 
 def listening(module):
     from probes import wire
-    from tuner.readings import in_netns, listeners
+    from tuner.netns import in_netns
+    from tuner.readings import listeners
 
     p = module.params
     try:
@@ -253,11 +254,11 @@ def _serving(listen, netns):
     LISTEN ...), not its workers (forks with the same command line, which end with it)."""
     import psutil
     from tuner import procfs
-    from tuner.inputs import NETNS_RUN_DIR, check_netns_name
+    from tuner import netns as namespaces
 
     if netns is not None:
-        check_netns_name(netns, "netns")
-        where = os.stat(os.path.join(NETNS_RUN_DIR, netns)).st_ino
+        namespaces.check_name(netns, "netns")
+        where = os.stat(os.path.join(namespaces.RUN_DIR, netns)).st_ino
     else:
         where = procfs.netns_inode(os.getpid())
     found = {}
