@@ -191,3 +191,30 @@ def test_cgroup_limit_caps_connections():
     rep = evaluate(snap)
     assert rep.binding == "cgroup memory limit"
     assert rep.max_connections == GiB // rep.memory["idle_bytes_per_connection"]
+
+
+def test_fill_status_is_one_rule_at_the_alerts_share():
+    """near from NEAR_SHARE (the share tuner-alerts.yml fires at), full at 100%; full
+    outranks what the target asks, near only replaces ok."""
+    assert capacity.usage_status(None) is None
+    assert capacity.usage_status(0.79) is None
+    assert capacity.usage_status(capacity.NEAR_SHARE) == "near"
+    assert capacity.usage_status(1.0) == "full"
+    assert capacity.status("ok", 0.85) == "near" and capacity.status("raise", 0.85) == "raise"
+    assert capacity.status("raise", 1.0) == "full" and capacity.status("n/a", 1.0) == "n/a"
+    # TIME_WAIT sockets filling the table, in a snapshot: 52,429 of 65,536 is 80%.
+    for tw, want in ((52_428, "ok"), (52_429, "near"), (65_536, "full")):
+        snap = host()
+        snap.sockstat["TCP"]["tw"] = tw
+        row = evaluate(snap, target=1000).row("net.ipv4.tcp_max_tw_buckets")
+        assert row.status == want, (tw, row)
+        assert bool(row.fix) == (want != "ok")
+
+
+def test_every_row_that_needs_action_carries_the_fix_apply_would_take():
+    rep = evaluate(host(), target=1_000_000)
+    for row in rep.rows:
+        assert bool(row.fix) == (row.status in capacity.ACTION), row
+    # The sysctl command apply's plan prints for the same value.
+    assert rep.row("net.core.somaxconn").fix == "sysctl -w net.core.somaxconn=65535"
+    assert rep.row("net.ipv4.tcp_mem").fix.startswith("sysctl -w net.ipv4.tcp_mem='")

@@ -115,6 +115,15 @@ def test_alert_rules_use_only_exported_metrics(emitted):
     assert "node_netstat_TcpExt_ListenOverflows" in used
 
 
+def test_the_utilization_alert_fires_where_the_report_says_near():
+    """One share for both: a limit the table shows `near` is one the pager is about to
+    hear of (tuner.capacity.NEAR_SHARE is the rule report, diagnose and metrics use)."""
+    from tuner.capacity import NEAR_SHARE
+
+    expr = {r["alert"]: r["expr"] for r in _rules()}["TunerLimitUtilizationHigh"]
+    assert float(re.search(r"tuner_limit_utilization_ratio > ([0-9.]+)", expr).group(1)) == NEAR_SHARE
+
+
 def test_dashboard_queries_use_only_exported_metrics(emitted):
     with open(DASHBOARD) as f:
         dash = json.load(f)

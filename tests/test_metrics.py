@@ -70,6 +70,7 @@ def report_figures(rep: dict) -> dict:
             out[key("tuner_limit_connections", knob=r["name"], scope=r["scope"], caps=r["caps"])] = r["allows"]
         if r["utilization"] is not None:
             out[key("tuner_limit_utilization_ratio", knob=r["name"])] = r["utilization"]
+        out[key("tuner_limit_status_info", knob=r["name"], status=r["status"])] = 1
     if rep["target"] is not None:
         out[key("tuner_target_reachable", target=str(rep["target"]))] = int(rep["reachable"])
     return out

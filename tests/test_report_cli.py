@@ -1,6 +1,7 @@
 """`tuner report` through typer's runner and as a real subprocess (exit codes, JSON, non-root)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ def test_runner_json_schema_and_live_values():
     result = CliRunner().invoke(cli.app, ["report", "--target", "1M", "--json"])
     assert result.exit_code in (0, 3), result.output
     data = json.loads(result.output)
-    assert set(data) == TOP_KEYS and data["schema"] == "tuner.report/1"
+    assert set(data) == TOP_KEYS and data["schema"] == "tuner.report/2"
     assert [r["name"] for r in data["rows"]] == [k.name for k in knobs.KNOBS]
     for row in data["rows"]:
         assert set(row) == ROW_KEYS
@@ -84,6 +85,45 @@ def test_netns_report_reads_inside(netns):
     assert rows["net.core.somaxconn"]["current"] == [77]
     assert rows["net.core.somaxconn"]["needed"] == [1000]
     assert rows["fs.nr_open"]["current"] == [int(read_sysctl("fs.nr_open"))]
+
+
+TIME_WAIT_CLIENTS = """
+import socket, sys
+n = int(sys.argv[1])
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(n)
+pairs = []
+for _ in range(n):
+    c = socket.create_connection(srv.getsockname()); pairs.append((c, srv.accept()[0]))
+for c, s in pairs:       # the client closes first: its socket goes to TIME_WAIT
+    c.close(); s.recv(1); s.close()
+"""
+
+
+def ns_tw(netns: str) -> int:
+    out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/sockstat"], capture_output=True,
+                         text=True, check=True).stdout
+    tcp = next(l for l in out.splitlines() if l.startswith("TCP:")).split()
+    return int(tcp[tcp.index("tw") + 1])
+
+
+def test_a_full_time_wait_table_reads_full_and_near_in_report_and_metrics(netns):
+    """Real TIME_WAIT sockets filling tcp_max_tw_buckets in a throwaway namespace: at 100%
+    the row is `full` (it was `ok` with headroom 0), at 80% `near`, in report and metrics."""
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=16"], check=True)
+    subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", TIME_WAIT_CLIENTS, "40"], check=True,
+                   timeout=60)
+    assert ns_tw(netns) == 16     # the kernel kept 16 and destroyed the rest early
+    data = json.loads(run_tuner("report", "--netns", netns, "--json").stdout)
+    row = {r["name"]: r for r in data["rows"]}["net.ipv4.tcp_max_tw_buckets"]
+    assert row["in_use"] == 16 and row["utilization"] == 1.0 and row["status"] == "full", row
+    assert row["fix"], row
+    text = run_tuner("report", "--netns", netns).stdout
+    assert re.search(r"^net\.ipv4\.tcp_max_tw_buckets\s.*\sfull\s*$", text, re.M), text
+    # 16 of 20 in use: 80%, where the shipped alert fires.
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=20"], check=True)
+    exposition = run_tuner("metrics", "--netns", netns).stdout
+    assert 'tuner_limit_status_info{knob="net.ipv4.tcp_max_tw_buckets",status="near"} 1.0' in exposition
+    assert 'tuner_limit_utilization_ratio{knob="net.ipv4.tcp_max_tw_buckets"} 0.8' in exposition
 
 
 def _as_nobody(args):

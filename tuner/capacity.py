@@ -19,10 +19,20 @@ from .knobs import (BY_NAME, CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, K
                     Ctx, Knob)
 
 # Row statuses, in the words the table prints.
-OK, RAISE, SHRINK, BINDS, SHORT, CAPPED, WARN, NA, UNREADABLE = (
-    "ok", "raise", "shrink", "binds", "short", "capped", "warn", "n/a", "unreadable")
+OK, RAISE, SHRINK, BINDS, SHORT, CAPPED, WARN, NEAR, FULL, NA, UNREADABLE = (
+    "ok", "raise", "shrink", "binds", "short", "capped", "warn", "near", "full", "n/a", "unreadable")
+# Statuses that ask for something to be done; a row with one of them carries its fix.
+ACTION = (BINDS, SHORT, FULL, CAPPED, RAISE, SHRINK, NEAR, WARN)
+# How urgent each is, as colour shows it (tuner.style): stopping connections now or
+# for the target, and needing a change first.
+ALARM, CAUTION = (BINDS, SHORT, FULL), (RAISE, NEAR)
 
-SCHEMA = "tuner.report/1"
+# The share of a limit in use from which its row says `near` (and at 1, `full`): the
+# shipped alert TunerLimitUtilizationHigh (contrib/prometheus/tuner-alerts.yml) fires
+# over the same share, so the table and the pager agree.
+NEAR_SHARE = 0.8
+
+SCHEMA = "tuner.report/2"
 
 
 @dataclass
@@ -144,8 +154,54 @@ def memory_estimates(ctx: Ctx, connections: int) -> Dict[str, Any]:
     return out
 
 
+def usage_status(utilization: Optional[float]) -> Optional[str]:
+    """The one rule for how full a limit is: `full` at 100% in use, `near` from
+    NEAR_SHARE, None below it or where nothing counts its use. Report, diagnose and
+    metrics all take a limit's fill from here."""
+    if utilization is None:
+        return None
+    if utilization >= 1:
+        return FULL
+    return NEAR if utilization >= NEAR_SHARE else None
+
+
+def status(planned: str, utilization: Optional[float]) -> str:
+    """A row's status: what the target asks of the limit (`planned`), with how full it
+    is now. A full limit fails now, whatever the target, so `full` outranks every
+    other word; `near` only replaces `ok` (a row that must be raised says so)."""
+    fill = usage_status(utilization)
+    if planned in (NA, UNREADABLE) or fill is None:
+        return planned
+    if fill == FULL:
+        return FULL
+    return fill if planned == OK else planned
+
+
+def row_fix(knob: Knob, state: str, needed, netns: Optional[str], target: Optional[int]) -> str:
+    """What lifts a row with an ACTION status, the same step apply would take: the
+    setting kind's own command for the value the target needs (as apply's plan prints
+    it), the knob table's fix where tuner cannot change it, else the apply that plans
+    the value from a target. Empty for rows that need nothing."""
+    if state not in ACTION:
+        return ""
+    from . import settings
+    from .inputs import target_word
+    from .settings.sysctl import text
+
+    writer = settings.for_knob(knob) if knob.writable and knob.is_sysctl else None
+    if writer is not None and needed is not None:
+        return writer.command(netns if knob.scope == "netns" else None, {"name": knob.name}, text(needed))
+    if knob.fix:
+        return knob.fix
+    apply = f"tuner apply --target {target_word(target) if target else 'N'}"
+    if state == WARN:
+        return apply + " --shrink-buffers"
+    return apply if knob.writable else ""
+
+
 def _status(ctx: Ctx, knob: Knob, current, needed, allows, binding: Optional[str],
             worst_fits: Optional[bool]) -> str:
+    """What the target (or, without one, the host's capacity) asks of this limit."""
     if current is None:
         return UNREADABLE if _unreadable(ctx, knob) else NA
     if knob.name == binding and (ctx.target is None or (allows is not None and allows < ctx.target)):
@@ -184,11 +240,12 @@ def evaluate(ctx: Ctx, knobs: Optional[List[Knob]] = None) -> Report:
     rows = []
     for knob, current, allows, needed in evaluated:
         usage = knob.usage(ctx) if current is not None else None
+        share = None if usage is None else usage[0] / usage[1]
+        state = status(_status(ctx, knob, current, needed, allows, binding, mem.get("worst_fits_memory")),
+                       share)
         rows.append(Row(knob.name, knob.kind, knob.scope, knob.unit, knob.caps, current, needed, allows,
-                        _status(ctx, knob, current, needed, allows, binding, mem.get("worst_fits_memory")),
-                        knob.why, knob.fix,
-                        in_use=None if usage is None else usage[0],
-                        utilization=None if usage is None else usage[0] / usage[1]))
+                        state, knob.why, row_fix(knob, state, needed, ctx.snap.netns, ctx.target),
+                        in_use=None if usage is None else usage[0], utilization=share))
     sockstat = ctx.snap.sockstat
     return Report(
         role=ctx.role, target=ctx.target, netns=ctx.snap.netns, rows=rows,

@@ -55,6 +55,16 @@ def parse_target(text, what: str = "target") -> Optional[int]:
     return value
 
 
+def target_word(value: int) -> str:
+    """A target as a command line spells it back (parse_target's inverse, shortest form):
+    1000000 -> '1M', 100000 -> '100k', 1234 -> '1234'."""
+    for suffix in ("g", "m", "k"):
+        unit = _SUFFIX[suffix]
+        if value >= unit and value % unit == 0:
+            return f"{value // unit}{suffix.upper() if suffix != 'k' else suffix}"
+    return str(value)
+
+
 def check_role(role: str) -> str:
     from .knobs import ROLES  # here, not at the top: `tuner --help` never needs the table
 

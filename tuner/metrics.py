@@ -82,6 +82,10 @@ def _utilization(r):
     return [((row.name,), row.utilization) for row in r.rows if row.utilization is not None]
 
 
+def _status(r):
+    return [((row.name, row.status), 1) for row in r.rows]
+
+
 def _memory(r):
     m = r.memory
     return [((estimate,), m[key]) for estimate, key in (("idle", "idle_bytes_per_connection"),
@@ -123,6 +127,10 @@ METRICS: List[Metric] = [
            "In use / the limit's value, 0 to 1, for limits with a count in use: open files "
            "(file-nr), tcp_mem pages, orphans, TIME_WAIT, conntrack entries, the cgroup's "
            "memory (report rows[].utilization).", _rep(_utilization)),
+    Metric("tuner_limit_status_info", GAUGE, ("knob", "status"),
+           "1 with each limit's status as the report shows it (report rows[].status): near "
+           "from 80% in use (where TunerLimitUtilizationHigh fires), full at 100%, raise, binds, "
+           "short, ok, ...", _rep(_status)),
     Metric("tuner_kernel_memory_bytes_per_connection", GAUGE, ("estimate",),
            f"Kernel memory one connection costs: idle (slab objects) or worst, the "
            f"{WORST_CASE} (report memory.*_bytes_per_connection).", _rep(_memory)),
