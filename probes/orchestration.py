@@ -16,8 +16,8 @@ done here, the same way for every mode:
       RUN --(a stop reason)--> CLOSE                     (modes that hold until stopped)
 
   stop reasons: a signal (SIGINT/SIGTERM/SIGHUP), a worker's failure, --timeout (it
-  bounds establishing and verifying), and the mode's own (--serve: held, no listener
-  left);
+  bounds establishing and verifying), and the mode's own (--serve: held, clients
+  closed, no listener left);
 - progress events at cfg.progress_interval, and one with phase "done" at the end;
 - the timeline: a sample about once a second and at every phase change (counts, rate,
   sockets, TIME_WAIT and orphans, Slab, MemAvailable, the workers' CPU), more often while
@@ -46,6 +46,7 @@ EXCHANGE, STOPPING, HOLD, CLOSE, DONE = "exchange", "stopping", "hold", "close",
 # Why a run ended (stopped_by), besides a signal's name and the limit a failure names.
 TIMEOUT = "timeout"
 HELD = "held"
+CLIENTS_CLOSED = "clients closed"   # --serve: every expected one verified, then all closed
 NO_LISTENER_LEFT = "no listener left"
 MISMATCH = "mismatch"
 UNVERIFIED = "unverified"

@@ -7,8 +7,12 @@ RLIMIT_NOFILE.  Any number of clients may connect and speak the wire exchange
 (probes.wire); the orchestrator sums the workers' running totals and, at the end,
 their per-client-address tables.
 
-The run ends on SIGINT/SIGTERM/SIGHUP, on --timeout, or -- with --expect and --hold
--- once --expect connections have been verified and held --hold seconds.  A worker
+With --expect N the workers share N slots (serve_worker.py): a connection that fails
+verification gives its slot back, and clients beyond N wait in the accept queue while a
+slot may still free, so N verify whenever N good clients come.  The run ends on
+SIGINT/SIGTERM/SIGHUP, on --timeout (before N verified), or by itself once N have
+verified and then either their clients all closed or --hold seconds passed; the result
+says how long they were held (held_seconds) against --hold.  A worker
 that runs out of descriptors or kernel memory at accept() closes its listener and the
 others serve on (the limit is recorded in errors); the run ends on that only when no
 listener is left.  Either way every worker reports its final totals and exits; the
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import multiprocessing
 import os
 import socket
 from dataclasses import asdict, dataclass, fields
@@ -32,7 +37,7 @@ from typing import Callable, Dict, List, Optional
 from . import kernel, serve_worker, wire
 from .config import FD_HEADROOM, ProbeConfigError, worker_capacity
 from .fleet import Fleet, start_worker
-from .orchestration import FAILED, HELD, NO_LISTENER_LEFT, Orchestration
+from .orchestration import CLIENTS_CLOSED, FAILED, HELD, NO_LISTENER_LEFT, Orchestration
 from .result import EXIT_OK, EXIT_SHORT
 
 Emit = Callable[[dict], None]
@@ -44,8 +49,8 @@ CLOSE_SETTLE = 1.0    # seconds for the workers' gracefully closed sockets to fi
 @dataclass
 class ServeConfig:
     listen: str = ":7000"                 # ADDR:PORT (":PORT" for every address)
-    expect: Optional[int] = None          # connections to verify; more are reset at accept
-    hold: Optional[float] = None          # with expect: hold them this long, then end
+    expect: Optional[int] = None          # connections to verify; more wait, then are reset
+    hold: Optional[float] = None          # with expect: hold them at most this long, then end
     timeout: Optional[float] = None       # end (short) if --expect is not verified by then
     echo_timeout: float = 10.0            # seconds a client has to echo its index
     workers: Optional[int] = None         # None: enough for --expect, at least one per CPU
@@ -113,6 +118,7 @@ class Server(Orchestration):
         self.peers: Dict[str, list] = {}
         self.reached_at: Optional[float] = None
         self.held = self.accepted_now = self.verified_now = 0
+        self.slots = None                # --expect's semaphore, shared with every worker
 
     def plan(self, nofile: int) -> None:
         cfg = self.cfg
@@ -121,6 +127,8 @@ class Server(Orchestration):
         w = self.workers = plan_workers(cfg, nofile)
         self.listeners = open_listeners(addr, port, w)
         self.held_map = mmap.mmap(-1, serve_worker.SLOT.size * w)  # shared with every worker
+        if cfg.expect is not None:
+            self.slots = multiprocessing.Semaphore(cfg.expect)
         self.baseline = kernel.snapshot()
         self.at_peak, self.peak, self.at_peak_held, self.last_snap = self.baseline, 0, 0, 0.0
         self.emit({"event": "listening", "address": addr, "port": port, "workers": w,
@@ -130,7 +138,7 @@ class Server(Orchestration):
 
     def fork_workers(self, fleet: Fleet) -> None:
         cfg = self.cfg
-        common = dict(workers=self.workers, held_map=self.held_map, expect=cfg.expect,
+        common = dict(workers=self.workers, held_map=self.held_map, expect=cfg.expect, slots=self.slots,
                       echo_timeout=cfg.echo_timeout, nofile=cfg.worker_nofile, **fleet.worker_args())
         fleet.fork_per_listener(self.listeners, lambda k, fd: start_worker(
             serve_worker.ServeWorker, k, listener=fd, **common))
@@ -157,8 +165,12 @@ class Server(Orchestration):
     def own_stop_reason(self, now: float) -> Optional[str]:
         if len(self.full) == self.workers:
             return NO_LISTENER_LEFT
-        if self.reached_at is not None and self.cfg.hold is not None and now - self.reached_at >= self.cfg.hold:
+        if self.reached_at is None:
+            return None
+        if self.cfg.hold is not None and now - self.reached_at >= self.cfg.hold:
             return HELD
+        if self.held == 0:   # every expected one verified, and their clients have closed
+            return CLIENTS_CLOSED
         return None
 
     def tick(self, now: float) -> None:
@@ -171,9 +183,9 @@ class Server(Orchestration):
             # Kernel figures where most connections are held (a snapshot costs ~1 ms).
             if now - self.last_snap >= 0.2 or held == self.cfg.expect:
                 self.at_peak, self.at_peak_held, self.last_snap = kernel.snapshot(), held, now
-        # Verified and still held: connections that came and went do not count.
-        if self.phase == self.run_phase and self.cfg.expect is not None and held >= self.cfg.expect \
-                and self.reached_at is None:
+        # Every expected connection verified (the slots let no more than --expect verify).
+        if self.phase == self.run_phase and self.cfg.expect is not None \
+                and self.verified_now >= self.cfg.expect and self.reached_at is None:
             self.reached_at = now
 
     def on_line(self, k: int, line, values: dict) -> None:
@@ -208,7 +220,7 @@ class Server(Orchestration):
         return max(self.accepted_now, self.total("accepted"))
 
     def hold_left(self, now: float):
-        """The server holds from the moment --expect are held, for --hold seconds."""
+        """The server holds from the moment --expect have verified, for --hold seconds."""
         if self.reached_at is None or self.cfg.hold is None or self.phase != self.run_phase:
             return None
         return max(self.cfg.hold - (now - self.reached_at), 0.0)
@@ -239,6 +251,8 @@ class Server(Orchestration):
             "interrupted": self.fleet.signal is not None,
             "listen": cfg.listen,
             "expect": cfg.expect,
+            "hold": cfg.hold,
+            "held_seconds": None if self.reached_at is None else round(self.close_start - self.reached_at, 3),
             "workers": self.workers,
             "accepted": self.total("accepted"),
             "verified": verified,
@@ -268,6 +282,18 @@ def exit_code(result: dict) -> int:
     return EXIT_OK if result["ok"] else EXIT_SHORT
 
 
+def held_text(r: dict) -> str:
+    """How long the expected connections were held, against --hold: from the moment the
+    last of them verified until the run ended."""
+    if r["held_seconds"] is None:
+        return "not every expected connection verified" if r["expect"] else "no --expect"
+    held = f"{r['held_seconds']:,.1f} s"
+    if r["stopped_by"] == CLIENTS_CLOSED:
+        return held + (f" of --hold {r['hold']:g} s: " if r["hold"] is not None else ": ") \
+            + "then their clients had all closed"
+    return held + (f" (--hold {r['hold']:g} s)" if r["hold"] is not None else "")
+
+
 def summary_lines(r: dict) -> List[str]:
     f = r["failures"]
     lines = [
@@ -276,6 +302,7 @@ def summary_lines(r: dict) -> List[str]:
         + f" on {r['listen']} ({r['accepted']:,} accepted, {r['failed']:,} failed, "
           f"{r['over_expect']:,} over --expect, {r['dropped']:,} dropped by clients); ended by {r['stopped_by']}",
         "failed: " + ", ".join(f"{k.replace('_', '-')} {v:,}" for k, v in f.items()),
+        f"held: {held_text(r)}",
         f"peak concurrent {r['peak_concurrent']:,} over {r['workers']} worker(s); kernel: slab "
         + (f"{r['kernel_slab_bytes_per_conn']:,} B/conn" if r["kernel_figures_reliable"]
            else "not measurable (host busy)")

@@ -5,8 +5,15 @@ Everything a connection costs here is fixed-size and indexed by its descriptor
 (state, index, peer address, echo deadline in arrays sized by RLIMIT_NOFILE), so a
 misbehaving client can cost at most one descriptor: garbage is judged on its first
 4 bytes and never buffered, a silent or stalled client is closed at its echo
-deadline, a flood beyond --expect is reset at accept, and the per-address table is
-capped (MAX_PEERS; the rest is counted under 0.0.0.0).
+deadline, and the per-address table is capped (MAX_PEERS; the rest is counted under
+0.0.0.0).
+
+--expect N is N slots shared by every worker (a semaphore: exact, however many
+workers accept at the same instant).  A connection takes one at accept; a verified one
+keeps it, one that fails verification gives it back.  While every slot is taken but not
+every one verified, a slot may still free: the worker stops accepting and its clients
+wait in the accept queue.  Once N have verified none can: it accepts again and resets
+every one beyond N before the exchange.
 
 Report lines on the fleet's pipe: TOTALS (running), PEER (one client address, after
 release), FINAL (the last line; exiting) and fleet.ERROR (the server's own failure).
@@ -21,16 +28,18 @@ import socket
 import struct
 import time
 from array import array
+from typing import Optional
 
 from . import wire
 from .fleet import ERROR, OPS, SIDES, Line, line_kinds
 from .sockets import LINGER_0, SOCK_FLAGS, libc, reset_on_close
 
 MAX_PEERS = 4096
-# One slot per worker in the shared map: (held, admitted, accepted, verified).  held:
-# verified and still open; admitted: accepted within --expect and not closed since (held +
-# pending), what --expect counts at accept; accepted and verified: the running totals, so
-# that the progress line reads all four at the same moment (the report lines arrive later).
+# One slot per worker in the shared map: (held, pending, accepted, verified).  held:
+# verified and still open; pending: accepted and waiting for the echo; accepted and
+# verified: the running totals, so that the progress line reads all four at the same
+# moment (the report lines arrive later), and a worker waiting for a --expect slot
+# sees when every one has verified.
 SLOT = struct.Struct("qqqq")
 FREE, WAITING, VERIFIED = 0, 1, 2
 
@@ -57,8 +66,9 @@ ACCEPT_BATCH = 256
 
 class ServeWorker:
     def __init__(self, k, workers, listener, report, stop, release, held_map, expect=None,
-                 echo_timeout=10.0, nofile=None, report_interval=0.25):
+                 slots=None, echo_timeout=10.0, nofile=None, report_interval=0.25):
         self.k, self.workers, self.listener = k, workers, listener
+        self.slots, self.waiting = slots, False   # --expect's semaphore; waiting for a slot
         self.report_fd, self.stop_fd, self.release_fd = report, stop, release
         self.held_map, self.expect, self.echo_timeout = held_map, expect, echo_timeout
         self.nofile, self.report_interval = nofile, report_interval
@@ -99,11 +109,11 @@ class ServeWorker:
         return row
 
     def publish(self) -> None:
-        SLOT.pack_into(self.held_map, self.k * SLOT.size, self.held, self.held + len(self.pending),
+        SLOT.pack_into(self.held_map, self.k * SLOT.size, self.held, len(self.pending),
                        self.accepted, self.verified)
 
-    def admitted_everywhere(self) -> int:
-        return sum(slot[1] for slot in SLOT.iter_unpack(self.held_map))
+    def verified_everywhere(self) -> int:
+        return sum(slot[3] for slot in SLOT.iter_unpack(self.held_map))
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -126,6 +136,8 @@ class ServeWorker:
                     self.on_echo(fd)
                 elif self.state[fd] == VERIFIED:
                     self.on_drop(fd)
+            if self.waiting and self.slot_may_come():
+                self.accept_again()
             now = time.monotonic()
             if now - last >= self.report_interval:
                 last = now
@@ -144,9 +156,33 @@ class ServeWorker:
 
     def close_listener(self) -> None:
         if self.listener is not None:
-            self.poll.unregister(self.listener)
+            if not self.waiting:
+                self.poll.unregister(self.listener)
             os.close(self.listener)
             self.listener = None
+
+    # -- --expect's slots ------------------------------------------------------------------
+    def take_slot(self) -> Optional[bool]:
+        """True: accept the next client into a slot; False: accept it to reset it (every
+        expected connection has verified).  None: leave it queued, since a slot may still
+        free (a pending connection can fail), and stop polling the listener till then."""
+        if self.slots is None or self.slots.acquire(False):
+            return True
+        if self.verified_everywhere() >= self.expect:
+            return False
+        self.waiting = True
+        self.poll.unregister(self.listener)
+        return None
+
+    def slot_may_come(self) -> bool:
+        # A slot is free (a connection failed, maybe another worker's), or none ever will be.
+        return self.slots.get_value() > 0 or self.verified_everywhere() >= self.expect
+
+    def accept_again(self) -> None:
+        self.waiting = False
+        if self.listener is not None:
+            self.poll.register(self.listener, select.EPOLLIN)
+            self.accept()
 
     def accept(self) -> None:
         try:
@@ -161,10 +197,15 @@ class ServeWorker:
         for _ in range(ACCEPT_BATCH):
             if self.listener is None:
                 return
+            admit = self.take_slot()
+            if admit is None:
+                return
             addrlen.value = 16
             c = accept4(self.listener, addr, ref, SOCK_FLAGS)
             if c < 0:
                 code = get_errno()
+                if admit and self.slots is not None:
+                    self.slots.release()   # nothing accepted: the slot stays free
                 if code in (E.ECONNABORTED, E.EINTR):
                     continue  # that client gave up in the queue: take the next
                 if code == E.EAGAIN:
@@ -180,11 +221,7 @@ class ServeWorker:
             row = self.counters(ip)
             self.accepted += 1
             row[A_ACCEPTED] += 1
-            # --expect counts connections admitted here (verifying or held), so a burst
-            # beyond it is reset at accept, not after it verified.  Each worker publishes
-            # its own count, unlocked: workers accepting at the same instant can admit up
-            # to workers-1 beyond --expect.
-            if self.expect is not None and self.admitted_everywhere() >= self.expect:
+            if not admit:   # beyond --expect, every slot verified: reset before the exchange
                 self.over += 1
                 row[A_OVER] += 1
                 libc.setsockopt(c, socket.SOL_SOCKET, socket.SO_LINGER, self.linger, 8)
@@ -253,7 +290,10 @@ class ServeWorker:
 
     def fail(self, fd: int, kind: str, reset: bool = False) -> None:
         """Count a connection that did not verify and close it (with a reset after a
-        timeout, so a stalled peer costs no FIN_WAIT/TIME_WAIT here)."""
+        timeout, so a stalled peer costs no FIN_WAIT/TIME_WAIT here).  Its --expect slot
+        goes back: a client waiting in the accept queue can verify instead."""
+        if self.slots is not None:
+            self.slots.release()
         self.failed[kind] += 1
         self.counters(self.peer[fd])[A_FAIL[kind]] += 1
         self.pending.discard(fd)

@@ -69,14 +69,16 @@ def test_serve_and_connect_timelines_reach_n_and_mark_their_phases(netns):
     connected = check_timeline(json.loads(c_out), n, "establish")
     assert any(s["phase"] == "hold" and s["verified"] == n for s in connected)
     assert connected[-1]["orphans"] == 0
-    served = check_timeline(json.loads(out), n, "serve")
-    # --serve has no hold phase of its own: it serves until --hold after --expect is over
+    result = json.loads(out)
+    served = check_timeline(result, n, "serve")
+    # --serve has no hold phase of its own: it serves until its clients leave (before --hold 4)
     assert {s["phase"] for s in served} == {"serve", "close", "done"}
+    assert result["stopped_by"] == "clients closed" and 1.0 <= result["held_seconds"] < 4
     at_most = max(s["sockets"] for s in served)
     assert at_most >= 2 * n  # both ends are in this namespace
-    # the server outlived its clients: its samples saw them leave before it closed
-    left = [s for s in served if s["phase"] == "serve" and s["t"] > served[0]["t"] and s["sockets"] < n]
-    assert left and left[-1]["verified"] == n and served[-1]["sockets"] <= left[-1]["sockets"]
+    # it ended once its clients had left: the samples from then on hold none of them
+    left = [s for s in served if s["phase"] != "serve" and s["t"] > served[0]["t"] and s["sockets"] < n]
+    assert left and left[0]["verified"] == n and served[-1]["sockets"] <= left[0]["sockets"]
     assert wait_gone(marker) == []
 
 

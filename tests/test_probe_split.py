@@ -26,6 +26,7 @@ from applyhelp import addresses
 from conftest import make_netns, processes_with, remove_netns, run_tuner, wait_gone
 from probes import wire
 from probes.launch import PACKAGE_ROOT
+from tuner import render
 from tuner.netns import in_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need root")
@@ -444,6 +445,48 @@ def test_expect_counts_connections_admitted_at_accept_not_verified(netns):
     assert served["verified"] == 300 and served["over_expect"] == 100, (served, err)
     assert served["accepted"] == 400 and served["ok"]
     assert connected["verified"] == 300 and not connected["ok"], c_err
+    assert wait_gone(marker) == []
+
+
+@pytest.mark.parametrize("hold", [[], ["--hold", 30]], ids=["no-hold", "hold-30"])
+def test_idle_connections_give_their_slots_back_and_the_server_ends_by_itself(netns, hold):
+    """Issue 21: in a burst of 400 against --expect 300, 6 idle connections (they connect
+    and never echo) take slots at accept.  The clients beyond the 300 wait in the accept
+    queue instead of being reset; when the idle ones fail their echo they give their
+    slots back, exactly 300 verify, and the 94 left over are reset only then.  The server
+    ends by itself once those clients have closed (the client closes at once: some of its
+    connections were reset), not at --hold 30 nor at --timeout, and says how long it held
+    them.  Before: 294 verified, and the server
+    waited for --timeout."""
+    port, marker = 7880, "26.0701"
+    srv = tuner_in(netns, "probe", "--serve", f"127.0.0.1:{port}", "--expect", 300, *hold,
+                   "--echo-timeout", 2, "--workers", 2, "--timeout", marker, "--json")
+    idle, client = [], None
+    try:
+        wait_listening(netns, port)
+        with in_netns(netns):
+            idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]
+        assert all(len(recv_exactly(s, 4)) == 4 for s in idle)   # accepted: each holds a slot
+        client = tuner_in(netns, "probe", "--connect", f"127.0.0.1:{port}", "-n", 394, "--json")
+        c_out, c_err = client.communicate(timeout=40)
+        out, err = srv.communicate(timeout=20)
+    finally:
+        for s in idle:
+            s.close()
+        for p in (srv, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    served, connected = json.loads(out), json.loads(c_out)
+    assert srv.returncode == 0 and served["ok"], err
+    assert served["verified"] == 300 and served["failures"]["no_echo"] == 6 and served["failed"] == 6
+    assert served["over_expect"] == 94 and served["accepted"] == 400
+    assert connected["verified"] == 300, c_err
+    assert served["stopped_by"] == "clients closed" and served["held_at_end"] == 0
+    assert 0 <= served["held_seconds"] < 10 and served["seconds"] < 20
+    assert served["hold"] == (30 if hold else None)
+    text = render.serve_text(served)
+    assert f"{served['held_seconds']:.1f} s" in text and "clients had all closed" in text
     assert wait_gone(marker) == []
 
 

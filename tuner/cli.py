@@ -330,14 +330,15 @@ def probe(
         None, "--serve", metavar="ADDR:PORT",
         help="Server side only: accept clients on ADDR:PORT (':PORT' for all addresses), run the "
              "wire exchange (see WIRE PROTOCOL), hold them; report per client address. Ends on "
-             "SIGTERM/SIGINT, --timeout, or --expect held --hold seconds."),
+             "SIGTERM/SIGINT, --timeout, or once --expect have verified and then their clients "
+             "have closed or --hold seconds passed."),
     connect: Optional[str] = typer.Option(
         None, "--connect", metavar="HOST:PORT",
         help="Client side only: open --connections to a 'tuner probe --serve' at HOST:PORT."),
     expect: Optional[int] = typer.Option(
         None, "--expect", metavar="N", parser=inputs.EXPECT,
-        help="With --serve: connections to verify; more are reset at accept. Exit 0 only when "
-             "this many verified."),
+        help="With --serve: connections to verify; one that fails gives its slot back, more wait "
+             "in the accept queue and are reset once N verified. Exit 0 only when N verified."),
     echo_timeout: float = typer.Option(10.0, "--echo-timeout", metavar="SECONDS", parser=inputs.ECHO_TIMEOUT,
                                        help="With --serve: how long a client has to echo its index."),
     textfile: Optional[str] = typer.Option(
@@ -403,8 +404,8 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
     _refuse_other_ends_options(ctx, "--serve" if serve else "--connect")
     n_workers = None if workers == "auto" else parse_workers(workers)
     if serve:
-        # --hold given (0 included) ends the run once --expect are verified and held that
-        # long; without it the server serves until a signal or --timeout.
+        # --hold given (0 included) ends the run at most that long after --expect have
+        # verified; with or without it, it ends once their clients have all closed.
         given_hold = hold if _given(ctx, "hold") else None
         cfg = ServeConfig(listen=serve, expect=parse_target(expect, "--expect") if expect else None,
                           hold=given_hold, timeout=timeout, echo_timeout=echo_timeout, workers=n_workers)

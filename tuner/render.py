@@ -250,6 +250,7 @@ def split_errors(lines: List[str], errors: List[dict], width: Optional[int] = No
 
 def serve_text(r: dict, max_clients: int = 20, width: Optional[int] = None) -> str:
     """`tuner probe --serve`: totals per client address and overall."""
+    from probes.serve import held_text
     from probes.wire import FAILURES
 
     def row(name, c):
@@ -271,6 +272,7 @@ def serve_text(r: dict, max_clients: int = 20, width: Optional[int] = None) -> s
                     ["kernel memory per connection", f"{number(r['kernel_slab_bytes_per_conn'])} B slab, "
                                                      f"{number(round(r['kernel_tcp_mem_bytes_per_conn']))} B socket buffers"],
                     ["held at end / pending", f"{number(r['held_at_end'])} / {number(r['pending_at_end'])}"],
+                    ["expected ones held", held_text(r)],
                     ["served for", f"{seconds(r['seconds'])}"]], ["figure", "value"], width)]
     split_errors(lines, r["errors"], width)
     return "\n".join(fit.lines(lines, width))
