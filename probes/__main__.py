@@ -10,8 +10,8 @@
 
 Exit status: 0 all verified, 2 bad configuration (nothing opened), 3 fell short (see
 stopped_by), 128+N ended by signal N (130 Ctrl-C), 1 the probe itself failed.  --serve
-ends on SIGINT/SIGTERM (or --expect verified and held --hold seconds, or --timeout)
-with 0 when every expected connection verified, else 3.
+ends on SIGINT/SIGTERM, --timeout, or once --expect verified and then their clients
+closed or --hold seconds passed, with 0 when every expected connection verified, else 3.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from .result import EXIT_USAGE, ProbeResult
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m probes", description=__doc__.split("\n\n")[0])
     p.add_argument("--connections", "-n", type=int, default=10000)
-    p.add_argument("--hold", type=float, help="seconds to hold them all (default 0; --serve: until "
-                                               "a signal or --timeout, and 0 ends once --expect verified)")
+    p.add_argument("--hold", type=float, help="seconds to hold them all (default 0; --serve: at most "
+                                               "this long once --expect verified, 0 ends then)")
     p.add_argument("--rate", type=float, help="new connections per second (default: as fast as possible)")
     p.add_argument("--workers", default="auto", help="'auto' or a count")
     p.add_argument("--per-worker", type=int, help="connections per worker (default: from RLIMIT_NOFILE)")
@@ -44,7 +44,8 @@ def parse(argv):
     split = p.add_mutually_exclusive_group()
     split.add_argument("--serve", metavar="ADDR:PORT", help="serve the wire exchange to remote clients")
     split.add_argument("--connect", metavar="HOST:PORT", help="open the connections to a --serve elsewhere")
-    p.add_argument("--expect", type=int, help="--serve: connections to verify; more are reset")
+    p.add_argument("--expect", type=int, help="--serve: connections to verify; more wait, "
+                                               "then are reset once that many verified")
     p.add_argument("--echo-timeout", type=float, default=10.0, help="--serve: seconds a client has to echo")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the result as one JSON object")
