@@ -4,7 +4,8 @@ bound, named as the knob table names it, and a hint in words.
 A failure record from a worker is (side, op, errno, index).  The knob table
 (tuner/knobs.py, each knob's `signs`) says which errno of which call, and which kernel
 counters that moved while the probe ran, mean which knob, and the words for it; this
-module groups the records and asks it.  Only what is no knob (the peer, a timeout no
+module groups the records and asks it (through probes/signs.py, the table's answers
+generated as data: the probe imports nothing of tuner above its bottom layer).  Only what is no knob (the peer, a timeout no
 counter explains, RLIMIT_NPROC) is named here.  The values and the `tuner apply`
 command that lift a limit are the table's too (tuner/probe_run.py asks it, for the
 probe's own configuration).
@@ -15,6 +16,8 @@ import errno as E
 import os
 import signal
 from typing import Dict, List, Optional
+
+from . import signs
 
 CLIENT, SERVER_SIDE, WORKER = "client", "server", "worker"
 # A worker's op when the orchestrator had to SIGKILL it (it did not exit once released).
@@ -48,14 +51,6 @@ _OWN_HINTS = {
 }
 
 
-def _knobs():
-    # Imported when a failure is classified (in the parent, after the run), not when the
-    # lean orchestrator starts: tuner.knobs imports probes.config itself.
-    from tuner import knobs
-
-    return knobs
-
-
 def errno_name(code: int) -> str:
     return E.errorcode.get(code, str(code))
 
@@ -63,9 +58,9 @@ def errno_name(code: int) -> str:
 def limit_for(side: str, op: str, code: int, counters: Optional[Dict[str, int]] = None) -> Optional[str]:
     """The limit an errno points at, given where it happened: the knob table's for
     errnos a knob explains (its signs), else the peer's or a timeout's."""
-    knob = _knobs().for_error(code, op, counters or {})
-    if knob is not None:
-        return knob.probe_name
+    limit = signs.limit_for_error(code, op, counters or {})
+    if limit is not None:
+        return limit
     if (code == E.ECONNRESET and op in ("read", "echo", "verify")) or code == E.ECONNREFUSED:
         return PEER
     if code in (E.ETIMEDOUT, E.ECONNRESET):
@@ -77,16 +72,17 @@ def timeout_limit(moved: Dict[str, int], now: Dict[str, int]) -> str:
     """Which limit explains connections that never completed before the deadline: the
     knob whose counters rose over the run (`moved`) or that is full now (`now`, the
     probe's kernel snapshot), else the timeout itself."""
-    knob = _knobs().for_timeout(moved, now)
-    return TIMEOUT if knob is None else knob.probe_name
+    limit = signs.timeout_cause(moved, now)
+    return TIMEOUT if limit is None else limit
 
 
 def hint(limit: Optional[str], role: str = "loopback") -> str:
     """What a limit means and which knob lifts it, in words: the knob table's (the
     numbers and the command are its `needs`, computed by tuner/probe_run.py for the probe's
     own configuration; never here, where they would drift from it)."""
-    knob = _knobs().for_probe_limit(limit)
-    text = knob.hint(role) if knob is not None else _OWN_HINTS.get(limit or "")
+    text = signs.words(limit, role)
+    if text is None:
+        text = _OWN_HINTS.get(limit or "")
     return text or "unexpected error; see first_message"
 
 
@@ -116,7 +112,7 @@ def summarize(records: List[tuple], moved: Dict[str, int], now: Dict[str, int],
             name = signal.Signals(-code).name if code < 0 else f"exit status {code}"
             # A worker SIGKILLed (not by tuner) before verifying was most often chosen by
             # the OOM killer.
-            limit = _knobs().for_error(E.ENOMEM, op, {}).probe_name if code == -signal.SIGKILL else None
+            limit = signs.limit_for_error(E.ENOMEM, op, {}) if code == -signal.SIGKILL else None
         else:
             name, limit = errno_name(code), limit_for(side, op, code, moved)
         groups[key] = {"side": side, "op": op, "errno": name, "count": count,

@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple, Union
 
 from tuner import procfs
 
-from . import kernel
+from . import kernel, signs
 
 LISTEN_ADDR = "127.0.0.1"
 # Descriptors a worker needs besides its connections: stdio, the listener, report and
@@ -184,13 +184,6 @@ def nofile_for(connections: int) -> int:
     return nofile
 
 
-def _hard_limit_fix() -> str:
-    # The knob table's words (imported when needed: tuner.knobs imports this module).
-    from tuner.knobs import BY_NAME
-
-    return BY_NAME["RLIMIT_NOFILE.hard"].fix
-
-
 def raise_nofile() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one (inherited by workers); return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -232,7 +225,7 @@ def make_plan(cfg: ProbeConfig, nofile: Optional[int] = None) -> WorkerPlan:
             f"{count:,} workers of {worker_capacity(nofile, 2):,} connections each: the probe "
             f"holds every worker's listener, {count + FD_HEADROOM:,} descriptors with its own "
             f"{FD_HEADROOM}, RLIMIT_NOFILE is {own_nofile:,}: raise the hard nofile limit "
-            f"({_hard_limit_fix()}) to at least {nofile_for(n):,}, or probe fewer connections")
+            f"({signs.fix('RLIMIT_NOFILE.hard')}) to at least {nofile_for(n):,}, or probe fewer connections")
     low, high = kernel.port_range()
     port = cfg.port if cfg.port is not None else default_port(count, (low, high))
     if port + count - 1 > 65535:

@@ -157,9 +157,9 @@ K8S_NODE_ONLY = "node only (host-wide)"
 
 @dataclass(frozen=True)
 class Signs:
-    """How a limit shows itself being hit, so the probe's classifier (probes/classify.py)
-    and `tuner diagnose --watch` (tuner/watch.py) ask the table instead of keeping lists
-    of their own."""
+    """How a limit shows itself being hit, so the probe's classifier (probes/classify.py,
+    through the data tuner/probe_signs.py writes from here) and `tuner diagnose --watch`
+    (tuner/watch.py) ask the table instead of keeping lists of their own."""
 
     # (errno, op) a failing call returns when this limit is hit; op None: any call (an
     # entry naming the op wins over one for any op).
@@ -245,13 +245,6 @@ class Knob:
     @property
     def probe_name(self) -> str:
         return self.signs.probe_name or self.name
-
-    def hint(self, role: str) -> str:
-        """A probe stopped by this limit, in words (role-specific words first)."""
-        text = next((t for r, t in self.signs.hints if r == role), None)
-        if text is None:
-            text = next((t for r, t in self.signs.hints if r is None), "")
-        return text.format(name=self.name, probe_name=self.probe_name)
 
     @property
     def k8s_placement(self) -> Optional[str]:
@@ -744,8 +737,8 @@ BY_NAME_ALL = {k.name: k for k in ALL}
 
 
 # ---------------------------------------------------------------- asking the table
-# How a limit shows itself being hit (Knob.signs), for the probe's classifier and
-# `tuner diagnose --watch`.
+# How a limit shows itself being hit (Knob.signs), for `tuner diagnose --watch` and,
+# written out as data by tuner/probe_signs.py (probes/signs.json), the probe's classifier.
 
 def for_probe_limit(limit: Optional[str]) -> Optional[Knob]:
     """The knob a probe's stopped_by/errors[].limit names (its probe_name)."""
@@ -764,48 +757,9 @@ def counters(source: Optional[str] = None) -> dict:
             if source in (None, src)}
 
 
-def rose(knob: Knob, moved: dict) -> bool:
-    """One of the knob's counters grew (`moved`: growth by counter key)."""
-    return any(moved.get(counter_key(src, name), 0) > 0 for src, name in knob.signs.counters)
-
-
-def full(knob: Knob, now: dict) -> bool:
-    """What is in use of it has reached FULL_SHARE (`now`: the probe's kernel snapshot)."""
-    if not knob.signs.full:
-        return False
-    used, limit = (now.get(key) for key in knob.signs.full)
-    return bool(limit) and (used or 0) >= FULL_SHARE * limit
-
-
-def for_error(code: int, op: str, moved: Optional[dict] = None) -> Optional[Knob]:
-    """The knob a call `op` failing with errno `code` hit; an entry for the op itself
-    wins over one for any op. `moved`: counters that grew meanwhile."""
-    fallback = None
-    for knob in ALL:
-        for errno_, only_op in knob.signs.errors:
-            if errno_ != code or only_op not in (None, op):
-                continue
-            if knob.signs.only_with_counters and not rose(knob, moved or {}):
-                continue
-            if only_op == op:
-                return knob
-            fallback = fallback or knob
-    return fallback
-
-
 # A connect that timed out was dropped at a queue first (the accept queue, the SYN
 # queue), else by a full table (conntrack), else for want of buffer memory.
 TIMEOUT_CAUSES = (CAPS_BURSTS, CAPS_CONNECTIONS, CAPS_IN_FLIGHT)
-
-
-def for_timeout(moved: dict, now: dict) -> Optional[Knob]:
-    """The knob that explains connections that never completed: its counters rose over
-    the run (`moved`), or it is full now (`now`)."""
-    for caps in TIMEOUT_CAUSES:
-        for knob in ALL:
-            if knob.caps == caps and (rose(knob, moved) or full(knob, now)):
-                return knob
-    return None
 
 
 def kernel_log_patterns() -> List[tuple]:

@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 from typing import Dict, Optional
 
+from . import base
 from .base import Change, Gone, Kind, WriteError
 
 __all__ = ["Change", "Gone", "Kind", "WriteError", "KINDS", "kind", "for_knob"]
@@ -28,7 +29,8 @@ def _discover() -> Dict[str, Kind]:
     return found
 
 
-KINDS: Dict[str, Kind] = _discover()
+KINDS: Dict[str, Kind] = base.KINDS
+KINDS.update(_discover())
 
 
 def kind(name: str) -> Kind:

@@ -51,6 +51,12 @@ def os_reason(e: OSError) -> str:
     return f"{name}: {e.strerror}" if e.strerror else name
 
 
+# Every setting kind by name: filled by the package (tuner/settings/__init__.py) when it
+# finds the kinds' modules, held here so a Change can find its kind without importing
+# the package that imports this module.
+KINDS: Dict[str, "Kind"] = {}
+
+
 @dataclass
 class Change:
     """One write the plan makes. `key` names the setting, so a second apply finds the
@@ -69,9 +75,7 @@ class Change:
 
     @property
     def where(self) -> str:
-        from . import kind
-
-        return kind(self.kind).where(self.netns, self.detail)
+        return KINDS[self.kind].where(self.netns, self.detail)
 
 
 def unit_of(knob: str) -> str:
