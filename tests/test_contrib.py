@@ -2,7 +2,7 @@
 
 Every metric name in a rule or a panel query must be one `tuner metrics` really emits
 (taken from a real run, not from the code's list) or one of the few node_exporter
-names below. Where promtool (Debian package `prometheus`) is installed, it also checks
+names below. promtool (Debian package `prometheus`, installed by the test when missing) also checks
 the rules' syntax, the exposition against Prometheus' naming conventions, and runs the
 rules' unit tests (tests/promtool/).
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -151,22 +150,23 @@ def test_dashboard_queries_use_only_exported_metrics(emitted):
             "tuner_binding_limit_info", "tuner_process_open_fds", "tuner_listener_queued"} <= used
 
 
-promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                              reason="promtool not installed (apt-get install prometheus)")
+@pytest.fixture
+def promtool():
+    """promtool, installed from Debian's `prometheus` package when missing (as root)."""
+    from realservers import need
+    return need("promtool")
 
 
-@promtool
-def test_promtool_accepts_the_rules_and_their_unit_tests():
-    check = subprocess.run(["promtool", "check", "rules", RULES], capture_output=True, text=True)
+def test_promtool_accepts_the_rules_and_their_unit_tests(promtool):
+    check = subprocess.run([promtool, "check", "rules", RULES], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    unit = subprocess.run(["promtool", "test", "rules", RULE_TESTS], capture_output=True, text=True,
+    unit = subprocess.run([promtool, "test", "rules", RULE_TESTS], capture_output=True, text=True,
                           cwd=os.path.dirname(RULE_TESTS))
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
-@promtool
-def test_promtool_finds_no_naming_problem_in_the_exposition():
+def test_promtool_finds_no_naming_problem_in_the_exposition(promtool):
     text = run_tuner("metrics", "--target", "1M", check_rc=0).stdout
-    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert lint.returncode == 0 and not lint.stdout.strip() and "tuner_" not in lint.stderr, \
         lint.stdout + lint.stderr

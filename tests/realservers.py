@@ -1,0 +1,600 @@
+"""Real servers that none of us wrote, started by a test and stopped even when it fails.
+
+nginx, redis-server, haproxy, PostgreSQL 15 and a Node WebSocket server on the real `ws`
+package (tests/servers/node/ws_server.js), each with its own config in a temp dir, a known
+cap and a known RLIMIT_NOFILE, on 127.0.0.1/::1 or inside a network namespace:
+
+    def test_x(real_server):                      # the fixture stops what it started
+        srv = real_server("nginx", workers=2, worker_connections=512, nofile=4096)
+        sock = srv.connect()                      # in srv.netns when it has one
+        srv.pid, srv.port, srv.config
+
+or, outside pytest, `with nginx(workers=2) as srv: ...`.
+
+One core (start: run, wait until it listens, stop the whole process group) and a small
+config writer per server. A binary that is missing is installed from Debian's packages
+when we are root (services kept from starting by a policy-rc.d that exits 101), `ws` by
+npm into tests/servers/node/; what cannot be had skips the test with the reason (and
+under CI a skip is a failure: tests/conftest.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NODE_DIR = os.path.join(HERE, "servers", "node")
+PG_BIN = "/usr/lib/postgresql/15/bin"
+LOOPBACK = ("127.0.0.1", "::1")
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+
+# What a test may need -> (where Debian puts it, the Debian package that has it).
+PACKAGES = {
+    "nginx": ("/usr/sbin/nginx", "nginx"),
+    "redis-server": ("/usr/bin/redis-server", "redis-server"),
+    "haproxy": ("/usr/sbin/haproxy", "haproxy"),
+    "postgres": (f"{PG_BIN}/postgres", "postgresql-15"),
+    "initdb": (f"{PG_BIN}/initdb", "postgresql-15"),
+    "node": ("/usr/bin/node", "nodejs"),
+    "npm": ("/usr/bin/npm", "npm"),
+    "promtool": ("/usr/bin/promtool", "prometheus"),
+    "groff": ("/usr/bin/groff", "groff-base"),
+    "javac": ("/usr/bin/javac", "default-jdk-headless"),
+    "java": ("/usr/bin/java", "default-jdk-headless"),
+}
+
+_apt_updated = False
+_install_lock = threading.Lock()
+
+
+# --- having the binary -------------------------------------------------------------------
+
+def _found(name: str) -> Optional[str]:
+    path = PACKAGES.get(name, (None,))[0]
+    if path and os.access(path, os.X_OK):
+        return path
+    return shutil.which(name)
+
+
+class _ServicesKeptDown:
+    """A policy-rc.d that exits 101 while packages install (their services must not start),
+    put in place only when there is none, and removed after."""
+
+    def __enter__(self):
+        self.made = not os.path.lexists(POLICY_RC_D)
+        if self.made:
+            with open(POLICY_RC_D, "w") as f:
+                f.write("#!/bin/sh\n# tests/realservers.py: no service starts while tests install\nexit 101\n")
+            os.chmod(POLICY_RC_D, 0o755)
+
+    def __exit__(self, *exc):
+        if self.made:
+            os.unlink(POLICY_RC_D)
+
+
+def apt_install(*packages: str) -> None:
+    """apt-get install PACKAGES (apt-get update once per session first), services kept down."""
+    global _apt_updated
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    with _install_lock, _ServicesKeptDown():
+        if not _apt_updated:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True, timeout=600)
+            _apt_updated = True
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+                       env=env, capture_output=True, check=True, timeout=1200)
+
+
+def need(name: str) -> str:
+    """The path of binary `name`, installed from its Debian package when missing and we are
+    root; skips the test (with the reason) when it cannot be had."""
+    path = _found(name)
+    if path:
+        return path
+    package = PACKAGES.get(name, (None, None))[1]
+    if package is None:
+        pytest.skip(f"{name} is not installed and tests/realservers.py knows no package for it")
+    if os.geteuid() != 0:
+        pytest.skip(f"{name} is not installed; installing it (apt-get install {package}) needs root")
+    try:
+        apt_install(package)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip().splitlines()[-3:]
+        pytest.skip(f"{name}: apt-get install {package} failed: {e} {' '.join(detail)}")
+    path = _found(name)
+    if not path:
+        pytest.skip(f"{name}: apt-get install {package} succeeded but {name} is still not there")
+    return path
+
+
+def need_ws() -> str:
+    """The Node `ws` package in tests/servers/node/node_modules (npm ci from the lock file)."""
+    need("node")
+    if not os.path.exists(os.path.join(NODE_DIR, "node_modules", "ws", "package.json")):
+        npm = need("npm")
+        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR,
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.skip(f"npm ci in {NODE_DIR} failed: {proc.stderr.strip()[-300:]}")
+    return NODE_DIR
+
+
+# --- network namespaces: sockets made on a thread that entered one ------------------------
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def in_netns(netns: Optional[str], fn: Callable):
+    """fn() run in network namespace `netns` (None: here). A socket keeps the namespace it
+    was made in, so fn may return sockets; the namespace is entered by a thread of its own."""
+    if netns is None:
+        return fn()
+    box: dict = {}
+
+    def run():
+        try:
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}")
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as e:      # handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def free_port(hosts: Sequence[str] = LOOPBACK, netns: Optional[str] = None) -> int:
+    """A TCP port free on every one of hosts (in netns): bound, checked, released."""
+    def pick():
+        for _ in range(50):
+            socks = []
+            try:
+                first = socket.socket(_family(hosts[0]))
+                socks.append(first)
+                first.bind((hosts[0], 0))
+                port = first.getsockname()[1]
+                for host in hosts[1:]:
+                    s = socket.socket(_family(host))
+                    socks.append(s)
+                    s.bind((host, port))
+                return port
+            except OSError:
+                continue
+            finally:
+                for s in socks:
+                    s.close()
+        raise RuntimeError(f"no port free on all of {hosts}")
+    return in_netns(netns, pick)
+
+
+def connect(host: str, port: int, netns: Optional[str] = None, timeout: float = 5.0) -> socket.socket:
+    """A TCP socket connected to host:port (made in netns when given)."""
+    def make():
+        s = socket.socket(_family(host))
+        s.settimeout(timeout)
+        try:
+            s.connect((host, port))
+        except BaseException:
+            s.close()
+            raise
+        return s
+    return in_netns(netns, make)
+
+
+# --- the core: one server process group ---------------------------------------------------
+
+def process_group(pgid: int) -> list:
+    """Live (not zombie) processes in process group pgid."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+@dataclass
+class Server:
+    """A server started by start(): pid is the master's (the process group's leader)."""
+    name: str
+    proc: subprocess.Popen
+    port: int
+    hosts: tuple
+    config: str
+    dir: str
+    netns: Optional[str] = None
+    stop_signal: int = signal.SIGTERM
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def host(self) -> str:
+        return self.hosts[0]
+
+    def connect(self, host: Optional[str] = None, timeout: float = 5.0) -> socket.socket:
+        return connect(host or self.host, self.port, self.netns, timeout)
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "server.log"), errors="replace") as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
+
+    def children(self) -> list:
+        """The master's direct children (nginx workers, PostgreSQL's processes)."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the whole process group: its own stop signal, then SIGKILL; remove the dir."""
+        for sig, wait in ((self.stop_signal, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            if self._gone_within(wait):
+                break
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _gone_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.proc.poll() is None or process_group(self.pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _proc_net_hex(host: str) -> str:
+    """host as /proc/net/tcp{,6} writes it: each 32-bit word in host byte order, in hex."""
+    packed = socket.inet_pton(_family(host), host)
+    return "".join("%08X" % struct.unpack("=I", packed[i:i + 4])[0] for i in range(0, len(packed), 4))
+
+
+def _listening(srv: Server) -> bool:
+    """Every host:port in LISTEN, read from the server's own /proc/PID/net (its namespace).
+    Not by connecting: a probe connection would take one of the slots a test counts
+    (Redis still counted two closed ones against maxclients 3 when the test connected)."""
+    if srv.netns and os.stat(f"/proc/{srv.pid}/ns/net").st_ino != os.stat(f"/run/netns/{srv.netns}").st_ino:
+        return False                     # `ip netns exec` has not entered it yet
+    want = {f"{_proc_net_hex(h)}:{srv.port:04X}" for h in srv.hosts}
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{srv.pid}/net/{table}") as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+        except OSError:
+            return False
+        want -= {row[1] for row in rows if row[3] == "0A"}
+    return not want
+
+
+def workdir(name: str, owner: Optional[str] = None) -> str:
+    """A temp dir for one server's config, logs and data (0755: workers that drop
+    privileges may need to reach into it), owned by `owner` when given."""
+    path = tempfile.mkdtemp(prefix=f"tuner-{name}-")
+    os.chmod(path, 0o755)
+    if owner:
+        shutil.chown(path, owner, owner)
+    return path
+
+
+def _nofile_arg(nofile: Union[int, tuple]) -> str:
+    soft, hard = (nofile, nofile) if isinstance(nofile, int) else nofile
+    return f"--nofile={soft}:{hard}"
+
+
+def start(name: str, argv: list, *, port: int, hosts: Sequence[str], config: str, dir: str,
+          netns: Optional[str] = None, user: Optional[str] = None,
+          nofile: Union[int, tuple, None] = None, stop_signal: int = signal.SIGTERM,
+          ready: Optional[Callable[[Server], bool]] = None, timeout: float = 30.0) -> Server:
+    """Run argv in its own process group (in netns, as user, with nofile as RLIMIT_NOFILE,
+    each wrapper exec'ing in place so the pid is the server's), wait until it listens on
+    every host (and ready(srv) holds), and return it; stopped again if it never does."""
+    prefix = []
+    if netns:
+        prefix += ["ip", "netns", "exec", netns]
+    if nofile is not None:
+        prefix += ["prlimit", _nofile_arg(nofile), "--"]
+    if user:
+        prefix += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
+    with open(os.path.join(dir, "server.log"), "wb") as log:
+        proc = subprocess.Popen(prefix + argv, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=dir, start_new_session=True)
+    srv = Server(name, proc, port, tuple(hosts), config, dir, netns, stop_signal)
+    deadline = time.monotonic() + timeout
+    try:
+        while not (_listening(srv) and (ready is None or ready(srv))):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited {proc.returncode} before listening: {srv.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not listening on {hosts} port {port} after {timeout}s: {srv.log()}")
+            time.sleep(0.05)
+    except BaseException:
+        srv.stop()
+        raise
+    return srv
+
+
+def _prepare(name: str, hosts, port, netns, owner=None):
+    d = workdir(name, owner)
+    return d, tuple(hosts), port or free_port(hosts, netns)
+
+
+def _write(path: str, text: str, owner: Optional[str] = None) -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    if owner:
+        shutil.chown(path, owner, owner)
+    return path
+
+
+def _addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- nginx ----------------------------------------------------------------------------------
+
+NGINX_SITE = """server {{
+{listens}
+    keepalive_timeout 3600s;
+    keepalive_requests 1000000;
+    location / {{
+        default_type text/plain;
+        return 200 "ok\\n";
+    }}
+}}
+"""
+
+
+def _nginx_site(hosts, port) -> str:
+    return NGINX_SITE.format(listens="\n".join(f"    listen {_addr(h, port)};" for h in hosts))
+
+
+def nginx(*, workers: int = 1, worker_connections: int = 512, worker_rlimit_nofile: Optional[int] = None,
+          hosts: Sequence[str] = LOOPBACK, port: Optional[int] = None, netns: Optional[str] = None,
+          nofile: Union[int, tuple, None] = None, timeout: float = 30.0) -> Server:
+    """nginx: `worker_processes workers; events { worker_connections C; }`, one location
+    answering 200 "ok" with keep-alive; master in the foreground (daemon off), logs and pid
+    file in its temp dir; ready when all its workers run."""
+    binary = need("nginx")
+    d, hosts, port = _prepare("nginx", hosts, port, netns)
+    temp = "\n".join(f"    {k}_temp_path {d}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    rlimit = f"worker_rlimit_nofile {worker_rlimit_nofile};\n" if worker_rlimit_nofile else ""
+    conf = _write(os.path.join(d, "nginx.conf"), f"""daemon off;
+user www-data;
+worker_processes {workers};
+{rlimit}pid {d}/nginx.pid;
+error_log {d}/error.log notice;
+events {{
+    worker_connections {worker_connections};
+}}
+http {{
+    access_log {d}/access.log;
+{temp}
+{_nginx_site(hosts, port)}}}
+""")
+    return start("nginx", [binary, "-p", d + "/", "-e", f"{d}/error.log", "-c", conf], port=port,
+                 hosts=hosts, config=conf, dir=d, netns=netns, nofile=nofile, timeout=timeout,
+                 ready=lambda s: len(s.children()) >= workers)
+
+
+def nginx_packaged(*, hosts: Sequence[str] = LOOPBACK, port: Optional[int] = None,
+                   netns: Optional[str] = None, nofile: Union[int, tuple, None] = None,
+                   timeout: float = 30.0) -> Server:
+    """nginx as Debian ships it: a copy of /etc/nginx/nginx.conf (user www-data,
+    worker_processes auto, worker_connections 768, ...) with only its pid and log paths
+    moved into the temp dir and sites-enabled replaced by one site on our port."""
+    binary = need("nginx")
+    d, hosts, port = _prepare("nginx", hosts, port, netns)
+    with open("/etc/nginx/nginx.conf") as f:
+        text = f.read()
+    site = _write(os.path.join(d, "site.conf"), _nginx_site(hosts, port))
+    for pattern, repl in ((r"(?m)^pid\s+[^;]+;", f"pid {d}/nginx.pid;"),
+                          (r"(?m)^(\s*)error_log\s+[^;]+;", rf"\g<1>error_log {d}/error.log;"),
+                          (r"(?m)^(\s*)access_log\s+[^;]+;", rf"\g<1>access_log {d}/access.log;"),
+                          (r"(?m)^(\s*)include\s+/etc/nginx/sites-enabled/\*;", rf"\g<1>include {site};")):
+        text, n = re.subn(pattern, repl, text)
+        if n == 0:
+            raise RuntimeError(f"/etc/nginx/nginx.conf has no line matching {pattern}")
+    conf = _write(os.path.join(d, "nginx.conf"), text)
+    return start("nginx", [binary, "-p", d + "/", "-e", f"{d}/error.log", "-c", conf, "-g", "daemon off;"],
+                 port=port, hosts=hosts, config=conf, dir=d, netns=netns, nofile=nofile, timeout=timeout,
+                 ready=lambda s: len(s.children()) >= 1)
+
+
+# --- redis-server ---------------------------------------------------------------------------
+
+def redis(*, maxclients: Optional[int] = None, requirepass: Optional[str] = None,
+          hosts: Sequence[str] = LOOPBACK, port: Optional[int] = None, netns: Optional[str] = None,
+          nofile: Union[int, tuple, None] = None, args: Sequence[str] = (), timeout: float = 30.0) -> Server:
+    """redis-server with a config file in its temp dir: bind, port, maxclients (omitted: Redis's
+    default 10,000, which Redis lowers to nofile - 32 at start), no persistence, optional
+    requirepass; `args` are appended to its command line (the command line overrides the file)."""
+    binary = need("redis-server")
+    d, hosts, port = _prepare("redis", hosts, port, netns)
+    lines = [f"port {port}", f"bind {' '.join(hosts)}", 'save ""', "appendonly no", f"dir {d}",
+             "daemonize no", 'logfile ""']
+    if maxclients is not None:
+        lines.append(f"maxclients {maxclients}")
+    if requirepass:
+        lines.append(f"requirepass {requirepass}")
+    conf = _write(os.path.join(d, "redis.conf"), "\n".join(lines) + "\n")
+    os.chmod(conf, 0o600)
+    return start("redis-server", [binary, conf, *args], port=port, hosts=hosts, config=conf, dir=d,
+                 netns=netns, nofile=nofile, timeout=timeout)
+
+
+# --- haproxy --------------------------------------------------------------------------------
+
+def haproxy(*, maxconn: Optional[int] = None, frontend_maxconn: Optional[int] = None,
+            stats_socket: bool = False, hosts: Sequence[str] = LOOPBACK, port: Optional[int] = None,
+            netns: Optional[str] = None, nofile: Union[int, tuple, None] = None,
+            timeout: float = 30.0) -> Server:
+    """haproxy -db (foreground, no master-worker: pid is the one process) with a frontend that
+    answers HTTP itself (`http-request return status 200`); global maxconn omitted lets
+    HAProxy compute its own from the descriptor limit; the stats socket (extra["stats_socket"])
+    answers `show info`."""
+    binary = need("haproxy")
+    d, hosts, port = _prepare("haproxy", hosts, port, netns)
+    glob = [f"    maxconn {maxconn}"] if maxconn is not None else []
+    extra = {}
+    if stats_socket:
+        extra["stats_socket"] = os.path.join(d, "stats.sock")
+        glob.append(f"    stats socket {extra['stats_socket']} mode 600 level admin")
+    front = [f"    bind {_addr(h, port)}" for h in hosts]
+    if frontend_maxconn is not None:
+        front.append(f"    maxconn {frontend_maxconn}")
+    conf = _write(os.path.join(d, "haproxy.cfg"), "\n".join([
+        "global", *glob,
+        "defaults", "    mode http", "    timeout connect 5s", "    timeout client 1h",
+        "    timeout server 5s", "    timeout http-keep-alive 1h",
+        "frontend fe", *front,
+        '    http-request return status 200 content-type text/plain string "ok"', ""]))
+    srv = start("haproxy", [binary, "-db", "-f", conf], port=port, hosts=hosts, config=conf, dir=d,
+                netns=netns, nofile=nofile, timeout=timeout,
+                ready=lambda s: not stats_socket or os.path.exists(extra["stats_socket"]))
+    srv.extra.update(extra)
+    return srv
+
+
+def haproxy_command(srv: Server, command: str) -> str:
+    """One command on srv's stats socket (`show info`), its answer."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(srv.extra["stats_socket"])
+        s.sendall(command.encode() + b"\n")
+        return _read_all(s).decode()
+
+
+def _read_all(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- the Node `ws` server -------------------------------------------------------------------
+
+def ws_server(*, max_open: Optional[int] = None, close_code: int = 1013,
+              close_reason: str = "too many connections", protocol: Optional[str] = None,
+              hosts: Sequence[str] = LOOPBACK, port: Optional[int] = None, netns: Optional[str] = None,
+              nofile: Union[int, tuple, None] = None, timeout: float = 30.0) -> Server:
+    """tests/servers/node/ws_server.js on the real `ws` package: holds WebSocket connections
+    (ws answers pings), with max_open closes each one beyond that many open with close_code
+    and close_reason, with protocol accepts that subprotocol. Node has no cap of its own."""
+    node = need("node")
+    need_ws()
+    d, hosts, port = _prepare("ws", hosts, port, netns)
+    script = os.path.join(NODE_DIR, "ws_server.js")
+    argv = [node, script, "--port", str(port)]
+    for h in hosts:
+        argv += ["--host", h]
+    if max_open is not None:
+        argv += ["--max-open", str(max_open), "--close-code", str(close_code), "--close-reason", close_reason]
+    if protocol:
+        argv += ["--protocol", protocol]
+    return start("node-ws", argv, port=port, hosts=hosts, config=script, dir=d, netns=netns,
+                 nofile=nofile, timeout=timeout)
+
+
+# --- PostgreSQL 15 ----------------------------------------------------------------------------
+
+def postgres(*, max_connections: int = 100, superuser_reserved_connections: int = 3,
+             hosts: Sequence[str] = ("127.0.0.1",), port: Optional[int] = None,
+             netns: Optional[str] = None, nofile: Union[int, tuple, None] = None,
+             user: str = "postgres", timeout: float = 60.0) -> Server:
+    """PostgreSQL 15 as `user` (it refuses root): initdb (trust auth) in a temp dir owned by
+    it, then postgres -D with max_connections, superuser_reserved_connections, its Unix
+    socket in the temp dir; ready when postmaster.pid says so. Stopped by SIGINT (fast
+    shutdown: nothing of it is left in shared memory)."""
+    binary, initdb = need("postgres"), need("initdb")
+    d, hosts, port = _prepare("postgres", hosts, port, netns, owner=user)
+    data = os.path.join(d, "data")
+    proc = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--",
+                           initdb, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync",
+                           "--no-instructions", "-E", "UTF8", "--locale=C"],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        shutil.rmtree(d, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {proc.stderr.strip()}")
+    argv = [binary, "-D", data, "-p", str(port), "-k", d,
+            "-c", f"listen_addresses={','.join(hosts)}", "-c", f"max_connections={max_connections}",
+            "-c", f"superuser_reserved_connections={superuser_reserved_connections}"]
+    srv = start("postgres", argv, port=port, hosts=hosts, config=os.path.join(data, "postgresql.conf"),
+                dir=d, netns=netns, user=user, nofile=nofile, stop_signal=signal.SIGINT,
+                timeout=timeout, ready=_postmaster_ready)
+    srv.extra.update(data=data, socket_dir=d)
+    return srv
+
+
+def _postmaster_ready(srv: Server) -> bool:
+    """PostgreSQL 10+ writes its state as the last line of postmaster.pid."""
+    try:
+        with open(os.path.join(srv.dir, "data", "postmaster.pid")) as f:
+            return f.read().split()[-1:] == ["ready"]
+    except OSError:
+        return False
+
+
+STARTERS = {"nginx": nginx, "nginx-packaged": nginx_packaged, "redis": redis, "haproxy": haproxy,
+            "ws": ws_server, "postgres": postgres}
+
+
+@pytest.fixture
+def real_server():
+    """real_server(kind, **options) starts one (kinds: STARTERS); all are stopped at teardown,
+    also when the test fails."""
+    started = []
+
+    def run(kind: str, **options) -> Server:
+        srv = STARTERS[kind](**options)
+        started.append(srv)
+        return srv
+
+    yield run
+    for srv in reversed(started):
+        srv.stop()
