@@ -162,8 +162,7 @@ class Orchestration:
         k = len(self.fleet.pids)
         limit, detail = None, exc.strerror
         if exc.errno == E.EAGAIN:
-            from tuner.procfs import task_limit_hit  # stdlib only; read once, here
-            limit, detail = task_limit_hit()
+            limit, detail = procfs.task_limit_hit()
         self.records.append(("worker", "fork", exc.errno or 0, k,
                              f"fork of worker {k + 1} of {self.workers} failed: {detail}", limit))
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from conftest import make_netns, remove_netns
-from tuner import procfs
+from tuner import procpid
 from test_probe_split import SERVER_IP, addresses, ip, shrink_ports
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -196,7 +196,7 @@ def processes_left(fleet: Fleet, seconds: float = 15.0) -> Dict[str, List[str]]:
             cmds = []
             for pid in pids:
                 try:
-                    cmds.append(" ".join(procfs.cmdline(int(pid))))
+                    cmds.append(" ".join(procpid.cmdline(int(pid))))
                 except OSError:   # ended meanwhile
                     pass
             if cmds:

@@ -275,17 +275,17 @@ def test_a_zombie_is_refused():
 def test_a_process_exiting_mid_read_is_one_line(monkeypatch, capsys):
     """The process exits between two reads (made to happen at a fixed point: it is killed
     and reaped right before its descriptors are counted)."""
-    from tuner import cli, procfs
+    from tuner import cli, procpid
 
     victim = subprocess.Popen(["sleep", "60"])
-    real = procfs.fd_count
+    real = procpid.fd_count
 
     def exit_first(pid):
         victim.kill()
         victim.wait()
         return real(pid)
 
-    monkeypatch.setattr(procfs, "fd_count", exit_first)
+    monkeypatch.setattr(procpid, "fd_count", exit_first)
     rc = cli.main(["diagnose", "--pid", str(victim.pid)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1

@@ -23,10 +23,11 @@ PACKAGES = ("tuner", "probes")
 # holding it.
 LAYERS = [
     # stdlib-level helpers (pyroute2's netlink messages at most) that read the kernel and
-    # format numbers: the one home of /proc and /sys readers, sock_diag, network
-    # namespaces, a namespace's local addresses, the numbers' format, the exit codes.
-    ("bottom", ["tuner.errors", "tuner.numfmt", "tuner.procfs", "tuner.sockdiag", "tuner.netns",
-                "tuner.localnet"]),
+    # format numbers: the homes of the host's /proc and /sys readers and of one process's,
+    # sock_diag, network namespaces, a namespace's local addresses, the numbers' format,
+    # the exit codes.
+    ("bottom", ["tuner.errors", "tuner.numfmt", "tuner.procfs", "tuner.procpid", "tuner.sockdiag",
+                "tuner.netns", "tuner.localnet"]),
     # The connection probe: runs in a lean interpreter and in its forked workers.
     ("probe", ["probes"]),
     # The knob table, the model, the commands (which may start the probe).

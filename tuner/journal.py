@@ -50,8 +50,10 @@ import os
 import stat
 from typing import Any, Dict, Iterator, List, Optional
 
+from . import settings
 from .errors import EXIT_BUSY, EXIT_FAILED, TunerError, UsageError
 from .netns import check_syntax
+from .settings.base import crash_point, fsync_dir, os_reason
 
 SCHEMA = "tuner.journal/2"
 # Journals older tuners wrote, still read (revert must work after an upgrade).
@@ -143,11 +145,6 @@ def open_nofollow(path: str, flags: int, what: str = "journal", mode: int = 0o60
         raise
 
 
-def _reason(e: OSError) -> str:
-    from .settings.base import os_reason
-
-    return os_reason(e)
-
 
 class Journal:
     def __init__(self, path: str, data: Optional[Dict[str, Any]] = None):
@@ -176,13 +173,13 @@ class Journal:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise TunerError(f"cannot read journal {path}: {_reason(e)}") from None
+            raise TunerError(f"cannot read journal {path}: {os_reason(e)}") from None
         try:
             check_file(fd, path)
             with os.fdopen(fd, "rb", closefd=False) as f:
                 raw = f.read(MAX_BYTES + 1)
         except OSError as e:
-            raise TunerError(f"cannot read journal {path}: {_reason(e)}") from None
+            raise TunerError(f"cannot read journal {path}: {os_reason(e)}") from None
         finally:
             os.close(fd)
         if len(raw) > MAX_BYTES:
@@ -205,8 +202,6 @@ class Journal:
     def save(self) -> None:
         """Write atomically (temp file, fsync, rename, fsync the directory); raise
         JournalWriteError naming the reason when the filesystem refuses."""
-        from .settings.base import crash_point
-
         self.data["updated"] = now()
         try:
             directory = self._directory()
@@ -218,7 +213,7 @@ class Journal:
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(temp_path(self.path))
-            raise JournalWriteError(f"writing journal {self.path} failed: {_reason(e)}") from None
+            raise JournalWriteError(f"writing journal {self.path} failed: {os_reason(e)}") from None
 
     def check_room(self, extra: List[Dict[str, Any]]) -> None:
         """That the journal can be written, and with `extra` entries added still fits
@@ -238,7 +233,7 @@ class Journal:
             self._write_temp(tmp, b" " * max(size, 1))
         except OSError as e:
             raise JournalWriteError(
-                f"journal {self.path} cannot be written ({_reason(e)}): nothing was changed; "
+                f"journal {self.path} cannot be written ({os_reason(e)}): nothing was changed; "
                 f"free space there or point --journal elsewhere") from None
         finally:
             with contextlib.suppress(OSError):
@@ -276,8 +271,6 @@ VALUE_FIELDS = ("original", "before", "new")
 
 def _on_disk(data: Dict[str, Any]) -> Dict[str, Any]:
     """The journal as saved: every value in JSON's form (the kind's to_json)."""
-    from . import settings
-
     def entry(e):
         kind = settings.kind(e["kind"])
         return {**e, **{name: kind.to_json(e[name]) for name in VALUE_FIELDS}}
@@ -341,8 +334,6 @@ def _netns_name(v: Any) -> bool:
 def _validate_entry(e: Any, lists: bool = True) -> None:
     """The fields every entry has; the kind checks its detail and values (`lists`: in
     /2's JSON form, converted to the kind's own here; else /1's, the kind's own)."""
-    from . import settings
-
     if not isinstance(e, dict):
         raise ValueError(f"not an object: {e!r}")
     missing = [k for k in ENTRY_FIELDS if k not in e]
@@ -369,15 +360,6 @@ def _validate_entry(e: Any, lists: bool = True) -> None:
         if not kind.valid_value(e[name]):
             raise ValueError(f"{name} must be {kind.value_doc} for a {kind.name} entry, "
                              f"not {e[name]!r}")
-
-
-def fsync_dir(directory: str) -> None:
-    """Make a rename or unlink in `directory` durable (the journal's and persisted files')."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -442,7 +424,7 @@ def _flock(lock: str) -> Iterator[None]:
                 break
             os.close(fd)
     except OSError as e:
-        raise TunerError(f"cannot take the lock {lock}: {_reason(e)}") from None
+        raise TunerError(f"cannot take the lock {lock}: {os_reason(e)}") from None
     try:
         # The pid only names the holder in a busy message: a full disk must not stop a
         # revert that needs no space.

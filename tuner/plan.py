@@ -17,6 +17,8 @@ import copy
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from probes.config import source_count
+
 from . import settings
 from .capacity import worst_case_bytes
 from .knobs import KNOBS, Ctx
@@ -83,8 +85,6 @@ class Request:
 
     @property
     def source_count(self) -> Optional[int]:
-        from probes.config import source_count
-
         return None if self.source_net is None else source_count(self.source_net)
 
 

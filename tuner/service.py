@@ -5,7 +5,7 @@ module turns that into processes and reads, for each, what decides how many
 connections it can hold.  Socket facts come from sock_diag (netlink), inside the
 process's own network namespace, never from /proc/net/tcp (a Python loop over a
 million lines) nor from listing /proc/PID/fd (which costs the process a proc inode and
-a dentry per descriptor).  /proc readers live in tuner/procfs.py ("one process").
+a dentry per descriptor).  /proc/PID readers live in tuner/procpid.py.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
-from . import procfs, sockdiag
+from . import procfs, procpid, sockdiag
 from .errors import PermissionNeeded, UsageError
 from .inputs import UNIT_NAME
 from .netns import entered, in_netns, own_inode
@@ -114,14 +114,14 @@ def check_pid(pid: int) -> None:
     if not os.path.exists(f"/proc/{pid}"):
         raise UsageError(f"no process with pid {pid} (list servers with 'ss -ltnp')")
     with _reading(pid):
-        status = procfs.proc_status(pid)
+        status = procpid.proc_status(pid)
         if status.get("Tgid") and int(status["Tgid"]) != pid:
             raise UsageError(f"pid {pid} is a thread of process {status['Tgid']}: "
                              f"use --pid {status['Tgid']}")
         if pid == 1:
             raise UsageError(f"pid 1 is the init process ({status.get('Name')}): diagnose the "
                              f"service it started, by --port or --unit")
-        if procfs.is_kernel_thread(pid):
+        if procpid.is_kernel_thread(pid):
             raise UsageError(f"pid {pid} is a kernel thread ({status.get('Name')}): it holds no "
                              f"sockets of its own; name a server process")
         if status.get("State", "").startswith(("Z", "X")):
@@ -141,10 +141,10 @@ def in_netns_of(pid: Optional[int]) -> Iterator[None]:
         yield
         return
     with _reading(pid, " (its network namespace)"):
-        if procfs.netns_inode(pid) == own_inode():
+        if procpid.netns_inode(pid) == own_inode():
             fd = None
         else:
-            fd = os.open(procfs.netns_path(pid), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(procpid.netns_path(pid), os.O_RDONLY | os.O_CLOEXEC)
     if fd is None:
         yield
         return
@@ -221,15 +221,15 @@ def read_process(pid: int) -> Process:
     """Everything diagnose needs from one process, each read O(1) in its connections."""
     check_pid(pid)
     with _reading(pid):
-        status = procfs.proc_status(pid)
-        limits = procfs.proc_limits(pid)
+        status = procpid.proc_status(pid)
+        limits = procpid.proc_limits(pid)
         soft, hard = limits.get("Max open files", (None, None))
-        fds = procfs.fd_count(pid)
-        low = procfs.low_fds(pid, LOW_FD_FIRST, fds)
+        fds = procpid.fd_count(pid)
+        low = procpid.low_fds(pid, LOW_FD_FIRST, fds)
         inodes = {}
         epoll_fds = []
         for fd, target in low.items():
-            ino = procfs.socket_inode(target)
+            ino = procpid.socket_inode(target)
             if ino is not None:
                 inodes[ino] = fd
             elif target == "anon_inode:[eventpoll]":
@@ -239,22 +239,22 @@ def read_process(pid: int) -> Process:
             watches = 0
             for fd in epoll_fds:
                 try:
-                    watches += procfs.epoll_watches(pid, fd)
+                    watches += procpid.epoll_watches(pid, fd)
                 except FileNotFoundError:
                     pass  # closed between the two reads
         cap_eff = int(status.get("CapEff", "0"), 16)
         proc = Process(
             pid=pid, name=status.get("Name", "?"), uid=int(status.get("Uid", "0").split()[0]),
             ppid=int(status.get("PPid", "0")),
-            exe=procfs.exe(pid), cmdline=procfs.cmdline(pid),
+            exe=procpid.exe(pid), cmdline=procpid.cmdline(pid),
             threads=int(status.get("Threads", "1")), fds=fds,
             nofile_soft=soft if soft is not None else 1 << 31,  # "unlimited": nr_open caps it
             nofile_hard=hard if hard is not None else 1 << 31,
             cap_sys_resource=bool(cap_eff >> procfs.CAP_SYS_RESOURCE & 1),
-            netns_inode=procfs.netns_inode(pid), maps=procfs.map_count(pid),
+            netns_inode=procpid.netns_inode(pid), maps=procpid.map_count(pid),
             socket_inodes=inodes, epoll_watches=watches,
-            cgroup_memory=procfs.process_cgroup_memory(pid),
-            cgroup_pids=procfs.process_cgroup_pids(pid),
+            cgroup_memory=procpid.process_cgroup_memory(pid),
+            cgroup_pids=procpid.process_cgroup_pids(pid),
             unit=unit_of(pid))
     return proc
 
@@ -263,8 +263,8 @@ def scan_further(proc: Process) -> None:
     """Look up descriptors LOW_FD_FIRST..LOW_FD_SCAN of a process whose listener was not
     among its first ones (a server that opened files before listening)."""
     with _reading(proc.pid):
-        for fd, target in procfs.low_fds(proc.pid, LOW_FD_SCAN, proc.fds).items():
-            ino = procfs.socket_inode(target)
+        for fd, target in procpid.low_fds(proc.pid, LOW_FD_SCAN, proc.fds).items():
+            ino = procpid.socket_inode(target)
             if ino is not None:
                 proc.socket_inodes[ino] = fd
 
@@ -272,7 +272,7 @@ def scan_further(proc: Process) -> None:
 def unit_of(pid: int) -> Optional[str]:
     """The systemd unit a process runs in (from its cgroup path), if any."""
     try:
-        groups = procfs.cgroups(pid)
+        groups = procpid.cgroups(pid)
     except OSError:
         return None
     for key in ("", "name=systemd"):
@@ -298,11 +298,11 @@ def pids_holding(inodes: Set[int], netns_inode: int) -> Dict[int, Set[int]]:
         if pid == me:
             continue
         try:
-            if procfs.netns_inode(pid) != netns_inode or procfs.is_kernel_thread(pid):
+            if procpid.netns_inode(pid) != netns_inode or procpid.is_kernel_thread(pid):
                 continue
-            if procfs.proc_status(pid).get("State", "").startswith(("Z", "X")):
+            if procpid.proc_status(pid).get("State", "").startswith(("Z", "X")):
                 continue
-            candidates.append((pid, procfs.fd_count(pid)))
+            candidates.append((pid, procpid.fd_count(pid)))
         except (OSError, ValueError):
             continue  # gone, or not ours to read: it cannot be matched
     # First the lowest descriptors of every candidate; further only while a listener is
@@ -312,10 +312,10 @@ def pids_holding(inodes: Set[int], netns_inode: int) -> Dict[int, Set[int]]:
             break
         for pid, count in candidates:
             try:
-                low = procfs.low_fds(pid, highest, count)
+                low = procpid.low_fds(pid, highest, count)
             except OSError:
                 continue
-            held = {procfs.socket_inode(t) for t in low.values()} & inodes
+            held = {procpid.socket_inode(t) for t in low.values()} & inodes
             if held:
                 found.setdefault(pid, set()).update(held)
     return found
@@ -353,14 +353,14 @@ def pids_by_unit(unit: str) -> List[int]:
         raise UsageError(f"--unit {unit!r}: not a systemd unit name")
     name = unit if "." in unit else unit + ".service"
     candidates = []
-    for base in (os.path.join(procfs.CGROUP_ROOT, "unified"), procfs.CGROUP_ROOT,
-                 os.path.join(procfs.CGROUP_ROOT, "systemd")):
+    for base in (os.path.join(procpid.CGROUP_ROOT, "unified"), procpid.CGROUP_ROOT,
+                 os.path.join(procpid.CGROUP_ROOT, "systemd")):
         for slice_ in ("system.slice", ""):
             candidates.append(os.path.join(base, slice_, name) if slice_ else os.path.join(base, name))
     for path in candidates:
         if os.path.isdir(path) and not os.path.islink(path):
             try:
-                pids = procfs.cgroup_procs(path)
+                pids = procpid.cgroup_procs(path)
             except OSError:
                 continue
             pids = [p for p in pids if os.path.exists(f"/proc/{p}")]
@@ -369,4 +369,4 @@ def pids_by_unit(unit: str) -> List[int]:
             raise UsageError(f"unit {name} has no running process (its cgroup {path} is empty): "
                              f"start it, or use --pid")
     raise UsageError(f"no systemd unit {name} is running (no cgroup for it under "
-                     f"{procfs.CGROUP_ROOT}): check 'systemctl status {name}'")
+                     f"{procpid.CGROUP_ROOT}): check 'systemctl status {name}'")

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import knobs, procfs, readings, service
+from . import knobs, procfs, procpid, readings, service
 from .diagnose import LISTEN_BACKLOG, backlog_fix, diagnose
 
 SCHEMA = "tuner.diagnose.watch/1"
@@ -98,9 +98,9 @@ def take_sample(pids: Sequence[int], ports: Sequence[int], klog: KernelLog) -> S
     fds, soft, threads = {}, {}, 0
     for pid in pids:
         with service._reading(pid):
-            fds[pid] = procfs.fd_count(pid)
-            soft[pid] = procfs.proc_limits(pid).get("Max open files", (0, 0))[0] or 0
-            threads += int(procfs.proc_status(pid).get("Threads", "1"))
+            fds[pid] = procpid.fd_count(pid)
+            soft[pid] = procpid.proc_limits(pid).get("Max open files", (0, 0))[0] or 0
+            threads += int(procpid.proc_status(pid).get("Threads", "1"))
     with service.in_netns_of(pids[0]):
         own = [l for l in service.listeners() if l.port in ports]
         conns = service.counted(ports, own)

@@ -51,7 +51,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from .. import procfs
+from .. import procfs, procpid
 
 # How sure an AppCap's `allows` is.
 READ = "read"            # the application said it (CONFIG GET, show info) or its config does
@@ -151,16 +151,16 @@ def view(pid: int, listeners: Sequence[Tuple[str, int]] = (), depth: int = 1) ->
     """Read one process (and its children, `depth` levels) for the adapters.  A process
     that exits meanwhile reads as what was left (OSError is not raised from here)."""
     try:
-        status = procfs.proc_status(pid)
+        status = procpid.proc_status(pid)
     except OSError:
         status = {}
     try:
-        soft, hard = procfs.proc_limits(pid).get("Max open files", (None, None))
+        soft, hard = procpid.proc_limits(pid).get("Max open files", (None, None))
     except OSError:
         soft = hard = None
     try:
-        cmd = tuple(procfs.cmdline(pid))
-        netns: Optional[int] = procfs.netns_inode(pid)
+        cmd = tuple(procpid.cmdline(pid))
+        netns: Optional[int] = procpid.netns_inode(pid)
     except OSError:
         cmd, netns = (), None
     kids = tuple(view(c, (), depth - 1) for c in children_of(pid)) if depth > 0 else ()

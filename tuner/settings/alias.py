@@ -10,6 +10,7 @@ import ipaddress
 import shlex
 from typing import List, Optional
 
+from ..errors import UsageError
 from ..netns import in_netns
 from .base import Change, Kind, WriteError, check, is_int, netns_gone, text_field
 
@@ -96,8 +97,6 @@ class Alias(Kind):
                 raise WriteError(f"{errno.errorcode.get(e.code, e.code)}: {e.args[-1]}") from None
 
     def plan(self, knob, planning) -> List[Change]:
-        from ..errors import UsageError
-
         req, sim = planning.req, planning.sim
         state = planning.needed(knob)
         if state is None:

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..errors import TunerError
+from ..knobs import BY_NAME
 from ..netns import exists
+from ..numfmt import values
 
 # Test hook: SIGKILL this process at a named point inside a write (for example
 # "file-temp": a persisted file's temp copy written, not yet renamed) to prove that a
@@ -43,6 +45,15 @@ class WriteError(TunerError):
 class Gone(Exception):
     """The thing a setting belonged to no longer exists (process exited, netns deleted);
     nothing is left to restore."""
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename or unlink in `directory` durable (the journal's and persisted files')."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def os_reason(e: OSError) -> str:
@@ -80,8 +91,6 @@ class Change:
 
 def unit_of(knob: str) -> str:
     """The knob table's unit for a knob name ('' for what is not a knob: a file)."""
-    from ..knobs import BY_NAME
-
     row = BY_NAME.get(knob)
     return row.unit if row else ""
 
@@ -108,8 +117,6 @@ class Kind:
     def describe(self, value: Any, knob: str = "") -> str:
         """A value as the plan and revert tables show it: amounts through the one number
         formatter (tuner/numfmt.py), in the unit of `knob` (a port range stays ports)."""
-        from ..numfmt import values
-
         if value is None or isinstance(value, bool):
             return "-" if value is None else str(value)
         return values(value if isinstance(value, str) else [value], unit_of(knob))

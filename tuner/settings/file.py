@@ -22,9 +22,11 @@ import stat
 from dataclasses import replace
 from typing import Dict, List, Optional
 
+from ..errors import UsageError
 from ..inputs import UNIT_CHARS, UNIT_NAME
-from ..journal import fsync_dir
-from .base import Change, Kind, check, crash_point
+from ..knobs import KNOBS
+from . import rlimit
+from .base import Change, Kind, check, crash_point, fsync_dir
 
 SYSCTL_FILE = "etc/sysctl.d/99-tuner.conf"
 LIMITS_FILE = "etc/security/limits.d/99-tuner.conf"
@@ -42,8 +44,6 @@ _LOCATIONS = re.compile(rf"^(?P<root>(/[^/]+)*)/(?P<rel>{re.escape(SYSCTL_FILE)}
 
 
 def check_unit(unit: Optional[str]) -> Optional[str]:
-    from ..errors import UsageError
-
     if unit is not None and (not UNIT_NAME.match(unit) or unit.startswith(".")):
         raise UsageError(f"--unit {unit!r} is not a systemd unit name (e.g. nginx or nginx.service)")
     return unit
@@ -82,13 +82,11 @@ def read_text(path: str, follow: bool = False) -> Optional[str]:
         return None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            from ..errors import UsageError
             raise UsageError(f"{path} is a symbolic link: tuner replaces its own files and "
                              f"does not write through links; remove it") from None
         raise
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            from ..errors import UsageError
             raise UsageError(f"{path} is not a regular file: remove it or choose another --root-dir")
         return f.read().decode()
 
@@ -160,8 +158,6 @@ _USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
 def check_user(user: Optional[str]) -> Optional[str]:
     """--user NAME: a user name that exists on this host (checked with pwd before
     anything is written), else one line, exit 2."""
-    from ..errors import UsageError
-
     if user is None:
         return None
     if not _USER_RE.match(user):
@@ -327,8 +323,6 @@ class File(Kind):
         nginx's worker_rlimit_nofile do).  limits.d names --user only, or every user
         ('*', which does not cover root, and root) without it.
         """
-        from ..knobs import KNOBS
-        from . import rlimit
 
         req = planning.req
         # Limits for processes started later: evaluated with CAP_SYS_RESOURCE, which

@@ -9,6 +9,8 @@ import math
 import resource
 from typing import Any, Dict, List, Tuple
 
+from ..knobs import BY_NAME, NR_OPEN_MAX, ceiling
+from ..procfs import read_sysctl
 from .base import Change, Gone, Kind, WriteError, check, is_int
 
 RLIMITS = {"RLIMIT_NOFILE": resource.RLIMIT_NOFILE}
@@ -91,8 +93,6 @@ class Rlimit(Kind):
     def _write(self, netns, detail, value: int) -> None:
         import psutil
 
-        from ..knobs import BY_NAME, ceiling
-        from ..procfs import read_sysctl
 
         proc = _process(detail)
         res = RLIMITS[detail["resource"]]
@@ -113,7 +113,6 @@ class Rlimit(Kind):
                              f"processes)") from None
 
     def plan(self, knob, planning) -> List[Change]:
-        from ..knobs import NR_OPEN_MAX, ceiling
 
         res, which = parts(knob)
         req = planning.req

@@ -253,14 +253,14 @@ def _serving(listen, netns):
     lean interpreter launch.run_split starts (python -m probes --jsonl ... --serve
     LISTEN ...), not its workers (forks with the same command line, which end with it)."""
     import psutil
-    from tuner import procfs
+    from tuner import procpid
     from tuner import netns as namespaces
 
     if netns is not None:
         namespaces.check_name(netns, "netns")
         where = os.stat(os.path.join(namespaces.RUN_DIR, netns)).st_ino
     else:
-        where = procfs.netns_inode(os.getpid())
+        where = procpid.netns_inode(os.getpid())
     found = {}
     for proc in psutil.process_iter(["cmdline", "uids", "ppid"]):
         argv = proc.info["cmdline"] or []
@@ -272,7 +272,7 @@ def _serving(listen, netns):
         if argv[argv.index("--serve") + 1] != listen:
             continue
         try:
-            if procfs.netns_inode(proc.pid) != where:
+            if procpid.netns_inode(proc.pid) != where:
                 continue
         except OSError:   # gone meanwhile
             continue
