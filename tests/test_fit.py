@@ -19,7 +19,7 @@ import pytest
 
 from applyhelp import tuner
 from test_diagnose import asyncio_server, stop
-from tuner import fit
+from tuner import fit, style
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="reads root-only files / changes a namespace")
 WIDTHS = (60, 80, 100)
@@ -54,7 +54,8 @@ def on_terminal(args, columns: int, env_columns: bool = True, env=None, rcs=(0, 
 
 
 def too_wide(text: str, columns: int) -> list:
-    return [line for line in text.splitlines() if len(line) > columns]
+    """Lines wider than the terminal, as it shows them (colour codes take no column)."""
+    return [line for line in style.plain(text).splitlines() if len(line) > columns]
 
 
 def piped(*args) -> str:
@@ -109,8 +110,38 @@ def test_a_long_command_wraps_with_backslashes_and_runs_the_same():
                                   ["report", "-n", "1M", "--role", "client"]])
 def test_report_fits(args, columns):
     text = on_terminal(args, columns)
-    assert "max concurrent connections now" in text
+    assert re.search(r"binding\s+limit:", text) and "\nnext: " in text
     assert not too_wide(text, columns), text
+
+
+@pytest.mark.parametrize("columns", (80, 200))
+def test_report_says_the_verdict_and_the_next_command_first(columns):
+    """The answer on the first screen at every width: the first three lines are the
+    verdict (target, reachable, max now, binding limit) and the next command; at 80
+    columns the table is the compact one (knob, current, needed, status)."""
+    text = style.plain(on_terminal(["report", "-n", "1M"], columns))
+    first = text.splitlines()[:3]
+    verdict = " ".join(line.strip() for line in first if line and not line.startswith("next: "))
+    assert re.fullmatch(r"target 1,000,000: (reachable|NOT reachable) now "
+                        r"\(max [\d,]+; binding limit: \S+\)", verdict), first
+    assert any(line.startswith("next: ") for line in first), first
+    compact = header(text, "knob", "current", "needed", "status")
+    assert compact == (columns == 80), text
+    assert header(text, "knob", "scope", "current", "needed", "allows", "status") == (columns == 200)
+    # Why-notes only for rows that are not ok.
+    notes = text.split("\nwhy:\n", 1)[1].split("\n\n", 1)[0]
+    assert "fs.file-max (ok)" not in notes and re.search(r"^  \S+ \((raise|binds|short|full|near|warn|capped)\):",
+                                                         notes, re.M), notes
+
+
+def test_status_words_are_coloured_on_a_terminal_only():
+    coloured = on_terminal(["report", "-n", "10M"], 200)
+    assert f"{style.RED}NOT reachable{style.RESET}" in coloured
+    assert re.search(rf"^fs\.nr_open\s.*\s{re.escape(style.YELLOW)}raise{re.escape(style.RESET)}$", coloured, re.M)
+    assert f"({style.RED}binds{style.RESET}):" in coloured      # the why-notes too
+    for plain in (on_terminal(["report", "-n", "10M"], 200, env=dict(os.environ, NO_COLOR="1")),
+                  on_terminal(["--no-color", "report", "-n", "10M"], 200), piped("report", "-n", "10M")):
+        assert "\033[" not in plain and "NOT reachable" in plain
 
 
 def test_the_terminals_own_size_counts_without_columns():

@@ -17,7 +17,7 @@ from conftest import run_tuner
 ROW_KEYS = {"name", "kind", "scope", "unit", "caps", "current", "needed", "allows", "status", "why", "fix",
             "in_use", "utilization"}
 TOP_KEYS = {"schema", "role", "target", "netns", "rows", "max_connections", "binding", "reachable",
-            "processes", "memory", "sockets_now", "unreadable", "k8s"}
+            "processes", "memory", "sockets_now", "unreadable", "k8s", "next"}
 
 
 def test_runner_json_schema_and_live_values():
@@ -44,7 +44,7 @@ def test_table_names_the_binding_limit_and_process_count():
     assert f"binding limit: {data['binding']}" in proc.stdout
     assert f"processes needed for 1,000,000: {data['processes']['processes']:,}" in proc.stdout
     assert "fs.file-max" in proc.stdout and "\nwhy:\n" in proc.stdout
-    assert "why" in run_tuner("report", "--wide").stdout.splitlines()[0]
+    assert "why" in run_tuner("report", "--wide").stdout.splitlines()[3]   # after the verdict, next, blank
 
 
 @pytest.mark.parametrize("args, message", [
@@ -66,9 +66,10 @@ def test_bad_input_is_one_line_exit_2(args, message):
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("tuner: error:")
 
 
-def test_version():
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version(flag):
     from tuner import __version__
-    proc = run_tuner("--version")
+    proc = run_tuner(flag)
     assert proc.returncode == 0 and proc.stdout.strip() == f"tuner {__version__}"
 
 

@@ -71,11 +71,43 @@ class Report:
     def to_dict(self) -> dict:
         d = asdict(self)
         d = {"schema": SCHEMA, **d}
+        d["next"] = next_step(self)
         d["k8s"] = k8s_section(self.rows)
         return d
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
+
+
+def _args(report: "Report") -> str:
+    """The options that name what this report was about, as a next command repeats them."""
+    from .inputs import target_word
+
+    out = f" --target {target_word(report.target)}" if report.target else ""
+    out += f" --role {report.role}" if report.role != "loopback" else ""
+    return out + (f" --netns {report.netns}" if report.netns else "")
+
+
+def next_step(report: "Report") -> str:
+    """The one thing to do next, as report's first screen and JSON give it: the fix of a
+    limit full now, or of one that stops the target where apply cannot change it (the
+    knob table's); else apply's plan for the target when a limit needs
+    changing; else the probe that proves the target (without one, the report sizing it)."""
+    from .inputs import target_word
+
+    for row in report.rows:
+        # A limit apply cannot change that stops the target stays after any apply.
+        stops = row.status in (BINDS, SHORT) and report.target is not None
+        if row.fix and (row.status == FULL or stops) and (report.target is None or not BY_NAME[row.name].writable):
+            return f"{row.name} ({row.status}): {row.fix}"
+    if report.target is None:
+        return "tuner report --target N (what N connections need)"
+    if any(r.status in ACTION and r.status not in (CAPPED, WARN) for r in report.rows):
+        return f"tuner apply{_args(report)} --dry-run"
+    if report.role != "loopback":
+        return "nothing to change: tuner probe --serve and --connect prove it between the two hosts"
+    return (f"tuner probe -n {target_word(report.target)}" + (f" --netns {report.netns}" if report.netns else "")
+            + " (proves it with real connections)")
 
 
 def k8s_section(rows: List[Row]) -> List[Dict[str, Any]]:

@@ -65,14 +65,31 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(errors.EXIT_OK)
 
 
+def _no_color(value: bool) -> None:
+    if value:
+        from . import style
+
+        style.disable()
+
+
 @app.callback()
-def _tuner(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
-                                        help="Print the version and exit.")) -> None:
+def _tuner(version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
+                                        help="Print the version and exit."),
+           no_color: bool = typer.Option(False, "--no-color", callback=_no_color,
+                                         help="No colour for status words (also: NO_COLOR set; "
+                                              "output that is not a terminal never has any).")) -> None:
     """Keeps `tuner` a group of subcommands, with options of its own."""
 
 
 def _emit(text: str) -> None:
     typer.echo(text)
+
+
+def _emit_statuses(text: str) -> None:
+    """Human output whose status words are coloured on a terminal (tuner.style)."""
+    from . import style
+
+    typer.echo(style.statuses(text) if style.enabled() else text)
 
 
 def _width(err: bool = False):
@@ -99,7 +116,9 @@ def report(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """How many connections this host can hold now, which limit binds first, and what a
-    target needs. Exits 3 when --target is given and not reachable with current settings."""
+    target needs: the verdict and the one next command first, then the knob table
+    (knob, current, needed, status when the whole one does not fit the terminal). Exits
+    3 when --target is given and not reachable with current settings."""
     from . import assess, render
 
     n = parse_target(target)
@@ -107,7 +126,10 @@ def report(
     check_positive("--destinations", destinations)
     check_netns_name(netns)
     result = assess.build(n, role, netns, destinations, source_dev)
-    _emit(render.to_json(result.to_dict()) if json_out else render.report_text(result, wide=wide, width=_width()))
+    if json_out:
+        _emit(render.to_json(result.to_dict()))
+    else:
+        _emit_statuses(render.report_text(result, wide=wide, width=_width()))
     if result.reachable is False:
         raise typer.Exit(errors.EXIT_SHORT)
 

@@ -10,7 +10,7 @@ import json
 from typing import Any, Iterable, List, Optional
 
 from . import fit
-from .capacity import Report
+from .capacity import Report, next_step
 from .numfmt import number, of, rate, seconds, size, values
 from .memory import WORST_CASE
 
@@ -32,29 +32,57 @@ def table(rows: Iterable[Iterable[Any]], headers: List[str], width: Optional[int
     return fit.table(rows, headers, width, note, note_title, tag)
 
 
+def report_verdict(report: Report) -> List[str]:
+    """The answer first: what the host holds now against the target, then the one next
+    command (capacity.next_step, the JSON's `next`)."""
+    most, by = number(report.max_connections), report.binding or "-"
+    if report.target is None:
+        head = f"max concurrent connections now: {most} (binding limit: {by})"
+    elif report.reachable is None:
+        head = f"target {number(report.target)}: reachability unknown (nothing counts it)"
+    else:
+        head = (f"target {number(report.target)}: " + ("reachable" if report.reachable else "NOT reachable")
+                + f" now (max {most}; binding limit: {by})")
+    return [head, f"next: {next_step(report)}"]
+
+
+def _report_cells(r) -> dict:
+    current = "unreadable (needs root)" if r.status == "unreadable" else value(r.current, r.unit)
+    allows = number(r.allows) + (" /process" if r.caps == "per-process" and r.allows is not None else "")
+    if r.allows is not None and r.caps not in ("connections", "per-process"):
+        allows += f" {r.caps}"
+    fix = r.status in ("binds", "short", "capped", "full", "near") and r.fix
+    return {"knob": r.name, "scope": r.scope, "current": current, "needed": value(r.needed, r.unit),
+            "allows": allows, "status": r.status, "why": f"{r.why} Fix: {r.fix}." if fix else r.why}
+
+
+# The knob table's columns, and the compact ones shown when those do not fit the terminal.
+REPORT_COLUMNS = ["knob", "scope", "current", "needed", "allows", "status"]
+COMPACT_COLUMNS = ["knob", "current", "needed", "status"]
+
+
+def report_table(report: Report, wide: bool = False, width: Optional[int] = None) -> List[str]:
+    """The knob table (compact, with knob, current, needed and status, when the whole one
+    does not fit `width`), then why-notes for the rows that are not ok (every row's
+    with `wide`)."""
+    cells = [_report_cells(r) for r in report.rows]
+    headers = REPORT_COLUMNS
+    if width is not None and fit.widest(table([[c[h] for h in headers] for c in cells], headers)) > width:
+        headers = COMPACT_COLUMNS
+    rows = [[c[h] for h in headers] + ([c["why"]] if wide else []) for c in cells]
+    out = [table(rows, headers + (["why"] if wide else []), width, note=len(headers) if wide else None,
+                 note_title="why:", tag=headers.index("status")), ""]
+    notes = [f"  {c['knob']} ({c['status']}): {c['why']}" for c in cells if c["status"] not in ("ok", "n/a")]
+    if notes and not wide:
+        out += ["why:"] + notes + [""]
+    return out
+
+
 def report_text(report: Report, wide: bool = False, width: Optional[int] = None) -> str:
-    """The knob table, then why-notes for every row that needs attention, then the summary."""
-    headers = ["knob", "scope", "current", "needed", "allows", "status"] + (["why"] if wide else [])
-    rows, notes = [], []
-    for r in report.rows:
-        current = "unreadable (needs root)" if r.status == "unreadable" else value(r.current, r.unit)
-        allows = number(r.allows) + (" /process" if r.caps == "per-process" and r.allows is not None else "")
-        if r.allows is not None and r.caps not in ("connections", "per-process"):
-            allows += f" {r.caps}"
-        why = r.why if r.status not in ("binds", "short", "capped") or not r.fix else f"{r.why} Fix: {r.fix}."
-        rows.append([r.name, r.scope, current, value(r.needed, r.unit), allows, r.status]
-                    + ([why] if wide else []))
-        if not wide and r.status not in ("ok", "n/a"):
-            notes.append(f"  {r.name} ({r.status}): {why}")
-    lines = [table(rows, headers, width, note=6 if wide else None, note_title="why:", tag=5), ""] + (
-        ["why:"] + notes + [""] if notes else [])
+    """The verdict and the next command, the knob table, then the figures behind them."""
+    lines = report_verdict(report) + [""] + report_table(report, wide, width)
     where = f" in netns {report.netns}" if report.netns else ""
     lines.append(f"role: {report.role}{where}; target: {number(report.target)}")
-    lines.append(f"max concurrent connections now: {number(report.max_connections)}"
-                 f" (binding limit: {report.binding or '-'})")
-    if report.reachable is not None:
-        lines.append("target reachable with current settings: "
-                     + ("yes" if report.reachable else f"no, {report.binding} binds first"))
     p = report.processes
     fd_note = ("hard RLIMIT_NOFILE can be raised (CAP_SYS_RESOURCE)" if p["hard_limit_raisable"]
                else f"hard RLIMIT_NOFILE {number(p['fd_ceiling'])} cannot be raised (no CAP_SYS_RESOURCE)")
