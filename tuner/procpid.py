@@ -21,10 +21,11 @@ Stdlib only, like tuner/procfs.py (the probe reads its own task limit through it
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 PF_KTHREAD = 0x00200000          # task flag of kernel threads (include/linux/sched.h)
 FD_LIST_FALLBACK_MAX = 65536     # pre-6.2 kernels: list /proc/PID/fd only below this
+ENVIRON_MAX = 1 << 20            # /proc/PID/environ read this far at most (an environment is small)
 
 
 def _pid_path(pid: int, *parts: str) -> str:
@@ -148,6 +149,19 @@ def map_count(pid: int) -> int:
 def cmdline(pid: int) -> List[str]:
     with open(_pid_path(pid, "cmdline"), "rb") as f:
         return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+
+
+def environ(pid: int, names: Sequence[str]) -> Dict[str, str]:
+    """The values of `names` in /proc/PID/environ, as the process was started (readable by
+    its owner and root only): PGDATA, JAVA_TOOL_OPTIONS, ERL_MAX_PORTS for tuner/apps."""
+    wanted = {n.encode(): n for n in names}
+    out: Dict[str, str] = {}
+    with open(_pid_path(pid, "environ"), "rb") as f:
+        for item in f.read(ENVIRON_MAX).split(b"\0"):
+            key, sep, value = item.partition(b"=")
+            if sep and key in wanted:
+                out[wanted[key]] = value.decode(errors="replace")
+    return out
 
 
 def exe(pid: int) -> Optional[str]:

@@ -1,0 +1,132 @@
+"""Redis's own cap (tuner/apps/redis.py) against real redis-server (tests/realservers.py):
+predicted by the adapter, then measured by opening connections and sending each a PING
+until Redis refuses ("-ERR max number of clients reached"); after the fix the adapter
+prints is applied, measured again."""
+from __future__ import annotations
+
+import os
+import resource
+import shlex
+import socket
+import stat
+import subprocess
+
+import pytest
+
+from tuner.apps import base, find, redis
+
+PING = b"*1\r\n$4\r\nPING\r\n"
+
+
+@pytest.fixture(autouse=True)
+def enough_descriptors():
+    """The measuring side holds as many sockets as Redis may: soft RLIMIT_NOFILE to hard."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def measure(srv, n: int, password: str = "") -> int:
+    """Connections Redis serves at once: open n, PING each in turn (after AUTH when it
+    wants a password), count the answered (the rest get Redis's refusal and are closed)."""
+    request, expected = PING, b"+PONG\r\n"
+    if password:
+        request = redis.command("AUTH", password) + PING
+        expected = b"+OK\r\n" + expected
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection((srv.host, srv.port), timeout=5)
+            held.append(s)
+            s.sendall(request)
+            answer = b""
+            while len(answer) < len(expected) and not answer.startswith(b"-"):
+                chunk = s.recv(256)
+                if not chunk:
+                    break
+                answer += chunk
+            if answer != expected:
+                assert b"max number of clients" in answer, answer
+                return len(held) - 1
+        return len(held)
+    finally:
+        for s in held:
+            s.close()
+
+
+def near(measured: int, predicted: int) -> bool:
+    return abs(measured - predicted) <= max(3, predicted // 100)
+
+
+def read(srv) -> base.AppCap:
+    view = base.view(srv.pid, [(h, srv.port) for h in srv.hosts])
+    assert find(view) is redis.ADAPTER
+    return redis.ADAPTER.read(view)
+
+
+def test_maxclients_600_read_from_the_server_then_raised_live(real_server):
+    srv = real_server("redis", maxclients=600, nofile=4096)
+    cap = read(srv)
+    assert (cap.allows, cap.sureness) == (600, base.READ), cap
+    assert cap.where.startswith("INFO clients over 127.0.0.1:"), cap.where
+    measured = measure(srv, 700)
+    assert near(measured, cap.allows), (measured, cap)
+    # The fix it prints: CONFIG SET up to the descriptors it has (4,096 - 32), live.
+    fix = cap.fix
+    assert fix and fix.action == base.RELOAD and fix.lines == ["maxclients 4064"], fix
+    assert fix.nofile == 4096
+    subprocess.run(shlex.split(fix.command), check=True, capture_output=True, timeout=30)
+    again = read(srv)
+    assert again.allows == 4064, again
+    measured = measure(srv, 4200)
+    assert near(measured, 4064), measured
+
+
+def test_default_maxclients_lowered_to_nofile_minus_32_then_restarted_higher(real_server):
+    srv = real_server("redis", nofile=(1024, 1024))
+    cap = read(srv)
+    assert cap.allows == 992 and "1,024 - 32" in cap.why, cap
+    measured = measure(srv, 1100)
+    assert near(measured, 992), measured
+    # Redis's default (10,000) needs 10,032 descriptors: beyond the hard limit, a restart.
+    fix = cap.fix
+    assert fix and fix.action == base.RESTART and fix.lines == ["maxclients 10000"], fix
+    assert fix.nofile == 10032 and "10032" in fix.command, fix
+    srv.stop()
+    srv = real_server("redis", maxclients=10000, nofile=fix.nofile)
+    again = read(srv)
+    assert again.allows == 10000, again
+    measured = measure(srv, 10100)
+    assert near(measured, 10000), measured
+
+
+def test_password_protected_says_it_could_not_read_and_how_to_tell_tuner(real_server):
+    srv = real_server("redis", maxclients=600, requirepass="s3cret", nofile=4096)
+    cap = read(srv)
+    assert cap.allows is None and cap.sureness == base.UNKNOWN, cap
+    assert any("NOAUTH" in u and "password" in u for u in cap.unread), cap.unread
+    assert "--app-limit N" in cap.why, cap.why
+
+
+def test_config_file_read_when_the_server_wants_a_password(real_server):
+    """With `set-proc-title no` the config file stays on the command line: read under the
+    trust rules (root-owned, not writable by others), maxclients from its line."""
+    srv = real_server("redis", maxclients=700, requirepass="s3cret", nofile=4096,
+                      args=["--set-proc-title", "no"])
+    cap = read(srv)
+    line = next(n for n, l in enumerate(open(srv.config).read().splitlines(), 1) if l.startswith("maxclients"))
+    assert (cap.allows, cap.sureness, cap.where) == (700, base.READ, f"{srv.config}:{line}"), cap
+    assert any("NOAUTH" in u for u in cap.unread), cap.unread
+    measured = measure(srv, 800, password="s3cret")
+    assert near(measured, 700), measured
+
+
+def test_config_file_writable_by_others_is_not_read(real_server):
+    srv = real_server("redis", maxclients=700, requirepass="s3cret", nofile=4096,
+                      args=["--set-proc-title", "no"])
+    os.chmod(srv.config, 0o666)
+    cap = read(srv)
+    assert cap.allows is None, cap
+    assert any(srv.config in u and "writable by others" in u for u in cap.unread), cap.unread
+    assert stat.S_IMODE(os.stat(srv.config).st_mode) == 0o666   # read, never changed

@@ -1,0 +1,300 @@
+"""Redis: `maxclients`, as the running server holds it.
+
+Redis refuses a client beyond `maxclients` in its own words ("-ERR max number of
+clients reached", then it closes), whatever the kernel and its descriptors allow.  At
+start (server.c adjustOpenFilesLimit) it needs maxclients + 32 descriptors (32 =
+CONFIG_MIN_RESERVED_FDS: listeners, logs, persistence); when its soft RLIMIT_NOFILE is
+lower it raises it as far as the hard limit lets it (setting soft = hard = what it got)
+and otherwise lowers maxclients to that limit - 32: under `ulimit -n 1024` the default
+10,000 becomes 992.  `CONFIG SET maxclients N` runs the same rule live, so it works
+without a restart as long as N + 32 fits under the hard limit.
+
+Read, most sure first: `INFO clients` / `CONFIG GET maxclients` over the server's own
+loopback listener (no password: a Redis that asks for one answers NOAUTH, and tuner says
+so instead of guessing); else the config file named on the command line plus the
+command line's own `--maxclients`, with the reduction above computed from the process's
+descriptor limit.  Redis retitles its process ("redis-server 127.0.0.1:6379"), so the
+config file is usually no longer on its command line; then the cap is unknown.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+from typing import Dict, List, Optional, Tuple
+
+from . import base
+from .base import AppCap, AppFix, ProcView
+
+RESERVED_FDS = 32            # CONFIG_MIN_RESERVED_FDS in Redis's server.h
+DEFAULT_MAXCLIENTS = 10000   # config.c: createUIntConfig("maxclients", ..., 10000, ...)
+INCLUDE_DEPTH = 8
+REPLY_MAX = 64 << 10
+NAMES = ("redis-server", "redis-check-rdb")   # Debian links redis-server to redis-check-rdb
+
+
+class Refused(Exception):
+    """The server answered with an error line (its own words)."""
+
+
+# ---------------------------------------------------------------- recognising
+
+def recognise(proc: ProcView) -> bool:
+    first = proc.cmdline[0].split()[0] if proc.cmdline and proc.cmdline[0].split() else ""
+    return proc.name == "redis-server" or os.path.basename(first) == "redis-server" \
+        or (proc.exe_name in NAMES and proc.name.startswith("redis"))
+
+
+# ---------------------------------------------------------------- asking the server
+
+def command(*words: str) -> bytes:
+    """A RESP array of bulk strings: what redis-cli sends."""
+    out = [f"*{len(words)}\r\n".encode()]
+    for w in words:
+        b = w.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _reply(buf: bytes, at: int = 0) -> Optional[Tuple[object, int]]:
+    """One RESP reply from buf[at:] -> (value, end), None when incomplete.  Errors come
+    back as Refused instances (raised by the caller), arrays as lists."""
+    end = buf.find(b"\r\n", at)
+    if end < 0:
+        return None
+    kind, line = buf[at:at + 1], buf[at + 1:end].decode("utf-8", "replace")
+    if kind == b"+":
+        return line, end + 2
+    if kind == b"-":
+        return Refused(line), end + 2
+    if kind == b":":
+        return int(line), end + 2
+    if kind == b"$":
+        n = int(line)
+        if n < 0:
+            return None, end + 2
+        if len(buf) < end + 2 + n + 2:
+            return None
+        return buf[end + 2:end + 2 + n].decode("utf-8", "replace"), end + 2 + n + 2
+    if kind == b"*":
+        items, pos = [], end + 2
+        for _ in range(max(int(line), 0)):
+            got = _reply(buf, pos)
+            if got is None:
+                return None
+            items.append(got[0])
+            pos = got[1]
+        return items, pos
+    raise Refused(f"answered {buf[at:end][:60]!r}: not Redis's protocol")
+
+
+def ask(sock: socket.socket, *words: str) -> object:
+    """Send one command, read its one reply; Refused for an error reply."""
+    sock.sendall(command(*words))
+    buf = b""
+    while len(buf) < REPLY_MAX:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise Refused("closed the connection without an answer")
+        buf += chunk
+        got = _reply(buf)
+        if got is not None:
+            if isinstance(got[0], Refused):
+                raise got[0]
+            return got[0]
+    raise Refused("answered more than 64 KiB")
+
+
+def info_fields(text: str) -> Dict[str, str]:
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+
+def from_server(proc: ProcView, port: int) -> Tuple[Optional[int], Optional[int], str]:
+    """(maxclients, connected clients, how it was asked) over the server's own listener;
+    Refused / OSError / base.Untrusted when it cannot be asked."""
+    with base.local_connect(proc, port) as sock:
+        where = "INFO clients over {}:{}".format(*sock.getpeername()[:2])
+        fields = info_fields(str(ask(sock, "INFO", "clients")))
+        connected = int(fields["connected_clients"]) if fields.get("connected_clients", "").isdigit() else None
+        if fields.get("maxclients", "").isdigit():       # INFO has it since Redis 6.2
+            return int(fields["maxclients"]), connected, where
+        got = ask(sock, "CONFIG", "GET", "maxclients")
+        where = where.replace("INFO clients", "CONFIG GET maxclients")
+        if isinstance(got, list) and len(got) == 2 and str(got[1]).isdigit():
+            return int(got[1]), connected, where
+        raise Refused(f"answered {got!r} to CONFIG GET maxclients")
+
+
+# ---------------------------------------------------------------- reading its files
+
+def config_path(proc: ProcView) -> Optional[str]:
+    """The config file on the command line (redis-server [FILE] [--opt value ...]), if
+    the process still shows it (Redis retitles itself unless `set-proc-title no`)."""
+    args = list(proc.cmdline[1:]) if len(proc.cmdline) > 1 else []
+    if args and not args[0].startswith("-") and os.path.isabs(args[0]):
+        return args[0]
+    return None
+
+
+def cmdline_options(proc: ProcView) -> Dict[str, str]:
+    """`--name value` pairs after the config file: Redis appends them to the file's text."""
+    out: Dict[str, str] = {}
+    args = list(proc.cmdline[1:])
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and len(arg) > 2:
+            out[arg[2:].lower()] = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else ""
+    return out
+
+
+def parse_config(path: str, owners, unread: List[str], depth: int = 0) -> Dict[str, Tuple[str, str]]:
+    """Directive -> (value, "file:line"), the last one winning, `include` followed (as
+    Redis does, in place), each file read under base.read_trusted's rules."""
+    out: Dict[str, Tuple[str, str]] = {}
+    try:
+        text = base.read_trusted(path, owners)
+    except (OSError, base.Untrusted) as e:
+        unread.append(base.why_not(path, e))
+        return out
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            continue
+        if not words:
+            continue
+        key = words[0].lower()
+        if key == "include" and len(words) > 1 and depth < INCLUDE_DEPTH:
+            out.update(parse_config(words[1], owners, unread, depth + 1))
+        elif len(words) > 1:
+            out[key] = (words[1], f"{path}:{n}")
+    return out
+
+
+def from_files(proc: ProcView, unread: List[str]) -> Tuple[Optional[int], str, Optional[str]]:
+    """(configured maxclients, where, the config file) from the command line and the
+    config file; maxclients None when nothing could be read."""
+    path = config_path(proc)
+    opts = cmdline_options(proc)
+    conf: Dict[str, Tuple[str, str]] = {}
+    if path:
+        conf = parse_config(path, (0, proc.uid), unread)
+    for key, value in opts.items():
+        conf[key] = (value, f"command line of pid {proc.pid}")
+    if "maxclients" in conf and conf["maxclients"][0].isdigit():
+        return int(conf["maxclients"][0]), conf["maxclients"][1], path
+    if path and not unread:
+        return DEFAULT_MAXCLIENTS, f"{path} (not set: Redis's default)", path
+    if not path:
+        unread.append(f"pid {proc.pid}'s command line ({' '.join(proc.cmdline)[:80]}) no longer "
+                      f"names its config file (Redis retitles its process)")
+    return None, "", path
+
+
+# ---------------------------------------------------------------- the rule
+
+def effective(configured: int, nofile_soft: Optional[int]) -> int:
+    """maxclients as Redis runs it: lowered to its descriptor limit - 32 at start."""
+    if nofile_soft is None or nofile_soft >= configured + RESERVED_FDS:
+        return configured
+    return max(nofile_soft - RESERVED_FDS, 0)
+
+
+def fix_for(proc: ProcView, want: int, path: Optional[str], port: Optional[int]) -> AppFix:
+    """`maxclients want` and the descriptors it needs (want + 32).  CONFIG SET raises
+    Redis's own soft limit when the hard limit has room; else a restart under a higher
+    limit (Redis sets soft = hard when it raises, so a prlimit of the hard limit first)."""
+    nofile = want + RESERVED_FDS
+    cli = "redis-cli" + (f" -p {port}" if port and port != 6379 else "")
+    live = proc.nofile_hard is None or nofile <= proc.nofile_hard
+    if live:
+        command = f"{cli} CONFIG SET maxclients {want}" + (f" && {cli} CONFIG REWRITE" if path else "")
+        why = (f"CONFIG SET takes it live (Redis raises its own descriptor limit to {nofile:,}, "
+               f"within its hard limit {proc.nofile_hard or 0:,})"
+               + ("; CONFIG REWRITE keeps it in the config file" if path else
+                  "; put the line in its config file too, or a restart loses it"))
+        return AppFix([f"maxclients {want}"], path, nofile, base.RELOAD, command, want, why)
+    command = (f"set maxclients {want} in {path or 'its config file'} and restart Redis with "
+               f"RLIMIT_NOFILE >= {nofile} (LimitNOFILE={nofile} in its unit, or ulimit -n {nofile})")
+    why = (f"its hard RLIMIT_NOFILE {proc.nofile_hard:,} is below the {nofile:,} descriptors "
+           f"maxclients {want:,} needs: CONFIG SET would be refused, so restart it with the higher limit")
+    return AppFix([f"maxclients {want}"], path, nofile, base.RESTART, command, want, why)
+
+
+def _how_to_tell(port: Optional[int]) -> str:
+    cli = "redis-cli" + (f" -p {port}" if port else "")
+    return (f"read it yourself ({cli} --askpass CONFIG GET maxclients) and tell tuner: "
+            f"--app-limit N")
+
+
+def default_fix(proc: ProcView, value: int, configured: Optional[int], path, port) -> Optional[AppFix]:
+    """What takes Redis's own cap out of the way: below its descriptors, maxclients up to
+    them (RLIMIT_NOFILE - 32, live); lowered to them at start, the configured value (or
+    the default 10,000) with the descriptors it needs."""
+    room = (proc.nofile_soft or 0) - RESERVED_FDS
+    if value < room:
+        return fix_for(proc, room, path, port)
+    want = max(configured or DEFAULT_MAXCLIENTS, value + 1)
+    return fix_for(proc, want, path, port)
+
+
+def _asked(proc: ProcView, port: int, value: int, connected: Optional[int], where: str) -> AppCap:
+    lowered = proc.nofile_soft is not None and value + RESERVED_FDS >= proc.nofile_soft
+    why = (f"maxclients {value:,} is RLIMIT_NOFILE {proc.nofile_soft or 0:,} - {RESERVED_FDS}: Redis "
+           f"lowered it to its descriptor limit at start (it keeps {RESERVED_FDS} for itself)"
+           if lowered else "Redis refuses a client beyond maxclients (-ERR max number of clients reached)")
+    if connected is not None:
+        why += f"; {connected:,} clients connected now (tuner's question among them)"
+    cap = AppCap("redis", f"maxclients {value:,}", value, where, base.READ, why)
+    cap.fix = default_fix(proc, value, None, None, port)
+    return cap
+
+
+def read(proc: ProcView) -> AppCap:
+    """The running Redis's maxclients, from the server itself when it lets tuner ask."""
+    unread: List[str] = []
+    port = proc.ports[0] if proc.ports else None
+    if port is not None:
+        try:
+            return _asked(proc, port, *from_server(proc, port))
+        except Refused as e:
+            text = str(e)
+            if text.upper().startswith(("NOAUTH", "WRONGPASS")):
+                unread.append(f"the server on port {port} wants a password ({text}): tuner uses none")
+            else:
+                unread.append(f"the server on port {port} answered: {text}")
+        except (OSError, base.Untrusted) as e:
+            unread.append(f"could not ask the server on port {port}: {getattr(e, 'strerror', None) or e}")
+    configured, where, path = from_files(proc, unread)
+    if configured is None:
+        cap = base.unknown("redis", "maxclients", f"pid {proc.pid}", *unread)
+        cap.why = "Redis's maxclients could not be read: " + _how_to_tell(port)
+        return cap
+    value = effective(configured, proc.nofile_soft)
+    lowered = value < configured
+    setting = f"maxclients {value:,}" + (f" (configured {configured:,})" if lowered else "")
+    why = (f"Redis lowered maxclients {configured:,} to RLIMIT_NOFILE {proc.nofile_soft:,} - "
+           f"{RESERVED_FDS} at start (it keeps {RESERVED_FDS} descriptors for itself)" if lowered
+           else "Redis refuses a client beyond maxclients (-ERR max number of clients reached)")
+    sure = base.COMPUTED if lowered else base.DEFAULT if "default" in where else base.READ
+    cap = AppCap("redis", setting, value, where, sure, why, unread=unread)
+    if unread:
+        cap.notes.append("read from its files, not from the server: a CONFIG SET since it "
+                         "started is not seen")
+    cap.fix = default_fix(proc, value, configured, path, port)
+    return cap
+
+
+class Redis(base.Adapter):
+    name = "redis"
+
+    def recognise(self, proc: ProcView) -> bool:
+        return recognise(proc)
+
+    def read(self, proc: ProcView) -> AppCap:
+        return read(proc)
+
+    def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
+        return fix_for(proc, want, config_path(proc), proc.ports[0] if proc.ports else None)
+
+
+ADAPTER = Redis()
