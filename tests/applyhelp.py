@@ -79,13 +79,6 @@ def tuner(capsys, *args):
     return rc, out.out, out.err
 
 
-def tuner_proc(*args, env_extra=None, timeout=60, **kw):
-    """`python -m tuner ARGS` as a real process (for kill -9, uid changes, no terminal)."""
-    env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "tuner", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
-
-
 # Python and tuner live under /root, which nobody cannot read, so the child imports
 # as root and then drops to uid/gid 65534 (all groups cleared) before tuner parses
 # anything; from there on it is an ordinary unprivileged process.

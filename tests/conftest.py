@@ -87,10 +87,15 @@ def netns():
         remove_netns(name)
 
 
-def run_tuner(*args, env=None, timeout=120, check_rc=None):
-    """Run `python -m tuner ARGS` as a subprocess; returns CompletedProcess."""
+def run_tuner(*args, env=None, env_extra=None, timeout=120, check_rc=None):
+    """`python -m tuner ARGS` as a real process (the tests' one runner: exit codes, kill -9
+    at a crash point through env_extra, uid changes; stdin is /dev/null, so no terminal);
+    returns the CompletedProcess.  env: the whole environment (default: ours), env_extra:
+    variables added to it."""
+    if env_extra:
+        env = dict(os.environ if env is None else env, **env_extra)
     proc = subprocess.run([sys.executable, "-m", "tuner", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     if check_rc is not None:
         assert proc.returncode == check_rc, (proc.returncode, proc.stdout, proc.stderr)
     return proc

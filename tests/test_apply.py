@@ -15,7 +15,8 @@ from tuner import journal as journal_mod
 from tuner.procfs import read_sysctl
 
 from applyhelp import (add_veth, addresses, child_with_nofile, host_values, netns_values,
-                       nofile, tree, tuner, tuner_as_nobody, tuner_proc)
+                       nofile, tree, tuner, tuner_as_nobody)
+from conftest import run_tuner
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="apply changes kernel settings: needs root")
 
@@ -449,7 +450,7 @@ def test_bad_input_without_root_is_exit_2_not_4(tmp_path, args, says):
 
 def test_no_terminal_and_no_yes_is_refused(jpath):
     before = host_values()
-    proc = tuner_proc("apply", "-n", "1M", "--journal", jpath)   # stdin is /dev/null
+    proc = run_tuner("apply", "-n", "1M", "--journal", jpath)   # stdin is /dev/null
     assert proc.returncode == 2
     assert "pass --yes" in proc.stderr and proc.stderr.count("\n") == 1
     assert host_values() == before and not os.path.exists(jpath)

@@ -15,7 +15,8 @@ import pytest
 
 from tuner import journal as journal_mod
 
-from applyhelp import netns_values, tree, tuner, tuner_proc
+from applyhelp import netns_values, tree, tuner
+from conftest import run_tuner
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="journal tests change kernel settings: needs root")
 
@@ -159,7 +160,7 @@ def test_kill_inside_a_persisted_file_write_then_revert_leaves_nothing(capsys, j
     root = tmp_path / "root"
     root.mkdir()
     before = tree(root)
-    proc = tuner_proc("apply", "-n", "1M", "--yes", "--persist", "--root-dir", root,
+    proc = run_tuner("apply", "-n", "1M", "--yes", "--persist", "--root-dir", root,
                       "--unit", "loadgen", "--journal", jpath,
                       env_extra={"TUNER_TEST_KILL_AT": point})
     assert proc.returncode == -9, proc.stderr
@@ -285,7 +286,7 @@ def test_odd_journal_files_are_one_line_at_once(tmp_path, make):
     else:
         jpath.write_text("[" * 100_000 + "]" * 100_000)
     for args in (["revert", "--yes"], ["revert", "--dry-run"], ["apply", "-n", "1M", "--dry-run"]):
-        proc = tuner_proc(*args, "--journal", jpath, timeout=20)
+        proc = run_tuner(*args, "--journal", jpath, timeout=20)
         assert proc.returncode in (1, 2), (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and "internal error" not in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
@@ -297,7 +298,7 @@ def test_killed_journal_saves_leave_one_known_temp_that_the_next_run_removes(cap
     before = netns_values(netns)
     directory = os.path.dirname(jpath)
     for _ in range(3):
-        proc = tuner_proc("apply", "-n", "1M", "--yes", "--netns", netns, "--journal", jpath,
+        proc = run_tuner("apply", "-n", "1M", "--yes", "--netns", netns, "--journal", jpath,
                           env_extra={"TUNER_TEST_KILL_AT": "journal-temp"})
         assert proc.returncode == -9, proc.stderr
         # Next to the journal, named after it, and never more than one.

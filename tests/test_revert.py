@@ -14,8 +14,8 @@ import pytest
 from tuner import journal as journal_mod
 
 from applyhelp import (add_veth, addresses, child_with_nofile, host_values, netns_values,
-                       nofile, tree, tuner, tuner_proc)
-from conftest import make_netns, remove_netns
+                       nofile, tree, tuner)
+from conftest import make_netns, remove_netns, run_tuner
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="revert changes kernel settings: needs root")
 
@@ -32,7 +32,7 @@ def _kill_every_step_then_revert(capsys, jpath, args, state):
     changes = _changes(capsys, args)
     assert len(changes) >= 5, changes
     for k in range(1, len(changes) + 1):
-        proc = tuner_proc("apply", "--yes", "--journal", jpath, *args,
+        proc = run_tuner("apply", "--yes", "--journal", jpath, *args,
                           env_extra={"TUNER_TEST_KILL_AFTER": str(k)})
         assert proc.returncode == -9, (k, proc.stderr)
         entries = journal_mod.Journal.load(jpath).entries
@@ -66,7 +66,7 @@ def test_kill_9_after_every_change_in_namespace_with_aliases(capsys, jpath, netn
 def test_apply_again_after_a_crash_keeps_the_first_originals(capsys, jpath, netns):
     before = netns_values(netns)
     args = ["-n", "1M", "--netns", netns]
-    proc = tuner_proc("apply", "--yes", "--journal", jpath, *args,
+    proc = run_tuner("apply", "--yes", "--journal", jpath, *args,
                       env_extra={"TUNER_TEST_KILL_AFTER": "2"})
     assert proc.returncode == -9
     assert tuner(capsys, "apply", "--yes", "--journal", jpath, *args)[0] == 0

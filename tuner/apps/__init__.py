@@ -6,28 +6,15 @@ how).  `tuner diagnose` reaches an adapter only through `find(proc)`.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Dict, Optional
 
+from ..registry import instances
 from .base import Adapter, AppCap, AppFix, ProcView, Untrusted
 
 __all__ = ["Adapter", "AppCap", "AppFix", "ProcView", "Untrusted", "ADAPTERS", "find"]
 
 
-def _discover() -> Dict[str, Adapter]:
-    found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name == "base":
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        a = getattr(module, "ADAPTER", None)
-        if isinstance(a, Adapter):
-            found[a.name] = a
-    return found
-
-
-ADAPTERS: Dict[str, Adapter] = _discover()
+ADAPTERS: Dict[str, Adapter] = instances(__name__, __path__, "ADAPTER", Adapter)
 
 
 def find(proc: ProcView) -> Optional[Adapter]:

@@ -7,30 +7,17 @@ Plan, journal, apply, revert and render reach a kind only through `kind(name)` a
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Dict, Optional
 
+from ..registry import instances
 from . import base
 from .base import Change, Gone, Kind, WriteError
 
 __all__ = ["Change", "Gone", "Kind", "WriteError", "KINDS", "kind", "for_knob"]
 
 
-def _discover() -> Dict[str, Kind]:
-    found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name == "base":
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        k = getattr(module, "KIND", None)
-        if isinstance(k, Kind):
-            found[k.name] = k
-    return found
-
-
 KINDS: Dict[str, Kind] = base.KINDS
-KINDS.update(_discover())
+KINDS.update(instances(__name__, __path__, "KIND", Kind))
 
 
 def kind(name: str) -> Kind:

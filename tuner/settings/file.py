@@ -178,6 +178,68 @@ def settings_in(text: Optional[str]) -> List[str]:
 
 
 
+def host_sysctls_set(planning) -> Dict[str, str]:
+    """Sysctls tuner has set in the initial namespace: earlier applies' (the journal's)
+    and this plan's, the later winning."""
+    values: Dict[str, str] = {}
+    for e in planning.journal_entries:
+        if e["kind"] == "sysctl" and not e["netns"]:
+            values[e["detail"]["name"]] = e["new"]
+    for c in planning.changes:
+        if c.kind == "sysctl" and c.netns is None:
+            values[c.detail["name"]] = c.new
+    return values
+
+
+def boot_limits(planning) -> tuple:
+    """({"soft"/"hard": value} the target needs, the hard limit then) for processes
+    started later: evaluated with CAP_SYS_RESOURCE, which pam_limits at login and
+    systemd starting a unit hold even where tuner does not."""
+    boot = replace(copy.deepcopy(planning.sim), cap_sys_resource=True)
+    limits: Dict[str, int] = {}
+    for knob in KNOBS:
+        if knob.kind not in rlimit.KIND.knob_kinds:
+            continue
+        _, which = rlimit.parts(knob)
+        needed = knob.needs(planning.ctx(boot))
+        if needed is not None:
+            setattr(boot, rlimit.FIELDS[which], needed[0])
+            limits[which] = needed[0]
+    return limits, boot.nofile_hard
+
+
+def _limits_to_persist(planning, limits: Dict[str, int], hard: int) -> bool:
+    """Whether the nofile limits need persisting (a note says why not)."""
+    req = planning.req
+    if not limits:
+        if req.unit:
+            planning.notes.append(f"--unit {req.unit}: RLIMIT_NOFILE already suffices; no "
+                                  f"drop-in needed.")
+        return False
+    if "hard" not in limits and not req.raise_soft:
+        planning.notes.append(
+            f"persisted RLIMIT_NOFILE: the hard limit {hard:,} already suffices and a "
+            f"program raises its own soft limit up to it; for one that does not, "
+            f"--raise-soft persists soft = hard.")
+        return False
+    return True
+
+
+def _note_soft_and_capability(planning, soft: Optional[int], hard: int) -> None:
+    """What the persisted limits leave to others: the soft limit, and who may raise."""
+    if soft is None:
+        planning.notes.append(
+            f"persisted RLIMIT_NOFILE: hard {hard:,}; the soft limit stays as login and "
+            f"systemd set it ({SOFT_DEFAULT:,} by default: select() handles no descriptor "
+            f"above 1023, see systemd.exec(5)), and a program raises its own up to the hard "
+            f"one (the JVM, Go, nginx's worker_rlimit_nofile do); for one that does not, "
+            f"add --raise-soft.")
+    if not planning.snap.cap_sys_resource:
+        planning.notes.append(
+            "tuner lacks CAP_SYS_RESOURCE: the persisted nofile limits take effect only "
+            "for processes started by something that holds it (systemd, login).")
+
+
 class File(Kind):
     name = "file"
     value_doc = "text or null"
@@ -287,31 +349,27 @@ class File(Kind):
 
     def plan_after(self, planning) -> List[Change]:
         """With --persist: files that set at boot what this plan (and earlier applies)
-        set now."""
-        req = planning.req
-        if not req.persist:
+        set now.  A file that already holds what it would get is no change: a second
+        apply writes nothing (the first apply's journal entry still restores it on
+        revert)."""
+        if not planning.req.persist:
             return []
-        out = []
-        # Sysctls tuner has set in the initial namespace: earlier applies' and this one's.
-        values: Dict[str, str] = {}
-        for e in planning.journal_entries:
-            if e["kind"] == "sysctl" and not e["netns"]:
-                values[e["detail"]["name"]] = e["new"]
-        for c in planning.changes:
-            if c.kind == "sysctl" and c.netns is None:
-                values[c.detail["name"]] = c.new
-        path = os.path.join(req.root_dir, SYSCTL_FILE)
-        old = read_text(path)
-        merged = {**assignments(old), **values}
-        if merged:
-            content = FILE_HEADER + "".join(f"{k} = {v}\n" for k, v in merged.items())
-            out.append(self._change("sysctl.d", path, old, content,
-                                    "Sets the same sysctls at boot (systemd-sysctl reads sysctl.d)."))
-            _warn_overridden(planning, path, set(merged), assignments)
-        out += self._limits(planning)
-        # A file that already holds what it would get is no change: a second apply writes
-        # nothing (the first apply's journal entry still restores it on revert).
+        out = [c for c in [self._sysctl_file(planning)] if c] + self._limits(planning)
         return [c for c in out if c.current != c.new]
+
+    def _sysctl_file(self, planning) -> Optional[Change]:
+        """sysctl.d: every sysctl tuner has set in the initial namespace, merged into
+        what the file already holds (None: there is none)."""
+        path = os.path.join(planning.req.root_dir, SYSCTL_FILE)
+        old = read_text(path)
+        merged = {**assignments(old), **host_sysctls_set(planning)}
+        if not merged:
+            return None
+        content = FILE_HEADER + "".join(f"{k} = {v}\n" for k, v in merged.items())
+        change = self._change("sysctl.d", path, old, content,
+                              "Sets the same sysctls at boot (systemd-sysctl reads sysctl.d).")
+        _warn_overridden(planning, path, set(merged), assignments)
+        return change
 
     def _limits(self, planning) -> List[Change]:
         """limits.d (login sessions, pam_limits) and, with --unit, the service's drop-in.
@@ -323,34 +381,23 @@ class File(Kind):
         nginx's worker_rlimit_nofile do).  limits.d names --user only, or every user
         ('*', which does not cover root, and root) without it.
         """
-
-        req = planning.req
-        # Limits for processes started later: evaluated with CAP_SYS_RESOURCE, which
-        # pam_limits at login and systemd starting a unit hold even where tuner does not.
-        boot = replace(copy.deepcopy(planning.sim), cap_sys_resource=True)
-        limits: Dict[str, int] = {}
-        for knob in KNOBS:
-            if knob.kind not in rlimit.KIND.knob_kinds:
-                continue
-            _, which = rlimit.parts(knob)
-            needed = knob.needs(planning.ctx(boot))
-            if needed is not None:
-                setattr(boot, rlimit.FIELDS[which], needed[0])
-                limits[which] = needed[0]
-        hard = boot.nofile_hard
-        if not limits:
-            if req.unit:
-                planning.notes.append(f"--unit {req.unit}: RLIMIT_NOFILE already suffices; no "
-                                      f"drop-in needed.")
+        limits, hard = boot_limits(planning)
+        if not _limits_to_persist(planning, limits, hard):
             return []
-        if "hard" not in limits and not req.raise_soft:
+        soft = hard if planning.req.raise_soft else None
+        out = [self._limits_file(planning, soft, hard)]
+        if planning.req.unit:
+            out.append(self._dropin(planning, soft, hard))
+        else:
             planning.notes.append(
-                f"persisted RLIMIT_NOFILE: the hard limit {hard:,} already suffices and a "
-                f"program raises its own soft limit up to it; for one that does not, "
-                f"--raise-soft persists soft = hard.")
-            return []
-        soft = hard if req.raise_soft else None
-        out = []
+                "limits.d applies to login sessions (pam_limits), not to services: for a "
+                "service, --unit NAME (a systemd drop-in) is the recommended path.")
+        _note_soft_and_capability(planning, soft, hard)
+        return out
+
+    def _limits_file(self, planning, soft: Optional[int], hard: int) -> Change:
+        """limits.d: nofile for --user, or for '*' and root, replacing only our lines."""
+        req = planning.req
         path = os.path.join(req.root_dir, LIMITS_FILE)
         old = read_text(path)
         domains = [req.user] if req.user else ["*", "root"]
@@ -359,32 +406,21 @@ class File(Kind):
         content = FILE_HEADER + "".join(_keep_others(old, {(w, t) for w, t, _ in ours})) + "".join(
             f"{who:<5} {which:<4} nofile {value}\n" for who, which, value in ours)
         who = f"user {req.user}" if req.user else "every user ('*' does not cover root, so root has its own lines)"
-        out.append(self._change("limits.d", path, old, content,
-                                f"RLIMIT_NOFILE for new login sessions of {who} (pam_limits)."))
+        change = self._change("limits.d", path, old, content,
+                              f"RLIMIT_NOFILE for new login sessions of {who} (pam_limits).")
         _warn_overridden(planning, path, {f"{w} {which} nofile" for w, which, _ in ours}, limit_lines)
-        if req.unit:
-            path = unit_dropin(req.root_dir, req.unit)
-            content = FILE_HEADER + f"[Service]\nLimitNOFILE={soft or SOFT_DEFAULT}:{hard}\n"
-            out.append(self._change("systemd drop-in", path, read_text(path), content,
-                                    f"RLIMIT_NOFILE for {req.unit} when systemd starts it."))
-            planning.notes.append(f"the drop-in takes effect after 'systemctl daemon-reload "
-                                  f"&& systemctl restart {req.unit}'.")
-        else:
-            planning.notes.append(
-                "limits.d applies to login sessions (pam_limits), not to services: for a "
-                "service, --unit NAME (a systemd drop-in) is the recommended path.")
-        if soft is None:
-            planning.notes.append(
-                f"persisted RLIMIT_NOFILE: hard {hard:,}; the soft limit stays as login and "
-                f"systemd set it ({SOFT_DEFAULT:,} by default: select() handles no descriptor "
-                f"above 1023, see systemd.exec(5)), and a program raises its own up to the hard "
-                f"one (the JVM, Go, nginx's worker_rlimit_nofile do); for one that does not, "
-                f"add --raise-soft.")
-        if not planning.snap.cap_sys_resource:
-            planning.notes.append(
-                "tuner lacks CAP_SYS_RESOURCE: the persisted nofile limits take effect only "
-                "for processes started by something that holds it (systemd, login).")
-        return out
+        return change
+
+    def _dropin(self, planning, soft: Optional[int], hard: int) -> Change:
+        """--unit: LimitNOFILE= in the service's own systemd drop-in."""
+        unit = planning.req.unit
+        path = unit_dropin(planning.req.root_dir, unit)
+        content = FILE_HEADER + f"[Service]\nLimitNOFILE={soft or SOFT_DEFAULT}:{hard}\n"
+        change = self._change("systemd drop-in", path, read_text(path), content,
+                              f"RLIMIT_NOFILE for {unit} when systemd starts it.")
+        planning.notes.append(f"the drop-in takes effect after 'systemctl daemon-reload "
+                              f"&& systemctl restart {unit}'.")
+        return change
 
     def _change(self, knob: str, path: str, old: Optional[str], content: str, why: str) -> Change:
         path = os.path.abspath(path)
