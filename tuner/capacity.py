@@ -254,6 +254,14 @@ def _status(ctx: Ctx, knob: Knob, current, needed, allows, binding: Optional[str
     return OK
 
 
+def tightest(limits):
+    """The one rule for which limit binds: of (connections, name, ...) tuples, the one
+    that allows the fewest connections, the first listed on a tie; None when none is
+    given (None entries are skipped). Report and diagnose both decide with it."""
+    given = [l for l in limits if l is not None]
+    return min(given, key=lambda l: l[0]) if given else None
+
+
 def evaluate(ctx: Ctx, knobs: Optional[List[Knob]] = None) -> Report:
     """`knobs`: the table to evaluate (default KNOBS; diagnose adds PROCESS_KNOBS)."""
     evaluated = []
@@ -265,7 +273,7 @@ def evaluate(ctx: Ctx, knobs: Optional[List[Knob]] = None) -> Report:
 
     limits = [(allows, knob.name) for knob, current, allows, _ in evaluated
               if knob.caps == CAPS_CONNECTIONS and allows is not None]
-    max_now, binding = min(limits, key=lambda t: t[0]) if limits else (None, None)
+    max_now, binding = tightest(limits) or (None, None)
     sized_for = ctx.target if ctx.target is not None else (max_now or 0)
     mem = memory_estimates(ctx, sized_for)
 

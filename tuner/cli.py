@@ -464,14 +464,19 @@ def diagnose(
                                                "connections, descriptors, accept queue, and the "
                                                "counters that say a limit is biting."),
     interval: float = typer.Option(1.0, "--interval", metavar="SECONDS", parser=inputs.INTERVAL, help="Seconds between --watch samples."),
+    app_limit: Optional[int] = typer.Option(None, "--app-limit", metavar="N", parser=inputs.APP_LIMIT,
+                                            help="The application's own connection cap, where "
+                                                 "tuner cannot read it (it says so)."),
     wide: bool = typer.Option(False, "--wide", help="Add a why column for every limit."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP + " With --watch: one JSON line per sample."),
 ) -> None:
     """Why does this running service stall at N connections? Reads the process(es) --
     RLIMIT_NOFILE and descriptors in use, listeners (backlog, accept queue), connections,
     epoll watches, threads, cgroup memory and pids -- in their own network namespace and
-    cgroup, evaluates every limit for the server role with their numbers, and prints the
-    verdict, the table, and the fixes as commands. Exits 0 when the service can take
+    cgroup, and the application's own cap (nginx worker_connections, HAProxy maxconn, ...)
+    from its configuration, evaluates every limit for the server role with their numbers,
+    and prints the verdict (the minimum over kernel, process and application), the
+    table, and the fixes as commands. Exits 0 when the service can take
     --target (or none is given), 3 when it cannot, 2 for a PID/port/unit that does not
     exist or cannot be a server, 4 when reading another user's process needs root."""
     from . import diagnose as diagnose_mod, render
@@ -485,7 +490,7 @@ def diagnose(
                                        json_out=json_out, emit=_emit))
     if interval != 1.0:
         raise errors.UsageError("--interval applies to --watch only")
-    d = diagnose_mod.diagnose(pid, port, unit, netns, n)
+    d = diagnose_mod.diagnose(pid, port, unit, netns, n, app_limit)
     if json_out:
         _emit(render.to_json(d.to_dict()))
     else:

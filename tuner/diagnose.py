@@ -11,26 +11,30 @@ Library entry point (tuner metrics uses it too):
 
     from tuner.diagnose import diagnose
     d = diagnose(pids=[4242], target=5000)     # or port=8080, or unit="gateway"
-    d.max_connections, d.binding_limit, d.to_dict()   # schema tuner.diagnose/1
+    d.max_connections, d.binding_limit, d.to_dict()   # schema tuner.diagnose/2
 """
 from __future__ import annotations
 
 import math
-import os
-import shlex
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
-from . import capacity, knobs, netns, readings, service
+from . import apps, capacity, knobs, netns, readings, service
+from .apps.base import AppCap, AppFix
+from .capacity import FULL
+from .diagnose_fixes import (APP_LIMIT_HINT, LISTEN_BACKLOG, Fix, app_want,  # noqa: F401 (Fix)
+                             fixes, runtime_of)
 from .errors import UsageError
 from .knobs import CAPS_CONNECTIONS, CAPS_PER_PROCESS, Ctx
 
-SCHEMA = "tuner.diagnose/1"
-LISTEN_BACKLOG = "listen backlog"      # the application's own limit, named as in the table
+SCHEMA = "tuner.diagnose/2"
 # A process running at least this many connections, each with a thread of its own
 # (threads >= connections), is taken for thread-per-connection: its thread limits bind.
 THREAD_PER_CONNECTION_MIN = 32
 PEER_NOTE_MIN = 1000        # below this, one client address decides nothing
+# From this many CLOSE_WAIT sockets the verdict names them: a few are a moment's lag
+# between the peer's FIN and the service's close(); more is a service that never closes.
+PEER_CLOSED_MIN = 16
 # Limits that cap a running process now (the ceilings above them only matter for raising).
 PROCESS_BINDING = tuple(k.name for k in knobs.ALL if k.binds_running)
 
@@ -56,13 +60,6 @@ class Limit:
 
 
 @dataclass
-class Fix:
-    command: str               # a command to run, or the setting to change in the application
-    why: str
-    kind: str = "tuner"        # tuner | sysctl | cgroup | application | unit
-
-
-@dataclass
 class Diagnosis:
     pids: List[int]
     processes: List[Dict[str, Any]]
@@ -82,6 +79,9 @@ class Diagnosis:
     thread_per_connection: bool
     memory: Dict[str, Any]
     unreadable: List[str] = field(default_factory=list)
+    # The application's own cap (an adapter's AppCap as a dict, its fix sized by
+    # diagnose), None when no adapter knows the process and --app-limit was not given.
+    application: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, **asdict(self)}
@@ -111,15 +111,32 @@ def resolve(pids: Sequence[int] = (), port: Optional[int] = None, unit: Optional
 
 
 def diagnose(pids: Sequence[int] = (), port: Optional[int] = None, unit: Optional[str] = None,
-             netns: Optional[str] = None, target: Optional[int] = None) -> "Diagnosis":
+             netns: Optional[str] = None, target: Optional[int] = None,
+             app_limit: Optional[int] = None) -> "Diagnosis":
     """Read the service and evaluate every limit for it (see the module docstring)."""
     procs = [service.read_process(pid) for pid in resolve(pids, port, unit, netns)]
-    inodes = {p.netns_inode for p in procs}
-    if len(inodes) > 1:
+    if len({p.netns_inode for p in procs}) > 1:
         raise UsageError("these processes live in different network namespaces: diagnose one "
                          "namespace's processes at a time")
     first = procs[0].pid
+    own = _own_listeners(procs)
+    procs, supervisors = _without_supervisors(procs, own)
     with service.in_netns_of(first):
+        conns = service.counted([l.port for l in own], own)
+    snap = readings.take_snapshot(knobs.sysctl_names("host") + list(knobs.THREAD_SYSCTLS),
+                                  knobs.sysctl_names("netns"), enter=service.in_netns_of(first))
+    app = read_app(procs + supervisors, own, app_limit)
+    diag = evaluate(procs, own, conns, snap, target, _task_count(), app)
+    for p in supervisors:
+        diag.notes.append(f"pid {p.pid} ({p.name}) holds the listeners its children accept on "
+                          f"(a pre-fork master): it is not counted in the service's capacity")
+    return diag
+
+
+def _own_listeners(procs) -> List[Any]:
+    """The listening sockets these processes hold (sock_diag's listeners matched to the
+    socket inodes of their low descriptors), each with the pids that hold it."""
+    with service.in_netns_of(procs[0].pid):
         found = service.listeners()
     listening_inodes = {l.inode for l in found}
     for p in procs:
@@ -132,30 +149,49 @@ def diagnose(pids: Sequence[int] = (), port: Optional[int] = None, unit: Optiona
     own = [l for l in found if l.inode in inode_to_pids]
     for l in own:
         l.pids = sorted(inode_to_pids[l.inode])
-    supervisors: List[Any] = []
-    if len(procs) > 1 and own:
-        # A unit's helper processes (a shell wrapper, a log shipper) hold no listener.
-        listening = {pid for l in own for pid in l.pids}
-        procs = [p for p in procs if p.pid in listening]
-        # A pre-fork master (nginx, gunicorn) holds the listeners its children accept
-        # on; its own descriptors hold no connections, so it is not part of the sum.
-        holders = {p.pid: set(p.socket_inodes) for p in procs}
-        supervisors = [p for p in procs if any(q.ppid == p.pid and holders[p.pid] & holders[q.pid]
-                                               for q in procs)]
-        if supervisors and len(supervisors) < len(procs):
-            procs = [p for p in procs if p not in supervisors]
-        else:
-            supervisors = []
-    with service.in_netns_of(first):
-        conns = service.counted([l.port for l in own], own)
-    snap = readings.take_snapshot(knobs.sysctl_names("host") + list(knobs.THREAD_SYSCTLS),
-                                  knobs.sysctl_names("netns"), enter=service.in_netns_of(first))
-    host_tasks = _task_count()
-    diag = evaluate(procs, own, conns, snap, target, host_tasks)
-    for p in supervisors:
-        diag.notes.append(f"pid {p.pid} ({p.name}) holds the listeners its children accept on "
-                          f"(a pre-fork master): it is not counted in the service's capacity")
-    return diag
+    return own
+
+
+def _without_supervisors(procs, own):
+    """(the processes that hold connections, the pre-fork masters set aside)."""
+    if len(procs) < 2 or not own:
+        return procs, []
+    # A unit's helper processes (a shell wrapper, a log shipper) hold no listener.
+    listening = {pid for l in own for pid in l.pids}
+    procs = [p for p in procs if p.pid in listening]
+    # A pre-fork master (nginx, gunicorn) holds the listeners its children accept
+    # on; its own descriptors hold no connections, so it is not part of the sum.
+    holders = {p.pid: set(p.socket_inodes) for p in procs}
+    supervisors = [p for p in procs if any(q.ppid == p.pid and holders[p.pid] & holders[q.pid]
+                                           for q in procs)]
+    if supervisors and len(supervisors) < len(procs):
+        return [p for p in procs if p not in supervisors], supervisors
+    return procs, []
+
+
+def _service_root(procs):
+    """The process the application's adapter reads: the one whose parent is not of the
+    service (a pre-fork master, or the one process)."""
+    pids = {p.pid for p in procs}
+    return next((p for p in procs if p.ppid not in pids), procs[0])
+
+
+def read_app(procs, own, app_limit: Optional[int] = None) -> Optional[App]:
+    """The application's own cap: its adapter's reading, or what --app-limit says."""
+    root = _service_root(procs)
+    view = apps.base.view(root.pid, [(l.address, l.port) for l in own], unit=root.unit)
+    adapter = apps.find(view)
+    if app_limit is not None:
+        name = adapter.name if adapter else "application"
+        return App(AppCap(name, f"cap {app_limit:,}", app_limit, "--app-limit", apps.base.GIVEN,
+                          "the cap given with --app-limit (tuner does not read it)"))
+    if adapter is None:
+        return None
+    try:
+        cap = adapter.read(view)
+    except (OSError, ValueError, apps.Untrusted) as e:
+        cap = apps.base.unknown(adapter.name, "cap", "?", f"reading it failed: {e}")
+    return App(cap, lambda want: adapter.fix(view, cap, want))
 
 
 def _task_count() -> Optional[int]:
@@ -219,120 +255,216 @@ def _limit_value(current) -> Optional[int]:
     return current[-1] if len(current) > 1 else current[0]
 
 
+@dataclass
+class App:
+    """The application's own cap as its adapter read it (or --app-limit said), and how to
+    size its fix: `fix_for(want)` asks the adapter for the change that holds `want`."""
+
+    cap: AppCap
+    fix_for: Callable[[int], Optional[AppFix]] = lambda want: None
+
+
+@dataclass
+class Stop:
+    """Where the service stops and why: the figure, the limit that sets it, the
+    processes it binds, and a full accept queue that stops it first."""
+
+    at: Optional[int]
+    limit: Optional[str]
+    pids: List[int]
+    stalled_accepting: bool = False
+    full: List[Any] = field(default_factory=list)
+
+
+def _thread_per_connection(procs, shares: List[int], held_total: int):
+    """Per process, and for the service as a whole: 1 where each connection has a thread
+    of its own (threads >= connections held, above THREAD_PER_CONNECTION_MIN)."""
+    each = [1 if held >= THREAD_PER_CONNECTION_MIN and p.threads >= held else None
+            for p, held in zip(procs, shares)]
+    service_tpc = 1 if (held_total >= THREAD_PER_CONNECTION_MIN
+                        and sum(p.threads for p in procs) >= held_total) else None
+    return each, service_tpc
+
+
+def _reports(procs, shares, held_total, snap, target, host_tasks):
+    """The capacity model evaluated once per process, with that process's own figures."""
+    tpcs, service_tpc = _thread_per_connection(procs, shares, held_total)
+    out = []
+    for p, held, tpc in zip(procs, shares, tpcs):
+        psnap = _process_snapshot(snap, p, held, tpc or service_tpc, host_tasks)
+        out.append((p, held, capacity.evaluate(Ctx(psnap, role="server", target=target), knobs.ALL)))
+    return out, any(tpcs) or bool(service_tpc)
+
+
+def _headroom(used: Optional[int], current) -> Optional[int]:
+    lim = _limit_value(current)
+    return None if used is None or lim is None else lim - used
+
+
+def _process_rows(i: int, knob, reports, procs) -> List[Limit]:
+    """A per-process knob: one row for each of the service's processes."""
+    rows = []
+    for p, _, rep in reports:
+        r = rep.rows[i]
+        used = _used(knob, r, procs, p)
+        rows.append(Limit(r.name, f"pid {p.pid}", r.kind, r.unit, r.caps, r.current, used,
+                          _headroom(used, r.current), r.allows, r.needed, r.status, r.why, r.fix, p.pid))
+    return rows
+
+
+def _shared_row(i: int, knob, reports, procs, held_total: int) -> Limit:
+    """A knob the service's processes share (the host's, the namespace's, the cgroup's):
+    one row, read through the first process."""
+    r = reports[0][2].rows[i]
+    used = _used(knob, r, procs)
+    allows = r.allows
+    if allows is not None and knob.net_of_use:
+        allows += held_total    # left for anyone, plus what the service holds
+    return Limit(r.name, r.scope, r.kind, r.unit, r.caps, r.current, used,
+                 _headroom(used, r.current), allows, r.needed, r.status, r.why, r.fix)
+
+
+def _knob_rows(reports, procs, held_total: int) -> List[Limit]:
+    rows: List[Limit] = []
+    for i, knob in enumerate(knobs.ALL):
+        if knob.each_process:
+            rows += _process_rows(i, knob, reports, procs)
+        else:
+            rows.append(_shared_row(i, knob, reports, procs, held_total))
+    return rows
+
+
+def _listener_full(l) -> bool:
+    return l.backlog > 0 and l.queued >= l.backlog
+
+
+def _backlog_rows(own_listeners, snap) -> List[Limit]:
+    """One row per listener: its accept queue, the application's own listen() backlog."""
+    cap = knobs.backlog_cap()
+    somaxconn = snap.int(cap.name)
+    return [Limit(
+        LISTEN_BACKLOG, "listener", "application", "connections", "bursts", [l.backlog],
+        l.queued, l.backlog - l.queued, None, None, FULL if _listener_full(l) else capacity.OK,
+        f"Accept queue of {l.address}:{l.port} (ss Send-Q): min(the backlog the application "
+        f"passed to listen(), {cap.name} {somaxconn if somaxconn is not None else '?'} "
+        f"when it called listen()); connects completed beyond it while the server does not "
+        f"accept are dropped and retried a second later (ListenOverflows).",
+        "raise the backlog the application passes to listen()" if somaxconn and l.backlog < somaxconn
+        else f"raise {cap.name} (tuner apply), then the application must listen() again")
+        for l in own_listeners]
+
+
+def _app_row(app: Optional[App], held_total: int, target: Optional[int]) -> Optional[Limit]:
+    """The application's own cap as a row of the table (scope "application")."""
+    if app is None:
+        return None
+    c = app.cap
+    why = c.why + "".join(f"; {u}" for u in c.unread) + (
+        f" ({APP_LIMIT_HINT})" if not c.known else "")
+    return Limit(c.label, "application", "application", "connections", CAPS_CONNECTIONS,
+                 [c.allows] if c.known else None, held_total,
+                 None if not c.known else c.allows - held_total, c.allows,
+                 [target] if c.known and target is not None and c.allows < target else None,
+                 capacity.OK if c.known else capacity.UNREADABLE, why)
+
+
+def _process_stops(rows: List[Limit]) -> Dict[int, tuple]:
+    """Each process stops at its own tightest PROCESS_BINDING limit: {pid: (allows, name)}."""
+    stops: Dict[int, tuple] = {}
+    for name in PROCESS_BINDING:
+        for row in rows:
+            if row.name == name and row.pid is not None and row.allows is not None:
+                stops[row.pid] = capacity.tightest([stops.get(row.pid), (row.allows, name)])
+    return stops
+
+
+def _candidates(rows: List[Limit], shared: List[Limit], app_row: Optional[Limit]) -> List[tuple]:
+    """(connections, limit, pids) for every way the service can stop: its application's
+    own cap first (it wins a tie: it is the one the service names), then its processes
+    together (the service holds the sum of each one's stop), then each shared limit."""
+    out = []
+    if app_row is not None and app_row.allows is not None:
+        out.append((app_row.allows, app_row.name, []))
+    stops = _process_stops(rows)
+    if stops:
+        names = [v[1] for v in stops.values()]
+        out.append((sum(v[0] for v in stops.values()), max(set(names), key=names.count), sorted(stops)))
+    out += [(r.allows, r.name, []) for r in shared if r.allows is not None]
+    return out
+
+
+def _accept_stall(stop: Stop, own_listeners, snap, held_total: int) -> Stop:
+    """A full accept queue while descriptors and the rest still have room: the process
+    has stopped accepting (or accepts slower than clients arrive); its backlog is what
+    callers hit now."""
+    full = [l for l in own_listeners if _listener_full(l)]
+    if not full or stop.at is None or stop.at <= held_total:
+        return stop
+    cap = knobs.backlog_cap()
+    somaxconn = snap.int(cap.name)
+    limit = LISTEN_BACKLOG if somaxconn is None or full[0].backlog < somaxconn else cap.name
+    return Stop(stop.at, limit, sorted({pid for l in full for pid in l.pids}), True, full)
+
+
+def _binds(row: Limit, stop: Stop, target: Optional[int], reachable: Optional[bool]) -> bool:
+    """This row is the limit the service stops at (and the target, if any, is not met)."""
+    return (row.name == stop.limit and row.status not in (capacity.NA, capacity.UNREADABLE)
+            and (not stop.pids or row.pid in stop.pids or row.pid is None)
+            and (target is None or not reachable))
+
+
+def _short(row: Limit, target: Optional[int], limiting: Set[str]) -> bool:
+    """A limit that caps connections below the target without being the first to stop."""
+    return (target is not None and row.allows is not None and row.allows < target
+            and row.caps in (CAPS_CONNECTIONS, CAPS_PER_PROCESS) and row.name in limiting)
+
+
+def _status(row: Limit, stop: Stop, target: Optional[int], reachable: Optional[bool],
+            limiting: Set[str]) -> str:
+    """The row's status for this service: the model's own word for the row, except that
+    only the service's binding limit binds (the model judged each process alone)."""
+    if _binds(row, stop, target, reachable):
+        return row.status if row.name == LISTEN_BACKLOG else capacity.BINDS
+    status = row.status
+    if status == capacity.BINDS:
+        status = capacity.OK if row.needed is None else capacity.RAISE
+    if status == capacity.OK and _short(row, target, limiting):
+        return capacity.SHORT
+    return status
+
+
 def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
-             host_tasks: Optional[int] = None) -> Diagnosis:
+             host_tasks: Optional[int] = None, app: Optional[App] = None) -> Diagnosis:
     """The model over what was read: pure, so recorded figures test it as well."""
     held_total = conns.held
     shares = _shares(held_total, [p.fds for p in procs])
-    tpcs = [1 if held >= THREAD_PER_CONNECTION_MIN and p.threads >= held else None
-            for p, held in zip(procs, shares)]
-    # One thread per connection when the service as a whole looks that way.
-    service_tpc = 1 if (held_total >= THREAD_PER_CONNECTION_MIN
-                        and sum(p.threads for p in procs) >= held_total) else None
-    table = knobs.ALL
-    reports = []
-    for p, held, tpc in zip(procs, shares, tpcs):
-        psnap = _process_snapshot(snap, p, held, tpc or service_tpc, host_tasks)
-        reports.append((p, held, psnap, capacity.evaluate(Ctx(psnap, role="server", target=target), table)))
-
-    rows: List[Limit] = []
-    per_process: Dict[str, List[Limit]] = {}
-    shared: List[Limit] = []
-    for i, knob in enumerate(table):
-        # The cgroup's memory limit is one row: one cgroup for the service's processes.
-        if knob.each_process:
-            for p, held, psnap, rep in reports:
-                r = rep.rows[i]
-                used = _used(knob, r, procs, p)
-                lim = _limit_value(r.current)
-                row = Limit(r.name, f"pid {p.pid}", r.kind, r.unit, r.caps, r.current, used,
-                            None if used is None or lim is None else lim - used, r.allows,
-                            r.needed, r.status, r.why, r.fix, p.pid)
-                per_process.setdefault(knob.name, []).append(row)
-                rows.append(row)
-        else:
-            p, held, psnap, rep = reports[0]
-            r = rep.rows[i]
-            used = _used(knob, r, procs)
-            lim = _limit_value(r.current)
-            allows = r.allows
-            if allows is not None and knob.net_of_use:
-                allows += held_total    # left for anyone, plus what the service holds
-            row = Limit(r.name, r.scope, r.kind, r.unit, r.caps, r.current, used,
-                        None if used is None or lim is None else lim - used, allows,
-                        r.needed, r.status, r.why, r.fix)
-            rows.append(row)
-            if knob.caps == CAPS_CONNECTIONS:
-                shared.append(row)
-
-    cap = knobs.backlog_cap()
-    somaxconn = snap.int(cap.name)
-    for l in own_listeners:
-        full = l.backlog > 0 and l.queued >= l.backlog
-        rows.append(Limit(
-            LISTEN_BACKLOG, "listener", "application", "connections", "bursts", [l.backlog],
-            l.queued, l.backlog - l.queued, None, None, "full" if full else "ok",
-            f"Accept queue of {l.address}:{l.port} (ss Send-Q): min(the backlog the application "
-            f"passed to listen(), {cap.name} {somaxconn if somaxconn is not None else '?'} "
-            f"when it called listen()); connects completed beyond it while the server does not "
-            f"accept are dropped and retried a second later (ListenOverflows).",
-            "raise the backlog the application passes to listen()" if somaxconn and l.backlog < somaxconn
-            else f"raise {cap.name} (tuner apply), then the application must listen() again"))
-
-    # Each process stops at its own tightest limit; the service holds their sum.
-    per_pid_stop: Dict[int, tuple] = {}
-    for name in PROCESS_BINDING:
-        for row in per_process.get(name, []):
-            if row.allows is not None and (row.pid not in per_pid_stop or row.allows < per_pid_stop[row.pid][0]):
-                per_pid_stop[row.pid] = (row.allows, name)
-    candidates = []
-    if per_pid_stop:
-        total = sum(v[0] for v in per_pid_stop.values())
-        names = [v[1] for v in per_pid_stop.values()]
-        candidates.append((total, max(set(names), key=names.count), sorted(per_pid_stop)))
-    for row in shared:
-        if row.allows is not None:
-            candidates.append((row.allows, row.name, []))
-    max_now, binding, binding_pids = min(candidates, key=lambda c: c[0]) if candidates else (None, None, [])
-
-    # A full accept queue while descriptors and the rest still have room: the process
-    # has stopped accepting (or accepts slower than clients arrive); its backlog is what
-    # callers hit now.
-    full = [l for l in own_listeners if l.backlog > 0 and l.queued >= l.backlog]
-    stalled_accepting = bool(full) and max_now is not None and max_now > held_total
-    if stalled_accepting:
-        binding = (LISTEN_BACKLOG if somaxconn is None or full[0].backlog < somaxconn
-                   else cap.name)
-        binding_pids = sorted({pid for l in full for pid in l.pids})
-
-    reachable = None if target is None or max_now is None else max_now >= target
+    reports, tpc_any = _reports(procs, shares, held_total, snap, target, host_tasks)
+    rows = _knob_rows(reports, procs, held_total)
+    shared = [r for r in rows if r.pid is None and r.caps == CAPS_CONNECTIONS]
+    rows += _backlog_rows(own_listeners, snap)
+    app_row = _app_row(app, held_total, target)
+    rows += [app_row] if app_row else []
+    best = capacity.tightest(_candidates(rows, shared, app_row))
+    stop = _accept_stall(Stop(*best) if best else Stop(None, None, []), own_listeners, snap, held_total)
+    reachable = None if target is None or stop.at is None else stop.at >= target
+    limiting = set(PROCESS_BINDING) | {r.name for r in shared}
     for row in rows:
-        if row.name == binding and (not binding_pids or row.pid in binding_pids or row.pid is None) \
-                and row.status not in ("n/a", "unreadable") and (target is None or not reachable):
-            row.status = "binds" if row.name != LISTEN_BACKLOG else row.status
-        elif row.status == "binds":
-            row.status = "ok" if row.needed is None else "raise"
-        if target is not None and row.allows is not None and row.allows < target and row.status == "ok" \
-                and row.caps in (CAPS_CONNECTIONS, CAPS_PER_PROCESS) and row.name in \
-                (PROCESS_BINDING + tuple(r.name for r in shared)):
-            row.status = "short"
-
-    tpc_any = any(tpcs) or bool(service_tpc)
+        row.status = _status(row, stop, target, reachable, limiting)
     netns_name = netns.name_of(procs[0].netns_inode)
     diag = Diagnosis(
         pids=[p.pid for p in procs], processes=[p.to_dict() for p in procs], target=target,
         netns=netns_name, own_netns=netns_name is None,
-        max_connections=max_now, binding_limit=binding, binding_pids=binding_pids,
+        max_connections=stop.at, binding_limit=stop.limit, binding_pids=stop.pids,
         reachable=reachable, verdict="",
         connections={**conns.to_dict(), "shares": dict(zip([p.pid for p in procs], shares))},
         listeners=[l.to_dict() for l in own_listeners], limits=rows, fix=[], notes=[],
         thread_per_connection=tpc_any,
-        memory={k: reports[0][3].memory[k] for k in ("source", "idle_bytes_per_connection",
+        memory={k: reports[0][2].memory[k] for k in ("source", "idle_bytes_per_connection",
                                                       "worst_bytes_per_connection")},
-        unreadable=list(snap.unreadable))
-    diag.verdict = _verdict(diag, procs, stalled_accepting, full)
-    diag.fix = _fixes(diag, procs, snap)
-    diag.notes = _runtime_notes(diag, procs) + _client_notes(diag)
+        unreadable=list(snap.unreadable),
+        application=None if app is None else app.cap.to_dict())
+    diag.verdict = _verdict(diag, procs, stop)
+    _finish(diag, procs, snap, app)
     return diag
 
 
@@ -358,39 +490,97 @@ def _who(procs, pids: List[int]) -> str:
     return f"{len(chosen)} processes ({', '.join(names)}: {', '.join(str(p.pid) for p in chosen)})"
 
 
-def _verdict(d: Diagnosis, procs, stalled_accepting: bool, full) -> str:
+def _accept_stall_words(d: Diagnosis, stop: Stop) -> str:
+    l = stop.full[0]
+    return (f"{d.binding_limit}: the accept queue of {l.address}:{l.port} is full ({l.queued:,} of "
+            f"{l.backlog:,}) while its descriptors and the other limits still have room, so the "
+            f"application is not accepting (or accepts slower than clients arrive); it holds "
+            f"{d.connections['held']:,} now")
+
+
+def _descriptor_words(d: Diagnosis, procs) -> str:
+    b = d.binding_limit
+    rows = [d.limit(b, pid) for pid in d.binding_pids]
+    values = sorted({r.current[0] for r in rows})
+    other = sum(r.used for r in rows) - sum(d.connections["shares"][pid] for pid in d.binding_pids)
+    value = f"{values[0]:,}" if len(values) == 1 else "/".join(f"{v:,}" for v in values)
+    return (f"{b} {value} of {_who(procs, d.binding_pids)}, {other:,} descriptor"
+            f"{'' if other == 1 else 's'} already used for other files")
+
+
+def _thread_words(d: Diagnosis, procs) -> str:
+    b = d.binding_limit
+    knob, r = knobs.BY_NAME_ALL[b], d.limit(b, d.binding_pids[0])
+    return (f"{b} {r.current[0]:,} of {_who(procs, d.binding_pids)}: one thread per "
+            f"connection, {knob.per_thread} {knob.unit} each, {r.used:,} {knob.unit} in use")
+
+
+def _limit_words(d: Diagnosis) -> str:
+    r = next(r for r in d.limits if r.name == d.binding_limit)
+    if r.scope == "application":
+        return f"{r.name}, {d.connections['held']:,} in use"
+    used = "" if r.used is None else f", {r.used:,} in use"
+    per_thread = " (one thread per connection)" if r.unit in ("threads", "pids", "tasks") else ""
+    what = f"{r.name} {_value(r.current)}{per_thread}{used}"
+    if r.scope == "netns" and not d.own_netns:
+        what += f" in the process's network namespace{' ' + d.netns if d.netns and d.netns != '?' else ''}"
+    return what
+
+
+def _what_binds(d: Diagnosis, procs, stop: Stop) -> str:
+    """The binding limit in words, each kind of limit its own way."""
+    b = d.binding_limit
+    knob = knobs.BY_NAME_ALL.get(b)
+    if stop.stalled_accepting:
+        return _accept_stall_words(d, stop)
+    if b == "RLIMIT_NOFILE.soft":
+        return _descriptor_words(d, procs)
+    if knob is not None and knob.per_thread and knob.each_process:
+        return _thread_words(d, procs)
+    return _limit_words(d)
+
+
+def _unknown_app_words(d: Diagnosis) -> str:
+    """An application cap that could not be read: the figure is an upper bound."""
+    a = d.application
+    if a is None or a["allows"] is not None:
+        return ""
+    return (f"; at most: {a['app']}'s own cap was not read ({'; '.join(a['unread'])}): "
+            f"{APP_LIMIT_HINT}")
+
+
+def peer_closed_words(n: int) -> str:
+    """The dead connections' sentence (verdict, notes, metrics' help say it alike)."""
+    return (f"{n:,} descriptor{'s are sockets' if n != 1 else ' is a socket'} the peer closed: "
+            f"the service does not close {'them' if n != 1 else 'it'}")
+
+
+def _dead_words(d: Diagnosis) -> str:
+    n = d.connections.get("peer_closed", 0)
+    return f"; {peer_closed_words(n)}" if n >= PEER_CLOSED_MIN else ""
+
+
+def _verdict(d: Diagnosis, procs, stop: Stop) -> str:
     if d.max_connections is None:
         return "no limit could be evaluated (see the table)"
-    head = f"stalls at {d.max_connections:,} connections"
-    b = d.binding_limit
-    if stalled_accepting:
-        l = full[0]
-        what = (f"{b}: the accept queue of {l.address}:{l.port} is full ({l.queued:,} of {l.backlog:,}) while its descriptors and "
-                f"the other limits still have room, so the application is not accepting "
-                f"(or accepts slower than clients arrive); it holds {d.connections['held']:,} now")
-        head = f"stalls now at {d.connections['held']:,} connections"
-    elif b in ("RLIMIT_NOFILE.soft",):
-        rows = [d.limit(b, pid) for pid in d.binding_pids]
-        values = sorted({r.current[0] for r in rows})
-        other = sum(r.used for r in rows) - sum(d.connections["shares"][pid] for pid in d.binding_pids)
-        value = f"{values[0]:,}" if len(values) == 1 else "/".join(f"{v:,}" for v in values)
-        what = (f"{b} {value} of {_who(procs, d.binding_pids)}, {other:,} descriptor"
-                f"{'' if other == 1 else 's'} already used for other files")
-    elif b in knobs.BY_NAME_ALL and knobs.BY_NAME_ALL[b].per_thread and knobs.BY_NAME_ALL[b].each_process:
-        knob, r = knobs.BY_NAME_ALL[b], d.limit(b, d.binding_pids[0])
-        what = (f"{b} {r.current[0]:,} of {_who(procs, d.binding_pids)}: one thread per "
-                f"connection, {knob.per_thread} {knob.unit} each, {r.used:,} {knob.unit} in use")
-    else:
-        r = next(r for r in d.limits if r.name == b)
-        used = "" if r.used is None else f", {r.used:,} in use"
-        per_thread = " (one thread per connection)" if r.unit in ("threads", "pids", "tasks") else ""
-        what = f"{b} {_value(r.current)}{per_thread}{used}"
-        if r.scope == "netns" and not d.own_netns:
-            what += f" in the process's network namespace{' ' + d.netns if d.netns and d.netns != '?' else ''}"
-    text = f"{head}: {what}"
+    head = (f"stalls now at {d.connections['held']:,} connections" if stop.stalled_accepting
+            else f"stalls at {d.max_connections:,} connections")
+    text = f"{head}: {_what_binds(d, procs, stop)}{_dead_words(d)}{_unknown_app_words(d)}"
     if d.target is not None:
         text += (f"; can take {d.target:,}" if d.reachable else f"; cannot take {d.target:,}")
     return text
+
+
+def _finish(d: Diagnosis, procs, snap, app: Optional[App]) -> None:
+    """The words: the application's fix sized for what it should hold, the verdict,
+    every fix, the notes."""
+    want = app_want(d)
+    if app is not None and want is not None:
+        f = app.fix_for(want)
+        d.application["fix"] = None if f is None else f.to_dict()
+    d.fix = fixes(d, procs, snap)
+    d.notes = (_runtime_notes(d, procs) + _client_notes(d)
+               + (list(app.cap.notes) if app is not None else []))
 
 
 def _value(current) -> str:
@@ -399,146 +589,6 @@ def _value(current) -> str:
     from .numfmt import values
 
     return values(current)
-
-
-def _apply_command(d: Diagnosis, n: int, pids: Sequence[int] = ()) -> str:
-    parts = ["tuner", "apply"] + [x for pid in pids for x in ("--pid", str(pid))]
-    parts += ["--target", str(n), "--role", "server"]
-    if d.netns and d.netns != "?":
-        parts += ["--netns", d.netns]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def _fixes(d: Diagnosis, procs, snap) -> List[Fix]:
-    from .settings import kind
-
-    def sysctl_command(name: str, value: str, netns) -> str:
-        return kind("sysctl").command(netns, {"name": name}, value)
-
-    out: List[Fix] = []
-    target = d.target
-    soft_rows = [r for r in d.limits if r.name == "RLIMIT_NOFILE.soft"]
-    hard_rows = {r.pid: r for r in d.limits if r.name == "RLIMIT_NOFILE.hard"}
-    # What the hard limits allow when every soft limit is raised to them.
-    ceiling = sum(hard_rows[r.pid].allows or 0 for r in soft_rows)
-    fd_binds = d.binding_limit == "RLIMIT_NOFILE.soft" or any(r.needed for r in soft_rows)
-    if fd_binds:
-        raisable = [r.pid for r in soft_rows if r.current[0] < hard_rows[r.pid].current[0]]
-        want = target if target is not None else ceiling
-        if raisable and want:
-            out.append(Fix(_apply_command(d, want, raisable),
-                           f"raises RLIMIT_NOFILE.soft of the running process"
-                           f"{'es' if len(raisable) > 1 else ''} (prlimit, no restart), up to the "
-                           f"hard limit; with it the service holds up to {min(want, ceiling):,}"))
-        if target is not None and ceiling < target or not raisable:
-            for r in hard_rows.values():
-                if r.fix:
-                    out.append(Fix(r.fix, f"the hard limit {r.current[0]:,} of pid {r.pid} holds "
-                                          f"{r.allows:,}: raising it needs CAP_SYS_RESOURCE or a "
-                                          f"restart with a higher limit; or shard across processes",
-                                   "unit"))
-                    break
-        units = sorted({p.unit for p in procs if p.unit})
-        for unit in units:
-            out.append(Fix(" ".join(["tuner", "apply", "--persist", "--unit", shlex.quote(unit),
-                                     "--target", str(want or ceiling), "--role", "server"]),
-                           f"LimitNOFILE= in a drop-in of {unit}, so a restart keeps the limit", "unit"))
-    # Host and namespace sysctls the target needs: one tuner apply writes them all.
-    sysctls = [r for r in d.limits if r.kind == "sysctl" and r.needed is not None
-               and r.name in knobs.BY_NAME and knobs.BY_NAME[r.name].writable]
-    if target is not None and sysctls and not any(f.command.startswith("tuner apply --pid") for f in out):
-        out.append(Fix(_apply_command(d, target),
-                       "raises " + ", ".join(dict.fromkeys(r.name for r in sysctls))
-                       + f" to what {target:,} connections need"))
-    # Process-only limits (threads, mappings, pids cgroup): the knob's own fix.
-    for r in d.limits:
-        if r.name not in {k.name for k in knobs.PROCESS_KNOBS}:
-            continue
-        wanted = r.needed[0] if r.needed else None
-        if wanted is None and r.name == d.binding_limit:
-            wanted = None  # nothing to size without a target: say what binds
-        if r.name == "cgroup pids.max" and (r.needed or r.name == d.binding_limit):
-            path = (procs[0].cgroup_pids or {}).get("path")
-            if path and wanted:
-                out.append(Fix(f"echo {wanted} > {shlex.quote(os.path.join(path, 'pids.max'))}",
-                               r.fix, "cgroup"))
-            else:
-                out.append(Fix(r.fix, f"{r.name} binds", "cgroup"))
-        elif r.kind == "sysctl" and wanted:
-            out.append(Fix(sysctl_command(r.name, str(wanted), None),
-                           f"{r.name} for {target:,} thread-per-connection connections", "sysctl"))
-        elif r.name == d.binding_limit and r.kind == "sysctl":
-            out.append(Fix(f"tuner diagnose --pid {' --pid '.join(map(str, d.pids))} --target N",
-                           f"{r.name} binds; --target N prints the value N connections need",
-                           "sysctl"))
-    # Memory and other limits tuner cannot change.
-    for r in d.limits:
-        knob = knobs.BY_NAME.get(r.name)
-        if knob and not knob.writable and knob.fix and r.name == d.binding_limit and knob.scope != "process":
-            out.append(Fix(knob.fix, f"{r.name} binds", "host"))
-    # The accept queue: the application's own setting (or the knob that caps it first).
-    cap = knobs.backlog_cap()
-    somaxconn = snap.int(cap.name)
-    for l in d.listeners:
-        small = target is not None and l["backlog"] < min(target, knobs.MAX_BACKLOG)
-        full = l["queued"] >= l["backlog"] > 0
-        if not (small or full or d.binding_limit == LISTEN_BACKLOG):
-            continue
-        if somaxconn is not None and l["backlog"] >= somaxconn:
-            if any(f.command.startswith("tuner apply") and "--target" in f.command for f in out):
-                out.append(Fix(f"restart the application once {cap.name} is raised",
-                               f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
-                               f"{cap.name} as it was at listen(); only a new listen() "
-                               f"gets the larger queue", "application"))
-                continue
-            out.append(Fix(_apply_command(d, target or 2 * somaxconn),
-                           f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
-                           f"{cap.name}; raise it, then the application must call "
-                           f"listen() again (restart it) to get the larger queue"))
-        else:
-            out.append(backlog_fix(l, somaxconn, procs))
-    seen, unique = set(), []
-    for f in out:
-        if f.command not in seen:
-            seen.add(f.command)
-            unique.append(f)
-    return unique
-
-
-RUNTIME_BACKLOG = {
-    "python": "asyncio: start_server(..., backlog=N) / loop.create_server(..., backlog=N), default 100",
-    "node": "Node: server.listen({port, backlog: N}), default 511",
-    "java": "Java: ServerSocket(port, N) / ServerSocketChannel.bind(addr, N), default 50",
-    "erlang": "Erlang: gen_tcp:listen(Port, [{backlog, N}]), default 5",
-}
-
-
-def backlog_fix(listener: Dict[str, Any], somaxconn: Optional[int], procs) -> Fix:
-    """The application's own setting: only it can pass a larger backlog to listen()
-    (`somaxconn`: the value of the knob that caps it)."""
-    how = [RUNTIME_BACKLOG[rt] for rt in dict.fromkeys(runtime_of(p) for p in procs) if rt in RUNTIME_BACKLOG]
-    return Fix(f"listen(fd, N): raise the backlog the application passes for "
-               f"{listener['address']}:{listener['port']} (now {listener['backlog']:,}; "
-               f"{knobs.backlog_cap().name} {'?' if somaxconn is None else f'{somaxconn:,}'} allows up to that)"
-               + (f"; {'; '.join(how)}" if how else ""),
-               "only the application sets its listen backlog (a burst beyond it waits a second "
-               "for the retransmitted SYN)", "application")
-
-
-def runtime_of(proc) -> Optional[str]:
-    """java | python | node | erlang from the executable or the command line: decoration
-    on top of what the kernel shows, never a replacement for it."""
-    names = [os.path.basename(proc.exe or "")] + [os.path.basename(a) for a in proc.cmdline[:1]]
-    for n in names:
-        if n == "java" or n.startswith("java"):
-            return "java"
-        if n.startswith("python") or n.startswith("pypy"):
-            return "python"
-        if n in ("node", "nodejs"):
-            return "node"
-        if n in ("beam.smp", "beam", "erl"):
-            return "erlang"
-    return None
 
 
 def _runtime_notes(d: Diagnosis, procs) -> List[str]:

@@ -1,6 +1,6 @@
 """`tuner diagnose` as text: the verdict first, then the limits, listeners and fixes.
 
-The JSON is Diagnosis.to_dict() (schema tuner.diagnose/1), so text and JSON cannot
+The JSON is Diagnosis.to_dict() (schema tuner.diagnose/2), so text and JSON cannot
 disagree; numbers are formatted by render.number/value like every other table.
 """
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional
 
 from . import fit
+from .capacity import UNREADABLE
 from .memory import WORST_CASE
 from .numfmt import number, size
 from .render import table, value
@@ -26,7 +27,8 @@ def diagnose_text(d, wide: bool = False, width: Optional[int] = None) -> str:
     lines = [d.verdict, ""]
     rows, notes = [], []
     for r in d.limits:
-        current = "unreadable (needs root)" if r.status == "unreadable" else value(r.current, r.unit)
+        current = ("unreadable (needs root)" if r.status == UNREADABLE and r.scope != "application"
+                   else value(r.current, r.unit))
         rows.append([r.name, r.scope, current, _cell(r.used, r.unit), _cell(r.headroom, r.unit),
                      number(r.allows), value(r.needed, r.unit), r.status] + ([r.why] if wide else []))
         if not wide and r.status not in ("ok", "n/a"):

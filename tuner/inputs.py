@@ -221,6 +221,7 @@ def target_option(option: str) -> Number:
 TARGET = target_option("--target")
 CONNECTIONS = target_option("--connections")
 EXPECT = target_option("--expect")
+APP_LIMIT = Number("--app-limit", "int", 1, MAX_TARGET)
 DESTINATIONS = Number("--destinations", "int", 1, MAX_TARGET)
 PID = Number("--pid", "int", 1, PID_MAX_LIMIT)
 PORT = Number("--port", "int", 1, 65535)

@@ -55,6 +55,7 @@ class Connections:
     by_port: Dict[int, int] = field(default_factory=dict)
     peers: int = 0                                       # distinct peer addresses
     accept_queue: int = 0                                # established, not yet accepted
+    peer_closed: int = 0                                 # close-wait: the peer closed, the service not
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,7 +183,22 @@ def counted(ports: Sequence[int], listening: Sequence[Listener]) -> Connections:
         l.queued = max(l.queued, after.get(l.inode, 0))
     conns.accept_queue = sum(l.queued for l in listening if l.port in set(ports))
     conns.held = max(sum(conns.by_port.values()) - conns.accept_queue, 0)
+    conns.peer_closed = peer_closed(ports, families or (socket.AF_INET, socket.AF_INET6))
     return conns
+
+
+def peer_closed(ports: Iterable[int], families: Iterable[int]) -> int:
+    """Sockets on these local ports in CLOSE_WAIT: the peer closed (or reset) and the
+    service never closed its end, so each still holds a descriptor.  One dump per
+    family filtered in the kernel to that state: only those sockets are sent."""
+    ports = sorted(set(ports))
+    if not ports:
+        return 0
+    by_port: Counter = Counter()
+    for family in sorted(families):
+        sockdiag.dump_count(family, 1 << sockdiag.TCP_CLOSE_WAIT, sockdiag.port_filter(ports),
+                            by_port, set())
+    return sum(by_port.values())
 
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"

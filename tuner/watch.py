@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from . import knobs, procfs, procpid, readings, service
-from .diagnose import LISTEN_BACKLOG, backlog_fix, diagnose
+from .diagnose import diagnose
+from .diagnose_fixes import LISTEN_BACKLOG, backlog_fix
 
 SCHEMA = "tuner.diagnose.watch/1"
 

@@ -67,6 +67,7 @@ TRUSTED_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RUN_TIMEOUT = 5.0          # seconds for a trusted binary's config dump
 READ_MAX = 4 << 20         # a config file larger than this is not a config file
 LINK_HOPS = 40             # as the kernel's MAXSYMLINKS
+CAP_SYS_RESOURCE = procfs.CAP_SYS_RESOURCE
 
 
 class Untrusted(Exception):
@@ -90,6 +91,9 @@ class ProcView:
     nofile_hard: Optional[int]
     netns_inode: Optional[int]
     cwd: Optional[str] = None          # readlink /proc/PID/cwd (PostgreSQL runs in its data dir)
+    fds: Optional[int] = None          # descriptors open now (stat of /proc/PID/fd: no walk)
+    unit: Optional[str] = None         # the systemd unit it runs in, if any (for reload commands)
+    cap_sys_resource: bool = False     # may raise RLIMIT_NOFILE past its hard limit (for its children)
     listeners: Tuple[Tuple[str, int], ...] = ()   # (address, port) of the service's TCP listeners
     children: Tuple["ProcView", ...] = ()          # direct children (workers), one level
 
@@ -147,7 +151,15 @@ def children_of(pid: int) -> List[int]:
     return sorted(set(out))
 
 
-def view(pid: int, listeners: Sequence[Tuple[str, int]] = (), depth: int = 1) -> ProcView:
+def _fd_count(pid: int) -> Optional[int]:
+    try:
+        return procpid.fd_count(pid)
+    except (OSError, ValueError):
+        return None
+
+
+def view(pid: int, listeners: Sequence[Tuple[str, int]] = (), depth: int = 1,
+         unit: Optional[str] = None) -> ProcView:
     """Read one process (and its children, `depth` levels) for the adapters.  A process
     that exits meanwhile reads as what was left (OSError is not raised from here)."""
     try:
@@ -169,7 +181,9 @@ def view(pid: int, listeners: Sequence[Tuple[str, int]] = (), depth: int = 1) ->
                     uid=int(status.get("Uid", "-1 0").split()[0]),
                     gid=int(status.get("Gid", "-1 0").split()[0]),
                     nofile_soft=soft, nofile_hard=hard, netns_inode=netns,
-                    cwd=_readlink(pid, "cwd"), listeners=tuple(listeners), children=kids)
+                    cwd=_readlink(pid, "cwd"), fds=_fd_count(pid), unit=unit,
+                    cap_sys_resource=bool(int(status.get("CapEff", "0"), 16) >> CAP_SYS_RESOURCE & 1),
+                    listeners=tuple(listeners), children=kids)
 
 
 # ---------------------------------------------------------------- what an adapter returns
@@ -300,6 +314,11 @@ def read_trusted(path: str, owners: Sequence[int] = (0,)) -> str:
     default; add the service's uid only where its documentation has it own the file)
     can have written it or any directory on its way; Untrusted (with the reason)
     otherwise, OSError when it is missing."""
+    return read_trusted_bytes(path, owners).decode("utf-8", errors="replace")
+
+
+def read_trusted_bytes(path: str, owners: Sequence[int] = (0,), limit: int = READ_MAX) -> bytes:
+    """read_trusted's bytes, up to `limit` (a binary's embedded build options)."""
     real = _resolve(path, owners)
     fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     try:
@@ -312,10 +331,10 @@ def read_trusted(path: str, owners: Sequence[int] = (0,)) -> str:
             raise Untrusted(f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):o})")
         if st.st_uid != 0 and st.st_nlink > 1:
             raise Untrusted(f"{path} has {st.st_nlink} hard links")
-        if st.st_size > READ_MAX:
+        if st.st_size > limit:
             raise Untrusted(f"{path} is {st.st_size} bytes: not a config file")
         with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(READ_MAX).decode("utf-8", errors="replace")
+            return f.read(limit)
     finally:
         os.close(fd)
 

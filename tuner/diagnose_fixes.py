@@ -1,0 +1,267 @@
+"""`tuner diagnose`'s fixes: one small function per kind of limit, each deciding whether
+its limit needs a fix and which command gives it.
+
+The commands come from where they live: `tuner apply` (the knob table's sizing), the
+setting kinds (a sysctl's own command), the knob table's fix text, the application's
+adapter (tuner/apps/: the config line, the descriptor limit with it, reload or
+restart).  A Diagnosis comes in evaluated; nothing here decides what binds.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import knobs
+from .settings import kind
+
+SOFT, HARD = "RLIMIT_NOFILE.soft", "RLIMIT_NOFILE.hard"
+LISTEN_BACKLOG = "listen backlog"      # the application's own limit, named as in the table
+APP_LIMIT_HINT = "tell tuner the cap with --app-limit N"
+
+
+@dataclass
+class Fix:
+    command: str               # a command to run, or the setting to change in the application
+    why: str
+    kind: str = "tuner"        # tuner | sysctl | cgroup | application | unit
+
+
+def apply_command(d, n: int, pids: Sequence[int] = ()) -> str:
+    parts = ["tuner", "apply"] + [x for pid in pids for x in ("--pid", str(pid))]
+    parts += ["--target", str(n), "--role", "server"]
+    if d.netns and d.netns != "?":
+        parts += ["--netns", d.netns]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# ---------------------------------------------------------------- the application
+
+def app_want(d) -> Optional[int]:
+    """How many connections the application's fix sizes for, when its cap binds or
+    falls short of the target: the target, else what the next limit allows."""
+    cap = d.application
+    if cap is None or cap["allows"] is None:
+        return None
+    if d.target is not None:
+        return d.target if cap["allows"] < d.target else None
+    return _next_limit(d, cap["label"]) if d.binding_limit == cap["label"] else None
+
+
+def app_fix(d) -> List[Fix]:
+    """The application's own setting (as its adapter sized it in application.fix): the
+    config lines, where, then the reload or restart that takes them."""
+    cap = d.application
+    if cap is None or app_want(d) is None:
+        return []
+    f = cap.get("fix")
+    if f is None:
+        return [Fix(f"raise {cap['label']}", f"{cap['app']}'s own cap binds: {cap['why']}", "application")]
+    held = f"{cap['app']} holds {f['allows']:,} with it" if f["allows"] is not None else f["why"]
+    nofile = f"; each of its processes needs RLIMIT_NOFILE {f['nofile']:,}" if f["nofile"] else ""
+    return [Fix(f"in {f['file']}: {' '.join(f['lines'])} then {f['command']} ({f['action']})",
+                held + nofile, "application")]
+
+
+def _next_limit(d, app_label: str) -> Optional[int]:
+    """What the service holds once the application's cap is out of the way: the tightest
+    of the other limits (the per-process ones summed over the processes)."""
+    per_pid: Dict[int, int] = {}
+    for r in d.limits:
+        if r.pid is not None and r.name == SOFT and r.allows is not None:
+            per_pid[r.pid] = r.allows
+    others = [r.allows for r in d.limits if r.pid is None and r.allows is not None
+              and r.caps == knobs.CAPS_CONNECTIONS and r.name != app_label]
+    if per_pid:
+        others.append(sum(per_pid.values()))
+    return min(others) if others else None
+
+
+# ---------------------------------------------------------------- descriptors
+
+def _soft_raise(d, soft_rows, hard_rows, ceiling: int) -> List[Fix]:
+    raisable = [r.pid for r in soft_rows if r.current[0] < hard_rows[r.pid].current[0]]
+    want = d.target if d.target is not None else ceiling
+    out = []
+    if raisable and want:
+        out.append(Fix(apply_command(d, want, raisable),
+                       f"raises RLIMIT_NOFILE.soft of the running process"
+                       f"{'es' if len(raisable) > 1 else ''} (prlimit, no restart), up to the "
+                       f"hard limit; with it the service holds up to {min(want, ceiling):,}"))
+    if d.target is not None and ceiling < d.target or not raisable:
+        first = next((r for r in hard_rows.values() if r.fix), None)
+        if first is not None:
+            out.append(Fix(first.fix, f"the hard limit {first.current[0]:,} of pid {first.pid} holds "
+                                      f"{first.allows:,}: raising it needs CAP_SYS_RESOURCE or a "
+                                      f"restart with a higher limit; or shard across processes",
+                           "unit"))
+    return out
+
+
+def _persist(d, procs, want: Optional[int]) -> List[Fix]:
+    """LimitNOFILE= for each systemd unit, so a restart keeps the raised limit."""
+    return [Fix(" ".join(["tuner", "apply", "--persist", "--unit", shlex.quote(unit),
+                          "--target", str(want), "--role", "server"]),
+                f"LimitNOFILE= in a drop-in of {unit}, so a restart keeps the limit", "unit")
+            for unit in sorted({p.unit for p in procs if p.unit})]
+
+
+def fd_fixes(d, procs) -> List[Fix]:
+    """The descriptor limits, when the soft one binds or the target needs more."""
+    soft_rows = [r for r in d.limits if r.name == SOFT]
+    hard_rows = {r.pid: r for r in d.limits if r.name == HARD}
+    if not (d.binding_limit == SOFT or any(r.needed for r in soft_rows)):
+        return []
+    # What the hard limits allow when every soft limit is raised to them.
+    ceiling = sum(hard_rows[r.pid].allows or 0 for r in soft_rows)
+    want = d.target if d.target is not None else ceiling
+    return _soft_raise(d, soft_rows, hard_rows, ceiling) + _persist(d, procs, want or ceiling)
+
+
+# ---------------------------------------------------------------- sysctls and the rest
+
+def sysctl_fix(d, earlier: List[Fix]) -> List[Fix]:
+    """Host and namespace sysctls the target needs: one tuner apply writes them all
+    (unless an apply --pid above does already)."""
+    sysctls = [r for r in d.limits if r.kind == "sysctl" and r.needed is not None
+               and r.name in knobs.BY_NAME and knobs.BY_NAME[r.name].writable]
+    if d.target is None or not sysctls or any(f.command.startswith("tuner apply --pid") for f in earlier):
+        return []
+    return [Fix(apply_command(d, d.target),
+                "raises " + ", ".join(dict.fromkeys(r.name for r in sysctls))
+                + f" to what {d.target:,} connections need")]
+
+
+def _cgroup_pids_fix(d, r, procs) -> List[Fix]:
+    if not (r.needed or r.name == d.binding_limit):
+        return []
+    wanted = r.needed[0] if r.needed else None
+    path = (procs[0].cgroup_pids or {}).get("path")
+    if path and wanted:
+        return [Fix(f"echo {wanted} > {shlex.quote(os.path.join(path, 'pids.max'))}", r.fix, "cgroup")]
+    return [Fix(r.fix, f"{r.name} binds", "cgroup")]
+
+
+def _thread_sysctl_fix(d, r) -> List[Fix]:
+    if r.kind != "sysctl":
+        return []
+    if r.needed:
+        return [Fix(kind("sysctl").command(None, {"name": r.name}, str(r.needed[0])),
+                    f"{r.name} for {d.target:,} thread-per-connection connections", "sysctl")]
+    if r.name == d.binding_limit:
+        return [Fix(f"tuner diagnose --pid {' --pid '.join(map(str, d.pids))} --target N",
+                    f"{r.name} binds; --target N prints the value N connections need", "sysctl")]
+    return []
+
+
+def process_knob_fixes(d, procs) -> List[Fix]:
+    """Process-only limits (threads, mappings, the pids cgroup): the knob's own fix."""
+    names = {k.name for k in knobs.PROCESS_KNOBS}
+    out: List[Fix] = []
+    for r in d.limits:
+        if r.name not in names:
+            continue
+        if r.name == "cgroup pids.max":
+            out += _cgroup_pids_fix(d, r, procs)
+        else:
+            out += _thread_sysctl_fix(d, r)
+    return out
+
+
+def host_fix(d) -> List[Fix]:
+    """A binding limit tuner cannot change (memory): the knob table's words for it."""
+    out = []
+    for r in d.limits:
+        knob = knobs.BY_NAME.get(r.name)
+        if knob and not knob.writable and knob.fix and r.name == d.binding_limit and knob.scope != "process":
+            out.append(Fix(knob.fix, f"{r.name} binds", "host"))
+    return out
+
+
+# ---------------------------------------------------------------- the accept queue
+
+def _backlog_needs_fix(d, l) -> bool:
+    small = d.target is not None and l["backlog"] < min(d.target, knobs.MAX_BACKLOG)
+    full = l["queued"] >= l["backlog"] > 0
+    return small or full or d.binding_limit == LISTEN_BACKLOG
+
+
+def _capped_backlog_fix(d, l, cap, somaxconn: int, earlier: List[Fix]) -> Fix:
+    """The backlog is somaxconn as it was at listen(): raise it, then listen() again."""
+    if any(f.command.startswith("tuner apply") and "--target" in f.command for f in earlier):
+        return Fix(f"restart the application once {cap.name} is raised",
+                   f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
+                   f"{cap.name} as it was at listen(); only a new listen() "
+                   f"gets the larger queue", "application")
+    return Fix(apply_command(d, d.target or 2 * somaxconn),
+               f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
+               f"{cap.name}; raise it, then the application must call "
+               f"listen() again (restart it) to get the larger queue")
+
+
+def backlog_fixes(d, procs, snap, earlier: List[Fix]) -> List[Fix]:
+    """The accept queue: the application's own setting (or the knob that caps it first)."""
+    cap = knobs.backlog_cap()
+    somaxconn = snap.int(cap.name)
+    out: List[Fix] = []
+    for l in d.listeners:
+        if not _backlog_needs_fix(d, l):
+            continue
+        if somaxconn is not None and l["backlog"] >= somaxconn:
+            out.append(_capped_backlog_fix(d, l, cap, somaxconn, earlier + out))
+        else:
+            out.append(backlog_fix(l, somaxconn, procs))
+    return out
+
+
+RUNTIME_BACKLOG = {
+    "python": "asyncio: start_server(..., backlog=N) / loop.create_server(..., backlog=N), default 100",
+    "node": "Node: server.listen({port, backlog: N}), default 511",
+    "java": "Java: ServerSocket(port, N) / ServerSocketChannel.bind(addr, N), default 50",
+    "erlang": "Erlang: gen_tcp:listen(Port, [{backlog, N}]), default 5",
+}
+
+
+def backlog_fix(listener: Dict[str, Any], somaxconn: Optional[int], procs) -> Fix:
+    """The application's own setting: only it can pass a larger backlog to listen()
+    (`somaxconn`: the value of the knob that caps it)."""
+    how = [RUNTIME_BACKLOG[rt] for rt in dict.fromkeys(runtime_of(p) for p in procs) if rt in RUNTIME_BACKLOG]
+    return Fix(f"listen(fd, N): raise the backlog the application passes for "
+               f"{listener['address']}:{listener['port']} (now {listener['backlog']:,}; "
+               f"{knobs.backlog_cap().name} {'?' if somaxconn is None else f'{somaxconn:,}'} allows up to that)"
+               + (f"; {'; '.join(how)}" if how else ""),
+               "only the application sets its listen backlog (a burst beyond it waits a second "
+               "for the retransmitted SYN)", "application")
+
+
+def runtime_of(proc) -> Optional[str]:
+    """java | python | node | erlang from the executable or the command line: decoration
+    on top of what the kernel shows, never a replacement for it."""
+    names = [os.path.basename(proc.exe or "")] + [os.path.basename(a) for a in proc.cmdline[:1]]
+    for n in names:
+        if n == "java" or n.startswith("java"):
+            return "java"
+        if n.startswith("python") or n.startswith("pypy"):
+            return "python"
+        if n in ("node", "nodejs"):
+            return "node"
+        if n in ("beam.smp", "beam", "erl"):
+            return "erlang"
+    return None
+
+
+# ---------------------------------------------------------------- all of them
+
+def fixes(d, procs, snap) -> List[Fix]:
+    """Every fix the diagnosis asks for, the application's own first, each command once."""
+    out = app_fix(d) + fd_fixes(d, procs)
+    out += sysctl_fix(d, out)
+    out += process_knob_fixes(d, procs) + host_fix(d)
+    out += backlog_fixes(d, procs, snap, out)
+    seen, unique = set(), []
+    for f in out:
+        if f.command not in seen:
+            seen.add(f.command)
+            unique.append(f)
+    return unique
