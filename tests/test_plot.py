@@ -60,7 +60,7 @@ def test_loopback_timeline_follows_the_run_and_its_teardown(netns):
 
 
 @root_only
-def test_serve_and_connect_timelines_reach_n_and_mark_their_phases(netns):
+def test_serve_and_connect_timelines_reach_n_and_mark_their_phases(netns, tmp_path):
     n, port, marker = 3000, 7460, "31.0417"
     srv, client = split_pair(netns, port, ["--expect", n, "--hold", 4, "--timeout", marker, "--json"],
                              ["-n", n, "--hold", 1.5, "--json"], timeout=60)
@@ -80,6 +80,13 @@ def test_serve_and_connect_timelines_reach_n_and_mark_their_phases(netns):
     left = [s for s in served if s["phase"] != "serve" and s["t"] > served[0]["t"] and s["sockets"] < n]
     assert left and left[0]["verified"] == n and served[-1]["sockets"] <= left[0]["sockets"]
     assert wait_gone(marker) == []
+    # The picture of each end names its mode and N in the default title.
+    for doc, mode in ((out, "serve"), (c_out, "connect")):
+        run = tmp_path / f"{mode}.json"
+        run.write_text(doc)
+        proc = plot(run, "-o", tmp_path / f"{mode}.svg")
+        assert proc.returncode == 0, proc.stderr
+        assert f"tuner probe, {mode}: 3,000 connections on {os.uname().nodename}" in svg_texts(tmp_path / f"{mode}.svg")
 
 
 # ---------------------------------------------------------------- tuner plot
@@ -114,6 +121,17 @@ def plot(*args, env=None):
     return run_tuner("plot", *args, env=env)
 
 
+def svg_texts(path) -> str:
+    import xml.etree.ElementTree as ET
+    return " ".join("".join(t.itertext()) for t in ET.parse(path).getroot().iter(SVG + "text"))
+
+
+def last_point(line) -> tuple:
+    """The last (x, y) a line's SVG path goes through (y grows downwards)."""
+    x, y = line.find(SVG + "path").get("d").split()[-2:]
+    return float(x), float(y)
+
+
 def test_svg_draws_one_line_per_run_in_each_panel(runs, tmp_path):
     import xml.etree.ElementTree as ET
 
@@ -126,15 +144,35 @@ def test_svg_draws_one_line_per_run_in_each_panel(runs, tmp_path):
     assert len(axes) == len(PANELS)
     for ax, panel in zip(axes, PANELS):
         lines = sorted(g.get("id") for g in ax.iter(SVG + "g") if g.get("id", "").startswith("run"))
-        assert lines == [f"run1-{panel}", f"run2-{panel}"]
+        # the first panel also has each run's sockets open now
+        extra = ["run1-open", "run2-open"] if panel == "connections" else []
+        assert lines == sorted([f"run1-{panel}", f"run2-{panel}"] + extra)
     # each line goes through every sample of its run's timeline
+    line = {g.get("id"): g for g in root.iter(SVG + "g") if g.get("id", "").startswith("run")}
     for i, path in enumerate(runs, 1):
         samples = len(json.loads(open(path).read())["timeline"])
-        line = next(g for g in root.iter(SVG + "g") if g.get("id") == f"run{i}-connections")
-        d = line.find(SVG + "path").get("d")
-        assert d.count("L") == samples - 1
-    texts = " ".join("".join(t.itertext()) for t in root.iter(SVG + "text"))
+        for name in ("connections", "open"):
+            assert line[f"run{i}-{name}"].find(SVG + "path").get("d").count("L") == samples - 1
+        # established stays at N to the end; the sockets open now fall as the run closes
+        assert last_point(line[f"run{i}-open"])[1] > last_point(line[f"run{i}-connections"])[1] + 20
+    texts = svg_texts(out)
     assert "kernel picks" in texts and "spread" in texts  # the legend names each run
+    assert "TCP sockets open now" in texts and "established so far" in texts  # and each line style
+    # N, the mode and the host in the default title; every run's phases named
+    assert f"tuner probe, loopback: 4,000 connections on {os.uname().nodename} (2 runs)" in texts
+    phases = [t.text.strip() for t in root.iter(SVG + "text") if t.text and t.text.strip() in
+              ("open", "verify", "hold", "close", "exited")]
+    assert phases.count("open") == 2 and phases.count("close") == 2 and phases.count("exited") == 2
+
+
+def test_one_run_s_legend_says_what_its_lines_are(runs, tmp_path):
+    out = tmp_path / "one.svg"
+    proc = plot(runs[0], "-o", out, "--title", "before apply")
+    assert proc.returncode == 0, proc.stderr
+    texts = svg_texts(out)
+    assert "TCP sockets open now" in texts and "established so far" in texts
+    assert "before apply" in texts and "tuner probe, loopback" not in texts  # --title replaces it
+    assert "none.json" not in texts  # one run: no legend entry that only repeats its file name
 
 
 def test_png_is_a_png_matplotlib_reads_back_with_each_run_drawn(runs, tmp_path):

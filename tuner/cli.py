@@ -401,8 +401,8 @@ def probe(
                                  port=port, timeout=timeout, netns=netns, quiet=quiet)
     probe_cli.add_fixes(result, pre, netns)  # each failure's fix from the knob table
     if json_out:
-        _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(), "refused": False,
-                              **result.to_dict()}))
+        _emit(render.to_json(probe_cli.document("tuner.probe/1", {"preflight": pre.to_dict(), "refused": False,
+                                                                   **result.to_dict()})))
     else:
         _emit(render.probe_text(result, pre, _width()))
     if textfile is not None:
@@ -419,7 +419,7 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
     from probes.serve import ServeConfig, exit_code as serve_exit
 
     from . import render
-    from .probe_run import run_split
+    from .probe_run import document, run_split
 
     if serve and connect:
         raise errors.UsageError("--serve and --connect are two ends: run one per host")
@@ -432,14 +432,14 @@ def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, 
         cfg = ServeConfig(listen=serve, expect=parse_target(expect, "--expect") if expect else None,
                           hold=given_hold, timeout=timeout, echo_timeout=echo_timeout, workers=n_workers)
         result = run_split(cfg, netns, quiet)
-        _emit(render.to_json({"schema": "tuner.probe.serve/1", **result}) if json_out
+        _emit(render.to_json(document("tuner.probe.serve/1", result)) if json_out
               else render.serve_text(result, width=_width()))
         raise typer.Exit(serve_exit(result))
     cfg = ConnectConfig(target=connect, connections=parse_target(connections, "--connections"),
                         source_net=None if source_net in (None, "none") else source_net, rate=rate,
                         hold=hold, timeout=timeout, workers=n_workers)
     result = run_split(cfg, netns, quiet)
-    _emit(render.to_json({"schema": "tuner.probe.connect/1", **result}) if json_out
+    _emit(render.to_json(document("tuner.probe.connect/1", result)) if json_out
           else render.connect_text(result, _width()))
     raise typer.Exit(connect_exit(result))
 
@@ -518,11 +518,13 @@ def plot(
     label: List[str] = typer.Option([], "--label", metavar="TEXT",
                                     help="The legend's name for each RUN, once per RUN in order "
                                          "(default: the file names)."),
-    title: Optional[str] = typer.Option(None, "--title", metavar="TEXT", help="The picture's title."),
+    title: Optional[str] = typer.Option(None, "--title", metavar="TEXT", help="The picture's title (default: N, mode and host of the runs)."),
 ) -> None:
-    """Draw probe runs over time from their --json timeline: connections established, the
-    rate, kernel slab and MemAvailable, one line per run in each panel, several runs
-    overlaid (before/after an apply, --source-net none vs spread). Needs the optional extra
+    """Draw probe runs over time from their --json timeline. Panels: TCP sockets open now
+    and connections established so far, the rate, kernel slab and MemAvailable; several runs
+    overlaid (before/after an apply, --source-net none vs spread), each run's phases (open,
+    hold, close, ...) named where they begin; the default title says N, the mode and the
+    host. Needs the optional extra
     tuner[plot] (pip install 'tuner[plot]': matplotlib, jsonschema). Exits 0 when the
     picture was written; 1 when the extra is missing or FILE cannot be written; 2 when a
     RUN is not a tuner probe --json document with a timeline, or FILE does not end in

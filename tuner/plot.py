@@ -1,9 +1,11 @@
 """`tuner plot`: pictures of probe runs, drawn from the `timeline` of `tuner probe --json`.
 
-Four panels over the run's seconds, one line per run in each, several runs overlaid
-(before/after an apply, --source-net none vs spread): connections established, the
-rate they were established at, kernel slab memory and MemAvailable (both host-wide, as
-/proc/meminfo gives them).
+Four panels over the run's seconds, several runs overlaid (before/after an apply,
+--source-net none vs spread): connections (two lines per run: the TCP sockets open now,
+which fall as the run closes, and those established so far), the rate they were
+established at, kernel slab memory and MemAvailable (both host-wide, as /proc/meminfo
+gives them).  Each run's phases (open, hold, close, ...) are named where they begin; the
+default title says N, the mode and the host of the runs.
 
 matplotlib and jsonschema are the optional extra `tuner[plot]`: they are imported here,
 when a picture is drawn, never by the other commands (bench/bench_startup.py).  The
@@ -21,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import errors
 from .errors import TunerError, UsageError
+from .numfmt import number
 
 FORMATS = ("svg", "png")
 MAX_BYTES = 16 << 20            # a 1,000,000-connection run's JSON is well under 1 MiB
@@ -28,14 +31,21 @@ PROBE_SCHEMAS = ("tuner.probe/1", "tuner.probe.serve/1", "tuner.probe.connect/1"
 # Exit code when the tuner[plot] extra is not installed (`tuner plot --help` says so).
 EXTRA_MISSING = errors.EXIT_FAILED
 # (panel id, y label, timeline key, scale): one line per run in each panel; the id is the
-# SVG group id of each run's line ("run1-connections"), which the tests count.
+# SVG group id of each run's line ("run1-connections"), which the tests count.  The first
+# panel has a second line per run, OPEN_NOW ("run1-open").
 GiB = 1 << 30
 PANELS = (
-    ("connections", "connections\nestablished", "established", 1),
+    ("connections", "connections", "established", 1),
     ("rate", "established\nper second", "rate", 1),
     ("slab", "kernel slab\n(GiB, host)", "slab_bytes", GiB),
     ("available", "MemAvailable\n(GiB, host)", "mem_available_bytes", GiB),
 )
+OPEN_NOW = ("open", "sockets")
+OPEN_LABEL = "TCP sockets open now (sockstat; both ends when on one host)"
+ESTABLISHED_LABEL = "established so far"
+# The timeline's phases as the picture names them where each begins.
+PHASE_NAMES = {"establish": "open", "serve": "serve", "exchange": "verify", "stopping": "stopping",
+               "hold": "hold", "check": "check", "close": "close", "done": "exited"}
 
 
 class Run:
@@ -52,6 +62,19 @@ class Run:
         line itself so each run stays one line."""
         return [i for i, s in enumerate(self.timeline)
                 if i and s["phase"] != self.timeline[i - 1]["phase"]]
+
+    def phases(self) -> List[Tuple[float, str]]:
+        """(second, name) where each phase begins, the first one included."""
+        return [(self.timeline[i]["t"], PHASE_NAMES.get(self.timeline[i]["phase"], self.timeline[i]["phase"]))
+                for i in [0, *self.phase_starts()]]
+
+    def mode(self) -> str:
+        return self.doc.get("mode") or "loopback"
+
+    def connections(self) -> Optional[int]:
+        """N: what the run set out to hold (--connections, or --serve's --expect)."""
+        doc = self.doc
+        return doc.get("expect") if self.mode() == "serve" else doc.get("requested")
 
 
 def output_format(path: str) -> str:
@@ -124,6 +147,71 @@ def labels_for(paths: Sequence[str], labels: Sequence[str]) -> List[str]:
     return list(labels) if labels else [os.path.basename(p) for p in paths]
 
 
+def default_title(runs: Sequence[Run]) -> str:
+    """'tuner probe, loopback: 100,000 connections on HOST', each part once when the runs
+    share it, else each run's joined by ' / ' (a host only when the documents name one)."""
+    def once(values) -> str:
+        return " / ".join(dict.fromkeys(values))
+
+    n = once("?" if r.connections() is None else number(r.connections()) for r in runs)
+    hosts = [r.doc["host"] for r in runs if r.doc.get("host")]
+    return (f"tuner probe, {once(r.mode() for r in runs)}: {n} connections"
+            + (f" on {once(hosts)}" if hosts else "") + (f" ({len(runs)} runs)" if len(runs) > 1 else ""))
+
+
+def draw_runs(axes, runs: Sequence[Run]) -> None:
+    """Each run's lines: one per panel, and the open-now line in the first."""
+    for i, run in enumerate(runs, 1):
+        color = f"C{(i - 1) % 10}"
+        for ax, (panel, _, key, scale) in zip(axes, PANELS):
+            t, y = run.series(key, scale)
+            established = panel == PANELS[0][0]
+            line, = ax.plot(t, y, label=run.label, color=color, linewidth=1 if established else 1.3,
+                            linestyle="--" if established else "-",
+                            marker="o", markersize=3.5, markevery=run.phase_starts())
+            line.set_gid(f"run{i}-{panel}")
+        gid, key = OPEN_NOW
+        t, y = run.series(key)
+        line, = axes[0].plot(t, y, color=color, linewidth=1.6, marker="o", markersize=3.5,
+                             markevery=run.phase_starts())
+        line.set_gid(f"run{i}-{gid}")
+
+
+def name_phases(axes, runs: Sequence[Run]) -> None:
+    """A dotted line across every panel where each run's phase begins, its name at the top
+    of the first panel in the run's colour; a name that would overlap one before it goes a
+    row lower (phases of several runs, or close and exited a moment apart)."""
+    from matplotlib.transforms import blended_transform_factory
+
+    top = blended_transform_factory(axes[0].transData, axes[0].transAxes)
+    x0, x1 = axes[0].get_xlim()
+    char = (x1 - x0) * 0.0095          # about one 7-point character on an 8-inch figure
+    ends: List[float] = []             # where each row's last name ends
+    for t, name, i in sorted((t, name, i) for i, run in enumerate(runs) for t, name in run.phases()):
+        for ax in axes:
+            ax.axvline(t, color=f"C{i % 10}", linestyle=":", linewidth=0.8, alpha=0.6)
+        width = (len(name) + 2) * char
+        right = t + width > x1         # the last names end at their line, inside the panel
+        start = t - width if right else t
+        row = next((r for r, end in enumerate(ends) if end <= start), len(ends))
+        ends[row:row + 1] = [start + width]
+        axes[0].text(t, 0.97 - 0.085 * row, f" {name} " if right else f" {name}", transform=top,
+                     color=f"C{i % 10}", fontsize=7, va="top", ha="right" if right else "left", gid="phase")
+
+
+def legend(ax, runs: Sequence[Run]) -> None:
+    """One run: what its two lines are.  Several: which colour is which run, and the two
+    line styles once, in grey."""
+    from matplotlib.lines import Line2D
+
+    styles = [Line2D([], [], color="C0" if len(runs) == 1 else "0.4", linewidth=1.6, label=OPEN_LABEL),
+              Line2D([], [], color="C0" if len(runs) == 1 else "0.4", linewidth=1, linestyle="--",
+                     label=ESTABLISHED_LABEL)]
+    colours = [] if len(runs) == 1 else [Line2D([], [], color=f"C{i % 10}", linewidth=1.6, label=r.label)
+                                         for i, r in enumerate(runs)]
+    ax.figure.legend(handles=colours + styles, loc="outside lower center", ncols=2, fontsize=7)
+
+
 def draw(runs: Sequence[Run], path: str, fmt: str, title: Optional[str] = None) -> None:
     """Draw the runs and save them to path (fmt: svg or png)."""
     import matplotlib
@@ -134,23 +222,20 @@ def draw(runs: Sequence[Run], path: str, fmt: str, title: Optional[str] = None) 
     # the same file.
     style = {"svg.fonttype": "none", "svg.hashsalt": "tuner-plot", "font.size": 9}
     with matplotlib.rc_context(style):
-        fig = Figure(figsize=(8, 8.5), layout="constrained")
+        fig = Figure(figsize=(8, 9), layout="constrained")
         axes = fig.subplots(len(PANELS), 1, sharex=True)
-        for i, run in enumerate(runs, 1):
-            for ax, (panel, _, key, scale) in zip(axes, PANELS):
-                t, y = run.series(key, scale)
-                line, = ax.plot(t, y, label=run.label, color=f"C{(i - 1) % 10}", linewidth=1.3,
-                                marker="o", markersize=3.5, markevery=run.phase_starts())
-                line.set_gid(f"run{i}-{panel}")
+        draw_runs(axes, runs)
         for ax, (panel, ylabel, key, scale) in zip(axes, PANELS):
             ax.set_ylabel(ylabel)
             ax.grid(True, linewidth=0.4, alpha=0.5)
             if scale == 1:
                 ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        axes[0].legend(loc="lower right", fontsize=8)
-        axes[-1].set_xlabel("seconds since the first worker started (dots: a phase begins, "
-                            "e.g. hold, close, done)")
-        fig.suptitle(title or "tuner probe: connections, rate and kernel memory over time")
+        low, high = axes[0].get_ylim()
+        axes[0].set_ylim(low, high + (high - low) * 0.3)   # room above the lines for the phase names
+        name_phases(axes, runs)
+        axes[-1].set_xlabel("seconds since the first worker started (dotted: a phase begins)")
+        fig.suptitle(title or default_title(runs))
+        legend(axes[0], runs)   # under the panels
         metadata = {"Date": None} if fmt == "svg" else {}
         image = io.BytesIO()
         fig.savefig(image, format=fmt, metadata=metadata)

@@ -166,6 +166,13 @@ def run_probe(n: int, pre, quiet: bool = False, **settings):
             return launch.run_probe(cfg, on_progress=on_progress, on_plan=on_plan)
 
 
+def document(schema: str, body: dict) -> dict:
+    """A probe's --json document: its schema, the host it ran on (what `tuner plot` names
+    in its title; the UTS name, which --netns does not change), then the figures."""
+    import os
+    return {"schema": schema, "host": os.uname().nodename, **body}
+
+
 def run_split(cfg, netns=None, quiet: bool = False) -> dict:
     """`tuner probe --serve` / `--connect`: run the ServeConfig or ConnectConfig, with
     running totals on stderr (a live bar on a terminal, plain lines otherwise)."""
