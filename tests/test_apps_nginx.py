@@ -2,10 +2,14 @@
 diagnose` of real nginx servers (tests/realservers.py) against what a client holds."""
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import time
 
-import pytest
-
+from apphold import held, within
+from conftest import run_tuner
 from tuner.apps import base, nginx
 
 CONF = """\
@@ -49,3 +53,84 @@ def test_includes_are_followed_relative_to_the_conf_directory(tmp_path):
     assert (wc.args, wc.where) == (["333"], f"{tmp_path}/ev.conf:1")
     assert conf.anywhere(nginx.PROXY_DIRECTIVES)
     assert nginx.master_args(proc) == {"-c": f"{tmp_path}/nginx.conf", "-g": "daemon off; pcre_jit on;"}
+
+
+# ---------------------------------------------------------------- real nginx
+
+def diagnose(srv, *args) -> dict:
+    out = run_tuner("diagnose", "--port", srv.port, *(["--netns", srv.netns] if srv.netns else []),
+                    *args, "--json")
+    assert out.returncode in (0, 3), out.stderr
+    return json.loads(out.stdout)
+
+
+def apply_fix(srv, fix: dict) -> None:
+    """What the printed fix says, done as a user would: each line replaces the directive
+    of the same name in the config (or goes at its top), then the reload command."""
+    with open(srv.config) as f:
+        text = f.read()
+    for line in fix["lines"]:
+        name = line.split()[0]
+        text, hits = re.subn(rf"(?m)^(\s*){name}\s+[^;]*;", rf"\g<1>{line}", text)
+        if not hits:
+            text = line + "\n" + text
+    with open(srv.config, "w") as f:
+        f.write(text)
+    assert fix["action"] == "reload"
+    old = set(srv.children())
+    subprocess.run(fix["command"], shell=True, check=True)
+    deadline = time.monotonic() + 20
+    while set(srv.children()) & old or not srv.children():
+        assert time.monotonic() < deadline, "nginx did not start new workers after the reload"
+        time.sleep(0.1)
+
+
+def test_known_worker_connections_predicted_measured_and_fixed(real_server):
+    """2 workers x worker_connections 512, listening on 127.0.0.1 and ::1: each worker
+    spends 3 of its 512 on the two listeners and its channel, so 1,018; the printed fix
+    for 1,500 (a line and a reload) then holds 1,500."""
+    srv = real_server("nginx", workers=2, worker_connections=512, nofile=4096)
+    d = diagnose(srv)
+    assert d["binding_limit"].startswith(f"nginx worker_connections 512 x 2 workers ({srv.config}:")
+    assert d["application"]["sureness"] == "read" and d["max_connections"] == 2 * (512 - 3)
+    measured = held(srv, d["max_connections"] + 600)
+    print(f"nginx 2 x 512: predicted {d['max_connections']}, held {measured}")
+    assert within(d["max_connections"], measured), (d["max_connections"], measured)
+    text = run_tuner("diagnose", "--port", srv.port).stdout
+    assert text.startswith(f"stalls at 1,018 connections: nginx worker_connections 512 x 2 workers ({srv.config}:")
+
+    fixed = diagnose(srv, "--target", 1500)
+    assert fixed["reachable"] is False and fixed["fix"][0]["kind"] == "application"
+    apply_fix(srv, fixed["application"]["fix"])
+    after = diagnose(srv, "--target", 1500)
+    assert after["reachable"] is True and after["max_connections"] >= 1500
+    measured = held(srv, after["max_connections"] + 600)
+    print(f"nginx after the fix: predicted {after['max_connections']}, held {measured}")
+    assert within(after["max_connections"], measured)
+
+
+def test_as_debian_ships_it(real_server):
+    """Debian's nginx.conf: worker_processes auto (one per CPU), worker_connections 768."""
+    srv = real_server("nginx-packaged", nofile=4096)
+    workers = len(srv.children())
+    d = diagnose(srv)
+    assert d["application"]["setting"] == f"worker_connections 768 x {workers} worker{'s' if workers > 1 else ''}"
+    assert d["max_connections"] == workers * (768 - 3)
+    measured = held(srv, d["max_connections"] + 600)
+    print(f"nginx as Debian ships it: predicted {d['max_connections']}, held {measured}")
+    assert within(d["max_connections"], measured), (d["max_connections"], measured)
+
+
+def test_a_config_tuner_must_not_trust_is_not_read(real_server):
+    """A config another user could have written is not read: the verdict says the figure
+    is an upper bound and how to tell tuner; --app-limit N then decides."""
+    srv = real_server("nginx", workers=1, worker_connections=300, nofile=4096)
+    os.chmod(srv.config, 0o666)
+    d = diagnose(srv)
+    app = d["application"]
+    assert app["allows"] is None and app["sureness"] == "unknown"
+    assert any(srv.config in u and "writable by others" in u for u in app["unread"])
+    assert "at most: nginx's own cap was not read" in d["verdict"] and "--app-limit N" in d["verdict"]
+    assert not d["binding_limit"].startswith("nginx")
+    given = diagnose(srv, "--app-limit", 297)
+    assert given["max_connections"] == 297 and given["application"]["sureness"] == "given"
