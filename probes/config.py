@@ -5,7 +5,8 @@ network namespace), because it depends on that process's RLIMIT_NOFILE and that
 namespace's ip_local_port_range.  The constants and formulas the probe shares with
 tuner's model live here too, once: the descriptor reserve of a process (FD_HEADROOM,
 connections_within), the share of a port range planned (FAST_PORT_SHARE) and how
-many source addresses a --source-net gives (source_count).
+many source addresses a --source-net gives (source_count), and the one parser of
+--source-net (source_network) every command and both probes use.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import List, Optional, Tuple, Union
 
 from tuner import procfs
 
-from . import kernel, signs
+from . import kernel, signs, sockets
 
 LISTEN_ADDR = "127.0.0.1"
 # Descriptors a worker needs besides its connections: stdio, the listener, report and
@@ -31,6 +32,17 @@ FD_HEADROOM = 64
 # connections per source address.  The probes spread over more source addresses
 # instead, and tuner.knobs plans port ranges and aliases with this same share.
 FAST_PORT_SHARE = 0.5
+# The share where the probes give each socket its own port range (IP_LOCAL_PORT_RANGE,
+# Linux 6.3+, probes.sockets): connect() then searches one port after another from
+# where the last search ended, and a 16,000-port range with one source address filled
+# to 90% at the first tenth's rate (docs/anyip.md).  Not all of it: the last ports of a
+# range are found by a longer walk, and other sockets of the host take some.
+RANGED_PORT_SHARE = 0.9
+
+
+def port_share(own_range: bool) -> float:
+    """The share of each range planned, with or without a per-socket range."""
+    return RANGED_PORT_SHARE if own_range else FAST_PORT_SHARE
 
 
 class ProbeConfigError(ValueError):
@@ -134,23 +146,40 @@ class Sources:
         return str(ipaddress.IPv4Address(value))
 
 
-def sources(source_net: str) -> Optional[Sources]:
-    if source_net.lower() == "none":
+def source_network(text: Optional[str]):
+    """--source-net CIDR (IPv4 or IPv6) or 'none' -> an ip_network, or None for 'none' and
+    for no value.  The one parser of --source-net: tuner's options, the local probe and
+    --connect all come here, and all get ProbeConfigError naming the option."""
+    if text is None or text.strip().lower() == "none":
         return None
     try:
-        net = ipaddress.ip_network(source_net, strict=False)
+        return ipaddress.ip_network(text.strip(), strict=False)
     except ValueError as exc:
-        raise ProbeConfigError(f"--source-net: {exc}") from None
+        raise ProbeConfigError(f"--source-net: {exc or 'an empty value'} (a network such as "
+                               f"10.77.1.0/24 or fd00:77:1::/64, or 'none')") from None
+
+
+def sources(source_net: str) -> Optional[Sources]:
+    """The local probe's sources: its listener is 127.0.0.1, so IPv4 only."""
+    net = source_network(source_net)
+    if net is None:
+        return None
     if net.version != 4:
-        raise ProbeConfigError("--source-net must be an IPv4 network (the listener is 127.0.0.1)")
+        raise ProbeConfigError("--source-net must be an IPv4 network here (the local probe's "
+                               "listener is 127.0.0.1; IPv6 sources are for --connect)")
     return Sources(net)
 
 
 def source_count(source_net: str) -> int:
     """Source addresses a probe with this --source-net spreads over ('none': the one the
-    kernel picks).  tuner apply --source-net plans with the same count."""
-    src = sources(source_net)
-    return 1 if src is None else src.count
+    kernel picks; an IPv6 prefix: its addresses but the subnet-router anycast one).
+    tuner apply --source-net plans with the same count."""
+    net = source_network(source_net)
+    if net is None:
+        return 1
+    if net.version == 6:
+        return max(net.num_addresses - 1, 1)
+    return Sources(net).count
 
 
 def connections_within(nofile: int, descriptors_per_connection: int) -> int:
@@ -250,9 +279,10 @@ def split_shares(n: int, workers: int) -> List[int]:
 
 def fast_ports(low: int, high: int) -> int:
     """Connections one source address gets quickly to one destination, given the port
-    range low..high (minus ip_local_reserved_ports): FAST_PORT_SHARE of it."""
+    range low..high (minus ip_local_reserved_ports): port_share of it, as the probes'
+    sockets search ports on this kernel."""
     usable = max(0, high - low + 1 - kernel.reserved_ports(low, high))
-    return int(usable * FAST_PORT_SHARE)
+    return int(usable * port_share(sockets.own_port_range()))
 
 
 def default_port(count: int, port_range: Tuple[int, int]) -> int:

@@ -18,15 +18,17 @@ import math
 import os
 import signal
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from . import classify, connect_worker, kernel, wire
-from .config import ProbeConfigError, fast_ports, split_shares, worker_capacity
+from .config import ProbeConfigError, fast_ports, source_network, split_shares, worker_capacity
 from .fleet import Fleet, start_worker
 from .orchestration import Orchestration
 from .result import EXIT_OK, EXIT_SHORT, EXIT_SIGNAL_BASE
 
 Emit = Callable[[dict], None]
+# Source addresses a worker spreads over at most (one sockaddr each, in every worker).
+MAX_SOURCES = 1 << 16
 
 
 @dataclass
@@ -56,6 +58,7 @@ class ConnectConfig:
             wire.parse_endpoint(self.target)
         except wire.EndpointError as exc:
             raise ProbeConfigError(f"--connect: {exc}") from None
+        source_network(self.source_net)
         if not isinstance(self.connections, int) or self.connections < 1:
             raise ProbeConfigError("--connections must be a positive integer")
         if self.rate is not None and self.rate <= 0:
@@ -70,17 +73,32 @@ class ConnectConfig:
         return self.timeout if self.timeout is not None else 30.0 + self.connections / 10000
 
 
-def sources_for(cfg: ConnectConfig) -> List[str]:
-    if not cfg.source_net:
-        return []
-    try:
-        found = wire.local_sources(cfg.source_net)
-    except wire.EndpointError as exc:
-        raise ProbeConfigError(str(exc)) from None
+def sources_for(cfg: ConnectConfig, host: str) -> Tuple[List[str], bool]:
+    """The local addresses inside --source-net the workers spread over, and whether their
+    sockets need IP_FREEBIND (IPv6 AnyIP: bind() takes only interface addresses
+    otherwise).  Addresses of the network that are not local are left out, so a /24
+    with 17 aliases gives 17 sources, not 254 bind() failures; an AnyIP prefix gives as
+    many as the connections need at half a port range each (addresses cost nothing
+    there), at least 1,024.  Counted the way `tuner report` counts source addresses
+    (tuner.localnet: interface addresses and local routes)."""
+    net = source_network(cfg.source_net)
+    if net is None:
+        return [], False
+    if net.version != (6 if ":" in host else 4):
+        raise ProbeConfigError(f"--source-net {net} is IPv{net.version}, the server {cfg.target} is not: "
+                               f"give a source network of the server's family")
+    from tuner import localnet
+
+    low, high = kernel.port_range()
+    wanted = math.ceil(cfg.connections / max(1, (high - low + 1) // 2))
+    nets = localnet.source_networks(localnet.read_addresses(), localnet.read_local_routes(),
+                                    within=str(net))
+    found = localnet.source_addresses(nets, min(MAX_SOURCES, max(wanted, 1024)))
     if not found:
-        raise ProbeConfigError(f"--source-net {cfg.source_net}: no local address inside it; add aliases "
-                               f"with tuner apply --role client --alias-dev DEV --alias-net {cfg.source_net}")
-    return found
+        raise ProbeConfigError(f"--source-net {net}: no local address inside it; add aliases with "
+                               f"tuner apply --role client --alias-dev DEV --alias-net {net}, or "
+                               f"make it local with tuner apply --role client --anyip-net {net}")
+    return found, net.version == 6
 
 
 def fast_capacity(sources: int) -> int:
@@ -101,11 +119,13 @@ class Client(Orchestration):
         per = worker_capacity(nofile, 1)
         w = self.workers = min(cfg.workers or math.ceil(cfg.connections / per), cfg.connections)
         self.shares = shares = split_shares(cfg.connections, w)
-        self.sources = sources_for(cfg)
+        self.sources, self.freebind = sources_for(cfg, host)
+        self.port_range = kernel.port_range()
         fast = fast_capacity(len(self.sources))
         self.emit({"event": "plan", "workers": w, "per_worker": max(shares), "nofile": nofile,
                    "sources": len(self.sources), "fast_capacity": fast,
-                   "describe": f"{w} worker(s) x up to {max(shares):,} connections to {host}:{port}, "
+                   "describe": f"{w} worker(s) x up to {max(shares):,} connections to "
+                               f"{wire.endpoint_text(host, port)}, "
                                + (f"{len(self.sources)} source address(es) in {cfg.source_net}"
                                   if self.sources else "kernel-chosen source address")
                                + (f"; beyond ~{fast:,} connect() slows down: add source addresses"
@@ -118,6 +138,7 @@ class Client(Orchestration):
         rate = cfg.rate / self.workers if cfg.rate else None
         for k in range(self.workers):
             kwargs = dict(share=self.shares[k], host=self.host, port=self.port, sources=self.sources,
+                          port_range=self.port_range, freebind=self.freebind,
                           deadline=self.deadline, rate=rate, nofile=cfg.worker_nofile, **fleet.worker_args())
             fleet.fork(k, lambda k=k, kwargs=kwargs: start_worker(connect_worker.ConnectWorker, k, **kwargs))
         fleet.started()

@@ -3,9 +3,10 @@ client half of the wire exchange (probes.wire) on each, hold the verified ones.
 
 Unlike the loopback worker, the handshake completes after connect() returns, so
 every pending connection waits in epoll; per-connection state is one byte in an
-array indexed by descriptor.  Source addresses are spread like the local probe's:
-IP_BIND_ADDRESS_NO_PORT plus bind(source, 0), so the kernel picks the port at
-connect() per (source, destination) pair.  The first socket/bind/connect failure
+array indexed by descriptor.  Source addresses (IPv4 or IPv6, AnyIP prefixes
+included) are spread like the local probe's, each socket set up by
+sockets.client_options: bind(source, 0), the port picked at connect() per (source,
+destination) pair.  The first socket/bind/connect failure
 stops opening (the limit is found; more attempts would only repeat it) while the
 connections already open still verify.
 
@@ -23,7 +24,7 @@ from typing import List, Optional
 
 from . import wire
 from .fleet import ERROR, OPS, SIDES, Line, line_kinds
-from .sockets import IP_BIND_ADDRESS_NO_PORT, SOCK_FLAGS, libc, reset_on_close, sockaddr
+from .sockets import SOCK_FLAGS, client_options, family_of, libc, reset_on_close, sockaddr
 
 # established: the server's index arrived (the server accepted it).
 PROGRESS = Line("A", "opened", "established", "verified", counts=True)
@@ -43,10 +44,12 @@ CONNECT_ERRORS = {E.ECONNREFUSED, E.ETIMEDOUT, E.EHOSTUNREACH, E.ENETUNREACH, E.
 
 class ConnectWorker:
     def __init__(self, k, share, host, port, sources, report, stop, release, deadline,
-                 rate=None, nofile=None):
+                 rate=None, nofile=None, port_range=(32768, 60999), freebind=False):
         self.k, self.share = k, share
+        self.family = family_of(host)
         self.dst = sockaddr(host, port)
         self.sources = [sockaddr(ip, 0) for ip in sources]
+        self.options = client_options(port_range, bind=bool(sources), freebind=freebind)
         self.report_fd, self.stop_fd, self.release_fd = report, stop, release
         self.deadline, self.rate = deadline, rate
         import resource
@@ -103,12 +106,12 @@ class ConnectWorker:
     def unaccepted(self) -> int:
         """Pending connections the kernel completed (getpeername succeeds: the handshake
         is done, so they sit in the server's accept queue) that never received a byte."""
-        addr, size = ctypes.create_string_buffer(16), ctypes.c_uint(16)
+        addr, size = ctypes.create_string_buffer(28), ctypes.c_uint(28)
         getpeername, ref = libc.getpeername, ctypes.byref(size)
         count = 0
         for fd in self.fds:
             if self.state[fd] == WAIT_INDEX and fd not in self.partial:
-                size.value = 16
+                size.value = 28
                 if getpeername(fd, addr, ref) == 0:
                     count += 1
         return count
@@ -116,23 +119,23 @@ class ConnectWorker:
     def open(self, upto: int) -> None:
         sock, connect, bind, setsockopt, get_errno = libc.socket, libc.connect, libc.bind, libc.setsockopt, ctypes.get_errno
         dst, sources, state, register = self.dst, self.sources, self.state, self.poll.register
-        m = len(sources)
-        one = ctypes.byref(ctypes.c_int(1))
+        m, dst_len, options, family = len(sources), len(self.dst), self.options, self.family
+        src_len = len(sources[0]) if m else 0
         flags = socket.SOCK_STREAM | SOCK_FLAGS
         ev = select.EPOLLIN | select.EPOLLRDHUP
         i = self.opened
         while i < upto:
-            fd = sock(socket.AF_INET, flags, 0)
+            fd = sock(family, flags, 0)
             if fd < 0:
                 self.fail("socket", get_errno(), i)
                 return
-            if m:
-                setsockopt(fd, 0, IP_BIND_ADDRESS_NO_PORT, one, 4)
-                # Offset by worker, so workers sharing the sources start on different ones.
-                if bind(fd, sources[(i + self.k) % m], 16):
-                    self.fail("bind", get_errno(), i, fd)
-                    return
-            if connect(fd, dst, 16):
+            for level, name, value, size in options:
+                setsockopt(fd, level, name, value, size)
+            # Offset by worker, so workers sharing the sources start on different ones.
+            if m and bind(fd, sources[(i + self.k) % m], src_len):
+                self.fail("bind", get_errno(), i, fd)
+                return
+            if connect(fd, dst, dst_len):
                 code = get_errno()
                 if code != E.EINPROGRESS:
                     self.fail("connect", code, i, fd)

@@ -76,7 +76,7 @@ class Local(Orchestration):
                       accept_pause=cfg.accept_pause, nofile=cfg.worker_nofile, **fleet.worker_args())
         fleet.fork_per_listener(self.listeners, lambda k, fd: start_worker(
             local_worker.LocalWorker, k, share=plan.shares[k], listener=fd, port=plan.port + k,
-            sources=worker_sources(plan, k), **common))
+            sources=worker_sources(plan, k), port_range=plan.port_range, **common))
 
     def cleanup(self) -> None:
         for s in getattr(self, "listeners", ()):

@@ -27,7 +27,7 @@ import time
 from array import array
 
 from .fleet import ERROR, OPS, SIDES, Line, line_kinds
-from .sockets import IP_BIND_ADDRESS_NO_PORT, SOCK_FLAGS, libc, reset_on_close, sockaddr
+from .sockets import SOCK_FLAGS, client_options, libc, reset_on_close, sockaddr
 
 BATCH = 128                   # connects between accept rounds; the accept queue never holds more
 REPORT_EVERY = 1024            # connections between progress reports while opening,
@@ -45,10 +45,11 @@ LINES = line_kinds(PROGRESS, ACCEPTED_ALL, TIMED_OUT, VERIFIED)  # (exchange ove
 
 class LocalWorker:
     def __init__(self, k, share, listener, port, sources, report, stop, release, deadline,
-                 rate=None, accept_pause=0.0, nofile=None):
+                 rate=None, accept_pause=0.0, nofile=None, port_range=(32768, 60999)):
         self.k, self.share, self.listener = k, share, listener
         self.dst = sockaddr("127.0.0.1", port)
         self.sources = [sockaddr(ip, 0) for ip in sources]
+        self.options = client_options(port_range, bind=bool(sources), freebind=False)
         self.report_fd, self.stop_fd, self.release_fd = report, stop, release
         self.deadline, self.rate, self.accept_pause, self.nofile = deadline, rate, accept_pause, nofile
         self.cli = array("i")
@@ -106,8 +107,7 @@ class LocalWorker:
         cli, srv = self.cli, self.srv
         cli_add, srv_add = cli.append, srv.append
         dst, lfd, sources = self.dst, self.listener, self.sources
-        m = len(sources)
-        one = ctypes.byref(ctypes.c_int(1))
+        m, options = len(sources), self.options
         AF, FLAGS, EINPROGRESS, EAGAIN = socket.AF_INET, socket.SOCK_STREAM | SOCK_FLAGS, E.EINPROGRESS, E.EAGAIN
         n, rate, pause = self.share, self.rate, self.accept_pause
         batch = BATCH if not rate else max(1, min(BATCH, int(rate / 50)))
@@ -122,12 +122,12 @@ class LocalWorker:
                 if fd < 0:
                     self.fail("client", "socket", get_errno(), i)
                     break
-                if m:
-                    setsockopt(fd, 0, IP_BIND_ADDRESS_NO_PORT, one, 4)
-                    if bind(fd, sources[i % m], 16):
-                        self.fail("client", "bind", get_errno(), i)
-                        close(fd)
-                        break
+                for level, name, value, size in options:
+                    setsockopt(fd, level, name, value, size)
+                if m and bind(fd, sources[i % m], 16):
+                    self.fail("client", "bind", get_errno(), i)
+                    close(fd)
+                    break
                 if connect(fd, dst, 16):
                     code = get_errno()
                     if code != EINPROGRESS:

@@ -78,7 +78,7 @@ class ServeWorker:
         size = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.state = bytearray(size)
         self.index = array("I", bytes(4 * size))
-        self.peer = array("I", bytes(4 * size))
+        self.peer = [0] * size      # wire.peer_key of each connection's client address
         self.deadline = array("d", bytes(8 * size))
         self.partial = {}           # fd -> the bytes of an echo that came in pieces
         self.pending = set()        # fds waiting for their echo
@@ -86,8 +86,8 @@ class ServeWorker:
         self.seq = 0                # connections this worker numbered (index = seq * workers + k)
         self.accepted = self.verified = self.held = self.over = self.dropped = 0
         self.failed = dict.fromkeys(wire.FAILURES, 0)
-        self.addr = ctypes.create_string_buffer(16)
-        self.addrlen = ctypes.c_uint(16)
+        self.addr = ctypes.create_string_buffer(28)   # a sockaddr_in6 (an IPv6 listener's peers)
+        self.addrlen = ctypes.c_uint(28)
         self.linger = ctypes.create_string_buffer(LINGER_0, 8)
 
     # -- reporting -----------------------------------------------------------------------
@@ -200,7 +200,7 @@ class ServeWorker:
             admit = self.take_slot()
             if admit is None:
                 return
-            addrlen.value = 16
+            addrlen.value = 28
             c = accept4(self.listener, addr, ref, SOCK_FLAGS)
             if c < 0:
                 code = get_errno()
@@ -217,7 +217,7 @@ class ServeWorker:
                     # the other workers' listeners (those queued here are reset).
                     self.close_listener()
                 return
-            ip = int.from_bytes(addr.raw[4:8], "big")
+            ip = wire.peer_key(addr.raw)
             row = self.counters(ip)
             self.accepted += 1
             row[A_ACCEPTED] += 1

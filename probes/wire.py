@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 INDEX = struct.Struct("!I")
 ACK = b"\x06"
@@ -44,11 +44,19 @@ class EndpointError(ValueError):
 
 
 def parse_endpoint(text: str, listen: bool = False) -> Tuple[str, int]:
-    """'10.0.0.1:9000' -> ('10.0.0.1', 9000); host names resolve (IPv4), ':9000' listens
-    on every address."""
+    """'10.0.0.1:9000' -> ('10.0.0.1', 9000), '[fd00:77::1]:9000' -> ('fd00:77::1', 9000);
+    host names resolve (IPv4), ':9000' listens on every IPv4 address, '[::]:9000' on
+    every address."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise EndpointError(f"{text!r} is not ADDR:PORT with a port in 1..65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1])), int(port)
+        except ValueError:
+            raise EndpointError(f"{host!r} is not an IPv6 address") from None
+    if ":" in host:
+        raise EndpointError(f"{text!r}: write an IPv6 address in brackets, [{host}]:{port}")
     if not host:
         if not listen:
             raise EndpointError(f"{text!r} names no host to connect to")
@@ -60,31 +68,35 @@ def parse_endpoint(text: str, listen: bool = False) -> Tuple[str, int]:
     return addr, int(port)
 
 
-def local_sources(cidr: str, limit: int = 1 << 16) -> List[str]:
-    """Local addresses inside cidr, in order (at most `limit`): the source addresses a
-    client spreads over.  Addresses of cidr that are not local are left out, so a
-    /24 with 17 aliases gives 17 sources, not 254 bind() failures.  Counted the way
-    `tuner report` counts source addresses (tuner.localnet: interface addresses and
-    local routes, AnyIP prefixes included)."""
-    try:
-        net = ipaddress.ip_network(cidr, strict=False)
-    except ValueError as exc:
-        raise EndpointError(f"--source-net: {exc}") from None
-    if net.version != 4:
-        raise EndpointError("--source-net must be an IPv4 network")
-    from tuner import localnet
-
-    nets = localnet.source_networks(localnet.read_addresses(), localnet.read_local_routes(),
-                                    within=str(net))
-    return localnet.source_addresses(nets, limit)
+def endpoint_text(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def peer_text(ip_int: int) -> str:
-    return str(ipaddress.IPv4Address(ip_int))
+_V6_KEY = 1 << 128     # set on an IPv6 peer's key, so ::a.b.c.d and a.b.c.d stay apart
+_V4_MAPPED = 0xFFFF << 32
+
+
+def peer_key(raw: bytes) -> int:
+    """A client's address from the sockaddr accept() filled in, as one int: IPv4 as its
+    32-bit value (also when it came v4-mapped to an IPv6 listener), IPv6 with _V6_KEY set."""
+    if struct.unpack_from("=H", raw)[0] == socket.AF_INET6:
+        value = int.from_bytes(raw[8:24], "big")
+        return value - _V4_MAPPED if value >> 32 == 0xFFFF else value | _V6_KEY
+    return int.from_bytes(raw[4:8], "big")
+
+
+def peer_text(key: int) -> str:
+    if key & _V6_KEY:
+        return str(ipaddress.IPv6Address(key ^ _V6_KEY))
+    return str(ipaddress.IPv4Address(key))
 
 
 def ip_int(addr: Optional[str]) -> int:
-    return int(ipaddress.IPv4Address(addr)) if addr else 0
+    """peer_text's inverse, for sorting addresses of either family."""
+    if not addr:
+        return 0
+    ip = ipaddress.ip_address(addr)
+    return int(ip) | (_V6_KEY if ip.version == 6 else 0)
 
 
 def listener(addr: str, port: int, reuseport: bool = False) -> socket.socket:
@@ -92,7 +104,7 @@ def listener(addr: str, port: int, reuseport: bool = False) -> socket.socket:
 
     reuseport: several workers' listeners share one ADDR:PORT and the kernel spreads
     connections over them (the --serve side)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:

@@ -134,12 +134,12 @@ def test_client_aliases_on_veth_in_namespace(capsys, jpath, netns):
                          "--alias-dev", "veth0", "--alias-net", "10.9.0.0/24", "--yes",
                          "--journal", jpath)
     assert rc == 0, err
-    # 220,000 with headroom / (64,512 ports x half, for fast connects) = 7 source
-    # addresses; 2 are there, 5 added as /32.
+    # 220,000 with headroom / (64,512 ports x 90%, fast with a per-socket port range on
+    # this 6.18 kernel; half before 6.3) = 4 source addresses; 2 are there, 2 added as /32.
     added = sorted(set(addresses(netns, "veth0")) - set(addrs_before))
-    assert added == [f"10.9.0.{i}/32" for i in range(2, 7)]
+    assert added == [f"10.9.0.{i}/32" for i in range(2, 4)]
     assert f"ip -n {netns} addr add 10.9.0.2/32 dev veth0" in out
-    assert "source addresses for outbound connections on veth0: 7" in out
+    assert "source addresses for outbound connections on veth0: 4" in out
     assert "after apply: target 200,000 reachable: yes" in out
     assert netns_values(netns)["net.ipv4.ip_local_port_range"] == "1024 65535"
     assert netns_values(netns)["net.ipv4.tcp_tw_reuse"] == "1"
@@ -171,7 +171,7 @@ def test_after_report_counts_the_alias_device_even_with_no_addresses(capsys, jpa
 def test_client_without_alias_dev_says_how_many_and_how(capsys, jpath, netns):
     add_veth(netns)
     data = plan_of(capsys, "-n", "1M", "--role", "client", "--netns", netns, "--journal", jpath)
-    assert any("35 needed" in n and "--alias-dev" in n for n in data["plan"]["notes"]), data["plan"]["notes"]
+    assert any("19 needed" in n and "--alias-dev" in n for n in data["plan"]["notes"]), data["plan"]["notes"]
     assert not any(c["kind"] == "alias" for c in data["plan"]["changes"])
 
 

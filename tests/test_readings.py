@@ -8,7 +8,8 @@ import sys
 import psutil
 import pytest
 
-from probes import kernel, wire
+from probes import connect, kernel
+from probes.config import ProbeConfigError
 from tuner import assess, knobs, localnet, procfs, readings
 from tuner.netns import in_netns
 from tuner.readings import Snapshot
@@ -85,9 +86,10 @@ def test_addresses_and_local_routes_match_ip(snap):
                     for a in link.get("addr_info", []))
     assert ours == theirs
     routes = sorted((r["ifname"], r["network"]) for r in snap.local_routes)
-    local = sorted((r["dev"], r["dst"] if "/" in r["dst"] else r["dst"] + "/32")
-                   for r in _ip_json("-4", "route", "show", "table", "local") if r.get("type") == "local")
-    assert routes == local and ("lo", "127.0.0.0/8") in routes
+    local = sorted((r["dev"], r["dst"] if "/" in r["dst"] else r["dst"] + ("/32" if family == "-4" else "/128"))
+                   for family in ("-4", "-6")
+                   for r in _ip_json(family, "route", "show", "table", "local") if r.get("type") == "local")
+    assert routes == local and ("lo", "127.0.0.0/8") in routes and ("lo", "::1/128") in routes
 
 
 def test_anyip_local_route_counts_for_report_and_probe_alike(netns):
@@ -99,14 +101,15 @@ def test_anyip_local_route_counts_for_report_and_probe_alike(netns):
     inside = assess.snapshot(netns)
     assert readings.source_address_count(inside, "lo") == (2 ** 24 - 2) + 254
     with in_netns(netns):
-        found = wire.local_sources("10.77.5.0/24")
-        outside = wire.local_sources("10.78.0.0/16")
+        found, _ = connect.sources_for(connect.ConnectConfig("10.79.0.1:7", source_net="10.77.5.0/24"),
+                                       "10.79.0.1")
+        with pytest.raises(ProbeConfigError, match="no local address inside it"):
+            connect.sources_for(connect.ConnectConfig("10.79.0.1:7", source_net="10.78.0.0/16"), "10.79.0.1")
         # Each counted address really binds here (the first and the last of the prefix).
         for address in (found[0], found[-1]):
             with socket.socket() as s:
                 s.bind((address, 0))
     assert found[0] == "10.77.5.1" and found[-1] == "10.77.5.254" and len(found) == 254
-    assert outside == []
     # The report's figure for the probe's --source-net is the same count.
     nets = localnet.source_networks(inside.addresses, inside.local_routes, within="10.77.5.0/24")
     assert localnet.source_count(nets) == len(found)

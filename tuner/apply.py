@@ -63,6 +63,7 @@ def validate(req: Request) -> None:
         if net.version != 4:
             raise UsageError(f"--alias-net {req.alias_net}: source addresses are counted "
                              f"for IPv4 only; use an IPv4 network")
+    _check_anyip(req)
     if req.persist and req.netns is not None:
         raise UsageError("--persist writes boot-time settings of the host; a namespace does "
                          "not survive a reboot, so it cannot be combined with --netns")
@@ -82,6 +83,37 @@ def validate(req: Request) -> None:
     # Last: without root the device can only be looked for in the initial namespace;
     # inside another one, entering it needs root, and that is exit 4 (needs root).
     _check_device(req)
+
+
+def _check_anyip(req: Request) -> None:
+    """--anyip-net: a prefix (never one address, nor loopback: lo has all of 127.0.0.0/8
+    already) an operator plausibly owns, by the aliases' rules; for clients only."""
+    if req.anyip_net is None:
+        if req.anyip_dev is not None:
+            raise UsageError("--anyip-dev DEV names where the --anyip-net route goes; add --anyip-net")
+        return
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_network(req.anyip_net.strip(), strict=False).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        raise UsageError(f"--anyip-net {req.anyip_net} is loopback, all local on lo already; "
+                         f"take the prefix from a private network such as fd00::/8 or 10.0.0.0/8")
+    net = check_alias_net(req.anyip_net, req.anyip_dev or "lo", req.allow_public_aliases,
+                          option="--anyip-net")
+    if net.num_addresses < 2:
+        raise UsageError(f"--anyip-net {net} is one address; add it with --alias-net, or give a prefix")
+    if req.role == "server":
+        raise UsageError("--anyip-net gives a client source addresses; on the server, route the "
+                         "clients' prefix back to them instead (docs/anyip.md)")
+    if req.alias_net is not None:
+        raise UsageError("--anyip-net and --alias-net both add source addresses: pick one")
+    if req.anyip_dev is not None:
+        from .inputs import check_netns_syntax  # noqa: F401  (device names: IFNAMSIZ, no '/')
+        if len(req.anyip_dev) >= 16 or "/" in req.anyip_dev or not req.anyip_dev.isprintable():
+            raise UsageError(f"--anyip-dev {req.anyip_dev!r} is not a device name")
 
 
 def _check_pid(pid: int) -> None:
@@ -110,15 +142,16 @@ def read_processes(pids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
 
 
 def _check_device(req: Request) -> None:
-    if req.alias_dev is None:
-        return
-    from pyroute2 import IPRoute
+    for option, dev in (("--alias-dev", req.alias_dev), ("--anyip-dev", req.anyip_dev)):
+        if dev is None:
+            continue
+        from pyroute2 import IPRoute
 
-    with in_netns(req.netns), IPRoute() as ipr:
-        if not ipr.link_lookup(ifname=req.alias_dev):
-            where = f" in namespace {req.netns!r}" if req.netns else ""
-            raise UsageError(f"--alias-dev {req.alias_dev}: no such device{where} "
-                             f"(list them with 'ip link')")
+        with in_netns(req.netns), IPRoute() as ipr:
+            if not ipr.link_lookup(ifname=dev):
+                where = f" in namespace {req.netns!r}" if req.netns else ""
+                raise UsageError(f"{option} {dev}: no such device{where} "
+                                 f"(list them with 'ip link')")
 
 
 # ---------------------------------------------------------------- the command

@@ -284,7 +284,8 @@ def evaluate(ctx: Ctx, knobs: Optional[List[Knob]] = None) -> Report:
         state = status(_status(ctx, knob, current, needed, allows, binding, mem.get("worst_fits_memory")),
                        share)
         rows.append(Row(knob.name, knob.kind, knob.scope, knob.unit, knob.caps, current, needed, allows,
-                        state, knob.why, row_fix(knob, state, needed, ctx.snap.netns, ctx.target),
+                        state, " ".join(filter(None, (knob.why, knob.explain(ctx) if current is not None else ""))),
+                        row_fix(knob, state, needed, ctx.snap.netns, ctx.target),
                         in_use=None if usage is None else usage[0], utilization=share))
     sockstat = ctx.snap.sockstat
     return Report(

@@ -240,10 +240,17 @@ def apply(
                                             help="Network the /32 aliases are taken from: a private "
                                                  "one (10/8, 172.16/12, 192.168/16, 100.64/10; "
                                                  "127/8 on lo only)."),
+    anyip_net: Optional[str] = typer.Option(
+        None, "--anyip-net", metavar="PREFIX",
+        help="Make every address of PREFIX a source with one local route (AnyIP; IPv6 "
+             "fd00::/8 or private IPv4), instead of aliases: docs/anyip.md. The server must "
+             "route PREFIX back to this host."),
+    anyip_dev: Optional[str] = typer.Option(None, "--anyip-dev", metavar="DEV",
+                                            help="Device the --anyip-net route goes on (default lo)."),
     allow_public_aliases: bool = typer.Option(
         False, "--allow-public-aliases",
-        help="Let --alias-net be a public network you own (never multicast, 0/8, 240/4 or "
-             "loopback off lo)."),
+        help="Let --alias-net or --anyip-net be a public network you own (never multicast, "
+             "0/8, 240/4 or loopback off lo)."),
     shrink_buffers: bool = typer.Option(False, "--shrink-buffers",
                                         help="Lower tcp_rmem/tcp_wmem defaults (not max)."),
     persist: bool = typer.Option(False, "--persist", help="Also write sysctl.d / limits.d "
@@ -285,7 +292,7 @@ def apply(
     req = Request(parse_target(target), role, netns, destinations, tuple(pid), alias_dev,
                   alias_net, shrink_buffers, persist, root_dir, unit,
                   source_net=parse_source_net(source_net), allow_public_aliases=allow_public_aliases,
-                  user=user, raise_soft=raise_soft)
+                  user=user, raise_soft=raise_soft, anyip_net=anyip_net, anyip_dev=anyip_dev)
     outcome = apply_mod.run(
         req, journal, dry_run,
         show=(lambda plan: None) if json_out else (lambda plan: _emit(render.plan_text(plan, _width()))),

@@ -92,13 +92,15 @@ UNIT_NAME = re.compile(rf"^{UNIT_CHARS}{{1,255}}$")
 
 def parse_source_net(text: Optional[str]) -> Optional[str]:
     """--source-net CIDR or 'none' (probe, apply): one line and exit 2 when it is not a
-    usable IPv4 network (an empty value included), None when not given."""
+    network (an empty value included), None when not given.  Parsed by the probes' one
+    parser; whether the family fits is the command's to say (the local probe listens
+    on 127.0.0.1, --connect takes either)."""
     if text is None:
         return None
-    from probes.config import ProbeConfigError, sources
+    from probes.config import ProbeConfigError, source_network
 
     try:
-        sources(text)
+        source_network(text)
     except ProbeConfigError as e:
         raise UsageError(str(e)) from None
     return text
@@ -120,8 +122,10 @@ _NEVER = {
 _LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 
 
-def check_alias_net(text: str, dev: Optional[str], allow_public: bool = False):
-    """The network `tuner apply --alias-net` takes /32 aliases from, for device `dev`.
+def check_alias_net(text: str, dev: Optional[str], allow_public: bool = False,
+                    option: str = "--alias-net"):
+    """The network `tuner apply --alias-net` takes /32 aliases from, for device `dev`
+    (and the prefix `--anyip-net` makes local, as `option`: the same trust).
 
     A root tool adds addresses only where an operator plausibly owns the network: the
     private ranges (RFC 1918, 100.64.0.0/10 shared space, IPv6 unique local) anywhere,
@@ -133,7 +137,7 @@ def check_alias_net(text: str, dev: Optional[str], allow_public: bool = False):
     try:
         net = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
-        raise UsageError(f"--alias-net {text!r} is not a network (e.g. 10.9.0.0/24)") from None
+        raise UsageError(f"{option} {text!r} is not a network (e.g. 10.9.0.0/24)") from None
 
     def inside(cidr: str) -> bool:
         other = ipaddress.ip_network(cidr)
@@ -145,18 +149,18 @@ def check_alias_net(text: str, dev: Optional[str], allow_public: bool = False):
 
     for cidr, what in _NEVER[net.version]:
         if overlaps(cidr):
-            raise UsageError(f"--alias-net {net} is {what}: no host can use such addresses as "
+            raise UsageError(f"{option} {net} is {what}: no host can use such addresses as "
                              f"its own; take aliases from a private network such as 10.0.0.0/8")
     if overlaps(_LOOPBACK[net.version]):
         if inside(_LOOPBACK[net.version]) and dev == "lo":
             return net
-        raise UsageError(f"--alias-net {net} is loopback, which belongs on lo only, not on "
+        raise UsageError(f"{option} {net} is loopback, which belongs on lo only, not on "
                          f"{dev or 'another device'}; take aliases for {dev or 'it'} from a "
                          f"private network such as 10.0.0.0/8")
     if any(inside(cidr) for cidr in _PRIVATE_NETS[net.version]) or allow_public:
         return net
     private = ", ".join(_PRIVATE_NETS[4])
-    raise UsageError(f"--alias-net {net} is not inside a private network ({private}, or fc00::/7): "
+    raise UsageError(f"{option} {net} is not inside a private network ({private}, or fc00::/7): "
                      f"tuner adds addresses only from networks an operator owns; if this one "
                      f"is yours, pass --allow-public-aliases")
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, List, Optional
 
-from probes.config import FAST_PORT_SHARE, FD_HEADROOM, connections_within
+from probes.config import FD_HEADROOM, connections_within, port_share
 
 from . import memory, procfs
 from .readings import Snapshot, source_address_count
@@ -43,11 +43,12 @@ NR_OPEN_MAX = 2147483584  # kernel's sysctl_nr_open_max on 64-bit (INT_MAX & -BI
 MAX_BACKLOG = 65535      # a burst-sized accept queue; beyond this, accept faster instead
 PORT_FLOOR = 1024        # never hand privileged ports to the ephemeral range
 PORT_CEIL = 65535
-# FAST_PORT_SHARE: plans (range widening, aliases) fill only this share of each source address's port
-# range: connect() takes even ports first and scans all of them before any odd one, so
-# past half a range every connect walks the whole range (measured: 11,700/s fell to
-# ~300/s). One constant for the probe and the model, imported from probes.config;
-# `allows` still counts the full range, the hard limit.
+# port_share (probes.config): plans (range widening, aliases) fill only this share of each
+# source address's port range: connect() takes even ports first and scans all of them
+# before any odd one, so past half a range every connect walks the whole range
+# (measured: 11,700/s fell to ~300/s) -- unless the socket carries its own range
+# (IP_LOCAL_PORT_RANGE, Linux 6.3+; tuner probe sets it), then 90%.  One rule for the
+# probe and the model; `allows` still counts the full range, the hard limit.
 
 # What a knob caps, which decides how its "allows" figure is used.
 CAPS_CONNECTIONS = "connections"    # caps concurrent connections on the host: may bind
@@ -222,6 +223,9 @@ class Knob:
     # What a diagnosed process (tuner.service.Process) uses of it: the attribute counted
     # (its descriptors, its epoll watches), summed over the service's processes.
     service_use: str = ""
+    # Words about this host's value, added to `why` (the source addresses: which are
+    # plain addresses and which AnyIP prefixes, per IP version).
+    explain: Callable[[Ctx], str] = lambda ctx: ""
     # Caps the backlog listen() gets: a listener's accept queue is min(backlog, this).
     caps_backlog: bool = False
     # Of this limit's unit, what each thread of a thread-per-connection server takes.
@@ -352,7 +356,7 @@ def _port_allows(ctx):
 
 def _ports_per_source_needed(ctx):
     per_pair = ctx.with_headroom(ctx.target) / (max(ctx.sources, 1) * ctx.destinations)
-    return math.ceil(per_pair / FAST_PORT_SHARE)
+    return math.ceil(per_pair / port_share(ctx.snap.own_port_range))
 
 
 def _port_range_needs(ctx):
@@ -374,8 +378,39 @@ def _addresses_needs(ctx):
     if ctx.role == "server" or ctx.target is None:
         return None
     ports = PORT_CEIL - PORT_FLOOR + 1 - reserved_port_count(ctx.snap, PORT_FLOOR, PORT_CEIL)
-    want = math.ceil(ctx.with_headroom(ctx.target) / (ports * FAST_PORT_SHARE * ctx.destinations))
+    want = math.ceil(ctx.with_headroom(ctx.target) / (ports * port_share(ctx.snap.own_port_range)
+                                                      * ctx.destinations))
     return [want] if ctx.sources < want else None
+
+
+# bind() of an address the kernel does not call local: per IP version, per namespace.
+# IPv4's bind() accepts every address a local route covers (AnyIP), IPv6's only those
+# configured on an interface unless this is 1 (or the socket sets IP_FREEBIND).
+NONLOCAL_BIND = {4: "net.ipv4.ip_nonlocal_bind", 6: "net.ipv6.ip_nonlocal_bind"}
+
+
+def _sources_explain(ctx):
+    """'IPv4: 2 (1 address, AnyIP 10.77.1.0/24); IPv6: ...' -- which sources are which."""
+    from .localnet import anyip_prefixes, source_count, source_networks
+    from .numfmt import number
+
+    if ctx.source_count is not None:
+        return ""
+    dev = ctx.source_dev or ("lo" if ctx.role == "loopback" else None)
+    snap, parts = ctx.snap, []
+    anyip = anyip_prefixes(snap.addresses, snap.local_routes)
+    for version in (4, 6):
+        nets = source_networks(snap.addresses, snap.local_routes, dev, version=version)
+        prefixes = [n for n in anyip if n.version == version and n in nets]
+        if not nets:
+            continue
+        words = [f"{number(source_count([n for n in nets if n not in prefixes]))} address(es)"]
+        words += [f"AnyIP {n} ({number(source_count([n]))})" for n in prefixes]
+        if prefixes and version == 6 and snap.int(NONLOCAL_BIND[6]) != 1:
+            words.append("bind() needs IP_FREEBIND (tuner probe sets it) or "
+                         f"{NONLOCAL_BIND[6]}=1")
+        parts.append(f"IPv{version}: " + ", ".join(words))
+    return ("Here: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _tcp_mem_allows(ctx):
@@ -526,7 +561,9 @@ KNOBS: List[Knob] = [
          "Local addresses outbound sockets can bind to; each adds a full port range "
          "(all of 127.0.0.0/8 is local on lo).",
          current=lambda ctx: [ctx.sources], allows=_port_allows, needs=_addresses_needs,
-         fix="tuner apply --alias-dev DEV --alias-net CIDR",
+         fix="tuner apply --alias-dev DEV --alias-net CIDR, or one AnyIP prefix: tuner apply "
+             "--anyip-net PREFIX",
+         reads=((NONLOCAL_BIND[4], "netns"), (NONLOCAL_BIND[6], "netns")), explain=_sources_explain,
          # bind() of a source address that is not local.
          signs=Signs(errors=((E.EADDRNOTAVAIL, "bind"),), hints=(
              ("client", _CLIENT_PORTS_HINT),

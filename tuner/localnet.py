@@ -21,8 +21,9 @@ import ipaddress
 import socket
 import struct
 import sys
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Union
 
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 RT_TABLE_LOCAL = 255
 RTN_LOCAL = 2
 _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
@@ -102,54 +103,78 @@ def read_addresses() -> List[Dict[str, object]]:
 
 
 def read_local_routes() -> List[Dict[str, object]]:
-    """IPv4 routes of type local in the local table: every prefix bind() accepts as a
-    source here, AnyIP prefixes included."""
+    """IPv4 and IPv6 routes of type local in the local table: every prefix the kernel
+    takes packets for as its own here, AnyIP prefixes included.  (IPv4's bind() accepts
+    all of them; IPv6's only interface addresses, unless ip_nonlocal_bind or
+    IP_FREEBIND: see anyip_prefixes.)"""
     _, rtnl, rtmsg, _ = _pyroute2_messages()
     out = []
-    for msg in _dump(rtmsg.rtmsg, rtnl.RTM_GETROUTE, socket.AF_INET):
-        table = msg.get_attr("RTA_TABLE") or msg["table"]
-        if msg["type"] != RTN_LOCAL or table != RT_TABLE_LOCAL:
-            continue
-        out.append({"ifname": _ifname(msg.get_attr("RTA_OIF") or 0),
-                    "network": f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}",
-                    "family": 4})
+    for family, version, default in ((socket.AF_INET, 4, "0.0.0.0"), (socket.AF_INET6, 6, "::")):
+        for msg in _dump(rtmsg.rtmsg, rtnl.RTM_GETROUTE, family):
+            table = msg.get_attr("RTA_TABLE") or msg["table"]
+            if msg["type"] != RTN_LOCAL or table != RT_TABLE_LOCAL:
+                continue
+            out.append({"ifname": _ifname(msg.get_attr("RTA_OIF") or 0),
+                        "network": f"{msg.get_attr('RTA_DST') or default}/{msg['dst_len']}",
+                        "family": version})
     return out
 
 
 # ---------------------------------------------------------------- counting (pure)
 
 def source_networks(addresses, local_routes, ifname: Optional[str] = None,
-                    within: Optional[str] = None) -> List[ipaddress.IPv4Network]:
-    """The IPv4 networks outbound sockets can take source addresses from, disjoint.
+                    within: Optional[str] = None, version: int = 4) -> List[Network]:
+    """The networks of one IP version outbound sockets can take source addresses from,
+    disjoint.
 
     ifname: only those on this device; None: every device but lo (outbound to another
     host never leaves from a loopback address) -- unless `within` is given, which
     looks on every device and keeps only what lies inside that network (the probe's
-    --source-net).  An address on lo makes its whole prefix local (Linux answers for
-    all of 127.0.0.0/8), elsewhere an address is itself only; local routes count
-    whole (they are what the kernel answers for).
+    --source-net; its version then decides).  An address on lo makes its whole prefix
+    local (Linux answers for all of 127.0.0.0/8), elsewhere an address is itself only;
+    local routes count whole (they are what the kernel answers for).  IPv6 link-local
+    and loopback addresses are no source for another host.
     """
+    inside = None if within is None else ipaddress.ip_network(within, strict=False)
+    version = inside.version if inside is not None else version
     nets = []
     for a in addresses:
-        if a["family"] == 4 and _on(a["ifname"], ifname, within):
-            prefix = a["prefixlen"] if a["ifname"] == "lo" else 32
+        if a["family"] == version and _on(a["ifname"], ifname, within):
+            prefix = a["prefixlen"] if a["ifname"] == "lo" and version == 4 else (32 if version == 4 else 128)
             nets.append(ipaddress.ip_network(f"{a['address']}/{prefix}", strict=False))
     for r in local_routes:
-        if r["family"] == 4 and _on(r["ifname"], ifname, within):
-            nets.append(ipaddress.ip_network(r["network"], strict=False))
+        net = ipaddress.ip_network(r["network"], strict=False)
+        # An AnyIP prefix sits on lo but is no loopback network: it is a source for others.
+        anyip = ifname is None and r["ifname"] == "lo" and not net.is_loopback
+        if r["family"] == version and (anyip or _on(r["ifname"], ifname, within)):
+            nets.append(net)
+    if version == 6 and inside is None:
+        nets = [n for n in nets if not (n.is_link_local or n.is_loopback)]
     # CIDR networks are nested or disjoint: keep the outermost ones (127.0.0.1/32 lies in
     # 127.0.0.0/8).  No merging of neighbours: 16 aliases side by side are 16 sources,
     # not a /28 without its first and last address.
-    outer: List[ipaddress.IPv4Network] = []
+    outer: List[Network] = []
     for net in sorted(set(nets), key=lambda n: (n.prefixlen, n)):
         if not any(net.subnet_of(o) for o in outer):
             outer.append(net)
     outer.sort()
-    if within is None:
+    if inside is None:
         return outer
-    inside = ipaddress.ip_network(within, strict=False)
     # The overlap of two CIDR networks is the smaller one.
     return [net if net.subnet_of(inside) else inside for net in outer if net.overlaps(inside)]
+
+
+def anyip_prefixes(addresses, local_routes) -> List[Network]:
+    """Local-route prefixes (IPv4 and IPv6) wider than one address that no interface
+    address accounts for: AnyIP, as `ip route add local PREFIX dev lo` makes it (the
+    127.0.0.0/8 the kernel puts on lo aside)."""
+    own = {ipaddress.ip_network(f"{a['address']}/{a['prefixlen']}", strict=False) for a in addresses}
+    out = []
+    for r in local_routes:
+        net = ipaddress.ip_network(r["network"], strict=False)
+        if net.num_addresses > 1 and not net.is_loopback and net not in own:
+            out.append(net)
+    return sorted(out, key=lambda n: (n.version, n))
 
 
 def _on(dev: str, ifname: Optional[str], within: Optional[str]) -> bool:
@@ -158,25 +183,30 @@ def _on(dev: str, ifname: Optional[str], within: Optional[str]) -> bool:
     return within is not None or dev != "lo"
 
 
-def usable(net: ipaddress.IPv4Network) -> range:
-    """Addresses of net usable as sources, as integers: a network's own address and its
-    broadcast address are not, except in /31 and /32 (the probe's Sources agrees)."""
+def usable(net: Network) -> range:
+    """Addresses of net usable as sources, as integers: an IPv4 network's own address and
+    its broadcast address are not, except in /31 and /32 (the probe's Sources agrees);
+    nor is an IPv6 prefix's first address (the subnet-router anycast address)."""
     first, last = int(net.network_address), int(net.broadcast_address)
-    if net.prefixlen <= 30:
+    if net.version == 4 and net.prefixlen <= 30:
         first, last = first + 1, last - 1
+    elif net.version == 6 and net.prefixlen <= 126:
+        first += 1
     return range(first, last + 1)
 
 
-def source_count(networks: List[ipaddress.IPv4Network]) -> int:
-    return sum(len(usable(net)) for net in networks)
+def source_count(networks: List[Network]) -> int:
+    # range.stop - range.start: len() of a /64's range overflows a C ssize_t.
+    return sum(r.stop - r.start for r in map(usable, networks))
 
 
-def source_addresses(networks: List[ipaddress.IPv4Network], limit: int) -> List[str]:
+def source_addresses(networks: List[Network], limit: int) -> List[str]:
     """The first `limit` usable addresses of networks, in order."""
     out: List[str] = []
     for net in networks:
         for value in usable(net)[:limit - len(out)]:
-            out.append(str(ipaddress.IPv4Address(value)))
+            out.append(str(ipaddress.ip_address(value) if net.version == 4
+                           else ipaddress.IPv6Address(value)))
         if len(out) >= limit:
             break
     return out

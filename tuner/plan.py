@@ -77,7 +77,10 @@ class Request:
     # Plan for clients bound to this network's addresses (as `tuner probe --source-net`
     # binds them) instead of the local addresses counted; 'none': the one kernel-chosen.
     source_net: Optional[str] = None
-    allow_public_aliases: bool = False   # --alias-net outside the private ranges (inputs.py)
+    allow_public_aliases: bool = False   # --alias-net/--anyip-net outside the private ranges (inputs.py)
+    # One local route for this prefix (settings/route.py) on anyip_dev (None: lo).
+    anyip_net: Optional[str] = None
+    anyip_dev: Optional[str] = None
     # --persist's limits.d lines for this user only (else every user and root), and the
     # persisted soft RLIMIT_NOFILE raised to the hard one too (else left at its default).
     user: Optional[str] = None
@@ -146,6 +149,8 @@ def build_plan(snap: Snapshot, req: Request, procs: Optional[Dict[int, Dict[str,
                  for pid, p in procs.items()}
     planning = Planning(req, snap, sim, procs, pid_snaps, list(journal_entries))
     buffers_before = _buffer_memory(sim, req)
+    for kind in settings.KINDS.values():
+        planning.changes += kind.plan_first(planning)
     for knob in KNOBS:
         kind = settings.for_knob(knob) if knob.writable else None
         if kind is not None:

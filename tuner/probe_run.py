@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Union
 
 from probes import ProbeConfig, ProbeConfigError, launch
-from probes.config import source_count, worker_capacity
+from probes.config import source_count, sources, worker_capacity
 
 from . import assess, knobs
 from .capacity import CAPPED, Report
@@ -90,7 +90,7 @@ def check(connections: int, netns: Optional[str] = None, source_net: str = DEFAU
           workers: Union[str, int] = "auto") -> Preflight:
     """Before the run: the model for the workers the probe is likely to run."""
     try:
-        source_count(source_net)
+        sources(source_net)   # the local probe: IPv4 only (its listener is 127.0.0.1)
         # The workers run at the hard limit; one too low for any connection is refused
         # here, naming it, before the model is asked about it.
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -20,6 +20,8 @@ import resource
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from probes.sockets import own_port_range
+
 from . import localnet, procfs, sockdiag
 from .netns import check_name, in_netns
 
@@ -44,6 +46,9 @@ class Snapshot:
     addresses: List[Dict[str, object]] = field(default_factory=list)
     # routes of type local (what bind() accepts as a source), AnyIP prefixes included
     local_routes: List[Dict[str, object]] = field(default_factory=list)
+    # Sockets here can carry their own port range (IP_LOCAL_PORT_RANGE, Linux 6.3+), so a
+    # client that sets it (tuner probe does) fills more of each range fast (probes.config).
+    own_port_range: bool = False
     netns: Optional[str] = None
     # A diagnosed process (tuner diagnose): descriptors it holds for other than its
     # connections (None: assume probes.config.FD_HEADROOM, the common reserve), and its thread/mapping figures.
@@ -83,10 +88,18 @@ def _read_slab(snap: Snapshot) -> None:
     snap.slab_objects = {name: c.active_objs for name, c in caches.items()}
 
 
+def source_address_counts(snap: Snapshot, ifname: Optional[str]) -> dict:
+    """{4: n, 6: n}: distinct source addresses outbound connections can use on `ifname`
+    (None: every non-loopback device, AnyIP prefixes on lo included), per IP version:
+    tuner.localnet counts them, for the probe too."""
+    return {v: localnet.source_count(localnet.source_networks(snap.addresses, snap.local_routes,
+                                                                ifname, version=v)) for v in (4, 6)}
+
+
 def source_address_count(snap: Snapshot, ifname: Optional[str]) -> int:
-    """How many distinct IPv4 source addresses outbound connections can use on `ifname`
-    (None: every non-loopback device): tuner.localnet counts them, for the probe too."""
-    return localnet.source_count(localnet.source_networks(snap.addresses, snap.local_routes, ifname))
+    """Source addresses of the better-provided IP version (a client connects over one:
+    the report's row says how many each has)."""
+    return max(source_address_counts(snap, ifname).values())
 
 
 def listeners(port: int, address: Optional[str] = None) -> int:
@@ -111,6 +124,7 @@ def take_snapshot(host_sysctls, netns_sysctls, netns: Optional[str] = None,
     snap.nofile_soft, snap.nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     snap.cap_sys_resource = procfs.has_capability(procfs.CAP_SYS_RESOURCE)
     snap.page_size = procfs.page_size()
+    snap.own_port_range = own_port_range()
     snap.meminfo_kb = procfs.meminfo_kb()
     _read_slab(snap)
     snap.cgroup_memory = procfs.cgroup_memory()

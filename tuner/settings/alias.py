@@ -102,7 +102,7 @@ class Alias(Kind):
         if state is None:
             return []
         ctx, needed = state
-        dev = ctx.source_dev or ("lo" if req.role == "loopback" else "non-loopback interfaces")
+        dev = ctx.source_dev or ("lo" if req.role == "loopback" else "non-loopback interfaces and AnyIP prefixes")
         if needed is None:
             if req.role != "server":
                 local = " (all of 127.0.0.0/8 is local on lo)" if dev == "lo" else ""

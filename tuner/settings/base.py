@@ -207,6 +207,11 @@ class Kind:
         A kind records what it plans in planning.sim so later knobs see it."""
         return []
 
+    def plan_first(self, planning) -> List[Change]:
+        """Changes this kind makes before any knob is planned, so every knob's rule sees
+        them (an AnyIP route: the knobs count its source addresses)."""
+        return []
+
     def plan_after(self, planning) -> List[Change]:
         """Changes (or notes) this kind adds once every knob is planned."""
         return []
