@@ -114,9 +114,10 @@ def test_three_load_hosts_one_server_totals_add_up(hosts, tmp_path):
                              "--alias-dev", "eth0", "--alias-net", f"10.77.{i}.0/24", "--yes",
                              "--journal", journal, "--json")
             assert proc.returncode == 0, proc.stderr
-            # 1,500 x 1.1 headroom / (100 ports x half, for fast connects) = 33 source
+            # 1,500 x 1.1 headroom / (100 ports x 90%, fast with the per-socket port range
+            # this 6.18 kernel takes; half before 6.3) = 19 source
             # addresses; one is there already.
-            assert len(addresses(c, "eth0")) == 33
+            assert len(addresses(c, "eth0")) == 19
         report = json.loads(run_tuner("report", "-n", PER_CLIENT, "--role", "client", "--netns", clients[0],
                                       "--source-dev", "eth0", "--json").stdout)
         assert report["reachable"] is True
@@ -134,7 +135,7 @@ def test_three_load_hosts_one_server_totals_add_up(hosts, tmp_path):
         results = [json.loads(o) for o, _ in outs]
         for p, r, (_, e) in zip(loads, results, outs):
             assert p.returncode == 0 and r["ok"] and r["verified"] == PER_CLIENT, e
-            assert r["source_addresses"] == 33 and r["workers"] == 2
+            assert r["source_addresses"] == 19 and r["workers"] == 2
         served = json.loads(server_out)
     finally:
         for journal in journals:
@@ -150,7 +151,7 @@ def test_three_load_hosts_one_server_totals_add_up(hosts, tmp_path):
     assert served["stopped_by"] == "held" and served["workers"] >= 2
     for i, r in enumerate(results, 1):
         rows = [c for c in served["clients"] if c["address"].startswith(f"10.77.{i}.")]
-        assert len(rows) == 33 and sum(c["verified"] for c in rows) == r["verified"]
+        assert len(rows) == 19 and sum(c["verified"] for c in rows) == r["verified"]
     assert 1000 < served["kernel_slab_bytes_per_conn"] < 40000
     assert wait_gone(marker) == []
 
