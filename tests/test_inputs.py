@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from tuner import cli
+from tuner import netns as netns_home
 
 from applyhelp import host_values
 
@@ -48,7 +49,7 @@ def mount_points():
 
 def run_dir_listing():
     try:
-        return sorted(os.listdir("/var/run/netns"))
+        return sorted(os.listdir(netns_home.RUN_DIR))
     except FileNotFoundError:
         return None
 

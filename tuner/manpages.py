@@ -25,7 +25,7 @@ from typing import Dict, List, Tuple
 import typer
 from click_man.man import ManPage
 
-from . import __date__, __version__, errors, journal, plan
+from . import __date__, __version__, errors, journal, netns, plan
 from .cli import app
 from .knobs import KNOBS
 
@@ -160,7 +160,7 @@ def files_section() -> str:
         ("/proc/sys/, /proc/slabinfo, /proc/meminfo, /proc/net/sockstat",
          "Read by report and the probe's pre-flight; /proc/slabinfo needs root (without it the "
          "memory estimate uses documented fallback figures)."),
-        ("/var/run/netns/NAME", "The network namespace --netns NAME names (ip-netns(8))."),
+        (f"{netns.RUN_DIR}/NAME", "The network namespace --netns NAME names (ip-netns(8))."),
     ])
 
 
