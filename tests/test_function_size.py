@@ -20,8 +20,6 @@ ALLOWED = {
     "tuner/cli.py:apply": "a typer command: 50 lines of its signature declare its options",
     # Temporary: being split under an open issue by whoever owns the code now.
     "tuner/cli.py:probe": "issue 17/18 (h2-protocols): cli.probe split with the probe's documents",
-    "tuner/diagnose.py:evaluate": "issue 17/19 (h3-apps): diagnose over the model's own decisions",
-    "tuner/diagnose.py:_fixes": "issue 17/19 (h3-apps): diagnose's fixes in small functions",
     "probes/local_worker.py:LocalWorker.establish": "issue 20 (h4-anyip): the workers' connect "
                                                     "loop gains port selection; split with it",
 }
