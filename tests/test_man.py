@@ -1,5 +1,6 @@
 """The committed man pages are what the typer app generates now."""
 import os
+import re
 
 from tuner import errors, knobs, manpages
 
@@ -40,8 +41,6 @@ def test_every_page_has_environment_files_examples_and_see_also():
     for name, page in pages.items():
         for title in COMMON_SECTIONS:
             _section(page, title)
-        env = _section(page, "ENVIRONMENT")
-        assert r"\fBTUNER_JOURNAL\fP" in env and r"\fBTUNER_LOCK\fP" in env, name
         files = _section(page, "FILES")
         for path in ("/var/lib/tuner/journal.json", "/run/tuner.lock", "/etc/sysctl.d/99\\-tuner.conf",
                      "/etc/security/limits.d/99\\-tuner.conf"):
@@ -199,3 +198,124 @@ def test_dash_h_is_help_on_every_command():
         long = runner.invoke(root, path + ["--help"], prog_name="tuner")
         assert short.exit_code == 0, (path, short.output)
         assert short.output == long.output and "Usage: tuner" in short.output, path
+
+
+def _groff_warnings(path) -> str:
+    """What `groff -ww -man -z` says about a page: every warning on, output discarded."""
+    import subprocess
+
+    from realservers import need
+
+    proc = subprocess.run([need("groff"), "-ww", "-man", "-z", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    return proc.stderr.strip() + ("" if proc.returncode == 0 else f" (exit {proc.returncode})")
+
+
+def test_every_page_renders_without_a_warning(tmp_path):
+    """groff -ww is silent for every page (a text line starting with '.' or "'" would be
+    taken for a request and dropped: man tuner-plot once stopped at "does not end in")."""
+    pages = manpages.render_pages()
+    for name, text in pages.items():
+        (tmp_path / name).write_text(text)
+        assert _groff_warnings(tmp_path / name) == "", name
+
+
+def test_text_that_looks_like_roff_is_escaped_at_generation(tmp_path):
+    """Help text of any command, also one added later, whose lines start with '.', "'" or
+    '...' renders whole and without a warning."""
+    import typer
+
+    from tuner.cli import app
+
+    later = _app_with(app)
+
+    @later.command("someday")
+    def someday(port: int = typer.Option(0, "--port", help="... the processes on this port."),
+                unit: str = typer.Option("", "--unit", help="'quoted' first, then more.")) -> None:
+        """Writes FILE, which must end in
+        .svg or .png; a backslash \\ and 'quotes'
+        ...and dots."""
+
+    page = manpages.render_pages(later)["tuner-someday.1"]
+    (tmp_path / "p.1").write_text(page)
+    assert _groff_warnings(tmp_path / "p.1") == ""
+    for line in page.splitlines():
+        if line.startswith((".", "'")):
+            assert line.split()[0] in (".TH", ".SH", ".TP", ".PP", ".B", ".IP", ".nf", ".fi"), line
+
+
+def _app_with(app):
+    import typer
+
+    later = typer.Typer()
+    later.registered_commands = list(app.registered_commands)
+    later.registered_callback = app.registered_callback
+    later.info = app.info
+    return later
+
+
+def _commands():
+    return {manpages._command_name(ctx.command_path): name
+            for name, (_, ctx) in zip((ctx.command_path.replace(" ", "-") + ".1"
+                                       for _, ctx in manpages._commands()), manpages._commands())}
+
+
+def test_exit_status_lists_only_the_codes_the_command_returns():
+    pages = manpages.render_pages()
+    commands = _commands()
+    assert set(commands) <= set(errors.COMMAND_EXITS), \
+        "a command without a row in errors.COMMAND_EXITS: say which codes it returns"
+    for command, name in commands.items():
+        listed = [int(c) for c in re.findall(r"^\\fB(\d+)\\fP$", _section(pages[name], "EXIT STATUS"), re.M)]
+        assert listed == sorted(errors.COMMAND_EXITS[command]), name
+    assert {130, 143} <= set(errors.COMMAND_EXITS["probe"])
+    assert errors.EXIT_BUSY not in errors.COMMAND_EXITS["report"]
+    assert errors.EXIT_DECLINED not in errors.COMMAND_EXITS["probe"]
+    assert set(errors.COMMAND_EXITS["tuner"]) == set(errors.EXIT_CODES) \
+        == set().union(*errors.COMMAND_EXITS.values())
+
+
+# How tuner and probes/ read the environment; a module-level NAME = "VALUE" constant
+# passed to one of them is resolved in the same file.
+ENV_READS = re.compile(r"""(?:os\.environ\.get|os\.getenv|os\.environ\[|envvar=)\(?\s*([A-Za-z_"'][\w"']*)"""
+                       r"""|["'](\w+)["']\s+(?:not\s+)?in\s+os\.environ""")
+IMPLICIT_READS = {"get_terminal_size": "COLUMNS"}   # the standard library reads these for us
+
+
+def _variables_read() -> dict:
+    """{variable: first file reading it} over tuner/ and probes/."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    found = {}
+    for top in ("tuner", "probes"):
+        for dirpath, _, files in os.walk(os.path.join(root, top)):
+            for f in files:
+                if not f.endswith(".py") or f == "manpages.py":
+                    continue
+                path = os.path.join(dirpath, f)
+                text = open(path).read()
+                consts = dict(re.findall(r'^\s*([A-Z_][A-Z0-9_]*)\s*=\s*"(\w+)"', text, re.M))
+                for m in ENV_READS.finditer(text):
+                    word = (m.group(1) or m.group(2)).strip("\"'")
+                    var = consts.get(word, word)
+                    if var != "os" and not var.islower():
+                        found.setdefault(var, os.path.relpath(path, root))
+                for call, var in IMPLICIT_READS.items():
+                    if call in text:
+                        found.setdefault(var, os.path.relpath(path, root))
+    return found
+
+
+def test_environment_lists_every_variable_tuner_reads():
+    read = _variables_read()
+    assert {"TUNER_JOURNAL", "TUNER_LOCK", "TUNER_SYSLOG", "TUNER_DEBUG", "NO_COLOR"} <= set(read), read
+    documented = {var for var, _, _ in manpages.ENVIRONMENT}
+    missing = {var: where for var, where in read.items() if var not in documented}
+    assert not missing, f"read but not in tuner/manpages.py ENVIRONMENT: {missing}"
+    pages = manpages.render_pages()
+    commands = _commands()
+    for var, _, readers in manpages.ENVIRONMENT:
+        assert readers == manpages.EVERY or set(readers) <= set(commands) | {"tuner"}, var
+        for command, name in commands.items():
+            shown = f"\\fB{manpages._roff_escape(var)}\\fP" in _section(pages[name], "ENVIRONMENT")
+            expected = command == "tuner" or readers == manpages.EVERY or command in readers
+            assert shown == expected, (name, var)

@@ -25,7 +25,8 @@ from typing import Dict, List, Tuple
 import typer
 from click_man.man import ManPage
 
-from . import __date__, __version__, errors, journal, netns, plan
+from . import __date__, __version__, apply as apply_mod, errors, hostlog, journal, netns, plan
+from .settings import base as settings_base
 from .cli import app
 from .knobs import KNOBS
 
@@ -61,7 +62,11 @@ def wire_section() -> str:
 
 
 def _roff_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("-", "\\-")
+    """Text as roff prints it: backslashes and hyphen-minus escaped, and a line that starts
+    with '.' or "'" (".svg", "... the processes") led by \\& so roff does not take it for a
+    request (it would drop the line, warning of an undefined macro)."""
+    text = text.replace("\\", "\\\\").replace("-", "\\-")
+    return "\n".join("\\&" + line if line[:1] in (".", "'") else line for line in text.split("\n"))
 
 
 EXTRA_SECTIONS["tuner probe"] = {"WIRE PROTOCOL": wire_section()}
@@ -111,11 +116,14 @@ def knob_section() -> str:
     return "\n".join(lines)
 
 
-def exit_section() -> str:
-    lines = []
-    for code, text in errors.EXIT_CODES.items():
-        lines += [".TP", f"\\fB{code}\\fP", _roff_escape(text)]
-    return "\n".join(lines)
+def _command_name(path: str) -> str:
+    """ "tuner report" -> "report"; "tuner" stays "tuner" (the program as a whole)."""
+    return path.split(" ", 1)[1] if " " in path else path
+
+
+def exit_section(path: str) -> str:
+    """The codes this command can return (errors.COMMAND_EXITS), with what each means for it."""
+    return _tp((str(code), text) for code, text in errors.command_exits(_command_name(path)))
 
 
 def _tp(pairs) -> str:
@@ -129,14 +137,41 @@ def _tp(pairs) -> str:
 EXTRA_SECTIONS.setdefault("tuner", {})["SHELL COMPLETION"] = completion_section()
 
 
-def environment_section() -> str:
-    return _tp([
-        (journal.ENV_VAR, f"Path of the write-ahead journal apply writes and revert reads "
-                          f"(default {journal.DEFAULT_PATH}); --journal overrides it."),
-        (journal.LOCK_ENV_VAR, f"Path of the host-wide lock that keeps two applies or reverts apart "
-                               f"(default {journal.DEFAULT_LOCK})."),
-        ("TUNER_DEBUG", "When set, an internal error prints its Python traceback instead of one line."),
-    ])
+EVERY = ("*",)   # in ENVIRONMENT: read by every command
+
+# Every environment variable tuner reads (tests/test_man.py greps tuner/ and probes/ for
+# os.environ, getenv and envvar= and fails on one missing here), what it does, and the
+# commands that read it. tuner's own page lists them all.
+ENVIRONMENT: List[Tuple[str, str, Tuple[str, ...]]] = [
+    (journal.ENV_VAR, f"Path of the write-ahead journal apply writes and revert reads "
+                      f"(default {journal.DEFAULT_PATH}); --journal overrides it.", ("apply", "revert")),
+    (journal.LOCK_ENV_VAR, f"Path of the host-wide lock that keeps two applies or reverts apart "
+                           f"(default {journal.DEFAULT_LOCK}).", ("apply", "revert")),
+    (hostlog.ENV_VAR, f"The syslog socket each change apply makes, rolls back or revert restores "
+                      f"is logged to (default {hostlog.DEFAULT_SOCKET}); a lost log line is not "
+                      f"a failure.", ("apply", "revert")),
+    ("NO_COLOR", "When set and not empty, status words are not coloured (as tuner --no-color); "
+                 "the probe's progress is plain lines instead of a live bar (no-color.org).",
+     ("report", "probe")),
+    ("TERM", "TERM=dumb: the probe's progress is plain lines instead of a live bar.", ("probe",)),
+    ("COLUMNS", "The width tables are fitted to (default: the terminal's, else 80).",
+     ("report", "apply", "revert", "probe", "diagnose")),
+    ("TUNER_DEBUG", "When set, an internal error prints its Python traceback instead of one line.",
+     EVERY),
+    (apply_mod.KILL_AFTER_ENV, "For tuner's own crash tests only: SIGKILL apply after this many "
+                               "changes. Never set it otherwise.", ("apply",)),
+    (settings_base.KILL_AT_ENV, "For tuner's own crash tests only: SIGKILL tuner at this named "
+                                "point inside a write. Never set it otherwise.", ("apply", "revert")),
+    ("_TUNER_COMPLETE", "Set by the completion script when the shell asks for completions; see "
+                        "SHELL COMPLETION.", ("tuner",)),
+]
+
+
+def environment_section(path: str) -> str:
+    """The variables this command reads (all of them on tuner's own page)."""
+    name = _command_name(path)
+    return _tp((var, text) for var, text, readers in ENVIRONMENT
+               if name == "tuner" or name in readers or readers == EVERY) or ".PP\nNone."
 
 
 def files_section() -> str:
@@ -276,11 +311,11 @@ def see_also_section(path: str, pages: List[str]) -> str:
 
 
 def _sections(path: str) -> Dict[str, str]:
-    sections = {"EXIT STATUS": exit_section()}
+    sections = {"EXIT STATUS": exit_section(path)}
     if path in ("tuner", "tuner report"):
         sections["KNOBS"] = knob_section()
     sections.update(EXTRA_SECTIONS.get(path, {}))
-    sections["ENVIRONMENT"] = environment_section()
+    sections["ENVIRONMENT"] = environment_section(path)
     sections["FILES"] = files_section()
     return sections
 
@@ -289,15 +324,18 @@ def _page(command, ctx, page_names: List[str]) -> str:
     page = ManPage(ctx.command_path)
     page.version = __version__
     page.date = __date__
+    # click-man escapes the synopsis and option switches itself; every text we hand it
+    # goes through _roff_escape, so no line of it can read as a roff request.
     help_text = (command.help or "").strip()
-    page.short_help = command.short_help or " ".join(help_text.split()).split(". ")[0].rstrip(".")
-    page.description = help_text
+    page.short_help = _roff_escape(command.short_help
+                                   or " ".join(help_text.split()).split(". ")[0].rstrip("."))
+    page.description = _roff_escape(help_text)
     page.synopsis = " ".join(command.collect_usage_pieces(ctx))
-    page.options = [rec for p in command.params
+    page.options = [(rec[0], _roff_escape(rec[1])) for p in command.params
                     if getattr(p, "param_type_name", "") == "option" and not getattr(p, "hidden", False)
                     for rec in [p.get_help_record(ctx)] if rec]
     subcommands = getattr(command, "commands", {}) or {}
-    page.commands = [(name, sub.get_short_help_str(60)) for name, sub in subcommands.items()
+    page.commands = [(name, _roff_escape(sub.get_short_help_str(60))) for name, sub in subcommands.items()
                      if not sub.hidden]
     text = str(page)
     sections = _sections(ctx.command_path)
