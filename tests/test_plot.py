@@ -209,7 +209,8 @@ def test_missing_matplotlib_is_one_line_naming_the_extra(runs, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.splitlines() == ["tuner: error: tuner plot needs matplotlib, which is not "
-                                        "installed: pip install 'tuner[plot]'"]
+                                        "installed: pip install '.[plot]' in tuner's clone (or pip "
+                                        "install matplotlib jsonschema)"]
     assert not out.exists()
 
 

@@ -532,7 +532,7 @@ def plot(
     overlaid (before/after an apply, --source-net none vs spread), each run's phases (open,
     hold, close, ...) named where they begin; the default title says N, the mode and the
     host. Needs the optional extra
-    tuner[plot] (pip install 'tuner[plot]': matplotlib, jsonschema). Exits 0 when the
+    tuner[plot] (pip install '.[plot]' in tuner's clone: matplotlib, jsonschema). Exits 0 when the
     picture was written; 1 when the extra is missing or FILE cannot be written; 2 when a
     RUN is not a tuner probe --json document with a timeline, or FILE does not end in
     .svg or .png (nothing is written)."""

@@ -271,10 +271,11 @@ EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
     ],
     "tuner plot": [
         ("tuner plot run.json -o run.svg",
-         "A run's connections, rate, kernel slab and MemAvailable over time, as an SVG "
+         "A run's sockets open and connections established, rate, kernel slab and MemAvailable "
+         "over time, its phases named, as an SVG "
          "(run.json: the output of tuner probe --json)."),
         ("tuner plot before.json after.json --label 'before apply' --label 'after apply' -o runs.png",
-         "Two runs overlaid, each named in the legend (pip install 'tuner[plot]' first)."),
+         "Two runs overlaid, each named in the legend (pip install '.[plot]' in tuner's clone first)."),
     ],
 }
 

@@ -91,7 +91,8 @@ def require_extra() -> None:
             __import__(module)
         except ImportError:
             raise TunerError(f"tuner plot needs {module}, which is not installed: "
-                             f"pip install 'tuner[plot]'", EXTRA_MISSING) from None
+                             f"pip install '.[plot]' in tuner's clone (or pip install matplotlib "
+                             f"jsonschema)", EXTRA_MISSING) from None
 
 
 def read_run(path: str) -> dict:

@@ -25,7 +25,7 @@ def require_tuner(module):
     if TUNER_IMPORT_ERROR is not None:
         module.fail_json(
             msg="the tuner library is not importable by %s: install tuner on the managed host "
-                "(python3 -m venv /opt/tuner && /opt/tuner/bin/pip install tuner) and set "
+                "from a clone (python3 -m venv /opt/tuner && /opt/tuner/bin/pip install ./tuner) and set "
                 "ansible_python_interpreter to that venv's python" % sys.executable,
             exception=TUNER_IMPORT_ERROR)
 
