@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 from probes.sockets import own_port_range
 
-from . import localnet, procfs, sockdiag
+from . import localnet, procfs
 from .netns import check_name, in_netns
 
 
@@ -110,6 +110,8 @@ def listeners(port: int, address: Optional[str] = None) -> int:
     one from a readiness check.  The kernel filters by state, so the cost is the
     number of listeners, not of connections.
     """
+    from . import sockdiag  # here, not at the top: the report never counts listeners
+
     return sum(1 for l in sockdiag.listening()
                if l.port == port and address in (None, l.address))
 
