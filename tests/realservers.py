@@ -55,6 +55,9 @@ PACKAGES = {
     "groff": ("/usr/bin/groff", "groff-base"),
     "javac": ("/usr/bin/javac", "default-jdk-headless"),
     "java": ("/usr/bin/java", "default-jdk-headless"),
+    "go": ("/usr/bin/go", "golang-go"),
+    "erl": ("/usr/bin/erl", "erlang-base"),
+    "erlc": ("/usr/bin/erlc", "erlang-base"),
 }
 
 _apt_updated = False
@@ -278,15 +281,24 @@ def _listening(srv: Server) -> bool:
     (Redis still counted two closed ones against maxclients 3 when the test connected)."""
     if srv.netns and os.stat(f"/proc/{srv.pid}/ns/net").st_ino != os.stat(os.path.join(netns_home.RUN_DIR, srv.netns)).st_ino:
         return False                     # `ip netns exec` has not entered it yet
-    want = {f"{_proc_net_hex(h)}:{srv.port:04X}" for h in srv.hosts}
+    listening = set()
     for table in ("tcp", "tcp6"):
         try:
             with open(f"/proc/{srv.pid}/net/{table}") as f:
                 rows = [line.split() for line in f.readlines()[1:]]
         except OSError:
             return False
-        want -= {row[1] for row in rows if row[3] == "0A"}
-    return not want
+        listening |= {row[1] for row in rows if row[3] == "0A"}
+    return all(_listen_forms(h, srv.port) & listening for h in srv.hosts)
+
+
+def _listen_forms(host: str, port: int) -> set:
+    """How a listener on host:port shows in /proc/net/tcp{,6}: an IPv4 host also as its
+    v4-mapped IPv6 address (a JVM listens on an IPv6 socket bound to ::ffff:127.0.0.1)."""
+    forms = {_proc_net_hex(host)}
+    if _family(host) == socket.AF_INET:
+        forms.add(_proc_net_hex("::ffff:" + host))
+    return {f"{x}:{port:04X}" for x in forms}
 
 
 def workdir(name: str, owner: Optional[str] = None) -> str:
