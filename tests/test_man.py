@@ -41,10 +41,6 @@ def test_every_page_has_environment_files_examples_and_see_also():
     for name, page in pages.items():
         for title in COMMON_SECTIONS:
             _section(page, title)
-        files = _section(page, "FILES")
-        for path in ("/var/lib/tuner/journal.json", "/run/tuner.lock", "/etc/sysctl.d/99\\-tuner.conf",
-                     "/etc/security/limits.d/99\\-tuner.conf"):
-            assert path in files, (name, path)
         see = _section(page, "SEE ALSO")
         for ref in ("sysctl(8)", "prlimit(1)", "ss(8)", "sysctl.d(5)", "limits.conf(5)", "systemd.exec(5)"):
             assert ref in see, (name, ref)
@@ -319,3 +315,17 @@ def test_environment_lists_every_variable_tuner_reads():
             shown = f"\\fB{manpages._roff_escape(var)}\\fP" in _section(pages[name], "ENVIRONMENT")
             expected = command == "tuner" or readers == manpages.EVERY or command in readers
             assert shown == expected, (name, var)
+
+
+def test_files_lists_what_the_command_touches():
+    pages = manpages.render_pages()
+    commands = _commands()
+    for path, _, users in manpages.FILES:
+        assert set(users) <= set(commands), path
+        for command, name in commands.items():
+            shown = f"\\fB{manpages._roff_escape(path)}\\fP" in _section(pages[name], "FILES")
+            assert shown == (command == "tuner" or command in users), (name, path)
+    for path in ("/var/lib/tuner/journal.json", "/run/tuner.lock", "/etc/sysctl.d/99\\-tuner.conf",
+                 "/etc/security/limits.d/99\\-tuner.conf"):
+        assert path in _section(pages["tuner-apply.1"], "FILES"), path
+    assert "None" in _section(pages["tuner-plot.1"], "FILES")

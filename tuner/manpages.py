@@ -174,29 +174,43 @@ def environment_section(path: str) -> str:
                if name == "tuner" or name in readers or readers == EVERY) or ".PP\nNone."
 
 
-def files_section() -> str:
-    def etc(rel: str) -> str:
-        return "/" + rel
-    return _tp([
-        (journal.DEFAULT_PATH, "The journal: each setting apply changed, its original value and what "
-                               "tuner wrote, saved atomically before every write. revert reads it and "
-                               "removes it once everything is restored."),
-        (journal.DEFAULT_PATH + ".lock", "The journal's own lock (next to whichever journal is used), "
-                                         "held while apply or revert runs."),
-        (journal.DEFAULT_LOCK, "The host-wide lock: holds the pid of the running apply or revert; "
-                               "a second one exits 5."),
-        (etc(plan.SYSCTL_FILE), "Written by apply --persist: the sysctls tuner set, applied at boot by "
-                                "systemd-sysctl (see sysctl.d(5))."),
-        (etc(plan.LIMITS_FILE), "Written by apply --persist: RLIMIT_NOFILE for new login sessions "
-                                "(pam_limits, see limits.conf(5))."),
-        (etc(os.path.join(plan.UNIT_DIR, "UNIT.service.d", plan.DROPIN_NAME)),
-         "Written by apply --persist --unit UNIT: LimitNOFILE= for that service (see "
-         "systemd.exec(5))."),
-        ("/proc/sys/, /proc/slabinfo, /proc/meminfo, /proc/net/sockstat",
-         "Read by report and the probe's pre-flight; /proc/slabinfo needs root (without it the "
-         "memory estimate uses documented fallback figures)."),
-        (f"{netns.RUN_DIR}/NAME", "The network namespace --netns NAME names (ip-netns(8))."),
-    ])
+def _etc(rel: str) -> str:
+    return "/" + rel
+
+
+_CHANGERS = ("apply", "revert")
+_READERS = ("report", "metrics", "apply", "revert", "probe", "diagnose")
+_NETNS = ("report", "metrics", "apply", "probe", "diagnose")
+
+# The files each command writes or reads (path, what it is, the commands that touch it);
+# tuner's own page lists them all.
+FILES: List[Tuple[str, str, Tuple[str, ...]]] = [
+    (journal.DEFAULT_PATH, "The journal: each setting apply changed, its original value and what "
+                           "tuner wrote, saved atomically before every write. revert reads it and "
+                           "removes it once everything is restored.", _CHANGERS),
+    (journal.DEFAULT_PATH + ".lock", "The journal's own lock (next to whichever journal is used), "
+                                     "held while apply or revert runs.", _CHANGERS),
+    (journal.DEFAULT_LOCK, "The host-wide lock: holds the pid of the running apply or revert; "
+                           "a second one exits 5.", _CHANGERS),
+    (_etc(plan.SYSCTL_FILE), "Written by apply --persist: the sysctls tuner set, applied at boot by "
+                             "systemd-sysctl (see sysctl.d(5)).", _CHANGERS),
+    (_etc(plan.LIMITS_FILE), "Written by apply --persist: RLIMIT_NOFILE for new login sessions "
+                             "(pam_limits, see limits.conf(5)).", _CHANGERS),
+    (_etc(os.path.join(plan.UNIT_DIR, "UNIT.service.d", plan.DROPIN_NAME)),
+     "Written by apply --persist --unit UNIT: LimitNOFILE= for that service (see "
+     "systemd.exec(5)).", _CHANGERS),
+    ("/proc/sys/, /proc/slabinfo, /proc/meminfo, /proc/net/sockstat",
+     "The kernel's limits and what is in use; /proc/slabinfo needs root (without it the "
+     "memory estimate uses documented fallback figures).", _READERS),
+    (f"{netns.RUN_DIR}/NAME", "The network namespace --netns NAME names (ip-netns(8)).", _NETNS),
+]
+
+
+def files_section(path: str) -> str:
+    """The files this command touches (all of them on tuner's own page)."""
+    name = _command_name(path)
+    return _tp((f, text) for f, text, users in FILES if name == "tuner" or name in users) \
+        or ".PP\nNone: it reads only the files named on its command line."
 
 
 # Examples per command path: (command line, what it does).  Each command line is parsed
@@ -317,7 +331,7 @@ def _sections(path: str) -> Dict[str, str]:
         sections["KNOBS"] = knob_section()
     sections.update(EXTRA_SECTIONS.get(path, {}))
     sections["ENVIRONMENT"] = environment_section(path)
-    sections["FILES"] = files_section()
+    sections["FILES"] = files_section(path)
     return sections
 
 
