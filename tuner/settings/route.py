@@ -16,6 +16,8 @@ import ipaddress
 import shlex
 from typing import List
 
+from ..errors import UsageError
+from ..knobs import BY_NAME, NONLOCAL_BIND
 from ..localnet import read_local_routes
 from ..netns import in_netns
 from .base import KINDS, Change, Presence, WriteError, check, device_field, netns_gone, text_field
@@ -82,8 +84,6 @@ class Route(Presence):
     def plan_first(self, planning) -> List[Change]:
         """The route before any knob is planned, so the source-address count the knobs see
         includes the prefix (and nothing asks for aliases besides it)."""
-        from ..knobs import BY_NAME, NONLOCAL_BIND
-
         req, sim = planning.req, planning.sim
         if req.anyip_net is None:
             return []
@@ -115,8 +115,6 @@ def _refuse_overlap(net, sim) -> None:
     """A local route over a network an interface is on would make the kernel answer for
     that network's other hosts (they become unreachable from here), and one over another
     local prefix would be undone with it: refused, naming what it covers."""
-    from ..errors import UsageError
-
     for a in sim.addresses:
         own = ipaddress.ip_network(f"{a['address']}/{a['prefixlen']}", strict=False)
         if own.version == net.version and own.overlaps(net) and not own.is_loopback:
