@@ -442,3 +442,33 @@ def test_readme_and_man_page_carry_the_generated_metric_table():
         page = f.read()
     for m in metrics.PROBE_METRICS:
         assert m.name in page
+
+
+def test_application_cap_utilization_and_dead_connections(real_server):
+    """metrics --port of a real nginx: its own cap (1 worker x worker_connections 100, 3 of
+    them its two listeners and channel), how much of it the connections held use, and the
+    CLOSE_WAIT sockets it holds (none: nginx closes what its peers close)."""
+    from apphold import PARTIAL
+
+    srv = real_server("nginx", workers=1, worker_connections=100, nofile=4096)
+    listen, url = _start_listen("--port", srv.port)
+    clients = []
+    try:
+        for _ in range(40):
+            clients.append(srv.connect())
+            clients[-1].sendall(PARTIAL)
+        deadline = time.monotonic() + 10
+        while one(s := _scrape(url), "tuner_service_connections") < 40:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        cap = s["tuner_application_cap_connections"]
+        [(labels, value)] = cap.items()
+        assert value == 97 and dict(labels) == {"app": "nginx", "setting": "worker_connections 100 x 1 worker",
+                                                "sureness": "read"}
+        assert one(s, "tuner_application_utilization_ratio", app="nginx") == pytest.approx(40 / 97)
+        assert one(s, "tuner_service_peer_closed_sockets") == 0
+    finally:
+        for c in clients:
+            c.close()
+        listen.kill()
+        listen.wait()

@@ -151,6 +151,21 @@ METRICS: List[Metric] = [
     Metric("tuner_service_binding_limit_info", GAUGE, ("knob",),
            "1 for the limit that stops the service first (diagnose binding_limit).",
            _svc(lambda d: [((d["binding_limit"],), 1)] if d["binding_limit"] else []), service=True),
+    Metric("tuner_application_cap_connections", GAUGE, ("app", "setting", "sureness"),
+           "The application's own connection cap (nginx worker_connections x workers, HAProxy "
+           "maxconn, ...) as tuner read it, computed it or was told it (diagnose "
+           "application.allows); absent when it could not be read.",
+           _svc(lambda d: [((a["app"], a["setting"], a["sureness"]), a["allows"])]
+                if (a := d.get("application")) and a["allows"] is not None else []), service=True),
+    Metric("tuner_application_utilization_ratio", GAUGE, ("app",),
+           "Connections the service holds / its application's own cap, 0 to 1 (diagnose "
+           "connections.held / application.allows).",
+           _svc(lambda d: [((a["app"],), min(d["connections"]["held"] / a["allows"], 1.0))]
+                if (a := d.get("application")) and a["allows"] else []), service=True),
+    Metric("tuner_service_peer_closed_sockets", GAUGE, (),
+           "Sockets on the service's ports whose peer closed (CLOSE_WAIT) that the service has "
+           "not closed: each still holds a descriptor (diagnose connections.peer_closed).",
+           _svc(lambda d: [((), d["connections"]["peer_closed"])]), service=True),
     Metric("tuner_process_open_fds", GAUGE, ("pid",),
            "Descriptors each of the service's processes has open (diagnose processes[].fds).",
            _svc(lambda d: [((str(p["pid"]),), p["fds"]) for p in d["processes"]]), service=True),
