@@ -134,3 +134,26 @@ def test_a_config_tuner_must_not_trust_is_not_read(real_server):
     assert not d["binding_limit"].startswith("nginx")
     given = diagnose(srv, "--app-limit", 297)
     assert given["max_connections"] == 297 and given["application"]["sureness"] == "given"
+
+
+def test_apply_pid_never_claims_a_target_the_application_cap_stops(real_server, jpath):
+    """apply --pid raises the master's descriptor limit for 1,500, but nginx's own cap
+    holds 1,018: the target is not reachable, nginx's setting binds first, and its fix
+    (the config line and the reload) is what apply prints.  (The master, not the
+    workers: they run as www-data, and reading another user's limits takes
+    CAP_SYS_RESOURCE, which this machine's root lacks.)"""
+    srv = real_server("nginx", workers=2, worker_connections=512, nofile=(1024, 4096))
+    pids = ["--pid", srv.pid]
+    out = run_tuner("apply", "--target", 1500, "--role", "server", *pids, "--yes", "--journal", jpath,
+                    "--json")
+    assert out.returncode == 3, out.stderr
+    after = json.loads(out.stdout)["after"]
+    label = f"nginx worker_connections 512 x 2 workers ({srv.config}:"
+    assert after["reachable"] is False and after["binding"].startswith(label)
+    assert after["application"]["allows"] == 1018
+    assert after["still_binding"][0]["fix"].startswith(f"in {srv.config}:") and \
+        "worker_connections 753;" in after["still_binding"][0]["fix"]
+    text = run_tuner("apply", "--target", 1500, "--role", "server", *pids, "--yes", "--journal", jpath)
+    assert text.returncode == 3
+    assert f"reachable: no, {label}" in text.stdout and "still binding: nginx worker_connections" in text.stdout
+    assert run_tuner("revert", "--yes", "--journal", jpath).returncode == 0

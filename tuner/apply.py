@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import capacity, hostlog, settings
+from . import capacity, diagnose, hostlog, settings
 from . import assess
 from .errors import EXIT_FAILED, PermissionNeeded, TunerError, UsageError
 from .inputs import check_alias_net, check_positive, check_role
@@ -298,6 +298,23 @@ def _rollback(journal: Journal, done: List[tuple]):
     return undone, failed, None
 
 
+def application_short(req: Request) -> Optional[Dict[str, Any]]:
+    """With --pid: the service's own application cap (tuner/apps/, as diagnose reads it)
+    when it holds fewer than the target; apply cannot change it, so the target is not
+    reachable whatever the kernel allows, and the cap's own fix is what to do."""
+    if not req.pids or req.target is None:
+        return None
+    try:
+        d = diagnose.diagnose(pids=req.pids, target=req.target)
+    except TunerError:
+        return None        # the process went away: the host's verdict stands alone
+    a = d.application
+    if a is None or a["allows"] is None or a["allows"] >= req.target:
+        return None
+    fix = next((f.command for f in d.fix if f.kind == "application"), "")
+    return {"knob": a["label"], "current": [a["allows"]], "allows": a["allows"], "fix": fix}
+
+
 def after_report(req: Request) -> Dict[str, Any]:
     """What the capacity model says now: reachable, or what still binds.
 
@@ -311,9 +328,15 @@ def after_report(req: Request) -> Dict[str, Any]:
               source_dev=req.alias_dev, source_count=req.source_count)
     rep = capacity.evaluate(ctx)
     capped = [{"knob": r.name, "current": r.current, "allows": r.allows, "fix": r.fix}
-              for r in rep.rows if r.status in ("binds", "short", "capped")]
-    return {"reachable": rep.reachable, "max_connections": rep.max_connections,
-            "binding": rep.binding, "processes": rep.processes, "still_binding": capped,
+              for r in rep.rows if r.status in (capacity.BINDS, capacity.SHORT, capacity.CAPPED)]
+    app = application_short(req)
+    reachable, binding = rep.reachable, rep.binding
+    if app is not None:
+        capped.insert(0, app)
+        reachable, binding = False, app["knob"]
+    return {"reachable": reachable, "max_connections": rep.max_connections,
+            "binding": binding, "processes": rep.processes, "still_binding": capped,
+            "application": app,
             "source_addresses": {
                 "dev": req.alias_dev or ("lo" if req.role == "loopback" else None),
                 "count": ctx.sources},

@@ -24,7 +24,7 @@ from .apps.base import AppCap, AppFix
 from .capacity import FULL
 from .diagnose_fixes import (APP_LIMIT_HINT, LISTEN_BACKLOG, Fix, app_want,  # noqa: F401 (Fix)
                              fixes, runtime_of)
-from .errors import UsageError
+from .errors import TunerError, UsageError
 from .knobs import CAPS_CONNECTIONS, CAPS_PER_PROCESS, Ctx
 
 SCHEMA = "tuner.diagnose/2"
@@ -169,17 +169,26 @@ def _without_supervisors(procs, own):
     return procs, []
 
 
-def _service_root(procs):
-    """The process the application's adapter reads: the one whose parent is not of the
-    service (a pre-fork master, or the one process)."""
+def _service_root(procs, own) -> int:
+    """The pid the application's adapter reads: the service's process whose parent is not
+    of the service (a pre-fork master, or the one process), or that parent when it holds
+    the same listeners (workers named by --pid: their master reads the config)."""
     pids = {p.pid for p in procs}
-    return next((p for p in procs if p.ppid not in pids), procs[0])
+    root = next((p for p in procs if p.ppid not in pids), procs[0])
+    if root.ppid <= 1:
+        return root.pid
+    try:
+        parent = service.read_process(root.ppid)
+    except (TunerError, OSError):
+        return root.pid
+    return parent.pid if set(parent.socket_inodes) & {l.inode for l in own} else root.pid
 
 
 def read_app(procs, own, app_limit: Optional[int] = None) -> Optional[App]:
     """The application's own cap: its adapter's reading, or what --app-limit says."""
-    root = _service_root(procs)
-    view = apps.base.view(root.pid, [(l.address, l.port) for l in own], unit=root.unit)
+    root = _service_root(procs, own)
+    unit = next((p.unit for p in procs if p.unit), None)
+    view = apps.base.view(root, [(l.address, l.port) for l in own], unit=unit)
     adapter = apps.find(view)
     if app_limit is not None:
         name = adapter.name if adapter else "application"

@@ -173,8 +173,9 @@ def apply_text(outcome, width: Optional[int] = None) -> str:
         else:
             lines.append(f"after apply: target {number(target)} reachable: "
                          + ("yes" if a["reachable"] else f"no, {a['binding']} binds first")
-                         + f" (host-wide limit now {number(a['max_connections'])}, set by "
-                           f"{a['binding'] or '-'})")
+                         + f" (host-wide limit now {number(a['max_connections'])}"
+                         + ("" if a.get("application") else f", set by {a['binding'] or '-'}")
+                         + ")")
         src = a.get("source_addresses") or {}
         if outcome.plan.role != "server" and src.get("count") is not None:
             lines.append("source addresses for outbound connections"
