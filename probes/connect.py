@@ -1,29 +1,36 @@
-"""`--connect HOST:PORT`: the client side of a probe whose server runs elsewhere
-(`--serve`, or anything speaking probes.wire).
+"""`--connect URL`: the client side of a probe whose server runs elsewhere: tuner's own
+`--serve` (HOST:PORT, tuner://), or the user's own service over tcp://, http://, ws://
+or redis:// (probes/protocols: one state machine per protocol).
 
 Workers (connect_worker.py) each open their share of the N connections, one
 descriptor per connection, spread over the local addresses inside --source-net
 (e.g. aliases added by `tuner apply --role client --alias-dev DEV --alias-net CIDR`),
-verify each through the wire exchange, hold them --hold seconds and close them.
-Failures are classified like the local probe's (probes.classify), as limits of this
-host: descriptors, ports per source address, source addresses, memory, timeouts.
+verify each through the protocol, hold them --hold seconds, check each a second time
+(a second request, a ping, a PING; or still open) and close them.  A connection is
+verified only when both checks passed.
+
+Which side stalled is counted: this host's failures (descriptors, ports per source
+address, source addresses, memory: classified like the local probe's, probes.classify)
+stop opening; the server's (refused in its words, closed or reset at open or during the
+hold, left in its accept queue, silent, not listening) are counted per connection and
+never stop the run (serverside.py turns them into the result's `server` figures).
 
     exit status (python -m probes): 0 all N verified, 3 short, 2 bad configuration,
     128+N ended by signal N
 """
 from __future__ import annotations
 
-import errno as E
 import math
 import os
 import signal
-from dataclasses import asdict, dataclass, fields
+import socket
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, List, Optional, Tuple
 
-from . import classify, connect_worker, kernel, wire
+from . import connect_worker, kernel, protocols, serverside
 from .config import ProbeConfigError, fast_ports, source_network, split_shares, worker_capacity
 from .fleet import Fleet, start_worker
-from .orchestration import Orchestration
+from .orchestration import UNVERIFIED, Orchestration
 from .result import EXIT_OK, EXIT_SHORT, EXIT_SIGNAL_BASE
 
 Emit = Callable[[dict], None]
@@ -33,7 +40,7 @@ MAX_SOURCES = 1 << 16
 
 @dataclass
 class ConnectConfig:
-    target: str = "127.0.0.1:7000"     # HOST:PORT of the server
+    target: str = "127.0.0.1:7000"     # the URL (HOST:PORT: tuner's own exchange)
     connections: int = 1000
     source_net: Optional[str] = None   # spread over the local addresses in this CIDR; None: kernel picks
     rate: Optional[float] = None       # new connections per second, all workers together
@@ -42,6 +49,12 @@ class ConnectConfig:
     workers: Optional[int] = None      # None: as few as RLIMIT_NOFILE allows
     worker_nofile: Optional[int] = None
     progress_interval: float = 0.25
+    send: Optional[str] = None         # tcp://: text to send (escapes), again for the second check
+    expect: Optional[str] = None       # tcp://: the answer's first bytes (escapes)
+    method: str = "GET"                # http://
+    headers: List[str] = field(default_factory=list)   # http://, ws://: 'Name: value'
+    subprotocol: Optional[str] = None  # ws://
+    check_timeout: float = 10.0        # seconds the second check may take
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,11 +66,17 @@ class ConnectConfig:
             raise ProbeConfigError(f"unknown connect settings: {', '.join(sorted(unknown))}")
         return cls(**data)
 
-    def validate(self) -> None:
+    def protocol(self):
+        """(Target, Protocol) of the URL and the protocol options; ProbeConfigError."""
         try:
-            wire.parse_endpoint(self.target)
-        except wire.EndpointError as exc:
+            target = protocols.parse_target(self.target)
+            return target, protocols.make(target, self.send, self.expect, self.method, tuple(self.headers),
+                                          self.subprotocol)
+        except protocols.TargetError as exc:
             raise ProbeConfigError(f"--connect: {exc}") from None
+
+    def validate(self) -> None:
+        self.protocol()
         source_network(self.source_net)
         if not isinstance(self.connections, int) or self.connections < 1:
             raise ProbeConfigError("--connections must be a positive integer")
@@ -65,6 +84,8 @@ class ConnectConfig:
             raise ProbeConfigError("--rate must be positive")
         if self.hold < 0 or (self.timeout is not None and self.timeout <= 0):
             raise ProbeConfigError("--hold must not be negative and --timeout must be positive")
+        if self.check_timeout <= 0:
+            raise ProbeConfigError("check_timeout must be positive")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise ProbeConfigError("--workers must be a positive integer")
 
@@ -111,102 +132,135 @@ def fast_capacity(sources: int) -> int:
 class Client(Orchestration):
     lines = connect_worker.LINES
     rate_of = "established"
+    second_check = True
+    SLACK = 5.0   # the orchestrator's deadline trails the workers': they say what timed out
 
     def plan(self, nofile: int) -> None:
         cfg = self.cfg
         cfg.validate()
-        self.host, self.port = host, port = wire.parse_endpoint(cfg.target)
+        self.target, self.protocol = cfg.protocol()
         per = worker_capacity(nofile, 1)
         w = self.workers = min(cfg.workers or math.ceil(cfg.connections / per), cfg.connections)
         self.shares = shares = split_shares(cfg.connections, w)
-        self.sources, self.freebind = sources_for(cfg, host)
+        self.sources, self.freebind = sources_for(cfg, self.target.host)
         self.port_range = kernel.port_range()
         fast = fast_capacity(len(self.sources))
         self.emit({"event": "plan", "workers": w, "per_worker": max(shares), "nofile": nofile,
                    "sources": len(self.sources), "fast_capacity": fast,
-                   "describe": f"{w} worker(s) x up to {max(shares):,} connections to "
-                               f"{wire.endpoint_text(host, port)}, "
+                   "describe": f"{w} worker(s) x up to {max(shares):,} connections to {self.target.endpoint} "
+                               f"({self.protocol.name}), "
                                + (f"{len(self.sources)} source address(es) in {cfg.source_net}"
                                   if self.sources else "kernel-chosen source address")
                                + (f"; beyond ~{fast:,} connect() slows down: add source addresses"
                                   if cfg.connections > fast else "")})
         self.baseline = kernel.snapshot()
         self.after = None
+        self.words = serverside.Words()
+        self.accept_queue: Optional[int] = None
+        self.uss = 0
+
+    def timeout(self) -> float:
+        return self.cfg.effective_timeout + self.SLACK
+
+    def check_seconds(self) -> float:
+        return self.cfg.check_timeout + self.SLACK
 
     def fork_workers(self, fleet: Fleet) -> None:
-        cfg = self.cfg
+        cfg, t = self.cfg, self.target
         rate = cfg.rate / self.workers if cfg.rate else None
+        deadline = self.deadline - self.SLACK
         for k in range(self.workers):
-            kwargs = dict(share=self.shares[k], host=self.host, port=self.port, sources=self.sources,
-                          port_range=self.port_range, freebind=self.freebind,
-                          deadline=self.deadline, rate=rate, nofile=cfg.worker_nofile, **fleet.worker_args())
+            kwargs = dict(share=self.shares[k], host=t.host, port=t.port, sources=self.sources,
+                          port_range=self.port_range, freebind=self.freebind, protocol=self.protocol,
+                          deadline=deadline, check_timeout=cfg.check_timeout, rate=rate,
+                          nofile=cfg.worker_nofile, check=fleet.check_r, **fleet.worker_args())
             fleet.fork(k, lambda k=k, kwargs=kwargs: start_worker(connect_worker.ConnectWorker, k, **kwargs))
         fleet.started()
 
     def on_line(self, k: int, line, values: dict) -> None:
-        if line is connect_worker.TIMED_OUT:
-            unaccepted, rest = values["unaccepted"], values["pending"] - values["unaccepted"]
-            if unaccepted:
-                # Every one counts: the server's accept queue held them and it never took
-                # them (its descriptor limit or its accept loop), not a timeout of ours.
-                self.records.append(("client", classify.UNACCEPTED_OP, E.ETIMEDOUT, values["opened"],
-                                     f"worker {k}: {unaccepted} of {values['opened']} connections completed "
-                                     f"into the server's accept queue but were never accepted",
-                                     classify.SERVER_NOT_ACCEPTING, unaccepted))
-            if rest:
-                self.records.append(("client", "timeout", E.ETIMEDOUT, values["opened"],
-                                     f"worker {k}: {rest} of {values['opened']} connections not "
-                                     f"verified before the timeout", None, rest))
+        if line is connect_worker.WORDS:
+            self.words.add(values["when"], values["words"], values["count"])
 
     def on_error(self, k: int, side: str, op: str, code: int, index: int) -> None:
         self.records.append((side, op, code, index, f"worker {k}: client {op}() failed after {index} "
                                                     f"connections: {os.strerror(code)}"))
+
+    def checked_all(self) -> bool:
+        return all("t_checked" in self.counts[k] or k in self.fleet.exit_status for k in self.started)
 
     def progress(self) -> dict:
         return {"established": self.total("established"), "verified": self.total("verified")}
 
     def measure(self) -> None:
         self.after = kernel.snapshot()
+        self.uss = 0
+        for pid, k in self.fleet.pids.items():
+            if k not in self.fleet.exit_status:
+                try:
+                    self.uss += kernel.private_memory(pid)[0]
+                except OSError:
+                    pass
+        # Still held open by the workers: what waits in the server's accept queue now.
+        self.accept_queue = serverside.accept_queue(self.target)
+
+    def user_bytes_per_conn(self, held: int) -> Optional[int]:
+        """The workers' USS (measured at the hold) per held connection."""
+        return round(self.uss / held) if held and self.uss else None
 
     def result(self) -> dict:
         cfg, base = self.cfg, self.baseline
         after = self.after or kernel.snapshot()
-        verified, established = self.total("verified"), self.total("established")
+        checked = self.started and all("t_checked" in self.counts[k] for k in self.started)
+        answered, established = self.total("verified"), self.total("established")
+        verified = self.total("verified_twice") if checked else answered
         mismatches, opened = self.total("mismatches"), self.total("opened")
         moved = {k: after.get(k, 0) - base.get(k, 0) for k in after if isinstance(after.get(k), int)}
-        errors = self.summarize(moved, after, role="client")
+        server = serverside.figures(self.total, self.words, self.accept_queue)
+        errors = self.summarize(moved, after, role="client") + serverside.errors(server, self.target)
         stopped_by = self.verdict(errors, cfg.connections, verified, mismatches)
+        if stopped_by == UNVERIFIED and errors:   # the server's side: its first way named
+            stopped_by = errors[0]["limit"]
         done = [c["t_verified"] for c in self.counts if "t_verified" in c]
-        seconds = (max(done) - self.t0_ns) / 1e9 if len(done) == self.workers and verified else None
+        seconds = (max(done) - self.t0_ns) / 1e9 if len(done) == self.workers and answered else None
+        checks = [c["t_checked"] for c in self.counts if "t_checked" in c]
         per = max(verified, 1)
-        reliable, why = kernel.judge_slab(after["slab"] - base["slab"], verified)
-        return {
+        reliable, why = kernel.judge_slab(after["slab"] - base["slab"], answered)
+        result = {
             "mode": "connect",
             "ok": stopped_by is None,
             "stopped_by": stopped_by,
             "interrupted": self.fleet.signal is not None,
             "target": cfg.target,
+            "protocol": self.protocol.name,
+            "endpoint": self.target.endpoint,
             "requested": cfg.connections,
             "attempted": opened,
             "established": established,
+            "answered": answered,
+            "checked_twice": bool(checked),
             "verified": verified,
             "failed": opened - verified,
             # Completed by the kernel into the server's accept queue, never accepted.
-            "unaccepted": self.total("unaccepted"),
+            "unaccepted": server["unaccepted"],
             "mismatches": mismatches,
+            "server": server,
             "workers": self.workers,
             "source_net": cfg.source_net,
             "source_addresses": len(self.sources),
             "seconds_verified": round(seconds, 3) if seconds else None,
-            "rate_per_s": round(verified / seconds) if seconds else None,
+            "rate_per_s": round(answered / seconds) if seconds else None,
             "seconds_hold": round(self.seconds_hold, 3),
+            "seconds_check": round(max(checks) / 1e9 - self.check_start, 3) if checked else None,
             "kernel_slab_bytes_per_conn": round((after["slab"] - base["slab"]) / per),
             "kernel_figures_reliable": reliable,
             "kernel_figures_note": why,
             "kernel_tcp_mem_bytes_per_conn": round((after.get("tcp_mem", 0) - base.get("tcp_mem", 0)) / per, 1),
+            "user_bytes_per_conn": self.user_bytes_per_conn(answered),
             "errors": errors,
             "timeline": self.timeline,
         }
+        result["stalled"] = serverside.stalled(result)
+        return result
 
 
 def exit_code(result: dict) -> int:
@@ -219,9 +273,11 @@ def exit_code(result: dict) -> int:
 
 def summary_lines(r: dict) -> List[str]:
     lines = [
+        r["stalled"]["sentence"],
         f"{'verified' if r['ok'] else 'FELL SHORT'}: {r['verified']:,} of {r['requested']:,} connections to "
-        f"{r['target']} ({r['established']:,} established, {r['failed']:,} failed, {r['mismatches']:,} "
-        f"mismatches, {r['unaccepted']:,} completed into the server's accept queue and never accepted)"
+        f"{r['target']} ({r['established']:,} established, {r['answered']:,} answered at open, "
+        f"{r['failed']:,} failed, {r['mismatches']:,} mismatches, {r['unaccepted']:,} completed into the "
+        f"server's accept queue and never accepted)"
         + ("" if r["ok"] else f"; stopped by {r['stopped_by']}"),
         f"{r['workers']} worker(s), {r['source_addresses'] or 'kernel-chosen'} source address(es); "
         f"verified in {r['seconds_verified'] if r['seconds_verified'] is not None else '-'} s "

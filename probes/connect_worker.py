@@ -1,16 +1,20 @@
-"""One `--connect` worker: open its share of connections to a remote server, run the
-client half of the wire exchange (probes.wire) on each, hold the verified ones.
+"""One `--connect` worker: open its share of connections to a server, run the target's
+protocol (probes/protocols) on each, hold the verified ones, and check them a second
+time when the orchestrator says the hold is over.
 
-Unlike the loopback worker, the handshake completes after connect() returns, so
-every pending connection waits in epoll; per-connection state is one byte in an
-array indexed by descriptor.  Source addresses (IPv4 or IPv6, AnyIP prefixes
-included) are spread like the local probe's, each socket set up by
-sockets.client_options: bind(source, 0), the port picked at connect() per (source,
-destination) pair.  The first socket/bind/connect failure
-stops opening (the limit is found; more attempts would only repeat it) while the
-connections already open still verify.
+Protocol-agnostic: a connection in flight has an Exchange (bytes in -> need more,
+verified, refused with the server's words); a decided one keeps its descriptor and one
+state byte in an array indexed by descriptor, nothing of the parser.  Source addresses
+are spread like the local probe's (IP_BIND_ADDRESS_NO_PORT plus bind(source, 0)).
 
-Report lines: PROGRESS, TIMED_OUT, VERIFIED below and fleet.ERROR (a failure).
+Who stalled is counted per connection.  This host's own failures (socket, bind,
+connect errors such as EMFILE or EADDRNOTAVAIL) stop opening (the limit is found) and
+go out as fleet.ERROR lines with the knob table's classification; the server's answers
+are counts (SERVER, CHECKED) and its words (WORDS) and never stop the run: every
+connection is opened and judged.
+
+Report lines: PROGRESS, SERVER + WORDS + VERIFIED (the first check is over), then after
+the check pipe closed, WORDS + CHECKED; fleet.ERROR for this host's failures.
 """
 from __future__ import annotations
 
@@ -20,46 +24,62 @@ import os
 import select
 import socket
 import time
-from typing import List, Optional
+from collections import Counter
+from typing import Dict, List, Optional
+from urllib.parse import quote
 
-from . import wire
 from .fleet import ERROR, OPS, SIDES, Line, line_kinds
-from .sockets import SOCK_FLAGS, client_options, family_of, libc, reset_on_close, sockaddr
+from .protocols import NEED, READ_SIZE, Exchange, Protocol
+from .protocols import VERIFIED as PASSED   # a verdict; VERIFIED below is a report line
+from .sockets import SOCK_FLAGS, client_options, family_of, libc, reset_on_close, sockaddr, socket_error
 
-# established: the server's index arrived (the server accepted it).
 PROGRESS = Line("A", "opened", "established", "verified", counts=True)
-# The deadline passed with `pending` connections not verified; `unaccepted` of them had
-# completed the TCP handshake (into the server's accept queue) and never got an index:
-# the server stopped accepting them.
-TIMED_OUT = Line("T", "opened", "pending", "unaccepted", counts=True)
+# How the connections that did not verify at open ended, on the server's side.
+SERVER = Line("S", "refused", "closed", "reset", "not_listening", "not_connected", "unaccepted", "no_answer",
+              counts=True)
 VERIFIED = Line("V", "opened", "established", "verified", "mismatches", "t_verified",
-                counts=True, final=True)                 # exchange over; now holding
-LINES = line_kinds(PROGRESS, TIMED_OUT, VERIFIED)
+                counts=True, final=True)                 # first check over; now holding
+# The second check at the end of the hold: verified twice, or how the server ended it.
+CHECKED = Line("C", "checked", "verified_twice", "check_refused", "closed_in_hold", "reset_in_hold",
+               "check_silent", "t_checked", counts=True)
+# The server's words (percent-encoded) and how many connections got them; when: 0 at
+# open, 1 at the second check.
+WORDS = Line("W", "when", "count", "words", text=("words",))
+LINES = line_kinds(PROGRESS, SERVER, VERIFIED, CHECKED, WORDS)
 
-WAIT_INDEX, WAIT_ACK, HELD = 1, 2, 3
+CONNECTING, SENT, HEARD, HELD, CHECKING = 1, 2, 3, 4, 5
 BATCH = 256
-# A connect() that fails asynchronously shows up as the socket error on the first read.
-CONNECT_ERRORS = {E.ECONNREFUSED, E.ETIMEDOUT, E.EHOSTUNREACH, E.ENETUNREACH, E.EADDRNOTAVAIL}
+DISTINCT_WORDS = 8            # distinct answers a worker reports per check; more are 'other'
+OTHER_WORDS = "(other answers)"
+# A connect() that fails asynchronously, ended by the server's side (nothing listens:
+# a reset; no SYN-ACK before the kernel gave up).  Other errnos are this host's.
+NOT_LISTENING, SYN_UNANSWERED = {E.ECONNREFUSED}, {E.ETIMEDOUT}
+MSG_PEEK_DONTWAIT = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 class ConnectWorker:
-    def __init__(self, k, share, host, port, sources, report, stop, release, deadline,
-                 rate=None, nofile=None, port_range=(32768, 60999), freebind=False):
-        self.k, self.share = k, share
+    def __init__(self, k, share, host, port, sources, protocol: Protocol, report, stop, release,
+                 check, deadline, check_timeout, rate=None, nofile=None, port_range=(32768, 60999),
+                 freebind=False):
+        self.k, self.share, self.protocol = k, share, protocol
         self.family = family_of(host)
         self.dst = sockaddr(host, port)
         self.sources = [sockaddr(ip, 0) for ip in sources]
         self.options = client_options(port_range, bind=bool(sources), freebind=freebind)
-        self.report_fd, self.stop_fd, self.release_fd = report, stop, release
-        self.deadline, self.rate = deadline, rate
+        self.report_fd, self.stop_fd, self.release_fd, self.check_fd = report, stop, release, check
+        self.deadline, self.check_timeout, self.rate = deadline, check_timeout, rate
         import resource
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.state = bytearray(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        self.partial = {}
-        self.fds: List[int] = []
-        self.opened = self.established = self.verified = self.mismatches = self.pending = 0
+        self.exchanges: Dict[int, Exchange] = {}     # connections in flight only
+        self.opened = self.established = self.verified = self.pending = 0
+        self.server = Counter()                       # SERVER's and CHECKED's columns
+        self.words = Counter()
         self.failed = self.stopped = False
+        # Client-first protocols learn of the connect through EPOLLOUT, once (edge-triggered).
+        self.events = (select.EPOLLIN | select.EPOLLRDHUP if protocol.server_first
+                       else select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET)
 
     def send(self, line: Line, **values) -> None:
         line.write(self.report_fd, self.k, **values)
@@ -67,9 +87,23 @@ class ConnectWorker:
     def error(self, op: str, code: int, index: int) -> None:
         self.send(ERROR, side=SIDES.index("client"), op=OPS.index(op), errno=code or 0, index=index)
 
+    # -- the run -------------------------------------------------------------------------
     def run(self) -> int:
-        poll = self.poll = select.epoll()
-        poll.register(self.stop_fd, select.EPOLLIN)
+        self.poll = select.epoll()
+        self.poll.register(self.stop_fd, select.EPOLLIN)
+        self.open_and_verify()
+        self.report_open()
+        if self.wait_for_check():
+            self.check()
+            self.report_words(1)
+            self.send(CHECKED, t_checked=time.monotonic_ns(),
+                      **{c: self.server[c] for c in CHECKED.columns if c != "t_checked"})
+            os.read(self.release_fd, 1)  # blocks until the orchestrator releases (EOF)
+        # Reset, not FIN, like the local probe: nothing lingers in TIME_WAIT afterwards.
+        reset_on_close(self.with_state(lambda st: st != 0))
+        return 0
+
+    def open_and_verify(self) -> None:
         start = last = time.monotonic()
         while True:
             now = time.monotonic()
@@ -78,74 +112,82 @@ class ConnectWorker:
                 due = self.share if not self.rate else min(self.share, int((now - start) * self.rate) + 1)
                 self.open(min(due, self.opened + BATCH))
             elif not self.pending:
-                break
+                return
             if now >= self.deadline:
-                if self.pending:
-                    self.send(TIMED_OUT, opened=self.opened, pending=self.pending,
-                              unaccepted=self.unaccepted())
-                break
+                self.give_up()
+                return
             wait = 0 if opening and (not self.rate or self.opened < due) else 0.05
-            for fd, _ in poll.poll(wait):
+            for fd, ev in self.poll.poll(wait):
                 if fd == self.stop_fd:
-                    poll.unregister(fd)
+                    self.poll.unregister(fd)
                     self.stopped = True
                     # Verify what is open, briefly: whoever stops us wants it over soon.
                     self.deadline = min(self.deadline, time.monotonic() + 2.0)
                 else:
-                    self.on_data(fd)
+                    self.on_event(fd, ev)
             if now - last >= 0.25:
                 last = now
                 self.send(PROGRESS, opened=self.opened, established=self.established, verified=self.verified)
+
+    def report_open(self) -> None:
+        self.report_words(0)
+        self.send(SERVER, **{c: self.server[c] for c in SERVER.columns})
+        mismatches = self.server["refused"] if self.protocol.name == "tuner" else 0
         self.send(VERIFIED, opened=self.opened, established=self.established, verified=self.verified,
-                  mismatches=self.mismatches, t_verified=time.monotonic_ns())
-        os.read(self.release_fd, 1)  # blocks until the orchestrator releases (EOF)
-        # Reset, not FIN, like the local probe: nothing lingers in TIME_WAIT afterwards.
-        reset_on_close(fd for fd in self.fds if self.state[fd])
-        return 0
+                  mismatches=mismatches, t_verified=time.monotonic_ns())
 
-    def unaccepted(self) -> int:
-        """Pending connections the kernel completed (getpeername succeeds: the handshake
-        is done, so they sit in the server's accept queue) that never received a byte."""
-        addr, size = ctypes.create_string_buffer(28), ctypes.c_uint(28)
-        getpeername, ref = libc.getpeername, ctypes.byref(size)
-        count = 0
-        for fd in self.fds:
-            if self.state[fd] == WAIT_INDEX and fd not in self.partial:
-                size.value = 28
-                if getpeername(fd, addr, ref) == 0:
-                    count += 1
-        return count
+    def report_words(self, when: int) -> None:
+        for words, count in self.words.items():
+            self.send(WORDS, when=when, count=count, words=quote(words[:200], safe="") or "-")
+        self.words.clear()
 
+    def refused(self, words: str) -> None:
+        if words not in self.words and len(self.words) >= DISTINCT_WORDS:
+            words = OTHER_WORDS
+        self.words[words] += 1
+
+    # -- opening -------------------------------------------------------------------------
     def open(self, upto: int) -> None:
         sock, connect, bind, setsockopt, get_errno = libc.socket, libc.connect, libc.bind, libc.setsockopt, ctypes.get_errno
-        dst, sources, state, register = self.dst, self.sources, self.state, self.poll.register
-        m, dst_len, options, family = len(sources), len(self.dst), self.options, self.family
+        dst, sources, state, register, events = self.dst, self.sources, self.state, self.poll.register, self.events
+        m, size, options, opening = len(sources), len(self.dst), self.options, self.protocol.opening
         src_len = len(sources[0]) if m else 0
         flags = socket.SOCK_STREAM | SOCK_FLAGS
-        ev = select.EPOLLIN | select.EPOLLRDHUP
         i = self.opened
         while i < upto:
-            fd = sock(family, flags, 0)
+            fd = sock(self.family, flags, 0)
             if fd < 0:
                 self.fail("socket", get_errno(), i)
                 return
-            for level, name, value, size in options:
-                setsockopt(fd, level, name, value, size)
+            for level, name, value, length in options:
+                setsockopt(fd, level, name, value, length)
             # Offset by worker, so workers sharing the sources start on different ones.
             if m and bind(fd, sources[(i + self.k) % m], src_len):
                 self.fail("bind", get_errno(), i, fd)
                 return
-            if connect(fd, dst, dst_len):
+            if connect(fd, dst, size):
                 code = get_errno()
-                if code != E.EINPROGRESS:
+                if code not in NOT_LISTENING and code != E.EINPROGRESS:
                     self.fail("connect", code, i, fd)
                     return
-            state[fd] = WAIT_INDEX
-            register(fd, ev)
-            self.fds.append(fd)
-            self.pending += 1
+                if code in NOT_LISTENING:          # a reset right away (loopback)
+                    self.server["not_listening"] += 1
+                    os.close(fd)
+                    i += 1
+                    self.opened = i
+                    continue
             i += 1
             self.opened = i
+            state[fd] = CONNECTING
+            self.exchanges[fd] = opening()
+            register(fd, events)
+            self.pending += 1
+
+    def with_state(self, wanted) -> List[int]:
+        """Descriptors whose state byte is wanted(state).  The state array, not a list of
+        the descriptors opened: a descriptor closed at open is reused by a later connection,
+        and a list would hold it twice."""
+        return [fd for fd, st in enumerate(self.state) if st and wanted(st)]
 
     def fail(self, op: str, code: int, index: int, fd: Optional[int] = None) -> None:
         self.failed = True
@@ -153,50 +195,207 @@ class ConnectWorker:
         if fd is not None:
             os.close(fd)
 
-    def drop(self, fd: int) -> None:
-        self.poll.unregister(fd)
-        self.state[fd] = 0
-        self.pending -= 1
-        self.partial.pop(fd, None)
-        os.close(fd)
+    # -- the first check -----------------------------------------------------------------
+    def on_event(self, fd: int, ev: int) -> None:
+        ex = self.exchanges.get(fd)
+        if ex is None:
+            return
+        if self.state[fd] == CONNECTING and not self.protocol.server_first:
+            if not self.connected(fd, ex):
+                return
+            if not ex.needs_answer:
+                self.decided(fd, PASSED, ex)
+                return
+        if ev & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
+            self.read(fd, ex)
 
-    def on_data(self, fd: int) -> None:
-        st = self.state[fd]
-        want = 4 - len(self.partial.get(fd, b"")) if st == WAIT_INDEX else 1
+    def connected(self, fd: int, ex: Exchange) -> bool:
+        """The connect's outcome; the request goes out when it succeeded."""
+        code = socket_error(fd)
+        if code == 0 and ex.out:
+            code = self.write(fd, ex.out)
+        if code:
+            self.connect_failed(fd, code)
+            return False
+        self.state[fd] = SENT
+        self.established += 1
+        return True
+
+    def write(self, fd: int, data: bytes) -> int:
+        """0, or the errno of a write that failed (a request fits the empty send buffer)."""
         try:
-            data = os.read(fd, want)
-        except BlockingIOError:
-            return
+            os.write(fd, data)
         except OSError as exc:
-            connecting = st == WAIT_INDEX and fd not in self.partial and exc.errno in CONNECT_ERRORS
-            self.error("connect" if connecting else "read" if st == WAIT_INDEX else "verify",
-                       exc.errno, self.opened)
-            self.failed = self.failed or connecting  # the limit is found: open nothing more
-            self.drop(fd)
-            return
-        if not data:  # the server closed before the exchange finished
-            self.error("read" if st == WAIT_INDEX else "verify", E.ECONNRESET, self.opened)
-            self.drop(fd)
-            return
-        if st == WAIT_INDEX:
-            have = self.partial.pop(fd, b"") + data
-            if len(have) < 4:
-                self.partial[fd] = have
-                return
-            self.established += 1
+            return exc.errno or E.EIO
+        return 0
+
+    def connect_failed(self, fd: int, code: int) -> None:
+        if code in NOT_LISTENING:
+            self.server["not_listening"] += 1
+        elif code in SYN_UNANSWERED:
+            self.server["not_connected"] += 1
+        elif code in (E.ECONNRESET, E.EPIPE):
+            self.server["reset"] += 1
+        else:   # unreachable, no address: this host's network
+            self.error("connect", code, self.opened)
+            self.failed = True
+        self.forget(fd)
+
+    def read(self, fd: int, ex: Exchange) -> None:
+        while True:
             try:
-                os.write(fd, have)
-            except OSError as exc:
-                self.error("echo", exc.errno, self.opened)
-                self.drop(fd)
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
                 return
-            self.state[fd] = WAIT_ACK
-            return
-        if data == wire.ACK:
-            self.state[fd] = HELD
+            except OSError as exc:
+                if self.state[fd] == CONNECTING:
+                    self.connect_failed(fd, exc.errno)
+                else:
+                    self.server["reset"] += 1
+                    self.forget(fd)
+                return
+            if not data:   # the server closed before it answered
+                self.server["closed"] += 1
+                self.forget(fd)
+                return
+            if self.state[fd] == CONNECTING:   # the server spoke first: it accepted
+                self.established += 1
+            self.state[fd] = HEARD
+            verdict = ex.feed(data)
+            if ex.out and self.write(fd, ex.out):
+                self.server["reset"] += 1
+                self.forget(fd)
+                return
+            if verdict != NEED:
+                self.decided(fd, verdict, ex)
+                return
+            if len(data) < READ_SIZE:   # drained: an edge or a level event brings more
+                return
+
+    def decided(self, fd: int, verdict: int, ex: Exchange) -> None:
+        if verdict == PASSED:
             self.poll.unregister(fd)
+            del self.exchanges[fd]
+            self.state[fd] = HELD
             self.pending -= 1
             self.verified += 1
+            return
+        self.server["refused"] += 1
+        self.refused(ex.words)
+        self.forget(fd)
+
+    def forget(self, fd: int) -> None:
+        """A connection the server ended (or refused): closed, its exchange dropped."""
+        self.exchanges.pop(fd, None)
+        self.state[fd] = 0
+        self.pending -= 1
+        os.close(fd)   # leaves the epoll set with it
+
+    def give_up(self) -> None:
+        """The deadline: say what each connection still in flight waits for.  Those the
+        kernel completed (getpeername succeeds) sit in the server's accept queue or were
+        accepted and not answered; the others never got a SYN-ACK.  They stay open until
+        release, so the orchestrator can still read the server's accept queue."""
+        addr, size = ctypes.create_string_buffer(28), ctypes.c_uint(28)
+        getpeername, ref = libc.getpeername, ctypes.byref(size)
+        for fd in list(self.exchanges):
+            size.value = 28
+            st = self.state[fd]
+            if getpeername(fd, addr, ref) != 0:
+                self.server["not_connected"] += 1
+            elif st == CONNECTING and self.protocol.server_first:
+                self.server["unaccepted"] += 1   # not one byte of the server's greeting
+            else:
+                self.server["no_answer"] += 1
+            self.poll.unregister(fd)
+            self.state[fd] = SENT   # kept open, never held
+        self.exchanges.clear()
+        self.pending = 0
+
+    # -- the second check ----------------------------------------------------------------
+    def wait_for_check(self) -> bool:
+        """Block until the orchestrator closes the check pipe (True) or releases (False)."""
+        poll = select.epoll()
+        poll.register(self.check_fd, select.EPOLLIN)
+        poll.register(self.release_fd, select.EPOLLIN)
+        try:
+            while True:
+                for fd, _ in poll.poll():
+                    return fd == self.check_fd
+        finally:
+            poll.close()
+
+    def check(self) -> None:
+        held = self.with_state(lambda st: st == HELD)
+        self.server["checked"] = len(held)
+        checking = self.protocol.checking
+        for fd in held:
+            ex = checking()
+            if ex is None:
+                self.still_open(fd)
+                continue
+            code = self.write(fd, ex.out)
+            if code:
+                self.server["closed_in_hold" if code == E.EPIPE else "reset_in_hold"] += 1
+                self.forget_held(fd)
+                continue
+            ex.out = b""
+            self.exchanges[fd] = ex
+            self.state[fd] = CHECKING
+            self.poll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+        self.poll.register(self.release_fd, select.EPOLLIN)
+        self.answers(time.monotonic() + self.check_timeout)
+
+    def still_open(self, fd: int) -> None:
+        """The passive check: no EOF and no reset waiting (MSG_PEEK leaves any data)."""
+        byte = ctypes.create_string_buffer(1)
+        got = libc.recv(fd, byte, 1, MSG_PEEK_DONTWAIT)
+        code = ctypes.get_errno() if got < 0 else 0
+        if got > 0 or code in (E.EAGAIN, E.EWOULDBLOCK):
+            self.server["verified_twice"] += 1
         else:
-            self.mismatches += 1
-            self.drop(fd)
+            self.server["closed_in_hold" if got == 0 else "reset_in_hold"] += 1
+            self.forget_held(fd)
+
+    def answers(self, deadline: float) -> None:
+        while self.exchanges and time.monotonic() < deadline:
+            for fd, _ in self.poll.poll(0.05):
+                if fd == self.release_fd:
+                    deadline = 0   # released early (a signal): what is left did not answer
+                    continue
+                ex = self.exchanges.get(fd)
+                if ex is not None:
+                    self.check_answer(fd, ex)
+        self.server["check_silent"] += len(self.exchanges)
+        self.exchanges.clear()
+
+    def check_answer(self, fd: int, ex: Exchange) -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = None
+        if not data:
+            self.server["closed_in_hold" if data == b"" else "reset_in_hold"] += 1
+            self.forget_held(fd)
+            return
+        verdict = ex.feed(data)
+        if ex.out:
+            self.write(fd, ex.out)
+        if verdict == NEED:
+            return
+        del self.exchanges[fd]
+        if verdict == PASSED:
+            self.poll.unregister(fd)
+            self.state[fd] = HELD
+            self.server["verified_twice"] += 1
+        else:
+            self.server["check_refused"] += 1
+            self.refused(ex.words)
+            self.forget_held(fd)
+
+    def forget_held(self, fd: int) -> None:
+        self.exchanges.pop(fd, None)
+        self.state[fd] = 0
+        os.close(fd)

@@ -7,9 +7,10 @@ their workers do and report, not in how workers are started and ended:
 - one `report` pipe all workers write short text lines to (each far below PIPE_BUF,
   so lines from different workers never interleave), each line a `Line` kind whose
   named columns the worker that writes it and the orchestrator that reads it share;
-- two control pipes the other way, signalled by closing the orchestrator's end (EOF
-  reaches every worker at once): `stop` (stop opening/accepting) and `release`
-  (close everything and exit);
+- control pipes the other way, signalled by closing the orchestrator's end (EOF
+  reaches every worker at once): `stop` (stop opening/accepting), `check` (the hold is
+  over: check every held connection a second time; --connect's workers only) and
+  `release` (close everything and exit);
 - SIGINT/SIGTERM/SIGHUP only record which signal came (self.signal) and wake the
   poll through a wakeup pipe; the orchestrator decides what it means;
 - workers are forked after gc.freeze() with those signals blocked around fork(),
@@ -100,6 +101,7 @@ class Fleet:
         self.report_r, self.report_w = os.pipe()
         self.stop_r, self.stop_w = os.pipe()
         self.release_r, self.release_w = os.pipe()
+        self.check_r, self.check_w = os.pipe()
         os.set_blocking(self.report_r, False)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -123,7 +125,7 @@ class Fleet:
         self.poll.close()
         for fd in (self.report_r, self.wake_r, self.wake_w):
             os.close(fd)
-        for fd in (self.report_w, self.stop_r, self.release_r):
+        for fd in (self.report_w, self.stop_r, self.release_r, self.check_r, self.check_w):
             if fd is not None:
                 os.close(fd)
 
@@ -144,8 +146,8 @@ class Fleet:
         if pid == 0:
             try:
                 gc.disable()
-                for fd in (self.report_r, self.stop_w, self.release_w, self.wake_r, self.wake_w,
-                           *close_in_child):
+                for fd in (self.report_r, self.stop_w, self.release_w, self.check_w, self.wake_r,
+                           self.wake_w, *close_in_child):
                     if fd is not None:
                         os.close(fd)
                 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout carries the orchestrator's events
@@ -172,7 +174,7 @@ class Fleet:
     def started(self) -> None:
         """Every worker is forked (or no more can be): drop the ends only workers use, so
         EOF means what it says."""
-        for name in ("report_w", "stop_r", "release_r"):
+        for name in ("report_w", "stop_r", "release_r", "check_r"):
             if getattr(self, name) is not None:
                 os.close(getattr(self, name))
                 setattr(self, name, None)
@@ -239,6 +241,12 @@ class Fleet:
         if self.stop_w is not None:
             os.close(self.stop_w)
             self.stop_w = None
+
+    def check(self) -> None:
+        """The hold is over: workers that hold check each connection a second time."""
+        if self.check_w is not None:
+            os.close(self.check_w)
+            self.check_w = None
 
     def release(self) -> None:
         self.stop()

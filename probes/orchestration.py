@@ -12,6 +12,7 @@ done here, the same way for every mode:
 - why and when the run stops, holds, releases and ends:
 
       RUN --(every worker verified)--> HOLD --(--hold over, or a signal)--> CLOSE
+      HOLD --(--hold over)--> CHECK --(every worker checked again)--> CLOSE   (--connect)
       RUN --(a stop reason)--> STOPPING --(workers verified what they have)--> CLOSE
       RUN --(a stop reason)--> CLOSE                     (modes that hold until stopped)
 
@@ -42,7 +43,7 @@ from .config import raise_nofile
 from .fleet import ERROR, OPS, SIDES, Fleet, Line, describe_exit
 
 # Phases (the progress events' "phase"; RUN is named by the mode: establish / serve).
-EXCHANGE, STOPPING, HOLD, CLOSE, DONE = "exchange", "stopping", "hold", "close", "done"
+EXCHANGE, STOPPING, HOLD, CHECK, CLOSE, DONE = "exchange", "stopping", "hold", "check", "close", "done"
 # Why a run ended (stopped_by), besides a signal's name and the limit a failure names.
 TIMEOUT = "timeout"
 HELD = "held"
@@ -72,6 +73,7 @@ class Orchestration:
     verify_after_stop = True          # stopped workers still verify what they opened
     failure_reasons = (FAILED, TIMEOUT)  # stop reasons the first failure's limit replaces
     rate_of = "accepted"              # the count whose growth is the progress rate
+    second_check = False              # workers check what they hold again when the hold ends
 
     def __init__(self, cfg, emit):
         self.cfg, self.emit = cfg, emit
@@ -116,6 +118,14 @@ class Orchestration:
 
     def on_line(self, k: int, line: Line, values: dict) -> None:
         """A report line besides errors (counts are already in self.counts[k])."""
+
+    def check_seconds(self) -> float:
+        """How long the second check may take before the run closes anyway."""
+        return 0.0
+
+    def checked_all(self) -> bool:
+        """Every worker has sent the figures of its second check."""
+        return True
 
     def tick(self, now: float) -> None:
         """Once per loop turn, after the lines are read."""
@@ -278,6 +288,14 @@ class Orchestration:
         elif self.phase == HOLD:
             if fleet.signal is not None or now >= self.hold_start + self.hold_seconds():
                 self.seconds_hold = now - self.hold_start
+                if self.second_check and fleet.signal is None:
+                    fleet.check()
+                    self.phase, self.check_until = CHECK, now + self.check_seconds()
+                    self.check_start = now
+                else:
+                    self.close(now)
+        elif self.phase == CHECK:
+            if fleet.signal is not None or self.checked_all() or now >= self.check_until:
                 self.close(now)
 
     def exchanging(self) -> bool:

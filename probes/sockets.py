@@ -94,3 +94,10 @@ def reset_on_close(fds: Iterable[int]) -> None:
     setsockopt = libc.setsockopt
     for fd in fds:
         setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, linger, 8)
+
+
+def socket_error(fd: int) -> int:
+    """SO_ERROR of fd (a non-blocking connect's outcome): 0 when it connected."""
+    value, size = ctypes.c_int(0), ctypes.c_uint(4)
+    libc.getsockopt(fd, socket.SOL_SOCKET, socket.SO_ERROR, ctypes.byref(value), ctypes.byref(size))
+    return value.value

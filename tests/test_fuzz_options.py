@@ -164,7 +164,7 @@ def test_bad_number_as_a_real_process(tmp_path, host_before, command, option, te
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["probe", "-n", "10", "--expect", "5"], "--expect is for --serve only"),
+    (["probe", "-n", "10", "--expect", "5"], "--expect is for --serve or --connect only"),
     (["probe", "-n", "10", "--echo-timeout", "3"], "--echo-timeout is for --serve only"),
     (["probe", "--connect", "127.0.0.1:9", "-n", "1", "--expect", "5"], "--expect"),
     (["probe", "-n", "10", "--source-net", ""], "--source-net"),

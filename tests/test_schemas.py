@@ -92,7 +92,9 @@ def _probe_refused(h: Host) -> List[dict]:
 
 def _probe_split(h: Host) -> List[dict]:
     port = 7931
-    srv = h.in_netns("probe", "--serve", f"127.0.0.1:{port}", "--expect", 40, "--hold", 0,
+    # The server's hold outlasts the client's, whose second check is at the end of its own;
+    # the server ends once the client has closed.
+    srv = h.in_netns("probe", "--serve", f"127.0.0.1:{port}", "--expect", 40, "--hold", 10,
                      "--timeout", 30, "--json")
     client = None
     try:
@@ -199,7 +201,7 @@ COMMANDS: List[Tuple[str, Callable[[Host], List[dict]], List[str]]] = [
     ("revert of a journal tuner.journal/1", _revert_journal_1, ["tuner.journal/1", "tuner.revert/2"]),
     ("probe", _probe, ["tuner.probe/1"]),
     ("probe refused by pre-flight", _probe_refused, ["tuner.probe/1"]),
-    ("probe --serve / --connect", _probe_split, ["tuner.probe.serve/1", "tuner.probe.connect/1"]),
+    ("probe --serve / --connect", _probe_split, ["tuner.probe.serve/1", "tuner.probe.connect/2"]),
     ("diagnose", _diagnose, ["tuner.diagnose/2"]),
 ]
 

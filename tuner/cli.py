@@ -362,12 +362,27 @@ def probe(
              "SIGTERM/SIGINT, --timeout, or once --expect have verified and then their clients "
              "have closed or --hold seconds passed."),
     connect: Optional[str] = typer.Option(
-        None, "--connect", metavar="HOST:PORT",
-        help="Client side only: open --connections to a 'tuner probe --serve' at HOST:PORT."),
-    expect: Optional[int] = typer.Option(
-        None, "--expect", metavar="N", parser=inputs.EXPECT,
-        help="With --serve: connections to verify; one that fails gives its slot back, more wait "
-             "in the accept queue and are reset once N verified. Exit 0 only when N verified."),
+        None, "--connect", metavar="URL",
+        help="Client side only: open --connections to URL and verify each twice (at open and at "
+             "the end of --hold): HOST:PORT or tuner://HOST:PORT ('tuner probe --serve'), "
+             "tcp://HOST:PORT, http://HOST[:PORT]/PATH, ws://HOST[:PORT]/PATH, redis://HOST[:PORT]; "
+             "IPv6 as [ADDR]:PORT."),
+    expect: Optional[str] = typer.Option(
+        None, "--expect", metavar="N|TEXT",
+        help="With --serve: connections to verify (N); one that fails gives its slot back, more "
+             "wait in the accept queue and are reset once N verified. Exit 0 only when N verified. "
+             "With --connect tcp://: the answer's first bytes (TEXT, escapes like \\r\\n)."),
+    send: Optional[str] = typer.Option(None, "--send", metavar="TEXT",
+                                       help="With --connect tcp://: send TEXT once connected and again "
+                                            "for the second check (escapes like \\r\\n)."),
+    method: str = typer.Option("GET", "--method", metavar="METHOD",
+                               help="With --connect http://: the request's method."),
+    header: List[str] = typer.Option([], "--header", metavar="'NAME: VALUE'",
+                                     help="With --connect http:// or ws://: a request header "
+                                          "(repeatable; Host: replaces the URL's)."),
+    subprotocol: Optional[str] = typer.Option(None, "--subprotocol", metavar="NAME",
+                                              help="With --connect ws://: the subprotocol to ask for "
+                                                   "(the server must choose it)."),
     echo_timeout: float = typer.Option(10.0, "--echo-timeout", metavar="SECONDS", parser=inputs.ECHO_TIMEOUT,
                                        help="With --serve: how long a client has to echo its index."),
     textfile: Optional[str] = typer.Option(
@@ -383,72 +398,91 @@ def probe(
     number i on connection i and check the echo, hold them, and report figures and the
     limit that stopped it, if any. Exits 0 when all verified, 3 when refused by
     pre-flight or short, 130 on Ctrl-C. Across hosts: --serve on the server and --connect
-    on each load host, speaking the WIRE PROTOCOL below."""
+    on each load host, speaking the WIRE PROTOCOL below. Against your own service:
+    --connect URL (http://, ws://, redis://, tcp://) says which side stalled."""
     check_netns_name(netns)
-    if not serve:
-        _refuse_other_ends_options(ctx, "--serve", only=True)
-    if serve or connect:
-        return _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, source_net,
-                            timeout, echo_timeout, netns, json_out, quiet)
-    from . import probe_run as probe_cli, render
+    if serve and connect:
+        raise errors.UsageError("--serve and --connect are two ends: run one per host")
+    if serve:
+        _probe_serve(ctx)
+    if connect:
+        _probe_connect(ctx)
+    _probe_local(ctx)
 
-    if textfile is not None:   # refused before anything runs, like any bad input
+
+def _probe_local(ctx) -> None:
+    """`tuner probe` on this host alone: pre-flight, run, the table's fixes, the result."""
+    from . import probe_run, render
+
+    p = ctx.params
+    _refuse_other_ends_options(ctx, None)
+    if p["textfile"] is not None:   # refused before anything runs, like any bad input
         from .metrics import check_textfile_dir
-        check_textfile_dir(textfile)
-    n = parse_target(connections, "--connections")
-    n_workers = parse_workers(workers)
-    source_net = parse_source_net(source_net) or probe_cli.DEFAULT_SOURCE_NET
-    pre = probe_cli.check(n, netns, source_net, n_workers)
-    if not pre.ok and not force:
-        if json_out:  # stdout stays one tuner.probe/1 document, the refusal with its reason
-            _emit(render.to_json({"schema": "tuner.probe/1", "preflight": pre.to_dict(), "refused": True,
-                                  "ok": False, "stopped_by": "preflight", "reason": pre.refusal()}))
+        check_textfile_dir(p["textfile"])
+    n = parse_target(p["connections"], "--connections")
+    n_workers = parse_workers(p["workers"])
+    source_net = parse_source_net(p["source_net"]) or probe_run.DEFAULT_SOURCE_NET
+    pre = probe_run.check(n, p["netns"], source_net, n_workers)
+    if not pre.ok and not p["force"]:
+        if p["json_out"]:  # stdout stays one tuner.probe/1 document, the refusal with its reason
+            _emit(render.to_json(probe_run.refusal_document(pre)))
         raise TunerError(pre.refusal(), errors.EXIT_SHORT)
-    result = probe_cli.run_probe(n, pre, hold=hold, rate=rate, workers=n_workers, source_net=source_net,
-                                 port=port, timeout=timeout, netns=netns, quiet=quiet)
-    probe_cli.add_fixes(result, pre, netns)  # each failure's fix from the knob table
-    if json_out:
-        _emit(render.to_json(probe_cli.document("tuner.probe/1", {"preflight": pre.to_dict(), "refused": False,
-                                                                   **result.to_dict()})))
-    else:
-        _emit(render.probe_text(result, pre, _width()))
-    if textfile is not None:
+    result = probe_run.run_probe(n, pre, hold=p["hold"], rate=p["rate"], workers=n_workers,
+                                 source_net=source_net, port=p["port"], timeout=p["timeout"],
+                                 netns=p["netns"], quiet=p["quiet"])
+    probe_run.add_fixes(result, pre, p["netns"])  # each failure's fix from the knob table
+    _emit(render.to_json(probe_run.probe_document(pre, result)) if p["json_out"]
+          else render.probe_text(result, pre, _width()))
+    if p["textfile"] is not None:
         from .metrics import write_probe_textfile
-        write_probe_textfile(textfile, result.to_dict())
+        write_probe_textfile(p["textfile"], result.to_dict())
     raise typer.Exit(result.exit_code)
 
 
-def _probe_split(ctx, serve, connect, connections, expect, hold, rate, workers, source_net, timeout,
-                 echo_timeout, netns, json_out, quiet=False) -> None:
-    """`tuner probe --serve` / `--connect` (probes.serve, probes.connect): exit 0 when every
-    expected (served) or requested (connect) connection verified, 3 when short."""
-    from probes.connect import ConnectConfig, exit_code as connect_exit
-    from probes.serve import ServeConfig, exit_code as serve_exit
+def _probe_serve(ctx) -> None:
+    """`tuner probe --serve` (probes.serve): exit 0 when every expected connection
+    verified, 3 when short."""
+    from probes.serve import ServeConfig, exit_code
 
-    from . import render
-    from .probe_run import document, run_split
+    from . import probe_run, render
 
-    if serve and connect:
-        raise errors.UsageError("--serve and --connect are two ends: run one per host")
-    _refuse_other_ends_options(ctx, "--serve" if serve else "--connect")
-    n_workers = None if workers == "auto" else parse_workers(workers)
-    if serve:
-        # --hold given (0 included) ends the run at most that long after --expect have
-        # verified; with or without it, it ends once their clients have all closed.
-        given_hold = hold if _given(ctx, "hold") else None
-        cfg = ServeConfig(listen=serve, expect=parse_target(expect, "--expect") if expect else None,
-                          hold=given_hold, timeout=timeout, echo_timeout=echo_timeout, workers=n_workers)
-        result = run_split(cfg, netns, quiet)
-        _emit(render.to_json(document("tuner.probe.serve/1", result)) if json_out
-              else render.serve_text(result, width=_width()))
-        raise typer.Exit(serve_exit(result))
-    cfg = ConnectConfig(target=connect, connections=parse_target(connections, "--connections"),
-                        source_net=None if source_net in (None, "none") else source_net, rate=rate,
-                        hold=hold, timeout=timeout, workers=n_workers)
-    result = run_split(cfg, netns, quiet)
-    _emit(render.to_json(document("tuner.probe.connect/1", result)) if json_out
+    p = ctx.params
+    _refuse_other_ends_options(ctx, "--serve")
+    # --hold given (0 included) ends the run at most that long after --expect have
+    # verified; with or without it, it ends once their clients have all closed.
+    cfg = ServeConfig(listen=p["serve"], expect=inputs.EXPECT(p["expect"]) if p["expect"] else None,
+                      hold=p["hold"] if _given(ctx, "hold") else None, timeout=p["timeout"],
+                      echo_timeout=p["echo_timeout"], workers=_split_workers(p["workers"]))
+    result = probe_run.run_split(cfg, p["netns"], p["quiet"])
+    _emit(render.to_json(probe_run.serve_document(result)) if p["json_out"]
+          else render.serve_text(result, width=_width()))
+    raise typer.Exit(exit_code(result))
+
+
+def _probe_connect(ctx) -> None:
+    """`tuner probe --connect URL` (probes.connect): exit 0 when every requested
+    connection verified twice, 3 when short; the first line names the side that stalled."""
+    from probes.connect import ConnectConfig, exit_code
+
+    from . import probe_run, render
+
+    p = ctx.params
+    _refuse_other_ends_options(ctx, "--connect")
+    source_net = p["source_net"]
+    cfg = ConnectConfig(target=p["connect"], connections=parse_target(p["connections"], "--connections"),
+                        source_net=None if source_net in (None, "none") else source_net, rate=p["rate"],
+                        hold=p["hold"], timeout=p["timeout"], workers=_split_workers(p["workers"]),
+                        send=p["send"], expect=p["expect"], method=p["method"], headers=list(p["header"]),
+                        subprotocol=p["subprotocol"])
+    result = probe_run.run_split(cfg, p["netns"], p["quiet"])
+    probe_run.explain_stall(result, p["netns"])
+    _emit(render.to_json(probe_run.connect_document(result)) if p["json_out"]
           else render.connect_text(result, _width()))
-    raise typer.Exit(connect_exit(result))
+    raise typer.Exit(exit_code(result))
+
+
+def _split_workers(workers: str) -> Optional[int]:
+    return None if workers == "auto" else parse_workers(workers)
 
 
 @app.command()
@@ -508,11 +542,17 @@ def diagnose(
         raise typer.Exit(errors.EXIT_SHORT)
 
 
-# Options of the local probe or of the other end that a split mode would silently ignore.
+# Options that belong to one end of the probe (or to the local probe), which another
+# mode would silently ignore.
+_CONNECT_ONLY = {"send": "--send", "method": "--method", "header": "--header", "subprotocol": "--subprotocol"}
+# Without --serve or --connect: the options of the ends, and the end(s) each is for.
+_ENDS_OF = {"expect": "--serve or --connect", "echo_timeout": "--serve",
+            **{name: "--connect" for name in _CONNECT_ONLY}}
 _NOT_WITH = {
+    None: {"expect": "--expect", "echo_timeout": "--echo-timeout", **_CONNECT_ONLY},
     "--serve": {"connections": "--connections/-n", "rate": "--rate", "port": "--port",
-                "force": "--force", "source_net": "--source-net", "textfile": "--textfile"},
-    "--connect": {"expect": "--expect", "echo_timeout": "--echo-timeout", "textfile": "--textfile"},
+                "force": "--force", "source_net": "--source-net", "textfile": "--textfile", **_CONNECT_ONLY},
+    "--connect": {"echo_timeout": "--echo-timeout", "textfile": "--textfile"},
 }
 
 
@@ -547,21 +587,16 @@ def _given(ctx, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-# Options that only the server end reads: without --serve they would be silently ignored.
-_SERVE_ONLY = {"expect": "--expect", "echo_timeout": "--echo-timeout"}
-
-
-def _refuse_other_ends_options(ctx, mode: str, only: bool = False) -> None:
-    if only:
-        ignored = [flag for name, flag in _SERVE_ONLY.items() if _given(ctx, name)]
-        if ignored:
-            raise errors.UsageError(f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} for "
-                                    f"{mode} only (the server end of a split probe)")
-        return
+def _refuse_other_ends_options(ctx, mode: Optional[str]) -> None:
+    """Options another mode reads, given to this one (None: the local probe): one line, exit 2."""
     ignored = [flag for name, flag in _NOT_WITH[mode].items() if _given(ctx, name)]
-    if ignored:
-        raise errors.UsageError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply "
-                                f"to {mode} (see 'tuner probe --help')")
+    if not ignored:
+        return
+    if mode is None:
+        name = next(n for n, flag in _NOT_WITH[None].items() if flag == ignored[0])
+        raise errors.UsageError(f"{ignored[0]} is for {_ENDS_OF[name]} only (one end of a split probe)")
+    raise errors.UsageError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply "
+                            f"to {mode} (see 'tuner probe --help')")
 
 
 def _bare_watch(argv: list) -> list:

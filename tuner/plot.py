@@ -27,7 +27,6 @@ from .numfmt import number
 
 FORMATS = ("svg", "png")
 MAX_BYTES = 16 << 20            # a 1,000,000-connection run's JSON is well under 1 MiB
-PROBE_SCHEMAS = ("tuner.probe/1", "tuner.probe.serve/1", "tuner.probe.connect/1")
 # Exit code when the tuner[plot] extra is not installed (`tuner plot --help` says so).
 EXTRA_MISSING = errors.EXIT_FAILED
 # (panel id, y label, timeline key, scale): one line per run in each panel; the id is the
@@ -120,7 +119,9 @@ def read_run(path: str) -> dict:
         doc = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise bad("not JSON" if not isinstance(exc, RecursionError) else "JSON nested too deeply") from None
-    if not isinstance(doc, dict) or doc.get("schema") not in PROBE_SCHEMAS:
+    from .probe_run import SCHEMAS   # the probe's documents, named in one place
+
+    if not isinstance(doc, dict) or doc.get("schema") not in SCHEMAS:
         raise bad(f"not a probe's JSON (its schema is {_schema_of(doc)})")
     if doc.get("refused"):
         raise bad("a probe the pre-flight refused: it never ran, so there is nothing to draw")

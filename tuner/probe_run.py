@@ -198,3 +198,99 @@ def run_split(cfg, netns=None, quiet: bool = False) -> dict:
 
         with _as_tuner_errors():
             return launch.run_split(cfg, netns=netns, on_event=on_event)
+
+
+# -- the probe's JSON documents (one home: the CLI emits them, tuner plot reads them) ----
+PROBE_SCHEMA = "tuner.probe/1"
+SERVE_SCHEMA = "tuner.probe.serve/1"
+CONNECT_SCHEMA = "tuner.probe.connect/2"
+SCHEMAS = (PROBE_SCHEMA, SERVE_SCHEMA, CONNECT_SCHEMA)
+
+
+def refusal_document(pre: Preflight) -> dict:
+    """The loopback probe refused by pre-flight: the reason, nothing ran."""
+    return document(PROBE_SCHEMA, {"preflight": pre.to_dict(), "refused": True, "ok": False,
+                                   "stopped_by": "preflight", "reason": pre.refusal()})
+
+
+def probe_document(pre: Preflight, result) -> dict:
+    return document(PROBE_SCHEMA, {"preflight": pre.to_dict(), "refused": False, **result.to_dict()})
+
+
+def serve_document(result: dict) -> dict:
+    return document(SERVE_SCHEMA, result)
+
+
+def connect_document(result: dict) -> dict:
+    return document(CONNECT_SCHEMA, result)
+
+
+# -- --connect: which side stalled, with what only tuner knows ---------------------------
+# A knob's unit as what this host ran out of ('this host ran out of local ports ...').
+RAN_OUT_OF = {"ports": "local ports", "bytes": "memory", "pages": "socket buffer memory"}
+
+
+def explain_stall(result: dict, netns: Optional[str] = None) -> None:
+    """Complete result['stalled'] (probes.serverside's sentence): when the server
+    stalled, the room this host still had (the model for the client role) and, when the
+    server listens on this host, its process and the `tuner diagnose` that explains it;
+    when this host ran out, the knob's name as the table words it."""
+    stalled = result["stalled"]
+    stalled.update(room=None, process=None, diagnose=None)
+    if stalled["side"] == "client":
+        knob = knobs.for_probe_limit(stalled.get("limit"))
+        if knob is not None:
+            what = RAN_OUT_OF.get(knob.unit, knob.unit)
+            stalled["sentence"] = stalled["sentence"].replace(f"of {stalled['limit']} ", f"of {what} ({knob.name}) ", 1)
+        return
+    if stalled["side"] != "server":
+        return
+    stalled["room"] = host_room(result, netns)
+    if stalled["room"] is not None:
+        stalled["sentence"] += f"; this host had room for {number(stalled['room'])} more"
+    server = local_server(result["endpoint"], netns)
+    if server is not None:
+        stalled["process"], port = server
+        stalled["sentence"] = stalled["sentence"].replace("the server ", f"the server ({stalled['process']}) ", 1)
+        stalled["diagnose"] = f"tuner diagnose --port {port}" + (f" --netns {netns}" if netns else "")
+
+
+def host_room(result: dict, netns: Optional[str]) -> Optional[int]:
+    """Connections this load host could still have opened to that server: the model's
+    maximum for the client role (its sources, one destination) beyond those opened."""
+    try:
+        rep = assess.build(result["requested"], "client", netns,
+                           source_count=max(result["source_addresses"], 1))
+    except TunerError:
+        return None
+    if rep.max_connections is None:
+        return None
+    return max(rep.max_connections - result["attempted"], 0)
+
+
+def local_server(endpoint: str, netns: Optional[str]):
+    """('nginx pid 812, 813', port) when the server listens on this host (in the probe's
+    namespace), else None.  Found by sock_diag and each process's lowest descriptors
+    (tuner.service), never by walking a big process's /proc/PID/fd."""
+    import ipaddress
+
+    from . import localnet, procpid, service
+
+    host, _, port_text = endpoint.rpartition(":")
+    address = ipaddress.ip_address(host.strip("[]"))
+    try:
+        local = address.is_loopback or any(a.get("address") == str(address) for a in localnet.read_addresses())
+        if not local:
+            return None
+        pids = service.pids_by_port(int(port_text), netns)
+    except (TunerError, OSError):
+        return None
+    names = {}
+    for pid in pids:
+        try:
+            names.setdefault(procpid.proc_status(pid).get("Name", "?"), []).append(pid)
+        except OSError:
+            continue
+    text = "; ".join(f"{name} pid {', '.join(map(str, p[:4]))}" + (" ..." if len(p) > 4 else "")
+                     for name, p in names.items())
+    return (text or None), int(port_text)

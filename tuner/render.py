@@ -307,23 +307,49 @@ def serve_text(r: dict, max_clients: int = 20, width: Optional[int] = None) -> s
     return "\n".join(fit.lines(lines, width))
 
 
+# The server's ways of ending connections, as the --connect table names them.
+SERVER_ROWS = (
+    ("not_listening", "refused at connect (nothing listens)"),
+    ("not_connected", "no SYN-ACK (listen backlog full?)"),
+    ("no_answer", "accepted, never answered"),
+    ("refused", "refused at open"),
+    ("closed", "closed before answering"),
+    ("reset", "reset before answering"),
+    ("closed_in_hold", "closed during the hold"),
+    ("reset_in_hold", "reset during the hold"),
+    ("check_refused", "refused at the second check"),
+    ("check_silent", "silent at the second check"),
+)
+
+
 def connect_text(r: dict, width: Optional[int] = None) -> str:
-    """`tuner probe --connect`: the client side's summary."""
-    head = ("all connections verified" if r["ok"] else
-            f"FELL SHORT: stopped by {r['stopped_by']}" + (" (interrupted)" if r["interrupted"] else ""))
+    """`tuner probe --connect`: one sentence naming the side that stalled, then the table."""
+    stalled = r["stalled"]
+    head = [stalled["sentence"] + ("" if r["ok"] else f" (stopped by {r['stopped_by']}"
+                                   + (", interrupted)" if r["interrupted"] else ")"))]
+    if stalled.get("diagnose"):
+        head.append(f"why: {stalled['diagnose']}")
+    server = r["server"]
     rows = [
-        ["verified", f"{number(r['verified'])} of {number(r['requested'])} to {r['target']}"],
-        ["established / failed / mismatches", f"{number(r['established'])} / {number(r['failed'])} / "
-                                              f"{number(r['mismatches'])}"],
-        ["in the server's accept queue, never accepted", number(r.get("unaccepted", 0))],
+        ["verified" + (" twice" if r["checked_twice"] else " (once: the run ended before its hold)"),
+         f"{number(r['verified'])} of {number(r['requested'])} to {r['target']} ({r['protocol']})"],
+        ["established / answered at open / failed", f"{number(r['established'])} / {number(r['answered'])} / "
+                                                   f"{number(r['failed'])}"],
+        ["in the server's accept queue, never accepted", number(r.get("unaccepted", 0) + server["queued"])],
+        *[[f"server: {label}", number(server[key])] for key, label in SERVER_ROWS if server[key]],
+        *[[f"server said ({w['when']})", f"{w['words']} x{number(w['count'])}"] for w in server["words"]],
         ["workers / source addresses", f"{r['workers']} / {r['source_addresses'] or 'kernel-chosen'}"
                                        + (f" in {r['source_net']}" if r["source_net"] else "")],
         ["verified in", "-" if r["seconds_verified"] is None else
                         f"{seconds(r['seconds_verified'])} ({number(r['rate_per_s'])} conn/s)"],
-        ["hold", f"{seconds(r['seconds_hold'])}"],
+        ["hold / second check", f"{seconds(r['seconds_hold'])} / "
+                                + ("-" if r["seconds_check"] is None else seconds(r["seconds_check"]))],
         ["kernel memory per connection", f"{number(r['kernel_slab_bytes_per_conn'])} B slab, "
                                          f"{number(round(r['kernel_tcp_mem_bytes_per_conn']))} B socket buffers"],
     ]
-    lines = [head, table(rows, ["figure", "value"], width)]
-    split_errors(lines, r["errors"], width)
+    if r.get("mismatches"):
+        rows.insert(2, ["mismatches", number(r["mismatches"])])
+    lines = [*head, table(rows, ["figure", "value"], width)]
+    # The server's side is in the table; the error rows are this host's, with their fixes.
+    split_errors(lines, [e for e in r["errors"] if e["side"] != "server"], width)
     return "\n".join(fit.lines(lines, width))

@@ -1,0 +1,139 @@
+"""The server's side of a `--connect` run: what its answers were (counted per
+connection by the workers), what waits in its accept queue, the result's `server`
+figures and error groups, and the first sentence that names the side that stalled.
+
+A worker counts each connection that did not verify by how it ended (the SERVER and
+CHECKED lines of connect_worker) and the server's own words (WORDS); this module sums
+them.  None of these stop a run: the server's refusals are what the user came to see.
+This host's own failures are the classified records (probes.classify) and stop opening.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable, Dict, List, Optional
+from urllib.parse import unquote
+
+from . import classify
+from .protocols import Target
+
+WHEN = ("open", "check")
+FIRST_WORDS = 5      # distinct answers the result keeps (the first seen, with their counts)
+
+# (column, op, errno-like label, limit, what it means) of each way the server ended a
+# connection, in the order the summary names them.
+KINDS = (
+    ("not_listening", "connect", "ECONNREFUSED", classify.PEER, "refused at connect: nothing listens there"),
+    ("unaccepted", classify.UNACCEPTED_OP, "ETIMEDOUT", classify.SERVER_NOT_ACCEPTING,
+     "completed into the server's accept queue but never accepted"),
+    ("queued", classify.UNACCEPTED_OP, "ETIMEDOUT", classify.SERVER_NOT_ACCEPTING,
+     "waited in the server's accept queue, never accepted"),
+    ("not_connected", "connect", "ETIMEDOUT", classify.PEER,
+     "got no SYN-ACK in time (the server's listen backlog full, or a firewall)"),
+    ("no_answer", "read", "ETIMEDOUT", classify.PEER, "accepted but never answered before --timeout"),
+    ("refused", "read", "REFUSED", classify.PEER, "refused by the server"),
+    ("closed", "read", "EOF", classify.PEER, "closed by the server before it answered"),
+    ("reset", "read", "ECONNRESET", classify.PEER, "reset by the server before it answered"),
+    ("closed_in_hold", "verify", "EOF", classify.PEER, "closed by the server during the hold"),
+    ("reset_in_hold", "verify", "ECONNRESET", classify.PEER, "reset by the server during the hold"),
+    ("check_refused", "verify", "REFUSED", classify.PEER, "refused by the server at the second check"),
+    ("check_silent", "verify", "ETIMEDOUT", classify.PEER, "not answered at the second check"),
+)
+
+
+class Words:
+    """The server's words with counts, first seen first, per check (open, check)."""
+
+    def __init__(self):
+        self.counts: Dict[tuple, int] = {}
+
+    def add(self, when: int, quoted: str, count: int) -> None:
+        key = (WHEN[when], unquote(quoted))
+        self.counts[key] = self.counts.get(key, 0) + count
+
+    def to_list(self) -> List[dict]:
+        return [{"when": w, "words": words, "count": n}
+                for (w, words), n in list(self.counts.items())[:FIRST_WORDS]]
+
+
+def accept_queue(target: Target) -> Optional[int]:
+    """Connections waiting in the accept queue of the server's listener, when it is in
+    this network namespace (sock_diag); None when it is not seen here."""
+    from tuner import sockdiag
+
+    try:
+        listeners = sockdiag.listening()
+    except OSError:
+        return None
+    want = ipaddress.ip_address(target.host)
+    queued = [l.queued for l in listeners if l.port == target.port
+              and (ipaddress.ip_address(l.address) == want or ipaddress.ip_address(l.address).is_unspecified)]
+    return sum(queued) if queued else None
+
+
+def figures(total: Callable[[str], int], words: Words, queue: Optional[int]) -> dict:
+    """The result's `server`: each way it ended connections, its words, its accept queue.
+    Of the connections that got no answer, as many as its accept queue held are counted
+    as `queued` (they were never accepted), the rest as accepted and silent."""
+    out = {column: total(column) for column, *_ in KINDS if column != "queued"}
+    silent = out["no_answer"]
+    out["queued"] = min(silent, queue or 0)
+    out["no_answer"] = silent - out["queued"]
+    out["accept_queue"] = queue
+    out["words"] = words.to_list()
+    return out
+
+
+def errors(server: dict, target: Target) -> List[dict]:
+    """Error groups (the shape of classify.summarize's) for the server's side."""
+    groups = []
+    for column, op, label, limit, meaning in KINDS:
+        count = server[column]
+        if not count:
+            continue
+        said = [w for w in server["words"] if (w["when"] == "check") == column.startswith("check")]
+        words = "; ".join(f"{w['words']!r} x{w['count']:,}" for w in said) if "refused" in column else ""
+        groups.append({"side": "server", "op": op, "errno": label, "count": count,
+                       "first_message": f"{count:,} connection(s) to {target.endpoint} {meaning}"
+                                        + (f": {words}" if words else ""),
+                       "limit": limit, "hint": classify.hint(limit, "client")})
+    return groups
+
+
+def stalled(r: dict) -> dict:
+    """Which side stalled, and the summary's first sentence: 'the server stopped at 700
+    (...)' or 'this host ran out of ... at 28,232'; None when every one verified."""
+    if r["ok"]:
+        return {"side": None, "at": r["verified"],
+                "sentence": f"all {r['requested']:,} connections verified twice"
+                            if r["checked_twice"] else f"all {r['requested']:,} connections verified"}
+    mine = [e for e in r["errors"] if e["side"] != "server"]
+    if mine:
+        e = mine[0]
+        return {"side": "client", "at": r["attempted"], "limit": e["limit"],
+                "sentence": f"this host ran out of {e['limit'] or e['errno']} at {r['attempted']:,} "
+                            f"({e['errno']} on {e['op']})"}
+    parts = server_parts(r["server"])
+    if not parts:
+        return {"side": None, "at": r["verified"], "sentence": f"stopped at {r['verified']:,} ({r['stopped_by']})"}
+    return {"side": "server", "at": r["verified"],
+            "sentence": f"the server stopped at {r['verified']:,} ({'; '.join(parts)})"}
+
+
+def server_parts(server: dict) -> List[str]:
+    words = {w["when"]: w for w in reversed(server["words"])}   # the first of each check
+    texts = {
+        "not_listening": "nothing listens there: {n} refused at connect",
+        "not_connected": "{n} got no SYN-ACK",
+        "unaccepted": "{n} waited in its accept queue",
+        "queued": "{n} waited in its accept queue",
+        "no_answer": "{n} accepted and never answered",
+        "refused": "{n} refused" + (f": {words['open']['words']!r}" if "open" in words else ""),
+        "closed": "{n} closed before answering",
+        "reset": "{n} reset before answering",
+        "closed_in_hold": "{n} closed during the hold",
+        "reset_in_hold": "{n} reset during the hold",
+        "check_refused": "{n} refused at the second check" + (f": {words['check']['words']!r}"
+                                                              if "check" in words else ""),
+        "check_silent": "{n} silent at the second check",
+    }
+    return [texts[c].format(n=f"{server[c]:,}") for c, *_ in KINDS if server[c]]
