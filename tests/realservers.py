@@ -19,7 +19,6 @@ under CI a skip is a failure: tests/conftest.py).
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
@@ -34,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 import pytest
+
+from tuner import netns as netns_home
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NODE_DIR = os.path.join(HERE, "servers", "node")
@@ -54,6 +55,9 @@ PACKAGES = {
     "groff": ("/usr/bin/groff", "groff-base"),
     "javac": ("/usr/bin/javac", "default-jdk-headless"),
     "java": ("/usr/bin/java", "default-jdk-headless"),
+    "go": ("/usr/bin/go", "golang-go"),
+    "erl": ("/usr/bin/erl", "erlang-base"),
+    "erlc": ("/usr/bin/erlc", "erlang-base"),
 }
 
 _apt_updated = False
@@ -131,37 +135,13 @@ def need_ws() -> str:
     return NODE_DIR
 
 
-# --- network namespaces: sockets made on a thread that entered one ------------------------
+# --- network namespaces: tuner's own home for entering one ------------------------------
 
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def in_netns(netns: Optional[str], fn: Callable):
-    """fn() run in network namespace `netns` (None: here). A socket keeps the namespace it
-    was made in, so fn may return sockets; the namespace is entered by a thread of its own."""
-    if netns is None:
+def in_netns(name: Optional[str], fn: Callable):
+    """fn() run inside network namespace `name` (None: here). A socket keeps the namespace
+    it was made in, so fn may return sockets made there."""
+    with netns_home.in_netns(name):
         return fn()
-    box: dict = {}
-
-    def run():
-        try:
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {netns}")
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as e:      # handed to the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def _family(host: str) -> int:
@@ -299,17 +279,26 @@ def _listening(srv: Server) -> bool:
     """Every host:port in LISTEN, read from the server's own /proc/PID/net (its namespace).
     Not by connecting: a probe connection would take one of the slots a test counts
     (Redis still counted two closed ones against maxclients 3 when the test connected)."""
-    if srv.netns and os.stat(f"/proc/{srv.pid}/ns/net").st_ino != os.stat(f"/run/netns/{srv.netns}").st_ino:
+    if srv.netns and os.stat(f"/proc/{srv.pid}/ns/net").st_ino != os.stat(os.path.join(netns_home.RUN_DIR, srv.netns)).st_ino:
         return False                     # `ip netns exec` has not entered it yet
-    want = {f"{_proc_net_hex(h)}:{srv.port:04X}" for h in srv.hosts}
+    listening = set()
     for table in ("tcp", "tcp6"):
         try:
             with open(f"/proc/{srv.pid}/net/{table}") as f:
                 rows = [line.split() for line in f.readlines()[1:]]
         except OSError:
             return False
-        want -= {row[1] for row in rows if row[3] == "0A"}
-    return not want
+        listening |= {row[1] for row in rows if row[3] == "0A"}
+    return all(_listen_forms(h, srv.port) & listening for h in srv.hosts)
+
+
+def _listen_forms(host: str, port: int) -> set:
+    """How a listener on host:port shows in /proc/net/tcp{,6}: an IPv4 host also as its
+    v4-mapped IPv6 address (a JVM listens on an IPv6 socket bound to ::ffff:127.0.0.1)."""
+    forms = {_proc_net_hex(host)}
+    if _family(host) == socket.AF_INET:
+        forms.add(_proc_net_hex("::ffff:" + host))
+    return {f"{x}:{port:04X}" for x in forms}
 
 
 def workdir(name: str, owner: Optional[str] = None) -> str:

@@ -58,10 +58,10 @@ def app_fix(d) -> List[Fix]:
     f = cap.get("fix")
     if f is None:
         return [Fix(f"raise {cap['label']}", f"{cap['app']}'s own cap binds: {cap['why']}", "application")]
-    held = f"{cap['app']} holds {f['allows']:,} with it" if f["allows"] is not None else f["why"]
-    nofile = f"; each of its processes needs RLIMIT_NOFILE {f['nofile']:,}" if f["nofile"] else ""
+    held = f"{cap['app']} holds {f['allows']:,} with it" if f["allows"] is not None else ""
+    nofile = f"each of its processes needs RLIMIT_NOFILE {f['nofile']:,}" if f["nofile"] else ""
     return [Fix(f"in {f['file']}: {' '.join(f['lines'])} then {f['command']} ({f['action']})",
-                held + nofile, "application")]
+                "; ".join(w for w in (held, nofile, f["why"]) if w), "application")]
 
 
 def _next_limit(d, app_label: str) -> Optional[int]:

@@ -92,6 +92,7 @@ class ProcView:
     netns_inode: Optional[int]
     cwd: Optional[str] = None          # readlink /proc/PID/cwd (PostgreSQL runs in its data dir)
     fds: Optional[int] = None          # descriptors open now (stat of /proc/PID/fd: no walk)
+    threads: int = 1                   # /proc/PID/status Threads
     unit: Optional[str] = None         # the systemd unit it runs in, if any (for reload commands)
     cap_sys_resource: bool = False     # may raise RLIMIT_NOFILE past its hard limit (for its children)
     listeners: Tuple[Tuple[str, int], ...] = ()   # (address, port) of the service's TCP listeners
@@ -182,6 +183,7 @@ def view(pid: int, listeners: Sequence[Tuple[str, int]] = (), depth: int = 1,
                     gid=int(status.get("Gid", "-1 0").split()[0]),
                     nofile_soft=soft, nofile_hard=hard, netns_inode=netns,
                     cwd=_readlink(pid, "cwd"), fds=_fd_count(pid), unit=unit,
+                    threads=int(status.get("Threads", "1")),
                     cap_sys_resource=bool(int(status.get("CapEff", "0"), 16) >> CAP_SYS_RESOURCE & 1),
                     listeners=tuple(listeners), children=kids)
 

@@ -12,9 +12,7 @@ from typing import List, Optional
 
 from ..errors import UsageError
 from ..netns import in_netns
-from .base import Change, Kind, WriteError, check, is_int, netns_gone, text_field
-
-IFNAMSIZ = 16
+from .base import Change, Presence, WriteError, check, device_field, is_int, netns_gone, text_field
 
 
 def _link_index(ipr, dev: str) -> Optional[int]:
@@ -22,10 +20,9 @@ def _link_index(ipr, dev: str) -> Optional[int]:
     return found[0] if found else None
 
 
-class Alias(Kind):
+class Alias(Presence):
     name = "alias"
     knob_kinds = ("addresses",)
-    value_doc = "true or false"
 
     def key(self, netns, detail) -> str:
         return f"alias:{netns or ''}:{detail['dev']}:{detail['address']}/{detail['prefixlen']}"
@@ -34,31 +31,13 @@ class Alias(Kind):
         return (f"{detail['address']}/{detail['prefixlen']} on {detail['dev']}"
                 + (f" in netns {netns}" if netns else ""))
 
-    def describe(self, value, knob: str = "") -> str:
-        return "present" if value else "absent"
-
     def command(self, netns, detail, value) -> str:
         prefix = f"ip -n {shlex.quote(netns)} " if netns else "ip "
         return (f"{prefix}addr {'add' if value else 'del'} {detail['address']}/"
                 f"{detail['prefixlen']} dev {shlex.quote(detail['dev'])}")
 
-    def valid_value(self, value) -> bool:
-        return isinstance(value, bool)
-
-    # As the report gives a word for a state (CAP_SYS_RESOURCE ["no"]).
-    json_doc = '["present"] or ["absent"]'
-
-    def to_json(self, value):
-        return None if value is None else [self.describe(value)]
-
-    def from_json(self, values):
-        if values not in (["present"], ["absent"]):
-            raise ValueError(f"not {self.json_doc}: {values!r}")
-        return values == ["present"]
-
     def check_detail(self, d) -> None:
-        dev = text_field(d, "dev")
-        check(len(dev) < IFNAMSIZ and "/" not in dev, "detail.dev", dev)
+        device_field(d)
         address = text_field(d, "address")
         try:
             ipaddress.IPv4Address(address)

@@ -226,7 +226,40 @@ class Kind:
                       detail)
 
 
+class Presence(Kind):
+    """A kind whose value is whether something exists (an address alias, a local
+    route): True or False, shown and kept in JSON as present/absent."""
+
+    value_doc = "true or false"
+    # As the report gives a word for a state (CAP_SYS_RESOURCE ["no"]).
+    json_doc = '["present"] or ["absent"]'
+
+    def describe(self, value, knob: str = "") -> str:
+        return "present" if value else "absent"
+
+    def valid_value(self, value) -> bool:
+        return isinstance(value, bool)
+
+    def to_json(self, value):
+        return None if value is None else [self.describe(value)]
+
+    def from_json(self, values):
+        if values not in (["present"], ["absent"]):
+            raise ValueError(f"not {self.json_doc}: {values!r}")
+        return values == ["present"]
+
+
 # ---------------------------------------------------------------- shared checks
+
+IFNAMSIZ = 16   # a network device's name, its NUL included (linux/if.h)
+
+
+def device_field(d: Dict[str, Any]) -> str:
+    """detail.dev: a device name as the kernel takes one."""
+    dev = text_field(d, "dev")
+    check(len(dev) < IFNAMSIZ and "/" not in dev and dev.isprintable(), "detail.dev", dev)
+    return dev
+
 
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)

@@ -20,9 +20,8 @@ from ..errors import UsageError
 from ..knobs import BY_NAME, NONLOCAL_BIND
 from ..localnet import read_local_routes
 from ..netns import in_netns
-from .base import KINDS, Change, Kind, WriteError, check, netns_gone, text_field
+from .base import KINDS, Change, Presence, WriteError, check, device_field, netns_gone, text_field
 
-IFNAMSIZ = 16
 RT_TABLE_LOCAL = 255
 RT_SCOPE_HOST = 254
 
@@ -31,10 +30,8 @@ def _network(text: str):
     return ipaddress.ip_network(text, strict=True)
 
 
-class Route(Kind):
+class Route(Presence):
     name = "route"
-    value_doc = "true or false"
-    json_doc = '["present"] or ["absent"]'
 
     def key(self, netns, detail) -> str:
         return f"route:{netns or ''}:local:{detail['network']}"
@@ -43,29 +40,14 @@ class Route(Kind):
         return (f"local {detail['network']} dev {detail['dev']}"
                 + (f" in netns {netns}" if netns else ""))
 
-    def describe(self, value, knob: str = "") -> str:
-        return "present" if value else "absent"
-
     def command(self, netns, detail, value) -> str:
         prefix = f"ip -n {shlex.quote(netns)} " if netns else "ip "
         family = "-6 " if ":" in detail["network"] else ""
         return (f"{prefix}{family}route {'add' if value else 'del'} local {detail['network']} "
                 f"dev {shlex.quote(detail['dev'])}")
 
-    def valid_value(self, value) -> bool:
-        return isinstance(value, bool)
-
-    def to_json(self, value):
-        return None if value is None else [self.describe(value)]
-
-    def from_json(self, values):
-        if values not in (["present"], ["absent"]):
-            raise ValueError(f"not {self.json_doc}: {values!r}")
-        return values == ["present"]
-
     def check_detail(self, d) -> None:
-        dev = text_field(d, "dev")
-        check(len(dev) < IFNAMSIZ and "/" not in dev and dev.isprintable(), "detail.dev", dev)
+        device_field(d)
         network = text_field(d, "network")
         try:
             net = _network(network)

@@ -9,8 +9,9 @@ module: probe
 short_description: tuner's split connection probe, one side per host
 description:
   - "C(mode=serve) runs the server side (C(tuner probe --serve)): accepts clients on
-    O(listen), runs the wire exchange, and ends once O(expect) are verified and held
-    O(hold) seconds (or at O(timeout)). Run it with C(async) and C(poll: 0), then
+    O(listen), runs the wire exchange, and ends by itself once O(expect) have verified
+    and then either their clients have closed or O(hold) seconds have passed (or at
+    O(timeout) when they have not verified by then). Run it with C(async) and C(poll: 0), then
     collect it with C(async_status)."
   - "C(mode=listening) waits until something listens on O(listen), read from the
     kernel's socket table (nothing connects, so the server's counts stay exact)."
