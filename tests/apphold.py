@@ -1,5 +1,10 @@
-"""How many connections a real server holds at once, measured from the client side (the
-test's own small client, until `tuner probe --connect URL` can say the same).
+"""How many connections a real nginx holds at once, measured from the client side.
+
+Not `tuner probe --connect http://`: its connections sit idle in keep-alive between the
+two checks, and nginx closes idle keep-alive connections to make room for new ones
+(ngx_drain_connections, up to 32 at a time per worker), so the probe holds a range below
+the cap (916 of 1,020 here), which is nginx working as designed, not its capacity.
+HAProxy's tests use the probe (tests/test_apps_haproxy.py).
 
 Connections are opened in small batches (a pause between them lets the server read
 each request before the next arrive), then each is looked at without blocking:

@@ -2,7 +2,8 @@
 a global maxconn, none (HAProxy computes its own from the descriptor limit), `show info`
 over a stats socket, a frontend's own maxconn; each predicted by `tuner diagnose` within
 max(3, 1%) of what a client holds (answered and still open: beyond maxconn HAProxy
-leaves connections in the accept queue, unanswered)."""
+leaves connections in the accept queue, unanswered), measured by `tuner probe --connect
+http://`."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import signal
 import time
 
 import realservers
-from apphold import held, within
+from apphold import within
 from conftest import run_tuner
 
 
@@ -23,7 +24,12 @@ def diagnose(srv, *args) -> dict:
 
 
 def measure(srv, predicted: int, label: str) -> int:
-    measured = held(srv, predicted + 300, answered=True)
+    """What `tuner probe --connect http://` holds: connections answered at open and again
+    at the end of the hold (beyond maxconn they wait in the accept queue, unanswered)."""
+    out = run_tuner("probe", "--connect", f"http://{srv.host}:{srv.port}/", "-n", predicted + 300,
+                    "--hold", 1, "--timeout", 20, "--json", timeout=180)
+    assert out.returncode in (0, 3), out.stderr
+    measured = json.loads(out.stdout)["verified"]
     print(f"haproxy {label}: predicted {predicted}, held {measured}")
     assert within(predicted, measured), (predicted, measured)
     return measured
