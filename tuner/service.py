@@ -183,22 +183,8 @@ def counted(ports: Sequence[int], listening: Sequence[Listener]) -> Connections:
         l.queued = max(l.queued, after.get(l.inode, 0))
     conns.accept_queue = sum(l.queued for l in listening if l.port in set(ports))
     conns.held = max(sum(conns.by_port.values()) - conns.accept_queue, 0)
-    conns.peer_closed = peer_closed(ports, families or (socket.AF_INET, socket.AF_INET6))
     return conns
 
-
-def peer_closed(ports: Iterable[int], families: Iterable[int]) -> int:
-    """Sockets on these local ports in CLOSE_WAIT: the peer closed (or reset) and the
-    service never closed its end, so each still holds a descriptor.  One dump per
-    family filtered in the kernel to that state: only those sockets are sent."""
-    ports = sorted(set(ports))
-    if not ports:
-        return 0
-    by_port: Counter = Counter()
-    for family in sorted(families):
-        sockdiag.dump_count(family, 1 << sockdiag.TCP_CLOSE_WAIT, sockdiag.port_filter(ports),
-                            by_port, set())
-    return sum(by_port.values())
 
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"
@@ -219,9 +205,13 @@ def connections(ports: Iterable[int], accept_queue: int = 0,
     if not ports:
         return result
     by_port: Counter = Counter()
+    by_state: Counter = Counter()
     peers: Set[bytes] = set()
     for family in sorted(families):
-        sockdiag.dump_count(family, sockdiag.HELD_STATES, sockdiag.port_filter(ports), by_port, peers)
+        sockdiag.dump_count(family, sockdiag.HELD_STATES, sockdiag.port_filter(ports), by_port,
+                            peers, by_state)
+    # CLOSE_WAIT: the peer closed (or reset) and the service never closed its end.
+    result.peer_closed = by_state[sockdiag.TCP_CLOSE_WAIT]
     result.by_port = {p: by_port.get(p, 0) for p in ports}
     result.held = max(sum(result.by_port.values()) - accept_queue, 0)
     # An IPv4 client of a dual-stack listener is ::ffff:a.b.c.d there and a.b.c.d on an

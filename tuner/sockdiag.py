@@ -14,7 +14,7 @@ import socket
 import struct
 from collections import Counter
 from operator import itemgetter
-from typing import List, NamedTuple, Sequence, Set, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Set, Tuple
 
 # sock_diag (linux/sock_diag.h, linux/inet_diag.h)
 NETLINK_SOCK_DIAG = 4
@@ -119,20 +119,23 @@ def _dump_request(family: int, states: int, bytecode: bytes) -> bytes:
     return _NLMSG.pack(16 + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
 
 
-def dump_count(family: int, states: int, bytecode: bytes, by_port: Counter, peers: Set[bytes]) -> None:
+def dump_count(family: int, states: int, bytecode: bytes, by_port: Counter, peers: Set[bytes],
+               by_state: Optional[Counter] = None) -> None:
     """Count the sockets of one family in `states` accepted by `bytecode`, by local
-    port, and their distinct peer addresses."""
+    port, their distinct peer addresses and (when `by_state` is given) their TCP
+    states, from the same dump."""
     with _socket() as sock:
         sock.send(_dump_request(family, states, bytecode))
         while True:
-            if _count_buffer(sock.recv(1 << 17), by_port, peers):
+            if _count_buffer(sock.recv(1 << 17), by_port, peers, by_state):
                 return
 
 
 _DIAG_TYPE_BE = struct.unpack(">H", struct.pack("=H", SOCK_DIAG_BY_FAMILY))[0]
 
 
-def _count_buffer(buf: bytes, by_port: Counter, peers: Set[bytes]) -> bool:
+def _count_buffer(buf: bytes, by_port: Counter, peers: Set[bytes],
+                  by_state: Optional[Counter] = None) -> bool:
     """Count one recv()'s messages; True once the dump is done.
 
     The messages of a dump have one length, so a whole buffer unpacks in C with one
@@ -142,16 +145,21 @@ def _count_buffer(buf: bytes, by_port: Counter, peers: Set[bytes]) -> bool:
         length = _NLMSG.unpack_from(buf)[0]
         if length >= 56 and length % 4 == 0 and len(buf) % length == 0:
             # Big-endian throughout: the port is; the type is compared byte-swapped.
-            rec = struct.Struct(f">4xH14xH18x16s{length - 56}x")
+            # type at 4, state at 17 (inet_diag_msg's second byte), sport at 20, dst at 40.
+            rec = struct.Struct(f">4xH11xB2xH18x16s{length - 56}x")
             rows = list(rec.iter_unpack(buf))
             if set(map(itemgetter(0), rows)) == {_DIAG_TYPE_BE}:
-                by_port.update(map(itemgetter(1), rows))
-                peers.update(map(itemgetter(2), rows))
+                by_port.update(map(itemgetter(2), rows))
+                peers.update(map(itemgetter(3), rows))
+                if by_state is not None:
+                    by_state.update(map(itemgetter(1), rows))
                 return False
     offsets, done = _messages(buf)
     for off in offsets:
         by_port[_SPORT.unpack_from(buf, off + _MSG_SPORT)[0]] += 1
         peers.add(buf[off + _MSG_DST:off + _MSG_DST + 16])
+        if by_state is not None:
+            by_state[buf[off + _MSG_STATE]] += 1
     return done
 
 
