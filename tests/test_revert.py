@@ -63,6 +63,23 @@ def test_kill_9_after_every_change_in_namespace_with_aliases(capsys, jpath, netn
                                  lambda: (netns_values(netns), addresses(netns, "veth0")))
 
 
+def _routes(ns):
+    """Every route of both families; the link-local ones come by themselves meanwhile."""
+    return [[line for line in subprocess.run(["ip", "-n", ns, f"-{v}", "route", "show", "table", "all"],
+                                             capture_output=True, text=True, check=True).stdout.splitlines()
+             if "fe80:" not in line] for v in (4, 6)]
+
+
+@pytest.mark.parametrize("prefix", ["fd00:77:1::/64", "10.77.1.0/24"])
+def test_kill_9_after_every_change_in_namespace_with_an_anyip_route(capsys, jpath, netns, prefix):
+    """The route kind (and, for IPv6, ip_nonlocal_bind) crashed at every step: revert
+    leaves the namespace's routes, addresses and sysctls as they were."""
+    add_veth(netns)
+    args = ["-n", "200k", "--role", "client", "--netns", netns, "--anyip-net", prefix]
+    _kill_every_step_then_revert(capsys, jpath, args,
+                                 lambda: (netns_values(netns), addresses(netns, "veth0"), _routes(netns)))
+
+
 def test_apply_again_after_a_crash_keeps_the_first_originals(capsys, jpath, netns):
     before = netns_values(netns)
     args = ["-n", "1M", "--netns", netns]
@@ -125,6 +142,10 @@ ALIAS_ENTRY = {"key": "alias::lo:10.9.0.2/32", "knob": "source addresses", "kind
                "command": ""}
 
 
+ROUTE_ENTRY = {**ALIAS_ENTRY, "key": "route::local:fd00:77:1::/64", "kind": "route",
+               "detail": {"network": "fd00:77:1::/64", "dev": "lo"}}
+
+
 def _with(entry, **over):
     out = {**json.loads(json.dumps(entry)), **over}
     return {k: v for k, v in out.items() if v is not _DROP}
@@ -160,6 +181,13 @@ BAD_ENTRIES = {
     "alias prefixlen text": lambda e: _with_detail(ALIAS_ENTRY, prefixlen="32"),
     "alias address bad": lambda e: _with_detail(ALIAS_ENTRY, address="10.9.0.300"),
     "alias value not present/absent": lambda e: _with(ALIAS_ENTRY, new=["yes"]),
+    "route network not a prefix": lambda e: _with_detail(ROUTE_ENTRY, network="fd00:77:1::5/64"),
+    "route network a default route": lambda e: _with_detail(ROUTE_ENTRY, network="::/0"),
+    "route network one address": lambda e: _with_detail(ROUTE_ENTRY, network="10.77.1.5/32"),
+    "route network text": lambda e: _with_detail(ROUTE_ENTRY, network="lo"),
+    "route dev a path": lambda e: _with_detail(ROUTE_ENTRY, dev="../lo"),
+    "route dev too long": lambda e: _with_detail(ROUTE_ENTRY, dev="x" * 16),
+    "route value not present/absent": lambda e: _with(ROUTE_ENTRY, new=[True]),
     "file lines not text": lambda e: _with({**ALIAS_ENTRY, "kind": "file", "original": None,
                                             "before": None, "new": [1]},
                                            detail={"path": "/etc/sysctl.d/99-tuner.conf"}),
