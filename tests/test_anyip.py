@@ -133,3 +133,25 @@ def test_report_counts_anyip_prefixes_and_says_which(pair):
     assert row["current"] == [2 ** 64]                 # the /64 (less its anycast address) + eth0's one
     assert "IPv4: 1 address(es), AnyIP 10.77.1.0/24 (254)" in row["why"]
     assert "AnyIP fd00:77:1::/64" in row["why"] and "IP_FREEBIND" in row["why"]
+
+
+def test_server_report_says_whether_a_client_prefix_is_routed_back(pair):
+    server, client = pair
+
+    def back(prefix):
+        proc = run_tuner("report", "--role", "server", "--netns", server, "--client-net", prefix, "--json")
+        return json.loads(proc.stdout)["client_net"]
+
+    assert back("fd00:77:1::/64") == {"network": "fd00:77:1::/64", "routed": False, "via": None, "dev": None,
+                                      "fix": "ip -6 route add fd00:77:1::/64 via CLIENT_ADDRESS"}
+    ip("-n", server, "-6", "route", "add", "fd00:77:1::/64", "via", "fd00:77::2")
+    assert back("fd00:77:1::/64")["routed"] and back("fd00:77:1::/64")["via"] == "fd00:77::2"
+    # A prefix on the link's own network is routed (on the link), a client one behind the
+    # default route is not.
+    ip("-n", server, "route", "add", "default", "via", "10.77.0.2")
+    assert back("10.77.1.0/24") == {"network": "10.77.1.0/24", "routed": False, "via": "10.77.0.2",
+                                    "dev": "eth0", "fix": "ip route add 10.77.1.0/24 via CLIENT_ADDRESS"}
+    text = run_tuner("report", "--role", "server", "--netns", server, "--client-net", "10.77.1.0/24").stdout
+    assert "client prefix 10.77.1.0/24: the default route (via 10.77.0.2) here" in text
+    refused = run_tuner("report", "--role", "client", "--netns", client, "--client-net", "10.77.1.0/24")
+    assert refused.returncode == 2 and "--role server" in refused.stderr

@@ -27,3 +27,33 @@ def build(target: Optional[int] = None, role: str = "loopback", netns: Optional[
     ctx = Ctx(snap, role=role, target=target, destinations=destinations, source_dev=source_dev,
               source_count=source_count)
     return capacity.evaluate(ctx)
+
+
+def client_route(netns: Optional[str], prefix: str) -> dict:
+    """Where this host (a server) sends replies to a client's AnyIP prefix: the most
+    specific route covering it.  Nobody on the link answers for such a prefix (it is a
+    route on the client, not an address), so without a route of its own the replies
+    follow the default route, or go nowhere.  For `tuner report --role server
+    --client-net`."""
+    import ipaddress
+
+    from . import localnet
+    from .netns import in_netns
+
+    net = ipaddress.ip_network(prefix, strict=False)
+    with in_netns(netns):
+        route = localnet.route_for(localnet.read_routes(net.version), str(net))
+    routed = route is not None and ipaddress.ip_network(route["network"]).prefixlen > 0
+    family = "-6 " if net.version == 6 else ""
+    return {"network": str(net), "routed": routed,
+            "via": route["gateway"] if route else None, "dev": route["ifname"] if route else None,
+            "fix": None if routed else f"ip {family}route add {net} via CLIENT_ADDRESS"}
+
+
+def client_route_text(r: dict) -> str:
+    if r["routed"]:
+        return (f"client prefix {r['network']}: routed back via {r['via'] or 'the link'} "
+                f"dev {r['dev']}")
+    where = f"the default route (via {r['via']})" if r["via"] else "no route"
+    return (f"client prefix {r['network']}: {where} here, so replies to it never reach the "
+            f"client; route it back: {r['fix']}")

@@ -100,6 +100,24 @@ def _width(err: bool = False):
     return terminal_width(sys.stderr if err else sys.stdout)
 
 
+def _client_net(prefix: Optional[str], role: str, netns: Optional[str]) -> Optional[dict]:
+    """report --client-net: checked (exit 2), then the route back to it read."""
+    if prefix is None:
+        return None
+    import ipaddress
+
+    from . import assess
+
+    if role != "server":
+        raise errors.UsageError("--client-net asks whether a server routes the clients' prefix back; "
+                         "add --role server")
+    try:
+        ipaddress.ip_network(prefix.strip(), strict=False)
+    except ValueError:
+        raise errors.UsageError(f"--client-net {prefix!r} is not a network (e.g. fd00:77:1::/64)") from None
+    return assess.client_route(netns, prefix.strip())
+
+
 @app.command()
 def report(
     target: Optional[int] = typer.Option(None, "--target", "-n", metavar="N", help=TARGET_HELP,
@@ -113,6 +131,10 @@ def report(
                                    "(default: lo for loopback, all non-loopback ones for client)."),
     wide: bool = typer.Option(False, "--wide", help="Add a why column for every knob "
                                                     "(by default only rows needing attention explain themselves)."),
+    client_net: Optional[str] = typer.Option(
+        None, "--client-net", metavar="PREFIX",
+        help="With --role server: the clients' AnyIP prefix (tuner apply --anyip-net on the "
+             "load hosts); says whether replies to it are routed back to them."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """How many connections this host can hold now, which limit binds first, and what a
@@ -125,11 +147,14 @@ def report(
     check_role(role)
     check_positive("--destinations", destinations)
     check_netns_name(netns)
+    back = _client_net(client_net, role, netns)
     result = assess.build(n, role, netns, destinations, source_dev)
     if json_out:
-        _emit(render.to_json(result.to_dict()))
+        _emit(render.to_json({**result.to_dict(), **({"client_net": back} if back else {})}))
     else:
         _emit_statuses(render.report_text(result, wide=wide, width=_width()))
+        if back:
+            _emit(assess.client_route_text(back))
     if result.reachable is False:
         raise typer.Exit(errors.EXIT_SHORT)
 

@@ -120,6 +120,38 @@ def read_local_routes() -> List[Dict[str, object]]:
     return out
 
 
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+
+
+def read_routes(version: int) -> List[Dict[str, object]]:
+    """Unicast routes of the main table of one IP version: where replies to a network
+    leave (read for `tuner report --role server --client-net`, not for every report: a
+    router's table can be large)."""
+    _, rtnl, rtmsg, _ = _pyroute2_messages()
+    family, default = (socket.AF_INET, "0.0.0.0") if version == 4 else (socket.AF_INET6, "::")
+    out = []
+    for msg in _dump(rtmsg.rtmsg, rtnl.RTM_GETROUTE, family):
+        table = msg.get_attr("RTA_TABLE") or msg["table"]
+        if msg["type"] != RTN_UNICAST or table != RT_TABLE_MAIN:
+            continue
+        out.append({"network": f"{msg.get_attr('RTA_DST') or default}/{msg['dst_len']}",
+                    "gateway": msg.get_attr("RTA_GATEWAY"), "ifname": _ifname(msg.get_attr("RTA_OIF") or 0)})
+    return out
+
+
+def route_for(routes, prefix: str) -> Optional[Dict[str, object]]:
+    """The most specific route covering all of `prefix`, None when none does."""
+    net = ipaddress.ip_network(prefix, strict=False)
+    best = None
+    for r in routes:
+        covering = ipaddress.ip_network(r["network"], strict=False)
+        if covering.version == net.version and net.subnet_of(covering) and \
+                (best is None or covering.prefixlen > best[0].prefixlen):
+            best = (covering, r)
+    return None if best is None else best[1]
+
+
 # ---------------------------------------------------------------- counting (pure)
 
 def source_networks(addresses, local_routes, ifname: Optional[str] = None,
