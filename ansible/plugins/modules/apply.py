@@ -44,8 +44,14 @@ options:
   alias_net:
     description: Network the aliases are taken from (with alias_dev); a private one unless allow_public_aliases.
     type: str
+  anyip_net:
+    description: Make every address of this prefix a source address with one local route (AnyIP, as C(tuner apply --anyip-net); IPv6 also turns ip_nonlocal_bind on in that namespace); the server must route the prefix back to this host. A private prefix (fd00::/8, RFC 1918) unless allow_public_aliases.
+    type: str
+  anyip_dev:
+    description: Device the anyip_net route goes on (default lo).
+    type: str
   allow_public_aliases:
-    description: Allow an alias_net outside the private ranges, a public network this host owns (as C(tuner apply --allow-public-aliases)); networks no host may own are refused still.
+    description: Allow an alias_net or anyip_net outside the private ranges, a public network this host owns (as C(tuner apply --allow-public-aliases)); networks no host may own are refused still.
     type: bool
     default: false
   shrink_buffers:
@@ -99,6 +105,13 @@ EXAMPLES = r"""
     role: client
     alias_dev: eth0
     alias_net: 10.77.1.0/24
+  become: true
+
+- name: A load host for a million to one server ADDR:PORT, over one IPv6 AnyIP prefix
+  tuner.tuner.apply:
+    target: 1M
+    role: client
+    anyip_net: fd00:77:1::/64
   become: true
 
 - name: Server, and the same settings at boot
@@ -215,6 +228,7 @@ def present(module):
                       destinations=p["destinations"], pids=tuple(p["pid"]),
                       alias_dev=p["alias_dev"], alias_net=p["alias_net"],
                       allow_public_aliases=p["allow_public_aliases"],
+                      anyip_net=p["anyip_net"], anyip_dev=p["anyip_dev"],
                       shrink_buffers=p["shrink_buffers"], persist=p["persist"],
                       root_dir=p["root_dir"], unit=p["unit"], user=p["user"],
                       raise_soft=p["raise_soft"])
@@ -281,6 +295,8 @@ def main():
             pid=dict(type="list", elements="int", default=[]),
             alias_dev=dict(type="str"),
             alias_net=dict(type="str"),
+            anyip_net=dict(type="str"),
+            anyip_dev=dict(type="str"),
             allow_public_aliases=dict(type="bool", default=False),
             shrink_buffers=dict(type="bool", default=False),
             persist=dict(type="bool", default=False),

@@ -69,7 +69,7 @@ options:
     description: Worker processes (default as few as RLIMIT_NOFILE allows).
     type: int
   source_net:
-    description: connect, spread over the local addresses inside this network.
+    description: connect, spread over the local addresses inside this network, IPv4 or IPv6 (aliases, or an AnyIP prefix from the apply module's anyip_net).
     type: str
   netns:
     description: Run the probe inside this network namespace (stop, the namespace it serves in).
