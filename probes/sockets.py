@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import socket
 import struct
 from functools import lru_cache
@@ -72,9 +73,16 @@ def client_options(port_range: Tuple[int, int], bind: bool, freebind: bool) -> L
     return out
 
 
+# Set to 1, the probes give sockets no range of their own and plans keep half of each
+# range, as before Linux 6.3: how bench/bench_anyip.py measures what the range changes.
+SHARED_RANGE_ENV = "TUNER_SHARED_PORT_RANGE"
+
+
 @lru_cache(maxsize=None)
 def own_port_range() -> bool:
     """Whether this kernel takes IP_LOCAL_PORT_RANGE (Linux 6.3+): asked of one socket."""
+    if os.environ.get(SHARED_RANGE_ENV) == "1":
+        return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.setsockopt(socket.SOL_IP, IP_LOCAL_PORT_RANGE, 0)   # 0: no range of its own
