@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple, Union
 
 from tuner import procfs
 
-from . import kernel, signs, sockets
+from . import kernel, signs
 
 LISTEN_ADDR = "127.0.0.1"
 # Descriptors a worker needs besides its connections: stdio, the listener, report and
@@ -282,7 +282,7 @@ def fast_ports(low: int, high: int) -> int:
     range low..high (minus ip_local_reserved_ports): port_share of it, as the probes'
     sockets search ports on this kernel."""
     usable = max(0, high - low + 1 - kernel.reserved_ports(low, high))
-    return int(usable * port_share(sockets.own_port_range()))
+    return int(usable * port_share(kernel.own_port_range()))
 
 
 def default_port(count: int, port_range: Tuple[int, int]) -> int:

@@ -10,8 +10,11 @@ library at import time.
 """
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import time
+from functools import lru_cache
 from typing import Dict, Optional, Tuple
 
 from tuner import procfs
@@ -25,6 +28,28 @@ TCP_OBJECT_FALLBACK = 2048
 # (each connection costs far more: inode, file, dentry, epoll item besides the TCP
 # object), so something else on the host freed slab meanwhile.
 SLAB_PLAUSIBLE_SHARE = 0.25
+
+
+IP_LOCAL_PORT_RANGE = 51       # a per-socket ephemeral range, low | high << 16 (Linux 6.3+)
+# Set to 1, the probes give sockets no range of their own and plans keep half of each
+# range, as before Linux 6.3: how bench/bench_anyip.py measures what the range changes.
+SHARED_RANGE_ENV = "TUNER_SHARED_PORT_RANGE"
+
+
+@lru_cache(maxsize=None)
+def own_port_range() -> bool:
+    """Whether this kernel takes IP_LOCAL_PORT_RANGE (Linux 6.3+): asked of one socket.
+    Here, not in probes.sockets, so `tuner report` learns it without loading ctypes."""
+    if os.environ.get(SHARED_RANGE_ENV) == "1":
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.setsockopt(socket.SOL_IP, IP_LOCAL_PORT_RANGE, 0)   # 0: no range of its own
+        except OSError as e:
+            if e.errno in (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
+                return False
+            raise
+    return True
 
 
 def port_range() -> Tuple[int, int]:

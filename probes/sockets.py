@@ -23,17 +23,15 @@ before bind()/connect() (`client_options`):
 from __future__ import annotations
 
 import ctypes
-import errno
-import os
 import socket
 import struct
-from functools import lru_cache
 from typing import Iterable, List, Tuple
+
+from .kernel import IP_LOCAL_PORT_RANGE, own_port_range
 
 SOCK_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 IP_FREEBIND = 15               # bind an address the kernel does not (yet) call local
 IP_BIND_ADDRESS_NO_PORT = 24   # bind the address now, the port at connect(): no port search at bind
-IP_LOCAL_PORT_RANGE = 51       # a per-socket ephemeral range, low | high << 16 (Linux 6.3+)
 LINGER_0 = struct.pack("ii", 1, 0)
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -71,26 +69,6 @@ def client_options(port_range: Tuple[int, int], bind: bool, freebind: bool) -> L
         low, high = port_range
         out.append(_int_option(socket.SOL_IP, IP_LOCAL_PORT_RANGE, low | high << 16))
     return out
-
-
-# Set to 1, the probes give sockets no range of their own and plans keep half of each
-# range, as before Linux 6.3: how bench/bench_anyip.py measures what the range changes.
-SHARED_RANGE_ENV = "TUNER_SHARED_PORT_RANGE"
-
-
-@lru_cache(maxsize=None)
-def own_port_range() -> bool:
-    """Whether this kernel takes IP_LOCAL_PORT_RANGE (Linux 6.3+): asked of one socket."""
-    if os.environ.get(SHARED_RANGE_ENV) == "1":
-        return False
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.setsockopt(socket.SOL_IP, IP_LOCAL_PORT_RANGE, 0)   # 0: no range of its own
-        except OSError as e:
-            if e.errno in (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
-                return False
-            raise
-    return True
 
 
 def reset_on_close(fds: Iterable[int]) -> None:

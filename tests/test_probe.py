@@ -252,10 +252,10 @@ def test_one_fast_port_share_for_plans_and_warnings(monkeypatch):
     """connect() scans the even ports first: where sockets cannot carry their own port
     range (before Linux 6.3) every plan fills half of each source address's usable port
     range (the constant tuner.knobs plans with too), 90% where they can."""
-    from probes import config, connect, sockets
-    assert sockets.own_port_range()                 # this kernel is 6.18
+    from probes import config, connect
+    assert kernel.own_port_range()                 # this kernel is 6.18
     assert connect.fast_capacity(1) >= 0.9 * (kernel.port_range()[1] - kernel.port_range()[0]) * 0.99
-    monkeypatch.setattr(sockets, "own_port_range", lambda: False)
+    monkeypatch.setattr(kernel, "own_port_range", lambda: False)
     monkeypatch.setattr(kernel, "port_range", lambda: (40000, 40099))
     monkeypatch.setattr(kernel, "reserved_ports", lambda low, high: 0)
     plan = config.make_plan(ProbeConfig(connections=1000, workers=1, port=20000), nofile=20000)

@@ -20,7 +20,7 @@ import resource
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from probes.sockets import own_port_range
+from probes.kernel import own_port_range
 
 from . import localnet, procfs
 from .netns import check_name, in_netns
