@@ -34,7 +34,10 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from probes import sockets  # noqa: E402
-from tuner import procfs  # noqa: E402
+from tuner import knobs, procfs  # noqa: E402
+
+# The knob table's name of the ephemeral port range (sysctl names live there only).
+PORT_RANGE = next(k.name for k in knobs.KNOBS if k.unit == "ports")
 
 PORT = 7000
 V6_PREFIX = "fd00:77:1::/64"
@@ -75,7 +78,7 @@ def prepare(server, client, n, journal):
         out, err = p.communicate()
         if p.returncode not in (0, 3):
             raise SystemExit(f"apply in {ns} failed: {err}")
-    sh("ip", "netns", "exec", client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")
+    sh("ip", "netns", "exec", client, "sysctl", "-qw", f"{PORT_RANGE}=1024 65535")
     for a in ALIASES:
         sh("ip", "-n", client, "addr", "add", f"{a}/32", "dev", "eth0")
     sh("ip", "-n", server, "-6", "route", "add", V6_PREFIX, "via", "fd00:77::2")
@@ -88,17 +91,30 @@ def run_pair(server, client, endpoint, n, source_net, shared):
     connect = tuner(client, "probe", "--connect", endpoint, "-n", n, "--source-net", source_net,
                     "--hold", 4, "--timeout", 600, "-q", "--json", env=env)
     out, err = connect.communicate()
-    serve.communicate(timeout=300)
     try:
         r = json.loads(out)
     except ValueError:
-        return {"verified": 0, "seconds_verified": None, "rate_per_s": None, "err": err.strip()[-200:]}
+        r = {"verified": 0, "seconds_verified": None, "rate_per_s": None, "ok": False, "errors": [],
+             "stopped_by": err.strip()[-200:]}
+    if not r["ok"]:
+        serve.terminate()         # it would wait for the connections that never come
+    serve.communicate(timeout=300)
     return r
+
+
+def describe(r):
+    text = (f"{r['verified']:,} verified in {r['seconds_verified']} s ({r['rate_per_s'] or '-'}/s), "
+            f"{r.get('source_addresses', '-')} sources")
+    if not r["ok"]:
+        first = r["errors"][0] if r.get("errors") else {}
+        text += (f"; stopped by {r['stopped_by']}" + (f" ({first.get('op')} {first.get('errno')} after "
+                 f"{first.get('first_message', '')[-60:]})" if first else ""))
+    return text
 
 
 def port_search(server, client, shared):
     """Rates of each tenth while one source fills 90% of a 16,000-port range."""
-    sh("ip", "netns", "exec", client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 55999")
+    sh("ip", "netns", "exec", client, "sysctl", "-qw", f"{PORT_RANGE}=40000 55999")
     listener = subprocess.Popen(["ip", "netns", "exec", server, sys.executable, "-c", LISTENER],
                                 stdout=subprocess.PIPE, text=True)
     listener.stdout.readline()
@@ -106,7 +122,7 @@ def port_search(server, client, shared):
     out = sh("ip", "netns", "exec", client, sys.executable, "-c", FILLER, env=env).stdout
     listener.kill()
     listener.wait()
-    sh("ip", "netns", "exec", client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")
+    sh("ip", "netns", "exec", client, "sysctl", "-qw", f"{PORT_RANGE}=1024 65535")
     return json.loads(out)
 
 
@@ -154,6 +170,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=1_000_000)
     ap.add_argument("--skip-million", action="store_true", help="only the port-search part")
+    ap.add_argument("--only", help="only the N-connection runs whose label holds this (AnyIP, aliases)")
+    ap.add_argument("--shared-only", action="store_true", help="only the runs without the per-socket range")
     args = ap.parse_args()
     avail = procfs.meminfo_kb().get("MemAvailable", 0) * 1024
     n = args.n
@@ -171,14 +189,14 @@ def main():
                              f"{search['rates'][0]:,}/s first 10%, {search['rates'][-1]:,}/s last "
                              f"10% (90% in {search['seconds']} s)"))
             if not args.skip_million:
-                for shared in (False, True):
+                for shared in ((True,) if args.shared_only else (False, True)):
                     for label, endpoint, net in (("IPv6 AnyIP " + V6_PREFIX, f"[fd00:77::1]:{PORT}", V6_PREFIX),
                                                  (f"34 IPv4 aliases in {ALIAS_NET}", f"10.77.0.1:{PORT}", ALIAS_NET)):
+                        if args.only and args.only not in label:
+                            continue
                         r = run_pair(server, client, endpoint, n, net, shared)
-                        rows.append((f"{n:,} over {label}", shared,
-                                     f"{r['verified']:,} verified in {r['seconds_verified']} s "
-                                     f"({r['rate_per_s'] or '-'}/s), {r.get('source_addresses', '-')} sources"
-                                     + (f" [{r['err']}]" if r.get("err") else "")))
+                        rows.append((f"{n:,} over {label}", shared, describe(r)))
+                        print(rows[-1], flush=True)
     finally:
         for ns in (server, client):
             subprocess.run(["ip", "netns", "delete", ns], check=False)

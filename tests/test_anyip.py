@@ -85,7 +85,10 @@ def test_anyip_prefix_carries_more_than_one_address_and_reverts(capsys, jpath, p
         connect = tuner_in(client, "probe", "--connect", fam["endpoint"], "-n", N,
                            "--source-net", fam["prefix"], "--hold", 1, "--json")
         got_out, got_err = connect.communicate(timeout=120)
-        served = json.loads(serve.communicate(timeout=60)[0])
+        try:
+            served = json.loads(serve.communicate(timeout=60)[0])
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the server did not end; the client said: {got_out[-2000:]} {got_err[-500:]}")
     finally:
         if serve.poll() is None:
             serve.kill()

@@ -162,6 +162,10 @@ ENVIRONMENT: List[Tuple[str, str, Tuple[str, ...]]] = [
                                "changes. Never set it otherwise.", ("apply",)),
     (settings_base.KILL_AT_ENV, "For tuner's own crash tests only: SIGKILL tuner at this named "
                                 "point inside a write. Never set it otherwise.", ("apply", "revert")),
+    ("TUNER_SHARED_PORT_RANGE", "TUNER_SHARED_PORT_RANGE=1: the probe gives its sockets no port "
+                                "range of their own (IP_LOCAL_PORT_RANGE) and plans fill half of "
+                                "each range, as before Linux 6.3; the benchmark's reference.",
+     ("report", "apply", "probe")),
     ("_TUNER_COMPLETE", "Set by the completion script when the shell asks for completions; see "
                         "SHELL COMPLETION.", ("tuner",)),
 ]
