@@ -365,7 +365,7 @@ def _backlog_rows(own_listeners, snap) -> List[Limit]:
 
 def _app_row(app: Optional[App], held_total: int, target: Optional[int]) -> Optional[Limit]:
     """The application's own cap as a row of the table (scope "application")."""
-    if app is None:
+    if app is None or app.cap.capless:
         return None
     c = app.cap
     why = c.why + "".join(f"; {u}" for u in c.unread) + (
@@ -552,7 +552,7 @@ def _what_binds(d: Diagnosis, procs, stop: Stop) -> str:
 def _unknown_app_words(d: Diagnosis) -> str:
     """An application cap that could not be read: the figure is an upper bound."""
     a = d.application
-    if a is None or a["allows"] is not None:
+    if a is None or a["allows"] is not None or a["sureness"] != apps.base.UNKNOWN:
         return ""
     return (f"; at most: {a['app']}'s own cap was not read ({'; '.join(a['unread'])}): "
             f"{APP_LIMIT_HINT}")

@@ -213,7 +213,8 @@ class AppCap:
 
     app: str                           # "nginx"
     setting: str                       # "worker_connections 512 x 2 workers"
-    allows: Optional[int]              # connections the service accepts under it; None: unknown
+    allows: Optional[int]              # connections the service accepts under it; None: unknown,
+                                       # or (sureness DEFAULT) no cap of its own: `capless`
     where: str                         # "/etc/nginx/nginx.conf:12", "CONFIG GET over 127.0.0.1:6379"
     sureness: str                      # one of SURENESS
     why: str                           # how the figure follows from the setting
@@ -229,6 +230,12 @@ class AppCap:
     @property
     def known(self) -> bool:
         return self.allows is not None
+
+    @property
+    def capless(self) -> bool:
+        """No cap of its own (Node, the JVM, Go, asyncio): nothing to read, so nothing
+        unknown; the kernel and the descriptor limit decide."""
+        return self.allows is None and self.sureness == DEFAULT
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -246,6 +253,10 @@ class Adapter:
     """One application: recognise its process, read its cap, size the fix."""
 
     name = "?"
+    # A runtime's listen() backlog when the program passes none, and how to set it
+    # (diagnose's backlog fix and note name them): 50, "Java: ServerSocket(port, N) ...".
+    backlog_default: Optional[int] = None
+    backlog_setting: Optional[str] = None
 
     def recognise(self, proc: ProcView) -> bool:
         raise NotImplementedError
