@@ -36,11 +36,7 @@ LAYERS = [
 
 # Cycles known today, each with the issue that removes it: a cycle among these modules
 # only is tolerated until then (the change that removes it drops its line here).
-KNOWN_CYCLES = {
-    # probes/protocols/__init__.py holds the shared types and make(), which imports each
-    # protocol's module, and those import the types back from the package (issue 18).
-    "probes.protocols": "issue 18: shared types out of probes/protocols/__init__.py",
-}
+KNOWN_CYCLES: dict = {}   # {"package.prefix": "the issue that removes it"}
 
 
 def module_files() -> Dict[str, str]:

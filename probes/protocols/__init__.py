@@ -22,54 +22,12 @@ from __future__ import annotations
 import codecs
 import ipaddress
 import socket
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
-NEED, VERIFIED, REFUSED = 0, 1, 2
-READ_SIZE = 4096              # bytes read per event; a shorter read drained the socket
+from .base import NEED, READ_SIZE, REFUSED, VERIFIED, Exchange, Protocol, Target, TargetError
 
-
-class TargetError(ValueError):
-    """A --connect URL (or a protocol option) that cannot be used."""
-
-
-class Exchange:
-    """One connection's exchange in flight.  `out`: bytes to write now; `words`: the
-    server's words once REFUSED; `needs_answer` False: verified once `out` is written."""
-
-    __slots__ = ("out", "words")
-    needs_answer = True
-
-    def __init__(self, out: bytes = b""):
-        self.out, self.words = out, ""
-
-    def feed(self, data: bytes) -> int:
-        raise NotImplementedError
-
-
-class Protocol:
-    name = ""
-    server_first = False      # the server speaks first (tuner's exchange)
-
-    def opening(self) -> Exchange:
-        raise NotImplementedError
-
-    def checking(self) -> Optional[Exchange]:
-        return None
-
-
-@dataclass(frozen=True)
-class Target:
-    scheme: str               # tuner | tcp | http | ws | redis
-    host: str                 # an address (resolved)
-    port: int
-    family: int               # socket.AF_INET or AF_INET6
-    path: str = "/"
-    host_header: str = ""     # HOST[:PORT] as given, for HTTP's Host header
-
-    @property
-    def endpoint(self) -> str:
-        return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else f"{self.host}:{self.port}"
+__all__ = ["NEED", "READ_SIZE", "REFUSED", "VERIFIED", "Exchange", "Protocol", "Target", "TargetError",
+           "DEFAULT_PORTS", "SCHEMES", "parse_target", "unescape", "make"]
 
 
 DEFAULT_PORTS = {"http": 80, "ws": 80, "redis": 6379}

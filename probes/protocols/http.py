@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-from . import NEED, REFUSED, VERIFIED, Exchange, Protocol, Target, TargetError
+from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol, Target, TargetError
 
 MAX_HEAD = 65536
 HEAD, LENGTH, CHUNK_SIZE, CHUNK_DATA, TRAILER = range(5)

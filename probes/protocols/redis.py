@@ -3,7 +3,7 @@ server refusing in its own words ('-ERR max number of clients reached' when maxc
 is reached: Redis writes it and closes)."""
 from __future__ import annotations
 
-from . import NEED, REFUSED, VERIFIED, Exchange, Protocol
+from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 LONGEST_LINE = 1024

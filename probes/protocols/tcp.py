@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import NEED, REFUSED, VERIFIED, Exchange, Protocol
+from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol
 
 
 class Silent(Exchange):

@@ -4,7 +4,7 @@ passive: the server sends nothing more while both hold, so still open is the ans
 from __future__ import annotations
 
 from .. import wire
-from . import NEED, REFUSED, VERIFIED, Exchange, Protocol
+from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol
 
 
 class WireExchange(Exchange):

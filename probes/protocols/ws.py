@@ -16,7 +16,7 @@ import os
 import struct
 from typing import Optional
 
-from . import NEED, REFUSED, VERIFIED, Exchange, Protocol
+from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol
 from .http import MAX_HEAD, parse_head, split_head
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
