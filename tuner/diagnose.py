@@ -2,10 +2,14 @@
 
 The same knob table and capacity model as `tuner report`, evaluated for the server
 role with the process's own numbers instead of tuner's: its RLIMIT_NOFILE, its
-descriptors in use, its cgroup, its network namespace's sysctls, its threads.  The
-result is one verdict (the stall point and the limit that sets it), the table of every
-limit with what is used of it, and fixes as commands (from the knob table and
-`tuner apply`, never restated here).
+descriptors in use, its cgroup, its network namespace's sysctls, its threads; and the
+application's own cap, from the adapter in tuner/apps/ that recognises the process
+(or --app-limit).  The result is one verdict (the stall point: the minimum over kernel,
+process and application, and the limit that sets it), the table of every limit with
+what is used of it, and fixes as commands (from the knob table, `tuner apply` and the
+application's adapter: tuner/diagnose_fixes.py, never restated here).  Each decision of
+the evaluation is a small function over the capacity model's own rules
+(capacity.tightest, its status words).
 
 Library entry point (tuner metrics uses it too):
 
