@@ -5,7 +5,7 @@
     python -m probes --jsonl --config '{...}'          one JSON event per line (run_probe's feed)
     python -m probes --serve ADDR:PORT [--expect N --hold S] [--json|--jsonl]
                                                        the server side of a probe across hosts
-    python -m probes --connect HOST:PORT -n N [--source-net CIDR] [--json|--jsonl]
+    python -m probes --connect URL -n N [--source-net CIDR] [--json|--jsonl]
                                                        its client side (probes.wire: the exchange)
 
 Exit status: 0 all verified, 2 bad configuration (nothing opened), 3 fell short (see
@@ -43,7 +43,9 @@ def parse(argv):
     p.add_argument("--config", help="all settings as a JSON object (overrides the flags)")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--serve", metavar="ADDR:PORT", help="serve the wire exchange to remote clients")
-    split.add_argument("--connect", metavar="HOST:PORT", help="open the connections to a --serve elsewhere")
+    split.add_argument("--connect", metavar="URL", help="open the connections to a --serve elsewhere "
+                                                        "(HOST:PORT) or to tcp://, http://, ws://, redis:// "
+                                                        "(their options: --config)")
     p.add_argument("--expect", type=int, help="--serve: connections to verify; more wait, "
                                                "then are reset once that many verified")
     p.add_argument("--echo-timeout", type=float, default=10.0, help="--serve: seconds a client has to echo")

@@ -284,11 +284,12 @@ class ConnectWorker:
         self.refused(ex.words)
         self.forget(fd)
 
-    def forget(self, fd: int) -> None:
-        """A connection the server ended (or refused): closed, its exchange dropped."""
+    def forget(self, fd: int, in_flight: bool = True) -> None:
+        """A connection the server ended (or refused): closed, its exchange dropped; one in
+        flight (not yet verified at open) is no longer pending."""
         self.exchanges.pop(fd, None)
         self.state[fd] = 0
-        self.pending -= 1
+        self.pending -= in_flight
         os.close(fd)   # leaves the epoll set with it
 
     def give_up(self) -> None:
@@ -337,7 +338,7 @@ class ConnectWorker:
             code = self.write(fd, ex.out)
             if code:
                 self.server["closed_in_hold" if code == E.EPIPE else "reset_in_hold"] += 1
-                self.forget_held(fd)
+                self.forget(fd, in_flight=False)
                 continue
             ex.out = b""
             self.exchanges[fd] = ex
@@ -355,7 +356,7 @@ class ConnectWorker:
             self.server["verified_twice"] += 1
         else:
             self.server["closed_in_hold" if got == 0 else "reset_in_hold"] += 1
-            self.forget_held(fd)
+            self.forget(fd, in_flight=False)
 
     def answers(self, deadline: float) -> None:
         while self.exchanges and time.monotonic() < deadline:
@@ -378,7 +379,7 @@ class ConnectWorker:
             data = None
         if not data:
             self.server["closed_in_hold" if data == b"" else "reset_in_hold"] += 1
-            self.forget_held(fd)
+            self.forget(fd, in_flight=False)
             return
         verdict = ex.feed(data)
         if ex.out:
@@ -393,9 +394,4 @@ class ConnectWorker:
         else:
             self.server["check_refused"] += 1
             self.refused(ex.words)
-            self.forget_held(fd)
-
-    def forget_held(self, fd: int) -> None:
-        self.exchanges.pop(fd, None)
-        self.state[fd] = 0
-        os.close(fd)
+            self.forget(fd, in_flight=False)

@@ -25,7 +25,10 @@ description:
     C(changed) is true when one was stopped; in check mode they are only listed."
   - "C(mode=connect) runs the client side (C(tuner probe --connect)): O(connections)
     to O(server), over the local addresses inside O(source_net) (the aliases the apply
-    module added), held O(hold) seconds."
+    module added), held O(hold) seconds and each checked a second time at its end.
+    O(server) is a URL like C(tuner probe --connect) takes: tuner's own C(mode=serve) at
+    HOST:PORT, or the service itself at tcp://, http://, ws:// or redis:// (IPv6 as
+    [ADDR]:PORT); the result's C(stalled) says which side stalled."
   - "The result is the probe's JSON (C(--json)) under C(probe), with C(verified) and
     C(ok) at the top. The task fails when the probe falls short (rc 3), with the limit
     that stopped it. A probe changes no setting: C(changed) is false (but for C(mode=stop)). In
@@ -44,16 +47,31 @@ options:
     description: serve, listening and stop, ADDR:PORT (":PORT" for every address).
     type: str
   server:
-    description: connect, HOST:PORT of the server.
+    description: connect, the URL of the server (HOST:PORT or tuner://HOST:PORT, tcp://HOST:PORT, http://HOST[:PORT]/PATH, ws://HOST[:PORT]/PATH, redis://HOST[:PORT]).
     type: str
   connections:
     description: connect, connections to open, verify and hold (100000, 100k).
     type: str
   expect:
-    description: serve, connections to verify; more are reset at accept.
+    description: serve, connections to verify; more are reset at accept. connect to tcp://, the answer's first bytes (escapes like \r\n).
+    type: str
+  send:
+    description: connect to tcp://, text sent once connected and again for the second check (escapes like \r\n).
+    type: str
+  method:
+    description: connect to http://, the request's method.
+    type: str
+    default: GET
+  headers:
+    description: connect to http:// or ws://, request headers as 'Name: value' (Host replaces the URL's).
+    type: list
+    elements: str
+    default: []
+  subprotocol:
+    description: connect to ws://, the subprotocol to ask for.
     type: str
   hold:
-    description: Seconds to hold the verified connections (serve needs expect; a client's must outlast the server's).
+    description: Seconds to hold the verified connections (serve needs expect and ends once its clients closed; a server's must outlast its clients', whose second check is at the end of theirs).
     type: float
   timeout:
     description: Seconds to establish and verify (serve, the whole run; listening and stop, how long to wait; default 20).
@@ -210,13 +228,17 @@ def connect(module):
         fail(module, exc)
     cfg = connect_mod.ConnectConfig(target=p["server"], connections=n, source_net=p["source_net"],
                                     rate=p["rate"], hold=p["hold"] or 0.0, timeout=p["timeout"],
-                                    workers=p["workers"])
+                                    workers=p["workers"], send=p["send"], expect=p["expect"],
+                                    method=p["method"], headers=list(p["headers"]),
+                                    subprotocol=p["subprotocol"])
     result = _launch(module, cfg)
+    from tuner.probe_run import explain_stall
+    explain_stall(result, p["netns"])   # the sentence names the side (and the server's process)
     rc = connect_mod.exit_code(result)
     out = dict(changed=False, rc=rc, probe=result, verified=result["verified"], ok=result["ok"])
     if rc != 0:
-        short_of(module, "verified %s of %s to %s, stopped by %s%s" % (
-            "{:,}".format(result["verified"]), "{:,}".format(n), p["server"], result["stopped_by"],
+        short_of(module, "verified %s of %s to %s: %s%s" % (
+            "{:,}".format(result["verified"]), "{:,}".format(n), p["server"], result["stalled"]["sentence"],
             _why(result)), rc, **out)
     module.exit_json(**out)
 
@@ -329,6 +351,10 @@ def main():
             workers=dict(type="int"),
             source_net=dict(type="str"),
             netns=dict(type="str"),
+            send=dict(type="str"),
+            method=dict(type="str", default="GET"),
+            headers=dict(type="list", elements="str", default=[]),
+            subprotocol=dict(type="str"),
         ),
         required_if=[("mode", "serve", ("listen",)), ("mode", "listening", ("listen",)),
                      ("mode", "stop", ("listen",)),

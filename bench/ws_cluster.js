@@ -1,0 +1,27 @@
+// bench/bench_services.py's WebSocket server: the real `ws` package (installed by
+// tests/realservers.py into tests/servers/node/) in K cluster workers, so 100,000
+// connections fit under a hard RLIMIT_NOFILE of 20,000 per process. The primary accepts
+// and hands each connection to a worker in turn (Node's round-robin scheduling on Linux).
+//   node ws_cluster.js --port P --host H --workers K
+'use strict';
+const cluster = require('cluster');
+const http = require('http');
+const path = require('path');
+const { WebSocketServer } = require(path.join(__dirname, '..', 'tests', 'servers', 'node', 'node_modules', 'ws'));
+
+const args = {};
+for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^--/, '')] = process.argv[i + 1];
+const port = Number(args.port), host = args.host || '127.0.0.1', workers = Number(args.workers || 6);
+
+if (cluster.isPrimary) {
+  for (let i = 0; i < workers; i++) cluster.fork();
+} else {
+  const wss = new WebSocketServer({ noServer: true });
+  wss.on('connection', (ws) => { ws.on('error', () => {}); });
+  const server = http.createServer((req, res) => { res.writeHead(426); res.end(); });
+  server.on('upgrade', (req, socket, head) => {
+    socket.on('error', () => {});
+    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
+  });
+  server.listen({ port, host, backlog: 65535 });
+}
