@@ -41,6 +41,7 @@ import realservers  # noqa: E402  (starts real servers; installs them when missi
 
 NOFILE = 20000            # per server process: the hard limit of this machine
 PER_PROCESS = 17000       # connections a server process is planned to hold
+WS_PER_PROCESS = 11000    # ... a Node worker: they accept on one shared listener, unevenly
 
 
 def netns_add() -> str:
@@ -129,7 +130,7 @@ http {{
 def run_ws(netns: str, n: int, hold: float) -> dict:
     realservers.need_ws()
     node = realservers.need("node")
-    workers = -(-n // PER_PROCESS)
+    workers = -(-n // WS_PER_PROCESS)
     d, hosts, port = realservers._prepare("ws", ("127.0.0.1",), None, netns)
     script = os.path.join(HERE, "ws_cluster.js")
     srv = realservers.start("node-ws", [node, script, "--port", str(port), "--host", "127.0.0.1",

@@ -5,6 +5,9 @@
 //   node ws_cluster.js --port P --host H --workers K
 'use strict';
 const cluster = require('cluster');
+// Workers accept on the shared listener themselves (SCHED_NONE): the primary handing
+// every connection over IPC in turn (round-robin) caps the accept rate at one process.
+cluster.schedulingPolicy = cluster.SCHED_NONE;
 const http = require('http');
 const path = require('path');
 const { WebSocketServer } = require(path.join(__dirname, '..', 'tests', 'servers', 'node', 'node_modules', 'ws'));

@@ -201,7 +201,7 @@ class ConnectWorker:
         if ex is None:
             return
         if self.state[fd] == CONNECTING and not self.protocol.server_first:
-            if not self.connected(fd, ex):
+            if not self.connected(fd, ex, ev):
                 return
             if not ex.needs_answer:
                 self.decided(fd, PASSED, ex)
@@ -209,9 +209,10 @@ class ConnectWorker:
         if ev & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
             self.read(fd, ex)
 
-    def connected(self, fd: int, ex: Exchange) -> bool:
-        """The connect's outcome; the request goes out when it succeeded."""
-        code = socket_error(fd)
+    def connected(self, fd: int, ex: Exchange, ev: int) -> bool:
+        """The connect's outcome (SO_ERROR asked only when epoll says there is one); the
+        request goes out when it succeeded."""
+        code = socket_error(fd) if ev & (select.EPOLLERR | select.EPOLLHUP) else 0
         if code == 0 and ex.out:
             code = self.write(fd, ex.out)
         if code:

@@ -63,7 +63,7 @@ options:
     type: str
     default: GET
   headers:
-    description: connect to http:// or ws://, request headers as 'Name: value' (Host replaces the URL's).
+    description: "connect to http:// or ws://, request headers as 'Name: value' (Host replaces the URL's)."
     type: list
     elements: str
     default: []
