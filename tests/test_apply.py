@@ -266,15 +266,23 @@ def test_persist_plan_shows_a_diff_and_names_later_files_that_override(capsys, j
     (root / "etc/sysctl.d/zz-local.conf").write_text("net.core.somaxconn = 128\n")
     (root / "etc/sysctl.d/00-early.conf").write_text("net.ipv4.tcp_max_orphans = 7\n")
     (root / "etc/security/limits.d/zz-site.conf").write_text("*  hard  nofile  4096\n")
+    # sysctl.d's other directories count too (sysctl.d(5)): a later name in /usr/lib wins;
+    # a name /etc also has is masked there and never read.
+    (root / "usr/lib/sysctl.d").mkdir(parents=True)
+    (root / "usr/lib/sysctl.d/zzz-vendor.conf").write_text("net.ipv4.tcp_max_tw_buckets = 5\n")
+    (root / "usr/lib/sysctl.d/zz-local.conf").write_text("net.ipv4.tcp_max_syn_backlog = 3\n")
     files_before = tree(root)
     rc, out, err = tuner(capsys, "apply", "-n", "1M", "--dry-run", "--persist", "--root-dir", root,
                          "--journal", jpath)
     assert rc == 0, err
     assert f"+++ {root}/etc/sysctl.d/99-tuner.conf (tuner)" in out
     assert "-fs.nr_open = 1048576\n+" in out and "+fs.nr_open = 2000064" in out
-    assert f"{root}/etc/sysctl.d/zz-local.conf sorts after 99-tuner.conf and also sets " \
+    assert f"{root}/etc/sysctl.d/zz-local.conf is applied after 99-tuner.conf and also sets " \
            f"net.core.somaxconn" in out
-    assert f"{root}/etc/security/limits.d/zz-site.conf sorts after 99-tuner.conf and also " \
+    assert f"{root}/usr/lib/sysctl.d/zzz-vendor.conf is applied after 99-tuner.conf and also sets " \
+           f"net.ipv4.tcp_max_tw_buckets" in out
+    assert "usr/lib/sysctl.d/zz-local.conf" not in out   # masked by /etc's zz-local.conf
+    assert f"{root}/etc/security/limits.d/zz-site.conf is applied after 99-tuner.conf and also " \
            f"sets * hard nofile" in out
     assert "00-early.conf" not in out            # read before ours: tuner's value wins
     assert tree(root) == files_before

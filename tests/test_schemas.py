@@ -192,6 +192,19 @@ def _revert_journal_1(h: Host) -> List[dict]:
     return [old, reverted]
 
 
+def _status(h: Host) -> List[dict]:
+    """status after an apply in the namespace (in effect, exit 0), with one sysctl
+    changed behind tuner's back (drift, exit 1), and with no journal left (found false)."""
+    h.json("apply", "--target", "100k", "--netns", h.netns, "--journal", h.journal, "--yes", "--json")
+    in_effect = h.json("status", "--journal", h.journal, "--json")
+    ns_sysctl(h.netns, "net.core.somaxconn", "5000")
+    drift = h.json("status", "--journal", h.journal, "--json", rc=(1,))
+    h.json("revert", "--yes", "--force", "--journal", h.journal, "--json")
+    nothing = h.json("status", "--journal", h.journal, "--json")
+    assert in_effect["in_effect"] and not drift["in_effect"] and nothing["found"] is False
+    return [in_effect, drift, nothing]
+
+
 # (row name, function that runs the command(s) for real, the schema of each document returned)
 COMMANDS: List[Tuple[str, Callable[[Host], List[dict]], List[str]]] = [
     ("report", _report, ["tuner.report/2", "tuner.report/2"]),
@@ -203,6 +216,7 @@ COMMANDS: List[Tuple[str, Callable[[Host], List[dict]], List[str]]] = [
     ("probe refused by pre-flight", _probe_refused, ["tuner.probe/1"]),
     ("probe --serve / --connect", _probe_split, ["tuner.probe.serve/1", "tuner.probe.connect/2"]),
     ("diagnose", _diagnose, ["tuner.diagnose/2"]),
+    ("status", _status, ["tuner.status/1"] * 3),
 ]
 
 

@@ -355,6 +355,28 @@ def revert(
 
 
 @app.command()
+def status(
+    journal: Optional[str] = typer.Option(None, "--journal", metavar="PATH", envvar="TUNER_JOURNAL",
+                                          help=JOURNAL_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Whether what apply changed and persisted is still in effect: each change the
+    journal lists against its value now (drift named), each persisted file, and whether
+    a file applied after it at boot (sysctl.d, limits.d, a unit's drop-ins) overrides
+    what it sets. Changes nothing. Exits 0 when everything is in effect (or tuner changed
+    nothing), 1 otherwise (or when the journal cannot be trusted)."""
+    from . import render, status as status_mod
+
+    result = status_mod.build(journal)
+    if json_out:
+        _emit(render.to_json(result.to_dict()))
+    else:
+        _emit_statuses(render.status_text(result, _width()))
+    if not result.in_effect:
+        raise typer.Exit(errors.EXIT_FAILED)
+
+
+@app.command()
 def probe(
     ctx: typer.Context,
     connections: int = typer.Option(100000, "--connections", "-n", metavar="N", parser=inputs.CONNECTIONS,

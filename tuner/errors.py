@@ -37,6 +37,7 @@ COMMAND_EXITS = {
     "metrics": _EVERY + (EXIT_PERMISSION,),                        # 4: --netns, another user's --pid
     "apply": _EVERY + (EXIT_SHORT, EXIT_PERMISSION, EXIT_BUSY, EXIT_DECLINED),
     "revert": _EVERY + (EXIT_PERMISSION, EXIT_BUSY, EXIT_DECLINED),
+    "status": _EVERY + (EXIT_PERMISSION,),                         # 4: reading inside a namespace
     "probe": _EVERY + (EXIT_SHORT, EXIT_PERMISSION, EXIT_TERMINATED),
     "diagnose": _EVERY + (EXIT_SHORT, EXIT_PERMISSION),
     "plot": _EVERY,
@@ -49,6 +50,11 @@ EXIT_MEANING = {
                            "is not one tuner changes)",
     ("revert", EXIT_FAILED): "not everything was restored: a value changed since tuner wrote it "
                              "(--force restores it anyway) or a write failed",
+    ("status", EXIT_OK): "everything the journal lists is in effect, or there is no journal (tuner "
+                         "changed nothing here)",
+    ("status", EXIT_FAILED): "something is not in effect (drift, gone, pending, a persisted file "
+                             "edited, missing or overridden by a file applied later at boot), or "
+                             "the journal cannot be trusted or read",
     ("probe", EXIT_SHORT): "the probe fell short of N (a limit, a timeout or a mismatch: the "
                            "result says which), or the pre-flight refused the run",
     ("diagnose", EXIT_SHORT): "the service cannot hold --target",

@@ -144,7 +144,7 @@ EVERY = ("*",)   # in ENVIRONMENT: read by every command
 # commands that read it. tuner's own page lists them all.
 ENVIRONMENT: List[Tuple[str, str, Tuple[str, ...]]] = [
     (journal.ENV_VAR, f"Path of the write-ahead journal apply writes and revert reads "
-                      f"(default {journal.DEFAULT_PATH}); --journal overrides it.", ("apply", "revert")),
+                      f"(default {journal.DEFAULT_PATH}); --journal overrides it.", ("apply", "revert", "status")),
     (journal.LOCK_ENV_VAR, f"Path of the host-wide lock that keeps two applies or reverts apart "
                            f"(default {journal.DEFAULT_LOCK}).", ("apply", "revert")),
     (hostlog.ENV_VAR, f"The syslog socket each change apply makes, rolls back or revert restores "
@@ -152,10 +152,10 @@ ENVIRONMENT: List[Tuple[str, str, Tuple[str, ...]]] = [
                       f"a failure.", ("apply", "revert")),
     ("NO_COLOR", "When set and not empty, status words are not coloured (as tuner --no-color); "
                  "the probe's progress is plain lines instead of a live bar (no-color.org).",
-     ("report", "probe")),
+     ("report", "status", "probe")),
     ("TERM", "TERM=dumb: the probe's progress is plain lines instead of a live bar.", ("probe",)),
     ("COLUMNS", "The width tables are fitted to (default: the terminal's, else 80).",
-     ("report", "apply", "revert", "probe", "diagnose")),
+     ("report", "apply", "revert", "status", "probe", "diagnose")),
     ("TUNER_DEBUG", "When set, an internal error prints its Python traceback instead of one line.",
      EVERY),
     (apply_mod.KILL_AFTER_ENV, "For tuner's own crash tests only: SIGKILL apply after this many "

@@ -226,6 +226,45 @@ def revert_text(outcome, width: Optional[int] = None, preview: bool = False) -> 
     return "\n".join(fit.lines(lines, width))
 
 
+def status_text(st, width: Optional[int] = None) -> str:
+    """`tuner status`: the verdict, then each change tuner made (now against what it
+    wrote, and whether a boot sets it), then the persisted files, then what is wrong."""
+    if not st.found:
+        return fit.wrap(f"tuner has changed nothing here: no journal at {st.journal}", width)
+    bad = [(c.knob, c.where, c.status, c.reason) for c in st.changes if c.status != "in effect"] + [
+        (f.knob, f.path, f.status, f.reason) for f in st.files if f.status != "in effect"]
+    total = len(st.changes) + len(st.files)
+    lines = [f"in effect: all {total} change(s) tuner made, as the journal lists them" if not bad else
+             f"NOT in effect: {len(bad)} of {total} change(s): "
+             + ", ".join(f"{knob} ({state})" for knob, _, state, _ in bad)]
+    if bad:
+        lines.append(f"next: {st.next_step()}")
+    if st.changes:
+        from .settings import kind
+
+        # "at boot" only where a change is a boot setting (a host sysctl): a namespace's
+        # and a process's end with them.
+        boot = any(c.at_boot is not None for c in st.changes)
+        rows = [[c.knob, c.where, kind(c.kind).describe(c.wrote, c.knob), kind(c.kind).describe(c.now, c.knob),
+                 c.status] + (["-" if c.at_boot is None else ("yes" if c.at_boot else "no")] if boot else [])
+                for c in st.changes]
+        lines += ["", table(rows, ["knob", "where", "tuner wrote", "now", "status"] + (["at boot"] if boot else []),
+                            width, tag=4)]
+    if st.files:
+        rows = [[f.knob, f.path, number(len(f.settings)), f.status] for f in st.files]
+        lines += ["", table(rows, ["file", "path", "settings", "status"], width, tag=3)]
+    if bad:
+        lines += ["", "why:"] + [f"  {knob} ({state}): {where}: {reason}" for knob, where, state, reason in bad]
+    unpersisted = [c.knob for c in st.changes if c.at_boot is False and c.boot_value is None]
+    if unpersisted:
+        lines += ["", "not persisted (lost at reboot; tuner apply --persist writes sysctl.d): "
+                  + ", ".join(unpersisted)]
+    last = st.applies[-1] if st.applies else None
+    lines += ["", f"journal: {st.journal}" + (f"; last apply {last['at']}: tuner {' '.join(last['argv'])}"
+                                              if last else "")]
+    return "\n".join(fit.lines(lines, width))
+
+
 def probe_text(result, preflight=None, width: Optional[int] = None) -> str:
     """The probe's summary as a two-column table, its failures, and the fixes (the knob
     table's needed value and command where the limit is a knob, the hint otherwise)."""

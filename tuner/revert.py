@@ -111,13 +111,9 @@ def _revert(path: str, force: bool, dry_run: bool) -> Outcome:
 def _restore(entry, force: bool, dry_run: bool) -> Row:
     kind, netns, detail = settings.kind(entry["kind"]), entry["netns"], entry["detail"]
     row = Row(entry["knob"], kind.name, where(entry), None, entry["new"], entry["original"], "")
-    try:
-        row.current = kind.read(netns, detail)
-    except settings.Gone as e:
-        row.action, row.reason = GONE, f"{e}: nothing to restore"
-        return row
-    except settings.WriteError as e:
-        row.action, row.reason = FAILED, str(e)
+    row.current, failed, reason = settings.read_entry(entry)
+    if failed is not None:
+        row.action, row.reason = (GONE, f"{reason}: nothing to restore") if failed is settings.Gone else (FAILED, reason)
         return row
     if kind.same(row.current, entry["original"]):
         row.action = ALREADY

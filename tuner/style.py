@@ -42,7 +42,8 @@ def plain(text: str) -> str:
 def _colour(word: str) -> Optional[str]:
     from .capacity import ALARM, CAUTION
 
-    if word in ALARM or word in ("NOT reachable", "drift", "overridden", "missing"):
+    if word in ALARM or word in ("NOT reachable", "NOT in effect", "drift", "gone", "pending", "edited",
+                                 "missing", "overridden"):
         return RED
     return YELLOW if word in CAUTION else None
 
@@ -52,18 +53,28 @@ def word(text: str) -> str:
     return f"{colour}{text}{RESET}" if colour else text
 
 
-# '  knob (raise): why...' notes and stacked rows 'knob (raise)'; a verdict's 'NOT reachable'.
+# '  knob (raise): why...' notes and stacked rows 'knob (raise)'; a verdict's 'NOT reachable'
+# (status: 'NOT in effect').
 _TAGGED = re.compile(r"^(\s*\S[^()]*? )\(([a-z/ ]+)\)(:|$)")
-_PHRASE = re.compile(r"\bNOT reachable\b")
+_PHRASE = re.compile(r"\bNOT (reachable|in effect)\b")
 
 
-def _column(header: str, dashes: str, name: str) -> Optional[tuple]:
-    """(start, end) of the column called `name` in a tabulate "simple" table."""
-    spans = [m.span() for m in re.finditer(r"-+", dashes)]
-    for start, end in spans:
-        if header[start:end].strip() == name:
+def _column(header: list, dashes: str, name: str) -> Optional[tuple]:
+    """(start, end) of the column called `name` in a tabulate "simple" table whose
+    header is the lines `header` (a wrapped header takes more than one)."""
+    for m in re.finditer(r"-+", dashes):
+        start, end = m.span()
+        if " ".join(line[start:end].strip() for line in header).strip() == name:
             return start, end
     return None
+
+
+def _header(lines: list, i: int) -> list:
+    """The header lines above the dashes at `i`: back to a blank line or the start."""
+    top = i
+    while top > 0 and lines[top - 1].strip():
+        top -= 1
+    return lines[top:i]
 
 
 def statuses(text: str, column: str = "status") -> str:
@@ -73,7 +84,7 @@ def statuses(text: str, column: str = "status") -> str:
     span = None
     for i, line in enumerate(lines):
         if i and re.fullmatch(r"-+( +-+)*", line.strip()) and line.startswith("-"):
-            span = _column(lines[i - 1], line, column)
+            span = _column(_header(lines, i), line, column)
             continue
         if span is not None and line.strip():
             start, end = span

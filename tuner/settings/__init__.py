@@ -13,7 +13,7 @@ from ..registry import instances
 from . import base
 from .base import Change, Gone, Kind, WriteError
 
-__all__ = ["Change", "Gone", "Kind", "WriteError", "KINDS", "kind", "for_knob"]
+__all__ = ["Change", "Gone", "Kind", "WriteError", "KINDS", "kind", "for_knob", "read_entry"]
 
 
 KINDS: Dict[str, Kind] = base.KINDS
@@ -28,3 +28,12 @@ def kind(name: str) -> Kind:
 def for_knob(knob) -> Optional[Kind]:
     """The kind that plans `knob` (by the knob table's kind), None if none writes it."""
     return next((k for k in KINDS.values() if knob.kind in k.knob_kinds), None)
+
+
+def read_entry(entry) -> tuple:
+    """A journal entry's setting as it is now, for revert and status: (value, None, "")
+    or, when it cannot be read, (None, Gone or WriteError, the reason)."""
+    try:
+        return kind(entry["kind"]).read(entry["netns"], entry["detail"]), None, ""
+    except (Gone, WriteError) as e:
+        return None, type(e), str(e)

@@ -112,24 +112,80 @@ def limit_lines(text: Optional[str]) -> Dict[str, str]:
     return out
 
 
-def _warn_overridden(planning, path: str, keys, parse) -> None:
-    """A file sorting after ours in the same directory is read later at boot (sysctl.d,
-    limits.d), so its value for the same key wins over tuner's: say which."""
-    name = os.path.basename(path)
-    for other in sorted(glob.glob(os.path.join(os.path.dirname(path), "*.conf"))):
-        if os.path.basename(other) <= name:
+# Where each persisted file's kind is read at boot (or login), relative to the root,
+# earliest first. sysctl.d(5) and systemd's drop-ins: a file name in an earlier
+# directory masks the same name in later ones, then every file applies in lexical order
+# of its name, so a later one wins. pam_limits reads limits.d in lexical order after
+# limits.conf, a later line for the same domain, type and item winning.
+SYSCTL_DIRS = ("etc/sysctl.d", "run/sysctl.d", "usr/local/lib/sysctl.d", "usr/lib/sysctl.d")
+LIMITS_DIRS = ("etc/security/limits.d",)
+UNIT_DIRS = ("etc/systemd/system", "run/systemd/system", "usr/local/lib/systemd/system",
+             "usr/lib/systemd/system")
+
+
+def boot_sources(path: str) -> Optional[tuple]:
+    """(directories in precedence order, the parser of their files) for a file tuner
+    persists at `path` (ROOT/etc/sysctl.d/99-tuner.conf, ...); None for any other path."""
+    m = _LOCATIONS.match(path)
+    if m is None:
+        return None
+    root, rel = m.group("root") or "/", m.group("rel")
+    if rel == SYSCTL_FILE:
+        return [os.path.join(root, d) for d in SYSCTL_DIRS], assignments
+    if rel == LIMITS_FILE:
+        return [os.path.join(root, d) for d in LIMITS_DIRS], limit_lines
+    unit_d = os.path.basename(os.path.dirname(rel))
+    return [os.path.join(root, d, unit_d) for d in UNIT_DIRS], assignments
+
+
+def boot_files(directories) -> List[str]:
+    """The *.conf files of `directories` in the order they are applied (a name in an
+    earlier directory masks the same name in later ones)."""
+    chosen: Dict[str, str] = {}
+    for d in directories:
+        for p in sorted(glob.glob(os.path.join(glob.escape(d), "*.conf"))):
+            chosen.setdefault(os.path.basename(p), p)
+    return [chosen[name] for name in sorted(chosen)]
+
+
+def boot_values(path: str, after: bool = False) -> Dict[str, tuple]:
+    """What a boot (or login) ends up with for each key the files beside `path` set:
+    key -> (value, the file that sets it last); `after`: only from files applied after
+    `path`'s name. Other packages' files may be links (Debian's 99-sysctl.conf is); one
+    that cannot be read is skipped."""
+    directories, parse = boot_sources(path)
+    out: Dict[str, tuple] = {}
+    for p in boot_files(directories):
+        if after and os.path.basename(p) <= os.path.basename(path):
             continue
         try:
-            theirs = parse(read_text(other, follow=True))
-        except (OSError, UnicodeDecodeError):
+            text = read_text(p, follow=True)
+        except (OSError, UnicodeDecodeError, UsageError):
             continue
-        both = sorted(keys & set(theirs))
-        if both:
-            planning.notes.append(
-                f"{other} sorts after {name} and also sets {', '.join(both)}: it is read "
-                f"later (at boot or login), so its value wins over tuner's; remove "
-                f"{'them' if len(both) > 1 else 'it'} there, or the persisted setting has no "
-                f"effect")
+        for key, value in parse(text).items():
+            out[key] = (value, p)
+    return out
+
+
+def overridden(path: str, ours: Dict[str, str]) -> Dict[str, tuple]:
+    """Of `ours` (key -> value, what tuner's file at `path` sets), the keys a file
+    applied after it sets to another value: key -> (value, that file)."""
+    later = boot_values(path, after=True)
+    return {k: later[k] for k in ours if k in later and later[k][0] != ours[k]}
+
+
+def _warn_overridden(planning, path: str, ours: Dict[str, str]) -> None:
+    """A file applied after ours at boot (sysctl.d, limits.d) that sets the same key
+    to another value wins over tuner's: say which."""
+    by_file: Dict[str, List[str]] = {}
+    for key, (_, other) in overridden(path, ours).items():
+        by_file.setdefault(other, []).append(key)
+    for other, both in sorted(by_file.items()):
+        planning.notes.append(
+            f"{other} is applied after {os.path.basename(path)} and also sets {', '.join(sorted(both))}: "
+            f"it is read later (at boot or login), so its value wins over tuner's; remove "
+            f"{'them' if len(both) > 1 else 'it'} there, or the persisted setting has no "
+            f"effect")
 
 
 def _keep_others(text: Optional[str], replaced) -> List[str]:
@@ -368,7 +424,7 @@ class File(Kind):
         content = FILE_HEADER + "".join(f"{k} = {v}\n" for k, v in merged.items())
         change = self._change("sysctl.d", path, old, content,
                               "Sets the same sysctls at boot (systemd-sysctl reads sysctl.d).")
-        _warn_overridden(planning, path, set(merged), assignments)
+        _warn_overridden(planning, path, assignments(content))
         return change
 
     def _limits(self, planning) -> List[Change]:
@@ -408,7 +464,7 @@ class File(Kind):
         who = f"user {req.user}" if req.user else "every user ('*' does not cover root, so root has its own lines)"
         change = self._change("limits.d", path, old, content,
                               f"RLIMIT_NOFILE for new login sessions of {who} (pam_limits).")
-        _warn_overridden(planning, path, {f"{w} {which} nofile" for w, which, _ in ours}, limit_lines)
+        _warn_overridden(planning, path, limit_lines(content))
         return change
 
     def _dropin(self, planning, soft: Optional[int], hard: int) -> Change:
