@@ -435,15 +435,19 @@ def _short(row: Limit, target: Optional[int], limiting: Set[str]) -> bool:
 def _status(row: Limit, stop: Stop, target: Optional[int], reachable: Optional[bool],
             limiting: Set[str]) -> str:
     """The row's status for this service: the model's own word for the row, except that
-    only the service's binding limit binds (the model judged each process alone)."""
+    only the service's binding limit binds (the model judged each process alone), then
+    how full the service keeps it (capacity.status: its descriptors against its soft
+    limit, its accept queue against the backlog; full at 100%, near from 80%)."""
     if _binds(row, stop, target, reachable):
-        return row.status if row.name == LISTEN_BACKLOG else capacity.BINDS
-    status = row.status
-    if status == capacity.BINDS:
-        status = capacity.OK if row.needed is None else capacity.RAISE
-    if status == capacity.OK and _short(row, target, limiting):
-        return capacity.SHORT
-    return status
+        status = row.status if row.name == LISTEN_BACKLOG else capacity.BINDS
+    else:
+        status = row.status
+        if status == capacity.BINDS:
+            status = capacity.OK if row.needed is None else capacity.RAISE
+        if status == capacity.OK and _short(row, target, limiting):
+            status = capacity.SHORT
+    limit = _limit_value(row.current)
+    return capacity.status(status, None if row.used is None or not limit else row.used / limit)
 
 
 def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
