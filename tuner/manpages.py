@@ -191,22 +191,29 @@ _NETNS = ("report", "metrics", "apply", "probe", "diagnose")
 FILES: List[Tuple[str, str, Tuple[str, ...]]] = [
     (journal.DEFAULT_PATH, "The journal: each setting apply changed, its original value and what "
                            "tuner wrote, saved atomically before every write. revert reads it and "
-                           "removes it once everything is restored.", _CHANGERS),
+                           "removes it once everything is restored; status reads it.", _CHANGERS + ("status",)),
     (journal.DEFAULT_PATH + ".lock", "The journal's own lock (next to whichever journal is used), "
                                      "held while apply or revert runs.", _CHANGERS),
     (journal.DEFAULT_LOCK, "The host-wide lock: holds the pid of the running apply or revert; "
                            "a second one exits 5.", _CHANGERS),
     (_etc(plan.SYSCTL_FILE), "Written by apply --persist: the sysctls tuner set, applied at boot by "
-                             "systemd-sysctl (see sysctl.d(5)).", _CHANGERS),
+                             "systemd-sysctl (see sysctl.d(5)).", _CHANGERS + ("status",)),
     (_etc(plan.LIMITS_FILE), "Written by apply --persist: RLIMIT_NOFILE for new login sessions "
-                             "(pam_limits, see limits.conf(5)).", _CHANGERS),
+                             "(pam_limits, see limits.conf(5)).", _CHANGERS + ("status",)),
     (_etc(os.path.join(plan.UNIT_DIR, "UNIT.service.d", plan.DROPIN_NAME)),
      "Written by apply --persist --unit UNIT: LimitNOFILE= for that service (see "
-     "systemd.exec(5)).", _CHANGERS),
+     "systemd.exec(5)).", _CHANGERS + ("status",)),
+    ("/etc, /run, /usr/local/lib, /usr/lib: sysctl.d/*.conf, systemd/system/UNIT.service.d/*.conf; "
+     "/etc/security/limits.d/*.conf",
+     "Read (never written) to tell which file wins at boot: a name in an earlier directory masks "
+     "the same name in later ones, then files apply in lexical order and a later one wins "
+     "(sysctl.d(5)); apply --persist warns and status reports when one applied after tuner's "
+     "overrides it.", ("apply", "status")),
     ("/proc/sys/, /proc/slabinfo, /proc/meminfo, /proc/net/sockstat",
      "The kernel's limits and what is in use; /proc/slabinfo needs root (without it the "
-     "memory estimate uses documented fallback figures).", _READERS),
-    (f"{netns.RUN_DIR}/NAME", "The network namespace --netns NAME names (ip-netns(8)).", _NETNS),
+     "memory estimate uses documented fallback figures).", _READERS + ("status",)),
+    (f"{netns.RUN_DIR}/NAME", "The network namespace --netns NAME names (ip-netns(8)); status "
+                              "enters those the journal names.", _NETNS + ("status",)),
 ]
 
 
