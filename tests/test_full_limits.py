@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from test_diagnose import asyncio_server, diagnose_json, stop
+from test_fit import on_terminal
+from tuner import style
 from test_report_cli import TIME_WAIT_CLIENTS, ns_tw
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fills limits in a namespace")
@@ -25,6 +27,7 @@ def test_diagnose_names_a_full_time_wait_table_and_a_process_at_its_descriptor_l
         fds = len(os.listdir(f"/proc/{srv.pid}/fd"))
         subprocess.run(["prlimit", "--pid", str(srv.pid), f"--nofile={fds}:"], check=True)
         d = diagnose_json("--pid", srv.pid)
+        shown = on_terminal(["diagnose", "--pid", srv.pid], 200)
     finally:
         stop(srv)
     rows = {(r["name"], r["pid"]): r for r in d["limits"]}
@@ -32,3 +35,5 @@ def test_diagnose_names_a_full_time_wait_table_and_a_process_at_its_descriptor_l
     assert tw["used"] == 16 and tw["status"] == "full", tw
     soft = rows[("RLIMIT_NOFILE.soft", srv.pid)]
     assert soft["used"] == fds and soft["status"] == "full", soft
+    # On a terminal the word is red, as report's (tuner.style).
+    assert f"{style.RED}full{style.RESET}" in shown, shown

@@ -584,7 +584,7 @@ def diagnose(
     else:
         from .diagnose_render import diagnose_text
 
-        _emit(diagnose_text(d, wide=wide, width=_width()))
+        _emit_statuses(diagnose_text(d, wide=wide, width=_width()))
     if d.reachable is False:
         raise typer.Exit(errors.EXIT_SHORT)
 

@@ -152,7 +152,7 @@ ENVIRONMENT: List[Tuple[str, str, Tuple[str, ...]]] = [
                       f"a failure.", ("apply", "revert")),
     ("NO_COLOR", "When set and not empty, status words are not coloured (as tuner --no-color); "
                  "the probe's progress is plain lines instead of a live bar (no-color.org).",
-     ("report", "status", "probe")),
+     ("report", "status", "diagnose", "probe")),
     ("TERM", "TERM=dumb: the probe's progress is plain lines instead of a live bar.", ("probe",)),
     ("COLUMNS", "The width tables are fitted to (default: the terminal's, else 80).",
      ("report", "apply", "revert", "status", "probe", "diagnose")),
