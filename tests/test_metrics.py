@@ -429,14 +429,14 @@ def test_probe_bad_textfile_is_refused_before_probing(tmp_path):
 # ---------------------------------------------------------------- documentation
 
 def test_readme_and_man_page_carry_the_generated_metric_table():
-    with open(os.path.join(REPO, "README.md")) as f:
+    with open(os.path.join(REPO, "docs", "metrics.md")) as f:
         assert metrics.markdown_table() in f.read(), \
-            "README's Metrics table is stale: paste python -c 'from tuner import metrics; print(metrics.markdown_table())'"
+            "docs/metrics.md's table is stale: paste python -c 'from tuner import metrics; print(metrics.markdown_table())'"
     with open(os.path.join(REPO, "man", "tuner-metrics.1")) as f:
         page = f.read()
     for m in metrics.METRICS:
         assert m.name.replace("-", "\\-") in page
-    with open(os.path.join(REPO, "README.md")) as f:
+    with open(os.path.join(REPO, "docs", "metrics.md")) as f:
         assert metrics.markdown_table(metrics.PROBE_METRICS) in f.read()
     with open(os.path.join(REPO, "man", "tuner-probe.1")) as f:
         page = f.read()

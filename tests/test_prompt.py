@@ -95,5 +95,5 @@ def test_the_exit_code_is_documented():
     from tuner import manpages  # noqa: F401  (the pages render errors.EXIT_CODES)
 
     assert "answered no" in errors.EXIT_CODES[errors.EXIT_DECLINED]
-    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "commands.md")) as f:
         assert "| 6 | you answered no" in f.read()

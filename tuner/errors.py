@@ -2,7 +2,7 @@
 
 The CLI turns any TunerError into one line on stderr and this exit code; nothing
 else in tuner prints errors, so the codes below are the whole contract
-(README "Exit codes" and the man pages list the same table).
+(docs/commands.md "Exit codes" and the man pages list the same table).
 """
 
 EXIT_OK = 0

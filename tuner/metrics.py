@@ -2,7 +2,7 @@
 
 Every figure comes from `tuner.assess.build` (what `tuner report --json` prints), read
 fresh at each scrape by a custom collector: no gauges set once, no formula of this
-module's own.  METRICS below is the one list of what is exported; the README's
+module's own.  METRICS below is the one list of what is exported; docs/metrics.md's
 "Metrics" table and the man page's METRICS section are generated from it
 (`markdown_table`, `roff_section`), so the documentation cannot drift from the code.
 
@@ -483,7 +483,7 @@ def serve(listen: str, req: Request, announce: Callable[[str], None]) -> None:
 # ---------------------------------------------------------------- documentation
 
 def markdown_table(table: Optional[List[Metric]] = None) -> str:
-    """The README's metric table (tests/test_metrics.py checks the README holds it)."""
+    """docs/metrics.md's metric table (tests/test_metrics.py checks the page holds it)."""
     lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for m in METRICS if table is None else table:
         labels = ", ".join(f"`{label}`" for label in m.labels) or "-"
