@@ -86,10 +86,10 @@ def prepare(server, client, n, journal):
 
 def run_pair(server, client, endpoint, n, source_net, shared):
     env = {"TUNER_SHARED_PORT_RANGE": "1"} if shared else {}
-    serve = tuner(server, "probe", "--serve", endpoint, "--expect", n, "--hold", 2, "-q", "--json", env=env)
+    serve = tuner(server, "probe", "--serve", endpoint, "--expect", n, "--hold", 60, "-q", "--json", env=env)
     time.sleep(3 + n / 200_000)      # every worker's listener open
     connect = tuner(client, "probe", "--connect", endpoint, "-n", n, "--source-net", source_net,
-                    "--hold", 4, "--timeout", 600, "-q", "--json", env=env)
+                    "--hold", 2, "--timeout", 600, "-q", "--json", env=env)
     out, err = connect.communicate()
     try:
         r = json.loads(out)
