@@ -5,6 +5,7 @@ startups PostgreSQL answers with ReadyForQuery; after the printed fix (max_conne
 restart), measured again."""
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -15,6 +16,7 @@ import subprocess
 import time
 
 import realservers
+from conftest import run_tuner
 from tuner.apps import base, find, postgresql
 
 AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
@@ -84,6 +86,9 @@ def test_max_connections_less_reserved_predicted_measured_then_raised(real_serve
     cap = read(srv)
     assert (cap.allows, cap.sureness) == (17, base.READ), cap
     assert cap.where == f"command line of pid {srv.pid}", cap.where
+    out = run_tuner("diagnose", "--port", srv.port, "--json")
+    d = json.loads(out.stdout)
+    assert d["max_connections"] == 17 and d["binding_limit"] == cap.label, d["verdict"]
     measured = measure(srv, 30)
     assert near(measured, cap.allows), (measured, cap)
     # The printed fix: max_connections on its command line, a restart.

@@ -4,6 +4,7 @@ until Redis refuses ("-ERR max number of clients reached"); after the fix the ad
 prints is applied, measured again."""
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shlex
@@ -13,6 +14,7 @@ import subprocess
 
 import pytest
 
+from conftest import run_tuner
 from tuner.apps import base, find, redis
 
 PING = b"*1\r\n$4\r\nPING\r\n"
@@ -130,3 +132,39 @@ def test_config_file_writable_by_others_is_not_read(real_server):
     assert cap.allows is None, cap
     assert any(srv.config in u and "writable by others" in u for u in cap.unread), cap.unread
     assert stat.S_IMODE(os.stat(srv.config).st_mode) == 0o666   # read, never changed
+
+
+# ---------------------------------------------------------------- through tuner diagnose
+
+def diagnose(srv, *args) -> dict:
+    out = run_tuner("diagnose", "--port", srv.port, *args, "--json")
+    assert out.returncode in (0, 3), out.stderr
+    return json.loads(out.stdout)
+
+
+def test_diagnose_predicts_maxclients_600_and_names_it(real_server):
+    srv = real_server("redis", maxclients=600, nofile=4096)
+    d = diagnose(srv)
+    assert d["max_connections"] == 600, d["verdict"]
+    assert d["binding_limit"].startswith("redis maxclients 600 (INFO clients over"), d["binding_limit"]
+    assert d["application"]["sureness"] == base.READ
+    assert near(measure(srv, 700), d["max_connections"])
+
+
+def test_diagnose_predicts_992_under_nofile_1024_and_prints_the_restart(real_server):
+    srv = real_server("redis", nofile=(1024, 1024))
+    d = diagnose(srv)
+    assert d["max_connections"] == 992 and d["binding_limit"].startswith("redis maxclients 992"), d["verdict"]
+    app_fix = next(f for f in d["fix"] if f["kind"] == "application")
+    assert "maxclients" in app_fix["command"] and "restart" in app_fix["command"], app_fix
+    assert near(measure(srv, 1100), 992)
+
+
+def test_diagnose_of_a_password_protected_redis_is_an_upper_bound_until_told(real_server):
+    srv = real_server("redis", maxclients=600, requirepass="s3cret", nofile=4096)
+    d = diagnose(srv)
+    assert d["application"]["allows"] is None and "--app-limit" in d["verdict"], d["verdict"]
+    assert d["max_connections"] > 600                     # the descriptors: an upper bound
+    told = diagnose(srv, "--app-limit", 600)
+    assert told["max_connections"] == 600 and told["application"]["sureness"] == base.GIVEN
+    assert near(measure(srv, 700, password="s3cret"), 600)

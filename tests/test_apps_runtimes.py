@@ -5,6 +5,7 @@ and measured; where it has none (Node) the descriptor limit is what holds, measu
 from __future__ import annotations
 
 import base64
+import json
 import os
 import resource
 import socket
@@ -14,6 +15,7 @@ import sys
 import pytest
 
 import realservers
+from conftest import run_tuner
 from tuner import procpid
 from tuner.apps import base, beam, find, go, jvm, node, python
 
@@ -85,8 +87,14 @@ def test_node_has_no_cap_of_its_own_and_the_descriptor_limit_holds(real_server):
     cap = node.ADAPTER.read(view)
     assert cap.allows is None and cap.sureness == base.DEFAULT, cap
     assert "maxConnections" in cap.why and "not readable" in cap.why, cap.why
-    # No application cap: the descriptors left (soft limit less those open now) hold.
-    predicted = 1024 - procpid.fd_count(srv.pid)
+    # No application cap: the descriptors left (soft limit less those open now) hold,
+    # and diagnose says so without an 'at most'.
+    out = run_tuner("diagnose", "--pid", srv.pid, "--json")
+    d = json.loads(out.stdout)
+    assert d["binding_limit"] == "RLIMIT_NOFILE.soft" and "at most" not in d["verdict"], d["verdict"]
+    assert d["application"]["app"] == "node" and d["application"]["allows"] is None
+    predicted = d["max_connections"]
+    assert abs(predicted - (1024 - procpid.fd_count(srv.pid))) <= 1
     measured = count_answered(srv.host, srv.port, 1100, ws_upgrade(srv.port), b"HTTP/1.1 101")
     assert near(measured, predicted), (measured, predicted)
 

@@ -27,7 +27,7 @@ from . import apps, capacity, knobs, netns, readings, service
 from .apps.base import AppCap, AppFix
 from .capacity import FULL
 from .diagnose_fixes import (APP_LIMIT_HINT, LISTEN_BACKLOG, Fix, app_want,  # noqa: F401 (Fix)
-                             fixes, runtime_of)
+                             fixes)
 from .errors import TunerError, UsageError
 from .knobs import CAPS_CONNECTIONS, CAPS_PER_PROCESS, Ctx
 
@@ -596,8 +596,8 @@ def _finish(d: Diagnosis, procs, snap, app: Optional[App]) -> None:
         f = app.fix_for(want)
         d.application["fix"] = None if f is None else f.to_dict()
     d.fix = fixes(d, procs, snap)
-    d.notes = (_runtime_notes(d, procs) + _client_notes(d)
-               + (list(app.cap.notes) if app is not None else []))
+    d.notes = (_client_notes(d) + (list(app.cap.notes) if app is not None else [])
+               + _backlog_note(d))
 
 
 def _value(current) -> str:
@@ -608,33 +608,12 @@ def _value(current) -> str:
     return values(current)
 
 
-def _runtime_notes(d: Diagnosis, procs) -> List[str]:
-    notes = []
-    fd_binds = d.binding_limit == "RLIMIT_NOFILE.soft"
-    backlogs = {l["backlog"] for l in d.listeners}
-    for p in procs:
-        rt = runtime_of(p)
-        if rt == "java":
-            if "-XX:-MaxFDLimit" in p.cmdline:
-                notes.append(f"pid {p.pid} (java) runs with -XX:-MaxFDLimit: the JVM keeps the soft "
-                             f"RLIMIT_NOFILE the shell gave it ({p.nofile_soft:,}) instead of raising "
-                             f"it to the hard limit ({p.nofile_hard:,}) at start; drop the flag, or "
-                             f"raise the limit (the fix above)")
-            elif fd_binds:
-                notes.append(f"pid {p.pid} (java): the JVM raises its soft RLIMIT_NOFILE to the "
-                             f"hard one at start (MaxFDLimit); the hard limit {p.nofile_hard:,} is "
-                             f"what binds a restart")
-            if 50 in backlogs:
-                notes.append("java: ServerSocket/ServerSocketChannel.bind default backlog is 50; "
-                             "pass a larger one to bind(addr, backlog)")
-        elif rt == "python" and (100 in backlogs or d.binding_limit == LISTEN_BACKLOG):
-            notes.append(f"pid {p.pid} (python): asyncio's create_server()/start_server() listen "
-                         f"with backlog=100 unless told otherwise: pass backlog=N")
-        elif rt == "node" and (511 in backlogs or d.binding_limit == LISTEN_BACKLOG):
-            notes.append(f"pid {p.pid} (node): server.listen() uses backlog 511 by default: "
-                         f"server.listen({{port, backlog: N}})")
-        elif rt == "erlang":
-            notes.append(f"pid {p.pid} (erlang): the VM caps its own ports (sockets) with +Q "
-                         f"(default 65,536), below RLIMIT_NOFILE if that is higher; "
-                         f"gen_tcp:listen takes {{backlog, N}} (default 5)")
-    return list(dict.fromkeys(notes))
+def _backlog_note(d: Diagnosis) -> List[str]:
+    """A listener at its runtime's default backlog (its adapter knows it): how to pass more."""
+    adapter = apps.ADAPTERS.get((d.application or {}).get("app", ""))
+    default = getattr(adapter, "backlog_default", None)
+    if default is None or not (default in {l["backlog"] for l in d.listeners}
+                               or d.binding_limit == LISTEN_BACKLOG):
+        return []
+    return [f"{adapter.name} listens with backlog {default:,} unless the program passes one: "
+            f"{adapter.backlog_setting}"]

@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import knobs
+from . import apps, knobs
 from .settings import kind
 
 SOFT, HARD = "RLIMIT_NOFILE.soft", "RLIMIT_NOFILE.hard"
@@ -60,7 +60,8 @@ def app_fix(d) -> List[Fix]:
         return [Fix(f"raise {cap['label']}", f"{cap['app']}'s own cap binds: {cap['why']}", "application")]
     held = f"{cap['app']} holds {f['allows']:,} with it" if f["allows"] is not None else ""
     nofile = f"each of its processes needs RLIMIT_NOFILE {f['nofile']:,}" if f["nofile"] else ""
-    return [Fix(f"in {f['file']}: {' '.join(f['lines'])} then {f['command']} ({f['action']})",
+    where = f"in {f['file']}: " if f["file"] else ""
+    return [Fix(f"{where}{' '.join(f['lines'])} then {f['command']} ({f['action']})",
                 "; ".join(w for w in (held, nofile, f["why"]) if w), "application")]
 
 
@@ -200,7 +201,7 @@ def _capped_backlog_fix(d, l, cap, somaxconn: int, earlier: List[Fix]) -> Fix:
                f"listen() again (restart it) to get the larger queue")
 
 
-def backlog_fixes(d, procs, snap, earlier: List[Fix]) -> List[Fix]:
+def backlog_fixes(d, snap, earlier: List[Fix]) -> List[Fix]:
     """The accept queue: the application's own setting (or the knob that caps it first)."""
     cap = knobs.backlog_cap()
     somaxconn = snap.int(cap.name)
@@ -211,44 +212,21 @@ def backlog_fixes(d, procs, snap, earlier: List[Fix]) -> List[Fix]:
         if somaxconn is not None and l["backlog"] >= somaxconn:
             out.append(_capped_backlog_fix(d, l, cap, somaxconn, earlier + out))
         else:
-            out.append(backlog_fix(l, somaxconn, procs))
+            out.append(backlog_fix(d, l, somaxconn))
     return out
 
 
-RUNTIME_BACKLOG = {
-    "python": "asyncio: start_server(..., backlog=N) / loop.create_server(..., backlog=N), default 100",
-    "node": "Node: server.listen({port, backlog: N}), default 511",
-    "java": "Java: ServerSocket(port, N) / ServerSocketChannel.bind(addr, N), default 50",
-    "erlang": "Erlang: gen_tcp:listen(Port, [{backlog, N}]), default 5",
-}
-
-
-def backlog_fix(listener: Dict[str, Any], somaxconn: Optional[int], procs) -> Fix:
+def backlog_fix(d, listener: Dict[str, Any], somaxconn: Optional[int]) -> Fix:
     """The application's own setting: only it can pass a larger backlog to listen()
-    (`somaxconn`: the value of the knob that caps it)."""
-    how = [RUNTIME_BACKLOG[rt] for rt in dict.fromkeys(runtime_of(p) for p in procs) if rt in RUNTIME_BACKLOG]
+    (`somaxconn`: the value of the knob that caps it); how, from its runtime's adapter."""
+    adapter = apps.ADAPTERS.get((d.application or {}).get("app", ""))
+    how = getattr(adapter, "backlog_setting", None)
     return Fix(f"listen(fd, N): raise the backlog the application passes for "
                f"{listener['address']}:{listener['port']} (now {listener['backlog']:,}; "
                f"{knobs.backlog_cap().name} {'?' if somaxconn is None else f'{somaxconn:,}'} allows up to that)"
-               + (f"; {'; '.join(how)}" if how else ""),
+               + (f"; {how}" if how else ""),
                "only the application sets its listen backlog (a burst beyond it waits a second "
                "for the retransmitted SYN)", "application")
-
-
-def runtime_of(proc) -> Optional[str]:
-    """java | python | node | erlang from the executable or the command line: decoration
-    on top of what the kernel shows, never a replacement for it."""
-    names = [os.path.basename(proc.exe or "")] + [os.path.basename(a) for a in proc.cmdline[:1]]
-    for n in names:
-        if n == "java" or n.startswith("java"):
-            return "java"
-        if n.startswith("python") or n.startswith("pypy"):
-            return "python"
-        if n in ("node", "nodejs"):
-            return "node"
-        if n in ("beam.smp", "beam", "erl"):
-            return "erlang"
-    return None
 
 
 # ---------------------------------------------------------------- all of them
@@ -258,7 +236,7 @@ def fixes(d, procs, snap) -> List[Fix]:
     out = app_fix(d) + fd_fixes(d, procs)
     out += sysctl_fix(d, out)
     out += process_knob_fixes(d, procs) + host_fix(d)
-    out += backlog_fixes(d, procs, snap, out)
+    out += backlog_fixes(d, snap, out)
     seen, unique = set(), []
     for f in out:
         if f.command not in seen:

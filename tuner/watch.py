@@ -153,8 +153,7 @@ class Watch:
     def _fix_for(self, limit: str) -> str:
         d = self.diag
         if limit == LISTEN_BACKLOG and d.listeners:
-            return backlog_fix(min(d.listeners, key=lambda l: l["backlog"]), self.backlog_cap(),
-                               self.procs).command
+            return backlog_fix(d, min(d.listeners, key=lambda l: l["backlog"]), self.backlog_cap()).command
         if limit == "RLIMIT_NOFILE.soft":
             return next((f.command for f in d.fix if f.command.startswith("tuner apply --pid")),
                         knobs.BY_NAME[limit].why)
