@@ -165,3 +165,15 @@ def pids_cgroup():
         yield path
     finally:
         remove_cgroup(path)
+
+
+@pytest.fixture
+def nofile_raised():
+    """The measuring side holds as many sockets as the server may: soft RLIMIT_NOFILE up
+    to the hard limit for the test, back after it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

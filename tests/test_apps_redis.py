@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shlex
 import socket
 import stat
@@ -20,13 +19,7 @@ from tuner.apps import base, find, redis
 PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-@pytest.fixture(autouse=True)
-def enough_descriptors():
-    """The measuring side holds as many sockets as Redis may: soft RLIMIT_NOFILE to hard."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+pytestmark = pytest.mark.usefixtures("nofile_raised")
 
 
 def measure(srv, n: int, password: str = "") -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -22,12 +21,7 @@ from tuner.apps import base, beam, find, go, jvm, node, python
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(autouse=True)
-def enough_descriptors():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+pytestmark = pytest.mark.usefixtures("nofile_raised")
 
 
 def view_of(srv) -> base.ProcView:

@@ -15,7 +15,7 @@ import struct
 from typing import BinaryIO, Optional, Tuple
 
 from . import base
-from .base import AppCap, AppFix, ProcView
+from .base import AppCap, ProcView
 
 MAGIC = b"\xff Go buildinf:"
 SECTION = b".go.buildinfo"
@@ -128,9 +128,6 @@ class Go(base.Adapter):
 
     def read(self, proc: ProcView) -> AppCap:
         return read_version(proc, version_of(proc) or "go")
-
-    def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
-        return None
 
 
 ADAPTER = Go()

@@ -8,10 +8,9 @@ tuner says so instead of guessing.
 """
 from __future__ import annotations
 
-from typing import Optional
 
 from . import base
-from .base import AppCap, AppFix, ProcView
+from .base import AppCap, ProcView
 
 NAMES = ("node", "nodejs")
 
@@ -38,9 +37,6 @@ class Node(base.Adapter):
 
     def read(self, proc: ProcView) -> AppCap:
         return read(proc)
-
-    def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
-        return None
 
 
 ADAPTER = Node()

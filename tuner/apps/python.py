@@ -9,10 +9,9 @@ Neither caps how many connections stay open: the kernel and the descriptor limit
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from . import base
-from .base import AppCap, AppFix, ProcView
+from .base import AppCap, ProcView
 
 
 def recognise(proc: ProcView) -> bool:
@@ -38,9 +37,6 @@ class Python(base.Adapter):
 
     def read(self, proc: ProcView) -> AppCap:
         return read(proc)
-
-    def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
-        return None
 
 
 ADAPTER = Python()
