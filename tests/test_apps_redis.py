@@ -161,3 +161,17 @@ def test_diagnose_of_a_password_protected_redis_is_an_upper_bound_until_told(rea
     told = diagnose(srv, "--app-limit", 600)
     assert told["max_connections"] == 600 and told["application"]["sureness"] == base.GIVEN
     assert near(measure(srv, 700, password="s3cret"), 600)
+
+
+def test_a_full_redis_refusing_the_question_says_it_is_full(real_server):
+    srv = real_server("redis", maxclients=5, nofile=4096)
+    held = [socket.create_connection((srv.host, srv.port), timeout=5) for _ in range(5)]
+    try:
+        for s in held:
+            s.sendall(PING)
+            assert s.recv(64) == b"+PONG\r\n"
+        cap = read(srv)
+        assert cap.allows is None and any("is full" in u for u in cap.unread), cap
+    finally:
+        for s in held:
+            s.close()

@@ -243,7 +243,7 @@ def _asked(proc: ProcView, port: int, value: int, connected: Optional[int], wher
            f"lowered it to its descriptor limit at start (it keeps {RESERVED_FDS} for itself)"
            if lowered else "Redis refuses a client beyond maxclients (-ERR max number of clients reached)")
     if connected is not None:
-        why += f"; {connected:,} clients connected now (tuner's question among them)"
+        why += f"; {connected:,} connected now (tuner's question among them)"
     cap = AppCap("redis", f"maxclients {value:,}", value, where, base.READ, why)
     cap.fix = default_fix(proc, value, None, None, port)
     return cap
@@ -260,6 +260,9 @@ def read(proc: ProcView) -> AppCap:
             text = str(e)
             if text.upper().startswith(("NOAUTH", "WRONGPASS")):
                 unread.append(f"the server on port {port} wants a password ({text}): tuner uses none")
+            elif "max number of clients" in text:
+                unread.append(f"the server on port {port} is full: it refused tuner's question too "
+                              f"({text}); its maxclients is what it holds now")
             else:
                 unread.append(f"the server on port {port} answered: {text}")
         except (OSError, base.Untrusted) as e:
