@@ -136,7 +136,8 @@ def epoll_watches(pid: int, fd: int) -> int:
 
 
 def map_count(pid: int) -> int:
-    """Memory mappings of a process (lines of /proc/PID/maps), against vm.max_map_count."""
+    """Memory mappings of a process (lines of /proc/PID/maps), against the kernel's per-process
+    map limit (the knob table names it)."""
     count = 0
     with open(_pid_path(pid, "maps"), "rb") as f:
         while True:
