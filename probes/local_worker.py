@@ -101,50 +101,16 @@ class LocalWorker:
         """Per batch: open clients, accept, send indexes, echo, verify.  Doing the exchange
         while the batch's sockets are still in cache costs the kernel far less than
         separate passes over every socket (measured: ~25% less time per connection)."""
-        sock, connect, accept4 = libc.socket, libc.connect, libc.accept4
-        setsockopt, bind, close = libc.setsockopt, libc.bind, os.close
-        get_errno, monotonic, stop_poll = ctypes.get_errno, time.monotonic, self.stop_poll.poll
-        cli, srv = self.cli, self.srv
-        cli_add, srv_add = cli.append, srv.append
-        dst, lfd, sources = self.dst, self.listener, self.sources
-        m, options = len(sources), self.options
-        AF, FLAGS, EINPROGRESS, EAGAIN = socket.AF_INET, socket.SOCK_STREAM | SOCK_FLAGS, E.EINPROGRESS, E.EAGAIN
-        n, rate, pause = self.share, self.rate, self.accept_pause
+        cli, srv, monotonic = self.cli, self.srv, time.monotonic
+        n, rate = self.share, self.rate
         batch = BATCH if not rate else max(1, min(BATCH, int(rate / 50)))
         start = last_report = monotonic()
         reported = 0
         i = 0
         while i < n:
             i0, j0 = i, len(srv)
-            end = min(n, i + batch)
-            while i < end:
-                fd = sock(AF, FLAGS, 0)
-                if fd < 0:
-                    self.fail("client", "socket", get_errno(), i)
-                    break
-                for level, name, value, size in options:
-                    setsockopt(fd, level, name, value, size)
-                if m and bind(fd, sources[i % m], 16):
-                    self.fail("client", "bind", get_errno(), i)
-                    close(fd)
-                    break
-                if connect(fd, dst, 16):
-                    code = get_errno()
-                    if code != EINPROGRESS:
-                        self.fail("client", "connect", code, i)
-                        close(fd)
-                        break
-                cli_add(fd)
-                i += 1
-            # Accept what the loopback handshakes have queued so far.
-            while True:
-                c = accept4(lfd, None, None, SOCK_FLAGS)
-                if c < 0:
-                    code = get_errno()
-                    if code != EAGAIN:
-                        self.fail("server", "accept", code, len(srv))
-                    break
-                srv_add(c)
+            i = self.open_clients(i, min(n, i + batch))
+            self.accept_queued()
             j1 = len(srv)
             self.send_indexes(j0, j1)
             waiting = self.echo(cli[i0:i])
@@ -153,29 +119,76 @@ class LocalWorker:
             waiting = self.verify(range(j0, j1))
             if waiting:
                 self.pending_srv += waiting
-            if self.failed:
+            if self.failed or not self.paced(start, i):
                 return
-            if stop_poll(0):
-                self.stopped = True
-                return
-            if pause:
-                time.sleep(pause)
-            if rate:
-                ahead = start + i / rate - monotonic()
-                if ahead > 0:
-                    # Wait for the next connection's turn on the stop pipe, so a stop or
-                    # the deadline ends a slow ramp at once.
-                    left = self.deadline - monotonic()
-                    if stop_poll(max(0.0, min(ahead, left))):
-                        self.stopped = True
-                        return
-                    if ahead >= left:
-                        return
             if i - reported >= REPORT_EVERY or (i > reported and monotonic() - last_report >= REPORT_SECONDS):
                 reported, last_report = i, monotonic()
                 self.progress()
         if len(srv) == n:
             self.send(ACCEPTED_ALL, t_established=time.monotonic_ns())
+
+    def open_clients(self, i: int, end: int) -> int:
+        """Start non-blocking connects for clients i..end (the hot loop: its names are
+        locals); returns the index after the last one started (a failure stops early)."""
+        sock, connect, bind, setsockopt = libc.socket, libc.connect, libc.bind, libc.setsockopt
+        get_errno, close, cli_add = ctypes.get_errno, os.close, self.cli.append
+        dst, sources, options = self.dst, self.sources, self.options
+        m = len(sources)
+        AF, FLAGS, EINPROGRESS = socket.AF_INET, socket.SOCK_STREAM | SOCK_FLAGS, E.EINPROGRESS
+        while i < end:
+            fd = sock(AF, FLAGS, 0)
+            if fd < 0:
+                self.fail("client", "socket", get_errno(), i)
+                break
+            for level, name, value, size in options:
+                setsockopt(fd, level, name, value, size)
+            if m and bind(fd, sources[i % m], 16):
+                self.fail("client", "bind", get_errno(), i)
+                close(fd)
+                break
+            if connect(fd, dst, 16):
+                code = get_errno()
+                if code != EINPROGRESS:
+                    self.fail("client", "connect", code, i)
+                    close(fd)
+                    break
+            cli_add(fd)
+            i += 1
+        return i
+
+    def accept_queued(self) -> None:
+        """Accept what the loopback handshakes have queued so far."""
+        accept4, get_errno, lfd, srv_add = libc.accept4, ctypes.get_errno, self.listener, self.srv.append
+        while True:
+            c = accept4(lfd, None, None, SOCK_FLAGS)
+            if c < 0:
+                code = get_errno()
+                if code != E.EAGAIN:
+                    self.fail("server", "accept", code, len(self.srv))
+                return
+            srv_add(c)
+
+    def paced(self, start: float, i: int) -> bool:
+        """Between batches: False when a stop came or the deadline passed; otherwise wait
+        for connection i's turn under --rate (and the accept pause), then True."""
+        stop_poll = self.stop_poll.poll
+        if stop_poll(0):
+            self.stopped = True
+            return False
+        if self.accept_pause:
+            time.sleep(self.accept_pause)
+        if self.rate:
+            ahead = start + i / self.rate - time.monotonic()
+            if ahead > 0:
+                # Wait for the next connection's turn on the stop pipe, so a stop or the
+                # deadline ends a slow ramp at once.
+                left = self.deadline - time.monotonic()
+                if stop_poll(max(0.0, min(ahead, left))):
+                    self.stopped = True
+                    return False
+                if ahead >= left:
+                    return False
+        return True
 
     def wait_accepts(self) -> None:
         """Accept the connections still queued (or retried after a drop) until the deadline."""
