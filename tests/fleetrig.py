@@ -215,3 +215,17 @@ def state(fleet: Fleet) -> Dict[str, dict]:
         dev = "br0" if ns == fleet.server else ALIAS_DEV
         out[name] = {"sysctls": netns_values(ns), "addresses": addresses(ns, dev)}
     return out
+
+
+def load_addresses(per_host: int, usable_ports: int) -> int:
+    """Source addresses the client plan gives a load host of `per_host` connections over
+    `usable_ports` ports per address: N plus the table's headroom, over the share of each
+    range it plans (most of it where sockets carry their own port range, Linux 6.3+)."""
+    import math
+
+    from probes.config import port_share
+    from probes.kernel import own_port_range
+    from tuner.knobs import HEADROOM_PERCENT
+
+    wanted = per_host + -(-per_host * HEADROOM_PERCENT // 100)
+    return math.ceil(wanted / math.ceil(usable_ports * port_share(own_port_range())))

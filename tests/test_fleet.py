@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetrig import ALIAS_DEV, namespace_fleet, state
+from fleetrig import ALIAS_DEV, load_addresses, namespace_fleet, state
 from test_probe_split import addresses
 from tuner.procfs import read_sysctl
 from tuner.netns import in_netns
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need 
 
 PER_HOST = 20000
 USABLE_PORTS = 1000
+LOAD_ADDRESSES = load_addresses(PER_HOST, USABLE_PORTS)
 
 APPLY = """
 - name: tune every host for its share
@@ -150,8 +151,8 @@ def test_check_mode_diff_mode_and_idempotence(fleet, host_restored):
                 assert row["after"] == ["present"] and address in addresses(ns, ALIAS_DEV), (host, row)
     for i, ns in enumerate(fleet.loads, 1):
         aliases = [r for r in done[f"load{i}"]["result"]["changes"] if r["kind"] == "alias"]
-        # 20,000 x 1.1 headroom / (1,000 ports x half, for fast connects) = 44 addresses.
-        assert len(aliases) == 43 and len(addresses(ns, ALIAS_DEV)) == 44
+        # 20,000 x 1.1 headroom / (1,000 ports x the planned share of each range) addresses.
+        assert len(aliases) == LOAD_ADDRESSES - 1 and len(addresses(ns, ALIAS_DEV)) == LOAD_ADDRESSES
         assert all(r["where"].startswith(f"10.77.{i}.") for r in aliases)
     assert files_under(fleet.root_dir)["etc/sysctl.d/99-tuner.conf"] == "".join(sysctl_file["after"])
 
@@ -256,6 +257,6 @@ def test_a_public_alias_network_needs_allow_public_aliases(fleet):
     assert allowed.proc.returncode == 0, allowed.output
     res = allowed.results("apply")["load1"]["result"]
     aliases = [r for r in res["changes"] if r["kind"] == "alias"]
-    assert res["changed"] and res["applied"] == [] and len(aliases) == 43
+    assert res["changed"] and res["applied"] == [] and len(aliases) == LOAD_ADDRESSES - 1
     assert all(r["where"].startswith("198.51.100.") and r["where"].endswith(f"on {ALIAS_DEV}") for r in aliases)
     assert state(fleet) == before and not os.path.exists(fleet.journals["load1"])

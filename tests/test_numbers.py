@@ -172,7 +172,7 @@ def test_diagnose(capsys, netns):
 @root
 def test_split_probe_serve_and_connect(netns):
     port = 7312
-    serve, client = split_pair(netns, port, ["--expect", 12000, "--hold", 0, "--timeout", 120],
+    serve, client = split_pair(netns, port, ["--expect", 12000, "--hold", 30, "--timeout", 120],
                                ["-n", 12000, "--timeout", 120], timeout=150)
     (s_out, s_err), (c_out, c_err) = (serve.stdout_text, serve.stderr_text), (client.stdout_text, client.stderr_text)
     assert client.returncode == 0 and serve.returncode == 0, (c_err, s_err)
