@@ -216,12 +216,10 @@ def row_fix(knob: Knob, state: str, needed, netns: Optional[str], target: Option
     the value from a target. Empty for rows that need nothing."""
     if state not in ACTION:
         return ""
-    from . import settings
     from .inputs import target_word
-    from .settings.sysctl import text
+    from .settings.sysctl import KIND as writer, text
 
-    writer = settings.for_knob(knob) if knob.writable and knob.is_sysctl else None
-    if writer is not None and needed is not None:
+    if knob.writable and knob.is_sysctl and needed is not None:
         return writer.command(netns if knob.scope == "netns" else None, {"name": knob.name}, text(needed))
     if knob.fix:
         return knob.fix

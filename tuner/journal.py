@@ -344,7 +344,7 @@ def _validate_entry(e: Any, lists: bool = True) -> None:
     for name in ("scope", "why", "command"):
         if name in e:
             _check(isinstance(e[name], str), name, e[name])
-    _check(isinstance(e["kind"], str) and e["kind"] in settings.KINDS, "kind", e["kind"])
+    _check(isinstance(e["kind"], str) and e["kind"] in settings.all_kinds(), "kind", e["kind"])
     kind = settings.kind(e["kind"])
     _check(e["state"] in _STATES, "state", e["state"])
     _check(_netns_name(e["netns"]), "netns", e["netns"])

@@ -149,13 +149,13 @@ def build_plan(snap: Snapshot, req: Request, procs: Optional[Dict[int, Dict[str,
                  for pid, p in procs.items()}
     planning = Planning(req, snap, sim, procs, pid_snaps, list(journal_entries))
     buffers_before = _buffer_memory(sim, req)
-    for kind in settings.KINDS.values():
+    for kind in settings.all_kinds().values():
         planning.changes += kind.plan_first(planning)
     for knob in KNOBS:
         kind = settings.for_knob(knob) if knob.writable else None
         if kind is not None:
             planning.changes += kind.plan(knob, planning)
-    for kind in settings.KINDS.values():
+    for kind in settings.all_kinds().values():
         planning.changes += kind.plan_after(planning)
     return Plan(req.target, req.role, req.netns, planning.changes, planning.notes,
                 _memory(snap, sim, req, buffers_before), planning.skipped)
