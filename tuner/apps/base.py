@@ -48,6 +48,7 @@ import os
 import socket
 import stat
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -444,16 +445,32 @@ def unix_connect(path: str, owners: Sequence[int] = (0,), timeout: float = 1.0) 
     return sock
 
 
+def answer_deadline(sock: socket.socket) -> float:
+    """When a whole answer must be in: twice the socket's timeout from now."""
+    return time.monotonic() + 2 * (sock.gettimeout() or 1.0)
+
+
+def recv_by(sock: socket.socket, deadline: float, size: int = 65536) -> bytes:
+    """One recv that ends by `deadline` (time.monotonic()): a timeout per recv alone lets
+    a service that drips a byte a second keep tuner, as root, reading for days."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout("no whole answer in time")
+    sock.settimeout(left)
+    return sock.recv(size)
+
+
 def exchange(sock: socket.socket, request: bytes, limit: int = 1 << 20) -> bytes:
-    """Send one request and read the reply until the peer closes (or `limit` bytes or
-    the socket's timeout): for line protocols such as HAProxy's `show info`."""
+    """Send one request and read the reply until the peer closes (or `limit` bytes, or
+    the answer's deadline): for line protocols such as HAProxy's `show info`."""
     chunks: List[bytes] = []
     size = 0
     with sock:
+        deadline = answer_deadline(sock)
         sock.sendall(request)
         while size < limit:
             try:
-                chunk = sock.recv(65536)
+                chunk = recv_by(sock, deadline)
             except socket.timeout:
                 break
             if not chunk:

@@ -90,10 +90,11 @@ def _reply(buf: bytes, at: int = 0) -> Optional[Tuple[object, int]]:
 
 def ask(sock: socket.socket, *words: str) -> object:
     """Send one command, read its one reply; Refused for an error reply."""
+    deadline = base.answer_deadline(sock)
     sock.sendall(command(*words))
     buf = b""
     while len(buf) < REPLY_MAX:
-        chunk = sock.recv(65536)
+        chunk = base.recv_by(sock, deadline)
         if not chunk:
             raise Refused("closed the connection without an answer")
         buf += chunk
