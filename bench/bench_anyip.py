@@ -34,7 +34,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from probes import sockets  # noqa: E402
-from tuner import knobs, procfs  # noqa: E402
+from tuner import knobs
+from tuner.host import procfs  # noqa: E402
 
 # The knob table's name of the ephemeral port range (sysctl names live there only).
 PORT_RANGE = next(k.name for k in knobs.KNOBS if k.unit == "ports")

@@ -5,7 +5,7 @@ Inside a throwaway network namespace, `tuner probe --serve` (its SO_REUSEPORT wo
 holds N connections from `tuner probe --connect` (default 200,000). Then, in the same
 run, it times `tuner diagnose --port P --netns NS --json` (the whole command, start-up
 included) next to `tuner report --json` (the reference), and the library call
-`tuner.diagnose.diagnose()` alone; and checks the figures diagnose reads against the
+`tuner.diagnose.evaluate.diagnose()` alone; and checks the figures diagnose reads against the
 load (connections held = N). Goal: diagnose under one second at 200,000.
 
     flock /work/.testlock python bench/bench_diagnose.py [--connections 200000] [--runs 5]
@@ -85,7 +85,7 @@ def main():
         v_times, _ = timed(tuner("--version"), args.runs)
         d = json.loads(d_out.stdout)
 
-        from tuner import diagnose as diagnose_mod
+        from tuner.diagnose import evaluate as diagnose_mod
         lib_times = []
         for _ in range(args.runs):
             t = time.perf_counter()

@@ -29,8 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 from fleetrig import PLAYBOOKS, namespace_fleet  # noqa: E402
-from tuner.procfs import net_counters  # noqa: E402
-from tuner.netns import in_netns  # noqa: E402
+from tuner.host.procfs import net_counters  # noqa: E402
+from tuner.host.netns import in_netns  # noqa: E402
 
 LISTEN_COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPReqQFullDrop")
 

@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from bench_report import Held, build_conncap  # noqa: E402
-from tuner import procfs  # noqa: E402
+from tuner.host import procfs  # noqa: E402
 
 
 def start_server():

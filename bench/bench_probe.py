@@ -38,7 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # run as a script from a checkout: this tuner, not another
 
-from tuner import assess, knobs, procfs  # noqa: E402
+from tuner import assess, knobs
+from tuner.host import procfs  # noqa: E402
 from tuner.settings import kind  # noqa: E402
 from tuner.settings.sysctl import text as sysctl_text  # noqa: E402
 

@@ -7,7 +7,7 @@ counters that moved while the probe ran, mean which knob, and the words for it; 
 module groups the records and asks it (through probes/signs.py, the table's answers
 generated as data: the probe imports nothing of tuner above its bottom layer).  Only what is no knob (the peer, a timeout no
 counter explains, RLIMIT_NPROC) is named here.  The values and the `tuner apply`
-command that lift a limit are the table's too (tuner/probe_run.py asks it, for the
+command that lift a limit are the table's too (tuner/probing/run.py asks it, for the
 probe's own configuration).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ SERVER_NOT_ACCEPTING = "server stopped accepting"
 UNACCEPTED_OP = "accept-queue"
 # The peer refused, or reset/closed mid-exchange (--connect: a remote server).
 PEER = "the server"
-# A fork() that failed with EAGAIN under this process's RLIMIT_NPROC (tuner.procfs.
+# A fork() that failed with EAGAIN under this process's RLIMIT_NPROC (tuner.host.procfs.
 # task_limit_hit names it; the other task limits it names are knobs).
 NPROC = "RLIMIT_NPROC"
 
@@ -78,7 +78,7 @@ def timeout_limit(moved: Dict[str, int], now: Dict[str, int]) -> str:
 
 def hint(limit: Optional[str], role: str = "loopback") -> str:
     """What a limit means and which knob lifts it, in words: the knob table's (the
-    numbers and the command are its `needs`, computed by tuner/probe_run.py for the probe's
+    numbers and the command are its `needs`, computed by tuner/probing/run.py for the probe's
     own configuration; never here, where they would drift from it)."""
     text = signs.words(limit, role)
     if text is None:

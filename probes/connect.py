@@ -101,14 +101,14 @@ def sources_for(cfg: ConnectConfig, host: str) -> Tuple[List[str], bool]:
     with 17 aliases gives 17 sources, not 254 bind() failures; an AnyIP prefix gives as
     many as the connections need at half a port range each (addresses cost nothing
     there), at least 1,024.  Counted the way `tuner report` counts source addresses
-    (tuner.localnet: interface addresses and local routes)."""
+    (tuner.host.localnet: interface addresses and local routes)."""
     net = source_network(cfg.source_net)
     if net is None:
         return [], False
     if net.version != (6 if ":" in host else 4):
         raise ProbeConfigError(f"--source-net {net} is IPv{net.version}, the server {cfg.target} is not: "
                                f"give a source network of the server's family")
-    from tuner import localnet
+    from tuner.host import localnet
 
     low, high = kernel.port_range()
     wanted = math.ceil(cfg.connections / max(1, (high - low + 1) // 2))

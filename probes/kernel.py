@@ -1,7 +1,7 @@
 """The kernel's counters as the probe uses them: figures before and after, and whether a
 host-wide figure can be the probe's own.
 
-The files are read by tuner.procfs (stdlib only, one error policy); this module
+The files are read by tuner.host.procfs (stdlib only, one error policy); this module
 shapes what the probe needs from them.  Everything reads /proc of the calling process,
 so inside `ip netns exec` the per-namespace files (sockstat, netstat,
 ip_local_port_range, conntrack) describe that namespace.  The lean orchestrator imports
@@ -17,7 +17,7 @@ import time
 from functools import lru_cache
 from typing import Dict, Optional, Tuple
 
-from tuner import procfs
+from tuner.host import procfs
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # Bytes of one TCP socket object (slabinfo's "TCP" objsize: ~2.3 KiB on 6.x kernels)

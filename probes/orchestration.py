@@ -36,7 +36,7 @@ import signal
 import time
 from typing import Dict, List, Optional
 
-from tuner import procfs
+from tuner.host import procfs
 
 from . import classify, kernel
 from .config import raise_nofile

@@ -5,7 +5,7 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
-from tuner.numfmt import number, of
+from tuner.host.numfmt import number, of
 
 # (established, verified, rate, phase, seconds of the hold left or None)
 OnProgress = Callable[[int, int, float, str, Optional[float]], None]

@@ -58,7 +58,7 @@ class Words:
 def accept_queue(target: Target) -> Optional[int]:
     """Connections waiting in the accept queue of the server's listener, when it is in
     this network namespace (sock_diag); None when it is not seen here."""
-    from tuner import sockdiag
+    from tuner.host import sockdiag
 
     try:
         listeners = sockdiag.listening()

@@ -3,7 +3,7 @@ errno of a call or a rising counter means, the words for a probe stopped by it, 
 fixes the probe's messages quote.
 
 tuner/knobs.py is their one home; the file is generated from it (`python -m
-tuner.probe_signs`, tests/test_layers.py fails while it is stale), so the probe names
+tuner.probing.signs`, tests/test_layers.py fails while it is stale), so the probe names
 limits as the table does while importing nothing of tuner but its bottom layer.  Read
 once, when a failure is classified (the lean orchestrator, after its run), with the
 standard library only.

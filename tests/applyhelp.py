@@ -2,7 +2,7 @@
 the state back (sysctls, addresses, limits, files), and put host sysctls back.
 
 Everything here reads or changes the real kernel: host values through /proc/sys, a
-namespace's through tuner.netns.in_netns, addresses through `ip`, limits through psutil.
+namespace's through tuner.host.netns.in_netns, addresses through `ip`, limits through psutil.
 conftest.py's session guard uses host_values/restore/addresses from here too.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from tuner import cli, knobs
-from tuner.procfs import read_sysctl, sysctl_path
-from tuner.netns import in_netns
+from tuner.host.procfs import read_sysctl, sysctl_path
+from tuner.host.netns import in_netns
 
 HOST_NAMES = [n for n in knobs.sysctl_names("host") if n != "fs.file-nr"]
 NETNS_NAMES = [n for n in knobs.sysctl_names("netns") if n != "net.netfilter.nf_conntrack_count"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from conftest import make_netns, remove_netns
-from tuner import procpid
+from tuner.host import procpid
 from test_probe_split import SERVER_IP, addresses, ip, shrink_ports
 
 TESTS = os.path.dirname(os.path.abspath(__file__))

@@ -34,7 +34,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import pytest
 
-from tuner import netns as netns_home
+from tuner.host import netns as netns_home
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NODE_DIR = os.path.join(HERE, "servers", "node")

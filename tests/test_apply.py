@@ -12,7 +12,7 @@ import os
 import pytest
 
 from tuner import journal as journal_mod
-from tuner.procfs import read_sysctl
+from tuner.host.procfs import read_sysctl
 
 from applyhelp import (add_veth, addresses, child_with_nofile, host_values, netns_values,
                        nofile, tree, tuner, tuner_as_nobody)

@@ -15,7 +15,7 @@ import pytest
 
 import realservers
 from conftest import run_tuner
-from tuner import procpid
+from tuner.host import procpid
 from tuner.apps import base, beam, find, go, jvm, node, python
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -20,8 +20,8 @@ import uuid
 import pytest
 
 from conftest import remove_cgroup, run_tuner
-from tuner.procfs import read_sysctl
-from tuner.netns import in_netns
+from tuner.host.procfs import read_sysctl
+from tuner.host.netns import in_netns
 
 SERVERS = os.path.join(os.path.dirname(__file__), "servers")
 
@@ -275,7 +275,8 @@ def test_a_zombie_is_refused():
 def test_a_process_exiting_mid_read_is_one_line(monkeypatch, capsys):
     """The process exits between two reads (made to happen at a fixed point: it is killed
     and reaped right before its descriptors are counted)."""
-    from tuner import cli, procpid
+    from tuner import cli
+    from tuner.host import procpid
 
     victim = subprocess.Popen(["sleep", "60"])
     real = procpid.fd_count
@@ -296,8 +297,8 @@ def test_a_process_exiting_mid_read_is_one_line(monkeypatch, capsys):
 def test_another_users_process_needs_root():
     """tuner run as an unprivileged user (a forked child that drops to nobody, tuner
     already imported) cannot look up a root process's descriptors: exit 4, one line."""
-    from tuner import diagnose, service  # noqa: F401  (loaded before dropping root)
-    from tuner.errors import TunerError
+    from tuner.diagnose import evaluate as diagnose, service  # noqa: F401  (loaded before dropping root)
+    from tuner.host.errors import TunerError
     from pyroute2.netlink.diag import DiagSocket  # noqa: F401
 
     target = subprocess.Popen(["sleep", "60"])
@@ -395,12 +396,12 @@ def test_prefork_master_holding_the_listener_is_not_summed(netns):
 
 
 def test_listeners_found_after_the_report_loaded_pyroute2_lean():
-    """metrics --port reads the host first (tuner.localnet loads pyroute2's netlink modules
+    """metrics --port reads the host first (tuner.host.localnet loads pyroute2's netlink modules
     without the package, for start-up time), then the service's listeners: sock_diag must
     still import and find a real listener (it ended in a circular ImportError)."""
     code = (
         "import socket\n"
-        "from tuner import localnet, service\n"
+        "from tuner.host import localnet\nfrom tuner.diagnose import service\n"
         "localnet.read_addresses()\n"
         "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(17)\n"
         "port = s.getsockname()[1]\n"
@@ -416,8 +417,8 @@ def test_connections_are_counted_in_each_family_the_listeners_accept(netns):
     """A dual-stack IPv6 listener holds IPv4 clients as v4-mapped AF_INET6 sockets, an
     IPv4 listener only AF_INET ones: service.counted dumps just the families the
     listeners have, and must still count every held connection of both (real sockets
-    in a throwaway namespace; the raw sock_diag reader in tuner/sockdiag.py)."""
-    from tuner import service
+    in a throwaway namespace; the raw sock_diag reader in tuner/host/sockdiag.py)."""
+    from tuner.diagnose import service
 
     with in_netns(netns):
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)

@@ -10,7 +10,7 @@ import sys
 import time
 
 from conftest import run_tuner
-from tuner.netns import in_netns
+from tuner.host.netns import in_netns
 
 # Accepts and keeps every connection, never reads or closes one (a leak).
 HOARDER = """

@@ -141,7 +141,7 @@ def test_thread_per_connection_jvm_stalls_at_its_cgroups_pids_max(netns, classes
     descriptors, which would allow ~1,000) and predicts the stall that a probe measures."""
     import socket
 
-    from tuner.netns import in_netns
+    from tuner.host.netns import in_netns
 
     with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
         f.write("300")   # room for the JVM to start

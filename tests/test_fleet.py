@@ -17,8 +17,8 @@ import pytest
 
 from fleetrig import ALIAS_DEV, load_addresses, namespace_fleet, state
 from test_probe_split import addresses
-from tuner.procfs import read_sysctl
-from tuner.netns import in_netns
+from tuner.host.procfs import read_sysctl
+from tuner.host.netns import in_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need root")
 
@@ -183,7 +183,7 @@ def test_check_mode_diff_mode_and_idempotence(fleet, host_restored):
 def test_bad_input_fails_with_tuners_reason_and_exit_class(fleet):
     """A module failure is tuner's own line and exit-code class, and nothing changes."""
     from tuner.apply import validate
-    from tuner.errors import UsageError
+    from tuner.host.errors import UsageError
     from tuner.plan import Request
 
     before = state(fleet)

@@ -73,7 +73,7 @@ def test_a_bad_alias_network_fails_with_tuners_reason_and_reverts_everywhere(tmp
     play stops on every host (a partial fleet cannot bring what the server expects),
     and the always block reverts what the other hosts had applied."""
     from tuner.apply import validate
-    from tuner.errors import UsageError
+    from tuner.host.errors import UsageError
     from tuner.plan import Request
 
     bad = "10.77.300.0/24"

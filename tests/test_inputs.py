@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tuner import cli
-from tuner import netns as netns_home
+from tuner.host import netns as netns_home
 
 from applyhelp import host_values
 
@@ -165,7 +165,7 @@ def test_a_listed_namespace_is_entered_and_nothing_new_appears(capsys, netns):
 
 from applyhelp import add_veth, addresses, netns_values  # noqa: E402
 
-from tuner.errors import UsageError  # noqa: E402
+from tuner.host.errors import UsageError  # noqa: E402
 from tuner.inputs import check_alias_net  # noqa: E402
 
 # (network, device, what the refusal says); refused whether or not --allow-public-aliases.

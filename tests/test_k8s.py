@@ -18,8 +18,8 @@ import pytest
 from applyhelp import restore
 from conftest import run_tuner
 from tuner import knobs
-from tuner.procfs import read_sysctl, sysctl_path
-from tuner.netns import in_netns
+from tuner.host.procfs import read_sysctl, sysctl_path
+from tuner.host.netns import in_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and sysctl writes need root")
 

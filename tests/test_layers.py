@@ -26,8 +26,7 @@ LAYERS = [
     # format numbers: the homes of the host's /proc and /sys readers and of one process's,
     # sock_diag, network namespaces, a namespace's local addresses, the numbers' format,
     # the exit codes.
-    ("bottom", ["tuner.errors", "tuner.numfmt", "tuner.procfs", "tuner.procpid", "tuner.sockdiag",
-                "tuner.netns", "tuner.localnet"]),
+    ("bottom", ["tuner.host"]),
     # The connection probe: runs in a lean interpreter and in its forked workers.
     ("probe", ["probes"]),
     # The knob table, the model, the commands (which may start the probe).
@@ -159,21 +158,21 @@ def test_the_graph_sees_every_kind_of_import():
     a cycle on a toy graph are all found."""
     files = module_files()
     edges = graph(files)
-    assert {"tuner.cli", "tuner.netns", "probes.classify", "probes.config"} <= set(edges)
-    assert "probes.config" in edges["tuner.knobs"]           # from probes.config import ...
-    assert "tuner.netns" in edges["tuner.readings"]          # from .netns import ...
-    assert "tuner.errors" in edges["tuner.netns"]
+    assert {"tuner.cli", "tuner.host.netns", "probes.classify", "probes.config"} <= set(edges)
+    assert "tuner.host.conns" in edges["tuner.knobs"]        # from .host.conns import ...
+    assert "tuner.host.netns" in edges["tuner.readings"]          # from .netns import ...
+    assert "tuner.host.errors" in edges["tuner.host.netns"]
     toy = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(toy) == [["a", "b", "c"]]
     tree = {"tuner.x": os.path.join(REPO, "tuner", "x.py")}
-    source = "def f():\n    from . import procfs\n    importlib.import_module('tuner.numfmt')\n"
+    source = "def f():\n    from . import procfs\n    importlib.import_module('tuner.host.numfmt')\n"
     names = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             names.append(_absolute("tuner.x", tree["tuner.x"], node))
         elif isinstance(node, ast.Call) and _literal_import(node):
             names.append(_literal_import(node))
-    assert names == ["tuner", "tuner.numfmt"]
+    assert names == ["tuner", "tuner.host.numfmt"]
 
 
 def test_no_import_cycle():
@@ -196,16 +195,16 @@ def test_contributing_draws_the_same_layers():
     section = text[text.index("## Layers"):]
     for _, members in LAYERS:
         for m in members:
-            shown = m.replace(".", "/") + ("/" if m in PACKAGES else ".py")
+            shown = m.replace(".", "/") + ("/" if m in PACKAGES or os.path.isdir(os.path.join(REPO, *m.split("."))) else ".py")
             assert shown in section, f"CONTRIBUTING.md's Layers section does not name {shown}"
 
 
 def test_the_probe_signs_are_the_knob_tables():
     """probes/signs.json is generated from tuner/knobs.py (the probe reads the table's
     answers without importing it): stale after a change to the table until
-    `python -m tuner.probe_signs` writes it again."""
-    from tuner import probe_signs
+    `python -m tuner.probing.signs` writes it again."""
+    from tuner.probing import signs as probe_signs
 
     with open(probe_signs.PATH) as f:
         assert json.load(f) == json.loads(probe_signs.text()), \
-            "probes/signs.json is stale: run python -m tuner.probe_signs"
+            "probes/signs.json is stale: run python -m tuner.probing.signs"

@@ -2,7 +2,8 @@
 import os
 import re
 
-from tuner import errors, knobs, manpages
+from tuner.host import errors
+from tuner import knobs, manpages
 
 MAN_DIR = os.path.join(os.path.dirname(__file__), "..", "man")
 
@@ -76,7 +77,7 @@ def test_every_example_parses_against_the_real_cli(monkeypatch):
     not exist fails here (click parses without running the command)."""
     import typer
 
-    from tuner import netns
+    from tuner.host import netns
     from tuner.cli import app
 
     # --netns is checked against the namespaces that exist when it is parsed; the

@@ -213,7 +213,7 @@ def test_service_figures_follow_the_service_at_each_scrape(netns):
     """--port in a namespace: the server's descriptors, limit, backlog and accept queue as
     `tuner diagnose` reads them, the queue moving between scrapes, and a service that
     stops is a failed service scrape while the host's figures go on."""
-    from tuner.netns import in_netns
+    from tuner.host.netns import in_netns
 
     server = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", SERVER, "8"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

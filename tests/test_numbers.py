@@ -1,5 +1,5 @@
 """One number format for people: every amount in a table, tuple, message or progress line
-is grouped by thousands (tuner/numfmt.py); only JSON, shell commands and the files tuner
+is grouped by thousands (tuner/host/numfmt.py); only JSON, shell commands and the files tuner
 writes keep raw numbers.
 
 Each test runs a real command on this host (a namespace of its own where it changes
@@ -16,7 +16,7 @@ from applyhelp import tuner
 from conftest import run_tuner
 from test_diagnose import asyncio_server, stop
 from test_probe_split import split_pair
-from tuner import numfmt
+from tuner.host import numfmt
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="reads root-only files / changes a namespace")
 

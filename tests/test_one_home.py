@@ -1,5 +1,5 @@
 """Each kind of knowledge has one home (issue 9, "Done when"): a sysctl's name appears
-only in the knob table (tuner/knobs.py) and the kernel-reader module (tuner/procfs.py).
+only in the knob table (tuner/knobs.py) and the kernel-reader module (tuner/host/procfs.py).
 Every other module asks them: which knob an errno or a rising counter means, which
 sysctl caps a hard RLIMIT_NOFILE or a listen backlog, what a host needs for N.
 
@@ -19,7 +19,7 @@ import re
 from tuner import knobs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOMES = {os.path.join("tuner", "knobs.py"), os.path.join("tuner", "procfs.py")}
+HOMES = {os.path.join("tuner", "knobs.py"), os.path.join("tuner", "host", "procfs.py")}
 SKIP_DIRS = {"tests", "docs", "man", "contrib", "build", "dist", "__pycache__"}
 
 DOTTED = re.compile(r"(?<![\w.])(?:net|fs|kernel|vm)(?:\.[A-Za-z0-9_-]+)+")
@@ -73,5 +73,5 @@ def test_sysctl_names_live_only_in_the_knob_table_and_the_kernel_reader():
             for number, line in enumerate(f, 1):
                 for name in names_in(line):
                     found.setdefault(f"{rel}:{number}", []).append(name)
-    assert not found, ("sysctl names outside tuner/knobs.py and tuner/procfs.py (ask the knob "
+    assert not found, ("sysctl names outside tuner/knobs.py and tuner/host/procfs.py (ask the knob "
                        f"table instead): {found}")

@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
-from tuner import probe_run as preflight
-from tuner.live_progress import Progress
-from tuner.procfs import sockstat as read_sockstat
+from tuner.probing import run as preflight
+from tuner.probing.progress import Progress
+from tuner.host.procfs import sockstat as read_sockstat
 
 from conftest import run_tuner
 

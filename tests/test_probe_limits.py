@@ -28,7 +28,7 @@ def test_fork_eagain_in_a_pids_cgroup_is_the_pids_limit_with_a_summary(pids_cgro
     cgroup's pids.max, the workers that did start verify what they open and stop, and
     the summary (here --json) is printed: no traceback.  Under `ip netns exec` too, whose
     fresh /sys has no cgroup mount: the cgroup is read where the caller's namespace
-    mounts it (tuner.procpid.cgroup_root), not taken for kernel.threads-max."""
+    mounts it (tuner.host.procpid.cgroup_root), not taken for kernel.threads-max."""
     with open(os.path.join(pids_cgroup, "pids.max"), "w") as f:
         f.write("12")
     marker = f"41.062{int(ip_netns_exec)}"

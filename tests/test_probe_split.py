@@ -27,7 +27,7 @@ from conftest import make_netns, processes_with, remove_netns, run_tuner, wait_g
 from probes import wire
 from probes.launch import PACKAGE_ROOT
 from tuner import render
-from tuner.netns import in_netns
+from tuner.host.netns import in_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need root")
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from applyhelp import netns_values, tuner
-from tuner import errors
+from tuner.host import errors
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="apply and revert need root")
 

@@ -1,5 +1,5 @@
 """Readings against independent reads of the same kernel state (sysctl(8), psutil,
-setrlimit, nstat, ip, /sys/kernel/slab), and tuner.procfs's one error policy."""
+setrlimit, nstat, ip, /sys/kernel/slab), and tuner.host.procfs's one error policy."""
 import os
 import socket
 import subprocess
@@ -10,8 +10,9 @@ import pytest
 
 from probes import connect, kernel
 from probes.config import ProbeConfigError
-from tuner import assess, knobs, localnet, procfs, readings
-from tuner.netns import in_netns
+from tuner import assess, knobs, readings
+from tuner.host import localnet, procfs
+from tuner.host.netns import in_netns
 from tuner.readings import Snapshot
 
 
@@ -95,7 +96,7 @@ def test_addresses_and_local_routes_match_ip(snap):
 def test_anyip_local_route_counts_for_report_and_probe_alike(netns):
     """An AnyIP prefix (a local route, no interface address) is as good a source as an
     address: bind() accepts every address in it.  The report counts it, and the probe's
-    --source-net finds it, through the same tuner.localnet function."""
+    --source-net finds it, through the same tuner.host.localnet function."""
     subprocess.run(["ip", "-n", netns, "route", "add", "local", "10.77.5.0/24", "dev", "lo",
                     "table", "local"], check=True)
     inside = assess.snapshot(netns)
@@ -165,7 +166,7 @@ def test_procfs_error_policy_missing_is_none_denied_is_unreadable():
         pytest.skip("dropping privileges needs root to start with")
     # Python and tuner live under /root (unreadable by nobody): import first, then drop.
     code = ("import os, sys\n"
-            "from tuner import procfs, readings, knobs\n"
+            "from tuner import readings, knobs\nfrom tuner.host import procfs\n"
             "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
             "try:\n procfs.slabinfo()\nexcept procfs.Unreadable as e:\n print('unreadable', e.path)\n"
             "snap = readings.Snapshot()\n"
@@ -176,9 +177,9 @@ def test_procfs_error_policy_missing_is_none_denied_is_unreadable():
 
 
 def test_procfs_and_the_probe_kernel_module_import_only_the_standard_library():
-    """Forked probe workers import probes.kernel (and so tuner.procfs): neither may pull
+    """Forked probe workers import probes.kernel (and so tuner.host.procfs): neither may pull
     in psutil, pyroute2, typer or rich, which every worker would then carry."""
-    code = ("import sys; import tuner.procfs, probes.kernel, probes.local_worker, probes.serve_worker, probes.connect_worker\n"
+    code = ("import sys; import tuner.host.procfs, probes.kernel, probes.local_worker, probes.serve_worker, probes.connect_worker\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('psutil', 'pyroute2', 'typer', 'rich', 'click', 'pydantic', 'tabulate')))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
@@ -202,6 +203,6 @@ def test_per_netns_readings_come_from_inside(netns):
 
 
 def test_unknown_netns_is_a_usage_error():
-    from tuner.errors import UsageError
+    from tuner.host.errors import UsageError
     with pytest.raises(UsageError, match="ip netns list"):
         assess.snapshot("no-such-ns-x")

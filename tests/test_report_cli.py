@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tuner import cli, knobs
-from tuner.procfs import read_sysctl
+from tuner.host.procfs import read_sysctl
 
 from applyhelp import tuner_as_nobody
 from conftest import run_tuner

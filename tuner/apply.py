@@ -13,14 +13,15 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import capacity, diagnose, hostlog, settings
+from tuner import capacity, hostlog, settings
+from tuner.diagnose import evaluate as diagnose
 from . import assess
-from .errors import EXIT_FAILED, PermissionNeeded, TunerError, UsageError
+from tuner.host.errors import EXIT_FAILED, PermissionNeeded, TunerError, UsageError
 from .inputs import check_alias_net, check_positive, check_role
 from .journal import Journal, JournalWriteError, locked, now, resolve_path
 from .knobs import Ctx
 from .plan import Plan, Request, build_plan, check_unit, check_user
-from .netns import check_name, in_netns
+from tuner.host.netns import check_name, in_netns
 
 SCHEMA = "tuner.apply/2"
 # Test hook: SIGKILL this process right after its k-th write (before the journal marks

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from . import capacity, knobs, readings
-from .errors import UsageError
+from tuner.host.errors import UsageError
 from .knobs import Ctx
 
 
@@ -37,8 +37,8 @@ def client_route(netns: Optional[str], prefix: str) -> dict:
     --client-net`."""
     import ipaddress
 
-    from . import localnet
-    from .netns import in_netns
+    from tuner.host import localnet
+    from tuner.host.netns import in_netns
 
     net = ipaddress.ip_network(prefix, strict=False)
     with in_netns(netns):

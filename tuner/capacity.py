@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-from probes.config import FD_HEADROOM, connections_within
+from .host.conns import FD_HEADROOM, connections_within
 
 from . import memory
 from .knobs import (BY_NAME, CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, KNOBS,

@@ -1,8 +1,8 @@
 """The `tuner` command: a thin typer shell over the library.
 
 Each command parses its options, calls the library (tuner.assess, tuner.apply,
-tuner.probe_run, ...), renders the result (table or --json) and maps errors to the exit
-codes in tuner.errors.  The one set of rules kept here is about the command line
+tuner.probing.run, ...), renders the result (table or --json) and maps errors to the exit
+codes in tuner.host.errors.  The one set of rules kept here is about the command line
 itself: which `tuner probe` options belong to which end of a split probe (--serve,
 --connect), decided from which options were given, which only typer's context knows;
 everything a result depends on lives in the library.
@@ -20,11 +20,11 @@ import typer
 # (render, the model, pyroute2's netlink messages, rich for live progress) when it runs,
 # so `tuner --help` and `tuner report --json` pay for nothing else
 # (bench/bench_startup.py measures both).
-from . import errors
+from tuner.host import errors
 from . import inputs
-from .errors import TunerError
+from tuner.host.errors import TunerError
 from .inputs import check_positive, check_role, parse_source_net, parse_target, parse_workers
-from .netns import check_name as check_netns_name, check_syntax as check_netns_syntax
+from tuner.host.netns import check_name as check_netns_name, check_syntax as check_netns_syntax
 
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in errors.EXIT_CODES.items()) + "."
 
@@ -459,7 +459,8 @@ def probe(
 
 def _probe_local(ctx) -> None:
     """`tuner probe` on this host alone: pre-flight, run, the table's fixes, the result."""
-    from . import probe_run, render
+    from tuner.probing import run as probe_run
+    from tuner import render
 
     p = ctx.params
     _refuse_other_ends_options(ctx, None)
@@ -491,7 +492,8 @@ def _probe_serve(ctx) -> None:
     verified, 3 when short."""
     from probes.serve import ServeConfig, exit_code
 
-    from . import probe_run, render
+    from tuner.probing import run as probe_run
+    from tuner import render
 
     p = ctx.params
     _refuse_other_ends_options(ctx, "--serve")
@@ -511,7 +513,8 @@ def _probe_connect(ctx) -> None:
     connection verified twice, 3 when short; the first line names the side that stalled."""
     from probes.connect import ConnectConfig, exit_code
 
-    from . import probe_run, render
+    from tuner.probing import run as probe_run
+    from tuner import render
 
     p = ctx.params
     _refuse_other_ends_options(ctx, "--connect")
@@ -567,11 +570,12 @@ def diagnose(
     table, and the fixes as commands. Exits 0 when the service can take
     --target (or none is given), 3 when it cannot, 2 for a PID/port/unit that does not
     exist or cannot be a server, 4 when reading another user's process needs root."""
-    from . import diagnose as diagnose_mod, render
+    from tuner.diagnose import evaluate as diagnose_mod
+    from tuner import render
 
     n = target
     if watch is not None:
-        from . import watch as watch_mod
+        from tuner.diagnose import watch as watch_mod
 
         pids = diagnose_mod.resolve(pid, port, unit, netns)
         raise typer.Exit(watch_mod.run(pids, n, duration=watch or None, interval=interval,
@@ -582,7 +586,7 @@ def diagnose(
     if json_out:
         _emit(render.to_json(d.to_dict()))
     else:
-        from .diagnose_render import diagnose_text
+        from tuner.diagnose.render import diagnose_text
 
         _emit_statuses(diagnose_text(d, wide=wide, width=_width()))
     if d.reachable is False:

@@ -9,7 +9,7 @@ import re
 from decimal import Decimal
 from typing import Optional
 
-from .errors import UsageError
+from tuner.host.errors import UsageError
 
 # The seed's theoretical bound for one listening address: 2^32 source addresses x
 # 2^16 source ports.  Beyond it no host setting can help.

@@ -51,8 +51,8 @@ import stat
 from typing import Any, Dict, Iterator, List, Optional
 
 from . import settings
-from .errors import EXIT_BUSY, EXIT_FAILED, TunerError, UsageError
-from .netns import check_syntax
+from tuner.host.errors import EXIT_BUSY, EXIT_FAILED, TunerError, UsageError
+from tuner.host.netns import check_syntax
 from .settings.base import crash_point, fsync_dir, os_reason
 
 SCHEMA = "tuner.journal/2"
@@ -318,7 +318,7 @@ def _text(d: Dict[str, Any], name: str) -> str:
 
 
 def _netns_name(v: Any) -> bool:
-    """None (the host) or a namespace name as `--netns` accepts it (tuner.netns' one
+    """None (the host) or a namespace name as `--netns` accepts it (tuner.host.netns' one
     check: a name, not a path)."""
     if v is None:
         return True

@@ -20,7 +20,7 @@ which limit it is the ceiling of, what a running process uses of it, and whether
 caps listen()'s backlog.  The probe's classifier, `tuner diagnose` and its --watch,
 and the rlimit setting kind ask the table through the functions at the end
 (for_error, for_timeout, counters, backlog_cap, ceiling, ...); this module and
-tuner/procfs.py are the only ones that name a sysctl (tests/test_one_home.py).
+tuner/host/procfs.py are the only ones that name a sysctl (tests/test_one_home.py).
 """
 from __future__ import annotations
 
@@ -30,20 +30,21 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, List, Optional
 
-from probes.config import FD_HEADROOM, connections_within, port_share
+from .host.conns import FD_HEADROOM, connections_within, port_share
 
-from . import memory, procfs
+from tuner import memory
+from tuner.host import procfs
 from .readings import Snapshot, source_address_count
 
 ROLES = ("loopback", "server", "client")
 HEADROOM_PERCENT = 10    # needed values cover N plus 10%
-# FD_HEADROOM (probes.config, 64): descriptors a process keeps besides its connections, one
+# FD_HEADROOM (tuner.host.conns, 64): descriptors a process keeps besides its connections, one
 # reserve for report, apply and the probe's workers.
 NR_OPEN_MAX = 2147483584  # kernel's sysctl_nr_open_max on 64-bit (INT_MAX & -BITS_PER_LONG)
 MAX_BACKLOG = 65535      # a burst-sized accept queue; beyond this, accept faster instead
 PORT_FLOOR = 1024        # never hand privileged ports to the ephemeral range
 PORT_CEIL = 65535
-# port_share (probes.config): plans (range widening, aliases) fill only this share of each
+# port_share (tuner.host.conns): plans (range widening, aliases) fill only this share of each
 # source address's port range: connect() takes even ports first and scans all of them
 # before any odd one, so past half a range every connect walks the whole range
 # (measured: 11,700/s fell to ~300/s) -- unless the socket carries its own range
@@ -159,8 +160,8 @@ K8S_NODE_ONLY = "node only (host-wide)"
 @dataclass(frozen=True)
 class Signs:
     """How a limit shows itself being hit, so the probe's classifier (probes/classify.py,
-    through the data tuner/probe_signs.py writes from here) and `tuner diagnose --watch`
-    (tuner/watch.py) ask the table instead of keeping lists of their own."""
+    through the data tuner/probing/signs.py writes from here) and `tuner diagnose --watch`
+    (tuner/diagnose/watch.py) ask the table instead of keeping lists of their own."""
 
     # (errno, op) a failing call returns when this limit is hit; op None: any call (an
     # entry naming the op wins over one for any op).
@@ -180,7 +181,7 @@ class Signs:
     # RLIMIT_NOFILE, so EMFILE there is "RLIMIT_NOFILE" and the hard limit's fix.
     probe_name: str = ""
     # A probe stopped by it, in words, as (role, text); role None: any role. "{name}" is
-    # the knob's name. The numbers and the command come from `needs` (tuner/probe_run.py).
+    # the knob's name. The numbers and the command come from `needs` (tuner/probing/run.py).
     hints: tuple = ()
 
 
@@ -220,7 +221,7 @@ class Knob:
     # The knob whose value this one caps (fs.nr_open caps RLIMIT_NOFILE.hard, which caps
     # the soft one): it matters for raising, a running process stops at the one below.
     ceiling_of: str = ""
-    # What a diagnosed process (tuner.service.Process) uses of it: the attribute counted
+    # What a diagnosed process (tuner.diagnose.service.Process) uses of it: the attribute counted
     # (its descriptors, its epoll watches), summed over the service's processes.
     service_use: str = ""
     # Words about this host's value, added to `why` (the source addresses: which are
@@ -391,8 +392,8 @@ NONLOCAL_BIND = {4: "net.ipv4.ip_nonlocal_bind", 6: "net.ipv6.ip_nonlocal_bind"}
 
 def _sources_explain(ctx):
     """'IPv4: 2 (1 address, AnyIP 10.77.1.0/24); IPv6: ...' -- which sources are which."""
-    from .localnet import anyip_prefixes, source_count, source_networks
-    from .numfmt import number
+    from tuner.host.localnet import anyip_prefixes, source_count, source_networks
+    from tuner.host.numfmt import number
 
     if ctx.source_count is not None:
         return ""
@@ -775,7 +776,7 @@ BY_NAME_ALL = {k.name: k for k in ALL}
 
 # ---------------------------------------------------------------- asking the table
 # How a limit shows itself being hit (Knob.signs), for `tuner diagnose --watch` and,
-# written out as data by tuner/probe_signs.py (probes/signs.json), the probe's classifier.
+# written out as data by tuner/probing/signs.py (probes/signs.json), the probe's classifier.
 
 def for_probe_limit(limit: Optional[str]) -> Optional[Knob]:
     """The knob a probe's stopped_by/errors[].limit names (its probe_name)."""

@@ -25,7 +25,8 @@ from typing import Dict, List, Tuple
 import typer
 from click_man.man import ManPage
 
-from . import __date__, __version__, apply as apply_mod, errors, hostlog, journal, netns, plan
+from tuner import __date__, __version__, apply as apply_mod, hostlog, journal, plan
+from tuner.host import errors, netns
 from .settings import base as settings_base
 from .cli import app
 from .knobs import KNOBS

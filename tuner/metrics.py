@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
-from .errors import TunerError, UsageError
+from tuner.host.errors import TunerError, UsageError
 from .memory import WORST_CASE
 
 TEXTFILE_NAME = "tuner.prom"   # node_exporter's textfile collector reads *.prom only
@@ -37,7 +37,7 @@ class Scrape:
     report: Optional[object]          # capacity.Report, or None when reading failed
     duration: float
     error: Optional[str] = None
-    # With --pid/--port/--unit: tuner.diagnose's Diagnosis.to_dict(), or the reason it
+    # With --pid/--port/--unit: tuner.diagnose.evaluate's Diagnosis.to_dict(), or the reason it
     # could not be read (the service stopped, its port closed) in service_error.
     service: Optional[dict] = None
     service_error: Optional[str] = None
@@ -257,7 +257,7 @@ class Request:
 
 
 def read(req: Request, snap=None, strict: bool = False) -> Scrape:
-    """One reading through assess.build (and tuner.diagnose for a service); a TunerError
+    """One reading through assess.build (and tuner.diagnose.evaluate for a service); a TunerError
     (the namespace went away, the service stopped) becomes a failed scrape of that part
     instead of an HTTP 500. `strict`: raise it (the command's first reading: bad input
     is refused before anything is served or written)."""
@@ -273,7 +273,7 @@ def read(req: Request, snap=None, strict: bool = False) -> Scrape:
         rep, error = None, str(e)
     service = service_error = None
     if req.service:
-        from .diagnose import diagnose
+        from tuner.diagnose.evaluate import diagnose
 
         try:
             # --netns chooses where --port is looked up; a pid or unit is read in its own.

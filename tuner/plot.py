@@ -21,9 +21,9 @@ import os
 import stat
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import errors
-from .errors import TunerError, UsageError
-from .numfmt import number
+from tuner.host import errors
+from tuner.host.errors import TunerError, UsageError
+from tuner.host.numfmt import number
 
 FORMATS = ("svg", "png")
 MAX_BYTES = 16 << 20            # a 1,000,000-connection run's JSON is well under 1 MiB
@@ -119,7 +119,7 @@ def read_run(path: str) -> dict:
         doc = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise bad("not JSON" if not isinstance(exc, RecursionError) else "JSON nested too deeply") from None
-    from .probe_run import SCHEMAS   # the probe's documents, named in one place
+    from tuner.probing.run import SCHEMAS  # the probe's documents, named in one place
 
     if not isinstance(doc, dict) or doc.get("schema") not in SCHEMAS:
         raise bad(f"not a probe's JSON (its schema is {_schema_of(doc)})")

@@ -1,5 +1,5 @@
 """A snapshot of everything the capacity model needs, read from the live host, and
-where it is read (a network namespace is entered through tuner.netns), and counting a
+where it is read (a network namespace is entered through tuner.host.netns), and counting a
 port's listeners through sock_diag.
 
 The snapshot is plain data (dicts of numbers and strings) so that the model can be
@@ -7,7 +7,7 @@ run on fixed inputs (tests build the seed's 8 GB box by hand).  Every read is O(
 the number of open sockets: /proc/net/sockstat and /proc/meminfo, never a per-socket
 scan, so a report stays fast on a host holding millions of connections.
 
-The files themselves are read by tuner.procfs (one reader each, one error policy); this
+The files themselves are read by tuner.host.procfs (one reader each, one error policy); this
 module decides what is read where: host-wide knobs in the initial namespace,
 per-namespace ones (and sockstat, addresses, local routes) inside `--netns`.  Reads that
 need privileges (/proc/slabinfo is mode 0400) are recorded in `unreadable` instead of
@@ -22,8 +22,8 @@ from typing import Dict, List, Optional
 
 from probes.kernel import own_port_range
 
-from . import localnet, procfs
-from .netns import check_name, in_netns
+from tuner.host import localnet, procfs
+from tuner.host.netns import check_name, in_netns
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _read_slab(snap: Snapshot) -> None:
 def source_address_counts(snap: Snapshot, ifname: Optional[str]) -> dict:
     """{4: n, 6: n}: distinct source addresses outbound connections can use on `ifname`
     (None: every non-loopback device, AnyIP prefixes on lo included), per IP version:
-    tuner.localnet counts them, for the probe too."""
+    tuner.host.localnet counts them, for the probe too."""
     return {v: localnet.source_count(localnet.source_networks(snap.addresses, snap.local_routes,
                                                                 ifname, version=v)) for v in (4, 6)}
 
@@ -105,12 +105,12 @@ def source_address_count(snap: Snapshot, ifname: Optional[str]) -> int:
 def listeners(port: int, address: Optional[str] = None) -> int:
     """TCP sockets listening on `port` (on `address`, when given) in this namespace.
 
-    Read from the kernel's socket table through sock_diag (tuner.sockdiag, as `ss -l`
+    Read from the kernel's socket table through sock_diag (tuner.host.sockdiag, as `ss -l`
     reads it), so nothing connects: a probe server that counts every client sees no stray
     one from a readiness check.  The kernel filters by state, so the cost is the
     number of listeners, not of connections.
     """
-    from . import sockdiag  # here, not at the top: the report never counts listeners
+    from tuner.host import sockdiag  # here, not at the top: the report never counts listeners
 
     return sum(1 for l in sockdiag.listening()
                if l.port == port and address in (None, l.address))

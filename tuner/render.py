@@ -11,7 +11,7 @@ from typing import Any, Iterable, List, Optional
 
 from . import fit
 from .capacity import Report, next_step
-from .numfmt import number, of, rate, seconds, size, values
+from tuner.host.numfmt import number, of, rate, seconds, size, values
 from .memory import WORST_CASE
 
 

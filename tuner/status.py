@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from . import settings
-from .errors import UsageError
+from tuner.host.errors import UsageError
 from .journal import Journal, resolve_path
 from .settings import file as file_kind
 

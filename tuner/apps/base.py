@@ -52,7 +52,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from .. import procfs, procpid
+from tuner.host import procfs, procpid
 
 # How sure an AppCap's `allows` is.
 READ = "read"            # the application said it (CONFIG GET, show info) or its config does
@@ -409,7 +409,7 @@ def local_connect(proc: ProcView, port: int, timeout: float = 1.0) -> socket.soc
     """A TCP connection to the service's own listener on `port` over loopback, made in
     the process's network namespace (a socket stays in the namespace it was made in).
     Untrusted when the service listens there on no loopback or wildcard address."""
-    from ..service import in_netns_of  # the namespace home; service imports nothing of apps
+    from tuner.diagnose.service import in_netns_of  # the namespace home; service imports nothing of apps
 
     reach = next((r for a, p in proc.listeners if p == port for r in [_loopback_for(a)] if r), None)
     if reach is None:

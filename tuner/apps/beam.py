@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-from .. import procpid
+from tuner.host import procpid
 from . import base
 from .base import AppCap, AppFix, ProcView
 

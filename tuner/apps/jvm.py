@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Tuple
 
-from .. import procpid
+from tuner.host import procpid
 from . import base
 from .base import AppCap, AppFix, ProcView
 

@@ -22,7 +22,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .. import procpid
+from tuner.host import procpid
 from . import base
 from .base import AppCap, AppFix, ProcView
 
@@ -196,7 +196,7 @@ def changed_since_start(s: Settings, start: Optional[int]) -> List[str]:
 # ---------------------------------------------------------------- cap and fix
 
 def _restart_command(proc: ProcView, datadir: Optional[str]) -> str:
-    from ..service import unit_of          # the service home: which unit runs it
+    from tuner.diagnose.service import unit_of  # the service home: which unit runs it
 
     unit = unit_of(proc.pid)
     if unit:

@@ -10,8 +10,8 @@ import ipaddress
 import shlex
 from typing import List, Optional
 
-from ..errors import UsageError
-from ..netns import in_netns
+from tuner.host.errors import UsageError
+from tuner.host.netns import in_netns
 from .base import Change, Presence, WriteError, check, device_field, is_int, netns_gone, text_field
 
 

@@ -22,10 +22,10 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..errors import TunerError
+from tuner.host.errors import TunerError
 from ..knobs import BY_NAME
-from ..netns import exists
-from ..numfmt import values
+from tuner.host.netns import exists
+from tuner.host.numfmt import values
 
 # Test hook: SIGKILL this process at a named point inside a write (for example
 # "file-temp": a persisted file's temp copy written, not yet renamed) to prove that a
@@ -116,7 +116,7 @@ class Kind:
 
     def describe(self, value: Any, knob: str = "") -> str:
         """A value as the plan and revert tables show it: amounts through the one number
-        formatter (tuner/numfmt.py), in the unit of `knob` (a port range stays ports)."""
+        formatter (tuner/host/numfmt.py), in the unit of `knob` (a port range stays ports)."""
         if value is None or isinstance(value, bool):
             return "-" if value is None else str(value)
         return values(value if isinstance(value, str) else [value], unit_of(knob))

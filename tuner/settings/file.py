@@ -22,7 +22,7 @@ import stat
 from dataclasses import replace
 from typing import Dict, List, Optional
 
-from ..errors import UsageError
+from tuner.host.errors import UsageError
 from ..inputs import UNIT_CHARS, UNIT_NAME
 from ..knobs import KNOBS
 from . import rlimit

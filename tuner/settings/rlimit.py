@@ -10,7 +10,7 @@ import resource
 from typing import Any, Dict, List, Tuple
 
 from ..knobs import BY_NAME, NR_OPEN_MAX, ceiling
-from ..procfs import read_sysctl
+from tuner.host.procfs import read_sysctl
 from .base import Change, Gone, Kind, WriteError, check, is_int
 
 RLIMITS = {"RLIMIT_NOFILE": resource.RLIMIT_NOFILE}

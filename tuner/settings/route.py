@@ -16,10 +16,10 @@ import ipaddress
 import shlex
 from typing import List
 
-from ..errors import UsageError
+from tuner.host.errors import UsageError
 from ..knobs import BY_NAME, NONLOCAL_BIND
-from ..localnet import read_local_routes
-from ..netns import in_netns
+from tuner.host.localnet import read_local_routes
+from tuner.host.netns import in_netns
 from .base import KINDS, Change, Presence, WriteError, check, device_field, netns_gone, text_field
 
 RT_TABLE_LOCAL = 255

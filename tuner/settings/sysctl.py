@@ -9,8 +9,8 @@ import re
 import shlex
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..netns import in_netns
-from ..procfs import read_sysctl, sysctl_path
+from tuner.host.netns import in_netns
+from tuner.host.procfs import read_sysctl, sysctl_path
 from .base import Change, Kind, check, is_words, netns_gone, text_field, words
 
 # A sysctl name is dotted words; anything else (a '/' or '..') would make

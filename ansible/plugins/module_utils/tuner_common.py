@@ -14,7 +14,7 @@ import sys
 import traceback
 
 try:
-    from tuner import errors as tuner_errors
+    from tuner.host import errors as tuner_errors
     TUNER_IMPORT_ERROR = None
 except ImportError:  # reported by require_tuner() as a failed task, not a traceback
     tuner_errors = None
@@ -32,7 +32,7 @@ def require_tuner(module):
 
 def exit_class(code):
     """'usage' for 2, 'busy' for 5, ...: the name of tuner's exit-code constant
-    (tuner.errors.EXIT_*), so a play can branch on the class, not the number."""
+    (tuner.host.errors.EXIT_*), so a play can branch on the class, not the number."""
     names = dict((value, name[len("EXIT_"):].lower()) for name, value in vars(tuner_errors).items()
                  if name.startswith("EXIT_") and isinstance(value, int))
     return names.get(code, "failed")

@@ -232,7 +232,7 @@ def connect(module):
                                     method=p["method"], headers=list(p["headers"]),
                                     subprotocol=p["subprotocol"])
     result = _launch(module, cfg)
-    from tuner.probe_run import explain_stall
+    from tuner.probing.run import explain_stall
     explain_stall(result, p["netns"])   # the sentence names the side (and the server's process)
     rc = connect_mod.exit_code(result)
     out = dict(changed=False, rc=rc, probe=result, verified=result["verified"], ok=result["ok"])
@@ -245,7 +245,7 @@ def connect(module):
 
 def listening(module):
     from probes import wire
-    from tuner.netns import in_netns
+    from tuner.host.netns import in_netns
     from tuner.readings import listeners
 
     p = module.params
@@ -276,8 +276,8 @@ def _serving(listen, netns):
     lean interpreter launch.run_split starts (python -m probes --jsonl ... --serve
     LISTEN ...), not its workers (forks with the same command line, which end with it)."""
     import psutil
-    from tuner import procpid
-    from tuner import netns as namespaces
+    from tuner.host import procpid
+    from tuner.host import netns as namespaces
 
     if netns is not None:
         namespaces.check_name(netns, "netns")

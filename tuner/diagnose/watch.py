@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import knobs, procfs, procpid, readings, service
-from .diagnose import diagnose
-from .diagnose_fixes import LISTEN_BACKLOG, backlog_fix
+from tuner import knobs, readings
+from tuner.host import procfs, procpid
+from tuner.diagnose import service
+from tuner.diagnose.evaluate import diagnose
+from tuner.diagnose.fixes import LISTEN_BACKLOG, backlog_fix
 
 SCHEMA = "tuner.diagnose.watch/1"
 

@@ -7,13 +7,13 @@ application's own cap, from the adapter in tuner/apps/ that recognises the proce
 (or --app-limit).  The result is one verdict (the stall point: the minimum over kernel,
 process and application, and the limit that sets it), the table of every limit with
 what is used of it, and fixes as commands (from the knob table, `tuner apply` and the
-application's adapter: tuner/diagnose_fixes.py, never restated here).  Each decision of
+application's adapter: tuner/diagnose/fixes.py, never restated here).  Each decision of
 the evaluation is a small function over the capacity model's own rules
 (capacity.tightest, its status words).
 
 Library entry point (tuner metrics uses it too):
 
-    from tuner.diagnose import diagnose
+    from tuner.diagnose.evaluate import diagnose
     d = diagnose(pids=[4242], target=5000)     # or port=8080, or unit="gateway"
     d.max_connections, d.binding_limit, d.to_dict()   # schema tuner.diagnose/2
 """
@@ -23,13 +23,14 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
-from . import apps, capacity, knobs, netns, readings, service
-from .apps.base import AppCap, AppFix
-from .capacity import FULL
-from .diagnose_fixes import (APP_LIMIT_HINT, LISTEN_BACKLOG, Fix, app_want,  # noqa: F401 (Fix)
-                             fixes)
-from .errors import TunerError, UsageError
-from .knobs import CAPS_CONNECTIONS, CAPS_PER_PROCESS, Ctx
+from tuner import apps, capacity, knobs, readings
+from tuner.host import netns
+from tuner.diagnose import service
+from tuner.apps.base import AppCap, AppFix
+from tuner.capacity import FULL
+from tuner.diagnose.fixes import APP_LIMIT_HINT, LISTEN_BACKLOG, Fix, app_want, fixes
+from tuner.host.errors import TunerError, UsageError
+from tuner.knobs import CAPS_CONNECTIONS, CAPS_PER_PROCESS, Ctx
 
 SCHEMA = "tuner.diagnose/2"
 # A process running at least this many connections, each with a thread of its own
@@ -208,7 +209,7 @@ def read_app(procs, own, app_limit: Optional[int] = None) -> Optional[App]:
 
 
 def _task_count() -> Optional[int]:
-    from . import procfs
+    from tuner.host import procfs
 
     try:
         return procfs.task_count()
@@ -603,7 +604,7 @@ def _finish(d: Diagnosis, procs, snap, app: Optional[App]) -> None:
 def _value(current) -> str:
     if current is None:
         return "-"
-    from .numfmt import values
+    from tuner.host.numfmt import values
 
     return values(current)
 

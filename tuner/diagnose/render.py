@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import fit
-from .capacity import UNREADABLE
-from .memory import WORST_CASE
-from .numfmt import number, size
-from .render import table, value
+from tuner import fit
+from tuner.capacity import UNREADABLE
+from tuner.memory import WORST_CASE
+from tuner.host.numfmt import number, size
+from tuner.render import table, value
 
 
 SHELL_WORDS = ("tuner", "sysctl", "echo", "prlimit", "ip", "systemctl", "mkdir")

@@ -17,10 +17,10 @@ Error policy, the same for every reader here:
 Values come back in the kernel's own units unless a name says otherwise (meminfo_kb is
 in kB, sockstat's "mem" in pages).  Files under /proc/net and /proc/sys/net resolve
 against the caller's network namespace when they are opened, so reading inside a
-namespace (tuner.netns.in_netns, `ip netns exec`) describes that namespace.
+namespace (tuner.host.netns.in_netns, `ip netns exec`) describes that namespace.
 
 Another process's files (/proc/PID/..., its cgroups), which `tuner diagnose` reads, are
-tuner/procpid.py's, with the policy that suits a process that may exit meanwhile.
+tuner/host/procpid.py's, with the policy that suits a process that may exit meanwhile.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import os
 import resource
 from typing import Dict, NamedTuple, Optional, Tuple
 
-from .procpid import cgroup_root, process_cgroup_pids, v2_base
+from tuner.host.procpid import cgroup_root, process_cgroup_pids, v2_base
 
 PROC_SYS = "/proc/sys"
 _MISSING = (errno.ENOENT, errno.ENOTDIR)

@@ -25,11 +25,11 @@ from typing import List, Optional, Union
 from probes import ProbeConfig, ProbeConfigError, launch
 from probes.config import source_count, sources, worker_capacity
 
-from . import assess, knobs
-from .capacity import CAPPED, Report
-from .errors import TunerError, UsageError
-from .live_progress import Progress
-from .numfmt import number, rate as per_second, size, values
+from tuner import assess, knobs
+from tuner.capacity import CAPPED, Report
+from tuner.host.errors import TunerError, UsageError
+from tuner.probing.progress import Progress
+from tuner.host.numfmt import number, rate as per_second, size, values
 
 DEFAULT_SOURCE_NET = "127.0.0.0/8"
 
@@ -271,10 +271,11 @@ def host_room(result: dict, netns: Optional[str]) -> Optional[int]:
 def local_server(endpoint: str, netns: Optional[str]):
     """('nginx pid 812, 813', port) when the server listens on this host (in the probe's
     namespace), else None.  Found by sock_diag and each process's lowest descriptors
-    (tuner.service), never by walking a big process's /proc/PID/fd."""
+    (tuner.diagnose.service), never by walking a big process's /proc/PID/fd."""
     import ipaddress
 
-    from . import localnet, procpid, service
+    from tuner.host import localnet, procpid
+    from tuner.diagnose import service
 
     host, _, port_text = endpoint.rpartition(":")
     address = ipaddress.ip_address(host.strip("[]"))

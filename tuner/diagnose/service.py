@@ -5,7 +5,7 @@ module turns that into processes and reads, for each, what decides how many
 connections it can hold.  Socket facts come from sock_diag (netlink), inside the
 process's own network namespace, never from /proc/net/tcp (a Python loop over a
 million lines) nor from listing /proc/PID/fd (which costs the process a proc inode and
-a dentry per descriptor).  /proc/PID readers live in tuner/procpid.py.
+a dentry per descriptor).  /proc/PID readers live in tuner/host/procpid.py.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
-from . import procfs, procpid, sockdiag
-from .errors import PermissionNeeded, UsageError
-from .inputs import UNIT_NAME
-from .netns import entered, in_netns, own_inode
+from tuner.host import procfs, procpid, sockdiag
+from tuner.host.errors import PermissionNeeded, UsageError
+from tuner.inputs import UNIT_NAME
+from tuner.host.netns import entered, in_netns, own_inode
 
 LOW_FD_FIRST = 64           # listeners and epoll instances are opened early: look here first,
 LOW_FD_SCAN = 1024          # and this far only for a process whose listener was not there
@@ -159,7 +159,7 @@ def in_netns_of(pid: Optional[int]) -> Iterator[None]:
 # ---------------------------------------------------------------- sock_diag
 
 def listeners() -> List[Listener]:
-    """Every TCP listening socket of the current network namespace (tuner.sockdiag):
+    """Every TCP listening socket of the current network namespace (tuner.host.sockdiag):
     a handful, so each is decoded."""
     out = [Listener(*row) for row in sockdiag.listening()]
     groups = Counter((l.family, l.address, l.port) for l in out)

@@ -13,8 +13,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import apps, knobs
-from .settings import kind
+from tuner import apps, knobs
+from tuner.settings import kind
 
 SOFT, HARD = "RLIMIT_NOFILE.soft", "RLIMIT_NOFILE.hard"
 LISTEN_BACKLOG = "listen backlog"      # the application's own limit, named as in the table

@@ -9,7 +9,7 @@ libc before): pyroute2's pushns/popns do the same but cost its package import (a
 of a second, most of a `tuner diagnose`).  Entered by descriptor, never by a name given
 to pyroute2: given a name, pyroute2 creates a namespace that does not exist (and
 resolves one containing '/' against the working directory), and reading must never
-create one.  Standard library and tuner.errors only (the bottom layer).
+create one.  Standard library and tuner.host.errors only (the bottom layer).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import errno
 import os
 from typing import Iterator, List, Optional
 
-from .errors import PermissionNeeded, UsageError
+from tuner.host.errors import PermissionNeeded, UsageError
 
 # Where `ip netns add` binds named network namespaces (iproute2's NETNS_RUN_DIR).
 RUN_DIR = "/var/run/netns"

@@ -1,22 +1,22 @@
 """One process's kernel files (/proc/PID/..., and its cgroups), for `tuner diagnose`
-and `tuner metrics` (tuner/service.py) and the probe's own task limit.
+and `tuner metrics` (tuner/diagnose/service.py) and the probe's own task limit.
 
 Each reader is O(1) or O(what is asked) in the process's size: a process holding a
 million sockets must not pay for being looked at.  Listing /proc/PID/fd makes the kernel
 build a proc inode (~700 B) and a dentry (~190 B) per descriptor, so descriptors are
 counted with stat() and looked up one number at a time, never listed.
 
-Error policy, the same for every reader here (the host's files, tuner/procfs.py, have
+Error policy, the same for every reader here (the host's files, tuner/host/procfs.py, have
 their own: None or `Unreadable`):
 
 - the process has gone, or belongs to someone else: the OSError propagates
   (FileNotFoundError / ProcessLookupError, PermissionError), and callers turn it into
-  tuner's own errors (tuner.service: ProcessGone, PermissionNeeded);
+  tuner's own errors (tuner.diagnose.service: ProcessGone, PermissionNeeded);
 - what a live process simply lacks is None (a descriptor number not open, a cgroup file
   its hierarchy does not have, an exe link the kernel hides from us);
 - a file that does not parse raises ValueError: a real fault.
 
-Stdlib only, like tuner/procfs.py (the probe reads its own task limit through it).
+Stdlib only, like tuner/host/procfs.py (the probe reads its own task limit through it).
 """
 from __future__ import annotations
 

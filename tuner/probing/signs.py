@@ -5,7 +5,7 @@ that stopped it as the knob table (tuner/knobs.py) names it, with the table's wo
 which errno of which call, which rising counter or full table means which knob, a
 probe stopped by it in words, and the fixes its own messages quote.  So the table's
 answers are written out as data, in the order the table asks them, and probes/signs.py
-reads them; nothing is restated by hand.  `python -m tuner.probe_signs` regenerates the
+reads them; nothing is restated by hand.  `python -m tuner.probing.signs` regenerates the
 file after a change to the table (tests/test_layers.py fails while it is stale).
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import json
 import os
 import sys
 
-from . import knobs
+from tuner import knobs
 
-PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "probes", "signs.json")
+PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "probes", "signs.json")
 
 
 def _errors() -> list:
@@ -50,7 +50,7 @@ def _hints() -> dict:
 
 
 def table() -> dict:
-    return {"generated_by": "python -m tuner.probe_signs (from tuner/knobs.py)",
+    return {"generated_by": "python -m tuner.probing.signs (from tuner/knobs.py)",
             "errors": _errors(), "timeout_causes": _timeout_causes(), "full_share": knobs.FULL_SHARE,
             "hints": _hints(), "fixes": {k.name: k.fix for k in knobs.ALL if k.fix}}
 

@@ -5,7 +5,7 @@ filter (by state, by local port), then looks at a few bytes of each answer: deco
 200,000 messages field by field (pyroute2's parser) takes seconds, and importing
 pyroute2's package costs a third of a second of every `tuner diagnose`.  Listening
 sockets are a handful; held connections can be millions and are only counted.
-Everything here reads the caller's current network namespace (tuner.netns).
+Everything here reads the caller's current network namespace (tuner.host.netns).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Optional, TextIO
 
-from .numfmt import number, of
+from tuner.host.numfmt import number, of
 
 
 def _clock(seconds: float) -> str:
