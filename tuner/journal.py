@@ -7,7 +7,8 @@ is verified the entry becomes "done".  A crash at any point leaves a journal tha
 names every setting that may have changed, so revert can always find its way back.
 
 Trust: tuner runs as root and acts on what the journal says, so the journal, its temp
-file and the locks must be files nobody else can write: owned by root (or by the
+file and the locks must be files nobody else can write (the root-owned-file rule of
+tuner/host/trust.py): owned by root (or by the
 invoking user when not root), not group/world-writable, in a directory others cannot
 write to (a sticky one such as /tmp is fine: others cannot replace our file there),
 opened without following symlinks and checked on the open file (fstat).  Anything
@@ -47,12 +48,14 @@ import errno
 import fcntl
 import json
 import os
-import stat
 from typing import Any, Dict, Iterator, List, Optional
 
 from . import settings
 from tuner.host.errors import EXIT_BUSY, EXIT_FAILED, TunerError, UsageError
 from tuner.host.netns import check_syntax
+# The root-owned-file rule lives in the trust layer; the journal and its lock follow it.
+from tuner.host.trust import UntrustedFile, open_nofollow
+from tuner.host.trust import own_dir as check_dir, own_file as check_file
 from .settings.base import crash_point, fsync_dir, os_reason
 
 SCHEMA = "tuner.journal/2"
@@ -78,12 +81,6 @@ class CorruptJournal(TunerError):
     exit_code = EXIT_FAILED
 
 
-class UntrustedFile(TunerError):
-    """A journal or lock file another user could have written or planted."""
-
-    exit_code = EXIT_FAILED
-
-
 class JournalWriteError(TunerError):
     """The journal could not be saved (a full or read-only filesystem, ...)."""
 
@@ -97,53 +94,6 @@ TEMP_SUFFIX = ".tuner-tmp"
 def temp_path(path: str) -> str:
     """The one temp file a save of `path` uses: next to it, named after it."""
     return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + TEMP_SUFFIX)
-
-
-def _owners() -> tuple:
-    return (0, os.geteuid())
-
-
-def check_dir(directory: str, what: str = "journal") -> None:
-    """Refuse a directory someone other than root (or us) owns or can write to, unless
-    it is sticky (then others cannot rename or remove our files in it)."""
-    st = os.stat(directory)
-    if st.st_uid not in _owners():
-        raise UntrustedFile(f"{what} directory {directory} is owned by uid {st.st_uid}: tuner "
-                            f"runs as root and will not trust files there; use a directory "
-                            f"owned by root (e.g. the default /var/lib/tuner)")
-    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-        raise UntrustedFile(f"{what} directory {directory} can be written by other users "
-                            f"(mode {stat.S_IMODE(st.st_mode):04o}): use one only root can "
-                            f"write, or a sticky one such as /tmp")
-
-
-def check_file(fd: int, path: str, what: str = "journal") -> os.stat_result:
-    """The open file behind `path` is a regular file of ours nobody else can write."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise UntrustedFile(f"{what} {path} is not a regular file: move it away")
-    if st.st_uid not in _owners():
-        raise UntrustedFile(f"{what} {path} is owned by uid {st.st_uid}, not root: tuner will "
-                            f"not act on a file another user wrote; nothing was changed "
-                            f"(inspect it, then move it away)")
-    if st.st_mode & 0o022:
-        raise UntrustedFile(f"{what} {path} is mode {stat.S_IMODE(st.st_mode):04o}: other users "
-                            f"can write it, so tuner will not act on it; nothing was changed "
-                            f"(inspect it, chmod go-w, then run again)")
-    return st
-
-
-def open_nofollow(path: str, flags: int, what: str = "journal", mode: int = 0o600) -> int:
-    """os.open without following a symlink at `path` (O_NOFOLLOW), and never blocking on
-    a FIFO (O_NONBLOCK)."""
-    try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise UntrustedFile(f"{what} {path} is a symlink: tuner does not follow links for "
-                                f"files it acts on as root; give the real path") from None
-        raise
-
 
 
 class Journal:

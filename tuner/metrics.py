@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
+from tuner.host import trust
 from tuner.host.errors import TunerError, UsageError
 from .memory import WORST_CASE
 
@@ -358,7 +359,7 @@ def check_textfile_dir(path: str) -> str:
         raise UsageError(f"--textfile {path} is a symlink: give the directory it points to")
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"--textfile {path} is not a directory: give the textfile collector's directory")
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if st.st_uid not in trust.invoker_owners() or trust.others_may_write(st):
         raise UsageError(f"--textfile {path} is writable by other users (owner uid {st.st_uid}, mode "
                          f"{stat.S_IMODE(st.st_mode):o}): use a directory only root or you can write "
                          f"(chmod go-w)")

@@ -28,13 +28,13 @@ every module defining ADAPTER, nothing else lists it):
 Rules (tuner runs as root; the service's own user may be hostile):
 - `proc` is built once by diagnose from the kernel's view (/proc/PID/{exe,cmdline,
   status,limits}, sock_diag for listeners): never walk /proc/PID/fd.
-- Open files only through `read_trusted` (root-owned path, or the service's uid
-  where its documentation has it own the file, e.g. PostgreSQL's data directory;
-  nothing group/world-writable; links only where their owner and directory are
-  trusted; O_NOFOLLOW at the end).  Execute a binary only through
-  `trusted_binary` + `run_trusted` (root-owned, not writable, at a root-owned path,
-  the very file the process runs).  Connect only through `local_connect` /
-  `unix_connect`.
+- Open files only through the trust layer (tuner/host/trust.py, its rules at its top),
+  as the service's own credentials (`creds_of(proc)`) and within one `trust.Budget`
+  per read: root reads only what the service's user could, walked from "/" on held
+  descriptors, and what that user could not read is "not readable by the service's
+  user (uid N)", nothing more.  Execute a binary only through `trusted_binary` +
+  `run_trusted` (root-owned, not writable, at a root-owned path, the very file the
+  process runs).  Connect only through `local_connect` / `unix_connect`.
 - What could not be read goes into AppCap.unread with the reason, and `allows` is
   None: diagnose then says its prediction is an upper bound and how to tell tuner the
   cap (`--app-limit N`).  Never a silent guess: a value the application would take by
@@ -52,7 +52,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from tuner.host import procfs, procpid
+from tuner.host import procfs, procpid, trust
 
 # How sure an AppCap's `allows` is.
 READ = "read"            # the application said it (CONFIG GET, show info) or its config does
@@ -66,13 +66,12 @@ RELOAD, RESTART = "reload", "restart"
 
 TRUSTED_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RUN_TIMEOUT = 5.0          # seconds for a trusted binary's config dump
-READ_MAX = 4 << 20         # a config file larger than this is not a config file
-LINK_HOPS = 40             # as the kernel's MAXSYMLINKS
+READ_MAX = trust.READ_MAX
 CAP_SYS_RESOURCE = procfs.CAP_SYS_RESOURCE
 
 
-class Untrusted(Exception):
-    """A file, binary or socket tuner will not read as root; the message says why."""
+# A file, binary or socket tuner will not read as root; the message says why.
+Untrusted = trust.Unreadable
 
 
 # ---------------------------------------------------------------- the process
@@ -98,6 +97,7 @@ class ProcView:
     cap_sys_resource: bool = False     # may raise RLIMIT_NOFILE past its hard limit (for its children)
     listeners: Tuple[Tuple[str, int], ...] = ()   # (address, port) of the service's TCP listeners
     children: Tuple["ProcView", ...] = ()          # direct children (workers), one level
+    creds: Optional[trust.Creds] = None            # fs uid/gids and DAC capabilities (trust.Creds)
 
     @property
     def exe_name(self) -> str:
@@ -186,7 +186,8 @@ def view(pid: int, listeners: Sequence[Tuple[str, int]] = (), depth: int = 1,
                     cwd=_readlink(pid, "cwd"), fds=_fd_count(pid), unit=unit,
                     threads=int(status.get("Threads", "1")),
                     cap_sys_resource=bool(int(status.get("CapEff", "0"), 16) >> CAP_SYS_RESOURCE & 1),
-                    listeners=tuple(listeners), children=kids)
+                    listeners=tuple(listeners), children=kids,
+                    creds=trust.Creds.of_status(status) if status else None)
 
 
 # ---------------------------------------------------------------- what an adapter returns
@@ -273,95 +274,27 @@ class Adapter:
 
 # ---------------------------------------------------------------- trust: files
 
-def _owned_ok(st: os.stat_result, owners: Sequence[int]) -> bool:
-    return st.st_uid in owners
+def creds_of(proc: ProcView) -> trust.Creds:
+    """The service's credentials: what it could read is what tuner reads for it."""
+    return proc.creds or trust.Creds(proc.uid, proc.gid)
 
 
-def _check_dir(path: str, st: os.stat_result, owners: Sequence[int]) -> None:
-    if not stat.S_ISDIR(st.st_mode):
-        raise Untrusted(f"{path} is not a directory")
-    if not _owned_ok(st, owners):
-        raise Untrusted(f"{path} belongs to uid {st.st_uid}, not to root")
-    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    if writable and not st.st_mode & stat.S_ISVTX:
-        raise Untrusted(f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):o})")
-
-
-def _resolve(path: str, owners: Sequence[int]) -> str:
-    """`path` with its links resolved, every directory on the way checked: owned by one
-    of `owners`, not group/world-writable (a sticky one such as /tmp is passed when the
-    entry under it is trusted), and a link followed only when root owns it and its
-    directory, so nobody else can have planted it."""
-    if not os.path.isabs(path):
-        raise Untrusted(f"{path} is not an absolute path")
-    parts, done, hops = [p for p in path.split("/") if p], "/", 0
-    _check_dir("/", os.lstat("/"), (0,))
-    sticky = False
-    while parts:
-        part = parts.pop(0)
-        if part in (".", ""):
-            continue
-        if part == "..":
-            done = os.path.dirname(done) or "/"
-            continue
-        cur = os.path.join(done, part)
-        st = os.lstat(cur)
-        if sticky and not _owned_ok(st, owners):
-            raise Untrusted(f"{cur} lies in a shared directory and belongs to uid {st.st_uid}")
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > LINK_HOPS or st.st_uid != 0 or os.lstat(done).st_uid != 0:
-                raise Untrusted(f"{cur} is a link that someone other than root could have made")
-            target = os.readlink(cur)
-            parts = [p for p in target.split("/") if p] + parts
-            done = "/" if target.startswith("/") else done
-            continue
-        if parts:
-            _check_dir(cur, st, owners)
-            sticky = bool(st.st_mode & stat.S_ISVTX and st.st_mode & stat.S_IWOTH)
-        done = cur
-    return done
-
-
-def read_trusted(path: str, owners: Sequence[int] = (0,)) -> str:
-    """The text of a config file read as root only if nobody but `owners` (root by
-    default; add the service's uid only where its documentation has it own the file)
-    can have written it or any directory on its way; Untrusted (with the reason)
-    otherwise, OSError when it is missing."""
-    return read_trusted_bytes(path, owners).decode("utf-8", errors="replace")
+def read_trusted(path: str, owners: Sequence[int] = (0,), creds: trust.Creds = trust.ROOT,
+                 budget: Optional[trust.Budget] = None) -> str:
+    """The text of a config file read as root only if `creds` could read it and nobody
+    but `owners` (root by default; add the service's uid only where its documentation
+    has it own the file) can have written it or any directory on its way (the rules
+    of tuner/host/trust.py); Untrusted (with the reason) otherwise, OSError when a
+    directory the user may search lacks it."""
+    return trust.read_text(path, creds, budget, tuple(owners))
 
 
 def read_trusted_bytes(path: str, owners: Sequence[int] = (0,), limit: int = READ_MAX) -> bytes:
-    """read_trusted's bytes, up to `limit` (a binary's embedded build options)."""
-    real = _resolve(path, owners)
-    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Untrusted(f"{path} is not a regular file")
-        if not _owned_ok(st, owners):
-            raise Untrusted(f"{path} belongs to uid {st.st_uid}, not to root")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise Untrusted(f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):o})")
-        if st.st_uid != 0 and st.st_nlink > 1:
-            raise Untrusted(f"{path} has {st.st_nlink} hard links")
-        if st.st_size > limit:
-            raise Untrusted(f"{path} is {st.st_size} bytes: not a config file")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(limit)
-    finally:
-        os.close(fd)
+    """read_trusted's bytes as root, up to `limit` (a trusted binary's build options)."""
+    return trust.read_file(path, trust.ROOT, trust.Budget(bytes=limit + 1), tuple(owners), limit).data
 
 
-def why_not(path: str, err: Exception) -> str:
-    """One line for AppCap.unread: what was not read and why."""
-    if isinstance(err, Untrusted):
-        return f"{path} not read: {err}"
-    if isinstance(err, FileNotFoundError):
-        return f"{path} not read: it does not exist"
-    if isinstance(err, PermissionError):
-        return f"{path} not read: permission denied (run tuner as root)"
-    return f"{path} not read: {getattr(err, 'strerror', None) or err}"
+why_not = trust.why_not
 
 
 # ---------------------------------------------------------------- trust: binaries
@@ -373,8 +306,10 @@ def trusted_binary(proc: ProcView) -> str:
     exe = proc.exe or ""
     if not exe or exe.endswith(" (deleted)"):
         raise Untrusted(f"the executable of pid {proc.pid} is gone or replaced ({exe or '?'})")
-    real = _resolve(exe, (0,))
-    st = os.lstat(real)
+    with trust._Walk(trust.ROOT, (0,)) as walk:
+        fd, st = walk.to(exe)
+        real = walk.real()
+    os.close(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise Untrusted(f"{exe} is not a root-owned executable that only root can write")
     running = os.stat(f"/proc/{proc.pid}/exe")
@@ -426,23 +361,12 @@ def local_connect(proc: ProcView, port: int, timeout: float = 1.0) -> socket.soc
     return sock
 
 
-def unix_connect(path: str, owners: Sequence[int] = (0,), timeout: float = 1.0) -> socket.socket:
-    """A connection to a UNIX socket (an admin or stats socket) whose path only `owners`
-    can have made: the socket file and every directory on its way."""
-    real = _resolve(path, owners)
-    st = os.lstat(real)
-    if not stat.S_ISSOCK(st.st_mode):
-        raise Untrusted(f"{path} is not a socket")
-    if not _owned_ok(st, owners):
-        raise Untrusted(f"{path} belongs to uid {st.st_uid}, not to root")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(real)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+def unix_connect(path: str, owners: Sequence[int] = (0,), timeout: float = 1.0,
+                 creds: trust.Creds = trust.ROOT) -> socket.socket:
+    """A connection to a UNIX socket (an admin or stats socket) that `creds` could
+    connect to and only `owners` can have made (the socket and every directory on its
+    way), through the descriptor the walk held (tuner/host/trust.py)."""
+    return trust.unix_connect(path, creds, tuple(owners), timeout)
 
 
 def answer_deadline(sock: socket.socket) -> float:
