@@ -1,6 +1,6 @@
 """Real servers that none of us wrote, started by a test and stopped even when it fails.
 
-nginx, redis-server, haproxy, PostgreSQL 15 and a Node WebSocket server on the real `ws`
+nginx, redis-server, haproxy, PostgreSQL 15, Mosquitto and a Node WebSocket server on the real `ws`
 package (tests/servers/node/ws_server.js), each with its own config in a temp dir, a known
 cap and a known RLIMIT_NOFILE, on 127.0.0.1/::1 or inside a network namespace:
 
@@ -58,6 +58,7 @@ PACKAGES = {
     "go": ("/usr/bin/go", "golang-go"),
     "erl": ("/usr/bin/erl", "erlang-base"),
     "erlc": ("/usr/bin/erlc", "erlang-base"),
+    "mosquitto": ("/usr/sbin/mosquitto", "mosquitto"),
 }
 
 _apt_updated = False
@@ -569,8 +570,38 @@ def _postmaster_ready(srv: Server) -> bool:
         return False
 
 
+# --- Mosquitto ---------------------------------------------------------------------------------
+
+def mosquitto(*, max_connections: Optional[int] = None, hosts: Sequence[str] = LOOPBACK,
+              port: Optional[int] = None, netns: Optional[str] = None,
+              nofile: Union[int, tuple, None] = None, lines: Sequence[str] = (),
+              conf_d: Optional[dict] = None, timeout: float = 30.0) -> Server:
+    """mosquitto -c FILE: one `listener PORT HOST` block per host (each block is its own
+    listener with its own count: max_connections, when given, caps each one), anonymous
+    clients allowed, no persistence, logs to stderr (server.log); `lines` go before the
+    listener blocks (what Mosquitto calls the default listener's options and the global
+    ones), `conf_d` {name: text} are files of an include_dir in the temp dir. Started as
+    root it drops to the `mosquitto` user its package makes; SIGHUP reloads."""
+    binary = need("mosquitto")
+    d, hosts, port = _prepare("mosquitto", hosts, port, netns)
+    text = ["persistence false", "log_dest stderr", "allow_anonymous true", *lines]
+    if conf_d:
+        inc = os.path.join(d, "conf.d")
+        os.mkdir(inc, 0o755)
+        for name, body in conf_d.items():
+            _write(os.path.join(inc, name), body)
+        text.append(f"include_dir {inc}")
+    for h in hosts:
+        text.append(f"listener {port} {h}")
+        if max_connections is not None:
+            text.append(f"max_connections {max_connections}")
+    conf = _write(os.path.join(d, "mosquitto.conf"), "\n".join(text) + "\n")
+    return start("mosquitto", [binary, "-c", conf], port=port, hosts=hosts, config=conf, dir=d,
+                 netns=netns, nofile=nofile, timeout=timeout)
+
+
 STARTERS = {"nginx": nginx, "nginx-packaged": nginx_packaged, "redis": redis, "haproxy": haproxy,
-            "ws": ws_server, "postgres": postgres}
+            "ws": ws_server, "postgres": postgres, "mosquitto": mosquitto}
 
 
 @pytest.fixture

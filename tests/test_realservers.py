@@ -10,6 +10,7 @@ import struct
 
 import pytest
 
+import mqtthold
 from realservers import haproxy_command, process_group
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="servers run under prlimit/setpriv as root")
@@ -96,6 +97,29 @@ def test_redis_lowers_default_maxclients_under_a_low_nofile(real_server):
         while answer.count(b"\r\n") < 5:
             answer += s.recv(100)
     assert answer.split(b"\r\n")[4] == b"992", "Redis keeps 32 descriptors: 1,024 - 32"
+    assert_stops(srv)
+
+
+def test_mosquitto_caps_each_listener_and_closes_beyond(real_server):
+    # Each `listener` block counts its own clients (net.c: client_count > max_connections).
+    srv = real_server("mosquitto", max_connections=3, nofile=4096)
+    assert nofile_of(srv.pid) == (4096, 4096)
+    assert mqtthold.held(srv, 5).held == 3
+    v6 = real_server("mosquitto", max_connections=2, hosts=("::1",), nofile=4096)
+    got = mqtthold.held(v6, 4)
+    assert (got.held, got.codes.get(0)) == (2, 2), got
+    assert_stops(srv)
+
+
+def test_mosquitto_without_a_cap_stops_at_its_descriptors(real_server):
+    # Without max_connections, accept() failing with EMFILE stops it; Debian's build asks
+    # libwrap about each new connection, which opens /etc/hosts.allow: one descriptor
+    # more than the connection itself ("denied access by tcpd" in its log past it).
+    srv = real_server("mosquitto", nofile=200, hosts=("127.0.0.1",))
+    at_rest = len(os.listdir(f"/proc/{srv.pid}/fd"))
+    assert mqtthold.held(srv, 260).held == 200 - at_rest - 1
+    with open(os.path.join(srv.dir, "server.log"), errors="replace") as f:
+        assert "denied access by tcpd" in f.read()
     assert_stops(srv)
 
 
