@@ -71,3 +71,16 @@ def test_nothing_a_reader_cannot_do(page):
     # tuner is on no package index: installed from a clone (`pip install .`)
     assert not re.search(r"pip install (-U )?['\"]?tuner\b", text), page
     assert "the issue" not in text.lower(), page
+
+
+def test_what_the_readme_says_of_json_is_what_the_commands_take():
+    """README: every command that prints a table has --json, metrics and plot named as the
+    two that do not (issue 28: it said every command, and two refused --json)."""
+    from tuner import manpages
+
+    text = " ".join(read("README.md").split())
+    assert "Every command that prints a table has `--json` (`metrics` prints" in text
+    without = {"metrics", "plot"}
+    for command, ctx in manpages._commands()[1:]:
+        has_json = any("--json" in getattr(p, "opts", ()) for p in command.params)
+        assert has_json == (ctx.info_name not in without), ctx.command_path

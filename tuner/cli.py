@@ -188,7 +188,7 @@ def metrics(
 ) -> None:
     """The report's figures as Prometheus metrics: capacity, the binding limit, what each
     limit allows and how much of it is in use. Prints the text format without --textfile
-    or --listen. See METRICS for every metric."""
+    or --listen. Every metric is listed in the man page (man tuner-metrics, METRICS)."""
     from . import metrics as metrics_mod
 
     if textfile is not None and listen is not None:
@@ -405,7 +405,7 @@ def probe(
     serve: Optional[str] = typer.Option(
         None, "--serve", metavar="ADDR:PORT",
         help="Server side only: accept clients on ADDR:PORT (':PORT' for all addresses), run the "
-             "wire exchange (see WIRE PROTOCOL), hold them; report per client address. Ends on "
+             "wire exchange (man tuner-probe, WIRE PROTOCOL), hold them; report per client address. Ends on "
              "SIGTERM/SIGINT, --timeout, or once --expect have verified and then their clients "
              "have closed or --hold seconds passed."),
     connect: Optional[str] = typer.Option(
@@ -435,17 +435,17 @@ def probe(
     textfile: Optional[str] = typer.Option(
         None, "--textfile", metavar="DIR",
         help="Also write the run's figures to DIR/tuner_probe.prom (atomically) for node_exporter's "
-             "textfile collector; see METRICS."),
+             "textfile collector; the metrics are listed in man tuner-probe (METRICS)."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="No progress and no plan lines on stderr (errors still "
                                     "are): for cron and scripts that keep the result only."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Prove N concurrent loopback connections: open them across worker processes, send
-    number i on connection i and check the echo, hold them, and report figures and the
+    """Prove N concurrent connections, by default with both ends on this host: open them
+    across worker processes, send number i on connection i and check the echo, hold them, and report figures and the
     limit that stopped it, if any. Exits 0 when all verified, 3 when refused by
     pre-flight or short, 130 on Ctrl-C. Across hosts: --serve on the server and --connect
-    on each load host, speaking the WIRE PROTOCOL below. Against your own service:
+    on each load host, speaking tuner's wire exchange (man tuner-probe, WIRE PROTOCOL). Against your own service:
     --connect URL (http://, ws://, redis://, tcp://) says which side stalled."""
     check_netns_name(netns)
     if serve and connect:

@@ -155,7 +155,7 @@ ENVIRONMENT: List[Tuple[str, str, Tuple[str, ...]]] = [
                  "the probe's progress is plain lines instead of a live bar (no-color.org).",
      ("report", "status", "diagnose", "probe")),
     ("TERM", "TERM=dumb: the probe's progress is plain lines instead of a live bar.", ("probe",)),
-    ("COLUMNS", "The width tables are fitted to (default: the terminal's, else 80).",
+    ("COLUMNS", "The width tables and prose are fitted to on a terminal (default: the terminal's own width). Piped output is never narrowed, whatever COLUMNS says: scripts get whole rows.",
      ("report", "apply", "revert", "status", "probe", "diagnose")),
     ("TUNER_DEBUG", "When set, an internal error prints its Python traceback instead of one line.",
      EVERY),
@@ -395,6 +395,49 @@ def render_pages(typer_app=app) -> Dict[str, str]:
     return {name: _page(command, ctx, names) for name, (command, ctx) in zip(names, commands)}
 
 
+COMMANDS_DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "commands.md")
+OPTIONS_MARK = "<!-- The rest of this page is generated from the typer app by `python -m tuner.manpages man`; edit cli.py, not this. -->"
+
+
+def _md_cell(text: str) -> str:
+    """One table cell: pipes escaped, lines joined (markdown tables hold one line)."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def options_markdown(typer_app=app) -> str:
+    """docs/commands.md's option tables: every visible command, its synopsis and each
+    option with its help, from the same typer walk as the man pages, so neither drifts."""
+    out = ["## Every option of every command", "",
+           "The same text as `tuner COMMAND --help` and the man pages (`man tuner-COMMAND`).", ""]
+    for command, ctx in _commands(typer_app)[1:]:
+        synopsis = " ".join([ctx.command_path, *command.collect_usage_pieces(ctx)])
+        out += [f"### {ctx.command_path}", "", "```", synopsis, "```", ""]
+        help_text = " ".join((command.help or "").split())
+        if help_text:
+            out += [help_text, ""]
+        rows = [p.get_help_record(ctx) for p in command.params
+                if getattr(p, "param_type_name", "") == "option" and not getattr(p, "hidden", False)]
+        out += ["| option | what it does |", "|---|---|"]
+        out += [f"| `{_md_cell(r[0])}` | {_md_cell(r[1])} |" for r in rows if r]
+        out.append("")
+    return "\n".join(out)
+
+
+def commands_doc(current: str, typer_app=app) -> str:
+    """docs/commands.md with its generated part (after OPTIONS_MARK) made anew."""
+    head = current.split(OPTIONS_MARK, 1)[0].rstrip("\n")
+    return f"{head}\n\n{OPTIONS_MARK}\n\n{options_markdown(typer_app)}"
+
+
+def write_commands_doc(path: str = COMMANDS_DOC) -> None:
+    with open(path) as f:
+        current = f.read()
+    text = commands_doc(current)
+    if text != current:
+        with open(path, "w") as f:
+            f.write(text)
+
+
 def write_pages(target_dir: str) -> list:
     os.makedirs(target_dir, exist_ok=True)
     written = []
@@ -406,5 +449,6 @@ def write_pages(target_dir: str) -> list:
 
 
 if __name__ == "__main__":
+    write_commands_doc()   # the same source as the pages: docs/commands.md's option tables
     for name in write_pages(sys.argv[1] if len(sys.argv) > 1 else "man"):
         print(name)

@@ -13,6 +13,7 @@ import time
 from typing import Optional, TextIO
 
 from tuner.host.numfmt import number, of
+from tuner import fit
 
 
 def _clock(seconds: float) -> str:
@@ -68,8 +69,8 @@ class Progress:
 
     def note(self, line: str) -> None:
         """A line about the run (its plan, where it listens), not a count: quiet drops it."""
-        if not self.quiet:
-            print(line, file=self.stream, flush=True)
+        if not self.quiet:   # wrapped to the terminal (a plan line runs ~180 characters)
+            print(fit.wrap(line, fit.terminal_width(self.stream)), file=self.stream, flush=True)
 
     def update(self, done: int, phase: str = "", hold_left: Optional[float] = None, **figures) -> None:
         if self.quiet:
