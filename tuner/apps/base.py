@@ -116,6 +116,7 @@ class ProcView:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["children"] = [c.pid for c in self.children]
+        d.pop("creds", None)          # how tuner reads for it, not a figure of the process
         return d
 
 
@@ -295,6 +296,12 @@ def read_trusted_bytes(path: str, owners: Sequence[int] = (0,), limit: int = REA
 
 
 why_not = trust.why_not
+
+
+def note(unread: List[str], line: str) -> None:
+    """Add a line to AppCap.unread once (a config that includes one file 50 times says so once)."""
+    if line not in unread:
+        unread.append(line)
 
 
 # ---------------------------------------------------------------- trust: binaries

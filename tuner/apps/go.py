@@ -3,17 +3,19 @@ raised to the hard limit at start.
 
 A Go binary is recognised by its build information (the `.go.buildinfo` ELF section,
 which carries the Go version since Go 1.18), read from the file the process runs
-(/proc/PID/exe, the mapped file itself), never executed.  Package os raises the soft
+(/proc/PID/exe, the mapped file itself, if its user could read it), never executed.  Package os raises the soft
 descriptor limit to the hard one when the program starts (Go 1.19+), so soft = hard is
 what a Go server runs with, and raising the soft limit from outside gains nothing: the
 hard limit (LimitNOFILE= of its unit) is the one to raise, with a restart.
 """
 from __future__ import annotations
 
+import os
 import re
 import struct
 from typing import BinaryIO, Optional, Tuple
 
+from tuner.host import trust
 from . import base
 from .base import AppCap, ProcView
 
@@ -87,10 +89,17 @@ def build_version(f: BinaryIO) -> Optional[str]:
 
 
 def version_of(proc: ProcView) -> Optional[str]:
+    """The build information of the file the process runs, read only if its own user
+    could read that file (a program may run a binary its user may execute, not read)."""
     try:
-        with open(f"/proc/{proc.pid}/exe", "rb") as f:
+        fd = os.open(f"/proc/{proc.pid}/exe", os.O_PATH | os.O_CLOEXEC)
+        try:
+            rfd = trust.reopen(fd, os.fstat(fd), base.creds_of(proc))
+        finally:
+            os.close(fd)
+        with os.fdopen(rfd, "rb") as f:
             return build_version(f)
-    except (OSError, struct.error, ValueError, IndexError):
+    except (OSError, trust.Unreadable, struct.error, ValueError, IndexError):
         return None                   # unreadable, or an ELF file that does not parse
 
 

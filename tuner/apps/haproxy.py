@@ -13,12 +13,12 @@ maxconn, 10 by default) - 3 per thread (a poller and a wake-up pipe), maxconn = 
 """
 from __future__ import annotations
 
-import glob
 import os
 import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from tuner.host import trust
 from . import base
 from .base import AppCap, AppFix, ProcView
 
@@ -64,30 +64,36 @@ def parse(text: str, path: str, sections: List[Section]) -> None:
             sections[-1].lines.append((words, at))
 
 
-def _config_files(proc: ProcView) -> List[str]:
-    """The -f arguments in order, a directory standing for its *.cfg files."""
-    out: List[str] = []
+def _config_args(proc: ProcView) -> List[str]:
+    """The -f arguments in order, absolute (relative ones from its working directory)."""
     argv = list(proc.cmdline)
-    for i, arg in enumerate(argv):
-        if arg == "-f" and i + 1 < len(argv):
-            path = argv[i + 1]
-            path = path if os.path.isabs(path) else os.path.join(proc.cwd or "/", path)
-            out += sorted(glob.glob(os.path.join(path, "*.cfg"))) if os.path.isdir(path) else [path]
-    return out
+    return [argv[i + 1] if os.path.isabs(argv[i + 1]) else os.path.join(proc.cwd or "/", argv[i + 1])
+            for i, arg in enumerate(argv) if arg == "-f" and i + 1 < len(argv)]
 
 
 class Config:
+    """Its -f files (a directory standing for its *.cfg files, in name order), each read
+    as the process's user could (tuner/host/trust.py), all within one budget."""
+
     def __init__(self, proc: ProcView):
         self.sections: List[Section] = []
         self.unread: List[str] = []
-        self.files = _config_files(proc)
+        self.files: List[str] = []
+        creds, budget = base.creds_of(proc), trust.Budget()
+        for path in _config_args(proc):
+            try:
+                self.files += [os.path.join(path, n) for n in trust.list_dir(path, creds, budget)
+                               if n.endswith(".cfg")] if trust.is_dir(path, creds, None) else [path]
+            except (base.Untrusted, OSError) as e:
+                base.note(self.unread, base.why_not(path, e))
         for path in self.files:
             try:
-                parse(base.read_trusted(path), path, self.sections)
+                parse(base.read_trusted(path, (0,), creds, budget), path, self.sections)
             except (base.Untrusted, OSError) as e:
-                self.unread.append(base.why_not(path, e))
-        if not self.files:
+                base.note(self.unread, base.why_not(path, e))
+        if not self.files and not self.unread:
             self.unread.append("no -f configuration file on its command line")
+        self.creds = creds
 
     def of(self, kind: str) -> List[Section]:
         return [s for s in self.sections if s.kind == kind]
@@ -131,9 +137,9 @@ class Config:
         return sorted(set(found))
 
 
-def show_info(path: str) -> Dict[str, str]:
-    """`show info` of the running process over a trusted stats socket."""
-    reply = base.exchange(base.unix_connect(path), b"show info\n").decode(errors="replace")
+def show_info(path: str, creds: trust.Creds = trust.ROOT) -> Dict[str, str]:
+    """`show info` of the running process over a trusted stats socket it could reach."""
+    reply = base.exchange(base.unix_connect(path, creds=creds), b"show info\n").decode(errors="replace")
     return dict(line.split(": ", 1) for line in reply.splitlines() if ": " in line)
 
 
@@ -172,7 +178,7 @@ class HAProxy(base.Adapter):
         unread = list(conf.unread)
         for path, _ in conf.stats_sockets():
             try:
-                info = show_info(path)
+                info = show_info(path, conf.creds)
                 value = int(info["Maxconn"])
                 return AppCap("haproxy", f"maxconn {value:,}", value, f"show info over {path}",
                               base.READ, "Maxconn of the running process: past it HAProxy stops "

@@ -8,13 +8,14 @@ command line (nginx retitles itself "nginx: master process ARGS"), the compiled-
 prefix and conf path from the build options embedded in its root-owned binary (read,
 not executed), includes followed.  Not `nginx -T`: testing a configuration opens its
 error logs and creates its temp directories, and reading must create nothing.  Not
-crossplane: it opens every include itself, following links, which the trust rules
-(base.read_trusted) forbid; nginx's syntax (words, quotes, `;`, blocks, `#`) is small.
+crossplane: it opens every include itself as root, following links, which the trust
+layer (tuner/host/trust.py: read only what the master's user could) forbids; nginx's syntax (words, quotes, `;`, blocks, `#`) is small.
 The worker count is the process tree's, not the config's (`auto` is the CPU count at
 the last reload).
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import math
 import os
@@ -22,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from tuner.host import trust
 from . import base
 from .base import AppCap, AppFix, ProcView
 
@@ -155,11 +157,12 @@ def conf_path(proc: ProcView) -> Tuple[Optional[str], str]:
 
 
 class Config:
-    """The whole configuration, includes followed, as far as it could be read."""
+    """The whole configuration, includes followed, as far as it could be read: each file
+    as the master's user could read it (tuner/host/trust.py), all within one budget."""
 
     def __init__(self, proc: ProcView):
         self.unread: List[str] = []
-        self.files = 0
+        self.creds, self.budget = base.creds_of(proc), trust.Budget(includes=MAX_INCLUDES)
         self.path, self.conf_prefix = conf_path(proc)
         extra = master_args(proc).get("-g")
         self.tree = parse(extra, "-g (command line)") if extra else []
@@ -170,23 +173,36 @@ class Config:
             self.tree += self._load(self.path)
 
     def _load(self, path: str) -> List[Directive]:
-        self.files += 1
-        if self.files > MAX_INCLUDES:
-            self.unread.append(f"{path}: more than {MAX_INCLUDES} included files")
-            return []
         try:
-            text = base.read_trusted(path)
+            text = base.read_trusted(path, (0,), self.creds, self.budget)
         except (base.Untrusted, OSError) as e:
-            self.unread.append(base.why_not(path, e))
+            base.note(self.unread, base.why_not(path, e))
             return []
         return self._expand(parse(text, path))
+
+    def _names(self, pattern: str) -> List[str]:
+        """An include's files: the pattern itself, or its last component's wildcard
+        matched against a directory listed only if the master's user may (nginx's
+        glob(3) with magic on the way is not followed: said so)."""
+        if not glob.has_magic(pattern):
+            return [pattern]
+        folder, last = os.path.split(pattern)
+        if glob.has_magic(folder):
+            raise base.Untrusted("wildcards in a directory of the pattern: tuner matches only the file name")
+        return [os.path.join(folder, n) for n in trust.list_dir(folder, self.creds, self.budget)
+                if fnmatch.fnmatchcase(n, last)]
 
     def _expand(self, tree: List[Directive]) -> List[Directive]:
         out: List[Directive] = []
         for d in tree:
             if d.name == "include" and d.args:
                 pattern = d.args[0] if d.args[0].startswith("/") else os.path.join(self.conf_prefix, d.args[0])
-                names = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+                try:
+                    self.budget.include()
+                    names = self._names(pattern)
+                except (base.Untrusted, OSError) as e:
+                    base.note(self.unread, base.why_not(pattern, e))
+                    continue
                 for name in names:
                     out += self._load(name)
                 continue

@@ -11,7 +11,8 @@ postmaster runs in it: /proc/PID/cwd; else -D or PGDATA), its command line (-c n
 -c config_file=) with include / include_if_exists / include_dir followed as PostgreSQL
 does (relative to the including file, a directory's *.conf in name order), then
 postgresql.auto.conf (ALTER SYSTEM).  Files are trusted when root or the postgres user
-owns them and nobody else can write them (base.read_trusted).
+owns them and nobody else can write them, and only what the postgres user itself
+could read (tuner/host/trust.py: its credentials, one budget for all its files).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from tuner.host import procpid
+from tuner.host import procpid, trust
 from . import base
 from .base import AppCap, AppFix, ProcView
 
@@ -42,6 +43,16 @@ class Settings:
     values: Dict[str, Tuple[str, str]] = field(default_factory=dict)
     read: List[str] = field(default_factory=list)       # files read, in order
     unread: List[str] = field(default_factory=list)
+    mtimes: Dict[str, float] = field(default_factory=dict)   # of each file read, as it was read
+    creds: trust.Creds = trust.ROOT                      # whose eyes the files are read through
+    owners: Tuple[int, ...] = (0,)                       # who may have written them
+    budget: trust.Budget = field(default_factory=trust.Budget)
+
+    def text(self, path: str) -> str:
+        """A file of the service read as its user could (trust layer), within the budget."""
+        got = trust.read_file(path, self.creds, self.budget, self.owners)
+        self.mtimes[path] = got.st.st_mtime
+        return got.text
 
     def int(self, name: str) -> Tuple[int, str]:
         value, where = self.values.get(name, (None, "default"))
@@ -66,19 +77,19 @@ def _unquote(raw: str) -> str:
     return raw
 
 
-def parse_file(path: str, s: Settings, owners, depth: int = 0, missing_ok: bool = False) -> None:
+def parse_file(path: str, s: Settings, depth: int = 0, missing_ok: bool = False) -> None:
     """One configuration file into `s`, its includes in place (guc-file.l's rules)."""
     if depth > INCLUDE_DEPTH:
-        s.unread.append(f"{path} not read: includes nested deeper than {INCLUDE_DEPTH}")
+        base.note(s.unread, f"{path} not read: includes nested deeper than {INCLUDE_DEPTH}")
         return
     try:
-        text = base.read_trusted(path, owners)
+        text = s.text(path)
     except FileNotFoundError:
         if not missing_ok:
-            s.unread.append(base.why_not(path, FileNotFoundError()))
+            base.note(s.unread, base.why_not(path, FileNotFoundError()))
         return
     except (OSError, base.Untrusted) as e:
-        s.unread.append(base.why_not(path, e))
+        base.note(s.unread, base.why_not(path, e))
         return
     s.read.append(path)
     here = os.path.dirname(path)
@@ -87,25 +98,30 @@ def parse_file(path: str, s: Settings, owners, depth: int = 0, missing_ok: bool 
         if not m or m.group(2) is None:
             continue
         name, value = m.group(1).lower().replace("-", "_"), _unquote(m.group(2))
-        target = os.path.join(here, value)           # absolute values stay as they are
-        if name == "include":
-            parse_file(target, s, owners, depth + 1)
-        elif name == "include_if_exists":
-            parse_file(target, s, owners, depth + 1, missing_ok=True)
-        elif name == "include_dir":
-            parse_dir(target, s, owners, depth + 1)
+        if name in INCLUDES:
+            try:
+                s.budget.include()
+            except trust.OverBudget as e:
+                base.note(s.unread, f"the rest of its includes not read: {e}")
+                continue
+            INCLUDES[name](os.path.join(here, value), s, depth + 1)   # absolute values stay as they are
         else:
             s.values[name] = (value, f"{path}:{n}")
 
 
-def parse_dir(path: str, s: Settings, owners, depth: int) -> None:
+def parse_dir(path: str, s: Settings, depth: int) -> None:
+    """include_dir: its *.conf in name order, listed only if the service's user may."""
     try:
-        names = sorted(n for n in os.listdir(path) if n.endswith(".conf") and not n.startswith("."))
-    except OSError as e:
-        s.unread.append(base.why_not(path, e))
+        names = [n for n in trust.list_dir(path, s.creds, s.budget, s.owners) if n.endswith(".conf")]
+    except (OSError, base.Untrusted) as e:
+        base.note(s.unread, base.why_not(path, e))
         return
     for name in names:
-        parse_file(os.path.join(path, name), s, owners, depth)
+        parse_file(os.path.join(path, name), s, depth)
+
+
+INCLUDES = {"include": parse_file, "include_dir": parse_dir,
+            "include_if_exists": lambda path, s, depth: parse_file(path, s, depth, missing_ok=True)}
 
 
 def command_line(argv: List[str]) -> Tuple[Dict[str, str], Optional[str]]:
@@ -141,13 +157,12 @@ def _environ_pgdata(pid: int) -> Optional[str]:
 
 def settings(proc: ProcView) -> Tuple[Settings, Optional[str]]:
     """Everything the postmaster was started with, and its data directory."""
-    s = Settings()
-    owners = (0, proc.uid)
+    s = Settings(creds=base.creds_of(proc), owners=(0, proc.uid))
     argv = list(proc.cmdline)
     datadir = proc.cwd if proc.cwd and os.path.isabs(proc.cwd) else None
     if len(argv) < 2 and datadir:
         try:                                     # retitled: the options it was started with
-            argv = shlex.split(base.read_trusted(os.path.join(datadir, "postmaster.opts"), owners))
+            argv = shlex.split(s.text(os.path.join(datadir, "postmaster.opts")))
         except (OSError, ValueError, base.Untrusted) as e:
             s.unread.append(base.why_not(os.path.join(datadir, "postmaster.opts"), e))
     options, dash_d = command_line(argv)
@@ -159,38 +174,32 @@ def settings(proc: ProcView) -> Tuple[Settings, Optional[str]]:
                         f"directory readable: run tuner as root)")
         return s, None
     conf = options.get("config_file") or os.path.join(configdir, "postgresql.conf")
-    parse_file(conf, s, owners)
+    parse_file(conf, s)
     datadir = s.values.get("data_directory", (datadir or configdir,))[0] if not datadir else datadir
-    parse_file(os.path.join(datadir, "postgresql.auto.conf"), s, owners, missing_ok=True)
+    parse_file(os.path.join(datadir, "postgresql.auto.conf"), s, missing_ok=True)
     for name, value in options.items():
         s.values[name] = (value, f"command line of pid {proc.pid}")
     return s, datadir
 
 
-def version(datadir: Optional[str], owners) -> Optional[int]:
+def version(datadir: Optional[str], s: Settings) -> Optional[int]:
     try:
-        return int(base.read_trusted(os.path.join(datadir or "", "PG_VERSION"), owners).strip().split(".")[0])
+        return int(s.text(os.path.join(datadir or "", "PG_VERSION")).strip().split(".")[0])
     except (OSError, ValueError, base.Untrusted):
         return None
 
 
-def started_at(datadir: str, owners) -> Optional[int]:
+def started_at(datadir: str, s: Settings) -> Optional[int]:
     """The postmaster's start time (postmaster.pid's third line, seconds since 1970)."""
     try:
-        return int(base.read_trusted(os.path.join(datadir, "postmaster.pid"), owners).splitlines()[2])
+        return int(s.text(os.path.join(datadir, "postmaster.pid")).splitlines()[2])
     except (OSError, ValueError, IndexError, base.Untrusted):
         return None
 
 
 def changed_since_start(s: Settings, start: Optional[int]) -> List[str]:
-    out = []
-    for path in s.read:
-        try:
-            if start is not None and int(os.stat(path).st_mtime) > start:
-                out.append(path)
-        except OSError:
-            continue
-    return out
+    """The files read whose modification time (as they were read) is after the start."""
+    return [path for path in s.read if start is not None and int(s.mtimes.get(path, 0)) > start]
 
 
 # ---------------------------------------------------------------- cap and fix
@@ -231,13 +240,12 @@ def fix_for(proc: ProcView, s: Settings, datadir: Optional[str], reserved: int, 
 
 def read(proc: ProcView) -> AppCap:
     s, datadir = settings(proc)
-    owners = (0, proc.uid)
     if not s.read:
         cap = base.unknown("postgresql", "max_connections", f"pid {proc.pid}", *s.unread)
         cap.why = ("PostgreSQL's configuration could not be read: run SHOW max_connections; "
                    "SHOW superuser_reserved_connections; in psql and tell tuner: --app-limit N")
         return cap
-    major = version(datadir, owners)
+    major = version(datadir, s)
     maxconn, where = s.int("max_connections")
     su, su_where = s.int("superuser_reserved_connections")
     rc, _ = s.int("reserved_connections") if (major or 0) >= RESERVED_SINCE else (0, "")
@@ -251,7 +259,7 @@ def read(proc: ProcView) -> AppCap:
                  f"{s.read[0]} (not set: PostgreSQL's default)", sure, why, unread=s.unread)
     cap.notes.append("each connection is a backend process of its own: the postmaster's "
                      "RLIMIT_NOFILE does not cap connections; memory, pids and threads limits do")
-    stale = changed_since_start(s, started_at(datadir, owners) if datadir else None)
+    stale = changed_since_start(s, started_at(datadir, s) if datadir else None)
     if stale:
         cap.notes.append(f"{', '.join(stale)} changed after the server started: the running "
                          f"values may differ until a restart (SHOW max_connections tells)")
@@ -270,7 +278,7 @@ class PostgreSQL(base.Adapter):
 
     def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
         s, datadir = settings(proc)
-        major = version(datadir, (0, proc.uid))
+        major = version(datadir, s)
         reserved = s.int("superuser_reserved_connections")[0] + (
             s.int("reserved_connections")[0] if (major or 0) >= RESERVED_SINCE else 0)
         return fix_for(proc, s, datadir, reserved, want)

@@ -23,6 +23,7 @@ import shlex
 import socket
 from typing import Dict, List, Optional, Tuple
 
+from tuner.host import trust
 from . import base
 from .base import AppCap, AppFix, ProcView
 
@@ -147,14 +148,18 @@ def cmdline_options(proc: ProcView) -> Dict[str, str]:
     return out
 
 
-def parse_config(path: str, owners, unread: List[str], depth: int = 0) -> Dict[str, Tuple[str, str]]:
+def parse_config(path: str, owners, unread: List[str], depth: int = 0,
+                 creds: trust.Creds = trust.ROOT, budget: Optional[trust.Budget] = None
+                 ) -> Dict[str, Tuple[str, str]]:
     """Directive -> (value, "file:line"), the last one winning, `include` followed (as
-    Redis does, in place), each file read under base.read_trusted's rules."""
+    Redis does, in place), each file read as the service's user could (`creds`) under
+    the trust layer's rules, all within one `budget` (files, bytes, includes, time)."""
+    budget = budget or trust.Budget()
     out: Dict[str, Tuple[str, str]] = {}
     try:
-        text = base.read_trusted(path, owners)
+        text = base.read_trusted(path, owners, creds, budget)
     except (OSError, base.Untrusted) as e:
-        unread.append(base.why_not(path, e))
+        base.note(unread, base.why_not(path, e))
         return out
     for n, line in enumerate(text.splitlines(), 1):
         try:
@@ -164,8 +169,15 @@ def parse_config(path: str, owners, unread: List[str], depth: int = 0) -> Dict[s
         if not words:
             continue
         key = words[0].lower()
-        if key == "include" and len(words) > 1 and depth < INCLUDE_DEPTH:
-            out.update(parse_config(words[1], owners, unread, depth + 1))
+        if key == "include" and len(words) > 1:
+            try:
+                if depth >= INCLUDE_DEPTH:
+                    raise trust.OverBudget(f"includes nested deeper than {INCLUDE_DEPTH}")
+                budget.include()
+            except trust.OverBudget as e:
+                base.note(unread, f"the rest of its includes not read: {e}")
+                continue
+            out.update(parse_config(words[1], owners, unread, depth + 1, creds, budget))
         elif len(words) > 1:
             out[key] = (words[1], f"{path}:{n}")
     return out
@@ -178,7 +190,7 @@ def from_files(proc: ProcView, unread: List[str]) -> Tuple[Optional[int], str, O
     opts = cmdline_options(proc)
     conf: Dict[str, Tuple[str, str]] = {}
     if path:
-        conf = parse_config(path, (0, proc.uid), unread)
+        conf = parse_config(path, (0, proc.uid), unread, creds=base.creds_of(proc))
     for key, value in opts.items():
         conf[key] = (value, f"command line of pid {proc.pid}")
     if "maxclients" in conf and conf["maxclients"][0].isdigit():

@@ -127,7 +127,7 @@ class Creds:
 ROOT = Creds(0, 0, (), True, True)
 
 
-def _may(fd: int, st: os.stat_result, creds: Creds, want: int) -> bool:
+def may(fd: int, st: os.stat_result, creds: Creds, want: int) -> bool:
     """creds.may, and an ACL on what the user does not own is a no (its named
     entries and mask are not in the mode bits)."""
     if not creds.may(st, want):
@@ -221,7 +221,7 @@ class _Walk:
         self._enter_dir(fd, self.stack[-1][1], "/", (0,) if self.owners is not None else None)
 
     def _enter_dir(self, fd: int, st: os.stat_result, where: str, owners) -> None:
-        if not _may(fd, st, self.creds, X):
+        if not may(fd, st, self.creds, X):
             raise Unreadable(self.creds.refusal())
         fault = _writers_fault(st, owners, True)
         if fault:
@@ -302,17 +302,32 @@ class File:
         return self.data.decode("utf-8", errors="replace")
 
 
-def _check_file(fd: int, st: os.stat_result, creds: Creds, owners, limit: int) -> None:
-    if not stat.S_ISREG(st.st_mode) or _fs_type(fd) in PSEUDO_FS:
-        # The user may see that much of what it can reach; a device or /proc file is never opened.
-        raise Unreadable("is not a regular file" if _may(fd, st, creds, R) else creds.refusal())
-    if not _may(fd, st, creds, R):
-        raise Unreadable(creds.refusal())
+def _check_file(fd: int, st: os.stat_result, owners, limit: int) -> None:
+    """Rule 4 and the size, for a file the user may read (reopen checked that first)."""
     fault = _writers_fault(st, owners, False)
     if fault:
         raise Unreadable(fault)
     if st.st_size > limit:
         raise Unreadable(f"is {st.st_size} bytes: not a config file")
+
+
+def reopen(fd: int, st: os.stat_result, creds: Creds, flags: int = 0) -> int:
+    """A descriptor for reading the very inode the O_PATH descriptor `fd` holds, opened
+    through /proc/self/fd/N (never by name again), only if `creds` may read it and it
+    is a regular file (or, with O_DIRECTORY in `flags`, a directory) on no kernel
+    pseudo-filesystem; Unreadable otherwise."""
+    want_dir = bool(flags & os.O_DIRECTORY)
+    kind_ok = stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)
+    if not may(fd, st, creds, R | (X if want_dir else 0)):
+        raise Unreadable(creds.refusal())
+    if not kind_ok or _fs_type(fd) in PSEUDO_FS:
+        raise Unreadable("is not a directory" if want_dir else "is not a regular file")
+    rfd = os.open(f"/proc/self/fd/{fd}", O_READ_FLAGS | flags)
+    again = os.fstat(rfd)
+    if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+        os.close(rfd)
+        raise Unreadable("changed while it was opened")
+    return rfd
 
 
 def read_file(path: str, creds: Creds = ROOT, budget: Optional[Budget] = None,
@@ -324,16 +339,13 @@ def read_file(path: str, creds: Creds = ROOT, budget: Optional[Budget] = None,
     with _Walk(creds, owners) as walk:
         fd, st = walk.to(path)
     try:
-        _check_file(fd, st, creds, owners, min(limit, budget.bytes - budget.spent))
-        if (st.st_dev, st.st_ino) in budget.seen:
-            raise Unreadable("read once already (a file that includes itself, or a repeat)")
-        rfd = os.open(f"/proc/self/fd/{fd}", O_READ_FLAGS)
+        rfd = reopen(fd, st, creds)
     finally:
         os.close(fd)
     try:
-        again = os.fstat(rfd)
-        if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
-            raise Unreadable("changed while it was opened")
+        _check_file(rfd, st, owners, min(limit, budget.bytes - budget.spent))
+        if (st.st_dev, st.st_ino) in budget.seen:
+            raise Unreadable("read once already (a file that includes itself, or a repeat)")
         budget.opened += 1
         budget.seen.add((st.st_dev, st.st_ino))
         chunks, size = [], 0
@@ -365,14 +377,13 @@ def list_dir(path: str, creds: Creds = ROOT, budget: Optional[Budget] = None,
     try:
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(errno.ENOTDIR, "not a directory")
-        if not _may(fd, st, creds, R | X):
-            raise Unreadable(creds.refusal())
-        fault = _writers_fault(st, owners, True)
-        if fault:
-            raise Unreadable(fault)
-        rfd = os.open(f"/proc/self/fd/{fd}", O_READ_FLAGS | os.O_DIRECTORY)
+        rfd = reopen(fd, st, creds, os.O_DIRECTORY)
     finally:
         os.close(fd)
+    fault = _writers_fault(st, owners, True)
+    if fault:
+        os.close(rfd)
+        raise Unreadable(fault)
     try:
         budget.opened += 1
         return sorted(n for n in os.listdir(rfd) if not n.startswith("."))
@@ -416,9 +427,9 @@ def unix_connect(path: str, creds: Creds = ROOT, owners: Optional[Sequence[int]]
         fd, st = walk.to(path)
     try:
         if not stat.S_ISSOCK(st.st_mode):
-            raise Unreadable("is not a socket" if _may(fd, st, creds, R) or creds.may(st, W)
+            raise Unreadable("is not a socket" if may(fd, st, creds, R) or creds.may(st, W)
                              else creds.refusal())
-        if not _may(fd, st, creds, W):
+        if not may(fd, st, creds, W):
             raise Unreadable(creds.refusal().replace("readable", "writable"))
         fault = _writers_fault(st, owners, False)
         if fault:
