@@ -99,9 +99,12 @@ def errors(server: dict, target: Target) -> List[dict]:
     return groups
 
 
-def stalled(r: dict) -> dict:
+def stalled(r: dict, ran_out_of: Optional[str] = None, server: Optional[str] = None) -> dict:
     """Which side stalled, and the summary's first sentence: 'the server stopped at 700
-    (...)' or 'this host ran out of ... at 28,232'; None when every one verified."""
+    (...)' or 'this host ran out of ... at 28,232'; None when every one verified.
+    A caller that knows more says it here, and the sentence is composed once with it:
+    `ran_out_of`, this host's limit as the knob table words it ('local ports (KNOB)');
+    `server`, the server's process ('nginx pid 812')."""
     if r["ok"]:
         return {"side": None, "at": r["verified"],
                 "sentence": f"all {r['requested']:,} connections verified twice"
@@ -110,13 +113,14 @@ def stalled(r: dict) -> dict:
     if mine:
         e = mine[0]
         return {"side": "client", "at": r["attempted"], "limit": e["limit"],
-                "sentence": f"this host ran out of {e['limit'] or e['errno']} at {r['attempted']:,} "
+                "sentence": f"this host ran out of {ran_out_of or e['limit'] or e['errno']} at {r['attempted']:,} "
                             f"({e['errno']} on {e['op']})"}
     parts = server_parts(r["server"])
     if not parts:
         return {"side": None, "at": r["verified"], "sentence": f"stopped at {r['verified']:,} ({r['stopped_by']})"}
+    who = f"the server ({server})" if server else "the server"
     return {"side": "server", "at": r["verified"],
-            "sentence": f"the server stopped at {r['verified']:,} ({'; '.join(parts)})"}
+            "sentence": f"{who} stopped at {r['verified']:,} ({'; '.join(parts)})"}
 
 
 def server_parts(server: dict) -> List[str]:

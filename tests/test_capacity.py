@@ -216,5 +216,5 @@ def test_every_row_that_needs_action_carries_the_fix_apply_would_take():
     for row in rep.rows:
         assert bool(row.fix) == (row.status in capacity.ACTION), row
     # The sysctl command apply's plan prints for the same value.
-    assert rep.row("net.core.somaxconn").fix == "sysctl -w net.core.somaxconn=65535"
-    assert rep.row("net.ipv4.tcp_mem").fix.startswith("sysctl -w net.ipv4.tcp_mem='")
+    assert rep.row("net.core.somaxconn").fix.render() == "sysctl -w net.core.somaxconn=65535"
+    assert rep.row("net.ipv4.tcp_mem").fix.render().startswith("sysctl -w net.ipv4.tcp_mem='")

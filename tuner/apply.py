@@ -312,7 +312,7 @@ def application_short(req: Request) -> Optional[Dict[str, Any]]:
     a = d.application
     if a is None or a["allows"] is None or a["allows"] >= req.target:
         return None
-    fix = next((f.command for f in d.fix if f.kind == "application"), "")
+    fix = next((f.render() for f in d.fix if f.kind == "application"), "")
     return {"knob": a["label"], "current": [a["allows"]], "allows": a["allows"], "fix": fix}
 
 
@@ -328,7 +328,8 @@ def after_report(req: Request) -> Dict[str, Any]:
     ctx = Ctx(snap, role=req.role, target=req.target, destinations=req.destinations,
               source_dev=req.alias_dev, source_count=req.source_count)
     rep = capacity.evaluate(ctx)
-    capped = [{"knob": r.name, "current": r.current, "allows": r.allows, "fix": r.fix}
+    capped = [{"knob": r.name, "current": r.current, "allows": r.allows,
+                "fix": r.fix.render() if r.fix else ""}
               for r in rep.rows if r.status in (capacity.BINDS, capacity.SHORT, capacity.CAPPED)]
     app = application_short(req)
     reachable, binding = rep.reachable, rep.binding

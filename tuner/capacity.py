@@ -8,13 +8,15 @@ every command shares are computed here once: the processes a target needs
 """
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Dict, List, Optional
 
 from .host.conns import FD_HEADROOM, connections_within
 
 from . import memory
+from .suggestion import APPLY, PROBE, REPORT, ROOT, Count, Suggestion, advice, setting, tuner
 from .knobs import (BY_NAME, CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, KNOBS,
                     Ctx, Knob)
 
@@ -47,7 +49,7 @@ class Row:
     allows: Optional[int]
     status: str
     why: str
-    fix: str = ""
+    fix: Optional[Suggestion] = None
     # What is in use of this limit now, in its own unit, and in_use / the limit; None
     # where the kernel keeps no O(1) count (knobs.Knob.usage).
     in_use: Optional[int] = None
@@ -69,8 +71,9 @@ class Report:
     unreadable: List[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d = {"schema": SCHEMA, **d}
+        d = {"schema": SCHEMA}
+        for f in fields(self):
+            d[f.name] = [row_dict(r) for r in self.rows] if f.name == "rows" else copy.deepcopy(getattr(self, f.name))
         d["next"] = next_step(self)
         d["k8s"] = k8s_section(self.rows)
         return d
@@ -79,13 +82,18 @@ class Report:
         return next(r for r in self.rows if r.name == name)
 
 
-def _args(report: "Report") -> str:
-    """The options that name what this report was about, as a next command repeats them."""
-    from .inputs import target_word
+def row_dict(row: Row) -> Dict[str, Any]:
+    """A row as the JSON has it: its fix spelled (tuner.suggestion), the rest as data."""
+    d = asdict(replace(row, fix=None))
+    d["fix"] = row.fix.render() if row.fix else ""
+    return d
 
-    out = f" --target {target_word(report.target)}" if report.target else ""
-    out += f" --role {report.role}" if report.role != "loopback" else ""
-    return out + (f" --netns {report.netns}" if report.netns else "")
+
+def _args(report: "Report") -> list:
+    """The options that name what this report was about, as a next command repeats them."""
+    out = [("--target", Count(report.target))] if report.target else []
+    out += [("--role", report.role)] if report.role != "loopback" else []
+    return out + ([("--netns", report.netns)] if report.netns else [])
 
 
 def next_step(report: "Report") -> str:
@@ -93,21 +101,19 @@ def next_step(report: "Report") -> str:
     limit full now, or of one that stops the target where apply cannot change it (the
     knob table's); else apply's plan for the target when a limit needs
     changing; else the probe that proves the target (without one, the report sizing it)."""
-    from .inputs import target_word
-
     for row in report.rows:
         # A limit apply cannot change that stops the target stays after any apply.
         stops = row.status in (BINDS, SHORT) and report.target is not None
         if row.fix and (row.status == FULL or stops) and (report.target is None or not BY_NAME[row.name].writable):
-            return f"{row.name} ({row.status}): {row.fix}"
+            return f"{row.name} ({row.status}): {row.fix.render()}"
     if report.target is None:
-        return "tuner report --target N (what N connections need)"
+        return f"{tuner(REPORT, ('--target', 'N')).render()} (what N connections need)"
     if any(r.status in ACTION and r.status not in (CAPPED, WARN) for r in report.rows):
-        return f"tuner apply{_args(report)} --dry-run"
+        return tuner(APPLY, *_args(report), ("--dry-run", None)).render()
     if report.role != "loopback":
         return "nothing to change: tuner probe --serve and --connect prove it between the two hosts"
-    return (f"tuner probe -n {target_word(report.target)}" + (f" --netns {report.netns}" if report.netns else "")
-            + " (proves it with real connections)")
+    probe = tuner(PROBE, ("-n", Count(report.target)), *([("--netns", report.netns)] if report.netns else []))
+    return f"{probe.render()} (proves it with real connections)"
 
 
 def k8s_section(rows: List[Row]) -> List[Dict[str, Any]]:
@@ -209,24 +215,26 @@ def status(planned: str, utilization: Optional[float]) -> str:
     return fill if planned == OK else planned
 
 
-def row_fix(knob: Knob, state: str, needed, netns: Optional[str], target: Optional[int]) -> str:
+def row_fix(knob: Knob, state: str, needed, netns: Optional[str], target: Optional[int]) -> Optional[Suggestion]:
     """What lifts a row with an ACTION status, the same step apply would take: the
     setting kind's own command for the value the target needs (as apply's plan prints
     it), the knob table's fix where tuner cannot change it, else the apply that plans
-    the value from a target. Empty for rows that need nothing."""
+    the value from a target. None for rows that need nothing."""
     if state not in ACTION:
-        return ""
-    from .inputs import target_word
+        return None
+    # Here, not at the top: only a report with a sysctl to fix imports the settings package.
     from .settings.sysctl import KIND as writer, text
 
     if knob.writable and knob.is_sysctl and needed is not None:
-        return writer.command(netns if knob.scope == "netns" else None, {"name": knob.name}, text(needed))
+        return setting(writer, netns if knob.scope == "netns" else None, knob.name, text(needed))
     if knob.fix:
-        return knob.fix
-    apply = f"tuner apply --target {target_word(target) if target else 'N'}"
+        return advice(knob.fix)
+    if not knob.writable:
+        return None
+    wanted = [("--target", Count(target) if target else "N")]
     if state == WARN:
-        return apply + " --shrink-buffers"
-    return apply if knob.writable else ""
+        wanted.append(("--shrink-buffers", None))
+    return tuner(APPLY, *wanted, needs=(ROOT,))
 
 
 def _status(ctx: Ctx, knob: Knob, current, needed, allows, binding: Optional[str],

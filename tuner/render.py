@@ -53,7 +53,7 @@ def _report_cells(r) -> dict:
         allows += f" {r.caps}"
     fix = r.status in ("binds", "short", "capped", "full", "near") and r.fix
     return {"knob": r.name, "scope": r.scope, "current": current, "needed": value(r.needed, r.unit),
-            "allows": allows, "status": r.status, "why": f"{r.why} Fix: {r.fix}." if fix else r.why}
+            "allows": allows, "status": r.status, "why": f"{r.why} Fix: {r.fix.render()}." if fix else r.why}
 
 
 # The knob table's columns, and the compact ones shown when those do not fit the terminal.

@@ -19,8 +19,9 @@ Library entry point (tuner metrics uses it too):
 """
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from tuner import apps, capacity, knobs, readings
@@ -28,9 +29,10 @@ from tuner.host import netns
 from tuner.diagnose import service
 from tuner.apps.base import AppCap, AppFix
 from tuner.capacity import FULL
-from tuner.diagnose.fixes import APP_LIMIT_HINT, LISTEN_BACKLOG, Fix, app_want, fixes
+from tuner.diagnose.fixes import APP_LIMIT_HINT, LISTEN_BACKLOG, app_want, fixes
 from tuner.host.errors import TunerError, UsageError
 from tuner.knobs import CAPS_CONNECTIONS, CAPS_PER_PROCESS, Ctx
+from tuner.suggestion import Suggestion, advice
 
 SCHEMA = "tuner.diagnose/2"
 # A process running at least this many connections, each with a thread of its own
@@ -60,8 +62,20 @@ class Limit:
     needed: Optional[List[Any]]
     status: str
     why: str
-    fix: str = ""
+    fix: Optional[Suggestion] = None
     pid: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        d = asdict(replace(self, fix=None))
+        d["fix"] = self.fix.render() if self.fix else ""
+        return d
+
+
+def _data(value):
+    """A field as asdict() gives it (a copy; lists of dataclasses as lists of dicts)."""
+    if isinstance(value, list):
+        return [asdict(v) if is_dataclass(v) else copy.deepcopy(v) for v in value]
+    return asdict(value) if is_dataclass(value) else copy.deepcopy(value)
 
 
 @dataclass
@@ -79,7 +93,7 @@ class Diagnosis:
     connections: Dict[str, Any]
     listeners: List[Dict[str, Any]]
     limits: List[Limit]
-    fix: List[Fix]
+    fix: List[Suggestion]
     notes: List[str]
     thread_per_connection: bool
     memory: Dict[str, Any]
@@ -89,7 +103,12 @@ class Diagnosis:
     application: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, **asdict(self)}
+        out = {"schema": SCHEMA}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            # The fixes are spelled by their own to_dict (tuner.suggestion), the rest as data.
+            out[f.name] = [s.to_dict() for s in value] if f.name in ("fix", "limits") else _data(value)
+        return out
 
     def limit(self, name: str, pid: Optional[int] = None) -> Limit:
         return next(r for r in self.limits if r.name == name and (pid is None or r.pid == pid))
@@ -363,8 +382,8 @@ def _backlog_rows(own_listeners, snap) -> List[Limit]:
         f"passed to listen(), {cap.name} {somaxconn if somaxconn is not None else '?'} "
         f"when it called listen()); connects completed beyond it while the server does not "
         f"accept are dropped and retried a second later (ListenOverflows).",
-        "raise the backlog the application passes to listen()" if somaxconn and l.backlog < somaxconn
-        else f"raise {cap.name} (tuner apply), then the application must listen() again")
+        advice("raise the backlog the application passes to listen()" if somaxconn and l.backlog < somaxconn
+               else f"raise {cap.name} (tuner apply), then the application must listen() again"))
         for l in own_listeners]
 
 

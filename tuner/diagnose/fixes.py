@@ -9,31 +9,32 @@ restart).  A Diagnosis comes in evaluated; nothing here decides what binds.
 from __future__ import annotations
 
 import os
-import shlex
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence
 
 from tuner import apps, knobs
 from tuner.settings import kind
+from tuner.suggestion import (APPLY, DIAGNOSE, HOST, NETNS, PIDS, RESTART, ROOT, UNIT, Suggestion, advice,
+                              config, setting, tuner, write)
 
 SOFT, HARD = "RLIMIT_NOFILE.soft", "RLIMIT_NOFILE.hard"
 LISTEN_BACKLOG = "listen backlog"      # the application's own limit, named as in the table
 APP_LIMIT_HINT = "tell tuner the cap with --app-limit N"
 
 
-@dataclass
-class Fix:
-    command: str               # a command to run, or the setting to change in the application
-    why: str
-    kind: str = "tuner"        # tuner | sysctl | cgroup | application | unit
+def apply_command(d, n: int, pids: Sequence[int] = (), why: str = "", kind: str = "tuner") -> Suggestion:
+    """`tuner apply` sizing the service's limits for `n` connections (its processes' own
+    descriptor limits too, given `pids`), in the service's network namespace."""
+    netns = d.netns if d.netns and d.netns != "?" else None
+    args = [("--pid", pid) for pid in pids] + [("--target", n), ("--role", "server")]
+    args += [("--netns", netns)] if netns else []
+    return tuner(APPLY, *args, why=why, kind=kind, needs=(ROOT,),
+                 scope=PIDS if pids else NETNS if netns else HOST, at=tuple(pids) or netns)
 
 
-def apply_command(d, n: int, pids: Sequence[int] = ()) -> str:
-    parts = ["tuner", "apply"] + [x for pid in pids for x in ("--pid", str(pid))]
-    parts += ["--target", str(n), "--role", "server"]
-    if d.netns and d.netns != "?":
-        parts += ["--netns", d.netns]
-    return " ".join(shlex.quote(p) for p in parts)
+def raises_descriptors(s: Suggestion) -> bool:
+    """An apply that raises running processes' RLIMIT_NOFILE (it names them with --pid)."""
+    return s.verb == APPLY and bool(s.option("--pid"))
 
 
 # ---------------------------------------------------------------- the application
@@ -49,7 +50,7 @@ def app_want(d) -> Optional[int]:
     return _next_limit(d, cap["label"]) if d.binding_limit == cap["label"] else None
 
 
-def app_fix(d) -> List[Fix]:
+def app_fix(d) -> List[Suggestion]:
     """The application's own setting (as its adapter sized it in application.fix): the
     config lines, where, then the reload or restart that takes them."""
     cap = d.application
@@ -57,12 +58,11 @@ def app_fix(d) -> List[Fix]:
         return []
     f = cap.get("fix")
     if f is None:
-        return [Fix(f"raise {cap['label']}", f"{cap['app']}'s own cap binds: {cap['why']}", "application")]
+        return [advice(f"raise {cap['label']}", f"{cap['app']}'s own cap binds: {cap['why']}", "application")]
     held = f"{cap['app']} holds {f['allows']:,} with it" if f["allows"] is not None else ""
     nofile = f"each of its processes needs RLIMIT_NOFILE {f['nofile']:,}" if f["nofile"] else ""
-    where = f"in {f['file']}: " if f["file"] else ""
-    return [Fix(f"{where}{' '.join(f['lines'])} then {f['command']} ({f['action']})",
-                "; ".join(w for w in (held, nofile, f["why"]) if w), "application")]
+    return [config(f["lines"], f["file"], f["command"], f["action"],
+                   "; ".join(w for w in (held, nofile, f["why"]) if w))]
 
 
 def _next_limit(d, app_label: str) -> Optional[int]:
@@ -81,34 +81,34 @@ def _next_limit(d, app_label: str) -> Optional[int]:
 
 # ---------------------------------------------------------------- descriptors
 
-def _soft_raise(d, soft_rows, hard_rows, ceiling: int) -> List[Fix]:
+def _soft_raise(d, soft_rows, hard_rows, ceiling: int) -> List[Suggestion]:
     raisable = [r.pid for r in soft_rows if r.current[0] < hard_rows[r.pid].current[0]]
     want = d.target if d.target is not None else ceiling
     out = []
     if raisable and want:
-        out.append(Fix(apply_command(d, want, raisable),
-                       f"raises RLIMIT_NOFILE.soft of the running process"
-                       f"{'es' if len(raisable) > 1 else ''} (prlimit, no restart), up to the "
-                       f"hard limit; with it the service holds up to {min(want, ceiling):,}"))
+        out.append(apply_command(d, want, raisable,
+                                 f"raises RLIMIT_NOFILE.soft of the running process"
+                                 f"{'es' if len(raisable) > 1 else ''} (prlimit, no restart), up to the "
+                                 f"hard limit; with it the service holds up to {min(want, ceiling):,}"))
     if d.target is not None and ceiling < d.target or not raisable:
         first = next((r for r in hard_rows.values() if r.fix), None)
         if first is not None:
-            out.append(Fix(first.fix, f"the hard limit {first.current[0]:,} of pid {first.pid} holds "
-                                      f"{first.allows:,}: raising it needs CAP_SYS_RESOURCE or a "
-                                      f"restart with a higher limit; or shard across processes",
-                           "unit"))
+            out.append(replace(first.fix, kind="unit", scope=PIDS, at=(first.pid,),
+                               why=f"the hard limit {first.current[0]:,} of pid {first.pid} holds "
+                                   f"{first.allows:,}: raising it needs CAP_SYS_RESOURCE or a "
+                                   f"restart with a higher limit; or shard across processes"))
     return out
 
 
-def _persist(d, procs, want: Optional[int]) -> List[Fix]:
+def _persist(d, procs, want: Optional[int]) -> List[Suggestion]:
     """LimitNOFILE= for each systemd unit, so a restart keeps the raised limit."""
-    return [Fix(" ".join(["tuner", "apply", "--persist", "--unit", shlex.quote(unit),
-                          "--target", str(want), "--role", "server"]),
-                f"LimitNOFILE= in a drop-in of {unit}, so a restart keeps the limit", "unit")
+    return [tuner(APPLY, ("--persist", None), ("--unit", unit), ("--target", want), ("--role", "server"),
+                  why=f"LimitNOFILE= in a drop-in of {unit}, so a restart keeps the limit", kind="unit",
+                  needs=(ROOT, RESTART), scope=UNIT, at=unit)
             for unit in sorted({p.unit for p in procs if p.unit})]
 
 
-def fd_fixes(d, procs) -> List[Fix]:
+def fd_fixes(d, procs) -> List[Suggestion]:
     """The descriptor limits, when the soft one binds or the target needs more."""
     soft_rows = [r for r in d.limits if r.name == SOFT]
     hard_rows = {r.pid: r for r in d.limits if r.name == HARD}
@@ -122,44 +122,43 @@ def fd_fixes(d, procs) -> List[Fix]:
 
 # ---------------------------------------------------------------- sysctls and the rest
 
-def sysctl_fix(d, earlier: List[Fix]) -> List[Fix]:
+def sysctl_fix(d, earlier: List[Suggestion]) -> List[Suggestion]:
     """Host and namespace sysctls the target needs: one tuner apply writes them all
     (unless an apply --pid above does already)."""
     sysctls = [r for r in d.limits if r.kind == "sysctl" and r.needed is not None
                and r.name in knobs.BY_NAME and knobs.BY_NAME[r.name].writable]
-    if d.target is None or not sysctls or any(f.command.startswith("tuner apply --pid") for f in earlier):
+    if d.target is None or not sysctls or any(raises_descriptors(f) for f in earlier):
         return []
-    return [Fix(apply_command(d, d.target),
-                "raises " + ", ".join(dict.fromkeys(r.name for r in sysctls))
-                + f" to what {d.target:,} connections need")]
+    return [apply_command(d, d.target, why="raises " + ", ".join(dict.fromkeys(r.name for r in sysctls))
+                          + f" to what {d.target:,} connections need")]
 
 
-def _cgroup_pids_fix(d, r, procs) -> List[Fix]:
+def _cgroup_pids_fix(d, r, procs) -> List[Suggestion]:
     if not (r.needed or r.name == d.binding_limit):
         return []
     wanted = r.needed[0] if r.needed else None
     path = (procs[0].cgroup_pids or {}).get("path")
     if path and wanted:
-        return [Fix(f"echo {wanted} > {shlex.quote(os.path.join(path, 'pids.max'))}", r.fix, "cgroup")]
-    return [Fix(r.fix, f"{r.name} binds", "cgroup")]
+        return [write(os.path.join(path, "pids.max"), wanted, r.fix.render() if r.fix else "")]
+    return [replace(r.fix, why=f"{r.name} binds", kind="cgroup")] if r.fix else []
 
 
-def _thread_sysctl_fix(d, r) -> List[Fix]:
+def _thread_sysctl_fix(d, r) -> List[Suggestion]:
     if r.kind != "sysctl":
         return []
     if r.needed:
-        return [Fix(kind("sysctl").command(None, {"name": r.name}, str(r.needed[0])),
-                    f"{r.name} for {d.target:,} thread-per-connection connections", "sysctl")]
+        return [setting(kind("sysctl"), None, r.name, str(r.needed[0]),
+                        f"{r.name} for {d.target:,} thread-per-connection connections")]
     if r.name == d.binding_limit:
-        return [Fix(f"tuner diagnose --pid {' --pid '.join(map(str, d.pids))} --target N",
-                    f"{r.name} binds; --target N prints the value N connections need", "sysctl")]
+        return [tuner(DIAGNOSE, *[("--pid", pid) for pid in d.pids], ("--target", "N"),
+                      why=f"{r.name} binds; --target N prints the value N connections need", kind="sysctl")]
     return []
 
 
-def process_knob_fixes(d, procs) -> List[Fix]:
+def process_knob_fixes(d, procs) -> List[Suggestion]:
     """Process-only limits (threads, mappings, the pids cgroup): the knob's own fix."""
     names = {k.name for k in knobs.PROCESS_KNOBS}
-    out: List[Fix] = []
+    out: List[Suggestion] = []
     for r in d.limits:
         if r.name not in names:
             continue
@@ -170,13 +169,13 @@ def process_knob_fixes(d, procs) -> List[Fix]:
     return out
 
 
-def host_fix(d) -> List[Fix]:
+def host_fix(d) -> List[Suggestion]:
     """A binding limit tuner cannot change (memory): the knob table's words for it."""
     out = []
     for r in d.limits:
         knob = knobs.BY_NAME.get(r.name)
         if knob and not knob.writable and knob.fix and r.name == d.binding_limit and knob.scope != "process":
-            out.append(Fix(knob.fix, f"{r.name} binds", "host"))
+            out.append(advice(knob.fix, f"{r.name} binds", "host"))
     return out
 
 
@@ -188,24 +187,24 @@ def _backlog_needs_fix(d, l) -> bool:
     return small or full or d.binding_limit == LISTEN_BACKLOG
 
 
-def _capped_backlog_fix(d, l, cap, somaxconn: int, earlier: List[Fix]) -> Fix:
+def _capped_backlog_fix(d, l, cap, somaxconn: int, earlier: List[Suggestion]) -> Suggestion:
     """The backlog is somaxconn as it was at listen(): raise it, then listen() again."""
-    if any(f.command.startswith("tuner apply") and "--target" in f.command for f in earlier):
-        return Fix(f"restart the application once {cap.name} is raised",
-                   f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
-                   f"{cap.name} as it was at listen(); only a new listen() "
-                   f"gets the larger queue", "application")
-    return Fix(apply_command(d, d.target or 2 * somaxconn),
-               f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
-               f"{cap.name}; raise it, then the application must call "
-               f"listen() again (restart it) to get the larger queue")
+    if any(f.verb == APPLY and f.option("--target") for f in earlier):
+        return advice(f"restart the application once {cap.name} is raised",
+                      f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
+                      f"{cap.name} as it was at listen(); only a new listen() "
+                      f"gets the larger queue", "application")
+    return apply_command(d, d.target or 2 * somaxconn,
+                         why=f"the backlog of {l['address']}:{l['port']} ({l['backlog']:,}) is "
+                             f"{cap.name}; raise it, then the application must call "
+                             f"listen() again (restart it) to get the larger queue")
 
 
-def backlog_fixes(d, snap, earlier: List[Fix]) -> List[Fix]:
+def backlog_fixes(d, snap, earlier: List[Suggestion]) -> List[Suggestion]:
     """The accept queue: the application's own setting (or the knob that caps it first)."""
     cap = knobs.backlog_cap()
     somaxconn = snap.int(cap.name)
-    out: List[Fix] = []
+    out: List[Suggestion] = []
     for l in d.listeners:
         if not _backlog_needs_fix(d, l):
             continue
@@ -216,30 +215,29 @@ def backlog_fixes(d, snap, earlier: List[Fix]) -> List[Fix]:
     return out
 
 
-def backlog_fix(d, listener: Dict[str, Any], somaxconn: Optional[int]) -> Fix:
+def backlog_fix(d, listener: Dict[str, Any], somaxconn: Optional[int]) -> Suggestion:
     """The application's own setting: only it can pass a larger backlog to listen()
     (`somaxconn`: the value of the knob that caps it); how, from its runtime's adapter."""
     adapter = apps.ADAPTERS.get((d.application or {}).get("app", ""))
     how = getattr(adapter, "backlog_setting", None)
-    return Fix(f"listen(fd, N): raise the backlog the application passes for "
-               f"{listener['address']}:{listener['port']} (now {listener['backlog']:,}; "
-               f"{knobs.backlog_cap().name} {'?' if somaxconn is None else f'{somaxconn:,}'} allows up to that)"
-               + (f"; {how}" if how else ""),
-               "only the application sets its listen backlog (a burst beyond it waits a second "
-               "for the retransmitted SYN)", "application")
+    return advice(f"listen(fd, N): raise the backlog the application passes for "
+                  f"{listener['address']}:{listener['port']} (now {listener['backlog']:,}; "
+                  f"{knobs.backlog_cap().name} {'?' if somaxconn is None else f'{somaxconn:,}'} allows up to that)"
+                  + (f"; {how}" if how else ""),
+                  "only the application sets its listen backlog (a burst beyond it waits a second "
+                  "for the retransmitted SYN)", "application")
 
 
 # ---------------------------------------------------------------- all of them
 
-def fixes(d, procs, snap) -> List[Fix]:
+def fixes(d, procs, snap) -> List[Suggestion]:
     """Every fix the diagnosis asks for, the application's own first, each command once."""
     out = app_fix(d) + fd_fixes(d, procs)
     out += sysctl_fix(d, out)
     out += process_knob_fixes(d, procs) + host_fix(d)
     out += backlog_fixes(d, snap, out)
-    seen, unique = set(), []
+    # Each once: two limits may ask for the same step (the first one's why is kept).
+    unique: Dict[tuple, Suggestion] = {}
     for f in out:
-        if f.command not in seen:
-            seen.add(f.command)
-            unique.append(f)
-    return unique
+        unique.setdefault(f.step, f)
+    return list(unique.values())

@@ -14,9 +14,6 @@ from tuner.host.numfmt import number, size
 from tuner.render import table, value
 
 
-SHELL_WORDS = ("tuner", "sysctl", "echo", "prlimit", "ip", "systemctl", "mkdir")
-
-
 def _cell(v, unit: str) -> str:
     if v is None:
         return "-"
@@ -32,7 +29,7 @@ def diagnose_text(d, wide: bool = False, width: Optional[int] = None) -> str:
         rows.append([r.name, r.scope, current, _cell(r.used, r.unit), _cell(r.headroom, r.unit),
                      number(r.allows), value(r.needed, r.unit), r.status] + ([r.why] if wide else []))
         if not wide and r.status not in ("ok", "n/a"):
-            fix = f" Fix: {r.fix}." if r.fix and r.status in ("binds", "short", "capped", "full") else ""
+            fix = f" Fix: {r.fix.render()}." if r.fix and r.status in ("binds", "short", "capped", "full") else ""
             notes.append(f"  {r.name}{f' (pid {r.pid})' if r.pid else ''} ({r.status}): {r.why}{fix}")
     lines.append(table(rows, ["limit", "scope", "current", "used", "headroom", "connections",
                               "needed", "status"] + (["why"] if wide else []), width,
@@ -67,8 +64,8 @@ def diagnose_text(d, wide: bool = False, width: Optional[int] = None) -> str:
         for f in d.fix:
             # A command is wrapped with '\' so that it still runs as pasted; advice (an
             # application's setting) wraps as prose.
-            shell = f.command.split(" ", 1)[0] in SHELL_WORDS
-            lines.append(fit.command(f"  {f.command}", width) if shell else fit.wrap(f"  {f.command}", width))
+            text = f"  {f.render()}"
+            lines.append(fit.command(text, width) if f.is_command else fit.wrap(text, width))
             lines.append(fit.wrap(f"      {f.why}", width))
     tail = ([""] + ["notes:"] + [f"  {n}" for n in d.notes] if d.notes else []) + (
         ["unreadable without root: " + ", ".join(d.unreadable)] if d.unreadable else [])

@@ -22,7 +22,7 @@ from tuner import knobs, readings
 from tuner.host import procfs, procpid
 from tuner.diagnose import service
 from tuner.diagnose.evaluate import diagnose
-from tuner.diagnose.fixes import LISTEN_BACKLOG, backlog_fix
+from tuner.diagnose.fixes import LISTEN_BACKLOG, apply_command, backlog_fix, raises_descriptors
 
 SCHEMA = "tuner.diagnose.watch/1"
 
@@ -153,19 +153,18 @@ class Watch:
         self.samples = 0
 
     def _fix_for(self, limit: str) -> str:
+        """The fix a limit hit now asks for, from diagnose's fixes (tuner.diagnose.fixes)."""
         d = self.diag
         if limit == LISTEN_BACKLOG and d.listeners:
-            return backlog_fix(d, min(d.listeners, key=lambda l: l["backlog"]), self.backlog_cap()).command
+            return backlog_fix(d, min(d.listeners, key=lambda l: l["backlog"]), self.backlog_cap()).render()
         if limit == "RLIMIT_NOFILE.soft":
-            return next((f.command for f in d.fix if f.command.startswith("tuner apply --pid")),
-                        knobs.BY_NAME[limit].why)
+            return next((f.render() for f in d.fix if raises_descriptors(f)), knobs.BY_NAME[limit].why)
         knob = knobs.BY_NAME.get(limit)
         if knob is None:
             return ""
         if knob.writable and knob.is_sysctl:
             n = self.target or max(2 * (d.connections["held"] or 1), 1000)
-            netns = f" --netns {d.netns}" if d.netns and d.netns != "?" else ""
-            return f"tuner apply --target {n} --role server{netns}  ({knob.name})"
+            return f"{apply_command(d, n).render()}  ({knob.name})"
         return knob.fix or knob.why
 
     def backlog_cap(self) -> Optional[int]:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Union
 
 from probes import ProbeConfig, ProbeConfigError, launch
+from probes import serverside
 from probes.config import source_count, sources, worker_capacity
 
-from tuner import assess, knobs
+from tuner import assess, knobs, suggestion
 from tuner.capacity import CAPPED, Report
 from tuner.host.errors import TunerError, UsageError
 from tuner.probing.progress import Progress
@@ -56,13 +57,14 @@ class Preflight:
     def refusal(self) -> str:
         return f"refusing to probe {number(self.connections)}: {'; '.join(self.problems)} (or pass --force)"
 
-    def apply_command(self) -> str:
+    def apply_command(self) -> suggestion.Suggestion:
         """`tuner apply` planning for this probe's configuration, so its plan changes the
         knobs this probe needs (a narrow --source-net needs a wider port range)."""
-        return (f"tuner apply --target {self.connections}"
-                + (f" --netns {self.report.netns}" if self.report.netns else "")
-                + f" --source-net {self.source_net}"
-                + (f" --destinations {self.destinations}" if self.destinations != 1 else ""))
+        args = [("--target", self.connections)]
+        args += [("--netns", self.report.netns)] if self.report.netns else []
+        args += [("--source-net", self.source_net)]
+        args += [("--destinations", self.destinations)] if self.destinations != 1 else []
+        return suggestion.tuner(suggestion.APPLY, *args, needs=(suggestion.ROOT,))
 
     def fix_for(self, limit: Optional[str]) -> Optional[str]:
         """The table's fix for a limit the probe hit: the value N needs, under this
@@ -76,8 +78,8 @@ class Preflight:
             return None
         if row.needed is not None and row.status != CAPPED:
             return (f"{row.name} needs {values(row.needed, row.unit)} for {number(self.connections)}: "
-                    f"{self.apply_command()}")
-        return f"{row.name}: {row.fix}" if row.fix else None
+                    f"{self.apply_command().render()}")
+        return f"{row.name}: {row.fix.render()}" if row.fix else None
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "problems": self.problems,
@@ -231,28 +233,30 @@ RAN_OUT_OF = {"ports": "local ports", "bytes": "memory", "pages": "socket buffer
 
 
 def explain_stall(result: dict, netns: Optional[str] = None) -> None:
-    """Complete result['stalled'] (probes.serverside's sentence): when the server
-    stalled, the room this host still had (the model for the client role) and, when the
-    server listens on this host, its process and the `tuner diagnose` that explains it;
-    when this host ran out, the knob's name as the table words it."""
+    """Complete result['stalled'] (probes.serverside's sentence, composed again with what
+    only tuner knows): when the server stalled, the room this host still had (the model
+    for the client role) and, when the server listens on this host, its process and the
+    `tuner diagnose` that explains it; when this host ran out, the knob's name as the
+    table words it."""
     stalled = result["stalled"]
     stalled.update(room=None, process=None, diagnose=None)
     if stalled["side"] == "client":
         knob = knobs.for_probe_limit(stalled.get("limit"))
         if knob is not None:
-            what = RAN_OUT_OF.get(knob.unit, knob.unit)
-            stalled["sentence"] = stalled["sentence"].replace(f"of {stalled['limit']} ", f"of {what} ({knob.name}) ", 1)
+            words = f"{RAN_OUT_OF.get(knob.unit, knob.unit)} ({knob.name})"
+            stalled.update(serverside.stalled(result, ran_out_of=words))
         return
     if stalled["side"] != "server":
         return
-    stalled["room"] = host_room(result, netns)
-    if stalled["room"] is not None:
-        stalled["sentence"] += f"; this host had room for {number(stalled['room'])} more"
+    room = host_room(result, netns)
     server = local_server(result["endpoint"], netns)
+    process = server[0] if server is not None else None
+    stalled.update(serverside.stalled(result, server=process), room=room, process=process)
+    if room is not None:
+        stalled["sentence"] += f"; this host had room for {number(room)} more"
     if server is not None:
-        stalled["process"], port = server
-        stalled["sentence"] = stalled["sentence"].replace("the server ", f"the server ({stalled['process']}) ", 1)
-        stalled["diagnose"] = f"tuner diagnose --port {port}" + (f" --netns {netns}" if netns else "")
+        stalled["diagnose"] = suggestion.tuner(suggestion.DIAGNOSE, ("--port", server[1]),
+                                               *([("--netns", netns)] if netns else [])).render()
 
 
 def host_room(result: dict, netns: Optional[str]) -> Optional[int]:

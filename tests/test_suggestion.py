@@ -1,0 +1,76 @@
+"""A fix is a value (issue 25): tuner.suggestion.Suggestion is built from facts and
+spelled only by its render/to_dict; nothing in tuner/ or probes/ reads a command string
+back, and a printed fix, run as written, changes the limit it names."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from tuner import suggestion as sg
+from tuner.settings.sysctl import KIND as SYSCTL
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Ways code read a command back: by its first words, by an option found in its text,
+# by splitting it, by patching a sentence built elsewhere.
+READ_BACK = [
+    re.compile(r"""startswith\(\s*f?["']tuner\b"""),
+    re.compile(r"""["']--?[a-z][a-z-]*["']\s+in\s+\w+(\.\w+)*\.command\b"""),
+    re.compile(r"""\bcommand\.(split|partition|rpartition|startswith|endswith)\("""),
+    re.compile(r"""\bsentence["']?\]?\.replace\("""),
+    re.compile(r"""\.command\s*\.\s*split"""),
+]
+
+
+def _sources():
+    for package in ("tuner", "probes"):
+        for top, dirs, files in os.walk(os.path.join(REPO, package)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for f in files:
+                if f.endswith(".py"):
+                    yield os.path.join(top, f)
+
+
+def test_no_command_string_is_read_back():
+    found = []
+    for path in _sources():
+        with open(path) as fh:
+            for number, line in enumerate(fh, 1):
+                if any(p.search(line) for p in READ_BACK):
+                    found.append(f"{os.path.relpath(path, REPO)}:{number}: {line.strip()}")
+    assert not found, "a command string is parsed back; ask the Suggestion's fields:\n" + "\n".join(found)
+
+
+def test_the_read_back_patterns_catch_what_they_name():
+    """The patterns above do match the code issue 25 removed (else the test proves nothing)."""
+    removed = ['any(f.command.startswith("tuner apply --pid") for f in earlier)',
+               'f.command.startswith("tuner apply") and "--target" in f.command',
+               'stalled["sentence"] = stalled["sentence"].replace("the server ", "x", 1)',
+               'shell = f.command.split(" ", 1)[0] in SHELL_WORDS']
+    for line in removed:
+        assert any(p.search(line) for p in READ_BACK), line
+
+
+def test_spelling():
+    apply = sg.tuner(sg.APPLY, ("--pid", 812), ("--pid", 813), ("--target", 5000), ("--role", "server"),
+                     ("--netns", "blue ns"))
+    assert apply.render() == "tuner apply --pid 812 --pid 813 --target 5000 --role server --netns 'blue ns'"
+    assert apply.option("--pid") == (812, 813) and apply.is_command
+    short = sg.tuner(sg.APPLY, ("--target", sg.Count(1_000_000)), ("--shrink-buffers", None))
+    assert short.render() == "tuner apply --target 1M --shrink-buffers"
+    assert sg.setting(SYSCTL, "ns1", "net.ipv4.ip_local_port_range", "1024 65535").render() == \
+        "ip netns exec ns1 sysctl -w net.ipv4.ip_local_port_range='1024 65535'"
+    assert sg.write("/sys/fs/cgroup/a b/pids.max", 900).render() == "echo 900 > '/sys/fs/cgroup/a b/pids.max'"
+    conf = sg.config(["maxclients 600"], "/etc/redis/redis.conf:12", "kill -HUP 9", "reload", "why")
+    assert conf.render() == "in /etc/redis/redis.conf:12: maxclients 600 then kill -HUP 9 (reload)"
+    assert not conf.is_command and sg.RELOAD in conf.needs and conf.scope == sg.APPLICATION
+    assert conf.to_dict() == {"command": conf.render(), "why": "why", "kind": "application"}
+    words = sg.advice("raise pids.max", "it binds", "cgroup")
+    assert words.render() == "raise pids.max" and not words.is_command
+
+
+def test_one_step_whatever_the_reason():
+    a = sg.tuner(sg.APPLY, ("--target", 10), why="one reason")
+    b = sg.tuner(sg.APPLY, ("--target", 10), why="another")
+    assert a.step == b.step and a != b

@@ -1,0 +1,139 @@
+"""A fix as a value: what to run or change, why, what it needs, and where it applies.
+
+The capacity model (tuner/capacity.py), diagnose (tuner/diagnose/fixes.py), its
+--watch, the probe (tuner/probing/run.py) and the applications' adapters build
+Suggestions from facts; `render` (the text a user reads and pastes) and `to_dict` (the
+JSON, whose `command` is that same text, so the schemas did not change) are the only
+places that spell one.  Nothing reads a rendered command back: code that needs to know
+what a suggestion does asks its fields (`verb`, `option("--pid")`, `scope`, `needs`).
+
+Adding a kind of suggestion: a verb constant below, a constructor for it, and its
+spelling in `_SPELL`; `is_command` says whether it runs as pasted.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, Optional, Sequence, Tuple
+
+from tuner.inputs import target_word
+
+# The verbs.  A tuner command's verb is its subcommand; its args are its options in order.
+APPLY, DIAGNOSE, PROBE, REPORT = "tuner apply", "tuner diagnose", "tuner probe", "tuner report"
+TUNER_VERBS = (APPLY, DIAGNOSE, PROBE, REPORT)
+SETTING = "setting"    # a setting kind's own command (tuner/settings/: sysctl -w ...)
+WRITE = "write"        # a value written to a file (a cgroup's pids.max)
+CONFIG = "config"      # an application's config lines, then the reload or restart taking them
+ADVICE = "advice"      # words for a person, where no one command does it
+
+# What a suggestion needs besides being run.
+ROOT, RESTART, RELOAD = "root", "restart", "reload"
+
+# Where it applies (`scope`, and `at` names which one).
+HOST, NETNS, PIDS, UNIT, CGROUP, APPLICATION = "host", "netns", "pid", "unit", "cgroup", "application"
+
+
+class Count(int):
+    """A number of connections spelled as a user types it (1000000 as 1M: inputs.target_word);
+    a plain int is spelled in digits."""
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    verb: str
+    # The verb's arguments, in order, as (name, value): a tuner command's options
+    # (("--target", Count(5000)), ("--pid", 812)); a flag's value is None.
+    args: Tuple[Tuple[str, Any], ...] = ()
+    why: str = ""
+    kind: str = "tuner"                  # what it changes, as diagnose's JSON names it
+    needs: FrozenSet[str] = frozenset()  # ROOT, RESTART, RELOAD
+    scope: str = HOST
+    at: Any = None                       # the namespace, pids, unit, cgroup file, config file
+    words: str = ""                      # ADVICE's sentence
+    # SETTING: the settings kind whose command() spells it (its name is in `kind`).
+    setting: Any = field(default=None, compare=False)
+
+    def option(self, name: str) -> Tuple[Any, ...]:
+        """Every value given to `name` (("--pid", 1), ("--pid", 2) -> (1, 2))."""
+        return tuple(v for k, v in self.args if k == name)
+
+    def arg(self, name: str, default: Any = None) -> Any:
+        return next((v for k, v in self.args if k == name), default)
+
+    @property
+    def step(self) -> tuple:
+        """What is done, without why: two suggestions with the same step are one."""
+        return (self.verb, self.args, self.words)
+
+    @property
+    def is_command(self) -> bool:
+        """Runs as pasted (wrapped with '\\' when long), where advice wraps as prose."""
+        return self.verb in TUNER_VERBS or self.verb in (SETTING, WRITE)
+
+    def render(self) -> str:
+        return _SPELL[self.verb](self)
+
+    def to_dict(self) -> Dict[str, str]:
+        return {"command": self.render(), "why": self.why, "kind": self.kind}
+
+
+# ---------------------------------------------------------------- constructors
+
+def tuner(verb: str, *args: Tuple[str, Any], why: str = "", kind: str = "tuner",
+          needs: Sequence[str] = (), scope: str = HOST, at: Any = None) -> Suggestion:
+    """A tuner command: `tuner(APPLY, ("--target", Count(n)), ("--dry-run", None))`."""
+    return Suggestion(verb, tuple(args), why, kind, frozenset(needs), scope, at)
+
+
+def setting(kind_obj, netns: Optional[str], name: str, value: str, why: str = "",
+            kind: str = "sysctl") -> Suggestion:
+    """A setting kind's own command for one value (a sysctl: `sysctl -w name=value`,
+    inside `ip netns exec` for a namespace's)."""
+    return Suggestion(SETTING, (("name", name), ("value", value), ("netns", netns)), why, kind,
+                      frozenset((ROOT,)), NETNS if netns else HOST, netns, setting=kind_obj)
+
+
+def write(path: str, value: Any, why: str = "", kind: str = "cgroup") -> Suggestion:
+    return Suggestion(WRITE, (("path", path), ("value", value)), why, kind, frozenset((ROOT,)),
+                      CGROUP, path)
+
+
+def config(lines: Sequence[str], file: Optional[str], then: str, action: str, why: str = "") -> Suggestion:
+    """An application's own setting: its config lines (in `file`), then the reload or
+    restart command that takes them (`action`: RELOAD or RESTART, the adapter's word)."""
+    return Suggestion(CONFIG, (("lines", tuple(lines)), ("file", file), ("then", then), ("action", action)),
+                      why, "application", frozenset((ROOT, action)), APPLICATION, file)
+
+
+def advice(words: str, why: str = "", kind: str = "tuner", scope: str = HOST, at: Any = None) -> Suggestion:
+    return Suggestion(ADVICE, (), why, kind, frozenset(), scope, at, words)
+
+
+# ---------------------------------------------------------------- spelling
+
+def _value(v: Any) -> str:
+    return target_word(v) if isinstance(v, Count) else shlex.quote(str(v))
+
+
+def _tuner(s: Suggestion) -> str:
+    parts = [s.verb] + [k if v is None else f"{k} {_value(v)}" for k, v in s.args]
+    return " ".join(parts)
+
+
+def _setting(s: Suggestion) -> str:
+    return s.setting.command(s.arg("netns"), {"name": s.arg("name")}, s.arg("value"))
+
+
+def _write(s: Suggestion) -> str:
+    return f"echo {s.arg('value')} > {shlex.quote(s.arg('path'))}"
+
+
+def _config(s: Suggestion) -> str:
+    where = f"in {s.arg('file')}: " if s.arg("file") else ""
+    return f"{where}{' '.join(s.arg('lines'))} then {s.arg('then')} ({s.arg('action')})"
+
+
+_SPELL: Dict[str, Callable[[Suggestion], str]] = {
+    **{verb: _tuner for verb in TUNER_VERBS},
+    SETTING: _setting, WRITE: _write, CONFIG: _config, ADVICE: lambda s: s.words,
+}
