@@ -19,6 +19,7 @@ under CI a skip is a failure: tests/conftest.py).
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -412,6 +413,27 @@ http {{
                  ready=lambda s: len(s.children()) >= workers)
 
 
+def _absolute_modules(text: str, binary: str, d: str) -> str:
+    """nginx.conf's `include .../modules-enabled/*.conf` copied into the temp dir with each
+    relative `load_module modules/...` made absolute against nginx's own compiled prefix:
+    under the test's `-p DIR/` a relative module path would be looked up in DIR (where
+    Debian's nginx-light, or any libnginx-mod-* package, enables a module, the stock config
+    failed to start in the tests, issue 28)."""
+    version = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr
+    prefix = re.search(r"--prefix=(\S+)", version)
+    prefix = prefix.group(1) if prefix else "/usr/share/nginx"
+
+    def expand(m):
+        parts = []
+        for path in sorted(glob.glob(m.group(2))):
+            with open(path) as f:
+                body = f.read()
+            parts.append(re.sub(r"(?m)^(\s*load_module\s+)(?!/)([^;\s]+)", rf"\g<1>{prefix}/\g<2>", body))
+        _write(os.path.join(d, "modules.conf"), "".join(parts))
+        return f"{m.group(1)}include {d}/modules.conf;"
+    return re.sub(r"(?m)^(\s*)include\s+(/etc/nginx/modules-enabled/\*\.conf);", expand, text)
+
+
 def nginx_packaged(*, hosts: Sequence[str] = LOOPBACK, port: Optional[int] = None,
                    netns: Optional[str] = None, nofile: Union[int, tuple, None] = None,
                    timeout: float = 30.0) -> Server:
@@ -423,6 +445,7 @@ def nginx_packaged(*, hosts: Sequence[str] = LOOPBACK, port: Optional[int] = Non
     with open("/etc/nginx/nginx.conf") as f:
         text = f.read()
     site = _write(os.path.join(d, "site.conf"), _nginx_site(hosts, port))
+    text = _absolute_modules(text, binary, d)
     for pattern, repl in ((r"(?m)^pid\s+[^;]+;", f"pid {d}/nginx.pid;"),
                           (r"(?m)^(\s*)error_log\s+[^;]+;", rf"\g<1>error_log {d}/error.log;"),
                           (r"(?m)^(\s*)access_log\s+[^;]+;", rf"\g<1>access_log {d}/access.log;"),
