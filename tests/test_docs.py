@@ -84,3 +84,13 @@ def test_what_the_readme_says_of_json_is_what_the_commands_take():
     for command, ctx in manpages._commands()[1:]:
         has_json = any("--json" in getattr(p, "opts", ()) for p in command.params)
         assert has_json == (ctx.info_name not in without), ctx.command_path
+
+
+def test_every_application_adapter_has_its_section():
+    """docs/applications.md has a section for every adapter in tuner/apps/, its heading
+    naming the adapter as `name` (issue 28: Redis, PostgreSQL and the runtimes had none)."""
+    from tuner.apps import ADAPTERS
+
+    headings = re.findall(r"^## (.+)$", prose(read("docs/applications.md")), flags=re.M)
+    for name in ADAPTERS:
+        assert any(f"`{name}`" in h for h in headings), f"docs/applications.md has no section for `{name}`"
