@@ -74,3 +74,25 @@ def test_one_step_whatever_the_reason():
     a = sg.tuner(sg.APPLY, ("--target", 10), why="one reason")
     b = sg.tuner(sg.APPLY, ("--target", 10), why="another")
     assert a.step == b.step and a != b
+
+
+def test_a_printed_sysctl_fix_run_as_written_changes_the_limit(netns):
+    """The report's fix for a namespace's sysctl, pasted into a shell, sets what the
+    target needs there (and only there: the host's value is untouched)."""
+    from tuner import assess
+    from tuner.host.procfs import read_sysctl
+    from tuner.host.netns import in_netns
+
+    name = "net.core.somaxconn"
+    with in_netns(netns):
+        subprocess.run(["sysctl", "-qw", f"{name}=128"], check=True)
+    host_before = read_sysctl(name)
+    row = assess.build(100_000, "server", netns).row(name)
+    assert row.status == "raise" and row.fix.scope == sg.NETNS and row.fix.at == netns, row
+    command = row.fix.render()
+    assert command.startswith(f"ip netns exec {netns} sysctl -w {name}="), command
+    subprocess.run(["sh", "-c", command], check=True, capture_output=True)
+    with in_netns(netns):
+        assert int(read_sysctl(name)) == row.needed[0] > 128
+    assert read_sysctl(name) == host_before
+    assert assess.build(100_000, "server", netns).row(name).status == "ok"

@@ -17,7 +17,7 @@ from .host.conns import FD_HEADROOM, connections_within
 
 from . import memory
 from .suggestion import APPLY, PROBE, REPORT, ROOT, Count, Suggestion, advice, setting, tuner
-from .knobs import (BY_NAME, CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, KNOBS,
+from .knobs import (BY_NAME, BY_NAME_ALL, CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, KNOBS,
                     Ctx, Knob)
 
 # Row statuses, in the words the table prints.
@@ -54,6 +54,37 @@ class Row:
     # where the kernel keeps no O(1) count (knobs.Knob.usage).
     in_use: Optional[int] = None
     utilization: Optional[float] = None
+    # The process a per-process row is of (a running service's, tuner diagnose), else None.
+    pid: Optional[int] = None
+
+    @property
+    def headroom(self) -> Optional[int]:
+        """What is left of the limit beyond what is in use, in its own unit."""
+        limit = limit_value(self.current)
+        return None if self.in_use is None or limit is None else limit - self.in_use
+
+
+def limit_value(current) -> Optional[int]:
+    """The figure a row's value caps at: its last number (tcp_mem's high), or its only one."""
+    if not current or not isinstance(current[-1], int):
+        return None
+    return current[-1] if len(current) > 1 else current[0]
+
+
+@dataclass
+class Stop:
+    """Where what is rated stops: the connections (`at`), the limit that sets it and,
+    for a running service, the processes it binds; a row is `binds` only as that limit,
+    and only when the target (if any) is beyond it."""
+
+    at: Optional[int]
+    limit: Optional[str]
+    pids: List[int] = field(default_factory=list)
+    target: Optional[int] = None
+
+    def binds(self, row: "Row") -> bool:
+        return (row.name == self.limit and (not self.pids or row.pid is None or row.pid in self.pids)
+                and (self.target is None or (self.at is not None and self.at < self.target)))
 
 
 @dataclass
@@ -86,6 +117,7 @@ def row_dict(row: Row) -> Dict[str, Any]:
     """A row as the JSON has it: its fix spelled (tuner.suggestion), the rest as data."""
     d = asdict(replace(row, fix=None))
     d["fix"] = row.fix.render() if row.fix else ""
+    del d["pid"]      # report's rows are the host's; a process's are diagnose's
     return d
 
 
@@ -237,27 +269,58 @@ def row_fix(knob: Knob, state: str, needed, netns: Optional[str], target: Option
     return tuner(APPLY, *wanted, needs=(ROOT,))
 
 
-def _status(ctx: Ctx, knob: Knob, current, needed, allows, binding: Optional[str],
-            worst_fits: Optional[bool]) -> str:
-    """What the target (or, without one, the host's capacity) asks of this limit."""
-    if current is None:
+def _status(ctx: Ctx, knob: Knob, row: Row, stop: Stop, worst_fits: Optional[bool], running: bool) -> str:
+    """What the target (or, without one, the host's capacity) asks of this limit.
+    `running`: the row is of a running service (tuner diagnose), whose processes are
+    what they are: a limit each stops at by itself (Knob.binds_running) is short of a
+    target beyond it, where for a plan more processes would share the load."""
+    if row.current is None:
         return UNREADABLE if _unreadable(ctx, knob) else NA
-    if knob.name == binding and (ctx.target is None or (allows is not None and allows < ctx.target)):
+    if stop.binds(row):
         return BINDS
-    if needed is not None:
+    if row.needed is not None:
         return SHRINK if knob.caps == CAPS_BUFFERS else RAISE
-    short = ctx.target is not None and allows is not None and allows < ctx.target
+    short = ctx.target is not None and row.allows is not None and row.allows < ctx.target
     if knob.caps == CAPS_PER_PROCESS:
         needed = processes_needed(ctx, ctx.target or 0)["processes"]
         one_process = needed is not None and needed <= 1
         if knob.capped(ctx) and not one_process:
             return CAPPED
-        return OK
+        return SHORT if running and knob.binds_running and short else OK
     if knob.caps == CAPS_BUFFERS:
         return WARN if worst_fits is False else OK
     if short:
         return SHORT
     return OK
+
+
+def judge(ctx: Ctx, knob: Knob, row: Row, stop: Stop, worst_fits: Optional[bool] = None,
+          running: bool = False) -> None:
+    """The one judge of a knob's row: its status (what the target asks of it, then how
+    full it is: `status`) and, from that status, its fix (`row_fix`). Report's rows and
+    a running service's (diagnose's, each with its own process's ctx) are judged here."""
+    row.status = status(_status(ctx, knob, row, stop, worst_fits, running), row.utilization)
+    # A running process's own limit that stops it is lifted by diagnose's fixes, which
+    # name the process (apply --pid, its unit's LimitNOFILE=); its row keeps the plan's
+    # fix, raising it for the target, where the target needs more.
+    own = running and row.pid is not None and row.status in (BINDS, SHORT)
+    state = (RAISE if row.needed is not None else OK) if own else row.status
+    row.fix = row_fix(knob, state, row.needed, ctx.snap.netns, ctx.target)
+
+
+def judge_other(row: Row, stop: Stop) -> None:
+    """A row no knob has (tuner diagnose's): the application's own cap (scope
+    APPLICATION_ROW: unreadable, ok or binds) or a listener's accept queue (scope
+    LISTENER_ROW: how full it is, whether or not it is what stops the service). A new
+    kind of row adds its rule to OTHER_ROWS."""
+    row.status = status(OTHER_ROWS[row.scope](row, stop), row.utilization)
+
+
+APPLICATION_ROW, LISTENER_ROW = "application", "listener"
+OTHER_ROWS = {
+    APPLICATION_ROW: lambda row, stop: UNREADABLE if row.current is None else BINDS if stop.binds(row) else OK,
+    LISTENER_ROW: lambda row, stop: OK,
+}
 
 
 def tightest(limits):
@@ -268,31 +331,37 @@ def tightest(limits):
     return min(given, key=lambda l: l[0]) if given else None
 
 
-def evaluate(ctx: Ctx, knobs: Optional[List[Knob]] = None) -> Report:
-    """`knobs`: the table to evaluate (default KNOBS; diagnose adds PROCESS_KNOBS)."""
-    evaluated = []
+def measure(ctx: Ctx, knobs: Optional[List[Knob]] = None) -> tuple:
+    """Every knob's row as read and computed, not yet judged (status ""), and where
+    they stop: (rows, Stop). `knobs`: the table (default KNOBS; diagnose: knobs.ALL)."""
+    rows = []
     for knob in KNOBS if knobs is None else knobs:
         current = knob.current(ctx)
         allows = knob.allows(ctx) if current is not None else None
         needed = knob.needs(ctx) if current is not None else None
-        evaluated.append((knob, current, allows, needed))
-
-    limits = [(allows, knob.name) for knob, current, allows, _ in evaluated
-              if knob.caps == CAPS_CONNECTIONS and allows is not None]
-    max_now, binding = tightest(limits) or (None, None)
-    sized_for = ctx.target if ctx.target is not None else (max_now or 0)
-    mem = memory_estimates(ctx, sized_for)
-
-    rows = []
-    for knob, current, allows, needed in evaluated:
         usage = knob.usage(ctx) if current is not None else None
-        share = None if usage is None else usage[0] / usage[1]
-        state = status(_status(ctx, knob, current, needed, allows, binding, mem.get("worst_fits_memory")),
-                       share)
-        rows.append(Row(knob.name, knob.kind, knob.scope, knob.unit, knob.caps, current, needed, allows,
-                        state, " ".join(filter(None, (knob.why, knob.explain(ctx) if current is not None else ""))),
-                        row_fix(knob, state, needed, ctx.snap.netns, ctx.target),
-                        in_use=None if usage is None else usage[0], utilization=share))
+        rows.append(Row(knob.name, knob.kind, knob.scope, knob.unit, knob.caps, current, needed, allows, "",
+                        " ".join(filter(None, (knob.why, knob.explain(ctx) if current is not None else ""))),
+                        in_use=None if usage is None else usage[0],
+                        utilization=None if usage is None else usage[0] / usage[1]))
+    limits = [(r.allows, r.name) for r in rows if r.caps == CAPS_CONNECTIONS and r.allows is not None]
+    max_now, binding = tightest(limits) or (None, None)
+    return rows, Stop(max_now, binding, target=ctx.target)
+
+
+def memory_for(ctx: Ctx, stop: Stop) -> Dict[str, Any]:
+    """The memory estimates for the target, or without one for what the limits allow."""
+    return memory_estimates(ctx, ctx.target if ctx.target is not None else (stop.at or 0))
+
+
+def evaluate(ctx: Ctx, knobs: Optional[List[Knob]] = None) -> Report:
+    """`knobs`: the table to evaluate (default KNOBS; diagnose adds PROCESS_KNOBS)."""
+    rows, stop = measure(ctx, knobs)
+    max_now, binding = stop.at, stop.limit
+    sized_for = ctx.target if ctx.target is not None else (max_now or 0)
+    mem = memory_for(ctx, stop)
+    for row in rows:
+        judge(ctx, BY_NAME_ALL[row.name], row, stop, mem.get("worst_fits_memory"))
     sockstat = ctx.snap.sockstat
     return Report(
         role=ctx.role, target=ctx.target, netns=ctx.snap.netns, rows=rows,

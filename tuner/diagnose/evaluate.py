@@ -7,9 +7,11 @@ application's own cap, from the adapter in tuner/apps/ that recognises the proce
 (or --app-limit).  The result is one verdict (the stall point: the minimum over kernel,
 process and application, and the limit that sets it), the table of every limit with
 what is used of it, and fixes as commands (from the knob table, `tuner apply` and the
-application's adapter: tuner/diagnose/fixes.py, never restated here).  Each decision of
-the evaluation is a small function over the capacity model's own rules
-(capacity.tightest, its status words).
+application's adapter: tuner/diagnose/fixes.py, never restated here).  The model
+measures each process's rows (capacity.measure), this module puts them together for the
+service (what it uses of each, where it stops: capacity.tightest) and the model judges
+every row once, for the service as a whole (capacity.judge, capacity.judge_other):
+nothing here decides a status.
 
 Library entry point (tuner metrics uses it too):
 
@@ -22,16 +24,16 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tuner import apps, capacity, knobs, readings
 from tuner.host import netns
 from tuner.diagnose import service
 from tuner.apps.base import AppCap, AppFix
-from tuner.capacity import FULL
+from tuner.capacity import APPLICATION_ROW, LISTENER_ROW, Row, limit_value
 from tuner.diagnose.fixes import APP_LIMIT_HINT, LISTEN_BACKLOG, app_want, fixes
 from tuner.host.errors import TunerError, UsageError
-from tuner.knobs import CAPS_CONNECTIONS, CAPS_PER_PROCESS, Ctx
+from tuner.knobs import CAPS_CONNECTIONS, Ctx
 from tuner.suggestion import Suggestion, advice
 
 SCHEMA = "tuner.diagnose/2"
@@ -46,29 +48,12 @@ PEER_CLOSED_MIN = 16
 PROCESS_BINDING = tuple(k.name for k in knobs.ALL if k.binds_running)
 
 
-@dataclass
-class Limit:
-    """One row of the table: a knob as it applies to this service."""
-
-    name: str
-    scope: str                 # host | netns | process | cgroup | pid N | listener
-    kind: str
-    unit: str
-    caps: str
-    current: Optional[List[Any]]
-    used: Optional[int]
-    headroom: Optional[int]
-    allows: Optional[int]      # connections this service can hold under this limit alone
-    needed: Optional[List[Any]]
-    status: str
-    why: str
-    fix: Optional[Suggestion] = None
-    pid: Optional[int] = None
-
-    def to_dict(self) -> dict:
-        d = asdict(replace(self, fix=None))
-        d["fix"] = self.fix.render() if self.fix else ""
-        return d
+def limit_dict(row: Row) -> dict:
+    """A row of the table as diagnose's JSON has it (tuner.diagnose/2's limits[])."""
+    return {"name": row.name, "scope": row.scope, "kind": row.kind, "unit": row.unit, "caps": row.caps,
+            "current": copy.deepcopy(row.current), "used": row.in_use, "headroom": row.headroom,
+            "allows": row.allows, "needed": copy.deepcopy(row.needed), "status": row.status, "why": row.why,
+            "fix": row.fix.render() if row.fix else "", "pid": row.pid}
 
 
 def _data(value):
@@ -92,7 +77,7 @@ class Diagnosis:
     verdict: str
     connections: Dict[str, Any]
     listeners: List[Dict[str, Any]]
-    limits: List[Limit]
+    limits: List[Row]          # capacity's rows: scope host | netns | process | cgroup | pid N | listener | application
     fix: List[Suggestion]
     notes: List[str]
     thread_per_connection: bool
@@ -107,10 +92,11 @@ class Diagnosis:
         for f in fields(self):
             value = getattr(self, f.name)
             # The fixes are spelled by their own to_dict (tuner.suggestion), the rest as data.
-            out[f.name] = [s.to_dict() for s in value] if f.name in ("fix", "limits") else _data(value)
+            out[f.name] = ([s.to_dict() for s in value] if f.name == "fix" else
+                           [limit_dict(r) for r in value] if f.name == "limits" else _data(value))
         return out
 
-    def limit(self, name: str, pid: Optional[int] = None) -> Limit:
+    def limit(self, name: str, pid: Optional[int] = None) -> Row:
         return next(r for r in self.limits if r.name == name and (pid is None or r.pid == pid))
 
 
@@ -282,12 +268,6 @@ def _used(knob, row, procs, proc=None) -> Optional[int]:
     return None
 
 
-def _limit_value(current) -> Optional[int]:
-    if not current or not isinstance(current[-1], int):
-        return None
-    return current[-1] if len(current) > 1 else current[0]
-
-
 @dataclass
 class App:
     """The application's own cap as its adapter read it (or --app-limit said), and how to
@@ -298,13 +278,10 @@ class App:
 
 
 @dataclass
-class Stop:
-    """Where the service stops and why: the figure, the limit that sets it, the
-    processes it binds, and a full accept queue that stops it first."""
+class Stop(capacity.Stop):
+    """Where the service stops and why (capacity.Stop: the figure, the limit that sets
+    it, the processes it binds), and a full accept queue that stops it first."""
 
-    at: Optional[int]
-    limit: Optional[str]
-    pids: List[int]
     stalled_accepting: bool = False
     full: List[Any] = field(default_factory=list)
 
@@ -320,88 +297,75 @@ def _thread_per_connection(procs, shares: List[int], held_total: int):
 
 
 def _reports(procs, shares, held_total, snap, target, host_tasks):
-    """The capacity model evaluated once per process, with that process's own figures."""
+    """The capacity model's rows for each process, measured with that process's own
+    figures (judged later, for the service as a whole): (process, ctx, rows, memory)."""
     tpcs, service_tpc = _thread_per_connection(procs, shares, held_total)
     out = []
     for p, held, tpc in zip(procs, shares, tpcs):
-        psnap = _process_snapshot(snap, p, held, tpc or service_tpc, host_tasks)
-        out.append((p, held, capacity.evaluate(Ctx(psnap, role="server", target=target), knobs.ALL)))
+        ctx = Ctx(_process_snapshot(snap, p, held, tpc or service_tpc, host_tasks), role="server", target=target)
+        rows, stop = capacity.measure(ctx, knobs.ALL)
+        out.append((p, ctx, rows, capacity.memory_for(ctx, stop)))
     return out, any(tpcs) or bool(service_tpc)
 
 
-def _headroom(used: Optional[int], current) -> Optional[int]:
-    lim = _limit_value(current)
-    return None if used is None or lim is None else lim - used
+def _as_used(row: Row, used: Optional[int], **changes) -> Row:
+    """A model's row with what the service uses of it (and how full that keeps it)."""
+    limit = limit_value(row.current)
+    return replace(row, in_use=used, utilization=None if used is None or not limit else used / limit, **changes)
 
 
-def _process_rows(i: int, knob, reports, procs) -> List[Limit]:
-    """A per-process knob: one row for each of the service's processes."""
-    rows = []
-    for p, _, rep in reports:
-        r = rep.rows[i]
-        used = _used(knob, r, procs, p)
-        rows.append(Limit(r.name, f"pid {p.pid}", r.kind, r.unit, r.caps, r.current, used,
-                          _headroom(used, r.current), r.allows, r.needed, r.status, r.why, r.fix, p.pid))
-    return rows
-
-
-def _shared_row(i: int, knob, reports, procs, held_total: int) -> Limit:
-    """A knob the service's processes share (the host's, the namespace's, the cgroup's):
-    one row, read through the first process."""
-    r = reports[0][2].rows[i]
-    used = _used(knob, r, procs)
-    allows = r.allows
-    if allows is not None and knob.net_of_use:
-        allows += held_total    # left for anyone, plus what the service holds
-    return Limit(r.name, r.scope, r.kind, r.unit, r.caps, r.current, used,
-                 _headroom(used, r.current), allows, r.needed, r.status, r.why, r.fix)
-
-
-def _knob_rows(reports, procs, held_total: int) -> List[Limit]:
-    rows: List[Limit] = []
+def _knob_rows(reports, procs, held_total: int) -> List[tuple]:
+    """(row, ctx, memory) per knob: a per-process knob one row for each of the service's
+    processes; a knob they share (the host's, the namespace's, the cgroup's) one row,
+    read through the first process."""
+    out: List[tuple] = []
     for i, knob in enumerate(knobs.ALL):
         if knob.each_process:
-            rows += _process_rows(i, knob, reports, procs)
-        else:
-            rows.append(_shared_row(i, knob, reports, procs, held_total))
-    return rows
+            out += [(_as_used(rows[i], _used(knob, rows[i], procs, p), scope=f"pid {p.pid}", pid=p.pid), ctx, mem)
+                    for p, ctx, rows, mem in reports]
+            continue
+        _, ctx, rows, mem = reports[0]
+        r = rows[i]
+        allows = r.allows
+        if allows is not None and knob.net_of_use:
+            allows += held_total    # left for anyone, plus what the service holds
+        out.append((_as_used(r, _used(knob, r, procs), allows=allows), ctx, mem))
+    return out
 
 
 def _listener_full(l) -> bool:
     return l.backlog > 0 and l.queued >= l.backlog
 
 
-def _backlog_rows(own_listeners, snap) -> List[Limit]:
+def _backlog_rows(own_listeners, snap) -> List[Row]:
     """One row per listener: its accept queue, the application's own listen() backlog."""
     cap = knobs.backlog_cap()
     somaxconn = snap.int(cap.name)
-    return [Limit(
-        LISTEN_BACKLOG, "listener", "application", "connections", "bursts", [l.backlog],
-        l.queued, l.backlog - l.queued, None, None, FULL if _listener_full(l) else capacity.OK,
+    return [_as_used(Row(
+        LISTEN_BACKLOG, "application", LISTENER_ROW, "connections", "bursts", [l.backlog], None, None, "",
         f"Accept queue of {l.address}:{l.port} (ss Send-Q): min(the backlog the application "
         f"passed to listen(), {cap.name} {somaxconn if somaxconn is not None else '?'} "
         f"when it called listen()); connects completed beyond it while the server does not "
         f"accept are dropped and retried a second later (ListenOverflows).",
         advice("raise the backlog the application passes to listen()" if somaxconn and l.backlog < somaxconn
-               else f"raise {cap.name} (tuner apply), then the application must listen() again"))
+               else f"raise {cap.name} (tuner apply), then the application must listen() again")), l.queued)
         for l in own_listeners]
 
 
-def _app_row(app: Optional[App], held_total: int, target: Optional[int]) -> Optional[Limit]:
+def _app_row(app: Optional[App], held_total: int, target: Optional[int]) -> Optional[Row]:
     """The application's own cap as a row of the table (scope "application")."""
     if app is None or app.cap.capless:
         return None
     c = app.cap
     why = c.why + "".join(f"; {u}" for u in c.unread) + (
         f" ({APP_LIMIT_HINT})" if not c.known else "")
-    return Limit(c.label, "application", "application", "connections", CAPS_CONNECTIONS,
-                 [c.allows] if c.known else None, held_total,
-                 None if not c.known else c.allows - held_total, c.allows,
-                 [target] if c.known and target is not None and c.allows < target else None,
-                 capacity.OK if c.known else capacity.UNREADABLE, why)
+    return _as_used(Row(c.label, "application", APPLICATION_ROW, "connections", CAPS_CONNECTIONS,
+                        [c.allows] if c.known else None,
+                        [target] if c.known and target is not None and c.allows < target else None,
+                        c.allows, "", why), held_total)
 
 
-def _process_stops(rows: List[Limit]) -> Dict[int, tuple]:
+def _process_stops(rows: List[Row]) -> Dict[int, tuple]:
     """Each process stops at its own tightest PROCESS_BINDING limit: {pid: (allows, name)}."""
     stops: Dict[int, tuple] = {}
     for name in PROCESS_BINDING:
@@ -411,7 +375,7 @@ def _process_stops(rows: List[Limit]) -> Dict[int, tuple]:
     return stops
 
 
-def _candidates(rows: List[Limit], shared: List[Limit], app_row: Optional[Limit]) -> List[tuple]:
+def _candidates(rows: List[Row], shared: List[Row], app_row: Optional[Row]) -> List[tuple]:
     """(connections, limit, pids) for every way the service can stop: its application's
     own cap first (it wins a tie: it is the one the service names), then its processes
     together (the service holds the sum of each one's stop), then each shared limit."""
@@ -436,38 +400,8 @@ def _accept_stall(stop: Stop, own_listeners, snap, held_total: int) -> Stop:
     cap = knobs.backlog_cap()
     somaxconn = snap.int(cap.name)
     limit = LISTEN_BACKLOG if somaxconn is None or full[0].backlog < somaxconn else cap.name
-    return Stop(stop.at, limit, sorted({pid for l in full for pid in l.pids}), True, full)
-
-
-def _binds(row: Limit, stop: Stop, target: Optional[int], reachable: Optional[bool]) -> bool:
-    """This row is the limit the service stops at (and the target, if any, is not met)."""
-    return (row.name == stop.limit and row.status not in (capacity.NA, capacity.UNREADABLE)
-            and (not stop.pids or row.pid in stop.pids or row.pid is None)
-            and (target is None or not reachable))
-
-
-def _short(row: Limit, target: Optional[int], limiting: Set[str]) -> bool:
-    """A limit that caps connections below the target without being the first to stop."""
-    return (target is not None and row.allows is not None and row.allows < target
-            and row.caps in (CAPS_CONNECTIONS, CAPS_PER_PROCESS) and row.name in limiting)
-
-
-def _status(row: Limit, stop: Stop, target: Optional[int], reachable: Optional[bool],
-            limiting: Set[str]) -> str:
-    """The row's status for this service: the model's own word for the row, except that
-    only the service's binding limit binds (the model judged each process alone), then
-    how full the service keeps it (capacity.status: its descriptors against its soft
-    limit, its accept queue against the backlog; full at 100%, near from 80%)."""
-    if _binds(row, stop, target, reachable):
-        status = row.status if row.name == LISTEN_BACKLOG else capacity.BINDS
-    else:
-        status = row.status
-        if status == capacity.BINDS:
-            status = capacity.OK if row.needed is None else capacity.RAISE
-        if status == capacity.OK and _short(row, target, limiting):
-            status = capacity.SHORT
-    limit = _limit_value(row.current)
-    return capacity.status(status, None if row.used is None or not limit else row.used / limit)
+    return Stop(stop.at, limit, sorted({pid for l in full for pid in l.pids}), stop.target,
+                stalled_accepting=True, full=full)
 
 
 def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
@@ -476,17 +410,22 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
     held_total = conns.held
     shares = _shares(held_total, [p.fds for p in procs])
     reports, tpc_any = _reports(procs, shares, held_total, snap, target, host_tasks)
-    rows = _knob_rows(reports, procs, held_total)
+    judged = _knob_rows(reports, procs, held_total)
+    rows = [r for r, _, _ in judged]
     shared = [r for r in rows if r.pid is None and r.caps == CAPS_CONNECTIONS]
-    rows += _backlog_rows(own_listeners, snap)
+    others = _backlog_rows(own_listeners, snap)
     app_row = _app_row(app, held_total, target)
-    rows += [app_row] if app_row else []
-    best = capacity.tightest(_candidates(rows, shared, app_row))
-    stop = _accept_stall(Stop(*best) if best else Stop(None, None, []), own_listeners, snap, held_total)
+    others += [app_row] if app_row else []
+    best = capacity.tightest(_candidates(rows + others, shared, app_row))
+    stop = _accept_stall(Stop(*best, target=target) if best else Stop(None, None, [], target),
+                         own_listeners, snap, held_total)
     reachable = None if target is None or stop.at is None else stop.at >= target
-    limiting = set(PROCESS_BINDING) | {r.name for r in shared}
-    for row in rows:
-        row.status = _status(row, stop, target, reachable, limiting)
+    # The model judges every row once, for the service as a whole (capacity.judge).
+    for row, ctx, mem in judged:
+        capacity.judge(ctx, knobs.BY_NAME_ALL[row.name], row, stop, mem.get("worst_fits_memory"), running=True)
+    for row in others:
+        capacity.judge_other(row, stop)
+    rows += others
     netns_name = netns.name_of(procs[0].netns_inode)
     diag = Diagnosis(
         pids=[p.pid for p in procs], processes=[p.to_dict() for p in procs], target=target,
@@ -496,8 +435,8 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
         connections={**conns.to_dict(), "shares": dict(zip([p.pid for p in procs], shares))},
         listeners=[l.to_dict() for l in own_listeners], limits=rows, fix=[], notes=[],
         thread_per_connection=tpc_any,
-        memory={k: reports[0][2].memory[k] for k in ("source", "idle_bytes_per_connection",
-                                                      "worst_bytes_per_connection")},
+        memory={k: reports[0][3][k] for k in ("source", "idle_bytes_per_connection",
+                                               "worst_bytes_per_connection")},
         unreadable=list(snap.unreadable),
         application=None if app is None else app.cap.to_dict())
     diag.verdict = _verdict(diag, procs, stop)
@@ -539,7 +478,7 @@ def _descriptor_words(d: Diagnosis, procs) -> str:
     b = d.binding_limit
     rows = [d.limit(b, pid) for pid in d.binding_pids]
     values = sorted({r.current[0] for r in rows})
-    other = sum(r.used for r in rows) - sum(d.connections["shares"][pid] for pid in d.binding_pids)
+    other = sum(r.in_use for r in rows) - sum(d.connections["shares"][pid] for pid in d.binding_pids)
     value = f"{values[0]:,}" if len(values) == 1 else "/".join(f"{v:,}" for v in values)
     return (f"{b} {value} of {_who(procs, d.binding_pids)}, {other:,} descriptor"
             f"{'' if other == 1 else 's'} already used for other files")
@@ -549,14 +488,14 @@ def _thread_words(d: Diagnosis, procs) -> str:
     b = d.binding_limit
     knob, r = knobs.BY_NAME_ALL[b], d.limit(b, d.binding_pids[0])
     return (f"{b} {r.current[0]:,} of {_who(procs, d.binding_pids)}: one thread per "
-            f"connection, {knob.per_thread} {knob.unit} each, {r.used:,} {knob.unit} in use")
+            f"connection, {knob.per_thread} {knob.unit} each, {r.in_use:,} {knob.unit} in use")
 
 
 def _limit_words(d: Diagnosis) -> str:
     r = next(r for r in d.limits if r.name == d.binding_limit)
     if r.scope == "application":
         return f"{r.name}, {d.connections['held']:,} in use"
-    used = "" if r.used is None else f", {r.used:,} in use"
+    used = "" if r.in_use is None else f", {r.in_use:,} in use"
     per_thread = " (one thread per connection)" if r.unit in ("threads", "pids", "tasks") else ""
     what = f"{r.name} {_value(r.current)}{per_thread}{used}"
     if r.scope == "netns" and not d.own_netns:

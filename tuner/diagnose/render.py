@@ -26,7 +26,7 @@ def diagnose_text(d, wide: bool = False, width: Optional[int] = None) -> str:
     for r in d.limits:
         current = ("unreadable (needs root)" if r.status == UNREADABLE and r.scope != "application"
                    else value(r.current, r.unit))
-        rows.append([r.name, r.scope, current, _cell(r.used, r.unit), _cell(r.headroom, r.unit),
+        rows.append([r.name, r.scope, current, _cell(r.in_use, r.unit), _cell(r.headroom, r.unit),
                      number(r.allows), value(r.needed, r.unit), r.status] + ([r.why] if wide else []))
         if not wide and r.status not in ("ok", "n/a"):
             fix = f" Fix: {r.fix.render()}." if r.fix and r.status in ("binds", "short", "capped", "full") else ""
