@@ -93,6 +93,7 @@ def _check_anyip(req: Request) -> None:
         if req.anyip_dev is not None:
             raise UsageError("--anyip-dev DEV names where the --anyip-net route goes; add --anyip-net")
         return
+    # Here, not at the top: only --anyip-net needs ipaddress (start-up time).
     import ipaddress
 
     try:
@@ -120,6 +121,7 @@ def _check_anyip(req: Request) -> None:
 def _check_pid(pid: int) -> None:
     """That the process exists, which anyone may ask; its limits are read after the
     root check."""
+    # Here: psutil loads only for --pid (start-up time).
     import psutil
 
     if pid < 1 or not psutil.pid_exists(pid):
@@ -127,6 +129,7 @@ def _check_pid(pid: int) -> None:
 
 
 def read_processes(pids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
+    # Here: psutil loads only for --pid (start-up time).
     import psutil
 
     out = {}
@@ -146,6 +149,7 @@ def _check_device(req: Request) -> None:
     for option, dev in (("--alias-dev", req.alias_dev), ("--anyip-dev", req.anyip_dev)):
         if dev is None:
             continue
+        # Here: pyroute2's netlink loads only for --alias-dev (start-up time).
         from pyroute2 import IPRoute
 
         with in_netns(req.netns), IPRoute() as ipr:

@@ -35,6 +35,7 @@ def client_route(netns: Optional[str], prefix: str) -> dict:
     route on the client, not an address), so without a route of its own the replies
     follow the default route, or go nowhere.  For `tuner report --role server
     --client-net`."""
+    # Here: only --client-net reads routes and addresses (start-up time).
     import ipaddress
 
     from tuner.host import localnet

@@ -21,7 +21,7 @@ import typer
 # so `tuner --help` and `tuner report --json` pay for nothing else
 # (bench/bench_startup.py measures both).
 from tuner.host import errors
-from . import inputs
+from . import __version__, inputs
 from tuner.host.errors import TunerError
 from .inputs import check_positive, check_role, parse_source_net, parse_target, parse_workers
 from tuner.host.netns import check_name as check_netns_name, check_syntax as check_netns_syntax
@@ -60,13 +60,13 @@ def _netns_option(help_text: str):
 
 def _print_version(value: bool) -> None:
     if value:
-        from . import __version__
         typer.echo(f"tuner {__version__}")
         raise typer.Exit(errors.EXIT_OK)
 
 
 def _no_color(value: bool) -> None:
     if value:
+        # Here: style loads only when colour is asked about (--help's start-up time).
         from . import style
 
         style.disable()
@@ -87,6 +87,7 @@ def _emit(text: str) -> None:
 
 def _emit_statuses(text: str) -> None:
     """Human output whose status words are coloured on a terminal (tuner.style)."""
+    # Here: style loads only for coloured output (--help's start-up time).
     from . import style
 
     typer.echo(style.statuses(text) if style.enabled() else text)
@@ -95,6 +96,7 @@ def _emit_statuses(text: str) -> None:
 def _width(err: bool = False):
     """The terminal's width for human output on stdout (or stderr); None when piped, so
     scripts and pagers get every line whole (tuner.fit)."""
+    # Here: fit loads only when output is laid out (--help's start-up time).
     from .fit import terminal_width
 
     return terminal_width(sys.stderr if err else sys.stdout)
@@ -104,6 +106,7 @@ def _client_net(prefix: Optional[str], role: str, netns: Optional[str]) -> Optio
     """report --client-net: checked (exit 2), then the route back to it read."""
     if prefix is None:
         return None
+    # Here: only --client-net needs ipaddress and the routes (start-up time).
     import ipaddress
 
     from . import assess
@@ -141,6 +144,7 @@ def report(
     target needs: the verdict and the one next command first, then the knob table
     (knob, current, needed, status when the whole one does not fit the terminal). Exits
     3 when --target is given and not reachable with current settings."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from . import assess, render
 
     n = parse_target(target)
@@ -189,6 +193,7 @@ def metrics(
     """The report's figures as Prometheus metrics: capacity, the binding limit, what each
     limit allows and how much of it is in use. Prints the text format without --textfile
     or --listen. Every metric is listed in the man page (man tuner-metrics, METRICS)."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from . import metrics as metrics_mod
 
     if textfile is not None and listen is not None:
@@ -221,6 +226,7 @@ def _confirm_on_terminal(plan, err: bool = False) -> None:
     is refused (exit 2) rather than assumed. With --json the question (and the plan it
     asks about) go to stderr, so stdout stays one JSON document. A "no" ends the command
     with EXIT_DECLINED (6): nothing changed, and nothing failed."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from . import render
 
     _need_terminal()
@@ -239,6 +245,7 @@ def _need_terminal() -> None:
 def _confirm_revert(preview, err: bool = False) -> None:
     """revert asks like apply: what it would restore (the dry run's table), then the
     question; --yes skips both."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from . import render, revert as revert_mod
 
     _need_terminal()
@@ -311,6 +318,7 @@ def apply(
     showing the plan and asking (--yes skips the question; without a terminal it is
     required). Exits 1 when a write failed (earlier changes rolled back), 3 when the
     target is still not reachable afterwards, 6 when you answer no."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from . import apply as apply_mod, render
     from .plan import Request
 
@@ -345,6 +353,7 @@ def revert(
     asking (--yes skips the question; without a terminal it is required). Exits 1 unless
     everything is restored (values changed by someone else since are skipped without
     --force), 6 when you answer no."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from . import render, revert as revert_mod
 
     outcome = revert_mod.run(journal, force, dry_run,
@@ -365,6 +374,7 @@ def status(
     a file applied after it at boot (sysctl.d, limits.d, a unit's drop-ins) overrides
     what it sets. Changes nothing. Exits 0 when everything is in effect (or tuner changed
     nothing), 1 otherwise (or when the journal cannot be trusted)."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from . import render, status as status_mod
 
     result = status_mod.build(journal)
@@ -459,12 +469,14 @@ def probe(
 
 def _probe_local(ctx) -> None:
     """`tuner probe` on this host alone: pre-flight, run, the table's fixes, the result."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from tuner.probing import run as probe_run
     from tuner import render
 
     p = ctx.params
     _refuse_other_ends_options(ctx, None)
     if p["textfile"] is not None:   # refused before anything runs, like any bad input
+        # Here: metrics loads only for --textfile (start-up time).
         from .metrics import check_textfile_dir
         check_textfile_dir(p["textfile"])
     n = parse_target(p["connections"], "--connections")
@@ -482,6 +494,7 @@ def _probe_local(ctx) -> None:
     _emit(render.to_json(probe_run.probe_document(pre, result)) if p["json_out"]
           else render.probe_text(result, pre, _width()))
     if p["textfile"] is not None:
+        # Here: metrics loads only for --textfile (start-up time).
         from .metrics import write_probe_textfile
         write_probe_textfile(p["textfile"], result.to_dict())
     raise typer.Exit(result.exit_code)
@@ -490,6 +503,7 @@ def _probe_local(ctx) -> None:
 def _probe_serve(ctx) -> None:
     """`tuner probe --serve` (probes.serve): exit 0 when every expected connection
     verified, 3 when short."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from probes.serve import ServeConfig, exit_code
 
     from tuner.probing import run as probe_run
@@ -511,6 +525,7 @@ def _probe_serve(ctx) -> None:
 def _probe_connect(ctx) -> None:
     """`tuner probe --connect URL` (probes.connect): exit 0 when every requested
     connection verified twice, 3 when short; the first line names the side that stalled."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from probes.connect import ConnectConfig, exit_code
 
     from tuner.probing import run as probe_run
@@ -570,11 +585,13 @@ def diagnose(
     table, and the fixes as commands. Exits 0 when the service can take
     --target (or none is given), 3 when it cannot, 2 for a PID/port/unit that does not
     exist or cannot be a server, 4 when reading another user's process needs root."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from tuner.diagnose import evaluate as diagnose_mod
     from tuner import render
 
     n = target
     if watch is not None:
+        # Here: a command loads its own modules when it runs (everyone's start-up time).
         from tuner.diagnose import watch as watch_mod
 
         pids = diagnose_mod.resolve(pid, port, unit, netns)
@@ -586,6 +603,7 @@ def diagnose(
     if json_out:
         _emit(render.to_json(d.to_dict()))
     else:
+        # Here: a command loads its own modules when it runs (everyone's start-up time).
         from tuner.diagnose.render import diagnose_text
 
         _emit_statuses(diagnose_text(d, wide=wide, width=_width()))
@@ -627,6 +645,7 @@ def plot(
     picture was written; 1 when the extra is missing or FILE cannot be written; 2 when a
     RUN is not a tuner probe --json document with a timeline, or FILE does not end in
     .svg or .png (nothing is written)."""
+    # Here: a command loads its own modules when it runs (everyone's start-up time).
     from .plot import plot as draw_runs
 
     drawn = draw_runs(runs, output, label, title)

@@ -97,6 +97,7 @@ def parse_source_net(text: Optional[str]) -> Optional[str]:
     on 127.0.0.1, --connect takes either)."""
     if text is None:
         return None
+    # Here: the probe's address rules load only for --source-net (start-up time).
     from probes.config import ProbeConfigError, source_network
 
     try:
@@ -132,6 +133,7 @@ def check_alias_net(text: str, dev: Optional[str], allow_public: bool = False,
     loopback only on lo.  Anything else (public, link-local, documentation) needs
     --allow-public-aliases; multicast, 0.0.0.0/8, 240.0.0.0/4 and loopback on a real
     device are refused even then, since no host can use them as its own address."""
+    # Here: ipaddress loads only for --alias-net (start-up time).
     import ipaddress
 
     try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno as E
 import math
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, List, Optional
@@ -392,6 +393,7 @@ NONLOCAL_BIND = {4: "net.ipv4.ip_nonlocal_bind", 6: "net.ipv6.ip_nonlocal_bind"}
 
 def _sources_explain(ctx):
     """'IPv4: 2 (1 address, AnyIP 10.77.1.0/24); IPv6: ...' -- which sources are which."""
+    # Here: localnet loads only when a report explains its source addresses (start-up time).
     from tuner.host.localnet import anyip_prefixes, source_count, source_networks
     from tuner.host.numfmt import number
 
@@ -802,8 +804,6 @@ TIMEOUT_CAUSES = (CAPS_BURSTS, CAPS_CONNECTIONS, CAPS_IN_FLIGHT)
 
 def kernel_log_patterns() -> List[tuple]:
     """(compiled pattern, knob) for every kernel log message the table names."""
-    import re
-
     return [(re.compile(p), k) for k in ALL for p in k.signs.kernel_log]
 
 

@@ -39,6 +39,7 @@ EXTRA_SECTIONS: Dict[str, Dict[str, str]] = {}
 def wire_section() -> str:
     """probes.wire's docstring (the exchange --serve and --connect speak), as roff: the
     page says what the code documents, so the two cannot drift."""
+    # Here: only the probe's page documents its wire protocol (the generator's start-up).
     from probes import wire
 
     text = wire.__doc__.split("\n\n", 1)[1]
@@ -75,6 +76,7 @@ EXTRA_SECTIONS["tuner probe"] = {"WIRE PROTOCOL": wire_section()}
 
 def metrics_section() -> str:
     """tuner.metrics.METRICS, the list the exporter itself walks."""
+    # Here: only metrics' page lists its metrics (the generator's start-up).
     from . import metrics
 
     return metrics.roff_section(_roff_escape)
@@ -84,6 +86,7 @@ EXTRA_SECTIONS["tuner metrics"] = {"METRICS": metrics_section()}
 
 
 def probe_metrics_section() -> str:
+    # Here: only probe's page lists its metrics (the generator's start-up).
     from . import metrics
 
     return metrics.roff_section(_roff_escape, metrics.PROBE_METRICS)

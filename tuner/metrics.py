@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
+from tuner import __version__
 from tuner.host import trust
 from tuner.host.errors import TunerError, UsageError
 from .memory import WORST_CASE
@@ -99,8 +100,6 @@ def _reachable(r):
 
 
 def _build_info(_s):
-    from . import __version__
-
     return [((__version__,), 1)]
 
 
@@ -262,6 +261,7 @@ def read(req: Request, snap=None, strict: bool = False) -> Scrape:
     (the namespace went away, the service stopped) becomes a failed scrape of that part
     instead of an HTTP 500. `strict`: raise it (the command's first reading: bad input
     is refused before anything is served or written)."""
+    # Here: the model loads when a reading is taken, not for metrics' option checks (start-up time).
     from . import assess
 
     start = time.monotonic()
@@ -274,6 +274,7 @@ def read(req: Request, snap=None, strict: bool = False) -> Scrape:
         rep, error = None, str(e)
     service = service_error = None
     if req.service:
+        # Here: diagnose loads only for a service (--pid/--port/--unit) (start-up time).
         from tuner.diagnose.evaluate import diagnose
 
         try:
@@ -290,6 +291,7 @@ def read(req: Request, snap=None, strict: bool = False) -> Scrape:
 
 def families(scrape: Any, table: Optional[List[Metric]] = None):
     """The metric families of one scrape (or probe result), in the table's order."""
+    # Here: prometheus_client loads only when metrics are exported (start-up time).
     from prometheus_client.core import GaugeMetricFamily
 
     for m in METRICS if table is None else table:
@@ -328,6 +330,7 @@ class Collector:
 
 
 def registry(collector: Collector):
+    # Here: prometheus_client loads only when metrics are exported (start-up time).
     from prometheus_client import CollectorRegistry
 
     reg = CollectorRegistry(auto_describe=False)
@@ -337,6 +340,7 @@ def registry(collector: Collector):
 
 def exposition(req: Request, snap=None, first: Optional[Scrape] = None) -> str:
     """The text format, as one scrape of --listen would return it."""
+    # Here: prometheus_client loads only when metrics are exported (start-up time).
     from prometheus_client import generate_latest
 
     return generate_latest(registry(Collector(req, snap=snap, first=first))).decode()
@@ -373,6 +377,7 @@ def write_textfile(directory: str, req: Request, name: str = TEXTFILE_NAME,
                    first: Optional[Scrape] = None, collector=None) -> str:
     """Write DIR/NAME atomically (prometheus_client writes a temporary file beside it
     and renames it over), so node_exporter never reads half a file."""
+    # Here: prometheus_client loads only when metrics are exported (start-up time).
     from prometheus_client import write_to_textfile
 
     check_textfile_dir(directory)
@@ -457,6 +462,7 @@ class MainThreadRunner:
 
 def serve(listen: str, req: Request, announce: Callable[[str], None]) -> None:
     """Serve /metrics on ADDR:PORT until SIGTERM or SIGINT."""
+    # Here: prometheus_client loads only when metrics are exported (start-up time).
     from prometheus_client import start_http_server
 
     host, port = parse_listen(listen)

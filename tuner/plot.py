@@ -125,6 +125,7 @@ def read_run(path: str) -> dict:
         raise bad(f"not a probe's JSON (its schema is {_schema_of(doc)})")
     if doc.get("refused"):
         raise bad("a probe the pre-flight refused: it never ran, so there is nothing to draw")
+    # Here: the schemas' validator loads only when a file is refused (start-up time).
     import jsonschema
     from . import schemas
     try:
@@ -183,6 +184,7 @@ def name_phases(axes, runs: Sequence[Run]) -> None:
     """A dotted line across every panel where each run's phase begins, its name at the top
     of the first panel in the run's colour; a name that would overlap one before it goes a
     row lower (phases of several runs, or close and exited a moment apart)."""
+    # Here: matplotlib loads only when a plot is drawn (start-up time).
     from matplotlib.transforms import blended_transform_factory
 
     top = blended_transform_factory(axes[0].transData, axes[0].transAxes)
@@ -204,6 +206,7 @@ def name_phases(axes, runs: Sequence[Run]) -> None:
 def legend(ax, runs: Sequence[Run]) -> None:
     """One run: what its two lines are.  Several: which colour is which run, and the two
     line styles once, in grey."""
+    # Here: matplotlib loads only when a plot is drawn (start-up time).
     from matplotlib.lines import Line2D
 
     styles = [Line2D([], [], color="C0" if len(runs) == 1 else "0.4", linewidth=1.6, label=OPEN_LABEL),
@@ -216,8 +219,10 @@ def legend(ax, runs: Sequence[Run]) -> None:
 
 def draw(runs: Sequence[Run], path: str, fmt: str, title: Optional[str] = None) -> None:
     """Draw the runs and save them to path (fmt: svg or png)."""
+    # Here: matplotlib loads only when a plot is drawn (start-up time).
     import matplotlib
     matplotlib.use("Agg")
+    # Here: matplotlib loads only when a plot is drawn (start-up time).
     from matplotlib.figure import Figure
 
     # Text as text (smaller, searchable), a fixed id salt and no date: the same runs give

@@ -124,6 +124,7 @@ def report_text(report: Report, wide: bool = False, width: Optional[int] = None)
 
 def plan_text(plan, width: Optional[int] = None) -> str:
     """The plan as apply shows it before changing anything: table, notes, commands."""
+    # Here: the setting kinds (pyroute2's among them) load only for a plan (report's start-up).
     from .settings import kind
 
     lines: List[str] = []
@@ -202,6 +203,7 @@ def revert_text(outcome, width: Optional[int] = None, preview: bool = False) -> 
         return fit.wrap(f"nothing to revert: no journal at {outcome.journal}", width)
     if not outcome.rows:
         return fit.wrap(f"nothing to revert: the journal at {outcome.journal} lists no changes", width)
+    # Here: the setting kinds (pyroute2's among them) load only for a revert (report's start-up).
     from .settings import kind
 
     # Why an entry was left (drifted, failed, gone) is its own column, which moves
@@ -240,6 +242,7 @@ def status_text(st, width: Optional[int] = None) -> str:
     if bad:
         lines.append(f"next: {st.next_step()}")
     if st.changes:
+        # Here: the setting kinds (pyroute2's among them) load only for status (report's start-up).
         from .settings import kind
 
         # "at boot" only where a change is a boot setting (a host sysctl): a namespace's
@@ -318,6 +321,7 @@ def split_errors(lines: List[str], errors: List[dict], width: Optional[int] = No
 
 def serve_text(r: dict, max_clients: int = 20, width: Optional[int] = None) -> str:
     """`tuner probe --serve`: totals per client address and overall."""
+    # Here: the probe's serve side loads only for serve's text (report's start-up).
     from probes.serve import held_text
     from probes.wire import FAILURES
 

@@ -40,6 +40,7 @@ def plain(text: str) -> str:
 
 
 def _colour(word: str) -> Optional[str]:
+    # Here: the model loads only when a status is coloured (--help's start-up).
     from .capacity import ALARM, CAUTION
 
     if word in ALARM or word in ("NOT reachable", "NOT in effect", "drift", "gone", "pending", "edited",

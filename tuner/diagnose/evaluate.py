@@ -28,6 +28,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tuner import apps, capacity, knobs, readings
 from tuner.host import netns
+from tuner.host import procfs
+from tuner.host.numfmt import values
 from tuner.diagnose import service
 from tuner.apps.base import AppCap, AppFix
 from tuner.capacity import APPLICATION_ROW, LISTENER_ROW, Row, limit_value
@@ -214,8 +216,6 @@ def read_app(procs, own, app_limit: Optional[int] = None) -> Optional[App]:
 
 
 def _task_count() -> Optional[int]:
-    from tuner.host import procfs
-
     try:
         return procfs.task_count()
     except (OSError, ValueError, IndexError):
@@ -562,8 +562,6 @@ def _finish(d: Diagnosis, procs, snap, app: Optional[App]) -> None:
 def _value(current) -> str:
     if current is None:
         return "-"
-    from tuner.host.numfmt import values
-
     return values(current)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 import sys
 import time
 from dataclasses import dataclass, field
@@ -302,6 +303,7 @@ def summary_text(summary: dict) -> str:
 
 
 def _rich_table(diag, s: Sample, w: Watch, events: List[Event]):
+    # Here: rich loads only for the live table on a terminal (start-up time).
     from rich.table import Table
 
     t = Table(title=diag.verdict, title_justify="left")
@@ -319,12 +321,11 @@ def run(pids: Sequence[int], target: Optional[int], duration: Optional[float], i
         json_out: bool, emit: Callable[[str], None]) -> int:
     diag = diagnose(pids=pids, target=target)
     ports = sorted({l["port"] for l in diag.listeners})
-    from types import SimpleNamespace
-
     w = Watch(diag, target, [SimpleNamespace(**p) for p in diag.processes])
     klog = KernelLog()
     rich_live = None
     if not json_out and sys.stdout.isatty():
+        # Here: rich loads only for the live table on a terminal (start-up time).
         from rich.console import Console
         from rich.live import Live
 

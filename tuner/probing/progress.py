@@ -43,6 +43,7 @@ class Progress:
     def __enter__(self) -> "Progress":
         self._start = time.monotonic()
         if self.live:
+            # Here: rich loads only for a live bar on a terminal (start-up time).
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, ProgressColumn, TextColumn
             from rich.text import Text

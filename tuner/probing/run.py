@@ -17,6 +17,7 @@ probes/ knows nothing of tuner's CLI; this module adapts its callbacks to a live
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import sys
 from dataclasses import dataclass, field
@@ -171,13 +172,13 @@ def run_probe(n: int, pre, quiet: bool = False, **settings):
 def document(schema: str, body: dict) -> dict:
     """A probe's --json document: its schema, the host it ran on (what `tuner plot` names
     in its title; the UTS name, which --netns does not change), then the figures."""
-    import os
     return {"schema": schema, "host": os.uname().nodename, **body}
 
 
 def run_split(cfg, netns=None, quiet: bool = False) -> dict:
     """`tuner probe --serve` / `--connect`: run the ServeConfig or ConnectConfig, with
     running totals on stderr (a live bar on a terminal, plain lines otherwise)."""
+    # Here: probes.serve loads only for --serve and --connect (start-up time).
     from probes.serve import ServeConfig
 
     with _as_tuner_errors():
@@ -276,6 +277,7 @@ def local_server(endpoint: str, netns: Optional[str]):
     """('nginx pid 812, 813', port) when the server listens on this host (in the probe's
     namespace), else None.  Found by sock_diag and each process's lowest descriptors
     (tuner.diagnose.service), never by walking a big process's /proc/PID/fd."""
+    # Here: diagnose's readers load only when a server stalled (the probe's start-up).
     import ipaddress
 
     from tuner.host import localnet, procpid

@@ -63,6 +63,7 @@ def common() -> Dict[str, Any]:
 def validate(document: Dict[str, Any]) -> None:
     """Check `document` against the schema its "schema" key names; raises
     jsonschema.ValidationError (or KeyError for an unknown schema)."""
+    # Here: jsonschema loads only when a document is validated (start-up time).
     import jsonschema
     from referencing import Registry, Resource
 

@@ -47,6 +47,7 @@ class Alias(Presence):
         check(is_int(pl) and 0 <= pl <= 32, "detail.prefixlen", pl)
 
     def _read(self, netns, detail) -> bool:
+        # Here: pyroute2's netlink loads only when an alias is read (start-up time).
         from pyroute2 import IPRoute
 
         netns_gone(netns)
@@ -59,6 +60,7 @@ class Alias(Presence):
                        for a in ipr.get_addr(index=index))
 
     def _write(self, netns, detail, present: bool) -> None:
+        # Here: pyroute2's netlink loads only when an alias is written (start-up time).
         from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError
 

@@ -219,6 +219,7 @@ def check_user(user: Optional[str]) -> Optional[str]:
     if not _USER_RE.match(user):
         raise UsageError(f"--user {user!r} is not a user name (letters, digits, '_', '.', '-'; "
                          f"a group or '*' is not offered: leave --user out for every user)")
+    # Here: pwd loads only for --user (start-up time).
     import pwd
 
     try:

@@ -29,6 +29,7 @@ def parts(knob) -> Tuple[str, str]:
 
 
 def _process(detail):
+    # Here: psutil loads only when a process's limit is read or set (start-up time).
     import psutil
 
     try:
@@ -82,6 +83,7 @@ class Rlimit(Kind):
         check(d.get("which") in FIELDS, "detail.which", d.get("which"))
 
     def _read(self, netns, detail) -> int:
+        # Here: psutil loads only when a process's limit is read (start-up time).
         import psutil
 
         try:
@@ -91,6 +93,7 @@ class Rlimit(Kind):
         return soft if detail["which"] == "soft" else hard
 
     def _write(self, netns, detail, value: int) -> None:
+        # Here: psutil loads only when a process's limit is set (start-up time).
         import psutil
 
 

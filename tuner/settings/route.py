@@ -63,6 +63,7 @@ class Route(Presence):
                        for r in read_local_routes())
 
     def _write(self, netns, detail, present: bool) -> None:
+        # Here: pyroute2's netlink loads only when a route is written (start-up time).
         from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError
 
