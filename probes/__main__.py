@@ -44,7 +44,7 @@ def parse(argv):
     split = p.add_mutually_exclusive_group()
     split.add_argument("--serve", metavar="ADDR:PORT", help="serve the wire exchange to remote clients")
     split.add_argument("--connect", metavar="URL", help="open the connections to a --serve elsewhere "
-                                                        "(HOST:PORT) or to tcp://, http://, ws://, redis:// "
+                                                        "(HOST:PORT) or to a URL of probes/protocols "
                                                         "(their options: --config)")
     p.add_argument("--expect", type=int, help="--serve: connections to verify; more wait, "
                                                "then are reset once that many verified")

@@ -1,6 +1,6 @@
 """`--connect URL`: the client side of a probe whose server runs elsewhere: tuner's own
-`--serve` (HOST:PORT, tuner://), or the user's own service over tcp://, http://, ws://
-or redis:// (probes/protocols: one state machine per protocol).
+`--serve` (HOST:PORT), or the user's own service over any protocol probes/protocols
+registers (one state machine per protocol).
 
 Workers (connect_worker.py) each open their share of the N connections, one
 descriptor per connection, spread over the local addresses inside --source-net
@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import connect_worker, kernel, protocols, serverside
 from .config import ProbeConfigError, fast_ports, source_network, split_shares, worker_capacity
@@ -49,12 +49,10 @@ class ConnectConfig:
     workers: Optional[int] = None      # None: as few as RLIMIT_NOFILE allows
     worker_nofile: Optional[int] = None
     progress_interval: float = 0.25
-    send: Optional[str] = None         # tcp://: text to send (escapes), again for the second check
-    expect: Optional[str] = None       # tcp://: the answer's first bytes (escapes)
-    method: str = "GET"                # http://
-    headers: List[str] = field(default_factory=list)   # http://, ws://: 'Name: value'
-    subprotocol: Optional[str] = None  # ws://
     check_timeout: float = 10.0        # seconds the second check may take
+    # The protocol's own options, {Option.name: value} (probes/protocols: which scheme
+    # takes which); those not given are left out.
+    options: Dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,8 +68,7 @@ class ConnectConfig:
         """(Target, Protocol) of the URL and the protocol options; ProbeConfigError."""
         try:
             target = protocols.parse_target(self.target)
-            return target, protocols.make(target, self.send, self.expect, self.method, tuple(self.headers),
-                                          self.subprotocol)
+            return target, protocols.make(target, **self.options)
         except protocols.TargetError as exc:
             raise ProbeConfigError(f"--connect: {exc}") from None
 

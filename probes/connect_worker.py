@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 from urllib.parse import quote
 
 from .fleet import ERROR, OPS, SIDES, Line, line_kinds
-from .protocols import NEED, READ_SIZE, Exchange, Protocol
+from .protocols import NEED, READ_SIZE, Connection, Exchange, Protocol
 from .protocols import VERIFIED as PASSED   # a verdict; VERIFIED below is a report line
 from .sockets import SOCK_FLAGS, client_options, family_of, libc, reset_on_close, sockaddr, socket_error
 
@@ -73,6 +73,9 @@ class ConnectWorker:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.state = bytearray(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.exchanges: Dict[int, Exchange] = {}     # connections in flight only
+        # The transport's state per open connection, held ones too; empty for plain
+        # (a held connection then keeps its descriptor and state byte only).
+        self.conns: Dict[int, Connection] = {}
         self.opened = self.established = self.verified = self.pending = 0
         self.server = Counter()                       # SERVER's and CHECKED's columns
         self.words = Counter()
@@ -132,7 +135,7 @@ class ConnectWorker:
     def report_open(self) -> None:
         self.report_words(0)
         self.send(SERVER, **{c: self.server[c] for c in SERVER.columns})
-        mismatches = self.server["refused"] if self.protocol.name == "tuner" else 0
+        mismatches = self.server["refused"] if self.protocol.counts_mismatches else 0
         self.send(VERIFIED, opened=self.opened, established=self.established, verified=self.verified,
                   mismatches=mismatches, t_verified=time.monotonic_ns())
 
@@ -151,6 +154,8 @@ class ConnectWorker:
         sock, connect, bind, setsockopt, get_errno = libc.socket, libc.connect, libc.bind, libc.setsockopt, ctypes.get_errno
         dst, sources, state, register, events = self.dst, self.sources, self.state, self.poll.register, self.events
         m, size, options, opening = len(sources), len(self.dst), self.options, self.protocol.opening
+        transport = self.protocol.transport
+        new_conn = transport.connection if transport.per_connection else None
         src_len = len(sources[0]) if m else 0
         flags = socket.SOCK_STREAM | SOCK_FLAGS
         i = self.opened
@@ -179,7 +184,11 @@ class ConnectWorker:
             i += 1
             self.opened = i
             state[fd] = CONNECTING
-            self.exchanges[fd] = opening()
+            ex = opening()
+            if new_conn is not None:
+                conn = self.conns[fd] = new_conn()
+                ex = conn.wrap(ex)
+            self.exchanges[fd] = ex
             register(fd, events)
             self.pending += 1
 
@@ -289,6 +298,7 @@ class ConnectWorker:
         """A connection the server ended (or refused): closed, its exchange dropped; one in
         flight (not yet verified at open) is no longer pending."""
         self.exchanges.pop(fd, None)
+        self.conns.pop(fd, None)
         self.state[fd] = 0
         self.pending -= in_flight
         os.close(fd)   # leaves the epoll set with it
@@ -336,6 +346,8 @@ class ConnectWorker:
             if ex is None:
                 self.still_open(fd)
                 continue
+            if fd in self.conns:
+                ex = self.conns[fd].wrap(ex)
             code = self.write(fd, ex.out)
             if code:
                 self.server["closed_in_hold" if code == E.EPIPE else "reset_in_hold"] += 1

@@ -9,6 +9,7 @@ everything a result depends on lives in the library.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import sys
@@ -386,7 +387,90 @@ def status(
         raise typer.Exit(errors.EXIT_FAILED)
 
 
-@app.command()
+def _schemes_help() -> str:
+    """--connect's URL forms, from the protocol registry."""
+    from probes import protocols  # the registry: read when the probe's options are
+
+    forms = []
+    for s in protocols.schemes():
+        form = " or ".join((*s.aliases, s.usage))
+        forms.append(form + (f" ('{s.peer}')" if s.peer else ""))
+    return ", ".join(forms)
+
+
+def _option_help(option) -> str:
+    from probes import protocols  # the registry: read when the probe's options are
+
+    return f"With --connect {' or '.join(s.name + '://' for s in protocols.owners(option))}: {option.help}"
+
+
+class _ProbeCommand(typer.core.TyperCommand):
+    """`tuner probe`, whose protocol options (and the help naming the schemes) come from
+    the protocol registry (probes/protocols).  They join the command when click first
+    asks for its parameters or help (parsing it, --help, the man page), after --expect:
+    every other command (`tuner report --json`) starts without loading the registry.
+    The callback receives them as keywords."""
+
+    _registry_read = False
+
+    @property
+    def params(self):
+        if not self._registry_read:
+            self._registry_read = True
+            self._read_registry()
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        self._params = value
+
+    @property
+    def help(self):
+        self.params
+        return self._help
+
+    @help.setter
+    def help(self, value):
+        self._help = value
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        # `tuner --help` lists the command by its first words, before any scheme is named.
+        from typer._click.utils import make_default_short_help  # typer vendors its click: the one it uses
+
+        return self.short_help or make_default_short_help(self._help, limit)
+
+    def _read_registry(self) -> None:
+        from probes import protocols  # the registry: read when the probe's options are
+        from typer.main import get_click_param  # typer's own Option -> click option, as for the others
+        from typer.models import ParamMeta
+
+        by_name = {p.name: p for p in self._params}
+        by_name["connect"].help = by_name["connect"].help.format(schemes=_schemes_help())
+        by_name["expect"].help += "".join(_option_help(o) for o in protocols.options() if o.shared
+                                          and o.name == "expect")
+        self._help = self._help.format(schemes=", ".join(s.name + "://" for s in protocols.schemes()
+                                                         if not s.aliases))
+        added = []
+        for o in protocols.options():
+            if o.shared:
+                continue
+            annotation = List[o.kind] if o.repeatable else (o.kind if o.default is not None else Optional[o.kind])
+            default = typer.Option([] if o.repeatable else o.default, o.flag, metavar=o.metavar, help=_option_help(o))
+            added.append(get_click_param(ParamMeta(name=o.name, default=default, annotation=annotation))[0])
+        at = [p.name for p in self._params].index("expect") + 1
+        self._params[at:at] = added
+
+
+def _signature_without_keywords(fn):
+    """typer reads a command's options from its signature, and has none for **keywords:
+    the probe's protocol options arrive there, declared by _ProbeCommand instead."""
+    sig = inspect.signature(fn)
+    fn.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD])
+    return fn
+
+
+@app.command(cls=_ProbeCommand)
+@_signature_without_keywords
 def probe(
     ctx: typer.Context,
     connections: int = typer.Option(100000, "--connections", "-n", metavar="N", parser=inputs.CONNECTIONS,
@@ -421,25 +505,12 @@ def probe(
     connect: Optional[str] = typer.Option(
         None, "--connect", metavar="URL",
         help="Client side only: open --connections to URL and verify each twice (at open and at "
-             "the end of --hold): HOST:PORT or tuner://HOST:PORT ('tuner probe --serve'), "
-             "tcp://HOST:PORT, http://HOST[:PORT]/PATH, ws://HOST[:PORT]/PATH, redis://HOST[:PORT]; "
-             "IPv6 as [ADDR]:PORT."),
+             "the end of --hold): {schemes}; IPv6 as [ADDR]:PORT."),
     expect: Optional[str] = typer.Option(
         None, "--expect", metavar="N|TEXT",
         help="With --serve: connections to verify (N); one that fails gives its slot back, more "
              "wait in the accept queue and are reset once N verified. Exit 0 only when N verified. "
-             "With --connect tcp://: the answer's first bytes (TEXT, escapes like \\r\\n)."),
-    send: Optional[str] = typer.Option(None, "--send", metavar="TEXT",
-                                       help="With --connect tcp://: send TEXT once connected and again "
-                                            "for the second check (escapes like \\r\\n)."),
-    method: str = typer.Option("GET", "--method", metavar="METHOD",
-                               help="With --connect http://: the request's method."),
-    header: List[str] = typer.Option([], "--header", metavar="'NAME: VALUE'",
-                                     help="With --connect http:// or ws://: a request header "
-                                          "(repeatable; Host: replaces the URL's)."),
-    subprotocol: Optional[str] = typer.Option(None, "--subprotocol", metavar="NAME",
-                                              help="With --connect ws://: the subprotocol to ask for "
-                                                   "(the server must choose it)."),
+             ),
     echo_timeout: float = typer.Option(10.0, "--echo-timeout", metavar="SECONDS", parser=inputs.ECHO_TIMEOUT,
                                        help="With --serve: how long a client has to echo its index."),
     textfile: Optional[str] = typer.Option(
@@ -450,13 +521,14 @@ def probe(
                                help="No progress and no plan lines on stderr (errors still "
                                     "are): for cron and scripts that keep the result only."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    **protocol_options,
 ) -> None:
     """Prove N concurrent connections, by default with both ends on this host: open them
     across worker processes, send number i on connection i and check the echo, hold them, and report figures and the
     limit that stopped it, if any. Exits 0 when all verified, 3 when refused by
     pre-flight or short, 130 on Ctrl-C. Across hosts: --serve on the server and --connect
     on each load host, speaking tuner's wire exchange (man tuner-probe, WIRE PROTOCOL). Against your own service:
-    --connect URL (http://, ws://, redis://, tcp://) says which side stalled."""
+    --connect URL ({schemes}) says which side stalled."""
     check_netns_name(netns)
     if serve and connect:
         raise errors.UsageError("--serve and --connect are two ends: run one per host")
@@ -526,6 +598,7 @@ def _probe_connect(ctx) -> None:
     """`tuner probe --connect URL` (probes.connect): exit 0 when every requested
     connection verified twice, 3 when short; the first line names the side that stalled."""
     # Here: a command loads its own modules when it runs (everyone's start-up time).
+    from probes import protocols
     from probes.connect import ConnectConfig, exit_code
 
     from tuner.probing import run as probe_run
@@ -534,11 +607,11 @@ def _probe_connect(ctx) -> None:
     p = ctx.params
     _refuse_other_ends_options(ctx, "--connect")
     source_net = p["source_net"]
+    given = {o.name: p[o.name] for o in protocols.options() if o.given(p[o.name])}
     cfg = ConnectConfig(target=p["connect"], connections=parse_target(p["connections"], "--connections"),
                         source_net=None if source_net in (None, "none") else source_net, rate=p["rate"],
                         hold=p["hold"], timeout=p["timeout"], workers=_split_workers(p["workers"]),
-                        send=p["send"], expect=p["expect"], method=p["method"], headers=list(p["header"]),
-                        subprotocol=p["subprotocol"])
+                        options={k: list(v) if isinstance(v, (list, tuple)) else v for k, v in given.items()})
     result = probe_run.run_split(cfg, p["netns"], p["quiet"])
     probe_run.explain_stall(result, p["netns"])
     _emit(render.to_json(probe_run.connect_document(result)) if p["json_out"]
@@ -612,17 +685,27 @@ def diagnose(
 
 
 # Options that belong to one end of the probe (or to the local probe), which another
-# mode would silently ignore.
-_CONNECT_ONLY = {"send": "--send", "method": "--method", "header": "--header", "subprotocol": "--subprotocol"}
-# Without --serve or --connect: the options of the ends, and the end(s) each is for.
-_ENDS_OF = {"expect": "--serve or --connect", "echo_timeout": "--serve",
-            **{name: "--connect" for name in _CONNECT_ONLY}}
-_NOT_WITH = {
-    None: {"expect": "--expect", "echo_timeout": "--echo-timeout", **_CONNECT_ONLY},
-    "--serve": {"connections": "--connections/-n", "rate": "--rate", "port": "--port",
-                "force": "--force", "source_net": "--source-net", "textfile": "--textfile", **_CONNECT_ONLY},
-    "--connect": {"echo_timeout": "--echo-timeout", "textfile": "--textfile"},
-}
+# mode would silently ignore; the protocol options (_connect_only) are --connect's.
+def _connect_only() -> dict:
+    """{name: flag} of the protocol options (the registry's), which no other mode reads."""
+    from probes import protocols  # the registry: read when the probe runs
+
+    return {o.name: o.flag for o in protocols.options() if not o.shared}
+
+
+def _ends_of(name: str) -> str:
+    """Without --serve or --connect: the end(s) an option of the ends is for."""
+    return {"expect": "--serve or --connect", "echo_timeout": "--serve"}.get(name, "--connect")
+
+
+def _not_with(mode: Optional[str]) -> dict:
+    """{name: flag} of the options `mode` (None: the local probe) does not read."""
+    return {
+        None: {"expect": "--expect", "echo_timeout": "--echo-timeout", **_connect_only()},
+        "--serve": {"connections": "--connections/-n", "rate": "--rate", "port": "--port", "force": "--force",
+                    "source_net": "--source-net", "textfile": "--textfile", **_connect_only()},
+        "--connect": {"echo_timeout": "--echo-timeout", "textfile": "--textfile"},
+    }[mode]
 
 
 @app.command()
@@ -659,12 +742,13 @@ def _given(ctx, name: str) -> bool:
 
 def _refuse_other_ends_options(ctx, mode: Optional[str]) -> None:
     """Options another mode reads, given to this one (None: the local probe): one line, exit 2."""
-    ignored = [flag for name, flag in _NOT_WITH[mode].items() if _given(ctx, name)]
+    not_with = _not_with(mode)
+    ignored = [flag for name, flag in not_with.items() if _given(ctx, name)]
     if not ignored:
         return
     if mode is None:
-        name = next(n for n, flag in _NOT_WITH[None].items() if flag == ignored[0])
-        raise errors.UsageError(f"{ignored[0]} is for {_ENDS_OF[name]} only (one end of a split probe)")
+        name = next(n for n, flag in not_with.items() if flag == ignored[0])
+        raise errors.UsageError(f"{ignored[0]} is for {_ends_of(name)} only (one end of a split probe)")
     raise errors.UsageError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply "
                             f"to {mode} (see 'tuner probe --help')")
 

@@ -25,6 +25,7 @@ from typing import Dict, List, Tuple
 import typer
 from click_man.man import ManPage
 
+from probes import protocols
 from tuner import __date__, __version__, apply as apply_mod, hostlog, journal, plan
 from tuner.host import errors, netns
 from .settings import base as settings_base
@@ -72,6 +73,51 @@ def _roff_escape(text: str) -> str:
 
 
 EXTRA_SECTIONS["tuner probe"] = {"WIRE PROTOCOL": wire_section()}
+
+
+def _forms(scheme) -> list:
+    return [*scheme.aliases, scheme.usage]
+
+
+def protocols_section() -> str:
+    """What --connect speaks: the protocol registry (probes/protocols), one entry per
+    scheme, its options named."""
+    lines = []
+    for s in protocols.schemes():
+        took = f" Options: {', '.join(o.flag for o in s.options)}." if s.options else ""
+        lines += [".TP", "\\fB" + _roff_escape(", ".join(_forms(s))) + "\\fP",
+                  _roff_escape(f"{_plain(s.does)}. Second check: {_plain(s.second)}.{took}")]
+    return "\n".join(lines)
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("`", "")
+
+
+EXTRA_SECTIONS["tuner probe"]["PROTOCOLS"] = protocols_section()
+
+# docs/probe-services.md's table of schemes lies between these lines; write_pages
+# rewrites it from the registry (tests/test_protocols_registry.py checks it is current).
+DOCS_PROTOCOLS = os.path.join("docs", "probe-services.md")
+TABLE_BEGIN = "<!-- protocols: generated from probes/protocols by python -m tuner.manpages -->"
+TABLE_END = "<!-- end of protocols -->"
+
+
+def protocols_markdown() -> str:
+    """The table of schemes for docs/probe-services.md, markers included."""
+    rows = ["| URL | what a connection does | the second check |", "| --- | --- | --- |"]
+    rows += [f"| {', '.join(f'`{form}`' for form in _forms(s))} | {s.does} | {s.second} |"
+             for s in protocols.schemes()]
+    return "\n".join([TABLE_BEGIN, *rows, TABLE_END])
+
+
+def with_protocols_table(text: str) -> str:
+    """A document's text with its table of schemes replaced by the registry's."""
+    head, begin, rest = text.partition(TABLE_BEGIN)
+    _, end, tail = rest.partition(TABLE_END)
+    if not begin or not end:
+        raise ValueError(f"{DOCS_PROTOCOLS} has no {TABLE_BEGIN!r} ... {TABLE_END!r}")
+    return head + protocols_markdown() + tail
 
 
 def metrics_section() -> str:
@@ -442,12 +488,21 @@ def write_commands_doc(path: str = COMMANDS_DOC) -> None:
 
 
 def write_pages(target_dir: str) -> list:
+    """The man pages into target_dir, and docs/probe-services.md's table of schemes
+    (beside target_dir: the repository's docs/)."""
     os.makedirs(target_dir, exist_ok=True)
     written = []
     for name, text in render_pages().items():
         with open(os.path.join(target_dir, name), "w") as f:
             f.write(text)
         written.append(name)
+    docs = os.path.join(os.path.dirname(os.path.abspath(target_dir)), DOCS_PROTOCOLS)
+    if os.path.exists(docs):
+        with open(docs) as f:
+            text = f.read()
+        with open(docs, "w") as f:
+            f.write(with_protocols_table(text))
+        written.append(docs)
     return written
 
 

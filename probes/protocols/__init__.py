@@ -1,54 +1,97 @@
 """The protocols `--connect URL` speaks: one small module per protocol, each a
-non-blocking, sans-IO state machine the protocol-agnostic worker drives.
-
-    tuner://HOST:PORT, HOST:PORT   tuner's own exchange (probes.wire), the server speaks first
-    tcp://HOST:PORT                connect and hold; --send TEXT / --expect TEXT: a line protocol
-    http://HOST[:PORT]/PATH        HTTP/1.1 keep-alive requests (2xx/3xx serve, others refuse)
-    ws://HOST[:PORT]/PATH          a WebSocket (RFC 6455), ping/pong the second time
-    redis://HOST[:PORT]            PING -> +PONG
+non-blocking, sans-IO state machine the protocol-agnostic worker drives, and each
+declaring itself (its SCHEME: a base.Scheme with the URL's form, default port, whether
+it takes a path, the options it owns with their help, how it builds its Protocol).
+This package is their registry: every list of schemes or of their options (the CLI's
+checks and help, the man page's and docs/probe-services.md's tables, the JSON schema's
+enum) is read from it.  Adding a protocol is adding its module (and its test).
 
 A connection's exchange is an `Exchange`: `out` holds the bytes to write now (the
 request when it is made, a reply after `feed`), and `feed(data)` says NEED (more bytes),
 VERIFIED, or REFUSED with the server's own words in `words`.  The worker reads, feeds,
 writes `out`, and drops the exchange once it is decided: a held connection keeps its
-descriptor and a state byte, nothing of the parser.  `Protocol.opening()` is the first
-exchange, `Protocol.checking()` the second at the end of the hold (None: the check is
-that the connection is still open, with no EOF or reset).
+descriptor and a state byte, nothing of the parser, and its transport's Connection only
+when the transport keeps one (plain keeps none; TLS will).  `Protocol.opening()` is the
+first exchange, `Protocol.checking()` the second at the end of the hold (None: the check
+is that the connection is still open, with no EOF or reset).
 
 Only the stdlib is imported here: the probe's workers import this module.
 """
 from __future__ import annotations
 
 import codecs
+import importlib
 import ipaddress
+import pkgutil
 import socket
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from .base import NEED, READ_SIZE, REFUSED, VERIFIED, Exchange, Protocol, Target, TargetError
+from .base import (NEED, PLAIN, READ_SIZE, REFUSED, VERIFIED, Connection, Exchange, Option, Protocol,
+                   Scheme, Target, TargetError, Transport)
 
-__all__ = ["NEED", "READ_SIZE", "REFUSED", "VERIFIED", "Exchange", "Protocol", "Target", "TargetError",
-           "DEFAULT_PORTS", "SCHEMES", "parse_target", "unescape", "make"]
+__all__ = ["NEED", "PLAIN", "READ_SIZE", "REFUSED", "VERIFIED", "Connection", "Exchange", "Option",
+           "Protocol", "Scheme", "Target", "TargetError", "Transport",
+           "schemes", "scheme", "options", "owners", "parse_target", "unescape", "make"]
+
+_REGISTRY: Dict[str, Scheme] = {}
 
 
-DEFAULT_PORTS = {"http": 80, "ws": 80, "redis": 6379}
-SCHEMES = ("tuner", "tcp", "http", "ws", "redis")
+def schemes() -> List[Scheme]:
+    """Every registered scheme, in its declared order (the modules of this package that
+    define SCHEME or SCHEMES; read on first use)."""
+    if not _REGISTRY:
+        found = []
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            if info.name == "base":
+                continue
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            declared = getattr(module, "SCHEMES", None) or (getattr(module, "SCHEME", None),)
+            found += [s for s in declared if isinstance(s, Scheme)]
+        _REGISTRY.update((s.name, s) for s in sorted(found, key=lambda s: (s.order, s.name)))
+    return list(_REGISTRY.values())
+
+
+def scheme(name: str) -> Optional[Scheme]:
+    schemes()
+    return _REGISTRY.get(name)
+
+
+def options() -> List[Option]:
+    """Every protocol option once (an option two schemes own, --header, is one), in the
+    order of the schemes that own them."""
+    seen: Dict[str, Option] = {}
+    for s in schemes():
+        for o in s.options:
+            seen.setdefault(o.name, o)
+    return list(seen.values())
+
+
+def owners(option: Option) -> List[Scheme]:
+    """The schemes that take an option."""
+    return [s for s in schemes() if any(o.name == option.name for o in s.options)]
+
+
+def bare() -> Scheme:
+    """The scheme of a URL written HOST:PORT (tuner's own exchange)."""
+    return next(s for s in schemes() if s.aliases)
 
 
 def parse_target(text: str) -> Target:
-    """'http://[::1]:8080/x' -> Target; 'HOST:PORT' is tuner://HOST:PORT.  Host names
-    resolve to their first address (IPv4 or IPv6)."""
-    scheme, sep, rest = text.partition("://")
+    """'SCHEME://[::1]:8080/x' -> Target; 'HOST:PORT' is the bare scheme's (tuner's own
+    exchange).  Host names resolve to their first address (IPv4 or IPv6)."""
+    name, sep, rest = text.partition("://")
     if not sep:
-        scheme, rest = "tuner", text
-    scheme = scheme.lower()
-    if scheme not in SCHEMES:
-        raise TargetError(f"{text!r}: unknown scheme {scheme!r} (one of {', '.join(s + '://' for s in SCHEMES)})")
+        name, rest = bare().name, text
+    spec = scheme(name.lower())
+    if spec is None:
+        raise TargetError(f"{text!r}: unknown scheme {name.lower()!r} "
+                          f"(one of {', '.join(s.name + '://' for s in schemes())})")
     hostport, slash, path = rest.partition("/")
-    if slash and scheme in ("tuner", "tcp", "redis") and path:
-        raise TargetError(f"{text!r}: {scheme}:// takes no path")
-    host, port = _split_hostport(text, hostport, DEFAULT_PORTS.get(scheme))
+    if slash and not spec.takes_path and path:
+        raise TargetError(f"{text!r}: {spec.name}:// takes no path")
+    host, port = _split_hostport(text, hostport, spec.default_port)
     family, address = _resolve(text, host)
-    return Target(scheme, address, port, family, "/" + path, hostport)
+    return Target(spec.name, address, port, family, "/" + path, hostport)
 
 
 def _split_hostport(text: str, hostport: str, default: Optional[int]) -> Tuple[str, int]:
@@ -95,35 +138,23 @@ def unescape(text: str) -> bytes:
         raise TargetError(f"{text!r}: {exc}") from None
 
 
-def make(target: Target, send: Optional[str] = None, expect: Optional[str] = None,
-         method: str = "GET", headers: Tuple[str, ...] = (), subprotocol: Optional[str] = None) -> Protocol:
-    """The Protocol of a target with the options it takes; TargetError for an option
-    its scheme does not take."""
-    given = {"--send": send is not None, "--expect": expect is not None,
-             "--method": method != "GET", "--header": bool(headers), "--subprotocol": subprotocol is not None}
-    takes = {"tuner": (), "redis": (), "tcp": ("--send", "--expect"), "http": ("--method", "--header"),
-             "ws": ("--header", "--subprotocol")}[target.scheme]
-    wrong = [flag for flag, on in given.items() if on and flag not in takes]
+def make(target: Target, **given) -> Protocol:
+    """The Protocol of a target with the protocol options given ({Option.name: value},
+    defaults left out or passed); TargetError for an option its scheme does not take."""
+    known = {o.name: o for o in options()}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise TargetError(f"unknown protocol option(s): {', '.join(unknown)}")
+    spec = scheme(target.scheme)
+    takes = {o.name for o in spec.options}
+    wrong = [o.flag for o in known.values() if o.given(given.get(o.name, o.default)) and o.name not in takes]
     if wrong:
-        raise TargetError(f"{', '.join(wrong)} do(es) not apply to {target.scheme}:// "
-                          f"({'; '.join(f'{s}:// takes ' + (', '.join(t) or 'none') for s, t in _TAKES)})")
-    if target.scheme == "tuner":
-        from .tuner_wire import TunerWire
-        return TunerWire()
-    if target.scheme == "tcp":
-        from .tcp import Tcp
-        return Tcp(None if send is None else unescape(send), None if expect is None else unescape(expect))
-    if target.scheme == "redis":
-        from .redis import Redis
-        return Redis()
-    from .http import request_head
-    head = request_head(method if target.scheme == "http" else "GET", target, headers)
-    if target.scheme == "http":
-        from .http import Http
-        return Http(head, method.upper() == "HEAD")
-    from .ws import WebSocket
-    return WebSocket(head, subprotocol)
+        raise TargetError(f"{', '.join(wrong)} do(es) not apply to {spec.name}:// "
+                          f"({'; '.join(f'{s.name}:// takes ' + ', '.join(o.flag for o in s.options) for s in schemes() if s.options)})")
+    return spec.build(target, {o.name: _value(o, given.get(o.name, o.default)) for o in spec.options})
 
 
-_TAKES = (("tcp", ("--send", "--expect")), ("http", ("--method", "--header")),
-          ("ws", ("--header", "--subprotocol")))
+def _value(option: Option, value):
+    if option.repeatable:
+        return tuple(value or ())
+    return option.default if value is None else value

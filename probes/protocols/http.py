@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol, Target, TargetError
+from .base import NEED, REFUSED, VERIFIED, Exchange, Option, Protocol, Scheme, Target, TargetError
 
 MAX_HEAD = 65536
+# Owned by this scheme and the WebSocket one both (ws.py declares it too).
+HEADER = Option("headers", "--header", "'NAME: VALUE'", "a request header (repeatable; Host: replaces the URL's).",
+                repeatable=True)
 HEAD, LENGTH, CHUNK_SIZE, CHUNK_DATA, TRAILER = range(5)
 
 
@@ -159,3 +162,18 @@ class Http(Protocol):
 
     def checking(self) -> Exchange:
         return Response(self.request, self.head_only)
+
+
+def _build(target, options) -> Http:
+    method = options["method"]
+    return Http(request_head(method, target, options["headers"]), method.upper() == "HEAD")
+
+
+SCHEME = Scheme(
+    name="http", order=2, usage="http://HOST[:PORT]/PATH", default_port=80, takes_path=True,
+    does="an HTTP/1.1 keep-alive request (`--method`, `--header 'Name: value'`, repeatable; `Host:` replaces "
+         "the URL's), the answer read to the end of its body; 2xx and 3xx serve, any other status is the "
+         "server refusing",
+    second="the same request again on the same connection",
+    build=_build,
+    options=(Option("method", "--method", "METHOD", "the request's method.", default="GET"), HEADER))

@@ -3,7 +3,7 @@ server refusing in its own words ('-ERR max number of clients reached' when maxc
 is reached: Redis writes it and closes)."""
 from __future__ import annotations
 
-from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol
+from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol, Scheme
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 LONGEST_LINE = 1024
@@ -40,3 +40,9 @@ class Redis(Protocol):
 
     def checking(self) -> Exchange:
         return Ping()
+
+
+SCHEME = Scheme(
+    name="redis", order=4, usage="redis://HOST[:PORT]", default_port=6379,
+    does="`PING` answered `+PONG`", second="`PING` again",
+    build=lambda target, options: Redis())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol
+from .base import NEED, REFUSED, VERIFIED, Exchange, Option, Protocol, Scheme
 
 
 class Silent(Exchange):
@@ -47,3 +47,24 @@ class Tcp(Protocol):
     def checking(self) -> Optional[Exchange]:
         # Nothing sent: the check is passive (still open, no EOF or reset).
         return self.opening() if self.send else None
+
+
+def _build(target, options) -> Tcp:
+    # Imported here: the package imports this module to read its SCHEME.
+    from . import unescape
+
+    send, expect = options["send"], options["expect"]
+    return Tcp(None if send is None else unescape(send), None if expect is None else unescape(expect))
+
+
+SCHEME = Scheme(
+    name="tcp", order=1, usage="tcp://HOST:PORT",
+    does="connect and hold; with `--send TEXT` sends it once connected, with `--expect TEXT` the answer "
+         "must start with it (escapes like `\\r\\n`)",
+    second="`--send` again and `--expect`; with nothing to send, still open",
+    build=_build,
+    options=(Option("send", "--send", "TEXT", "send TEXT once connected and again for the second check "
+                                               "(escapes like \\r\\n)."),
+             # --serve's --expect N too: the CLI declares the flag, this says tcp:// takes it.
+             Option("expect", "--expect", "N|TEXT", "the answer's first bytes (TEXT, escapes like \\r\\n).",
+                    shared=True)))

@@ -4,7 +4,7 @@ passive: the server sends nothing more while both hold, so still open is the ans
 from __future__ import annotations
 
 from .. import wire
-from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol
+from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol, Scheme
 
 
 class WireExchange(Exchange):
@@ -33,6 +33,15 @@ class WireExchange(Exchange):
 class TunerWire(Protocol):
     name = "tuner"
     server_first = True
+    counts_mismatches = True
 
     def opening(self) -> Exchange:
         return WireExchange()
+
+
+SCHEME = Scheme(
+    name="tuner", order=0, usage="tuner://HOST:PORT", aliases=("HOST:PORT",),
+    peer="tuner probe --serve",
+    does="tuner's own exchange against `tuner probe --serve` (see the man page's WIRE PROTOCOL)",
+    second="still open (no EOF, no reset)",
+    build=lambda target, options: TunerWire())

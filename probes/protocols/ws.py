@@ -16,8 +16,8 @@ import os
 import struct
 from typing import Optional
 
-from .base import NEED, REFUSED, VERIFIED, Exchange, Protocol
-from .http import MAX_HEAD, parse_head, split_head
+from .base import NEED, REFUSED, VERIFIED, Exchange, Option, Protocol, Scheme
+from .http import HEADER, MAX_HEAD, parse_head, request_head, split_head
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -172,3 +172,14 @@ class WebSocket(Protocol):
 
     def checking(self) -> Exchange:
         return Frames(frame(PING, PING_PAYLOAD), awaiting_pong=True)
+
+
+SCHEME = Scheme(
+    name="ws", order=3, usage="ws://HOST[:PORT]/PATH", default_port=80, takes_path=True,
+    does="the WebSocket opening handshake (RFC 6455), `Sec-WebSocket-Accept` checked, `--subprotocol NAME` "
+         "must be the one the server chose; held open",
+    second="a ping the server answers with a pong",
+    build=lambda target, options: WebSocket(request_head("GET", target, options["headers"]),
+                                            options["subprotocol"]),
+    options=(HEADER, Option("subprotocol", "--subprotocol", "NAME",
+                            "the subprotocol to ask for (the server must choose it).")))

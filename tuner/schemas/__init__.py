@@ -205,7 +205,31 @@ def markdown() -> str:
 
 
 
+def protocol_enum() -> List[str]:
+    """The schemes `tuner probe --connect` speaks, from the protocol registry: the enum
+    of tuner.probe.connect's `protocol` (write_docs keeps the file in step)."""
+    # Imported here: loading and validating schemas needs no probe module.
+    from probes import protocols
+
+    return [s.name for s in protocols.schemes()]
+
+
+CONNECT_FILE = "tuner.probe.connect-2.json"
+
+
+def sync_protocols() -> None:
+    """Rewrite the connect schema's protocol enum from the registry (the file stays as
+    json.dumps writes it)."""
+    doc = _read(CONNECT_FILE)
+    if doc["properties"]["protocol"]["enum"] == protocol_enum():
+        return
+    doc["properties"]["protocol"]["enum"] = protocol_enum()
+    with open(os.path.join(SCHEMA_DIR, CONNECT_FILE), "w") as f:
+        f.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
 def write_docs(target: str) -> None:
+    sync_protocols()
     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
     with open(target, "w") as f:
         f.write(markdown())

@@ -217,6 +217,13 @@ def serve(module):
     module.exit_json(**out)
 
 
+def _protocol_options(p):
+    """The module's protocol options as the connect settings take them (those given)."""
+    given = dict(send=p["send"], expect=p["expect"], method=p["method"], headers=list(p["headers"]),
+                 subprotocol=p["subprotocol"])
+    return {k: v for k, v in given.items() if v not in (None, []) and not (k == "method" and v == "GET")}
+
+
 def connect(module):
     from probes import connect as connect_mod
     from tuner.inputs import parse_target
@@ -228,9 +235,7 @@ def connect(module):
         fail(module, exc)
     cfg = connect_mod.ConnectConfig(target=p["server"], connections=n, source_net=p["source_net"],
                                     rate=p["rate"], hold=p["hold"] or 0.0, timeout=p["timeout"],
-                                    workers=p["workers"], send=p["send"], expect=p["expect"],
-                                    method=p["method"], headers=list(p["headers"]),
-                                    subprotocol=p["subprotocol"])
+                                    workers=p["workers"], options=_protocol_options(p))
     result = _launch(module, cfg)
     from tuner.probing.run import explain_stall
     explain_stall(result, p["netns"])   # the sentence names the side (and the server's process)

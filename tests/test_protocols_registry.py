@@ -1,0 +1,87 @@
+"""The protocol registry (probes/protocols) is the one home of what each --connect
+scheme is: every list of schemes or of their options is read from it, and a stale copy
+fails here.  No network."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+from probes import protocols
+from tuner import cli, manpages, schemas
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_protocol_module_declares_a_scheme():
+    modules = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "probes", "protocols"))
+                     if f.endswith(".py") and f not in ("__init__.py", "base.py"))
+    declared = {s.build.__module__.rsplit(".", 1)[1] for s in protocols.schemes()}
+    assert declared == set(modules)
+    orders = [s.order for s in protocols.schemes()]
+    assert len(set(orders)) == len(orders), "two schemes share an order"
+    assert [s.name for s in protocols.schemes()][0] == protocols.bare().name
+
+
+def test_docs_table_is_current():
+    with open(os.path.join(REPO, manpages.DOCS_PROTOCOLS)) as f:
+        text = f.read()
+    assert manpages.with_protocols_table(text) == text, "run: python -m tuner.manpages man"
+    for s in protocols.schemes():
+        assert f"`{s.usage}`" in text
+
+
+def test_schema_enum_is_current():
+    doc = schemas.load("tuner.probe.connect/2")
+    assert doc["properties"]["protocol"]["enum"] == schemas.protocol_enum() \
+        == [s.name for s in protocols.schemes()], "run: python -m tuner.schemas"
+
+
+def test_cli_help_and_checks_come_from_the_registry():
+    out = subprocess.run([sys.executable, "-m", "tuner", "probe", "--help"], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"}, cwd=REPO).stdout
+    for s in protocols.schemes():
+        assert s.usage in out
+    for o in protocols.options():
+        assert o.flag in out
+        if not o.shared:
+            assert cli._connect_only()[o.name] == o.flag
+    page = manpages.render_pages()["tuner-probe.1"]
+    for s in protocols.schemes():
+        assert manpages._roff_escape(s.usage) in page.split(".SH PROTOCOLS\n", 1)[1]
+
+
+def test_an_option_of_another_scheme_is_refused_in_one_line():
+    r = subprocess.run([sys.executable, "-m", "tuner", "probe", "--connect", "redis://127.0.0.1:1",
+                        "-n", "1", "--method", "POST"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "--method do(es) not apply to redis://" in r.stderr
+
+
+def code_files():
+    """Python files of tuner/ and probes/ (comments and docstrings included)."""
+    for top in ("tuner", "probes"):
+        for root, dirs, files in os.walk(os.path.join(REPO, top)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for f in files:
+                if f.endswith(".py"):
+                    yield os.path.relpath(os.path.join(root, f), REPO)
+
+
+# Not a probe's scheme: the metrics endpoint's own URL.
+NOT_A_PROBE = {("http", os.path.join("tuner", "metrics.py"))}
+
+
+def test_a_scheme_is_named_only_in_its_module():
+    """`git grep NAME://` in the code finds only the protocol's own module: everything
+    else asks the registry."""
+    homes = {s.name: os.path.join("probes", "protocols", s.build.__module__.rsplit(".", 1)[1] + ".py")
+             for s in protocols.schemes()}
+    found = []
+    for path in code_files():
+        with open(os.path.join(REPO, path)) as f:
+            text = f.read()
+        for name, home in homes.items():
+            if path != home and (name, path) not in NOT_A_PROBE and re.search(rf"(?<![\w+.-]){re.escape(name)}://", text):
+                found.append((name, path))
+    assert found == []
