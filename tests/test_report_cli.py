@@ -170,3 +170,34 @@ def test_a_low_descriptor_limit_still_reports(limit, per_process):
     else:
         assert p["processes"] is None
         assert "none can hold a connection here: RLIMIT_NOFILE 64" in text.stdout
+
+
+@pytest.mark.parametrize("role, listens", [("client", False), ("server", True), ("loopback", True)])
+def test_listener_knobs_are_raised_only_for_roles_that_listen(role, listens, netns):
+    """A load host has no accept queue: report and apply's plan for the client role leave
+    somaxconn and the SYN backlog alone (issue 28: both were raised for --role client)."""
+    report = json.loads(run_tuner("report", "--netns", netns, "--target", "1M", "--role", role, "--json").stdout)
+    rows = {r["name"]: r for r in report["rows"]}
+    plan = json.loads(run_tuner("apply", "--netns", netns, "--target", "1M", "--role", role, "--dry-run",
+                                "--json").stdout)
+    planned = json.dumps(plan)
+    for name in ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"):
+        assert (rows[name]["needed"] is not None) == listens, (role, rows[name])
+        assert (name in planned) == listens, (role, name)
+
+
+def test_the_verdict_says_whether_apply_is_required_or_advised(netns):
+    """The verdict line itself says whether the apply `next:` names is needed to reach the
+    target or only advised for headroom (issue 28: 'reachable now' stood above six raise
+    rows and an apply)."""
+    text = run_tuner("report", "--netns", netns, "--target", "1k").stdout.splitlines()[0]
+    assert "tuner apply" not in text and "reachable now" in text   # 1,000 wants nothing raised
+    d = json.loads(run_tuner("report", "--netns", netns, "--target", "1M", "--json").stdout)
+    raising = [r for r in d["rows"] if r["status"] in ("binds", "short", "full", "raise", "shrink", "near")]
+    text = run_tuner("report", "--netns", netns, "--target", "1M").stdout.splitlines()[0]
+    if d["reachable"]:
+        assert raising and f"tuner apply advised, not required ({len(raising):,} setting" in text, text
+    else:
+        assert text.endswith("tuner apply required"), text
+    client = run_tuner("report", "--netns", netns, "--target", "1M", "--role", "client").stdout.splitlines()[0]
+    assert client.startswith("target 1,000,000: NOT reachable") and client.endswith("tuner apply required")

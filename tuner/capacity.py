@@ -128,6 +128,13 @@ def _args(report: "Report") -> list:
     return out + ([("--netns", report.netns)] if report.netns else [])
 
 
+def changes_wanted(report: "Report") -> List[Row]:
+    """Rows a `tuner apply` for the target would change (what next_step's apply is for):
+    every limit below what the target wants, not the ones apply cannot change (capped) or
+    only warns of."""
+    return [r for r in report.rows if r.status in ACTION and r.status not in (CAPPED, WARN)]
+
+
 def next_step(report: "Report") -> str:
     """The one thing to do next, as report's first screen and JSON give it: the fix of a
     limit full now, or of one that stops the target where apply cannot change it (the
@@ -140,7 +147,7 @@ def next_step(report: "Report") -> str:
             return f"{row.name} ({row.status}): {row.fix.render()}"
     if report.target is None:
         return f"{tuner(REPORT, ('--target', 'N')).render()} (what N connections need)"
-    if any(r.status in ACTION and r.status not in (CAPPED, WARN) for r in report.rows):
+    if changes_wanted(report):
         return tuner(APPLY, *_args(report), ("--dry-run", None)).render()
     if report.role != "loopback":
         return "nothing to change: tuner probe --serve and --connect prove it between the two hosts"

@@ -446,7 +446,9 @@ def _buffer_needs(name):
 
 
 def _backlog_wanted(ctx):
-    return min(ctx.target, MAX_BACKLOG)
+    # Only a listener has an accept queue or half-open connections: a load host (the
+    # client role) needs neither raised, whatever its target.
+    return None if ctx.role == "client" else min(ctx.target, MAX_BACKLOG)
 
 
 def _conntrack_allows(ctx):

@@ -10,7 +10,7 @@ import json
 from typing import Any, Iterable, List, Optional
 
 from . import fit
-from .capacity import Report, next_step
+from .capacity import Report, changes_wanted, next_step
 from tuner.host.numfmt import number, of, rate, seconds, size, values
 from .memory import WORST_CASE
 
@@ -42,8 +42,21 @@ def report_verdict(report: Report) -> List[str]:
         head = f"target {number(report.target)}: reachability unknown (nothing counts it)"
     else:
         head = (f"target {number(report.target)}: " + ("reachable" if report.reachable else "NOT reachable")
-                + f" now (max {most}; binding limit: {by})")
+                + f" now (max {most}; binding limit: {by})" + _apply_need(report))
     return [head, f"next: {next_step(report)}"]
+
+
+def _apply_need(report: Report) -> str:
+    """Whether the apply the next line names is required for the target or only advised:
+    a reachable target with settings below what it wants (headroom: buffers, backlogs,
+    teardown tables) said so in the verdict itself, not left to the rows below it."""
+    wanted = changes_wanted(report)
+    if not wanted:
+        return ""
+    if not report.reachable:
+        return "; tuner apply required"
+    n = len(wanted)
+    return f"; tuner apply advised, not required ({number(n)} setting{'s' if n > 1 else ''} below what it wants, for headroom)"
 
 
 def _report_cells(r) -> dict:
