@@ -13,9 +13,8 @@ from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence
 
 from tuner import apps, knobs
-from tuner.settings import kind
 from tuner.suggestion import (APPLY, DIAGNOSE, HOST, NETNS, PIDS, RESTART, ROOT, UNIT, Suggestion, advice,
-                              config, setting, tuner, write)
+                              config, tuner, write)
 
 SOFT, HARD = "RLIMIT_NOFILE.soft", "RLIMIT_NOFILE.hard"
 LISTEN_BACKLOG = "listen backlog"      # the application's own limit, named as in the table
@@ -146,9 +145,10 @@ def _cgroup_pids_fix(d, r, procs) -> List[Suggestion]:
 def _thread_sysctl_fix(d, r) -> List[Suggestion]:
     if r.kind != "sysctl":
         return []
-    if r.needed:
-        return [setting(kind("sysctl"), None, r.name, str(r.needed[0]),
-                        f"{r.name} for {d.target:,} thread-per-connection connections")]
+    if r.needed and r.fix:
+        # The row's own fix (capacity.row_fix: the sysctl's command for what it needs).
+        return [replace(r.fix, why=f"{r.name} for {d.target:,} thread-per-connection connections",
+                        kind="sysctl")]
     if r.name == d.binding_limit:
         return [tuner(DIAGNOSE, *[("--pid", pid) for pid in d.pids], ("--target", "N"),
                       why=f"{r.name} binds; --target N prints the value N connections need", kind="sysctl")]
@@ -226,6 +226,24 @@ def backlog_fix(d, listener: Dict[str, Any], somaxconn: Optional[int]) -> Sugges
                   + (f"; {how}" if how else ""),
                   "only the application sets its listen backlog (a burst beyond it waits a second "
                   "for the retransmitted SYN)", "application")
+
+
+# ---------------------------------------------------------------- a limit hit now (--watch)
+
+def limit_fix(d, limit: str, n: int, somaxconn: Optional[int]) -> Optional[Suggestion]:
+    """The fix for a limit `tuner diagnose --watch` saw being hit: the listener's backlog
+    (`somaxconn`: the value of the knob that caps it), the descriptors' apply --pid among
+    the diagnosis's fixes, a sysctl's apply sized for `n`, the knob table's words."""
+    if limit == LISTEN_BACKLOG and d.listeners:
+        return backlog_fix(d, min(d.listeners, key=lambda l: l["backlog"]), somaxconn)
+    if limit == SOFT:
+        return next((f for f in d.fix if raises_descriptors(f)), advice(knobs.BY_NAME[limit].why))
+    knob = knobs.BY_NAME.get(limit)
+    if knob is None:
+        return None
+    if knob.writable and knob.is_sysctl:
+        return apply_command(d, n, why=f"raises {knob.name} to what {n:,} connections need")
+    return advice(knob.fix or knob.why)
 
 
 # ---------------------------------------------------------------- all of them

@@ -23,7 +23,8 @@ from tuner import knobs, readings
 from tuner.host import procfs, procpid
 from tuner.diagnose import service
 from tuner.diagnose.evaluate import diagnose
-from tuner.diagnose.fixes import LISTEN_BACKLOG, apply_command, backlog_fix, raises_descriptors
+from tuner.diagnose.fixes import LISTEN_BACKLOG, limit_fix
+from tuner.suggestion import APPLY
 
 SCHEMA = "tuner.diagnose.watch/1"
 
@@ -154,19 +155,13 @@ class Watch:
         self.samples = 0
 
     def _fix_for(self, limit: str) -> str:
-        """The fix a limit hit now asks for, from diagnose's fixes (tuner.diagnose.fixes)."""
-        d = self.diag
-        if limit == LISTEN_BACKLOG and d.listeners:
-            return backlog_fix(d, min(d.listeners, key=lambda l: l["backlog"]), self.backlog_cap()).render()
-        if limit == "RLIMIT_NOFILE.soft":
-            return next((f.render() for f in d.fix if raises_descriptors(f)), knobs.BY_NAME[limit].why)
-        knob = knobs.BY_NAME.get(limit)
-        if knob is None:
+        """The fix a limit hit now asks for (tuner.diagnose.fixes.limit_fix), as the line says it."""
+        n = self.target or max(2 * (self.diag.connections["held"] or 1), 1000)
+        fix = limit_fix(self.diag, limit, n, self.backlog_cap())
+        if fix is None:
             return ""
-        if knob.writable and knob.is_sysctl:
-            n = self.target or max(2 * (d.connections["held"] or 1), 1000)
-            return f"{apply_command(d, n).render()}  ({knob.name})"
-        return knob.fix or knob.why
+        # A sysctl's apply (not the descriptors' apply --pid) names the knob after the command.
+        return f"{fix.render()}  ({limit})" if fix.verb == APPLY and not fix.option("--pid") else fix.render()
 
     def backlog_cap(self) -> Optional[int]:
         """The value of the knob that caps listen()'s backlog, as diagnose read it."""
