@@ -13,7 +13,6 @@ spelling in `_SPELL`; `is_command` says whether it runs as pasted.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Optional, Sequence, Tuple
 
 from tuner.inputs import target_word
@@ -38,20 +37,44 @@ class Count(int):
     a plain int is spelled in digits."""
 
 
-@dataclass(frozen=True)
 class Suggestion:
-    verb: str
-    # The verb's arguments, in order, as (name, value): a tuner command's options
-    # (("--target", Count(5000)), ("--pid", 812)); a flag's value is None.
-    args: Tuple[Tuple[str, Any], ...] = ()
-    why: str = ""
-    kind: str = "tuner"                  # what it changes, as diagnose's JSON names it
-    needs: FrozenSet[str] = frozenset()  # ROOT, RESTART, RELOAD
-    scope: str = HOST
-    at: Any = None                       # the namespace, pids, unit, cgroup file, config file
-    words: str = ""                      # ADVICE's sentence
-    # SETTING: the settings kind whose command() spells it (its name is in `kind`).
-    setting: Any = field(default=None, compare=False)
+    """One fix. A plain class, not a dataclass: every report imports it, and a frozen
+    dataclass's generated methods cost start-up time. Immutable by convention (`but`
+    gives a changed copy); equal when every field but the setting kind object is."""
+
+    __slots__ = ("verb", "args", "why", "kind", "needs", "scope", "at", "words", "setting")
+    FIELDS = __slots__[:-1]          # what equality and hashing compare
+
+    def __init__(self, verb: str, args: Tuple[Tuple[str, Any], ...] = (), why: str = "",
+                 kind: str = "tuner", needs: FrozenSet[str] = frozenset(), scope: str = HOST,
+                 at: Any = None, words: str = "", setting: Any = None) -> None:
+        self.verb = verb
+        # The verb's arguments, in order, as (name, value): a tuner command's options
+        # (("--target", Count(5000)), ("--pid", 812)); a flag's value is None.
+        self.args = args
+        self.why = why
+        self.kind = kind             # what it changes, as diagnose's JSON names it
+        self.needs = needs           # ROOT, RESTART, RELOAD
+        self.scope = scope           # where it applies
+        self.at = at                 # which: the namespace, pids, unit, cgroup file, config file
+        self.words = words           # ADVICE's sentence
+        self.setting = setting       # SETTING: the settings kind whose command() spells it
+
+    def but(self, **changes: Any) -> "Suggestion":
+        """A copy with `changes` (why, kind, scope, at, ...)."""
+        return Suggestion(**{**{k: getattr(self, k) for k in self.__slots__}, **changes})
+
+    def _key(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Suggestion) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Suggestion({self.verb!r}, {self.args!r}, why={self.why!r})"
 
     def option(self, name: str) -> Tuple[Any, ...]:
         """Every value given to `name` (("--pid", 1), ("--pid", 2) -> (1, 2))."""

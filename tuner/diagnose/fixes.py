@@ -9,7 +9,6 @@ restart).  A Diagnosis comes in evaluated; nothing here decides what binds.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence
 
 from tuner import apps, knobs
@@ -92,7 +91,7 @@ def _soft_raise(d, soft_rows, hard_rows, ceiling: int) -> List[Suggestion]:
     if d.target is not None and ceiling < d.target or not raisable:
         first = next((r for r in hard_rows.values() if r.fix), None)
         if first is not None:
-            out.append(replace(first.fix, kind="unit", scope=PIDS, at=(first.pid,),
+            out.append(first.fix.but(kind="unit", scope=PIDS, at=(first.pid,),
                                why=f"the hard limit {first.current[0]:,} of pid {first.pid} holds "
                                    f"{first.allows:,}: raising it needs CAP_SYS_RESOURCE or a "
                                    f"restart with a higher limit; or shard across processes"))
@@ -139,7 +138,7 @@ def _cgroup_pids_fix(d, r, procs) -> List[Suggestion]:
     path = (procs[0].cgroup_pids or {}).get("path")
     if path and wanted:
         return [write(os.path.join(path, "pids.max"), wanted, r.fix.render() if r.fix else "")]
-    return [replace(r.fix, why=f"{r.name} binds", kind="cgroup")] if r.fix else []
+    return [r.fix.but(why=f"{r.name} binds", kind="cgroup")] if r.fix else []
 
 
 def _thread_sysctl_fix(d, r) -> List[Suggestion]:
@@ -147,7 +146,7 @@ def _thread_sysctl_fix(d, r) -> List[Suggestion]:
         return []
     if r.needed and r.fix:
         # The row's own fix (capacity.row_fix: the sysctl's command for what it needs).
-        return [replace(r.fix, why=f"{r.name} for {d.target:,} thread-per-connection connections",
+        return [r.fix.but(why=f"{r.name} for {d.target:,} thread-per-connection connections",
                         kind="sysctl")]
     if r.name == d.binding_limit:
         return [tuner(DIAGNOSE, *[("--pid", pid) for pid in d.pids], ("--target", "N"),
