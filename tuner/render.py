@@ -12,7 +12,7 @@ from typing import Any, Iterable, List, Optional
 from . import fit
 from .capacity import Report, changes_wanted, next_step
 from tuner.host.numfmt import number, of, rate, seconds, size, values
-from .memory import WORST_CASE
+from tuner.host.memory import WORST_CASE
 
 
 def value(vals, unit: str = "") -> str:
