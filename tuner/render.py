@@ -174,6 +174,17 @@ def plan_text(plan, width: Optional[int] = None) -> str:
     return "\n".join(lines)
 
 
+def application_text(outcome, width: Optional[int] = None) -> str:
+    """A dry run's word on the service's own cap below the target (apply --pid): apply
+    cannot change it, so the plan above does not reach the target while it binds."""
+    a = outcome.application
+    lines = [f"not reachable while the application's cap binds: {a['knob']} holds {number(a['allows'])}, "
+             f"below the target {number(outcome.plan.target)}, whatever apply changes"]
+    if a.get("fix"):
+        lines.append(f"its fix: {a['fix']}")
+    return "\n".join(fit.lines(lines, width))
+
+
 def apply_text(outcome, width: Optional[int] = None) -> str:
     lines = []
     if outcome.applied:
