@@ -60,6 +60,8 @@ PACKAGES = {
     "erl": ("/usr/bin/erl", "erlang-base"),
     "erlc": ("/usr/bin/erlc", "erlang-base"),
     "mosquitto": ("/usr/sbin/mosquitto", "mosquitto"),
+    "gcc": ("/usr/bin/gcc", "gcc"),            # tests/test_trust.py's pause() program
+    "strace": ("/usr/bin/strace", "strace"),   # what root opened (tests/test_trust.py)
 }
 
 _apt_updated = False

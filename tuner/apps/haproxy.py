@@ -80,15 +80,16 @@ class Config:
         self.unread: List[str] = []
         self.files: List[str] = []
         creds, budget = base.creds_of(proc), trust.Budget()
+        owners = (0, proc.uid)           # root's files, or those of the user it runs as
         for path in _config_args(proc):
             try:
-                self.files += [os.path.join(path, n) for n in trust.list_dir(path, creds, budget)
+                self.files += [os.path.join(path, n) for n in trust.list_dir(path, creds, budget, owners)
                                if n.endswith(".cfg")] if trust.is_dir(path, creds, None) else [path]
             except (base.Untrusted, OSError) as e:
                 base.note(self.unread, base.why_not(path, e))
         for path in self.files:
             try:
-                parse(base.read_trusted(path, (0,), creds, budget), path, self.sections)
+                parse(base.read_trusted(path, owners, creds, budget), path, self.sections)
             except (base.Untrusted, OSError) as e:
                 base.note(self.unread, base.why_not(path, e))
         if not self.files and not self.unread:

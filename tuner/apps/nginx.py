@@ -163,6 +163,7 @@ class Config:
     def __init__(self, proc: ProcView):
         self.unread: List[str] = []
         self.creds, self.budget = base.creds_of(proc), trust.Budget(includes=MAX_INCLUDES)
+        self.owners = (0, proc.uid)      # root's files, or those of the user it runs as
         self.path, self.conf_prefix = conf_path(proc)
         extra = master_args(proc).get("-g")
         self.tree = parse(extra, "-g (command line)") if extra else []
@@ -174,7 +175,7 @@ class Config:
 
     def _load(self, path: str) -> List[Directive]:
         try:
-            text = base.read_trusted(path, (0,), self.creds, self.budget)
+            text = base.read_trusted(path, self.owners, self.creds, self.budget)
         except (base.Untrusted, OSError) as e:
             base.note(self.unread, base.why_not(path, e))
             return []
@@ -189,7 +190,7 @@ class Config:
         folder, last = os.path.split(pattern)
         if glob.has_magic(folder):
             raise base.Untrusted("wildcards in a directory of the pattern: tuner matches only the file name")
-        return [os.path.join(folder, n) for n in trust.list_dir(folder, self.creds, self.budget)
+        return [os.path.join(folder, n) for n in trust.list_dir(folder, self.creds, self.budget, self.owners)
                 if fnmatch.fnmatchcase(n, last)]
 
     def _expand(self, tree: List[Directive]) -> List[Directive]:

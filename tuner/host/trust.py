@@ -166,7 +166,7 @@ class Budget:
         if self.opened >= self.files:
             raise OverBudget(f"tuner reads at most {self.files} files for one service")
         if self.spent >= self.bytes:
-            raise OverBudget(f"tuner reads at most {self.bytes >> 20} MiB for one service")
+            raise OverBudget(f"tuner reads at most {self.bytes:,} bytes for one service")
 
     def include(self) -> None:
         """One more include followed; OverBudget past the total."""
@@ -339,13 +339,13 @@ def read_file(path: str, creds: Creds = ROOT, budget: Optional[Budget] = None,
     with _Walk(creds, owners) as walk:
         fd, st = walk.to(path)
     try:
+        if (st.st_dev, st.st_ino) in budget.seen:
+            raise Unreadable("read once already (a file that includes itself, or a repeat)")
         rfd = reopen(fd, st, creds)
     finally:
         os.close(fd)
     try:
         _check_file(rfd, st, owners, min(limit, budget.bytes - budget.spent))
-        if (st.st_dev, st.st_ino) in budget.seen:
-            raise Unreadable("read once already (a file that includes itself, or a repeat)")
         budget.opened += 1
         budget.seen.add((st.st_dev, st.st_ino))
         chunks, size = [], 0
