@@ -175,3 +175,24 @@ def test_a_full_redis_refusing_the_question_says_it_is_full(real_server):
     finally:
         for s in held:
             s.close()
+
+
+def test_apply_pid_plans_a_listening_redis_as_a_server_and_names_its_cap(real_server, jpath):
+    """apply --pid P --target 5000 --dry-run on a Redis started with maxclients 600: the
+    role is the server's (it listens; told so), and the plan says maxclients 600 stops it
+    at 600 whatever apply changes, with Redis's own fix (issue 28: it planned the loopback
+    role and said nothing of maxclients)."""
+    srv = real_server("redis", maxclients=600, nofile=4096)
+    out = run_tuner("apply", "--pid", srv.pid, "--target", 5000, "--dry-run", "--journal", jpath, "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["plan"]["role"] == "server" and f"pid {srv.pid} listens on port {srv.port}" in d["role_chosen"]
+    assert d["application"]["allows"] == 600 and "maxclients 600" in d["application"]["knob"]
+    assert "maxclients" in d["application"]["fix"]
+    text = run_tuner("apply", "--pid", srv.pid, "--target", 5000, "--dry-run", "--journal", jpath).stdout
+    assert f"role server: pid {srv.pid} listens on port {srv.port}" in " ".join(text.split())
+    assert "not reachable while the application's cap binds" in text and "holds 600, below the target 5,000" in text
+    # Told otherwise, the role is the user's.
+    told = json.loads(run_tuner("apply", "--pid", srv.pid, "--target", 5000, "--role", "loopback", "--dry-run",
+                                "--journal", jpath, "--json").stdout)
+    assert told["plan"]["role"] == "loopback" and told["role_chosen"] is None

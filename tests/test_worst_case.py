@@ -2,7 +2,7 @@
 
 `tuner report` and `tuner apply`'s plan once showed two worst cases for the same host
 and target (282.3 GiB with the slab objects, 274.7 GiB buffers only, unlabelled).
-Both now come from tuner.capacity.worst_case_bytes and print tuner.memory.WORST_CASE,
+Both now come from tuner.capacity.worst_case_bytes and print tuner.host.memory.WORST_CASE,
 which says what the figure includes.  Run inside a throwaway namespace whose buffer
 defaults the test sets, so the figure is this test's own.
 """
@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 
-from tuner.memory import WORST_CASE
+from tuner.host.memory import WORST_CASE
 from tuner.render import size
 
 from conftest import run_tuner

@@ -11,7 +11,7 @@ import copy
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from tuner import capacity, hostlog, settings
 from tuner.diagnose import evaluate as diagnose
@@ -36,10 +36,15 @@ class Outcome:
     applied: List[Dict[str, Any]] = field(default_factory=list)
     journal: Optional[str] = None
     after: Optional[Dict[str, Any]] = None
+    # With --pid: the application's own cap below the target (application_short), and why
+    # the role was the server's when --role was not given.
+    application: Optional[Dict[str, Any]] = None
+    role_chosen: Optional[str] = None
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "dry_run": self.dry_run, "journal": self.journal,
-                "plan": self.plan.to_dict(), "applied": self.applied, "after": self.after}
+                "plan": self.plan.to_dict(), "applied": self.applied, "after": self.after,
+                "application": self.application, "role_chosen": self.role_chosen}
 
 
 # ---------------------------------------------------------------- validation
@@ -165,7 +170,10 @@ def prepare(req: Request, journal_path: str) -> Plan:
     procs = read_processes(req.pids)
     journal = Journal.load(journal_path)
     snap = assess.snapshot(req.netns)
-    return build_plan(snap, req, procs, journal.entries if journal else ())
+    plan = build_plan(snap, req, procs, journal.entries if journal else ())
+    if req.role_chosen:
+        plan.notes.insert(0, req.role_chosen)
+    return plan
 
 
 def run(req: Request, journal_path: Optional[str] = None, dry_run: bool = False,
@@ -179,7 +187,7 @@ def run(req: Request, journal_path: Optional[str] = None, dry_run: bool = False,
     if dry_run:
         plan = prepare(req, path)
         show(plan)
-        return Outcome(plan, True, journal=path)
+        return Outcome(plan, True, journal=path, application=application_short(req), role_chosen=req.role_chosen)
     check_root("apply")
     with locked(path):
         plan = prepare(req, path)
@@ -189,6 +197,7 @@ def run(req: Request, journal_path: Optional[str] = None, dry_run: bool = False,
             confirm(plan)
             outcome.applied = execute(plan, path, req, argv)
         outcome.after = after_report(req)
+        outcome.application, outcome.role_chosen = outcome.after["application"], req.role_chosen
     return outcome
 
 
@@ -301,6 +310,25 @@ def _rollback(journal: Journal, done: List[tuple]):
         # read as original, so 'tuner revert' drops them without writing.
         return undone, failed, f"the journal still lists them: {e}"
     return undone, failed, None
+
+
+def role_for(role: Optional[str], pids: Sequence[int]) -> Tuple[str, Optional[str]]:
+    """The role to plan with, and why when the user did not give one: a --pid that
+    listens is a server (its accepted sockets, one descriptor each), else loopback
+    (issue 28: a listening Redis was planned as both ends of every connection)."""
+    if role is not None or not pids:
+        return role or "loopback", None
+    for pid in pids:
+        _check_pid(pid)
+    try:
+        d = diagnose.diagnose(pids=list(pids))
+    except TunerError:
+        return "loopback", None      # unreadable or gone: validate names it
+    if not d.listeners:
+        return "loopback", None
+    ports = sorted({l["port"] for l in d.listeners})
+    return "server", (f"role server: pid {', '.join(map(str, d.pids))} listens on port "
+                      f"{', '.join(map(str, ports))} (--role chooses another)")
 
 
 def application_short(req: Request) -> Optional[Dict[str, Any]]:

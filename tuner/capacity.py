@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from .host.conns import FD_HEADROOM, connections_within
 
-from . import memory
+from tuner.host import memory
 from .suggestion import APPLY, PROBE, REPORT, ROOT, Count, Suggestion, advice, setting, tuner
 from .knobs import (BY_NAME, BY_NAME_ALL, CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, KNOBS,
                     Ctx, Knob)

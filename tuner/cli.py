@@ -260,7 +260,9 @@ def _confirm_revert(preview, err: bool = False) -> None:
 def apply(
     target: int = typer.Option(..., "--target", "-n", metavar="N", help=TARGET_HELP,
                                parser=inputs.TARGET),
-    role: str = typer.Option("loopback", "--role", metavar="ROLE", help=ROLE_HELP),
+    role: Optional[str] = typer.Option(None, "--role", metavar="ROLE",
+                                       help=ROLE_HELP + " With --pid of a process that listens, the "
+                                       "default is server."),
     netns: Optional[str] = _netns_option("Change per-namespace knobs inside this network "
                                          "namespace; host-wide knobs are then left alone (and listed)."),
     destinations: int = typer.Option(1, "--destinations", metavar="N", parser=inputs.DESTINATIONS,
@@ -323,10 +325,12 @@ def apply(
     from . import apply as apply_mod, render
     from .plan import Request
 
+    role, role_chosen = apply_mod.role_for(role, pid)
     req = Request(parse_target(target), role, netns, destinations, tuple(pid), alias_dev,
                   alias_net, shrink_buffers, persist, root_dir, unit,
                   source_net=parse_source_net(source_net), allow_public_aliases=allow_public_aliases,
-                  user=user, raise_soft=raise_soft, anyip_net=anyip_net, anyip_dev=anyip_dev)
+                  user=user, raise_soft=raise_soft, anyip_net=anyip_net, anyip_dev=anyip_dev,
+                  role_chosen=role_chosen)
     outcome = apply_mod.run(
         req, journal, dry_run,
         show=(lambda plan: None) if json_out else (lambda plan: _emit(render.plan_text(plan, _width()))),
@@ -336,6 +340,8 @@ def apply(
         _emit(render.to_json(outcome.to_dict()))
     elif not dry_run:
         _emit(render.apply_text(outcome, _width()))
+    elif outcome.application:
+        _emit(render.application_text(outcome, _width()))
     if outcome.after and outcome.after["reachable"] is False:
         raise typer.Exit(errors.EXIT_SHORT)
 

@@ -33,7 +33,7 @@ from typing import Any, Callable, List, Optional
 
 from .host.conns import FD_HEADROOM, connections_within, port_share
 
-from tuner import memory
+from tuner.host import memory
 from tuner.host import procfs
 from .readings import Snapshot, source_address_count
 

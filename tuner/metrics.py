@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 from tuner import __version__
 from tuner.host import trust
 from tuner.host.errors import TunerError, UsageError
-from .memory import WORST_CASE
+from tuner.host.memory import WORST_CASE
 
 TEXTFILE_NAME = "tuner.prom"   # node_exporter's textfile collector reads *.prom only
 GAUGE = "gauge"

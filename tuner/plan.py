@@ -85,6 +85,8 @@ class Request:
     # persisted soft RLIMIT_NOFILE raised to the hard one too (else left at its default).
     user: Optional[str] = None
     raise_soft: bool = False
+    # Why `role` is what it is when the user gave none (apply.role_for), said with the plan.
+    role_chosen: Optional[str] = None
 
     @property
     def source_count(self) -> Optional[int]:

@@ -12,7 +12,7 @@ from typing import Any, Iterable, List, Optional
 from . import fit
 from .capacity import Report, changes_wanted, next_step
 from tuner.host.numfmt import number, of, rate, seconds, size, values
-from .memory import WORST_CASE
+from tuner.host.memory import WORST_CASE
 
 
 def value(vals, unit: str = "") -> str:
@@ -172,6 +172,17 @@ def plan_text(plan, width: Optional[int] = None) -> str:
     if plan.changes:
         lines += ["", "equivalent shell commands:"] + [fit.command(c.command, width) for c in plan.changes]
     return "\n".join(lines)
+
+
+def application_text(outcome, width: Optional[int] = None) -> str:
+    """A dry run's word on the service's own cap below the target (apply --pid): apply
+    cannot change it, so the plan above does not reach the target while it binds."""
+    a = outcome.application
+    lines = [f"not reachable while the application's cap binds: {a['knob']} holds {number(a['allows'])}, "
+             f"below the target {number(outcome.plan.target)}, whatever apply changes"]
+    if a.get("fix"):
+        lines.append(f"its fix: {a['fix']}")
+    return "\n".join(fit.lines(lines, width))
 
 
 def apply_text(outcome, width: Optional[int] = None) -> str:

@@ -9,7 +9,7 @@ from typing import Optional
 
 from tuner import fit
 from tuner.capacity import UNREADABLE
-from tuner.memory import WORST_CASE
+from tuner.host.memory import WORST_CASE
 from tuner.host.numfmt import number, size
 from tuner.render import table, value
 

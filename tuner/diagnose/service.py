@@ -289,44 +289,6 @@ def unit_of(pid: int) -> Optional[str]:
     return None
 
 
-def all_pids() -> List[int]:
-    return sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
-
-
-def pids_holding(inodes: Set[int], netns_inode: int) -> Dict[int, Set[int]]:
-    """Processes (in that network namespace) whose low descriptors hold these socket
-    inodes: {pid: inodes}. Each candidate's descriptors are looked up one number at a
-    time, at most as many as it has open and never beyond LOW_FD_SCAN."""
-    found: Dict[int, Set[int]] = {}
-    me = os.getpid()
-    candidates = []
-    for pid in all_pids():
-        if pid == me:
-            continue
-        try:
-            if procpid.netns_inode(pid) != netns_inode or procpid.is_kernel_thread(pid):
-                continue
-            if procpid.proc_status(pid).get("State", "").startswith(("Z", "X")):
-                continue
-            candidates.append((pid, procpid.fd_count(pid)))
-        except (OSError, ValueError):
-            continue  # gone, or not ours to read: it cannot be matched
-    # First the lowest descriptors of every candidate; further only while a listener is
-    # still unmatched (so a load generator's 20,000 sockets are not looked up one by one).
-    for highest in (LOW_FD_FIRST, LOW_FD_SCAN):
-        if highest > LOW_FD_FIRST and inodes <= set().union(set(), *found.values()):
-            break
-        for pid, count in candidates:
-            try:
-                low = procpid.low_fds(pid, highest, count)
-            except OSError:
-                continue
-            held = {procpid.socket_inode(t) for t in low.values()} & inodes
-            if held:
-                found.setdefault(pid, set()).update(held)
-    return found
-
-
 def pids_by_port(port: int, netns: Optional[str] = None) -> List[int]:
     """The processes listening on `port` (all addresses, IPv4 and IPv6) in this network
     namespace or in `netns`: pre-fork servers and SO_REUSEPORT workers all count."""
@@ -339,7 +301,7 @@ def pids_by_port(port: int, netns: Optional[str] = None) -> List[int]:
     if not found:
         raise UsageError(f"nothing listens on TCP port {port}{where} (list listeners with "
                          f"'ss -ltn'{'' if netns else '; --netns NAME looks inside a namespace'})")
-    holders = pids_holding({l.inode for l in found}, ns_inode)
+    holders = procpid.pids_holding({l.inode for l in found}, ns_inode, LOW_FD_FIRST, LOW_FD_SCAN)
     if not holders:
         raise UsageError(f"port {port}{where} is listened on, but by no process tuner can see "
                          f"(another pid namespace, or a socket passed beyond its first "

@@ -21,7 +21,7 @@ Stdlib only, like tuner/host/procfs.py (the probe reads its own task limit throu
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 PF_KTHREAD = 0x00200000          # task flag of kernel threads (include/linux/sched.h)
 FD_LIST_FALLBACK_MAX = 65536     # pre-6.2 kernels: list /proc/PID/fd only below this
@@ -133,6 +133,46 @@ def epoll_watches(pid: int, fd: int) -> int:
             data = tail + chunk
             count += data.count(b"\ntfd:")
             tail = data[-4:]   # a match cut by the chunk boundary (4 bytes hold none whole)
+
+
+def all_pids() -> List[int]:
+    return sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
+
+
+def pids_holding(inodes: Set[int], ns_inode: int, first: int = 64,
+                 furthest: int = 1024) -> Dict[int, Set[int]]:
+    """Processes (in that network namespace) whose low descriptors hold these socket
+    inodes: {pid: inodes}. Each candidate's descriptors are looked up one number at a
+    time, at most as many as it has open and never beyond `furthest` (the first `first`
+    of every candidate before any further)."""
+    found: Dict[int, Set[int]] = {}
+    me = os.getpid()
+    candidates = []
+    for pid in all_pids():
+        if pid == me:
+            continue
+        try:
+            if netns_inode(pid) != ns_inode or is_kernel_thread(pid):
+                continue
+            if proc_status(pid).get("State", "").startswith(("Z", "X")):
+                continue
+            candidates.append((pid, fd_count(pid)))
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read: it cannot be matched
+    # First the lowest descriptors of every candidate; further only while a listener is
+    # still unmatched (so a load generator's 20,000 sockets are not looked up one by one).
+    for highest in (first, furthest):
+        if highest > first and inodes <= set().union(set(), *found.values()):
+            break
+        for pid, count in candidates:
+            try:
+                low = low_fds(pid, highest, count)
+            except OSError:
+                continue
+            held = {socket_inode(t) for t in low.values()} & inodes
+            if held:
+                found.setdefault(pid, set()).update(held)
+    return found
 
 
 def map_count(pid: int) -> int:

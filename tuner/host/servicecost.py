@@ -1,0 +1,197 @@
+"""What a service spends holding its connections, sampled: its memory, its sockets'
+kernel memory, its CPU (issue 26, the cost ledger).
+
+`Sampler(port)` finds the service once (the processes holding the listening sockets of
+`port` in the current network namespace, and their descendants) and `sample()` returns
+one `Sample`.  A step ramp (the probe's `--step`) samples once per step and `tuner
+diagnose --watch` twice; tuner/cost.py fits the slope and projects where memory binds.
+
+What one sample reads, and why it stays cheap at 100,000 held connections:
+- memory: `Pss` of /proc/PID/smaps_rollup of every process of the service, summed: a
+  page shared by nginx's or a Node cluster's workers is counted once across them (RSS
+  would count it in each).  The kernel walks the process's page tables for it, O(its
+  mapped memory), not O(its descriptors); /proc/PID/fd is never listed.
+- kernel: one sock_diag dump per address family, filtered in the kernel to the held
+  sockets (established, close-wait) whose local port is `port`, each answer carrying
+  INET_DIAG_SKMEMINFO: buffers queued (rmem_alloc, wmem_queued), memory reserved for
+  them (fwd_alloc) and socket options (optmem), summed in C over each recv(); plus the
+  slab objects each socket pins (tuner/host/memory.py's per-socket objects, the knob
+  table's idle estimate, epoll's watch included), counted, not read per socket.
+- CPU: utime + stime of /proc/PID/stat of every process (clock ticks -> seconds).
+
+A process of the service that exits between two samples simply stops counting; one that
+the tree grows (a new worker) counts from the next sample.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from tuner.host import memory, netns, procfs, procpid, sockdiag
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The SKMEMINFO figures that are memory the sockets hold (rcvbuf and sndbuf are limits).
+BUFFER_FIELDS = ("rmem_alloc", "wmem_queued", "fwd_alloc", "optmem")
+_SMAPS_KEYS = {b"Pss:": "pss", b"Rss:": "rss", b"Pss_Anon:": "pss_anon"}
+
+
+@dataclass
+class Sample:
+    """One reading of the service.  Every memory figure is in bytes.
+
+    at                  time.monotonic() when the sample began (subtract two for seconds)
+    wall                time.time() at the same moment (for a log's timestamp)
+    pids                the processes read (the listeners' holders and their descendants)
+    memory_bytes        the service's memory: PSS summed over `pids`
+    rss_bytes           RSS summed (shared pages counted in each process: information)
+    anon_bytes          Pss_Anon summed: the heap and stacks part of memory_bytes
+    cpu_seconds         utime + stime of `pids`, cumulative since each started
+    sockets             held sockets (established, close-wait) on the port
+    socket_buffer_bytes SKMEMINFO summed: rmem_alloc + wmem_queued + fwd_alloc + optmem
+    socket_slab_bytes   sockets * slab_bytes_per_socket (objects the sockets pin)
+    kernel_bytes        socket_buffer_bytes + socket_slab_bytes: the sockets' kernel memory
+    slab_bytes_per_socket  the per-socket slab estimate used, and its source
+    slab_source         "slabinfo" or the fallback figures' words
+    took_ms             what taking this sample cost, wall time
+    skmem               the BUFFER_FIELDS sums apart, bytes
+    """
+
+    at: float
+    wall: float
+    pids: List[int]
+    memory_bytes: int
+    rss_bytes: int
+    anon_bytes: int
+    cpu_seconds: float
+    sockets: int
+    socket_buffer_bytes: int
+    socket_slab_bytes: int
+    kernel_bytes: int
+    slab_bytes_per_socket: int
+    slab_source: str
+    took_ms: float = 0.0
+    skmem: Dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def smaps_rollup(pid: int) -> Dict[str, int]:
+    """{"pss", "rss", "pss_anon"} of one process in bytes, from /proc/PID/smaps_rollup
+    (kernel 4.14+).  A kernel thread or a process with no memory left gives zeros."""
+    out = {"pss": 0, "rss": 0, "pss_anon": 0}
+    with open(f"/proc/{int(pid)}/smaps_rollup", "rb") as f:
+        for line in f.read().splitlines():
+            key = _SMAPS_KEYS.get(line.split(None, 1)[0] if line else b"")
+            if key:
+                out[key] = int(line.split()[1]) * 1024
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds."""
+    with open(f"/proc/{int(pid)}/stat", "rb") as f:
+        text = f.read()
+    fields = text[text.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children(pid: int) -> List[int]:
+    """Direct children of a process, from /proc/PID/task/TID/children (every thread's:
+    a child belongs to the thread that forked it)."""
+    out: List[int] = []
+    base = f"/proc/{int(pid)}/task"
+    for tid in os.listdir(base):
+        try:
+            with open(f"{base}/{tid}/children", "rb") as f:
+                out.extend(int(p) for p in f.read().split())
+        except FileNotFoundError:
+            continue   # the thread ended while listed
+    return out
+
+
+def tree(roots: Sequence[int]) -> List[int]:
+    """`roots` and all their descendants that are alive now, sorted."""
+    seen: set = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        try:
+            kids = children(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue   # gone
+        seen.add(pid)
+        todo.extend(kids)
+    return sorted(seen)
+
+
+def listening_pids(port: int) -> List[int]:
+    """The processes holding a listening socket of TCP `port` in the current network
+    namespace (a pre-fork master and its workers all hold it); [] when none is seen."""
+    inodes = {l.inode for l in sockdiag.listening() if l.port == port}
+    if not inodes:
+        return []
+    return sorted(procpid.pids_holding(inodes, netns.own_inode()))
+
+
+def slab_per_socket() -> tuple:
+    """(bytes, source): the slab objects one server-side socket pins, epoll's watch
+    included, from /proc/slabinfo's geometry or the fallback figures without root."""
+    try:
+        slab = procfs.slabinfo()
+    except procfs.Unreadable:
+        slab = None
+    geometry = {k: [v.objsize, v.objperslab, v.pagesperslab] for k, v in (slab or {}).items()}
+    parts = memory.breakdown(geometry or None, os.sysconf("SC_PAGE_SIZE"), 1, 0, epoll=True)
+    return sum(parts.values()), memory.source(geometry or None)
+
+
+class Sampler:
+    """Samples one service: the processes behind TCP `port` (or the given `pids`, roots
+    of the tree) and its held sockets on `port`, in the current network namespace.
+
+    Construct it where the service's network namespace is current; finding the
+    listeners' holders walks /proc once, here, not per sample."""
+
+    def __init__(self, port: int, pids: Optional[Sequence[int]] = None,
+                 families: Sequence[int] = (socket.AF_INET, socket.AF_INET6)):
+        self.port = port
+        self.roots = sorted(pids) if pids else listening_pids(port)
+        self.families = tuple(families)
+        self.bytecode = sockdiag.port_filter([port])
+        self.slab_bytes, self.slab_source = slab_per_socket()
+
+    def sample(self) -> Sample:
+        t0, wall = time.monotonic(), time.time()
+        pids = tree(self.roots)
+        mem = {"pss": 0, "rss": 0, "pss_anon": 0}
+        cpu = 0.0
+        alive = []
+        for pid in pids:
+            try:
+                for key, value in smaps_rollup(pid).items():
+                    mem[key] += value
+                cpu += cpu_seconds(pid)
+                alive.append(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue   # exited between the listing and the read
+        count, sums = 0, [0] * len(sockdiag.SKMEM_FIELDS)
+        for family in self.families:
+            n, part = sockdiag.dump_skmem(family, sockdiag.HELD_STATES, self.bytecode)
+            count += n
+            sums = [a + b for a, b in zip(sums, part)]
+        skmem = dict(zip(sockdiag.SKMEM_FIELDS, sums))
+        buffers = sum(skmem[k] for k in BUFFER_FIELDS)
+        slab = count * self.slab_bytes
+        return Sample(at=t0, wall=wall, pids=alive, memory_bytes=mem["pss"], rss_bytes=mem["rss"],
+                      anon_bytes=mem["pss_anon"], cpu_seconds=round(cpu, 2), sockets=count,
+                      socket_buffer_bytes=buffers, socket_slab_bytes=slab,
+                      kernel_bytes=buffers + slab, slab_bytes_per_socket=self.slab_bytes,
+                      slab_source=self.slab_source,
+                      took_ms=round((time.monotonic() - t0) * 1000, 2),
+                      skmem={k: skmem[k] for k in BUFFER_FIELDS})
