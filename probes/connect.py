@@ -27,10 +27,12 @@ import socket
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Tuple
 
-from . import connect_worker, kernel, protocols, serverside
+from . import connect_held, connect_worker, kernel, protocols, serverside
 from .config import ProbeConfigError, fast_ports, source_network, split_shares, worker_capacity
 from .fleet import Fleet, start_worker
+from .latency import Histogram
 from .orchestration import UNVERIFIED, Orchestration
+from .ramp import Ramp
 from .result import EXIT_OK, EXIT_SHORT, EXIT_SIGNAL_BASE
 
 Emit = Callable[[dict], None]
@@ -53,6 +55,10 @@ class ConnectConfig:
     # The protocol's own options, {Option.name: value} (probes/protocols: which scheme
     # takes which); those not given are left out.
     options: Dict[str, object] = field(default_factory=dict)
+    step: Optional[int] = None         # --step K: open K more per step, a row of the service's cost each
+    settle: float = 1.0                # seconds after a step opened before its row is taken
+    ping_every: Optional[float] = None  # one exchange per held connection per this many seconds
+    max_p99: Optional[float] = None    # ms: end the ramp at the first step whose p99 passes it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,10 +91,27 @@ class ConnectConfig:
             raise ProbeConfigError("check_timeout must be positive")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise ProbeConfigError("--workers must be a positive integer")
+        self.validate_traffic()
+
+    def validate_traffic(self) -> None:
+        """--step, --settle, --ping-every and --max-p99: their ranges, and an exchange to
+        time (tcp:// sending nothing has none)."""
+        if self.step is not None and (not isinstance(self.step, int) or self.step < 1):
+            raise ProbeConfigError("--step must be a positive integer")
+        if self.settle < 0 or (self.ping_every is not None and self.ping_every <= 0):
+            raise ProbeConfigError("--settle must not be negative and --ping-every must be positive")
+        if self.max_p99 is not None and (self.max_p99 <= 0 or self.step is None):
+            raise ProbeConfigError("--max-p99 takes a positive number of milliseconds and needs --step")
+        timed = self.ping_every is not None or self.max_p99 is not None
+        if timed and self.protocol()[1].pinging() is None:
+            raise ProbeConfigError("--ping-every and --max-p99 time an exchange: tcp:// sends nothing "
+                                   "without --send (add --send TEXT, with --expect TEXT for the answer)")
 
     @property
     def effective_timeout(self) -> float:
-        return self.timeout if self.timeout is not None else 30.0 + self.connections / 10000
+        """Seconds to establish and verify: the whole run's, or each step's with --step."""
+        n = min(self.step, self.connections) if self.step else self.connections
+        return self.timeout if self.timeout is not None else 30.0 + n / 10000
 
 
 def sources_for(cfg: ConnectConfig, host: str) -> Tuple[List[str], bool]:
@@ -155,9 +178,12 @@ class Client(Orchestration):
         self.words = serverside.Words()
         self.accept_queue: Optional[int] = None
         self.uss = 0
+        self.hold_latency = Histogram()
+        self.ramp = Ramp(cfg, w, service_sampler(self.target), self.emit) if cfg.step else None
 
-    def timeout(self) -> float:
-        return self.cfg.effective_timeout + self.SLACK
+    def timeout(self) -> Optional[float]:
+        # A ramp's steps each have their own (Ramp.stop_reason): its length is the user's.
+        return None if self.ramp else self.cfg.effective_timeout + self.SLACK
 
     def check_seconds(self) -> float:
         return self.cfg.check_timeout + self.SLACK
@@ -165,18 +191,37 @@ class Client(Orchestration):
     def fork_workers(self, fleet: Fleet) -> None:
         cfg, t = self.cfg, self.target
         rate = cfg.rate / self.workers if cfg.rate else None
-        deadline = self.deadline - self.SLACK
+        deadline = float("inf") if self.deadline is None else self.deadline - self.SLACK
+        ramp = self.ramp
         for k in range(self.workers):
             kwargs = dict(share=self.shares[k], host=t.host, port=t.port, sources=self.sources,
                           port_range=self.port_range, freebind=self.freebind, protocol=self.protocol,
                           deadline=deadline, check_timeout=cfg.check_timeout, rate=rate,
-                          nofile=cfg.worker_nofile, check=fleet.check_r, **fleet.worker_args())
+                          nofile=cfg.worker_nofile, check=fleet.check_r, ping_every=cfg.ping_every,
+                          control=ramp and ramp.block, step_timeout=cfg.effective_timeout,
+                          sample=ramp.sample_per_worker if ramp else 0, **fleet.worker_args())
             fleet.fork(k, lambda k=k, kwargs=kwargs: start_worker(connect_worker.ConnectWorker, k, **kwargs))
         fleet.started()
 
     def on_line(self, k: int, line, values: dict) -> None:
         if line is connect_worker.WORDS:
             self.words.add(values["when"], values["words"], values["count"])
+        elif line is connect_held.LATENCY:
+            if values["round"] == connect_held.HOLD_ROUND:
+                self.hold_latency.decode(values["chunk"])
+            elif self.ramp:
+                self.ramp.latency(values["round"], values["chunk"])
+
+    def tick(self, now: float) -> None:
+        if self.ramp and self.started:
+            self.ramp.tick(now, self)
+
+    def own_stop_reason(self, now: float) -> Optional[str]:
+        return self.ramp.stop_reason(now, self.cfg.effective_timeout + self.SLACK) if self.ramp else None
+
+    def ready_to_hold(self) -> bool:
+        # The last step's row is taken before the hold starts.
+        return self.ramp is None or self.ramp.done
 
     def on_error(self, k: int, side: str, op: str, code: int, index: int) -> None:
         self.records.append((side, op, code, index, f"worker {k}: client {op}() failed after {index} "
@@ -255,9 +300,37 @@ class Client(Orchestration):
             "user_bytes_per_conn": self.user_bytes_per_conn(answered),
             "errors": errors,
             "timeline": self.timeline,
+            **self.traffic(),
         }
         result["stalled"] = serverside.stalled(result)
         return result
+
+
+    def traffic(self) -> dict:
+        """The exchanges on held connections: the hold's latency, the ping counts, and
+        the ramp's rows (empty without --step)."""
+        pings = {c: self.total(f"pings_{c}") for c in ("sent", "answered", "late", "refused")}
+        return {"ping_every": self.cfg.ping_every, "pings": pings,
+                "latency_ms": self.hold_latency.summary_ms(), "latency_exchanges": self.hold_latency.count,
+                "steps": self.ramp.rows if self.ramp else [],
+                "ramp": self.ramp.to_dict() if self.ramp else None}
+
+
+def service_sampler(target):
+    """The service's sampler (tuner.host.servicecost) when it listens on this host, in
+    this network namespace; None when it is elsewhere (its memory is not ours to read)."""
+    from tuner.host import localnet   # only a --step run samples the service
+    try:  # DEV: until costside lands
+        from tuner.host import servicecost
+    except ImportError:
+        return None
+
+    local = target.host in ("127.0.0.1", "::1") or target.host.startswith("127.") or any(
+        a.get("address") == target.host for a in localnet.read_addresses())
+    if not local:
+        return None
+    sampler = servicecost.Sampler(target.port)
+    return sampler if sampler.roots else None
 
 
 def exit_code(result: dict) -> int:

@@ -28,6 +28,8 @@ from collections import Counter
 from typing import Dict, List, Optional
 from urllib.parse import quote
 
+from .connect_held import (CHECKING, CONNECTING, HEARD, HELD, HOLD_ROUND, LATENCY, PINGING, PINGS, SAMPLED,
+                           SENT, STEP, HeldTraffic)
 from .fleet import ERROR, OPS, SIDES, Line, line_kinds
 from .protocols import NEED, READ_SIZE, Connection, Exchange, Protocol
 from .protocols import VERIFIED as PASSED   # a verdict; VERIFIED below is a report line
@@ -45,9 +47,8 @@ CHECKED = Line("C", "checked", "verified_twice", "check_refused", "closed_in_hol
 # The server's words (percent-encoded) and how many connections got them; when: 0 at
 # open, 1 at the second check.
 WORDS = Line("W", "when", "count", "words", text=("words",))
-LINES = line_kinds(PROGRESS, SERVER, VERIFIED, CHECKED, WORDS)
+LINES = line_kinds(PROGRESS, SERVER, VERIFIED, CHECKED, WORDS, PINGS, STEP, LATENCY, SAMPLED)
 
-CONNECTING, SENT, HEARD, HELD, CHECKING = 1, 2, 3, 4, 5
 BATCH = 256
 DISTINCT_WORDS = 8            # distinct answers a worker reports per check; more are 'other'
 OTHER_WORDS = "(other answers)"
@@ -57,10 +58,10 @@ NOT_LISTENING, SYN_UNANSWERED = {E.ECONNREFUSED}, {E.ETIMEDOUT}
 MSG_PEEK_DONTWAIT = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
-class ConnectWorker:
+class ConnectWorker(HeldTraffic):
     def __init__(self, k, share, host, port, sources, protocol: Protocol, report, stop, release,
                  check, deadline, check_timeout, rate=None, nofile=None, port_range=(32768, 60999),
-                 freebind=False):
+                 freebind=False, control=None, step_timeout=None, ping_every=None, sample=0):
         self.k, self.share, self.protocol = k, share, protocol
         self.family = family_of(host)
         self.dst = sockaddr(host, port)
@@ -80,6 +81,9 @@ class ConnectWorker:
         self.server = Counter()                       # SERVER's and CHECKED's columns
         self.words = Counter()
         self.failed = self.stopped = False
+        # Without --step the whole share is one step; with it, the control block says.
+        self.target, self.step_timeout = share, step_timeout
+        self.init_held(control, ping_every, sample)
         # Client-first protocols learn of the connect through EPOLLOUT, once (edge-triggered).
         self.events = (select.EPOLLIN | select.EPOLLRDHUP if protocol.server_first
                        else select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET)
@@ -97,6 +101,7 @@ class ConnectWorker:
         self.open_and_verify()
         self.report_open()
         if self.wait_for_check():
+            self.report_window(HOLD_ROUND)
             self.check()
             self.report_words(1)
             self.send(CHECKED, t_checked=time.monotonic_ns(),
@@ -107,32 +112,50 @@ class ConnectWorker:
         return 0
 
     def open_and_verify(self) -> None:
+        """Open and verify up to the target (the share, or the current step's part of it),
+        holding (and pinging) between steps, until the share is decided or it stops."""
         start = last = time.monotonic()
+        base = stepped = 0
         while True:
             now = time.monotonic()
-            opening = not (self.failed or self.stopped) and self.opened < self.share
+            target = self.step_target()
+            if target is not None:   # a new step: its own deadline, the rate counted from now
+                self.target, start, base = min(target, self.share), now, self.opened
+                self.deadline = now + self.step_timeout
+            opening = not (self.failed or self.stopped) and self.opened < self.target
             if opening:
-                due = self.share if not self.rate else min(self.share, int((now - start) * self.rate) + 1)
+                due = self.target if not self.rate else min(self.target, base + int((now - start) * self.rate) + 1)
                 self.open(min(due, self.opened + BATCH))
             elif not self.pending:
-                return
-            if now >= self.deadline:
+                if self.target >= self.share or self.failed or self.stopped:
+                    return
+                if stepped != self.step_seen:   # this step's part is decided: say so once
+                    stepped = self.step_seen
+                    self.report_pings()
+                    self.send(STEP, stepped=stepped)
+            if now >= self.deadline and (self.pending or opening):
                 self.give_up()
                 return
-            wait = 0 if opening and (not self.rate or self.opened < due) else 0.05
-            for fd, ev in self.poll.poll(wait):
-                if fd == self.stop_fd:
-                    self.poll.unregister(fd)
-                    self.stopped = True
-                    # Verify what is open, briefly: whoever stops us wants it over soon.
-                    self.deadline = min(self.deadline, time.monotonic() + 2.0)
-                else:
-                    self.on_event(fd, ev)
+            self.sweep(now)
+            self.follow_rounds(now)
+            self.turn(0 if opening and (not self.rate or self.opened < due) else self.held_wait())
             if now - last >= 0.25:
                 last = now
                 self.send(PROGRESS, opened=self.opened, established=self.established, verified=self.verified)
 
+    def turn(self, wait: float) -> None:
+        for fd, ev in self.poll.poll(wait):
+            if fd == self.stop_fd:
+                self.poll.unregister(fd)
+                self.stopped = True
+                # Verify what is open, briefly: whoever stops us wants it over soon.
+                self.deadline = min(self.deadline, time.monotonic() + 2.0)
+            else:
+                self.on_event(fd, ev)
+
     def report_open(self) -> None:
+        if self.control is None:   # the hold's latency starts now; a ramp's rounds cut their own
+            self.window.clear()
         self.report_words(0)
         self.send(SERVER, **{c: self.server[c] for c in SERVER.columns})
         mismatches = self.server["refused"] if self.protocol.counts_mismatches else 0
@@ -208,6 +231,9 @@ class ConnectWorker:
     def on_event(self, fd: int, ev: int) -> None:
         ex = self.exchanges.get(fd)
         if ex is None:
+            return
+        if self.state[fd] == PINGING:
+            self.ping_answer(fd, ex)
             return
         if self.state[fd] == CONNECTING and not self.protocol.server_first:
             if not self.connected(fd, ex, ev):
@@ -289,6 +315,7 @@ class ConnectWorker:
             self.state[fd] = HELD
             self.pending -= 1
             self.verified += 1
+            self.held += 1
             return
         self.server["refused"] += 1
         self.refused(ex.words)
@@ -326,22 +353,37 @@ class ConnectWorker:
 
     # -- the second check ----------------------------------------------------------------
     def wait_for_check(self) -> bool:
-        """Block until the orchestrator closes the check pipe (True) or releases (False)."""
-        poll = select.epoll()
-        poll.register(self.check_fd, select.EPOLLIN)
-        poll.register(self.release_fd, select.EPOLLIN)
-        try:
-            while True:
-                for fd, _ in poll.poll():
+        """Hold until the orchestrator closes the check pipe (True) or releases (False):
+        pinging with --ping-every, sampling when a step's round asks, idle otherwise."""
+        controls = (self.check_fd, self.release_fd)
+        for fd in controls:
+            self.poll.register(fd, select.EPOLLIN)
+        last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            self.sweep(now)
+            self.follow_rounds(now)
+            if now - last >= 1.0 and self.ping_every:
+                last = now
+                self.report_pings()
+            for fd, ev in self.poll.poll(self.held_wait() if self.ping_every or self.control else -1):
+                if fd in controls:
+                    for c in controls:
+                        self.poll.unregister(c)
                     return fd == self.check_fd
-        finally:
-            poll.close()
+                if fd == self.stop_fd:   # stopped after the share was open: nothing to do
+                    self.poll.unregister(fd)
+                else:
+                    self.on_event(fd, ev)
 
     def check(self) -> None:
-        held = self.with_state(lambda st: st == HELD)
+        held = self.with_state(lambda st: st in (HELD, PINGING))
         self.server["checked"] = len(held)
         checking = self.protocol.checking
         for fd in held:
+            if self.state[fd] == PINGING:   # its exchange in flight is its second check
+                self.state[fd] = CHECKING
+                continue
             ex = checking()
             if ex is None:
                 self.still_open(fd)

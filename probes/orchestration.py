@@ -133,6 +133,10 @@ class Orchestration:
     def own_stop_reason(self, now: float) -> Optional[str]:
         return None
 
+    def ready_to_hold(self) -> bool:
+        """Every worker verified its share; may the hold start (a ramp's last row taken)?"""
+        return True
+
     def timed_out(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
 
@@ -274,7 +278,7 @@ class Orchestration:
                     self.stop_until = now + (SIGNAL_GRACE if fleet.signal is not None else STOP_GRACE)
                 else:
                     self.close(now)
-            elif self.started and all(self.reported[k] for k in self.started):
+            elif self.started and all(self.reported[k] for k in self.started) and self.ready_to_hold():
                 self.measure()
                 self.phase, self.hold_start = HOLD, now
             elif self.exchanging():

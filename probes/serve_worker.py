@@ -135,7 +135,7 @@ class ServeWorker:
                 elif self.state[fd] == WAITING:
                     self.on_echo(fd)
                 elif self.state[fd] == VERIFIED:
-                    self.on_drop(fd)
+                    self.on_held(fd)
             if self.waiting and self.slot_may_come():
                 self.accept_again()
             now = time.monotonic()
@@ -272,12 +272,31 @@ class ServeWorker:
             return
         self.pending.discard(fd)
         self.state[fd] = VERIFIED
-        # Held connections wake this worker only when their peer goes away.
-        self.poll.modify(fd, RDHUP)
+        # Held connections wake this worker when their peer goes away or sends ENQ.
+        self.poll.modify(fd, select.EPOLLIN | RDHUP)
         self.verified += 1
         self.held += 1
         self.publish()
         self.counters(self.peer[fd])[A_VERIFIED] += 1
+
+    def on_held(self, fd: int) -> None:
+        """A held connection woke: ENQs are each answered with ACK (wire.py, step 5), other
+        bytes are ignored; EOF or an error is its peer going away."""
+        try:
+            data = os.read(fd, 256)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            enq = data.count(wire.ENQ)
+            if enq:
+                try:
+                    os.write(fd, wire.ACK * enq)
+                except OSError:
+                    pass   # its EOF or reset wakes this worker again
+            return
+        self.on_drop(fd)
 
     def on_drop(self, fd: int) -> None:
         self.poll.unregister(fd)

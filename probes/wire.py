@@ -8,7 +8,10 @@ Trivial on purpose, so any TCP client can take part (a load generator, a shell):
     3. the client sends the same 4 bytes back;
     4. the server answers 1 byte: 0x06 (ACK) when the echo matched -- the connection
        is verified, and both sides now hold it open, sending nothing more -- or 0x15
-       (NAK) when it did not, and closes.
+       (NAK) when it did not, and closes;
+    5. while both hold, the client may send 0x05 (ENQ) at any time and the server
+       answers each with 0x06 (ACK): one timed round trip on a held connection
+       (`tuner probe --connect --ping-every`, `--step`).  Nothing else is read.
 
 The server closes without answering when the echo does not complete within its
 --echo-timeout (counted as no-echo when nothing came, short when part of it came),
@@ -29,6 +32,7 @@ from typing import Optional, Tuple
 INDEX = struct.Struct("!I")
 ACK = b"\x06"
 NAK = b"\x15"
+ENQ = b"\x05"
 
 # How the server counts connections that did not verify (keys of its JSON result).
 GARBAGE = "garbage"          # 4 bytes came back that were not the index

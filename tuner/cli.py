@@ -517,6 +517,22 @@ def probe(
         help="With --serve: connections to verify (N); one that fails gives its slot back, more "
              "wait in the accept queue and are reset once N verified. Exit 0 only when N verified. "
              ),
+    step: Optional[int] = typer.Option(
+        None, "--step", metavar="K", parser=inputs.STEP,
+        help="With --connect: open K more connections per step up to N; after each, once the "
+             "service settled, a row: connections held, the service's memory (PSS) and its sockets' "
+             "kernel memory, its CPU, and the latency of one exchange on a sample of held ones."),
+    settle: float = typer.Option(1.0, "--settle", metavar="SECONDS", parser=inputs.SETTLE,
+                                 help="With --step: wait this long after a step opened before its row."),
+    ping_every: Optional[float] = typer.Option(
+        None, "--ping-every", metavar="SECONDS", parser=inputs.PING_EVERY,
+        help="With --connect: exchange once on every held connection per SECONDS, spread evenly "
+             "(an HTTP request, a WebSocket ping, a Redis PING, --send, tuner's ENQ), for the whole "
+             "hold; latency percentiles per step and for the hold."),
+    max_p99: Optional[float] = typer.Option(
+        None, "--max-p99", metavar="MS", parser=inputs.MAX_P99,
+        help="With --step: end the ramp at the first step whose p99 latency passes MS "
+             "milliseconds (exit 3), reporting the last step within it."),
     echo_timeout: float = typer.Option(10.0, "--echo-timeout", metavar="SECONDS", parser=inputs.ECHO_TIMEOUT,
                                        help="With --serve: how long a client has to echo its index."),
     textfile: Optional[str] = typer.Option(
@@ -617,7 +633,9 @@ def _probe_connect(ctx) -> None:
     cfg = ConnectConfig(target=p["connect"], connections=parse_target(p["connections"], "--connections"),
                         source_net=None if source_net in (None, "none") else source_net, rate=p["rate"],
                         hold=p["hold"], timeout=p["timeout"], workers=_split_workers(p["workers"]),
-                        options={k: list(v) if isinstance(v, (list, tuple)) else v for k, v in given.items()})
+                        options={k: list(v) if isinstance(v, (list, tuple)) else v for k, v in given.items()},
+                        step=p["step"], settle=p["settle"], ping_every=p["ping_every"],
+                        max_p99=p["max_p99"])
     result = probe_run.run_split(cfg, p["netns"], p["quiet"])
     probe_run.explain_stall(result, p["netns"])
     _emit(render.to_json(probe_run.connect_document(result)) if p["json_out"]
@@ -693,10 +711,15 @@ def diagnose(
 # Options that belong to one end of the probe (or to the local probe), which another
 # mode would silently ignore; the protocol options (_connect_only) are --connect's.
 def _connect_only() -> dict:
-    """{name: flag} of the protocol options (the registry's), which no other mode reads."""
+    """{name: flag} of the protocol options (the registry's) and the ramp's, which no
+    other mode reads."""
     from probes import protocols  # the registry: read when the probe runs
 
-    return {o.name: o.flag for o in protocols.options() if not o.shared}
+    return {**{o.name: o.flag for o in protocols.options() if not o.shared}, **_RAMP_OPTIONS}
+
+
+# --connect's own options beyond the protocol's: the step ramp and the held traffic.
+_RAMP_OPTIONS = {"step": "--step", "settle": "--settle", "ping_every": "--ping-every", "max_p99": "--max-p99"}
 
 
 def _ends_of(name: str) -> str:

@@ -238,3 +238,7 @@ ECHO_TIMEOUT = Number("--echo-timeout", "float", 0, MAX_SECONDS, low_open=True, 
 RATE = Number("--rate", "float", 0, MAX_RATE, low_open=True, unit="of connections per second")
 WATCH = Number("--watch", "float", 0, MAX_SECONDS, unit="of seconds (0: until Ctrl-C)")
 INTERVAL = Number("--interval", "float", 0, MAX_SECONDS, low_open=True, unit="of seconds")
+STEP = target_option("--step")
+SETTLE = Number("--settle", "float", 0, MAX_SECONDS, unit="of seconds")
+PING_EVERY = Number("--ping-every", "float", 0, MAX_SECONDS, low_open=True, unit="of seconds")
+MAX_P99 = Number("--max-p99", "float", 0, MAX_SECONDS * 1000, low_open=True, unit="of milliseconds")

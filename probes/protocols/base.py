@@ -74,6 +74,11 @@ class Protocol:
     def checking(self) -> Optional[Exchange]:
         return None
 
+    def pinging(self) -> Optional[Exchange]:
+        """One round of the exchange on a held connection, timed for its latency
+        (--ping-every, --step); None: the protocol has none (tcp:// sending nothing)."""
+        return self.checking()
+
 
 @dataclass(frozen=True)
 class Option:

@@ -1,6 +1,8 @@
 """tuner's own exchange (probes.wire) as a protocol: the server sends a 4-byte index,
 the client echoes it, the server acknowledges with one byte.  The second check is
-passive: the server sends nothing more while both hold, so still open is the answer."""
+passive: the server sends nothing more while both hold, so still open is the answer.
+Timed exchanges on held connections (--ping-every, --step) send ENQ, and the server
+answers each with ACK (wire.py, step 5)."""
 from __future__ import annotations
 
 from .. import wire
@@ -30,6 +32,20 @@ class WireExchange(Exchange):
         return REFUSED
 
 
+class Enq(Exchange):
+    __slots__ = ()
+
+    def __init__(self):
+        super().__init__(wire.ENQ)
+
+    def feed(self, data: bytes) -> int:
+        self.out = b""
+        if data[:1] == wire.ACK:
+            return VERIFIED
+        self.words = f"answered {data[:8]!r} to ENQ, not ACK"
+        return REFUSED
+
+
 class TunerWire(Protocol):
     name = "tuner"
     server_first = True
@@ -38,6 +54,8 @@ class TunerWire(Protocol):
     def opening(self) -> Exchange:
         return WireExchange()
 
+    def pinging(self) -> Exchange:
+        return Enq()
 
 SCHEME = Scheme(
     name="tuner", order=0, usage="tuner://HOST:PORT", aliases=("HOST:PORT",),
