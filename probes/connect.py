@@ -32,7 +32,7 @@ from .config import ProbeConfigError, fast_ports, source_network, split_shares, 
 from .fleet import Fleet, start_worker
 from .latency import Histogram
 from .orchestration import UNVERIFIED, Orchestration
-from .ramp import Ramp
+from .ramp import MAX_P99, Ramp
 from .result import EXIT_OK, EXIT_SHORT, EXIT_SIGNAL_BASE
 
 Emit = Callable[[dict], None]
@@ -262,6 +262,8 @@ class Client(Orchestration):
         stopped_by = self.verdict(errors, cfg.connections, verified, mismatches)
         if stopped_by == UNVERIFIED and errors:   # the server's side: its first way named
             stopped_by = errors[0]["limit"]
+        if self.ramp and self.ramp.over is not None and self.fleet.signal is None:
+            stopped_by = MAX_P99   # even at the last step: N was not held within the bound
         done = [c["t_verified"] for c in self.counts if "t_verified" in c]
         seconds = (max(done) - self.t0_ns) / 1e9 if len(done) == self.workers and answered else None
         checks = [c["t_checked"] for c in self.counts if "t_checked" in c]

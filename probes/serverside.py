@@ -13,6 +13,8 @@ import ipaddress
 from typing import Callable, Dict, List, Optional
 from urllib.parse import unquote
 
+from tuner.host.numfmt import millis
+
 from . import classify
 from .protocols import Target
 
@@ -115,12 +117,25 @@ def stalled(r: dict, ran_out_of: Optional[str] = None, server: Optional[str] = N
         return {"side": "client", "at": r["attempted"], "limit": e["limit"],
                 "sentence": f"this host ran out of {ran_out_of or e['limit'] or e['errno']} at {r['attempted']:,} "
                             f"({e['errno']} on {e['op']})"}
+    ramp = r.get("ramp") or {}
+    if ramp.get("over"):
+        return latency_stall(ramp)
     parts = server_parts(r["server"])
     if not parts:
         return {"side": None, "at": r["verified"], "sentence": f"stopped at {r['verified']:,} ({r['stopped_by']})"}
     who = f"the server ({server})" if server else "the server"
     return {"side": "server", "at": r["verified"],
             "sentence": f"{who} stopped at {r['verified']:,} ({'; '.join(parts)})"}
+
+
+def latency_stall(ramp: dict) -> dict:
+    """The ramp ended at the first step whose p99 passed --max-p99."""
+    over, within = ramp["over"], ramp["within"]
+    said = (f"the server's p99 passed {millis(ramp['max_p99_ms'])} at {over['connections']:,} connections "
+            f"({millis(over['latency_ms']['p99'])})")
+    said += (f"; it held {within['connections']:,} within it ({millis(within['latency_ms']['p99'])})"
+             if within and within["latency_ms"] else "; no step was within it")
+    return {"side": "server", "at": within["connections"] if within else 0, "sentence": said}
 
 
 def server_parts(server: dict) -> List[str]:

@@ -214,7 +214,7 @@ COMMANDS: List[Tuple[str, Callable[[Host], List[dict]], List[str]]] = [
     ("revert of a journal tuner.journal/1", _revert_journal_1, ["tuner.journal/1", "tuner.revert/2"]),
     ("probe", _probe, ["tuner.probe/1"]),
     ("probe refused by pre-flight", _probe_refused, ["tuner.probe/1"]),
-    ("probe --serve / --connect", _probe_split, ["tuner.probe.serve/1", "tuner.probe.connect/2"]),
+    ("probe --serve / --connect", _probe_split, ["tuner.probe.serve/1", "tuner.probe.connect/3"]),
     ("diagnose", _diagnose, ["tuner.diagnose/2"]),
     ("status", _status, ["tuner.status/1"] * 3),
 ]

@@ -11,7 +11,7 @@ from typing import Any, Iterable, List, Optional
 
 from . import fit
 from .capacity import Report, changes_wanted, next_step
-from tuner.host.numfmt import number, of, rate, seconds, size, values
+from tuner.host.numfmt import millis, number, of, rate, seconds, size, values
 from tuner.host.memory import WORST_CASE
 
 
@@ -389,6 +389,38 @@ SERVER_ROWS = (
 )
 
 
+def latency_cell(lat: Optional[dict]) -> str:
+    return "-" if not lat else " / ".join(millis(lat[k]) for k in ("p50", "p90", "p99", "max"))
+
+
+def traffic_rows(r: dict) -> List[list]:
+    """The exchanges on held connections (--ping-every, --step): counts and the hold's
+    latency."""
+    pings = r.get("pings") or {}
+    if not pings.get("sent"):
+        return []
+    rows = [["exchanges on held connections", f"{number(pings['sent'])} sent, {number(pings['answered'])} "
+                                              f"answered, {number(pings['late'])} late, "
+                                              f"{number(pings['refused'])} refused"
+             + (f" (one per {seconds(r['ping_every'])} each)" if r.get("ping_every") else "")]]
+    if r.get("latency_ms"):
+        rows.append([f"latency in the hold p50/p90/p99/max ({number(r['latency_exchanges'])})",
+                     latency_cell(r["latency_ms"])])
+    return rows
+
+
+def step_table(r: dict, width: Optional[int]) -> List[str]:
+    """--step: one row per step (the service's figures are '-' when it is not on this
+    host), and the latency sentence."""
+    rows = [[number(s["connections"]), size(s["service_memory_bytes"]), size(s["service_kernel_bytes"]),
+             number(s["service_cpu_seconds"], 2), latency_cell(s["latency_ms"])] for s in r["steps"]]
+    lines = ["", table(rows, ["held", "service memory", "sockets' kernel", "CPU s",
+                              "p50 / p90 / p99 / max"], width)]
+    if r["ramp"].get("sentence"):
+        lines.append(r["ramp"]["sentence"])
+    return lines
+
+
 def connect_text(r: dict, width: Optional[int] = None) -> str:
     """`tuner probe --connect`: one sentence naming the side that stalled, then the table."""
     stalled = r["stalled"]
@@ -416,7 +448,10 @@ def connect_text(r: dict, width: Optional[int] = None) -> str:
     ]
     if r.get("mismatches"):
         rows.insert(2, ["mismatches", number(r["mismatches"])])
+    rows += traffic_rows(r)
     lines = [*head, table(rows, ["figure", "value"], width)]
+    if r.get("steps"):
+        lines += step_table(r, width)
     # The server's side is in the table; the error rows are this host's, with their fixes.
     split_errors(lines, [e for e in r["errors"] if e["side"] != "server"], width)
     return "\n".join(fit.lines(lines, width))

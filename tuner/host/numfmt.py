@@ -66,6 +66,15 @@ def seconds(value: Optional[float]) -> str:
     return "-" if value is None else f"{number(float(value), 2)} s"
 
 
+def millis(value: Optional[float]) -> str:
+    """A latency in milliseconds, to about three figures: '212 ms', '12.4 ms', '0.38 ms'."""
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"{number(round(value))} ms"
+    return f"{value:.1f} ms" if value >= 10 else f"{value:.2f} ms"
+
+
 def rate(value: Optional[float]) -> str:
     """Connections per second, whole: '26,282/s'."""
     return "-" if value is None else f"{number(round(value))}/s"
