@@ -12,6 +12,13 @@ the second check took at the end of the hold, and the probe workers' user memory
 per held connection. Goals: http and ws open rates >= 0.7x tuner's own in the same run;
 <= 1.5 KB of user memory per held connection.
 
+Then the same nginx stepped and kept busy (issue 26): `--step N/4 --ping-every 10
+--hold H2` (every held connection one request per 10 s for the whole hold): the
+probe's user memory per held connection with that traffic (goal <= 1.5 KB), the hold's
+exchanges against n x H2 / 10, the hold's latency, each step's row (the service's
+memory and its sockets' kernel memory) and what sampling the service took per step
+(goal < 50 ms at 100,000).
+
 Each run happens in a fresh network namespace (deleted afterwards), the server inside it
 on 127.0.0.1 and the probe spreading its sources over 127.0.0.0/8 (100,000 connections to
 one ADDR:PORT need more than one source address's ports). The hard RLIMIT_NOFILE here is
@@ -58,10 +65,10 @@ def netns_del(name: str) -> None:
     subprocess.run(["ip", "netns", "del", name])
 
 
-def probe(netns: str, url: str, n: int, hold: float) -> dict:
+def probe(netns: str, url: str, n: int, hold: float, *extra: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "tuner", "probe", "--netns", netns, "--connect", url,
                            "-n", str(n), "--source-net", "127.0.0.0/8", "--hold", str(hold),
-                           "--timeout", "120", "--json", "-q"],
+                           "--timeout", "120", "--json", "-q", *extra],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     if not proc.stdout:
         raise RuntimeError(f"probe of {url} failed: {proc.stderr.strip()[-500:]}")
@@ -94,7 +101,7 @@ def wait_listening(netns: str, port: int, seconds: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port} in {netns}")
 
 
-def run_nginx(netns: str, n: int, hold: float) -> dict:
+def run_nginx(netns: str, n: int, hold: float, *extra: str) -> dict:
     """nginx with reuseport listeners (each worker its own accept queue, the kernel spreads
     connections evenly) and worker_connections well above each one's share."""
     workers = -(-n // PER_PROCESS)
@@ -122,9 +129,36 @@ http {{
                             hosts=hosts, config=conf, dir=d, netns=netns, nofile=NOFILE,
                             ready=lambda s: len(s.children()) >= workers)
     try:
-        return probe(netns, f"http://127.0.0.1:{port}/", n, hold)
+        return probe(netns, f"http://127.0.0.1:{port}/", n, hold, *extra)
     finally:
         srv.stop()
+
+
+PING_EVERY = 10.0
+
+
+def run_ramp(netns: str, n: int, hold: float) -> dict:
+    """nginx again, in 4 steps, every held connection exercised once per PING_EVERY."""
+    return run_nginx(netns, n, hold, "--step", str(-(-n // 4)), "--settle", "2",
+                     "--ping-every", str(PING_EVERY))
+
+
+def ramp_lines(r: dict, hold: float) -> list:
+    lat, pings = r["latency_ms"] or {}, r["pings"]
+    expected = r["verified"] * hold / PING_EVERY
+    lines = [f"ramp: {r['verified']:,}/{r['requested']:,} verified twice; user "
+             + (f"{r['user_bytes_per_conn'] / 1024:.2f} KB/conn" if r["user_bytes_per_conn"] else "-")
+             + f" with --ping-every {PING_EVERY:g} (goal <= 1.5); hold: {r['latency_exchanges']:,} exchanges "
+             f"(n x hold / {PING_EVERY:g} = {expected:,.0f}), p50/p99/max "
+             + "/".join(f"{lat.get(k, 0):.1f}" for k in ("p50", "p99", "max")) + " ms; "
+             f"pings sent {pings['sent']:,}, late {pings['late']:,}, refused {pings['refused']:,}"]
+    for s in r["steps"]:
+        lat = s["latency_ms"] or {}
+        lines.append(f"  step {s['step']}: {s['connections']:,} held, nginx "
+                     f"{(s['service_memory_bytes'] or 0) / 2**20:.1f} MiB + "
+                     f"{(s['service_kernel_bytes'] or 0) / 2**20:.1f} MiB kernel, {s['service_cpu_seconds']} s CPU, "
+                     f"p99 {lat.get('p99', 0):.1f} ms; sampling the service took {s['sample_ms']} ms (goal < 50)")
+    return lines
 
 
 def run_ws(netns: str, n: int, hold: float) -> dict:
@@ -156,15 +190,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=100_000)
     ap.add_argument("--hold", type=float, default=5.0)
+    ap.add_argument("--ramp-hold", type=float, default=30.0, help="the ramp run's hold (seconds)")
     args = ap.parse_args()
     results = {}
-    for name, run in (("tuner", run_tuner), ("http", run_nginx), ("ws", run_ws)):
+    for name, run, hold in (("tuner", run_tuner, args.hold), ("http", run_nginx, args.hold),
+                            ("ws", run_ws, args.hold), ("ramp", run_ramp, args.ramp_hold)):
         ns = netns_add()
         try:
-            results[name] = run(ns, args.n, args.hold)
+            results[name] = run(ns, args.n, hold)
         finally:
             netns_del(ns)
         print(f"{name}: {results[name]['stalled']['sentence']}", file=sys.stderr, flush=True)
+    ramp = results.pop("ramp")
     ref = results["tuner"]["rate_per_s"]
     head = ["protocol", "verified twice", "open rate /s", "vs tuner", "open s", "2nd check s",
             "user KB/conn", "first sentence"]
@@ -180,6 +217,7 @@ def main() -> int:
     goals += [f"{name} {r['user_bytes_per_conn'] / 1024:.2f} KB/conn (goal <= 1.5)"
               for name, r in results.items() if r["user_bytes_per_conn"]]
     print("; ".join(goals))
+    print("\n".join(ramp_lines(ramp, args.ramp_hold)))
     return 0
 
 

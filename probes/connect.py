@@ -213,7 +213,8 @@ class Client(Orchestration):
                 self.ramp.latency(values["round"], values["chunk"])
 
     def tick(self, now: float) -> None:
-        if self.ramp and self.started:
+        # Only while the run goes on: a stopped one takes no more rows.
+        if self.ramp and self.started and self.phase == self.run_phase:
             self.ramp.tick(now, self)
 
     def own_stop_reason(self, now: float) -> Optional[str]:
