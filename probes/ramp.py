@@ -128,7 +128,9 @@ class Ramp:
         within = [r for r in self.rows if r is not self.over]
         return {"step": self.cfg.step, "settle_seconds": self.cfg.settle, "max_p99_ms": self.cfg.max_p99,
                 "rows": len(self.rows), "within": within[-1] if self.over and within else None,
-                "over": self.over, "sentence": latency_sentence(self.rows, self.over)}
+                "over": self.over, "sentence": latency_sentence(self.rows, self.over),
+                # The service's processes as last sampled: whose memory limit binds.
+                "pids": list(self.last.pids) if self.last is not None else []}
 
 
 def latency_sentence(rows: List[dict], over: Optional[dict]) -> Optional[str]:

@@ -95,6 +95,41 @@ def test_ping_every_keeps_every_held_connection_exercised_over_the_hold(real_ser
     assert pings["sent"] - pings["answered"] <= n     # at most one in flight per connection
 
 
+def test_tuner_serve_answers_enq_on_held_connections():
+    """tuner's own exchange has a timed round on a held connection too: ENQ -> ACK
+    (wire.py step 5), answered by a real `tuner probe --serve`."""
+    port = realservers.free_port(("127.0.0.1",))
+    srv = subprocess.Popen([sys.executable, "-m", "tuner", "probe", "--serve", f"127.0.0.1:{port}",
+                            "--expect", "200", "--hold", "30", "--timeout", "60", "--json", "-q"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=os.path.dirname(HERE))
+    try:
+        _wait(port)
+        rc, doc = probe(f"tuner://127.0.0.1:{port}", 200, "--ping-every", "0.5", "--step", "100",
+                        "--settle", "0", hold=3)
+        served, err = srv.communicate(timeout=60)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    assert rc == 0 and doc["verified"] == 200, doc["stalled"]
+    assert doc["pings"]["refused"] == 0 and doc["pings"]["answered"] >= 200 * 3 / 0.5 * 0.6, doc["pings"]
+    assert doc["latency_ms"] and all(r["latency_ms"] for r in doc["steps"])
+    assert srv.returncode == 0 and json.loads(served)["dropped"] == 0, err
+
+
+def _wait(port: int, seconds: float = 20) -> None:
+    """Until something listens on the port (read with ss: a test connection would be a
+    client the server counts)."""
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.strip():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
 def test_nginx_steps_have_rising_memory_and_kernel_memory(real_server):
     srv = real_server("nginx", workers=1, worker_connections=4096, hosts=("127.0.0.1",))
     rc, doc = probe(f"http://127.0.0.1:{srv.port}/", 3000, "--step", 1000, "--settle", 0.5,
