@@ -104,7 +104,7 @@ def test_every_command_with_numbers_is_fuzzed():
 def test_every_numeric_looking_option_is_a_number():
     """An int/float option, or one whose placeholder is a number, is read by an
     inputs.Number: typer's own int() and float() take '٣', 'nan' and 'inf'."""
-    numeric_metavars = {"N", "PID", "PORT", "SECONDS", "[SECONDS]", "RATE", "auto|K", "K"}
+    numeric_metavars = {"N", "PID", "PORT", "SECONDS", "[SECONDS]", "RATE", "auto|K", "K", "MS"}
     checked = 0
     for name, cmd in _command_tree().items():
         for param in cmd.params:
