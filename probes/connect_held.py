@@ -11,9 +11,9 @@ Two sources of exchanges, both recorded into one window histogram:
   One still waiting when the cursor comes round again is counted late (not pinged
   twice).
 - a step's sample round (`--step`): the orchestrator bumps the round in the shared
-  control block; the worker pings up to `sample` of its held connections at once,
-  waits for their answers (or the check timeout), then reports its window (LATENCY
-  chunks, PINGS, SAMPLED) and starts a new one.
+  control block; the worker pings up to `sample` of its held connections spread over
+  ROUND_SPREAD, waits for their answers (or the check timeout), then reports its
+  window (LATENCY chunks, PINGS, SAMPLED) and starts a new one.
 
 The control block (an anonymous shared mmap the orchestrator writes, workers read):
 CONTROL (step, sample round) then one TARGET per worker: the connections it holds once
@@ -47,6 +47,7 @@ STEP = Line("T", "stepped", counts=True)                 # this worker's share o
 LATENCY = Line("L", "round", "chunk", text=("chunk",))   # a window histogram's chunk (latency.encode)
 SAMPLED = Line("Q", "sampled", counts=True)              # the round's window is reported
 PING_TICK = 0.01     # seconds between the cursor's moves while --ping-every runs
+ROUND_SPREAD = 0.5   # seconds a step's round spreads its sample over
 
 
 def control_block(workers: int) -> "mmap.mmap":
@@ -77,7 +78,7 @@ class HeldTraffic:
         self.held = 0
         self.cursor, self.swept_at, self.top = 0.0, None, 0
         self.step_seen = self.round_seen = 0
-        self.sampling = None          # (round, descriptors, deadline) while a round is out
+        self.sampling = None          # [round, descriptors, pinged so far, start] while a round is out
         # tcp:// with nothing to send has no exchange: its rounds report no latency.
         self.can_ping = self.protocol.pinging() is not None
 
@@ -101,19 +102,31 @@ class HeldTraffic:
                 self.round_seen = rnd
                 self.start_round(rnd, now)
         if self.sampling is not None:
-            rnd, fds, deadline = self.sampling
-            if now >= deadline or all(self.state[fd] != PINGING for fd in fds):
-                self.sampling = None
-                self.report_window(rnd)
+            self.go_on_round(now)
 
     def start_round(self, rnd: int, now: float) -> None:
+        """Choose the round's sample: held connections spread over the table."""
         held = [fd for fd, st in enumerate(self.state) if st == HELD] if self.can_ping else []
         stride = max(1, len(held) // max(self.sample, 1))
-        fds = held[::stride][:self.sample]
-        stamp = time.monotonic_ns()
-        for fd in fds:
-            self.ping(fd, stamp)
-        self.sampling = (rnd, [fd for fd in fds if self.state[fd] == PINGING], now + self.check_timeout)
+        self.sampling = [rnd, held[::stride][:self.sample], 0, now]
+
+    def go_on_round(self, now: float) -> None:
+        """Ping the sample spread over ROUND_SPREAD (a burst of them all at once would time
+        the service's queue, not its answer), then wait for the answers (at most the check
+        timeout) and report the window."""
+        rnd, fds, sent, start = self.sampling
+        due = min(len(fds), int(len(fds) * (now - start) / ROUND_SPREAD) + 1)
+        if sent < due:
+            stamp = time.monotonic_ns()
+            for fd in fds[sent:due]:
+                if self.state[fd] == HELD:
+                    self.ping(fd, stamp)
+            self.sampling[2] = sent = due
+        if sent < len(fds):
+            return
+        if now >= start + ROUND_SPREAD + self.check_timeout or all(self.state[fd] != PINGING for fd in fds):
+            self.sampling = None
+            self.report_window(rnd)
 
     def report_window(self, rnd: int) -> None:
         """The window histogram (then a new one), the ping counts, and SAMPLED rnd."""
@@ -198,5 +211,5 @@ class HeldTraffic:
         self.forget(fd, in_flight=False)
 
     def held_wait(self) -> float:
-        """How long the loop may sleep in poll(): the cursor moves often enough."""
-        return PING_TICK if self.ping_every else 0.05
+        """How long the loop may sleep in poll(): the cursor and a round move often enough."""
+        return PING_TICK if self.ping_every or self.sampling else 0.05

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 from tuner.host.numfmt import millis, number
 
 from .config import split_shares
-from .connect_held import control_block, set_round, set_step
+from .connect_held import ROUND_SPREAD, control_block, set_round, set_step
 from .latency import Histogram
 from .orchestration import TIMEOUT
 
@@ -76,7 +76,7 @@ class Ramp:
                 self.phase, self.sampled_at = SAMPLE, now
         elif self.phase == SAMPLE:
             done = all(mode.counts[k].get("sampled", 0) >= self.round for k in alive)
-            if done or now >= self.sampled_at + self.cfg.check_timeout + 5.0:
+            if done or now >= self.sampled_at + ROUND_SPREAD + self.cfg.check_timeout + 5.0:
                 self.record(mode.total("held"), now)
 
     def record(self, held: int, now: float) -> None:
