@@ -323,7 +323,7 @@ def service_sampler(target):
     """The service's sampler (tuner.host.servicecost) when it listens on this host, in
     this network namespace; None when it is elsewhere (its memory is not ours to read)."""
     from tuner.host import localnet   # only a --step run samples the service
-    try:  # DEV: until costside lands
+    try:   # the sampler of issue 26's cost ledger; without it the rows carry latency only
         from tuner.host import servicecost
     except ImportError:
         return None
