@@ -67,8 +67,8 @@ def set_round(block, rnd: int) -> None:
 
 
 class HeldTraffic:
-    """Mixed into ConnectWorker: uses its state, poll, exchanges, protocol, server,
-    write, refused and forget."""
+    """Mixed into ConnectWorker: uses its state, poll, exchanges, conns, protocol,
+    server, write, refused and forget."""
 
     def init_held(self, control, ping_every: Optional[float], sample: int) -> None:
         self.control, self.ping_every, self.sample = control, ping_every, sample
@@ -166,6 +166,8 @@ class HeldTraffic:
 
     def ping(self, fd: int, stamp: int) -> None:
         ex = self.protocol.pinging()
+        if fd in self.conns:   # a transport with state (TLS): the exchange as the socket sees it
+            ex = self.conns[fd].wrap(ex)
         code = self.write(fd, ex.out)
         if code:
             self.server["closed_in_hold" if code == E.EPIPE else "reset_in_hold"] += 1

@@ -32,7 +32,7 @@ def test_docs_table_is_current():
 
 
 def test_schema_enum_is_current():
-    doc = schemas.load("tuner.probe.connect/2")
+    doc = schemas.load("tuner.probe.connect/3")
     assert doc["properties"]["protocol"]["enum"] == schemas.protocol_enum() \
         == [s.name for s in protocols.schemes()], "run: python -m tuner.schemas"
 

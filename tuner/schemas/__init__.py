@@ -214,7 +214,7 @@ def protocol_enum() -> List[str]:
     return [s.name for s in protocols.schemes()]
 
 
-CONNECT_FILE = "tuner.probe.connect-2.json"
+CONNECT_FILE = "tuner.probe.connect-3.json"
 
 
 def sync_protocols() -> None:
