@@ -95,7 +95,7 @@ class ConnectConfig:
 
     def validate_traffic(self) -> None:
         """--step, --settle, --ping-every and --max-p99: their ranges, and an exchange to
-        time (tcp:// sending nothing has none)."""
+        time (a protocol with nothing to send, as given, has none)."""
         if self.step is not None and (not isinstance(self.step, int) or self.step < 1):
             raise ProbeConfigError("--step must be a positive integer")
         if self.settle < 0 or (self.ping_every is not None and self.ping_every <= 0):
@@ -103,9 +103,11 @@ class ConnectConfig:
         if self.max_p99 is not None and (self.max_p99 <= 0 or self.step is None):
             raise ProbeConfigError("--max-p99 takes a positive number of milliseconds and needs --step")
         timed = self.ping_every is not None or self.max_p99 is not None
-        if timed and self.protocol()[1].pinging() is None:
-            raise ProbeConfigError("--ping-every and --max-p99 time an exchange: tcp:// sends nothing "
-                                   "without --send (add --send TEXT, with --expect TEXT for the answer)")
+        target, protocol = self.protocol()
+        if timed and protocol.pinging() is None:
+            flags = ", ".join(o.flag for o in protocols.scheme(target.scheme).options)
+            raise ProbeConfigError(f"--ping-every and --max-p99 time an exchange, and {target.scheme}:// as "
+                                   f"given sends nothing" + (f" (give it one: {flags})" if flags else ""))
 
     @property
     def effective_timeout(self) -> float:

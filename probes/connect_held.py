@@ -79,7 +79,7 @@ class HeldTraffic:
         self.cursor, self.swept_at, self.top = 0.0, None, 0
         self.step_seen = self.round_seen = 0
         self.sampling = None          # [round, descriptors, pinged so far, start] while a round is out
-        # tcp:// with nothing to send has no exchange: its rounds report no latency.
+        # A protocol with nothing to send has no exchange: its rounds report no latency.
         self.can_ping = self.protocol.pinging() is not None
 
     # -- the orchestrator's control block ------------------------------------------------

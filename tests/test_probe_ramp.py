@@ -158,7 +158,7 @@ def test_redis_steps_have_rising_memory(real_server):
 
 
 def test_step_options_are_checked_before_anything_runs():
-    for args, words in ((["--connect", "tcp://127.0.0.1:9", "--ping-every", "1"], "tcp:// sends nothing"),
+    for args, words in ((["--connect", "tcp://127.0.0.1:9", "--ping-every", "1"], "as given sends nothing (give it one: --send, --expect)"),
                         (["--connect", "redis://127.0.0.1:9", "--max-p99", "5"], "needs --step"),
                         (["--step", "10"], "--step is for --connect only"),
                         (["--connect", "redis://127.0.0.1:9", "--step", "0"], "--step")):

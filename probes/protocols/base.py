@@ -76,7 +76,7 @@ class Protocol:
 
     def pinging(self) -> Optional[Exchange]:
         """One round of the exchange on a held connection, timed for its latency
-        (--ping-every, --step); None: the protocol has none (tcp:// sending nothing)."""
+        (--ping-every, --step); None: the protocol has none (a connect-and-hold with nothing to send)."""
         return self.checking()
 
 
