@@ -324,11 +324,7 @@ class Client(Orchestration):
 def service_sampler(target):
     """The service's sampler (tuner.host.servicecost) when it listens on this host, in
     this network namespace; None when it is elsewhere (its memory is not ours to read)."""
-    from tuner.host import localnet   # only a --step run samples the service
-    try:   # the sampler of issue 26's cost ledger; without it the rows carry latency only
-        from tuner.host import servicecost
-    except ImportError:
-        return None
+    from tuner.host import localnet, servicecost   # only a --step run samples the service
 
     local = target.host in ("127.0.0.1", "::1") or target.host.startswith("127.") or any(
         a.get("address") == target.host for a in localnet.read_addresses())
