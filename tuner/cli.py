@@ -800,6 +800,14 @@ def _bare_watch(argv: list) -> list:
     return out
 
 
+def _safe(e: Exception) -> str:
+    """An error's message for the terminal: it may name what a service chose (a path,
+    its comm, its answer)."""
+    from tuner.host.trust import safe_text  # the trust layer's imports only when an error prints
+
+    return safe_text(str(e), 1000)
+
+
 def main(argv: Optional[list] = None) -> int:
     """Entry point: one-line errors with documented exit codes, never a traceback."""
     argv = _bare_watch(sys.argv[1:] if argv is None else argv)
@@ -809,7 +817,7 @@ def main(argv: Optional[list] = None) -> int:
         rv = app(args=argv, prog_name="tuner", standalone_mode=False)
         return rv if isinstance(rv, int) else errors.EXIT_OK
     except TunerError as e:
-        print(f"tuner: error: {e}", file=sys.stderr)
+        print(f"tuner: error: {_safe(e)}", file=sys.stderr)
         return e.exit_code
     except typer.TyperException as e:  # typer's (vendored click) usage errors
         if type(e).__name__ == "NoArgsIsHelpError":
@@ -833,7 +841,7 @@ def main(argv: Optional[list] = None) -> int:
     except Exception as e:  # a bug: still one line, the traceback on request
         if os.environ.get("TUNER_DEBUG"):
             raise
-        print(f"tuner: internal error: {type(e).__name__}: {e} (TUNER_DEBUG=1 shows the "
+        print(f"tuner: internal error: {type(e).__name__}: {_safe(e)} (TUNER_DEBUG=1 shows the "
               f"traceback)", file=sys.stderr)
         return errors.EXIT_FAILED
 

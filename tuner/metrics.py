@@ -27,6 +27,7 @@ from tuner import __version__
 from tuner.host import trust
 from tuner.host.errors import TunerError, UsageError
 from tuner.host.memory import WORST_CASE
+from tuner.host.trust import safe_text
 
 TEXTFILE_NAME = "tuner.prom"   # node_exporter's textfile collector reads *.prom only
 GAUGE = "gauge"
@@ -297,7 +298,9 @@ def families(scrape: Any, table: Optional[List[Metric]] = None):
     for m in METRICS if table is None else table:
         family = GaugeMetricFamily(m.name, m.help, labels=list(m.labels))
         for labels, value in m.samples(scrape):
-            family.add_metric(list(labels), value)
+            # A label may carry a service's words (a binding limit's config path, an
+            # HAProxy frontend's name); the text format escapes only \\, " and newline.
+            family.add_metric([safe_text(label) for label in labels], value)
         yield family
 
 
@@ -321,7 +324,8 @@ class Collector:
         if scrape.error:
             print(f"tuner: scrape failed: {scrape.error}", file=sys.stderr, flush=True)
         if scrape.service_error:
-            print(f"tuner: service scrape failed: {scrape.service_error}", file=sys.stderr, flush=True)
+            print(f"tuner: service scrape failed: {safe_text(scrape.service_error, 1000)}", file=sys.stderr,
+                  flush=True)
         yield from families(scrape)
 
     def describe(self):

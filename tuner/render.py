@@ -13,6 +13,7 @@ from . import fit
 from .capacity import Report, changes_wanted, next_step
 from tuner.host.numfmt import millis, number, of, rate, seconds, size, values
 from tuner.host.memory import WORST_CASE
+from tuner.host.trust import safe_text
 
 
 def value(vals, unit: str = "") -> str:
@@ -422,9 +423,11 @@ def step_table(r: dict, width: Optional[int]) -> List[str]:
 
 
 def connect_text(r: dict, width: Optional[int] = None) -> str:
-    """`tuner probe --connect`: one sentence naming the side that stalled, then the table."""
+    """`tuner probe --connect`: one sentence naming the side that stalled, then the table.
+    The sentence carries the server's words and its process's comm: safe_text (the
+    server's own answers are cut shorter, as the table shows them)."""
     stalled = r["stalled"]
-    head = [stalled["sentence"] + ("" if r["ok"] else f" (stopped by {r['stopped_by']}"
+    head = [safe_text(stalled["sentence"], 1000) + ("" if r["ok"] else f" (stopped by {r['stopped_by']}"
                                    + (", interrupted)" if r["interrupted"] else ")"))]
     if stalled.get("diagnose"):
         head.append(f"why: {stalled['diagnose']}")
@@ -436,7 +439,8 @@ def connect_text(r: dict, width: Optional[int] = None) -> str:
                                                    f"{number(r['failed'])}"],
         ["in the server's accept queue, never accepted", number(r.get("unaccepted", 0) + server["queued"])],
         *[[f"server: {label}", number(server[key])] for key, label in SERVER_ROWS if server[key]],
-        *[[f"server said ({w['when']})", f"{w['words']} x{number(w['count'])}"] for w in server["words"]],
+        *[[f"server said ({w['when']})", f"{safe_text(w['words'], 200)} x{number(w['count'])}"]
+          for w in server["words"]],
         ["workers / source addresses", f"{r['workers']} / {r['source_addresses'] or 'kernel-chosen'}"
                                        + (f" in {r['source_net']}" if r["source_net"] else "")],
         ["verified in", "-" if r["seconds_verified"] is None else

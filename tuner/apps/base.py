@@ -45,6 +45,7 @@ Rules (tuner runs as root; the service's own user may be hostile):
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import stat
 import subprocess
@@ -313,16 +314,53 @@ def trusted_binary(proc: ProcView) -> str:
     exe = proc.exe or ""
     if not exe or exe.endswith(" (deleted)"):
         raise Untrusted(f"the executable of pid {proc.pid} is gone or replaced ({exe or '?'})")
-    with trust._Walk(trust.ROOT, (0,)) as walk:
-        fd, st = walk.to(exe)
-        real = walk.real()
-    os.close(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise Untrusted(f"{exe} is not a root-owned executable that only root can write")
+    real, st = _root_file(exe)
     running = os.stat(f"/proc/{proc.pid}/exe")
     if (running.st_dev, running.st_ino) != (st.st_dev, st.st_ino):
         raise Untrusted(f"{exe} is not the file pid {proc.pid} runs (replaced since it started)")
     return real
+
+
+def _root_file(path: str) -> Tuple[str, os.stat_result]:
+    """`path` resolved and its stat, if a regular root-owned file only root can write,
+    at a path only root can change; Untrusted otherwise."""
+    with trust._Walk(trust.ROOT, (0,)) as walk:
+        fd, st = walk.to(path)
+        real = walk.real()
+    os.close(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise Untrusted(f"{path} is not a root-owned executable that only root can write")
+    return real, st
+
+
+def by_owner(proc: ProcView) -> str:
+    """What a fix says instead of a command when it may name none (start_command)."""
+    return f"restart it as its owner (uid {proc.uid}) does"
+
+
+def start_command(proc: ProcView) -> Optional[str]:
+    """The command line that starts the process again, for a fix root pastes: its binary
+    only when `trusted_binary` passes and root runs it (another user's binary, or their
+    arguments and config run as root, would be theirs to choose), every word quoted;
+    None otherwise (say `by_owner`)."""
+    if proc.uid != 0:
+        return None
+    try:
+        exe = trusted_binary(proc)
+    except (Untrusted, OSError):
+        return None
+    return shlex.join([exe, *proc.cmdline[1:]])
+
+
+def trusted_tool(proc: ProcView, name: str) -> Optional[str]:
+    """The path of `name` beside the process's own trusted binary (PostgreSQL's pg_ctl
+    beside postgres), when it too is a root-owned file only root can change; None
+    otherwise."""
+    try:
+        exe = trusted_binary(proc)
+        return _root_file(os.path.join(os.path.dirname(exe), name))[0]
+    except (Untrusted, OSError):
+        return None
 
 
 def run_trusted(argv: Sequence[str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:

@@ -230,11 +230,12 @@ class HAProxy(base.Adapter):
         nofile = 2 * want + RESERVED + len(set(proc.listeners)) + FDS_PER_THREAD * nbthread
         master_worker = any(a in ("-W", "-Ws") for a in proc.cmdline)
         if proc.unit:
-            command = f"systemctl {'reload' if master_worker else 'restart'} {proc.unit}"
+            command = f"systemctl {'reload' if master_worker else 'restart'} {shlex.quote(proc.unit)}"
         elif master_worker:
             command = f"kill -USR2 {proc.pid}"
-        else:
-            command = f"kill {proc.pid}, then start it again: {shlex.join(proc.cmdline)}"
+        else:   # its binary and argv only when root's and trusted: a user's would run as root
+            start = base.start_command(proc)
+            command = f"kill {proc.pid}, then " + (f"start it again: {start}" if start else base.by_owner(proc))
         hard = "" if proc.cap_sys_resource or (proc.nofile_hard or 0) >= nofile else (
             f"; its hard RLIMIT_NOFILE {proc.nofile_hard:,} must go to {nofile:,} first "
             f"(LimitNOFILE=, or ulimit -n before it starts)")

@@ -20,6 +20,7 @@ import glob
 import math
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -31,6 +32,7 @@ DEFAULT_CONNECTIONS = 512          # src/event/ngx_event.c DEFAULT_CONNECTIONS
 CHANNEL = 1                        # a worker's connection to the master (ngx_channel)
 FD_RESERVE = 64                    # a worker's own files: logs, the listeners, epoll
 MAX_INCLUDES = 256
+MAX_NESTING = 32                   # blocks in blocks, includes counted (http server location if: 4)
 WORKER_TITLE = "nginx: worker process"
 PROXY_DIRECTIVES = ("proxy_pass", "fastcgi_pass", "uwsgi_pass", "scgi_pass", "grpc_pass",
                     "memcached_pass")
@@ -43,6 +45,10 @@ class Directive:
     args: List[str]
     where: str                       # "file:line"
     block: List["Directive"] = field(default_factory=list)
+
+
+class TooDeep(ValueError):
+    """Blocks nested deeper than MAX_NESTING: the service wrote it, tuner does not read it."""
 
 
 # ---------------------------------------------------------------- the syntax
@@ -80,8 +86,10 @@ def tokens(text: str) -> Iterator[Tuple[str, int, bool]]:
             i = j
 
 
-def parse(text: str, path: str) -> List[Directive]:
-    """The directives of one file as a tree (includes not yet followed)."""
+def parse(text: str, path: str, depth: int = 0) -> List[Directive]:
+    """The directives of one file as a tree (includes not yet followed), its top level
+    `depth` blocks deep (where the include that names it stands); TooDeep past
+    MAX_NESTING: what walks the tree later recurses, and the service sets the nesting."""
     stack: List[List[Directive]] = [[]]
     words: List[str] = []
     start = 0
@@ -95,6 +103,8 @@ def parse(text: str, path: str) -> List[Directive]:
                 d = Directive(words[0], words[1:], f"{path}:{start}")
                 stack[-1].append(d)
                 if word == "{":
+                    if depth + len(stack) > MAX_NESTING:
+                        raise TooDeep(f"{path}: nested deeper than {MAX_NESTING} blocks: not read")
                     stack.append(d.block)
             words = []
         elif len(stack) > 1:
@@ -166,20 +176,28 @@ class Config:
         self.owners = (0, proc.uid)      # root's files, or those of the user it runs as
         self.path, self.conf_prefix = conf_path(proc)
         extra = master_args(proc).get("-g")
-        self.tree = parse(extra, "-g (command line)") if extra else []
+        try:
+            self.tree = parse(extra, "-g (command line)") if extra else []
+        except TooDeep as e:
+            self.tree = []
+            self.unread.append(str(e))
         if self.path is None:
             self.unread.append("the master's configuration file: no -c and no --conf-path in "
                                "its binary's build options")
         else:
             self.tree += self._load(self.path)
 
-    def _load(self, path: str) -> List[Directive]:
+    def _load(self, path: str, depth: int = 0) -> List[Directive]:
         try:
             text = base.read_trusted(path, self.owners, self.creds, self.budget)
         except (base.Untrusted, OSError) as e:
             base.note(self.unread, base.why_not(path, e))
             return []
-        return self._expand(parse(text, path))
+        try:
+            return self._expand(parse(text, path, depth), depth)
+        except TooDeep as e:
+            base.note(self.unread, str(e))
+            return []
 
     def _names(self, pattern: str) -> List[str]:
         """An include's files: the pattern itself, or its last component's wildcard
@@ -193,7 +211,7 @@ class Config:
         return [os.path.join(folder, n) for n in trust.list_dir(folder, self.creds, self.budget, self.owners)
                 if fnmatch.fnmatchcase(n, last)]
 
-    def _expand(self, tree: List[Directive]) -> List[Directive]:
+    def _expand(self, tree: List[Directive], depth: int) -> List[Directive]:
         out: List[Directive] = []
         for d in tree:
             if d.name == "include" and d.args:
@@ -205,9 +223,9 @@ class Config:
                     base.note(self.unread, base.why_not(pattern, e))
                     continue
                 for name in names:
-                    out += self._load(name)
+                    out += self._load(name, depth)
                 continue
-            d.block = self._expand(d.block)
+            d.block = self._expand(d.block, depth + 1)
             out.append(d)
         return out
 
@@ -285,7 +303,7 @@ class Nginx(base.Adapter):
         lines = [f"worker_connections {per};"]
         if nofile > min((w.nofile_soft or 0) for w in workers) or conf.find("worker_rlimit_nofile"):
             lines.append(f"worker_rlimit_nofile {nofile};")
-        command = f"systemctl reload {proc.unit}" if proc.unit else f"kill -HUP {proc.pid}"
+        command = f"systemctl reload {shlex.quote(proc.unit)}" if proc.unit else f"kill -HUP {proc.pid}"
         return AppFix(lines, wc.where if wc else conf.path, nofile, base.RELOAD, command,
                       n * (per - over),
                       "worker_connections in the events block, worker_rlimit_nofile at the top "

@@ -205,18 +205,22 @@ def changed_since_start(s: Settings, start: Optional[int]) -> List[str]:
 # ---------------------------------------------------------------- cap and fix
 
 def _restart_command(proc: ProcView, datadir: Optional[str]) -> str:
+    """The system unit's restart, else pg_ctl's run as the postmaster's own user: pg_ctl
+    named only when it lies beside a trusted postgres binary and is root's too."""
     from tuner.diagnose.service import unit_of  # the service home: which unit runs it
 
     unit = unit_of(proc.pid)
     if unit:
-        return f"systemctl restart {unit}"
+        return f"systemctl restart {shlex.quote(unit)}"
+    pg_ctl = base.trusted_tool(proc, "pg_ctl")
+    if pg_ctl is None or datadir is None:
+        return base.by_owner(proc)
     try:
         user = pwd.getpwuid(proc.uid).pw_name
     except KeyError:
         user = str(proc.uid)
-    pg_ctl = os.path.join(os.path.dirname((proc.exe or "").removesuffix(" (deleted)")), "pg_ctl")
-    inner = f"{pg_ctl} restart -D {shlex.quote(datadir or '?')}"
-    return f"su {user} -s /bin/sh -c {shlex.quote(inner)}"
+    inner = f"{shlex.quote(pg_ctl)} restart -D {shlex.quote(datadir)}"
+    return f"su {shlex.quote(user)} -s /bin/sh -c {shlex.quote(inner)}"
 
 
 def fix_for(proc: ProcView, s: Settings, datadir: Optional[str], reserved: int, want: int) -> AppFix:

@@ -31,11 +31,16 @@ RESERVED_FDS = 32            # CONFIG_MIN_RESERVED_FDS in Redis's server.h
 DEFAULT_MAXCLIENTS = 10000   # config.c: createUIntConfig("maxclients", ..., 10000, ...)
 INCLUDE_DEPTH = 8
 REPLY_MAX = 64 << 10
+REPLY_DEPTH = 32             # arrays in arrays: INFO and CONFIG GET answer one level
 NAMES = ("redis-server", "redis-check-rdb")   # Debian links redis-server to redis-check-rdb
 
 
 class Refused(Exception):
     """The server answered with an error line (its own words)."""
+
+
+class TooDeep(Refused):
+    """The server's answer nests deeper than tuner reads."""
 
 
 # ---------------------------------------------------------------- recognising
@@ -57,12 +62,9 @@ def command(*words: str) -> bytes:
     return b"".join(out)
 
 
-def _reply(buf: bytes, at: int = 0) -> Optional[Tuple[object, int]]:
-    """One RESP reply from buf[at:] -> (value, end), None when incomplete.  Errors come
-    back as Refused instances (raised by the caller), arrays as lists."""
-    end = buf.find(b"\r\n", at)
-    if end < 0:
-        return None
+def _scalar(buf: bytes, at: int, end: int) -> Optional[Tuple[object, int]]:
+    """A reply that is not an array, its first line ending at `end`: (value, next),
+    None when incomplete; ValueError for a length or number that is none."""
     kind, line = buf[at:at + 1], buf[at + 1:end].decode("utf-8", "replace")
     if kind == b"+":
         return line, end + 2
@@ -77,16 +79,45 @@ def _reply(buf: bytes, at: int = 0) -> Optional[Tuple[object, int]]:
         if len(buf) < end + 2 + n + 2:
             return None
         return buf[end + 2:end + 2 + n].decode("utf-8", "replace"), end + 2 + n + 2
-    if kind == b"*":
-        items, pos = [], end + 2
-        for _ in range(max(int(line), 0)):
-            got = _reply(buf, pos)
-            if got is None:
-                return None
-            items.append(got[0])
-            pos = got[1]
-        return items, pos
-    raise Refused(f"answered {buf[at:end][:60]!r}: not Redis's protocol")
+    raise ValueError(kind)
+
+
+def _reply(buf: bytes, at: int = 0) -> Optional[Tuple[object, int]]:
+    """One RESP reply from buf[at:] -> (value, end), None when incomplete.  Errors come
+    back as Refused instances (raised by the caller), arrays as lists.  A loop over a
+    stack of open arrays, at most REPLY_DEPTH deep: the server decides the nesting (one
+    answering '*1\\r\\n' 16,000 times made a recursive reader raise RecursionError)."""
+    stack: List[Tuple[list, int]] = []     # (items so far, items the array has)
+    pos = at
+    while True:
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            return None
+        try:
+            if buf[pos:pos + 1] == b"*":
+                n = int(buf[pos + 1:end])
+                if n > 0 and len(stack) >= REPLY_DEPTH:
+                    raise TooDeep(f"its answer is nested deeper than {REPLY_DEPTH} arrays: not read")
+                pos = end + 2
+                if n > 0:
+                    stack.append(([], n))
+                    continue
+                value: object = []
+            else:
+                got = _scalar(buf, pos, end)
+                if got is None:
+                    return None
+                value, pos = got
+        except ValueError:
+            raise Refused(f"answered {buf[pos:end][:60]!r}: not Redis's protocol") from None
+        while stack:                 # the value ends the arrays it completes
+            items, n = stack[-1]
+            items.append(value)
+            if len(items) < n:
+                break
+            value = stack.pop()[0]
+        else:
+            return value, pos
 
 
 def ask(sock: socket.socket, *words: str) -> object:
@@ -269,6 +300,8 @@ def read(proc: ProcView) -> AppCap:
     if port is not None:
         try:
             return _asked(proc, port, *from_server(proc, port))
+        except TooDeep as e:
+            unread.append(f"the server on port {port}: {e}")
         except Refused as e:
             text = str(e)
             if text.upper().startswith(("NOAUTH", "WRONGPASS")):

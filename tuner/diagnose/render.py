@@ -1,7 +1,10 @@
 """`tuner diagnose` as text: the verdict first, then the limits, listeners and fixes.
 
 The JSON is Diagnosis.to_dict() (schema tuner.diagnose/2), so text and JSON cannot
-disagree; numbers are formatted by render.number/value like every other table.
+disagree; numbers are formatted by render.number/value like every other table.  Every
+string here may carry words the service chose (its comm, paths, config values, what it
+answered): each goes through trust.safe_text on its way out (`_t`), before tuner's own
+colours are added.
 """
 from __future__ import annotations
 
@@ -11,7 +14,18 @@ from tuner import fit
 from tuner.capacity import UNREADABLE
 from tuner.host.memory import WORST_CASE
 from tuner.host.numfmt import number, size
+from tuner.host.trust import safe_text
 from tuner.render import table, value
+
+
+# A field is tuner's sentence around the service's words; the service's part of it is
+# what could be long (an answer, an argv), so the cut is generous.
+FIELD_LIMIT = 1000
+
+
+def _t(text) -> str:
+    """A field that may carry a service's words, safe for a terminal."""
+    return safe_text(text, FIELD_LIMIT)
 
 
 def _cell(v, unit: str) -> str:
@@ -21,16 +35,16 @@ def _cell(v, unit: str) -> str:
 
 
 def diagnose_text(d, wide: bool = False, width: Optional[int] = None) -> str:
-    lines = [d.verdict, ""]
+    lines = [_t(d.verdict), ""]
     rows, notes = [], []
     for r in d.limits:
         current = ("unreadable (needs root)" if r.status == UNREADABLE and r.scope != "application"
                    else value(r.current, r.unit))
-        rows.append([r.name, r.scope, current, _cell(r.in_use, r.unit), _cell(r.headroom, r.unit),
-                     number(r.allows), value(r.needed, r.unit), r.status] + ([r.why] if wide else []))
+        rows.append([_t(r.name), r.scope, current, _cell(r.in_use, r.unit), _cell(r.headroom, r.unit),
+                     number(r.allows), value(r.needed, r.unit), r.status] + ([_t(r.why)] if wide else []))
         if not wide and r.status not in ("ok", "n/a"):
-            fix = f" Fix: {r.fix.render()}." if r.fix and r.status in ("binds", "short", "capped", "full") else ""
-            notes.append(f"  {r.name}{f' (pid {r.pid})' if r.pid else ''} ({r.status}): {r.why}{fix}")
+            fix = f" Fix: {_t(r.fix.render())}." if r.fix and r.status in ("binds", "short", "capped", "full") else ""
+            notes.append(f"  {_t(r.name)}{f' (pid {r.pid})' if r.pid else ''} ({r.status}): {_t(r.why)}{fix}")
     lines.append(table(rows, ["limit", "scope", "current", "used", "headroom", "connections",
                               "needed", "status"] + (["why"] if wide else []), width,
                        note=8 if wide else None, note_title="why:", tag=7))
@@ -38,8 +52,8 @@ def diagnose_text(d, wide: bool = False, width: Optional[int] = None) -> str:
         lines += ["", "why:"] + list(dict.fromkeys(notes))
     c = d.connections
     lines.append("")
-    where = "" if d.own_netns else f" (network namespace {d.netns or '?'})"
-    procs = ", ".join(f"{p['pid']} ({p['name']})" for p in d.processes)
+    where = "" if d.own_netns else f" (network namespace {_t(d.netns or '?')})"
+    procs = ", ".join(f"{p['pid']} ({safe_text(p['name'])})" for p in d.processes)
     lines.append(f"service: {procs}{where}")
     if d.listeners:
         lines.append(table([[f"{l['address']}:{l['port']}", number(l["backlog"]), number(l["queued"]),
@@ -64,9 +78,9 @@ def diagnose_text(d, wide: bool = False, width: Optional[int] = None) -> str:
         for f in d.fix:
             # A command is wrapped with '\' so that it still runs as pasted; advice (an
             # application's setting) wraps as prose.
-            text = f"  {f.render()}"
+            text = f"  {_t(f.render())}"
             lines.append(fit.command(text, width) if f.is_command else fit.wrap(text, width))
-            lines.append(fit.wrap(f"      {f.why}", width))
-    tail = ([""] + ["notes:"] + [f"  {n}" for n in d.notes] if d.notes else []) + (
-        ["unreadable without root: " + ", ".join(d.unreadable)] if d.unreadable else [])
+            lines.append(fit.wrap(f"      {_t(f.why)}", width))
+    tail = ([""] + ["notes:"] + [f"  {_t(n)}" for n in d.notes] if d.notes else []) + (
+        ["unreadable without root: " + ", ".join(map(_t, d.unreadable))] if d.unreadable else [])
     return "\n".join(lines + fit.lines(tail, width))

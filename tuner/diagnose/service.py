@@ -276,16 +276,20 @@ def scan_further(proc: Process) -> None:
 
 
 def unit_of(pid: int) -> Optional[str]:
-    """The systemd unit a process runs in (from its cgroup path), if any."""
+    """The system manager's unit a process runs in (the outermost .service of its cgroup
+    path), if any: the unit a root fix may name.  Under a user's manager (user@UID.service)
+    the user can make cgroups of any name (its subtree is delegated): a name from there
+    would have root's systemctl act on a system unit the user picked, so None."""
     try:
         groups = procpid.cgroups(pid)
     except OSError:
         return None
     for key in ("", "name=systemd"):
         path = groups.get(key) or ""
-        for part in reversed(path.split("/")):
+        for part in path.split("/"):
             if part.endswith(".service"):
-                return part
+                # A name systemd would not make (inputs.UNIT_NAME) is no unit of its own.
+                return part if UNIT_NAME.match(part) and not part.startswith("user@") else None
     return None
 
 

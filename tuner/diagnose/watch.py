@@ -7,7 +7,9 @@ a limit is hit (each knob's `signs`: TcpExt ListenOverflows, TCPMemoryPressures,
 conntrack's insert_failed and drop) plus new kernel log lines the table names.  When
 one moves, the line names the limit it means and the fix (from the knob table).
 Ctrl-C (or the --watch duration) ends it with a summary of what moved.
-Output: rich on a terminal, one JSON line per sample with --json, plain lines otherwise.
+Output: rich on a terminal, one JSON line per sample with --json, plain lines otherwise;
+a service's words (the verdict's, a fix's, a kernel log line naming its comm) pass
+trust.safe_text on the way out, and reach rich as Text, never as markup.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from tuner import knobs, readings
 from tuner.host import procfs, procpid
+from tuner.host.trust import safe_text
 from tuner.diagnose import service
 from tuner.diagnose.evaluate import diagnose
 from tuner.diagnose.fixes import LISTEN_BACKLOG, limit_fix
@@ -268,7 +271,7 @@ def line_text(s: Sample, events: List[Event]) -> str:
             + (f" conntrack {s.conntrack_count:,}" if s.conntrack_count is not None else ""))
     for e in events:
         amount = f" {e.delta:,}" if e.counter in (WAITING_FDS, WAITING_ACCEPT) else f" +{e.delta:,}"
-        text += f"\n  {e.counter}{amount}: {e.limit}" + (f"; fix: {e.fix}" if e.fix else "")
+        text += f"\n  {e.counter}{amount}: {safe_text(e.limit)}" + (f"; fix: {_t(e.fix)}" if e.fix else "")
     return text
 
 
@@ -283,9 +286,9 @@ def summary_text(summary: dict) -> str:
         lines.append(f"  {name}: " + (f"peak {delta:,} connections completed, never accepted"
                                       if gauge else f"+{delta:,}"))
     for limit, fix in summary["limits_hit"].items():
-        lines.append(f"limit hit: {limit}" + (f"; fix: {fix}" if fix else ""))
+        lines.append(f"limit hit: {safe_text(limit)}" + (f"; fix: {_t(fix)}" if fix else ""))
     for line in summary["kernel_log"]:
-        lines.append(f"kernel: {line}")
+        lines.append(f"kernel: {safe_text(line)}")
     walk = summary.get("fd_walker")
     if walk and walk["walked"]:
         per = walk["bytes_per_connection"]
@@ -297,18 +300,25 @@ def summary_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _t(text: str) -> str:
+    """A fix or verdict: tuner's sentence around a service's words, safe for a terminal."""
+    return safe_text(text, 1000)
+
+
 def _rich_table(diag, s: Sample, w: Watch, events: List[Event]):
     # Here: rich loads only for the live table on a terminal (start-up time).
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=diag.verdict, title_justify="left")
+    # Text, not str: rich would read a service's '[bold]' or ':smile:' as its markup.
+    t = Table(title=Text(_t(diag.verdict)), title_justify="left")
     for col in ("connections", "descriptors", "accept queue", "threads", "orphans", "TIME_WAIT"):
         t.add_column(col, justify="right")
     t.add_row(f"{s.connections:,}", f"{sum(s.fds.values()):,}/{sum(s.nofile_soft.values()):,}",
               f"{s.accept_queue:,}/{s.backlog:,}", f"{s.threads:,}", f"{s.orphans:,}", f"{s.time_wait:,}")
-    t.caption = "\n".join([f"{k} +{v:,} since start" for k, v in w.moved.items()]
-                          + [f"{e.counter} +{e.delta:,}: {e.limit}; fix: {e.fix}" for e in events]) or \
-        "no limit counter moved (Ctrl-C ends with a summary)"
+    t.caption = Text("\n".join([f"{k} +{v:,} since start" for k, v in w.moved.items()]
+                               + [f"{e.counter} +{e.delta:,}: {safe_text(e.limit)}; fix: {_t(e.fix)}"
+                                  for e in events]) or "no limit counter moved (Ctrl-C ends with a summary)")
     return t
 
 
@@ -327,7 +337,7 @@ def run(pids: Sequence[int], target: Optional[int], duration: Optional[float], i
         rich_live = Live(console=Console(), auto_refresh=False)
         rich_live.start()
     elif not json_out:
-        emit(diag.verdict)
+        emit(_t(diag.verdict))
         emit(f"watching pid {', '.join(map(str, diag.pids))}: ports {', '.join(map(str, ports)) or '-'}, "
              f"every {interval:g} s" + ("" if klog.readable else "; kernel log unreadable (needs root)"))
     reason = "duration"

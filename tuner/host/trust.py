@@ -41,6 +41,20 @@ The rules, for every caller (tuner/apps/, the journal, the lock, metrics' --text
    root-owned-file rule: owned by root or the invoking user, not group/world-writable,
    in a directory others cannot write to (sticky is fine), opened without following
    symlinks, never blocking on a FIFO, checked on the open descriptor.
+9. Text a service chose (its comm, argv, exe path, config paths and values, what it
+   answered on its socket, its Go build info) reaches a terminal only through
+   `safe_text`, called at the edge by the renderers, never in each adapter: control
+   characters (C0, DEL, C1, so every ESC sequence), format characters (bidi overrides
+   and isolates, zero widths), line and paragraph separators and undecodable bytes
+   shown escaped (`\\x1b`, `\\u202e`), a long string cut with a marker.  `--json`
+   needs none of it: JSON escapes what it carries (ensure_ascii).
+10. Parsers of what a service answers or configures are loops or depth-bounded: no
+   recursion the service controls (Redis's RESP arrays, nginx's blocks).
+11. A fix names a binary to run only when `trusted_binary` passes (root-owned, at a
+   root-owned path) and root runs the process; otherwise it says "restart it as its
+   owner (uid N) does".  Words from the service in a fix command are shlex-quoted; a
+   systemd unit is named only when the system manager made it (not a name from a
+   user's delegated cgroup subtree).
 
 Stdlib only (ctypes for fstatfs); the bottom layer: imports nothing above tuner/host/.
 """
@@ -53,6 +67,7 @@ import os
 import socket
 import stat
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Set, Tuple
 
@@ -503,3 +518,42 @@ def open_nofollow(path: str, flags: int, what: str = "journal", mode: int = 0o60
             raise UntrustedFile(f"{what} {path} is a symlink: tuner does not follow links for "
                                 f"files it acts on as root; give the real path") from None
         raise
+
+
+# ---------------------------------------------------------------- text a service chose
+
+TEXT_LIMIT = 300          # characters of one service string as printed (argv, a path, a reply)
+# Unicode categories that move the cursor, erase, retitle a window or reorder what a
+# reader sees: Cc control (C0, DEL, C1), Cf format (bidi, zero width), Cs surrogates
+# (undecodable bytes, os.fsdecode's surrogateescape), Zl/Zp line/paragraph separators.
+_UNSAFE = ("Cc", "Cf", "Cs", "Zl", "Zp")
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escaped(c: str) -> str:
+    code = ord(c)
+    if c in _SHORT:
+        return _SHORT[c]
+    if 0xDC80 <= code <= 0xDCFF:      # a byte surrogateescape could not decode: the byte
+        return f"\\x{code - 0xDC00:02x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def safe_text(s: object, limit: Optional[int] = TEXT_LIMIT) -> str:
+    """`s` (anything a service chose) as text that is safe to print to a terminal:
+    every character that is not plain printable text shown escaped, and, past `limit`
+    printed characters (None: no limit), cut with a marker saying how much was left."""
+    text = s if isinstance(s, str) else str(s)
+    if text.isprintable() and text.isascii() and (limit is None or len(text) <= limit):
+        return text     # the usual case: nothing to do
+    out, size = [], 0
+    for i, c in enumerate(text):
+        piece = _escaped(c) if unicodedata.category(c) in _UNSAFE else c
+        if limit is not None and size + len(piece) > limit:
+            out.append(f"…[{len(text) - i:,} more characters]")
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
