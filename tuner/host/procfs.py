@@ -47,7 +47,8 @@ class Unreadable(PermissionError):
 def read_text(path: str) -> Optional[str]:
     """The whole file as text; None when it does not exist; Unreadable when denied."""
     try:
-        with open(path) as f:
+        # As procpid reads: a comm's \r stays in its line, its non-UTF-8 bytes read.
+        with open(path, newline="", errors="surrogateescape") as f:
             return f.read()
     except OSError as e:
         if e.errno in _MISSING:
@@ -237,7 +238,8 @@ def net_counters(group: str, path: str = "/proc/net/netstat") -> Dict[str, int]:
 def capabilities(pid: str = "self") -> int:
     """The effective capability mask of a process (CapEff in /proc/PID/status); 0 when
     the process is gone."""
-    for line in (read_text(f"/proc/{pid}/status") or "").splitlines():
+    # "\n" only: splitlines() would also split the comm ("x\rCapEff:\t1ff") into a line.
+    for line in (read_text(f"/proc/{pid}/status") or "").split("\n"):
         if line.startswith("CapEff:"):
             return int(line.split()[1], 16)
     return 0

@@ -33,16 +33,20 @@ def _pid_path(pid: int, *parts: str) -> str:
 
 
 def _read_text(path: str) -> str:
-    with open(path) as f:
+    # newline="": no \r turned into a line break; surrogateescape: a comm or cgroup name
+    # that is not UTF-8 still reads (what a process chose is shown, escaped, not fatal).
+    with open(path, newline="", errors="surrogateescape") as f:
         return f.read()
 
 
 def proc_status(pid: int) -> Dict[str, str]:
     """/proc/PID/status as {"Name": "java", "State": "S (sleeping)", "Threads": "23", ...}."""
     out = {}
-    for line in _read_text(_pid_path(pid, "status")).splitlines():
+    # "\n" only: Name is the comm the process chose, and splitlines() also splits at
+    # its \r, \x1c-\x1e, \x85 (a comm of "x\rUid:\t0" is one line here).
+    for line in _read_text(_pid_path(pid, "status")).split("\n"):
         key, _, rest = line.partition(":")
-        out[key] = rest.strip()
+        out[key] = rest.strip(" \t")
     return out
 
 
@@ -266,7 +270,9 @@ def _ancestors(limit: int = 64) -> List[int]:
 def cgroups(pid: int) -> Dict[str, str]:
     """/proc/PID/cgroup as {controller: path}; the v2 hierarchy under key ""."""
     out = {}
-    for line in _read_text(_pid_path(pid, "cgroup")).splitlines():
+    for line in _read_text(_pid_path(pid, "cgroup")).split("\n"):   # a delegated cgroup's name may hold \r
+        if not line:
+            continue
         _, controllers, path = line.split(":", 2)
         if controllers == "":
             out[""] = path
