@@ -280,6 +280,9 @@ class Client(Orchestration):
             "target": cfg.target,
             "protocol": self.protocol.name,
             "endpoint": self.target.endpoint,
+            # The same, as facts: whoever asks where it connected reads these, not the text.
+            "address": self.target.host,
+            "port": self.target.port,
             "requested": cfg.connections,
             "attempted": opened,
             "established": established,

@@ -263,7 +263,7 @@ def explain_stall(result: dict, netns: Optional[str] = None) -> None:
     if stalled["side"] != "server":
         return
     room = host_room(result, netns)
-    server = local_server(result["endpoint"], netns)
+    server = local_server(result["address"], result["port"], netns)
     process = server[0] if server is not None else None
     stalled.update(serverside.stalled(result, server=process), room=room, process=process)
     if room is not None:
@@ -286,7 +286,7 @@ def host_room(result: dict, netns: Optional[str]) -> Optional[int]:
     return max(rep.max_connections - result["attempted"], 0)
 
 
-def local_server(endpoint: str, netns: Optional[str]):
+def local_server(address_text: str, port: int, netns: Optional[str]):
     """('nginx pid 812, 813', port) when the server listens on this host (in the probe's
     namespace), else None.  Found by sock_diag and each process's lowest descriptors
     (tuner.diagnose.service), never by walking a big process's /proc/PID/fd."""
@@ -296,13 +296,12 @@ def local_server(endpoint: str, netns: Optional[str]):
     from tuner.host import localnet, procpid
     from tuner.diagnose import service
 
-    host, _, port_text = endpoint.rpartition(":")
-    address = ipaddress.ip_address(host.strip("[]"))
+    address = ipaddress.ip_address(address_text)
     try:
         local = address.is_loopback or any(a.get("address") == str(address) for a in localnet.read_addresses())
         if not local:
             return None
-        pids = service.pids_by_port(int(port_text), netns)
+        pids = service.pids_by_port(port, netns)
     except (TunerError, OSError):
         return None
     names = {}
@@ -313,4 +312,4 @@ def local_server(endpoint: str, netns: Optional[str]):
             continue
     text = "; ".join(f"{name} pid {', '.join(map(str, p[:4]))}" + (" ..." if len(p) > 4 else "")
                      for name, p in names.items())
-    return (text or None), int(port_text)
+    return (text or None), port
