@@ -73,15 +73,18 @@ def _open(s: socket.socket) -> bool:
         return False
 
 
-def held(srv, n: int, batch: int = 50, settle: float = 1.0, prefix: str = "t") -> Held:
-    """Open n connections to srv (CONNECT on each as it opens), then count (see above)."""
+def held(srv, n: int, batch: int = 50, settle: float = 1.0, prefix: str = "t",
+         every_host: bool = False) -> Held:
+    """Open n connections to srv (CONNECT on each as it opens), then count (see above);
+    with every_host, to each of its addresses in turn (each its own listener)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     socks = []
     try:
         for i in range(n):
             try:
-                s = connect(srv.host, srv.port, srv.netns, timeout=5.0)
+                host = srv.hosts[i % len(srv.hosts)] if every_host else srv.host
+                s = connect(host, srv.port, srv.netns, timeout=5.0)
                 s.sendall(connect_packet(f"{prefix}{i}-{time.monotonic_ns()}"))
             except OSError:
                 continue

@@ -220,6 +220,7 @@ class Server:
     netns: Optional[str] = None
     stop_signal: int = signal.SIGTERM
     extra: dict = field(default_factory=dict)
+    command: list = field(default_factory=list)   # what start() ran (its wrappers included)
 
     @property
     def pid(self) -> int:
@@ -247,7 +248,7 @@ class Server:
         except OSError:
             return []
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 10.0, keep_dir: bool = False) -> None:
         """Stop the whole process group: its own stop signal, then SIGKILL; remove the dir."""
         for sig, wait in ((self.stop_signal, grace), (signal.SIGKILL, 5.0)):
             try:
@@ -256,7 +257,18 @@ class Server:
                 pass
             if self._gone_within(wait):
                 break
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop it and run the same command again (its config as the test left it, the
+        same wrappers and limits), in place: a fix that says "restart" done as an operator
+        would; pid is the new process's."""
+        self.stop(keep_dir=True)
+        with open(os.path.join(self.dir, "server.log"), "ab") as log:
+            self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
+        _wait_listening(self, None, timeout)
 
     def _gone_within(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
@@ -337,19 +349,24 @@ def start(name: str, argv: list, *, port: int, hosts: Sequence[str], config: str
     with open(os.path.join(dir, "server.log"), "wb") as log:
         proc = subprocess.Popen(prefix + argv, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=dir, start_new_session=True)
-    srv = Server(name, proc, port, tuple(hosts), config, dir, netns, stop_signal)
-    deadline = time.monotonic() + timeout
+    srv = Server(name, proc, port, tuple(hosts), config, dir, netns, stop_signal, command=prefix + argv)
     try:
-        while not (_listening(srv) and (ready is None or ready(srv))):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited {proc.returncode} before listening: {srv.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not listening on {hosts} port {port} after {timeout}s: {srv.log()}")
-            time.sleep(0.05)
+        _wait_listening(srv, ready, timeout)
     except BaseException:
         srv.stop()
         raise
     return srv
+
+
+def _wait_listening(srv: Server, ready: Optional[Callable[[Server], bool]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not (_listening(srv) and (ready is None or ready(srv))):
+        if srv.proc.poll() is not None:
+            raise RuntimeError(f"{srv.name} exited {srv.proc.returncode} before listening: {srv.log()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{srv.name} not listening on {srv.hosts} port {srv.port} after "
+                               f"{timeout}s: {srv.log()}")
+        time.sleep(0.05)
 
 
 def _prepare(name: str, hosts, port, netns, owner=None):

@@ -1,4 +1,5 @@
-"""Application adapters, one module each: nginx, haproxy, redis, postgresql, the runtimes.
+"""Application adapters, one module each: nginx, haproxy, redis, postgresql, mosquitto,
+the runtimes.
 
 Every module in this package defines ADAPTER, an instance of base.Adapter; the registry
 below finds them, so adding an adapter is adding one module (base.py's docstring shows

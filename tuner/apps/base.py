@@ -225,6 +225,9 @@ class AppCap:
     fix: Optional[AppFix] = None
     unread: List[str] = field(default_factory=list)   # what could not be read, and why
     notes: List[str] = field(default_factory=list)    # runtime facts worth saying (Go, Node)
+    # Descriptors it opens for a moment on each accept (Mosquitto built with libwrap reads
+    # /etc/hosts.allow): it stops that many short of its RLIMIT_NOFILE.
+    accept_fds: int = 0
 
     @property
     def label(self) -> str:

@@ -240,14 +240,16 @@ def _shares(total: int, weights: List[int]) -> List[int]:
     return out
 
 
-def _process_snapshot(snap, proc, held: int, tpc: Optional[int], host_tasks) -> readings.Snapshot:
+def _process_snapshot(snap, proc, held: int, tpc: Optional[int], host_tasks,
+                      accept_fds: int = 0) -> readings.Snapshot:
     cg = proc.cgroup_memory or {}
     return replace(snap, nofile_soft=proc.nofile_soft, nofile_hard=proc.nofile_hard,
                    cap_sys_resource=proc.cap_sys_resource,
                    cgroup_memory={"version": cg.get("version"), "limit": cg.get("limit"),
                                   "usage": cg.get("usage")},
                    # Descriptors not spent on connections: the listener, logs, jars, epoll.
-                   fds_reserved=max(proc.fds - held, 0),
+                   # and what the application opens for a moment on each accept.
+                   fds_reserved=max(proc.fds - held, 0) + accept_fds,
                    process={"pid": proc.pid, "held": held, "threads": proc.threads,
                             "maps": proc.maps, "host_tasks": host_tasks,
                             "threads_per_connection": tpc, "cgroup_pids": proc.cgroup_pids})
@@ -296,13 +298,14 @@ def _thread_per_connection(procs, shares: List[int], held_total: int):
     return each, service_tpc
 
 
-def _reports(procs, shares, held_total, snap, target, host_tasks):
+def _reports(procs, shares, held_total, snap, target, host_tasks, accept_fds: int = 0):
     """The capacity model's rows for each process, measured with that process's own
     figures (judged later, for the service as a whole): (process, ctx, rows, memory)."""
     tpcs, service_tpc = _thread_per_connection(procs, shares, held_total)
     out = []
     for p, held, tpc in zip(procs, shares, tpcs):
-        ctx = Ctx(_process_snapshot(snap, p, held, tpc or service_tpc, host_tasks), role="server", target=target)
+        ctx = Ctx(_process_snapshot(snap, p, held, tpc or service_tpc, host_tasks, accept_fds),
+                  role="server", target=target)
         rows, stop = capacity.measure(ctx, knobs.ALL)
         out.append((p, ctx, rows, capacity.memory_for(ctx, stop)))
     return out, any(tpcs) or bool(service_tpc)
@@ -409,7 +412,8 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
     """The model over what was read: pure, so recorded figures test it as well."""
     held_total = conns.held
     shares = _shares(held_total, [p.fds for p in procs])
-    reports, tpc_any = _reports(procs, shares, held_total, snap, target, host_tasks)
+    reports, tpc_any = _reports(procs, shares, held_total, snap, target, host_tasks,
+                                app.cap.accept_fds if app is not None else 0)
     judged = _knob_rows(reports, procs, held_total)
     rows = [r for r, _, _ in judged]
     shared = [r for r in rows if r.pid is None and r.caps == CAPS_CONNECTIONS]
@@ -480,8 +484,10 @@ def _descriptor_words(d: Diagnosis, procs) -> str:
     values = sorted({r.current[0] for r in rows})
     other = sum(r.in_use for r in rows) - sum(d.connections["shares"][pid] for pid in d.binding_pids)
     value = f"{values[0]:,}" if len(values) == 1 else "/".join(f"{v:,}" for v in values)
+    spare = (d.application or {}).get("accept_fds", 0)
     return (f"{b} {value} of {_who(procs, d.binding_pids)}, {other:,} descriptor"
-            f"{'' if other == 1 else 's'} already used for other files")
+            f"{'' if other == 1 else 's'} already used for other files"
+            + (f", {spare} kept free for what it opens on each accept" if spare else ""))
 
 
 def _thread_words(d: Diagnosis, procs) -> str:
