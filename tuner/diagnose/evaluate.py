@@ -547,6 +547,12 @@ def _verdict(d: Diagnosis, procs, stop: Stop) -> str:
         return "no limit could be evaluated (see the table)"
     head = (f"stalls now at {d.connections['held']:,} connections" if stop.stalled_accepting
             else f"stalls at {d.max_connections:,} connections")
+    dead = d.connections.get("peer_closed", 0)
+    if dead >= PEER_CLOSED_MIN and not stop.stalled_accepting:
+        # What the operator needs first: the room left now, and that the dead ones are the
+        # service's own leak (the limit is not what to raise; closing them gives them back).
+        more = max(d.max_connections - d.connections["held"], 0)
+        head = f"can take {more:,} more now (its own leak holds {dead:,}), {head}"
     text = f"{head}: {_what_binds(d, procs, stop)}{_dead_words(d)}{_unknown_app_words(d)}"
     if d.target is not None:
         text += (f"; can take {d.target:,}" if d.reachable else f"; cannot take {d.target:,}")
