@@ -21,8 +21,9 @@ import os
 import signal
 import sys
 
+from . import modes
 from .config import ProbeConfig, ProbeConfigError
-from .result import EXIT_USAGE, ProbeResult
+from .result import EXIT_USAGE
 
 
 def parse(argv):
@@ -131,7 +132,6 @@ def _main(argv=None) -> int:
         print(f"probe: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    mode = run_mode(cfg)
     if args.jsonl:
         emit = jsonl
     else:
@@ -146,7 +146,7 @@ def _main(argv=None) -> int:
                      event["phase"])
 
     try:
-        result = mode.run(cfg, emit)
+        result = modes.orchestrator(cfg)(cfg, emit).run()
     except ProbeConfigError as exc:
         if args.jsonl:
             jsonl({"event": "error", "message": str(exc)})
@@ -154,33 +154,15 @@ def _main(argv=None) -> int:
         return EXIT_USAGE
     try:
         if args.jsonl:
-            jsonl({"event": "result", "result": result})
+            jsonl({"event": "result", "result": result.to_dict()})
         elif args.json:
-            print(json.dumps(result, indent=2))
+            print(json.dumps(result.to_dict(), indent=2))
         else:
-            print("\n".join(mode.summary_lines(result)))
+            print("\n".join(result.summary_lines()))
         sys.stdout.flush()
     except BrokenPipeError:
         quiet_broken_pipe()   # the run is over: its exit status stands
-    return mode.exit_code(result)
-
-
-class run_mode:
-    """run / summary_lines / exit_code of the mode cfg belongs to (local, serve, connect);
-    run returns the result as a JSON-able dict."""
-
-    def __init__(self, cfg):
-        if isinstance(cfg, ProbeConfig):
-            from .local import Local
-            self.run = lambda cfg, emit: Local(cfg, emit).run().to_dict()
-            self.summary_lines = lambda r: ProbeResult.from_dict(r).summary_lines()
-            self.exit_code = lambda r: ProbeResult.from_dict(r).exit_code
-            return
-        from . import connect, serve
-        module = serve if isinstance(cfg, serve.ServeConfig) else connect
-        mode = serve.Server if module is serve else connect.Client
-        self.run = lambda cfg, emit: mode(cfg, emit).run()
-        self.summary_lines, self.exit_code = module.summary_lines, module.exit_code
+    return result.exit_code
 
 
 if __name__ == "__main__":

@@ -42,6 +42,14 @@ class ProbeConfig:
     netns: Optional[str] = None             # run inside `ip netns exec NETNS` (run_probe only)
     progress_interval: float = 0.25         # seconds between progress events
 
+    # What every mode's configuration has (ServeConfig, ConnectConfig too): its name
+    # (probes/modes.py: its orchestrator and result) and the `python -m probes`
+    # arguments that pick it.
+    MODE = "local"
+
+    def mode_argv(self) -> list:
+        return []
+
     def to_dict(self) -> dict:
         return asdict(self)
 

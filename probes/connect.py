@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import socket
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Tuple
@@ -33,7 +32,7 @@ from .fleet import Fleet, start_worker
 from .latency import Histogram
 from .orchestration import UNVERIFIED, Orchestration
 from .ramp import MAX_P99, Ramp
-from .result import EXIT_OK, EXIT_SHORT, EXIT_SIGNAL_BASE
+from .result import EXIT_OK, EXIT_SHORT, SplitResult, signal_exit
 
 Emit = Callable[[dict], None]
 # Source addresses a worker spreads over at most (one sockaddr each, in every worker).
@@ -59,6 +58,15 @@ class ConnectConfig:
     settle: float = 1.0                # seconds after a step opened before its row is taken
     ping_every: Optional[float] = None  # one exchange per held connection per this many seconds
     max_p99: Optional[float] = None    # ms: end the ramp at the first step whose p99 passes it
+    # The URL parsed and its host resolved (a protocols.Target's fields), by the first to
+    # parse it (tuner's CLI, before it starts the orchestrator): the orchestrator and its
+    # workers take it as it is, and never parse the URL or resolve its name again.
+    resolved: Optional[dict] = None
+
+    MODE = "connect"    # the mode interface: see config.ProbeConfig
+
+    def mode_argv(self) -> list:
+        return ["--connect", self.target]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,12 +79,21 @@ class ConnectConfig:
         return cls(**data)
 
     def protocol(self):
-        """(Target, Protocol) of the URL and the protocol options; ProbeConfigError."""
-        try:
-            target = protocols.parse_target(self.target)
-            return target, protocols.make(target, **self.options)
-        except protocols.TargetError as exc:
-            raise ProbeConfigError(f"--connect: {exc}") from None
+        """(Target, Protocol) of the URL and the protocol options, made once (the URL
+        parsed and resolved only when `resolved` does not have it yet); ProbeConfigError."""
+        made = self.__dict__.get("_made")
+        if made is None:
+            try:
+                target = protocols.Target(**self.resolved) if self.resolved else protocols.parse_target(self.target)
+                if protocols.scheme(target.scheme) is None:
+                    raise protocols.TargetError(f"{self.target!r}: unknown scheme {target.scheme!r}")
+                made = self.__dict__["_made"] = target, protocols.make(target, **self.options)
+            except protocols.TargetError as exc:
+                raise ProbeConfigError(f"--connect: {exc}") from None
+            except TypeError:
+                raise ProbeConfigError(f"--connect: resolved {self.resolved!r} is not a target") from None
+            self.resolved = asdict(target)
+        return made
 
     def validate(self) -> None:
         self.protocol()
@@ -252,7 +269,7 @@ class Client(Orchestration):
         """The workers' USS (measured at the hold) per held connection."""
         return round(self.uss / held) if held and self.uss else None
 
-    def result(self) -> dict:
+    def result(self) -> "ConnectResult":
         cfg, base = self.cfg, self.baseline
         after = self.after or kernel.snapshot()
         checked = self.started and all("t_checked" in self.counts[k] for k in self.started)
@@ -311,7 +328,7 @@ class Client(Orchestration):
             **self.traffic(),
         }
         result["stalled"] = serverside.stalled(result)
-        return result
+        return ConnectResult(result)
 
 
     def traffic(self) -> dict:
@@ -337,12 +354,19 @@ def service_sampler(target):
     return sampler if sampler.roots else None
 
 
-def exit_code(result: dict) -> int:
-    if result["ok"]:
-        return EXIT_OK
-    if result["interrupted"]:
-        return EXIT_SIGNAL_BASE + signal.Signals[result["stopped_by"]].value
-    return EXIT_SHORT
+
+class ConnectResult(SplitResult):
+    """--connect's result: exit 0 when every requested connection verified twice, 3 when
+    short, 128+N when signal N ended it."""
+
+    @property
+    def exit_code(self) -> int:
+        if self.ok:
+            return EXIT_OK
+        return signal_exit(self["stopped_by"]) if self["interrupted"] else EXIT_SHORT
+
+    def summary_lines(self) -> List[str]:
+        return summary_lines(self.data)
 
 
 def summary_lines(r: dict) -> List[str]:

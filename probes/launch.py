@@ -1,6 +1,7 @@
-"""Launch a probe mode in a lean interpreter and follow its events: run_probe() (the
-local probe) and run_split() (--serve / --connect), the entry points for callers that
-are not lean.
+"""Launch a probe mode in a lean interpreter and follow its events: run() for any mode's
+configuration (ProbeConfig, ServeConfig, ConnectConfig) returns its typed result;
+run_probe() is run() for the local probe with progress callbacks.  The entry points for
+callers that are not lean.
 
 The caller (the tuner CLI) may run threads (rich's live bar refreshes from one), and
 fork() in a threaded process copies locks held by other threads into the child.  So
@@ -23,9 +24,10 @@ import tempfile
 import threading
 from typing import Callable, Optional
 
+from . import modes
 from .config import ProbeConfig, ProbeConfigError
 from .progress_lines import OnProgress
-from .result import EXIT_USAGE, ProbeResult
+from .result import EXIT_USAGE, ModeResult, ProbeResult
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,13 +36,23 @@ class ProbeError(RuntimeError):
     """The probe machinery itself failed (not a limit of the host): message has the detail."""
 
 
-def command(config: ProbeConfig, python: str = sys.executable) -> list:
-    """The argv that runs `config` as a lean orchestrator emitting JSON lines."""
+def command(config, netns: Optional[str] = None, python: str = sys.executable) -> list:
+    """The argv that runs any mode's `config` as a lean orchestrator emitting JSON lines,
+    inside `ip netns exec` when the configuration (the local probe's) or `netns` says."""
     settings = config.to_dict()
-    settings.pop("netns")
-    argv = [python, "-m", "probes", "--jsonl", "--parent-pid", str(os.getpid()),
+    netns = settings.pop("netns", None) or netns
+    argv = [python, "-m", "probes", "--jsonl", "--parent-pid", str(os.getpid()), *config.mode_argv(),
             "--config", json.dumps(settings)]
-    return ["ip", "netns", "exec", config.netns, *argv] if config.netns else argv
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+
+
+def run(config, netns: Optional[str] = None, on_event: Optional[Callable[[dict], None]] = None) -> ModeResult:
+    """Run any mode's configuration in a lean interpreter (signals handled as run_probe
+    says) and return its typed result; on_event sees every event but the result (plan or
+    listening, progress)."""
+    config.validate()
+    name = "orchestrator" if config.MODE == "local" else config.MODE
+    return modes.result_type(config).from_dict(follow_events(command(config, netns), name, on_event))
 
 
 class ProbeInterrupted(ProbeError):
@@ -63,8 +75,6 @@ def run_probe(config: ProbeConfig, on_progress: Optional[OnProgress] = None,
     ProbeInterrupted when a signal came before the orchestrator could report, and
     ProbeError when the orchestrator fails.
     """
-    config.validate()
-
     # The seconds of the hold left go to a callback that takes a fifth argument (one
     # written for four keeps working).
     with_hold = on_progress is not None and _takes_five(on_progress)
@@ -77,7 +87,7 @@ def run_probe(config: ProbeConfig, on_progress: Optional[OnProgress] = None,
         elif kind == "plan" and on_plan is not None:
             on_plan(event)
 
-    return ProbeResult.from_dict(follow_events(command(config), "orchestrator", on_event))
+    return run(config, on_event=on_event)
 
 
 def _takes_five(fn) -> bool:
@@ -89,20 +99,6 @@ def _takes_five(fn) -> bool:
         return False
     return (any(p.kind == p.VAR_POSITIONAL for p in params)
             or sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 5)
-
-
-def run_split(config, netns: Optional[str] = None, on_event: Optional[Callable[[dict], None]] = None) -> dict:
-    """Run a ServeConfig (--serve) or ConnectConfig (--connect) in a lean interpreter, like
-    run_probe (signals included); returns the result dict.  on_event sees every other
-    event (listening/plan, progress)."""
-    from .serve import ServeConfig
-    config.validate()
-    mode, where = ("--serve", config.listen) if isinstance(config, ServeConfig) else ("--connect", config.target)
-    argv = [sys.executable, "-m", "probes", "--jsonl", "--parent-pid", str(os.getpid()), mode, where,
-            "--config", json.dumps(config.to_dict())]
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
-    return follow_events(argv, mode[2:], on_event)
 
 
 def follow_events(argv: list, name: str, on_event: Optional[Callable[[dict], None]]) -> dict:

@@ -1,8 +1,13 @@
-"""What a probe run found: ProbeResult (and its classified failures), JSON-able with
-stable keys.  Byte figures are per connection, where one connection is both of its
-sockets (client and server end)."""
+"""What a probe run found, one typed result per mode with the questions every mode's
+result answers (ModeResult: ok, exit_code, summary_lines, to_dict/from_dict):
+ProbeResult (the local probe, its classified failures), and for the two ends of a probe
+across hosts (serve.ServeResult, connect.ConnectResult) a SplitResult over their JSON
+document.  JSON-able with stable keys.  Byte figures are per connection, where one
+connection is both of its sockets (client and server end)."""
 from __future__ import annotations
 
+import signal
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional
 
@@ -12,6 +17,59 @@ EXIT_INTERNAL = 1      # the probe itself failed (a bug, or the orchestrator cou
 EXIT_USAGE = 2         # the configuration cannot run here; nothing was opened
 EXIT_SHORT = 3         # it ran and fell short: a limit, a timeout or a mismatch (see stopped_by)
 EXIT_SIGNAL_BASE = 128  # 128 + signal number when interrupted (130 for SIGINT, 143 for SIGTERM)
+
+
+class ModeResult:
+    """What `python -m probes`, the launcher and tuner ask of any mode's result."""
+
+    ok: bool
+
+    @property
+    def exit_code(self) -> int:
+        raise NotImplementedError
+
+    def summary_lines(self) -> List[str]:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModeResult":
+        raise NotImplementedError
+
+
+def signal_exit(stopped_by: str) -> int:
+    """128 + the signal's number, for a run a signal ended (stopped_by 'SIGINT')."""
+    return EXIT_SIGNAL_BASE + signal.Signals[stopped_by].value
+
+
+class SplitResult(ModeResult, Mapping):
+    """The result of --serve or --connect: its document (tuner.probe.serve and
+    tuner.probe.connect's schemas say what every key means), read like the document."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    def __getitem__(self, key: str):
+        return self.data[key]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def ok(self) -> bool:
+        return self.data["ok"]
+
+    def to_dict(self) -> dict:
+        return self.data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SplitResult":
+        return cls(data)
 
 
 @dataclass
@@ -32,7 +90,7 @@ class Failure:
 
 
 @dataclass
-class ProbeResult:
+class ProbeResult(ModeResult):
     ok: bool
     stopped_by: Optional[str]       # the limit (or SIGINT/SIGTERM, timeout, mismatch) that ended it
     interrupted: bool
@@ -95,8 +153,7 @@ class ProbeResult:
         if self.ok:
             return EXIT_OK
         if self.interrupted:
-            import signal
-            return EXIT_SIGNAL_BASE + signal.Signals[self.stopped_by].value
+            return signal_exit(self.stopped_by)
         return EXIT_SHORT
 
     @property

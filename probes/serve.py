@@ -38,7 +38,7 @@ from . import kernel, serve_worker, wire
 from .config import FD_HEADROOM, ProbeConfigError, worker_capacity
 from .fleet import Fleet, start_worker
 from .orchestration import CLIENTS_CLOSED, FAILED, HELD, NO_LISTENER_LEFT, Orchestration
-from .result import EXIT_OK, EXIT_SHORT
+from .result import EXIT_OK, EXIT_SHORT, SplitResult
 
 Emit = Callable[[dict], None]
 SPREAD_SLACK = 1.15   # SO_REUSEPORT hashes unevenly: size workers for 15% more than --expect
@@ -56,6 +56,11 @@ class ServeConfig:
     workers: Optional[int] = None         # None: enough for --expect, at least one per CPU
     worker_nofile: Optional[int] = None   # lower RLIMIT_NOFILE in workers (tests)
     progress_interval: float = 0.25
+
+    MODE = "serve"    # the mode interface: see config.ProbeConfig
+
+    def mode_argv(self) -> list:
+        return ["--serve", self.listen]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -225,7 +230,7 @@ class Server(Orchestration):
             return None
         return max(self.cfg.hold - (now - self.reached_at), 0.0)
 
-    def result(self) -> dict:
+    def result(self) -> "ServeResult":
         cfg, base, peak = self.cfg, self.baseline, self.at_peak
         failures = self.failures()
         verified = self.total("verified")
@@ -244,7 +249,7 @@ class Server(Orchestration):
         reliable, why = kernel.judge_slab(peak["slab"] - base["slab"], self.at_peak_held)
         clients = [{"address": ip, **dict(zip(PEER_KEYS, row))}
                    for ip, row in sorted(self.peers.items(), key=lambda item: wire.ip_int(item[0]))]
-        return {
+        return ServeResult({
             "mode": "serve",
             "ok": reached and not errors,
             "stopped_by": stopped_by,
@@ -272,14 +277,22 @@ class Server(Orchestration):
             "clients": clients,
             "errors": errors,
             "timeline": self.timeline,
-        }
+        })
 
 
 PEER_KEYS = serve_worker.PEER_COLUMNS
 
 
-def exit_code(result: dict) -> int:
-    return EXIT_OK if result["ok"] else EXIT_SHORT
+class ServeResult(SplitResult):
+    """--serve's result: exit 0 when ok (every expected connection verified, no server
+    limit hit), 3 otherwise (a signal that ended it included: the run ends that way)."""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.ok else EXIT_SHORT
+
+    def summary_lines(self) -> List[str]:
+        return summary_lines(self.data)
 
 
 def held_text(r: dict) -> str:

@@ -13,7 +13,8 @@ import inspect
 import os
 import re
 import sys
-from typing import List, Optional
+from dataclasses import dataclass, fields
+from typing import Dict, FrozenSet, List, Optional
 
 import typer
 
@@ -461,7 +462,11 @@ class _ProbeCommand(typer.core.TyperCommand):
             if o.shared:
                 continue
             annotation = List[o.kind] if o.repeatable else (o.kind if o.default is not None else Optional[o.kind])
-            default = typer.Option([] if o.repeatable else o.default, o.flag, metavar=o.metavar, help=_option_help(o))
+            # A number is read like every other numeric option (inputs.Number).
+            parser = {} if o.bounds is None else {"parser": inputs.Number(o.flag, o.kind.__name__, *o.bounds,
+                                                                             unit=o.unit)}
+            default = typer.Option([] if o.repeatable else o.default, o.flag, metavar=o.metavar, help=_option_help(o),
+                                   **parser)
             added.append(get_click_param(ParamMeta(name=o.name, default=default, annotation=annotation))[0])
         at = [p.name for p in self._params].index("expect") + 1
         self._params[at:at] = added
@@ -552,95 +557,129 @@ def probe(
     on each load host, speaking tuner's wire exchange (man tuner-probe, WIRE PROTOCOL). Against your own service:
     --connect URL ({schemes}) says which side stalled."""
     check_netns_name(netns)
+    opts = ProbeOptions.of(ctx)
     if serve and connect:
         raise errors.UsageError("--serve and --connect are two ends: run one per host")
     if serve:
-        _probe_serve(ctx)
+        _probe_serve(opts)
     if connect:
-        _probe_connect(ctx)
-    _probe_local(ctx)
+        _probe_connect(opts)
+    _probe_local(opts)
 
 
-def _probe_local(ctx) -> None:
+@dataclass(frozen=True)
+class ProbeOptions:
+    """`tuner probe`'s options as parsed (each by its own parser), typed; `protocol`
+    holds the protocol registry's options that were given, `given` the names of the
+    options given on the command line (a default is not given)."""
+
+    connections: int
+    hold: float
+    rate: Optional[float]
+    workers: str
+    source_net: Optional[str]
+    port: Optional[int]
+    timeout: Optional[float]
+    netns: Optional[str]
+    force: bool
+    serve: Optional[str]
+    connect: Optional[str]
+    expect: Optional[str]
+    step: Optional[int]
+    settle: float
+    ping_every: Optional[float]
+    max_p99: Optional[float]
+    echo_timeout: float
+    textfile: Optional[str]
+    quiet: bool
+    json_out: bool
+    protocol: Dict[str, object]
+    given: FrozenSet[str]
+
+    @classmethod
+    def of(cls, ctx) -> "ProbeOptions":
+        from probes import protocols  # the registry: read when the probe runs
+
+        p = ctx.params
+        own = {f.name: p[f.name] for f in fields(cls) if f.name not in ("protocol", "given")}
+        # A shared option (--expect) is the command's own too: --connect reads it as TEXT.
+        protocol = {o.name: list(p[o.name]) if o.repeatable else p[o.name]
+                    for o in protocols.options() if o.given(p[o.name])}
+        return cls(**own, protocol=protocol, given=frozenset(name for name in p if _given(ctx, name)))
+
+
+def _probe_local(o: ProbeOptions) -> None:
     """`tuner probe` on this host alone: pre-flight, run, the table's fixes, the result."""
     # Here: a command loads its own modules when it runs (everyone's start-up time).
     from tuner.probing import run as probe_run
     from tuner import render
 
-    p = ctx.params
-    _refuse_other_ends_options(ctx, None)
-    if p["textfile"] is not None:   # refused before anything runs, like any bad input
+    _refuse_other_ends_options(o, None)
+    if o.textfile is not None:   # refused before anything runs, like any bad input
         # Here: metrics loads only for --textfile (start-up time).
         from .metrics import check_textfile_dir
-        check_textfile_dir(p["textfile"])
-    n = parse_target(p["connections"], "--connections")
-    n_workers = parse_workers(p["workers"])
-    source_net = parse_source_net(p["source_net"]) or probe_run.DEFAULT_SOURCE_NET
-    pre = probe_run.check(n, p["netns"], source_net, n_workers)
-    if not pre.ok and not p["force"]:
-        if p["json_out"]:  # stdout stays one tuner.probe/1 document, the refusal with its reason
+        check_textfile_dir(o.textfile)
+    n = parse_target(o.connections, "--connections")
+    n_workers = parse_workers(o.workers)
+    source_net = parse_source_net(o.source_net) or probe_run.DEFAULT_SOURCE_NET
+    pre = probe_run.check(n, o.netns, source_net, n_workers)
+    if not pre.ok and not o.force:
+        if o.json_out:  # stdout stays one tuner.probe/1 document, the refusal with its reason
             _emit(render.to_json(probe_run.refusal_document(pre)))
         raise TunerError(pre.refusal(), errors.EXIT_SHORT)
-    result = probe_run.run_probe(n, pre, hold=p["hold"], rate=p["rate"], workers=n_workers,
-                                 source_net=source_net, port=p["port"], timeout=p["timeout"],
-                                 netns=p["netns"], quiet=p["quiet"])
-    probe_run.add_fixes(result, pre, p["netns"])  # each failure's fix from the knob table
-    _emit(render.to_json(probe_run.probe_document(pre, result)) if p["json_out"]
+    result = probe_run.run_probe(n, pre, hold=o.hold, rate=o.rate, workers=n_workers,
+                                 source_net=source_net, port=o.port, timeout=o.timeout,
+                                 netns=o.netns, quiet=o.quiet)
+    probe_run.add_fixes(result, pre, o.netns)  # each failure's fix from the knob table
+    _emit(render.to_json(probe_run.probe_document(pre, result)) if o.json_out
           else render.probe_text(result, pre, _width()))
-    if p["textfile"] is not None:
+    if o.textfile is not None:
         # Here: metrics loads only for --textfile (start-up time).
         from .metrics import write_probe_textfile
-        write_probe_textfile(p["textfile"], result.to_dict())
+        write_probe_textfile(o.textfile, result.to_dict())
     raise typer.Exit(result.exit_code)
 
 
-def _probe_serve(ctx) -> None:
+def _probe_serve(o: ProbeOptions) -> None:
     """`tuner probe --serve` (probes.serve): exit 0 when every expected connection
     verified, 3 when short."""
     # Here: a command loads its own modules when it runs (everyone's start-up time).
-    from probes.serve import ServeConfig, exit_code
+    from probes.serve import ServeConfig
 
     from tuner.probing import run as probe_run
     from tuner import render
 
-    p = ctx.params
-    _refuse_other_ends_options(ctx, "--serve")
+    _refuse_other_ends_options(o, "--serve")
     # --hold given (0 included) ends the run at most that long after --expect have
     # verified; with or without it, it ends once their clients have all closed.
-    cfg = ServeConfig(listen=p["serve"], expect=inputs.EXPECT(p["expect"]) if p["expect"] else None,
-                      hold=p["hold"] if _given(ctx, "hold") else None, timeout=p["timeout"],
-                      echo_timeout=p["echo_timeout"], workers=_split_workers(p["workers"]))
-    result = probe_run.run_split(cfg, p["netns"], p["quiet"])
-    _emit(render.to_json(probe_run.serve_document(result)) if p["json_out"]
-          else render.serve_text(result, width=_width()))
-    raise typer.Exit(exit_code(result))
+    cfg = ServeConfig(listen=o.serve, expect=inputs.EXPECT(o.expect) if o.expect else None,
+                      hold=o.hold if "hold" in o.given else None, timeout=o.timeout,
+                      echo_timeout=o.echo_timeout, workers=_split_workers(o.workers))
+    result = probe_run.run_split(cfg, o.netns, o.quiet)
+    _emit(render.to_json(probe_run.serve_document(result)) if o.json_out
+          else render.serve_text(result.to_dict(), width=_width()))
+    raise typer.Exit(result.exit_code)
 
 
-def _probe_connect(ctx) -> None:
+def _probe_connect(o: ProbeOptions) -> None:
     """`tuner probe --connect URL` (probes.connect): exit 0 when every requested
     connection verified twice, 3 when short; the first line names the side that stalled."""
     # Here: a command loads its own modules when it runs (everyone's start-up time).
-    from probes import protocols
-    from probes.connect import ConnectConfig, exit_code
+    from probes.connect import ConnectConfig
 
     from tuner.probing import run as probe_run
     from tuner import render
 
-    p = ctx.params
-    _refuse_other_ends_options(ctx, "--connect")
-    source_net = p["source_net"]
-    given = {o.name: p[o.name] for o in protocols.options() if o.given(p[o.name])}
-    cfg = ConnectConfig(target=p["connect"], connections=parse_target(p["connections"], "--connections"),
-                        source_net=None if source_net in (None, "none") else source_net, rate=p["rate"],
-                        hold=p["hold"], timeout=p["timeout"], workers=_split_workers(p["workers"]),
-                        options={k: list(v) if isinstance(v, (list, tuple)) else v for k, v in given.items()},
-                        step=p["step"], settle=p["settle"], ping_every=p["ping_every"],
-                        max_p99=p["max_p99"])
-    result = probe_run.run_split(cfg, p["netns"], p["quiet"])
-    probe_run.explain_stall(result, p["netns"])
-    _emit(render.to_json(probe_run.connect_document(result)) if p["json_out"]
-          else render.connect_text(result, _width()))
-    raise typer.Exit(exit_code(result))
+    _refuse_other_ends_options(o, "--connect")
+    cfg = ConnectConfig(target=o.connect, connections=parse_target(o.connections, "--connections"),
+                        source_net=None if o.source_net in (None, "none") else o.source_net, rate=o.rate,
+                        hold=o.hold, timeout=o.timeout, workers=_split_workers(o.workers), options=o.protocol,
+                        step=o.step, settle=o.settle, ping_every=o.ping_every, max_p99=o.max_p99)
+    result = probe_run.run_split(cfg, o.netns, o.quiet)
+    probe_run.explain_stall(result, o.netns)
+    _emit(render.to_json(probe_run.connect_document(result)) if o.json_out
+          else render.connect_text(result.to_dict(), _width()))
+    raise typer.Exit(result.exit_code)
 
 
 def _split_workers(workers: str) -> Optional[int]:
@@ -769,10 +808,10 @@ def _given(ctx, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def _refuse_other_ends_options(ctx, mode: Optional[str]) -> None:
+def _refuse_other_ends_options(o: ProbeOptions, mode: Optional[str]) -> None:
     """Options another mode reads, given to this one (None: the local probe): one line, exit 2."""
     not_with = _not_with(mode)
-    ignored = [flag for name, flag in not_with.items() if _given(ctx, name)]
+    ignored = [flag for name, flag in not_with.items() if name in o.given]
     if not ignored:
         return
     if mode is None:

@@ -96,6 +96,8 @@ class Option:
     repeatable: bool = False
     shared: bool = False
     kind: type = str          # what the value is (the CLI parses it as this)
+    bounds: Optional[Tuple[int, int]] = None   # a number's range (the CLI refuses others)
+    unit: str = ""            # a number's unit, for the CLI's refusal: 'of seconds'
 
     def given(self, value) -> bool:
         """Whether a value differs from the default (an option given to a scheme)."""

@@ -170,4 +170,4 @@ SCHEME = Scheme(
              Option("keepalive", "--keepalive", "SECONDS",
                     "the CONNECT's keep alive (default 0: the broker never times a silent connection "
                     "out; otherwise hold less than 1.5 x SECONDS: nothing is sent during the hold).",
-                    default=0, kind=int)))
+                    default=0, kind=int, bounds=(0, 65535), unit="of seconds")))

@@ -175,15 +175,13 @@ def document(schema: str, body: dict) -> dict:
     return {"schema": schema, "host": os.uname().nodename, **body}
 
 
-def run_split(cfg, netns=None, quiet: bool = False) -> dict:
+def run_split(cfg, netns=None, quiet: bool = False):
     """`tuner probe --serve` / `--connect`: run the ServeConfig or ConnectConfig, with
-    running totals on stderr (a live bar on a terminal, plain lines otherwise)."""
-    # Here: probes.serve loads only for --serve and --connect (start-up time).
-    from probes.serve import ServeConfig
-
+    running totals on stderr (a live bar on a terminal, plain lines otherwise); its
+    typed result (probes.serve.ServeResult, probes.connect.ConnectResult)."""
     with _as_tuner_errors():
         cfg.validate()
-    serving = isinstance(cfg, ServeConfig)
+    serving = cfg.MODE == "serve"
     total = (cfg.expect or 0) if serving else cfg.connections
     with Progress(total, "serve" if serving else "connect", stream=sys.stderr, quiet=quiet) as bar:
         def on_event(event):
@@ -202,7 +200,7 @@ def run_split(cfg, netns=None, quiet: bool = False) -> dict:
                 bar.note(step_note(event))
 
         with _as_tuner_errors():
-            return launch.run_split(cfg, netns=netns, on_event=on_event)
+            return launch.run(cfg, netns=netns, on_event=on_event)
 
 
 def step_note(row: dict) -> str:
@@ -233,12 +231,12 @@ def probe_document(pre: Preflight, result) -> dict:
     return document(PROBE_SCHEMA, {"preflight": pre.to_dict(), "refused": False, **result.to_dict()})
 
 
-def serve_document(result: dict) -> dict:
-    return document(SERVE_SCHEMA, result)
+def serve_document(result) -> dict:
+    return document(SERVE_SCHEMA, result.to_dict())
 
 
-def connect_document(result: dict) -> dict:
-    return document(CONNECT_SCHEMA, result)
+def connect_document(result) -> dict:
+    return document(CONNECT_SCHEMA, result.to_dict())
 
 
 # -- --connect: which side stalled, with what only tuner knows ---------------------------

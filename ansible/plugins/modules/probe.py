@@ -172,12 +172,12 @@ from ansible_collections.tuner.tuner.plugins.module_utils.tuner_common import (
 
 
 def _launch(module, cfg):
-    """The library's split-probe entry point, its errors as tuner's exit codes."""
+    """The library's probe launcher (its typed result), its errors as tuner's exit codes."""
     from probes import ProbeConfigError
-    from probes.launch import ProbeError, ProbeInterrupted, run_split
+    from probes.launch import ProbeError, ProbeInterrupted, run
 
     try:
-        return run_split(cfg, netns=module.params["netns"])
+        return run(cfg, netns=module.params["netns"])
     except ProbeConfigError as exc:   # nothing was opened
         fail(module, tuner_errors.UsageError(str(exc)))
     except ProbeInterrupted as exc:
@@ -207,8 +207,8 @@ def serve(module):
         fail(module, exc)
     cfg = serve_mod.ServeConfig(listen=p["listen"], expect=expect, hold=p["hold"], timeout=p["timeout"],
                                 echo_timeout=p["echo_timeout"], workers=p["workers"])
-    result = _launch(module, cfg)
-    rc = serve_mod.exit_code(result)
+    ran = _launch(module, cfg)
+    rc, result = ran.exit_code, ran.to_dict()
     out = dict(changed=False, rc=rc, probe=result, verified=result["verified"], ok=result["ok"])
     if rc != 0:
         short_of(module, "served %s verified of %s expected on %s, ended by %s%s" % (
@@ -236,10 +236,10 @@ def connect(module):
     cfg = connect_mod.ConnectConfig(target=p["server"], connections=n, source_net=p["source_net"],
                                     rate=p["rate"], hold=p["hold"] or 0.0, timeout=p["timeout"],
                                     workers=p["workers"], options=_protocol_options(p))
-    result = _launch(module, cfg)
+    ran = _launch(module, cfg)
     from tuner.probing.run import explain_stall
-    explain_stall(result, p["netns"])   # the sentence names the side (and the server's process)
-    rc = connect_mod.exit_code(result)
+    explain_stall(ran, p["netns"])   # the sentence names the side (and the server's process)
+    rc, result = ran.exit_code, ran.to_dict()
     out = dict(changed=False, rc=rc, probe=result, verified=result["verified"], ok=result["ok"])
     if rc != 0:
         short_of(module, "verified %s of %s to %s: %s%s" % (
@@ -278,7 +278,7 @@ def listening(module):
 
 def _serving(listen, netns):
     """The orchestrators of `--serve LISTEN` probes of this user in this namespace: the
-    lean interpreter launch.run_split starts (python -m probes --jsonl ... --serve
+    lean interpreter launch.run starts (python -m probes --jsonl ... --serve
     LISTEN ...), not its workers (forks with the same command line, which end with it)."""
     import psutil
     from tuner.host import procpid
