@@ -219,3 +219,53 @@ def test_fake_haproxy_in_a_home_gets_no_command_naming_it(user):
     fix = text.split("\nfix:\n", 1)[1]
     assert fix.count(pw.pw_dir) == 0, fix
     assert f"restart it as its owner (uid {pw.pw_uid}) does" in fix, fix
+
+
+def test_root_haproxy_of_a_trusted_binary_is_named_with_its_argv_quoted(real_server):
+    """The other side of the rule: root's own HAProxy, run from the packaged root-owned
+    binary, gets the command that starts it again (its argv, each word quoted)."""
+    srv = real_server("haproxy", maxconn=100)
+    out, code = piped(["diagnose", "--pid", str(srv.pid), "--target", "1000"])
+    text = out.decode()
+    assert code == 3, text
+    fix = text.split("\nfix:\n", 1)[1]
+    assert f"kill {srv.pid}, then start it again: {os.path.realpath('/usr/sbin/haproxy')} -db -f " \
+           f"{srv.config}" in fix, fix
+    assert "restart it as its owner" not in fix
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ("plain words / paths:1", "plain words / paths:1"),
+    ("\x1b]0;title\x07", r"\x1b]0;title\x07"),
+    ("a\x9bb\x7f", r"a\x9bb\x7f"),                          # C1 CSI, DEL
+    ("\u202eevil\u2066x\u2069\u200b", r"\u202eevil\u2066x\u2069\u200b"),
+    ("line\u2028next\nthird\r\t", r"line\u2028next\nthird\r\t"),
+    ("bad \udcff byte", r"bad \xff byte"),                 # os.fsdecode's undecodable byte
+    ("[bold]ünïcode ok[/bold]", "[bold]ünïcode ok[/bold]"),
+])
+def test_safe_text_escapes_what_moves_a_terminal(raw, shown):
+    from tuner.host.trust import safe_text
+
+    assert safe_text(raw) == shown
+
+
+def test_safe_text_cuts_long_strings_with_a_marker():
+    from tuner.host.trust import safe_text
+
+    assert safe_text("x" * 1000, 10) == "x" * 10 + "…[990 more characters]"
+    # The cut counts what is printed: an escape is four characters of it, never split.
+    assert safe_text("\x1b" * 5, 10) == r"\x1b\x1b" + "…[3 more characters]"
+
+
+@pytest.mark.parametrize("path, unit", [
+    ("/system.slice/nginx.service", "nginx.service"),
+    ("/system.slice/app.service/worker.service", "app.service"),      # a delegated subtree's name: not it
+    ("/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service", None),
+    ("/system.slice/x;reboot.service", None),
+    ("/user.slice/user-1000.slice/session-3.scope", None),
+])
+def test_a_fix_names_only_a_unit_the_system_manager_made(path, unit):
+    """Pure: the rule on cgroup paths (this host has no systemd to make such cgroups)."""
+    from tuner.diagnose.service import system_unit
+
+    assert system_unit(path) == unit

@@ -178,11 +178,11 @@ def plan_text(plan, width: Optional[int] = None) -> str:
 def application_text(outcome, width: Optional[int] = None) -> str:
     """A dry run's word on the service's own cap below the target (apply --pid): apply
     cannot change it, so the plan above does not reach the target while it binds."""
-    a = outcome.application
-    lines = [f"not reachable while the application's cap binds: {a['knob']} holds {number(a['allows'])}, "
+    a = outcome.application     # the adapter's words: the service's config path, its argv
+    lines = [f"not reachable while the application's cap binds: {safe_text(a['knob'], 1000)} holds {number(a['allows'])}, "
              f"below the target {number(outcome.plan.target)}, whatever apply changes"]
     if a.get("fix"):
-        lines.append(f"its fix: {a['fix']}")
+        lines.append(f"its fix: {safe_text(a['fix'], 1000)}")
     return "\n".join(fit.lines(lines, width))
 
 
@@ -198,9 +198,9 @@ def apply_text(outcome, width: Optional[int] = None) -> str:
             lines.append(f"after apply: reachability of {number(target)} unknown (nothing counts it)")
         else:
             lines.append(f"after apply: target {number(target)} reachable: "
-                         + ("yes" if a["reachable"] else f"no, {a['binding']} binds first")
+                         + ("yes" if a["reachable"] else f"no, {safe_text(a['binding'], 1000)} binds first")
                          + f" (host-wide limit now {number(a['max_connections'])}"
-                         + ("" if a.get("application") else f", set by {a['binding'] or '-'}")
+                         + ("" if a.get("application") else f", set by {safe_text(a['binding'] or '-', 1000)}")
                          + ")")
         src = a.get("source_addresses") or {}
         if outcome.plan.role != "server" and src.get("count") is not None:

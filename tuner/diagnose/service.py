@@ -276,20 +276,27 @@ def scan_further(proc: Process) -> None:
 
 
 def unit_of(pid: int) -> Optional[str]:
-    """The system manager's unit a process runs in (the outermost .service of its cgroup
-    path), if any: the unit a root fix may name.  Under a user's manager (user@UID.service)
-    the user can make cgroups of any name (its subtree is delegated): a name from there
-    would have root's systemctl act on a system unit the user picked, so None."""
+    """The system manager's unit a process runs in (from its cgroup path), if any: the
+    unit a root fix may name (system_unit)."""
     try:
         groups = procpid.cgroups(pid)
     except OSError:
         return None
     for key in ("", "name=systemd"):
         path = groups.get(key) or ""
-        for part in path.split("/"):
-            if part.endswith(".service"):
-                # A name systemd would not make (inputs.UNIT_NAME) is no unit of its own.
-                return part if UNIT_NAME.match(part) and not part.startswith("user@") else None
+        if ".service" in path:
+            return system_unit(path)
+    return None
+
+
+def system_unit(path: str) -> Optional[str]:
+    """The outermost .service of a cgroup path, if the system manager made it.  Under a
+    user's manager (user@UID.service) the user can make cgroups of any name (its subtree
+    is delegated): a name from there would have root's systemctl act on a system unit
+    the user picked, so None; so for a name systemd would not make (inputs.UNIT_NAME)."""
+    for part in path.split("/"):
+        if part.endswith(".service"):
+            return part if UNIT_NAME.match(part) and not part.startswith("user@") else None
     return None
 
 
