@@ -12,7 +12,9 @@ import sys
 
 import pytest
 
+from realservers import need
 from tuner.apps import base
+from tuner.host import trust
 from tuner.apps.base import Untrusted, read_trusted
 
 NOBODY = 65534
@@ -145,5 +147,41 @@ def test_unix_socket_of_another_user_is_refused(tmp_path):
         os.chown(path, NOBODY, NOBODY)
         with pytest.raises(Untrusted, match="belongs to uid"):
             base.unix_connect(str(path))
+    finally:
+        srv.close()
+
+
+def test_read_as_the_service_user_not_as_root(tree, tmp_path):
+    """Root may read a 0600 file; a service running as nobody may not, and what it
+    cannot reach is described the same whether it exists or not (no oracle)."""
+    os.chmod(tree / "app.conf", 0o600)
+    nobody = trust.Creds(NOBODY, NOBODY)
+    assert read_trusted(str(tree / "app.conf")) == "maxconn 700\n"
+    with pytest.raises(Untrusted, match="not readable by the service's user \\(uid 65534\\)"):
+        read_trusted(str(tree / "app.conf"), creds=nobody)
+    os.chmod(tree, 0o700)
+    for name in ("app.conf", "missing.conf"):
+        with pytest.raises(Untrusted) as e:
+            read_trusted(str(tree / name), creds=nobody)
+        assert base.why_not(str(tree / name), e.value) == \
+            f"{tree / name} not read: not readable by the service's user (uid 65534)"
+
+
+def test_unix_connect_goes_through_the_held_descriptor(tmp_path):
+    """strace shows the connect() address: /proc/self/fd/N of the walk's descriptor,
+    never the socket's path (which a swap could redirect)."""
+    need("strace")
+    path = tmp_path / "stats.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(1)
+    try:
+        traced = subprocess.run(
+            ["strace", "-f", "-qq", "-e", "trace=connect", sys.executable, "-c",
+             f"from tuner.host import trust; trust.unix_connect({str(path)!r}).close()"],
+            capture_output=True, text=True, timeout=60)
+        assert traced.returncode == 0, traced.stderr
+        connects = [line for line in traced.stderr.splitlines() if "AF_UNIX" in line]
+        assert connects and all('sun_path="/proc/self/fd/' in c for c in connects), connects
     finally:
         srv.close()

@@ -356,6 +356,45 @@ def test_swapping_a_directory_for_a_link_never_reads_the_root_only_file(user):
     assert seen <= {100, None}
 
 
+def test_swapping_a_socket_directory_never_reaches_roots_socket(user):
+    """The same race against unix_connect: `cur` holds the user's own socket, `alt` is a
+    link to a root-only directory whose socket root listens on.  40 connects as the
+    user could: root's socket never accepts one."""
+    import socket  # only the socket tests make sockets
+    cur = user.mkdir("cur")
+    mine = socket.socket(socket.AF_UNIX)
+    mine.bind(os.path.join(cur, "s.sock"))
+    os.chown(os.path.join(cur, "s.sock"), user.uid, user.gid)
+    mine.listen(64)
+    roots = socket.socket(socket.AF_UNIX)
+    roots.bind(os.path.join(user.secret, "s.sock"))
+    roots.listen(64)
+    roots.setblocking(False)
+    os.symlink(user.secret, os.path.join(user.home, "alt"))
+    os.lchown(os.path.join(user.home, "alt"), user.uid, user.gid)
+    swapper = user.swapper(user.home)
+    assert swapper.stdout.readline().strip() == "swapping"
+    creds = trust.Creds(user.uid, user.gid)
+    try:
+        for _ in range(40):
+            try:
+                trust.unix_connect(os.path.join(cur, "s.sock"), creds, (0, user.uid)).close()
+            except (trust.Unreadable, OSError):
+                pass
+        with pytest.raises(BlockingIOError):
+            roots.accept()
+        assert swapper.poll() is None
+    finally:
+        swapper.kill()
+        swapper.wait()
+        mine.close()
+        roots.close()
+        os.unlink(os.path.join(user.secret, "s.sock"))
+        for name in ("cur", "alt"):
+            path = os.path.join(user.home, name)
+            os.unlink(path) if os.path.islink(path) else shutil.rmtree(path)
+
+
 # ---------------------------------------------------------------- the layer's own rules
 
 def test_credentials_are_the_service_users_not_roots(user):
