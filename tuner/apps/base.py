@@ -256,6 +256,29 @@ def unknown(app: str, setting: str, where: str, *unread: str) -> AppCap:
                   f"{app}'s own cap could not be read", unread=list(unread))
 
 
+# What a runtime's own memory cap counts (MemoryCap.kind): the heap its objects live in
+# (the runtime fails past it: the JVM's OutOfMemoryError, V8's "heap limit" abort), a soft
+# target the runtime collects harder to stay under (Go's GOMEMLIMIT: nothing fails there),
+# or the data the application stores (Redis maxmemory: clients are not refused there).
+HEAP, SOFT, DATA = "heap", "soft", "data"
+
+
+@dataclass
+class MemoryCap:
+    """A runtime's own memory cap as its adapter read it (issue 26): the cost model sets
+    it against the service's measured application memory per connection."""
+
+    bytes: Optional[int]               # None: the runtime has one but it could not be read
+    source: str                        # "--max-old-space-size=128 (command line)"
+    kind: str                          # HEAP, SOFT or DATA
+    sureness: str                      # READ (given), COMPUTED (the runtime's default rule), UNKNOWN
+    base: int = 0                      # what an idle process already holds of it (assumed)
+    why: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 class Adapter:
     """One application: recognise its process, read its cap, size the fix."""
 
@@ -274,6 +297,11 @@ class Adapter:
     def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
         """The change that lets the service hold `want` connections; None when the
         application has no setting for it (or needs none)."""
+        return None
+
+    def memory_cap(self, proc: ProcView) -> Optional[MemoryCap]:
+        """The runtime's own memory cap (its heap limit), None when it has none: read from
+        its flags and environment, never by running it."""
         return None
 
 

@@ -15,7 +15,7 @@ import re
 import struct
 from typing import BinaryIO, Optional, Tuple
 
-from tuner.host import trust
+from tuner.host import procpid, trust
 from . import base
 from .base import AppCap, ProcView
 
@@ -129,6 +129,33 @@ def read_version(proc: ProcView, version: str) -> AppCap:
     return cap
 
 
+GO_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40, "": 1}
+
+
+def go_size(text: str) -> Optional[int]:
+    """'512MiB' -> 536870912, as the Go runtime reads GOMEMLIMIT; None for 'off' or junk."""
+    number = text.rstrip("BKMGTi")
+    unit = text[len(number):]
+    if not number.isdigit() or unit not in GO_UNITS:
+        return None
+    return int(number) * GO_UNITS[unit]
+
+
+def memory_cap(proc: ProcView) -> Optional[base.MemoryCap]:
+    """GOMEMLIMIT: a soft limit (the garbage collector works harder to stay under it,
+    nothing fails there); None when unset or off."""
+    try:
+        value = procpid.environ(proc.pid, ("GOMEMLIMIT",)).get("GOMEMLIMIT")
+    except OSError:
+        return None
+    size = go_size(value) if value else None
+    if size is None:
+        return None
+    return base.MemoryCap(size, f"GOMEMLIMIT={value} (environment)", base.SOFT, base.READ, 0,
+                          "a soft limit: past it the garbage collector runs harder, the process "
+                          "is not stopped")
+
+
 class Go(base.Adapter):
     name = "go"
 
@@ -137,6 +164,9 @@ class Go(base.Adapter):
 
     def read(self, proc: ProcView) -> AppCap:
         return read_version(proc, version_of(proc) or "go")
+
+    def memory_cap(self, proc: ProcView) -> Optional[base.MemoryCap]:
+        return memory_cap(proc)
 
 
 ADAPTER = Go()

@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Tuple
 
-from tuner.host import procpid
+from tuner.host import procfs, procpid
 from . import base
-from .base import AppCap, AppFix, ProcView
+from .base import AppCap, AppFix, MemoryCap, ProcView
 
 ENV_BEFORE = ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS")    # read before the command line
 ENV_AFTER = ("_JAVA_OPTIONS",)                            # and this one after it
@@ -88,6 +88,43 @@ def fix(proc: ProcView, want: int) -> Optional[AppFix]:
                   f"at start")
 
 
+# HotSpot's heap size flags; without them MaxRAMPercentage (default 25) of the memory it
+# sees (its cgroup's limit when lower than the host's: container support, JDK 10+).
+HEAP_FLAGS = ("-Xmx", "-XX:MaxHeapSize=")
+RAM_PERCENT_FLAG, RAM_PERCENT_DEFAULT = "-XX:MaxRAMPercentage=", 25.0
+JAVA_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def java_size(text: str) -> Optional[int]:
+    """'512m' -> 536870912, as HotSpot reads a size (k, m, g, t; either case)."""
+    number, unit = text.rstrip("kKmMgGtT"), text[len(text.rstrip("kKmMgGtT")):].lower()
+    return int(number) * JAVA_UNITS[unit] if number.isdigit() and unit in JAVA_UNITS else None
+
+
+def memory_cap(proc: ProcView) -> MemoryCap:
+    given, _ = flags(proc)
+    size, percent, where = None, RAM_PERCENT_DEFAULT, "HotSpot's default MaxRAMPercentage 25"
+    for f, w in given:
+        for flag in HEAP_FLAGS:
+            if f.startswith(flag) and java_size(f[len(flag):]) is not None:
+                size, where = java_size(f[len(flag):]), f"{f} ({w})"
+        if f.startswith(RAM_PERCENT_FLAG):
+            try:
+                percent, size, where = float(f[len(RAM_PERCENT_FLAG):]), None, f"{f} ({w})"
+            except ValueError:
+                continue
+    why = "the JVM throws OutOfMemoryError when its heap cannot grow past this"
+    if size is not None:
+        return MemoryCap(size, where, base.HEAP, base.READ, 0, why)
+    seen = (procfs.meminfo_kb().get("MemTotal") or 0) * 1024
+    cgroup = procpid.process_cgroup_memory(proc.pid).get("limit")
+    seen = min(seen, cgroup) if cgroup and seen else (cgroup or seen)
+    if not seen:
+        return MemoryCap(None, where, base.HEAP, base.UNKNOWN, 0, why)
+    return MemoryCap(int(seen * percent / 100), f"{where} of {seen / 2**30:.1f} GiB", base.HEAP,
+                     base.COMPUTED, 0, why)
+
+
 class JVM(base.Adapter):
     name = "jvm"
     backlog_default = 50
@@ -101,6 +138,9 @@ class JVM(base.Adapter):
 
     def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
         return fix(proc, want)
+
+    def memory_cap(self, proc: ProcView) -> Optional[MemoryCap]:
+        return memory_cap(proc)
 
 
 ADAPTER = JVM()

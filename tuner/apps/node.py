@@ -9,10 +9,21 @@ tuner says so instead of guessing.
 from __future__ import annotations
 
 
+from typing import Optional
+
+from tuner.host import procfs, procpid
 from . import base
-from .base import AppCap, ProcView
+from .base import AppCap, MemoryCap, ProcView
 
 NAMES = ("node", "nodejs")
+HEAP_FLAG = "--max-old-space-size"
+# V8's default old space (Node 14 and later, 64-bit): a quarter of the memory Node sees
+# (the lower of the host's and its cgroup's limit, uv_get_constrained_memory), at most
+# 4 GiB (v8.getHeapStatistics() here: 4144 MiB = 4096 old + 48 young on a 24 GiB host).
+DEFAULT_SHARE, DEFAULT_MAX = 4, 4 << 30
+# What an idle Node process already holds of its old space: node 20 with `ws` loaded
+# reports 3.5-5 MiB used (v8.getHeapStatistics().used_heap_size, measured here).
+HEAP_BASE = 4 << 20
 
 
 def recognise(proc: ProcView) -> bool:
@@ -27,6 +38,54 @@ def read(proc: ProcView) -> AppCap:
                   "tuner's figure, look there and tell tuner with --app-limit N")
 
 
+def heap_flag(proc: ProcView) -> Optional[tuple]:
+    """(MiB, where) of the last --max-old-space-size Node takes: NODE_OPTIONS first,
+    then its own flags on the command line (those before the script)."""
+    found = None
+    try:
+        env = procpid.environ(proc.pid, ("NODE_OPTIONS",)).get("NODE_OPTIONS", "")
+    except OSError:
+        env = ""
+    for where, args in (("NODE_OPTIONS", env.split()), ("command line", _node_flags(proc.cmdline))):
+        value = base.option(args, HEAP_FLAG) or base.option(args, HEAP_FLAG.replace("-", "_"))
+        if value is not None:
+            try:
+                found = (float(value), where)
+            except ValueError:
+                continue
+    return found
+
+
+def _node_flags(argv) -> list:
+    """Node's own options: those before the script (the first argument not an option)."""
+    out = []
+    for arg in list(argv)[1:]:
+        if not arg.startswith("-"):
+            break
+        out.append(arg)
+    return out
+
+
+def memory_cap(proc: ProcView) -> MemoryCap:
+    flag = heap_flag(proc)
+    if flag is not None:
+        mib, where = flag
+        return MemoryCap(int(mib * 2**20), f"{HEAP_FLAG}={mib:g} ({where})", base.HEAP, base.READ,
+                         HEAP_BASE, "V8 aborts the process ('Reached heap limit') when its old "
+                         "space cannot grow past this")
+    seen = (procfs.meminfo_kb().get("MemTotal") or 0) * 1024
+    cgroup = procpid.process_cgroup_memory(proc.pid).get("limit")
+    if cgroup:
+        seen = min(seen, cgroup) if seen else cgroup
+    if not seen:
+        return MemoryCap(None, f"Node's default heap limit (no {HEAP_FLAG})", base.HEAP, base.UNKNOWN)
+    return MemoryCap(min(seen // DEFAULT_SHARE, DEFAULT_MAX),
+                     f"Node's default heap limit: a quarter of {seen / 2**30:.1f} GiB, at most 4 GiB "
+                     f"(no {HEAP_FLAG})", base.HEAP, base.COMPUTED, HEAP_BASE,
+                     "V8 aborts the process ('Reached heap limit') when its old space cannot grow "
+                     "past this; Node 14 and later size it from the memory they see")
+
+
 class Node(base.Adapter):
     name = "node"
     backlog_default = 511
@@ -37,6 +96,9 @@ class Node(base.Adapter):
 
     def read(self, proc: ProcView) -> AppCap:
         return read(proc)
+
+    def memory_cap(self, proc: ProcView) -> Optional[MemoryCap]:
+        return memory_cap(proc)
 
 
 ADAPTER = Node()

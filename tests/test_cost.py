@@ -1,0 +1,92 @@
+"""Where memory stops a service (tuner/cost.py, issue 26), tested for real: a server
+whose cost per connection is known by construction (tests/servers/costly.py) runs inside
+a cgroup v1 memory cgroup with a limit made here (removed in teardown); it is sampled at
+a few held counts below the limit, the projection is made, then the same server is
+loaded by a plain client until the kernel's OOM killer ends it: the projection must be
+within 10% of where it really failed, naming the cgroup limit."""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+
+from test_servicecost import Costly
+from tuner import cost
+from tuner.host import servicecost
+
+V1_MEMORY = "/sys/fs/cgroup/memory"
+LIMIT = 96 << 20
+BUFFER = 256 << 10
+
+
+def rows_at(srv: Costly, sampler: servicecost.Sampler, counts) -> list:
+    rows = []
+    for count in counts:
+        assert srv.hold(count) == count
+        s = sampler.sample()
+        rows.append({"connections": count, "service_memory_bytes": s.memory_bytes,
+                     "service_kernel_bytes": s.kernel_bytes, "service_buffer_bytes": s.socket_buffer_bytes})
+    return rows
+
+
+def test_fit_is_least_squares_with_r2():
+    f = cost.fit([(0, 100), (100, 300), (200, 500), (300, 700)])
+    assert (f.slope, f.intercept, f.r2, f.points) == (2.0, 100.0, 1.0, 4)
+    noisy = cost.fit([(0, 0), (100, 250), (200, 350), (300, 650)])
+    assert 0.9 < noisy.r2 < 1.0 and abs(noisy.slope - 2.05) < 1e-9   # sxy 102,500 / sxx 50,000
+    assert cost.fit([(5, 1), (6, 2)]) is None          # a span of one connection says nothing
+    assert cost.fit([(0, 7)]) is None
+
+
+def test_without_a_slope_the_memory_row_is_unknown_not_zero():
+    d = cost.project([{"connections": 10, "service_memory_bytes": 1 << 20, "service_kernel_bytes": 0}],
+                     [os.getpid()])
+    assert d["projected_max"] is None and d["binding"] is None
+    assert d["bytes_per_connection"] == {"application": None, "kernel": None}
+    assert "unknown" in d["sentence"]
+
+
+@pytest.fixture
+def memory_cgroup():
+    if not os.path.exists(os.path.join(V1_MEMORY, "memory.limit_in_bytes")):
+        pytest.skip("no cgroup v1 memory controller mounted here")
+    path = os.path.join(V1_MEMORY, f"tuner-cost-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)
+    try:
+        with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(LIMIT))
+        yield path
+    finally:
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.1)      # the killed server's pages are still being freed
+        assert not os.path.exists(path)
+
+
+def test_cgroup_limit_projection_within_10_percent_of_the_oom_kill(memory_cgroup, nofile_raised):
+    procs = os.path.join(memory_cgroup, "cgroup.procs")
+    srv = Costly(BUFFER, argv_prefix=("sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh"))
+    try:
+        sampler = servicecost.Sampler(srv.port)
+        assert sampler.roots == [srv.proc.pid]
+        rows = rows_at(srv, sampler, (0, 40, 80, 120))
+        d = cost.project(rows, sampler.roots)
+        app = d["bytes_per_connection"]["application"]
+        assert BUFFER <= app <= BUFFER * 1.03, d
+        assert d["binding"] == "memory.limit_in_bytes", d
+        assert d["memory_limit"]["bytes"] == LIMIT
+        assert d["memory_limit"]["source"] == os.path.join(memory_cgroup, "memory.limit_in_bytes")
+        assert "its cgroup memory limit binds first" in d["sentence"]
+        projected = d["projected_max"]
+        failed_at = srv.hold(10 * projected)       # until the OOM killer stops it
+        srv.proc.wait(timeout=30)
+        assert srv.proc.returncode == -9, "the server was not killed"
+        print(f"projected {projected}, killed at {failed_at}: {d['sentence']}")
+        assert abs(projected - failed_at) <= 0.10 * failed_at, (projected, failed_at, d["sentence"])
+    finally:
+        srv.close()

@@ -1,0 +1,231 @@
+"""What holding connections costs a service, and where its memory stops it (issue 26).
+
+From samples of the service at several connection counts (the probe's step rows, or two
+samples of `tuner diagnose --watch`), a least-squares slope with its r^2: bytes per
+connection of the service's own memory (PSS of its process tree) and of its sockets'
+kernel memory (SKMEMINFO + the slab objects each pins), apart.  Then every memory limit
+the service runs under, read for its processes, each turned into the connections it
+allows, named like every other limit:
+
+    cgroup      memory.max (v2) / memory.limit_in_bytes (v1), the tightest up the tree:
+                counts the application and the kernel memory charged to it;
+                allows = held + (limit - usage now) / (application + kernel slope)
+    host        MemAvailable: held + MemAvailable / (application + kernel slope)
+    tcp_mem     the kernel's cap on TCP buffer memory (its third value, pages), against
+                the sockets' buffers alone: held + (tcp_mem - used) / buffer slope
+    runtime     the heap cap its adapter reads (tuner/apps: -Xmx, --max-old-space-size,
+                GOMEMLIMIT as soft): each of W connection-holding processes has its own
+                heap, so allows = W * (cap - idle base) / application slope
+
+`project` takes the fewest (soft limits are listed, never binding) and says it in one
+sentence: "the service would hold 412,000 on this host: its cgroup memory limit binds
+first (9.8 KiB per connection: 6.2 application + 3.6 kernel; memory.max 4.0 GiB)".
+Without a measured slope nothing is projected: the memory row is unknown, not zero.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tuner.host import procfs, procpid
+from tuner.host.numfmt import number, size
+
+# Where a limit is set and what it counts.
+CGROUP, HOST, TCP_MEM, RUNTIME = "cgroup", "host", "tcp_mem", "runtime"
+ALL, APPLICATION, BUFFERS = "all", "application", "buffers"
+# A slope is read only over at least this many connections between the first and last
+# point: a handful of connections is within the noise of a process's own allocations.
+MIN_SPAN = 16
+
+
+@dataclass
+class Fit:
+    """y = intercept + slope * x over `points` (x, y) pairs; r2 None when y is flat."""
+
+    slope: float
+    intercept: float
+    r2: Optional[float]
+    points: int
+
+
+def fit(points: Sequence[Tuple[float, float]]) -> Optional[Fit]:
+    """Least squares; None with fewer than two points or a connection span < MIN_SPAN."""
+    pts = [(float(x), float(y)) for x, y in points if x is not None and y is not None]
+    if len(pts) < 2 or max(x for x, _ in pts) - min(x for x, _ in pts) < MIN_SPAN:
+        return None
+    n = len(pts)
+    mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    sxy = sum((x - mx) * (y - my) for x, y in pts)
+    slope = sxy / sxx
+    intercept = my - slope * mx
+    syy = sum((y - my) ** 2 for _, y in pts)
+    r2 = None if syy == 0 else max(0.0, 1 - sum((y - intercept - slope * x) ** 2 for x, y in pts) / syy)
+    return Fit(slope, intercept, None if r2 is None else round(r2, 4), n)
+
+
+@dataclass
+class MemoryLimit:
+    """One memory limit the service runs under, and the connections it allows."""
+
+    name: str                   # "memory.max", "MemAvailable", "tcp_mem", "--max-old-space-size=128 (...)"
+    where: str                  # CGROUP, HOST, TCP_MEM, RUNTIME
+    bytes: Optional[int]        # the limit
+    headroom: Optional[int]     # what is left of it now (runtime: the limit less the idle base)
+    source: str                 # the file or flag it was read from
+    counts: str                 # ALL, APPLICATION or BUFFERS: which slope it is set against
+    soft: bool = False          # passing it stops nothing (GOMEMLIMIT)
+    processes: int = 1          # runtime: processes each with a heap of this size
+    allows: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cgroup_limit(pids: Sequence[int]) -> Optional[MemoryLimit]:
+    """The tightest memory cgroup limit over the service's processes (by headroom)."""
+    best = None
+    for pid in pids:
+        try:
+            cg = procpid.process_cgroup_memory(pid)
+        except OSError:
+            continue   # gone
+        if cg.get("limit") is None or cg.get("usage") is None:
+            continue
+        name = "memory.max" if cg["version"] == 2 else "memory.limit_in_bytes"
+        row = MemoryLimit(name, CGROUP, cg["limit"], cg["limit"] - cg["usage"],
+                          os.path.join(cg["path"], name), ALL)
+        if best is None or row.headroom < best.headroom:
+            best = row
+    return best
+
+
+def host_limits() -> List[MemoryLimit]:
+    """MemAvailable (everything the host can still give) and tcp_mem (sockets' buffers)."""
+    out = []
+    mem = procfs.meminfo_kb()
+    if "MemAvailable" in mem:
+        out.append(MemoryLimit("MemAvailable", HOST, mem["MemAvailable"] * 1024,
+                               mem["MemAvailable"] * 1024, "/proc/meminfo", ALL))
+    high = (procfs.tcp_mem() or (None,))[-1]
+    if high:
+        page = os.sysconf("SC_PAGE_SIZE")
+        used = procfs.sockstat().get("TCP", {}).get("mem", 0)
+        out.append(MemoryLimit("tcp_mem", TCP_MEM, high * page, (high - used) * page,
+                               "tcp_mem: its third value, in pages (the knob table names it)", BUFFERS))
+    return out
+
+
+def runtime_limit(pids: Sequence[int]) -> Optional[MemoryLimit]:
+    """The heap cap of the service's runtime, from the adapter that recognises one of its
+    connection-holding processes (the tree's leaves: a master or cluster primary holds
+    none), each of which has a heap of its own."""
+    # Only a service sampled for its cost needs its runtime read: the adapters load here.
+    from tuner import apps
+    from tuner.apps import base
+    leaves = holders(pids)
+    for pid in leaves:
+        proc = base.view(pid, depth=0)
+        adapter = apps.find(proc)
+        cap = adapter.memory_cap(proc) if adapter else None
+        if cap is not None and cap.kind in (base.HEAP, base.SOFT) and cap.bytes:
+            return MemoryLimit(cap.source, RUNTIME, cap.bytes, cap.bytes - cap.base, cap.source,
+                               APPLICATION, soft=cap.kind == base.SOFT, processes=len(leaves))
+    return None
+
+
+def holders(pids: Sequence[int]) -> List[int]:
+    """The processes of the service that hold its connections: those with no child in
+    the service (workers), or the one process."""
+    parents = set()
+    for pid in pids:
+        try:
+            parents.add(int(procpid.proc_status(pid).get("PPid", "0")))
+        except OSError:
+            continue
+    leaves = [p for p in pids if p not in parents]
+    return leaves or list(pids)
+
+
+def read_limits(pids: Sequence[int]) -> List[MemoryLimit]:
+    """Every memory limit the service's processes run under, the cgroup's first."""
+    out = [cgroup_limit(pids)] + host_limits() + [runtime_limit(pids)]
+    return [l for l in out if l is not None]
+
+
+def allows(limit: MemoryLimit, held: int, slopes: Dict[str, Optional[float]]) -> Optional[int]:
+    """Connections the limit allows at these slopes (bytes per connection); None when
+    the slope it is set against is unknown or does not grow."""
+    slope = slopes.get(limit.counts)
+    if slope is None or slope <= 0 or limit.headroom is None:
+        return None
+    if limit.where == RUNTIME:
+        return max(int(limit.processes * limit.headroom / slope), 0)
+    return max(held + int(limit.headroom / slope), held if limit.headroom >= 0 else 0)
+
+
+def slopes_of(rows: Sequence[dict]) -> Tuple[Dict[str, Optional[float]], Dict[str, Optional[Fit]]]:
+    """Bytes per connection from rows {connections, service_memory_bytes,
+    service_kernel_bytes[, service_buffer_bytes]}: {application, kernel, buffers, all}
+    and the fits behind them."""
+    def line(key: str) -> Optional[Fit]:
+        return fit([(r.get("connections"), r.get(key)) for r in rows])
+
+    fits = {APPLICATION: line("service_memory_bytes"), "kernel": line("service_kernel_bytes"),
+            BUFFERS: line("service_buffer_bytes")}
+    slopes = {k: (f.slope if f else None) for k, f in fits.items()}
+    app, kernel = slopes[APPLICATION], slopes["kernel"]
+    slopes[ALL] = app + kernel if app is not None and kernel is not None else None
+    return slopes, fits
+
+
+WHO = {CGROUP: "its cgroup memory limit", HOST: "the host's available memory",
+       TCP_MEM: "the kernel's TCP buffer memory limit (tcp_mem)", RUNTIME: "its runtime's heap limit"}
+
+
+def project(rows: Sequence[dict], pids: Sequence[int],
+            limits: Optional[List[MemoryLimit]] = None) -> dict:
+    """The `service` object of the probe's connect document and of diagnose: bytes per
+    connection (application and kernel apart, with their r^2), every memory limit with
+    the connections it allows, the one that binds first and the sentence saying so."""
+    slopes, fits = slopes_of(rows)
+    limits = read_limits(pids) if limits is None else limits
+    held = max((r.get("connections") or 0 for r in rows), default=0)
+    for limit in limits:
+        limit.allows = allows(limit, held, slopes)
+    rated = [(l.allows, i, l) for i, l in enumerate(limits) if l.allows is not None and not l.soft]
+    binding = min(rated)[2] if rated else None
+    out = {
+        "pids": list(pids), "points": len(rows),
+        "bytes_per_connection": {APPLICATION: _round(slopes[APPLICATION]), "kernel": _round(slopes["kernel"])},
+        "fit_r2": {APPLICATION: fits[APPLICATION].r2 if fits[APPLICATION] else None,
+                   "kernel": fits["kernel"].r2 if fits["kernel"] else None},
+        "memory_limit": None if binding is None else {"name": binding.name, "bytes": binding.bytes,
+                                                      "source": binding.source},
+        "projected_max": None if binding is None else binding.allows,
+        "binding": None if binding is None else binding.name,
+        "limits": [l.to_dict() for l in limits],
+    }
+    out["sentence"] = sentence(out, binding)
+    return out
+
+
+def _round(value: Optional[float]) -> Optional[int]:
+    return None if value is None else int(round(value))
+
+
+def sentence(d: dict, binding: Optional[MemoryLimit]) -> str:
+    per = d["bytes_per_connection"]
+    if per[APPLICATION] is None or per["kernel"] is None:
+        return ("what a connection costs the service is unknown: no slope was measured (it needs "
+                f"samples at connection counts at least {MIN_SPAN} apart), so no memory limit is "
+                "projected")
+    total = per[APPLICATION] + per["kernel"]
+    cost = (f"{size(total)} per connection: {per[APPLICATION] / 1024:.1f} application + "
+            f"{per['kernel'] / 1024:.1f} kernel")
+    if binding is None:
+        return f"the service's memory does not grow with its connections here ({cost})"
+    name = binding.name if binding.where != RUNTIME else "heap " + binding.name
+    return (f"the service would hold {number(binding.allows)} on this host: {WHO[binding.where]} "
+            f"binds first ({cost}; {name} {size(binding.bytes)})")
