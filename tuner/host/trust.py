@@ -292,12 +292,16 @@ class _Walk:
         return fd, os.fstat(fd)
 
 
+_LIBC: list = []     # libc, loaded once for fstatfs
+
+
 def _fs_type(fd: int) -> Optional[int]:
     """statfs f_type of an open descriptor (the first word of struct statfs)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if not _LIBC:
+            _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True))
         buf = ctypes.create_string_buffer(256)
-        if libc.fstatfs(fd, buf) != 0:
+        if _LIBC[0].fstatfs(fd, buf) != 0:
             return None
         return int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_long)], "little", signed=False) & 0xFFFFFFFF
     except OSError:
