@@ -39,9 +39,11 @@ NPROC = "RLIMIT_NPROC"
 _OWN_HINTS = {
     NPROC: ("no more worker processes could be forked (EAGAIN): RLIMIT_NPROC caps the tasks "
             "here: raise it, or run fewer --workers"),
-    PEER: ("the server refused, reset or closed connections before verifying them: is it "
-           "listening there? Its summary says why (over --expect, its descriptor limit, its "
-           "echo timeout)"),
+    # In any protocol's words: a hint of tuner's own exchange (--expect, its echo timeout)
+    # told a user probing HTTP about options of a server they do not run (issue 28).
+    PEER: ("the server refused, reset or closed connections before they were verified: is it "
+           "listening there? Its own log says why (its connection cap, its descriptor limit, "
+           "an idle or request timeout); on its host, tuner diagnose --port PORT reads its caps"),
     SERVER_NOT_ACCEPTING: ("the server's kernel completed these connections into its accept "
                            "queue but the server never accepted them: it stopped accepting (its "
                            "descriptor limit, RLIMIT_NOFILE, or its accept loop); look at the "

@@ -277,7 +277,7 @@ class Client(Orchestration):
         verified = self.total("verified_twice") if checked else answered
         mismatches, opened = self.total("mismatches"), self.total("opened")
         moved = {k: after.get(k, 0) - base.get(k, 0) for k in after if isinstance(after.get(k), int)}
-        server = serverside.figures(self.total, self.words, self.accept_queue)
+        server = serverside.figures(self.total, self.words, self.accept_queue, moved, opened)
         errors = self.summarize(moved, after, role="client") + serverside.errors(server, self.target)
         stopped_by = self.verdict(errors, cfg.connections, verified, mismatches)
         if stopped_by == UNVERIFIED and errors:   # the server's side: its first way named
@@ -288,7 +288,7 @@ class Client(Orchestration):
         seconds = (max(done) - self.t0_ns) / 1e9 if len(done) == self.workers and answered else None
         checks = [c["t_checked"] for c in self.counts if "t_checked" in c]
         per = max(verified, 1)
-        reliable, why = kernel.judge_slab(after["slab"] - base["slab"], answered)
+        reliable, why = kernel.judge_run(base, after, answered, 2 * answered)  # the server may be here too
         result = {
             "mode": "connect",
             "ok": stopped_by is None,

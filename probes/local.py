@@ -140,7 +140,7 @@ class Local(Orchestration):
         seconds_establish = self.seconds_since_fork("t_established")
         seconds_total = self.seconds_since_fork("t_verified")
         slab = after["slab"] - base["slab"]
-        reliable, why = kernel.judge_slab(slab, 2 * established)  # both ends are here
+        reliable, why = kernel.judge_run(base, after, 2 * established, 2 * established)  # both ends are here
         tcp_mem = after.get("tcp_mem", 0) - base.get("tcp_mem", 0)
         return ProbeResult(
             ok=stopped_by is None,

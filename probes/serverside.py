@@ -10,7 +10,7 @@ This host's own failures are the classified records (probes.classify) and stop o
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional
 from urllib.parse import unquote
 
 from tuner.host.numfmt import millis
@@ -57,9 +57,15 @@ class Words:
                 for (w, words), n in list(self.counts.items())[:FIRST_WORDS]]
 
 
-def accept_queue(target: Target) -> Optional[int]:
-    """Connections waiting in the accept queue of the server's listener, when it is in
-    this network namespace (sock_diag); None when it is not seen here."""
+class Queue(NamedTuple):
+    """The server's listener as sock_diag sees it: its accept queue now and its backlog."""
+    queued: int
+    backlog: int
+
+
+def accept_queue(target: Target) -> Optional[Queue]:
+    """The accept queue of the server's listener (connections waiting in it, and its
+    backlog), when it is in this network namespace (sock_diag); None when not seen here."""
     from tuner.host import sockdiag
 
     try:
@@ -67,20 +73,33 @@ def accept_queue(target: Target) -> Optional[int]:
     except OSError:
         return None
     want = ipaddress.ip_address(target.host)
-    queued = [l.queued for l in listeners if l.port == target.port
-              and (ipaddress.ip_address(l.address) == want or ipaddress.ip_address(l.address).is_unspecified)]
-    return sum(queued) if queued else None
+    mine = [l for l in listeners if l.port == target.port
+            and (ipaddress.ip_address(l.address) == want or ipaddress.ip_address(l.address).is_unspecified)]
+    return Queue(sum(l.queued for l in mine), sum(l.backlog for l in mine)) if mine else None
 
 
-def figures(total: Callable[[str], int], words: Words, queue: Optional[int]) -> dict:
-    """The result's `server`: each way it ended connections, its words, its accept queue.
-    Of the connections that got no answer, as many as its accept queue held are counted
-    as `queued` (they were never accepted), the rest as accepted and silent."""
+# The counters that rise when a listener's queues overflow: the accept queue full at the
+# handshake's end (ListenOverflows; the kernel drops that ACK and the client, which thinks
+# it is connected, waits for its answer), and the SYN queue full (TCPReqQFullDrop).
+OVERFLOWS = ("ListenOverflows", "TCPReqQFullDrop")
+
+
+def figures(total: Callable[[str], int], words: Words, queue: Optional[Queue],
+            moved: Optional[Dict[str, int]] = None, attempted: int = 0) -> dict:
+    """The result's `server`: each way it ended connections, its words, its accept queue,
+    and its listen backlog's overflows over the run.  Of the connections that got no
+    answer, as many as its accept queue held are counted as `queued` (they were never
+    accepted), the rest as accepted and silent.  The overflow counters are the whole
+    namespace's: they are the server's only when its listener is seen here and its
+    backlog is smaller than the connections the probe opened (else another listener's
+    overflows would be named as the server's)."""
     out = {column: total(column) for column, *_ in KINDS if column != "queued"}
     silent = out["no_answer"]
-    out["queued"] = min(silent, queue or 0)
+    out["queued"] = min(silent, queue.queued if queue else 0)
     out["no_answer"] = silent - out["queued"]
-    out["accept_queue"] = queue
+    out["accept_queue"] = queue.queued if queue else None
+    out["listen_overflows"] = (sum((moved or {}).get(k, 0) for k in OVERFLOWS)
+                               if queue is not None and attempted > queue.backlog else None)
     out["words"] = words.to_list()
     return out
 
@@ -140,9 +159,11 @@ def latency_stall(ramp: dict) -> dict:
 
 def server_parts(server: dict) -> List[str]:
     words = {w["when"]: w for w in reversed(server["words"])}   # the first of each check
+    overflows = server.get("listen_overflows") or 0
+    backlog = f"its listen backlog full ({overflows:,} overflows)"
     texts = {
         "not_listening": "nothing listens there: {n} refused at connect",
-        "not_connected": "{n} got no SYN-ACK",
+        "not_connected": "{n} got no SYN-ACK" + (f": {backlog}" if overflows else ""),
         "unaccepted": "{n} waited in its accept queue",
         "queued": "{n} waited in its accept queue",
         "no_answer": "{n} accepted and never answered",
@@ -155,4 +176,10 @@ def server_parts(server: dict) -> List[str]:
                                                               if "check" in words else ""),
         "check_silent": "{n} silent at the second check",
     }
-    return [texts[c].format(n=f"{server[c]:,}") for c, *_ in KINDS if server[c]]
+    parts = [texts[c].format(n=f"{server[c]:,}") for c, *_ in KINDS if server[c]]
+    if overflows and not server["not_connected"]:
+        # Handshakes it dropped and the clients retried: answers that came late or never
+        # are its backlog's doing first (issue 28: 'accepted and never answered' was said
+        # while ListenOverflows rose by 1,773).
+        parts.insert(0, f"{backlog}: the kernel dropped handshakes it had no room for")
+    return parts

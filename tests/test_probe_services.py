@@ -34,7 +34,7 @@ def connect(url, n, *args, timeout=3, hold=1, netns=None):
 
 def failures(doc) -> dict:
     """The server's non-zero counts, words aside."""
-    return {k: v for k, v in doc["server"].items() if k not in ("words", "accept_queue") and v}
+    return {k: v for k, v in doc["server"].items() if k not in ("words", "accept_queue", "listen_overflows") and v}
 
 
 def test_nginx_holds_its_worker_connections_and_closes_the_rest_during_the_hold(real_server):
@@ -102,6 +102,10 @@ def test_haproxy_maxconn_exactly_and_the_rest_in_its_accept_queue(real_server):
     assert server["accept_queue"] == server["queued"] == 101
     assert failures(doc) == {"queued": 101, "not_connected": 99}
     assert "101 waited in its accept queue" in doc["stalled"]["sentence"]
+    # The 99 with no SYN-ACK are its full listen backlog's, from its namespace's counters.
+    assert server["listen_overflows"] >= 99
+    assert f"99 got no SYN-ACK: its listen backlog full ({server['listen_overflows']:,} overflows)" \
+        in doc["stalled"]["sentence"]
     assert doc["stopped_by"] == "server stopped accepting"
 
 
@@ -252,3 +256,50 @@ def test_bad_urls_and_options_are_one_line_and_exit_2(args, named):
     proc = run_tuner("probe", "-n", 10, *args)
     assert proc.returncode == 2 and named in proc.stderr and proc.stdout == "", proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_that_verified_none_prints_no_kernel_figure(test_server):
+    """A server that answers none: there is no per-connection figure to give (a total
+    divided by one was printed, 1,191,936 B slab, issue 28); the table says why."""
+    srv = test_server()
+    p = run_tuner("probe", "--connect", f"http://127.0.0.1:{srv.port}/", "-n", 40, "--timeout", 2)
+    assert p.returncode == 3, p.stderr
+    line = next(l for l in p.stdout.splitlines() if l.startswith("kernel memory per connection"))
+    assert "not measurable (no connections were open to measure)" in line, p.stdout
+    assert " B slab" not in line
+
+
+SLOW_ACCEPT = """
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(5)
+print(s.getsockname()[1], flush=True)
+held = []
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n")
+    held.append(c)
+    time.sleep(0.05)
+"""
+
+
+def test_a_full_listen_backlog_is_named_from_the_servers_counters(netns):
+    """A server with a listen backlog of 5 that accepts slowly: the kernel drops the
+    handshakes it has no room for (ListenOverflows rises in its namespace) and the probe
+    names its listen backlog, not 'accepted and never answered' (issue 28)."""
+    import subprocess
+    import sys
+
+    srv = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", SLOW_ACCEPT],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(srv.stdout.readline())
+        p = run_tuner("probe", "--netns", netns, "--connect", f"http://127.0.0.1:{port}/", "-n", 300,
+                      "--timeout", 3, "--json", "-q")
+        doc = json.loads(p.stdout)
+    finally:
+        srv.kill()
+        srv.wait()
+    assert p.returncode == 3, p.stderr
+    assert doc["server"]["listen_overflows"] > 0, doc["server"]
+    assert "its listen backlog full (" in doc["stalled"]["sentence"], doc["stalled"]

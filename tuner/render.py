@@ -293,6 +293,20 @@ def status_text(st, width: Optional[int] = None) -> str:
     return "\n".join(fit.lines(lines, width))
 
 
+def kernel_cell(r: dict) -> str:
+    """A --serve or --connect run's kernel memory per connection, only when the run could
+    measure it: Slab and sockstat are shared with the rest of the host, so a busy host (or
+    a run that held nothing: a total divided by one) reads "not measurable" with the
+    reason, as the local probe's table does (issue 28: -111,840 B slab was printed)."""
+    note = r.get("kernel_figures_note") or "see the JSON"
+    if not r.get("kernel_figures_reliable"):
+        return f"not measurable ({'' if note.startswith('no connections') else 'host busy: '}{note})"
+    buffers = round(r["kernel_tcp_mem_bytes_per_conn"])
+    return (f"{number(r['kernel_slab_bytes_per_conn'])} B slab, "
+            + (f"{number(buffers)} B socket buffers" if buffers >= 0 else
+               "socket buffers not measurable (host busy: TCP buffer pages fell meanwhile)"))
+
+
 def probe_text(result, preflight=None, width: Optional[int] = None) -> str:
     """The probe's summary as a two-column table, its failures, and the fixes (the knob
     table's needed value and command where the limit is a knob, the hint otherwise)."""
@@ -366,8 +380,7 @@ def serve_text(r: dict, max_clients: int = 20, width: Optional[int] = None) -> s
     lines = [head, table(rows, ["client", "accepted", "verified", "failed", "over --expect", "dropped"], width), "",
              table([["failed by kind", ", ".join(f"{k.replace('_', '-')} {number(v)}" for k, v in r["failures"].items())],
                     ["peak concurrent", f"{number(r['peak_concurrent'])} ({r['workers']} worker(s))"],
-                    ["kernel memory per connection", f"{number(r['kernel_slab_bytes_per_conn'])} B slab, "
-                                                     f"{number(round(r['kernel_tcp_mem_bytes_per_conn']))} B socket buffers"],
+                    ["kernel memory per connection", kernel_cell(r)],
                     ["held at end / pending", f"{number(r['held_at_end'])} / {number(r['pending_at_end'])}"],
                     ["expected ones held", held_text(r)],
                     ["served for", f"{seconds(r['seconds'])}"]], ["figure", "value"], width)]
@@ -447,8 +460,7 @@ def connect_text(r: dict, width: Optional[int] = None) -> str:
                         f"{seconds(r['seconds_verified'])} ({number(r['rate_per_s'])} conn/s)"],
         ["hold / second check", f"{seconds(r['seconds_hold'])} / "
                                 + ("-" if r["seconds_check"] is None else seconds(r["seconds_check"]))],
-        ["kernel memory per connection", f"{number(r['kernel_slab_bytes_per_conn'])} B slab, "
-                                         f"{number(round(r['kernel_tcp_mem_bytes_per_conn']))} B socket buffers"],
+        ["kernel memory per connection", kernel_cell(r)],
     ]
     if r.get("mismatches"):
         rows.insert(2, ["mismatches", number(r["mismatches"])])
