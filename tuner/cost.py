@@ -226,6 +226,6 @@ def sentence(d: dict, binding: Optional[MemoryLimit]) -> str:
             f"{per['kernel'] / 1024:.1f} kernel")
     if binding is None:
         return f"the service's memory does not grow with its connections here ({cost})"
-    name = binding.name if binding.where != RUNTIME else "heap " + binding.name
+    limit = binding.name if binding.where == RUNTIME else f"{binding.name} {size(binding.bytes)}"
     return (f"the service would hold {number(binding.allows)} on this host: {WHO[binding.where]} "
-            f"binds first ({cost}; {name} {size(binding.bytes)})")
+            f"binds first ({cost}; {limit})")
