@@ -90,3 +90,63 @@ def test_cgroup_limit_projection_within_10_percent_of_the_oom_kill(memory_cgroup
         assert abs(projected - failed_at) <= 0.10 * failed_at, (projected, failed_at, d["sentence"])
     finally:
         srv.close()
+
+
+def test_diagnose_with_a_step_runs_cost_adds_the_memory_row_that_binds(memory_cgroup, nofile_raised, tmp_path):
+    """tuner diagnose --cost FILE (a step run's rows) adds the memory row to its minimum:
+    in a 96 MiB cgroup a server spending 256 KiB per connection stops on memory long
+    before its descriptors, and diagnose says so, with the same projection the run's rows
+    give (issue 26).  A file that is not a step run is one line, exit 2."""
+    import json
+    import subprocess
+    import sys
+
+    procs = os.path.join(memory_cgroup, "cgroup.procs")
+    srv = Costly(BUFFER, argv_prefix=("sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh"))
+    try:
+        sampler = servicecost.Sampler(srv.port)
+        rows = rows_at(srv, sampler, (0, 40, 80, 120))
+        run = tmp_path / "run.json"
+        run.write_text(json.dumps({"schema": "tuner.probe.connect/3", "steps": rows}))
+        p = subprocess.run([sys.executable, "-m", "tuner", "diagnose", "--pid", str(srv.proc.pid), "--cost", str(run),
+                            "--json"], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        d = json.loads(p.stdout)
+        spent = d["service_cost"]
+        assert spent["binding"] == "memory.limit_in_bytes" and spent["projected_max"] > 120
+        assert d["binding_limit"] == "memory (memory.limit_in_bytes)", d["verdict"]
+        assert d["max_connections"] == spent["projected_max"]
+        row = next(r for r in d["limits"] if r["scope"] == "memory")
+        assert row["status"] == "binds" and row["current"] == [LIMIT]
+        expect = cost.project(rows, [srv.proc.pid], held=120)["projected_max"]
+        assert abs(spent["projected_max"] - expect) <= max(3, 0.01 * expect), (spent, expect)
+        assert "its cgroup memory limit binds first" in d["verdict"]
+        bad = tmp_path / "bad.json"
+        bad.write_text('{"schema": "tuner.report/2"}')
+        p = subprocess.run([sys.executable, "-m", "tuner", "diagnose", "--pid", str(srv.proc.pid), "--cost", str(bad)],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and "not a step run" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    finally:
+        srv.close()
+
+
+def test_without_a_slope_diagnose_says_the_memory_row_is_unknown(nofile_raised, tmp_path):
+    """A step run of one row measured no slope: the memory row is there, unknown, and the
+    minimum is what the other limits say."""
+    import json
+    import subprocess
+    import sys
+
+    srv = Costly(4096)
+    try:
+        run = tmp_path / "run.json"
+        run.write_text(json.dumps({"steps": [{"connections": 10, "service_memory_bytes": 1 << 20,
+                                              "service_kernel_bytes": 1 << 16}]}))
+        p = subprocess.run([sys.executable, "-m", "tuner", "diagnose", "--pid", str(srv.proc.pid), "--cost", str(run),
+                            "--json"], capture_output=True, text=True, timeout=120)
+        d = json.loads(p.stdout)
+        row = next(r for r in d["limits"] if r["scope"] == "memory")
+        assert row["allows"] is None and row["status"] == "unreadable"
+        assert d["service_cost"]["projected_max"] is None and not d["binding_limit"].startswith("memory")
+    finally:
+        srv.close()

@@ -323,10 +323,13 @@ def judge_other(row: Row, stop: Stop) -> None:
     row.status = status(OTHER_ROWS[row.scope](row, stop), row.utilization)
 
 
-APPLICATION_ROW, LISTENER_ROW = "application", "listener"
+APPLICATION_ROW, LISTENER_ROW, MEMORY_ROW = "application", "listener", "memory"
 OTHER_ROWS = {
     APPLICATION_ROW: lambda row, stop: UNREADABLE if row.current is None else BINDS if stop.binds(row) else OK,
     LISTENER_ROW: lambda row, stop: OK,
+    # Where the service's memory stops it, from a measured cost per connection (tuner.cost):
+    # unknown (not zero) without a slope.
+    MEMORY_ROW: lambda row, stop: UNREADABLE if row.allows is None else BINDS if stop.binds(row) else OK,
 }
 
 

@@ -51,6 +51,9 @@ ROLE_HELP = ("loopback: both ends on this host (two sockets each, the default); 
              "accepted sockets only; client: outbound sockets only.")
 NETNS_HELP = "Read per-namespace knobs inside this network namespace (ip netns)."
 JSON_HELP = "Print JSON (a stable, documented schema) instead of a table."
+COST_HELP = ("A step run of this service (tuner probe --connect URL -n N --step K --json > FILE): its "
+             "measured memory per connection adds the memory row (where the service's memory limit "
+             "stops it) to the minimum.")
 
 
 def _netns_option(help_text: str):
@@ -709,6 +712,7 @@ def diagnose(
     app_limit: Optional[int] = typer.Option(None, "--app-limit", metavar="N", parser=inputs.APP_LIMIT,
                                             help="The application's own connection cap, where "
                                                  "tuner cannot read it (it says so)."),
+    cost: Optional[str] = typer.Option(None, "--cost", metavar="FILE", help=COST_HELP),
     wide: bool = typer.Option(False, "--wide", help="Add a why column for every limit."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP + " With --watch: one JSON line per sample."),
 ) -> None:
@@ -735,7 +739,7 @@ def diagnose(
                                        json_out=json_out, emit=_emit))
     if interval != 1.0:
         raise errors.UsageError("--interval applies to --watch only")
-    d = diagnose_mod.diagnose(pid, port, unit, netns, n, app_limit)
+    d = diagnose_mod.diagnose(pid, port, unit, netns, n, app_limit, _cost_rows(cost))
     if json_out:
         _emit(render.to_json(d.to_dict()))
     else:
@@ -745,6 +749,18 @@ def diagnose(
         _emit_statuses(diagnose_text(d, wide=wide, width=_width()))
     if d.reachable is False:
         raise typer.Exit(errors.EXIT_SHORT)
+
+
+def _cost_rows(path: Optional[str]) -> Optional[list]:
+    """--cost FILE's step rows, or one line saying what is wrong with it (exit 2)."""
+    if path is None:
+        return None
+    from tuner import cost  # only --cost reads a run file
+
+    try:
+        return cost.rows_of_run(path)
+    except ValueError as e:
+        raise errors.UsageError(str(e)) from None
 
 
 # Options that belong to one end of the probe (or to the local probe), which another

@@ -185,13 +185,15 @@ WHO = {CGROUP: "its cgroup memory limit", HOST: "the host's available memory",
 
 
 def project(rows: Sequence[dict], pids: Sequence[int],
-            limits: Optional[List[MemoryLimit]] = None) -> dict:
+            limits: Optional[List[MemoryLimit]] = None, held: Optional[int] = None) -> dict:
     """The `service` object of the probe's connect document and of diagnose: bytes per
     connection (application and kernel apart, with their r^2), every memory limit with
     the connections it allows, the one that binds first and the sentence saying so."""
     slopes, fits = slopes_of(rows)
     limits = read_limits(pids) if limits is None else limits
-    held = max((r.get("connections") or 0 for r in rows), default=0)
+    # What it holds when its limits were read: the last row's count for the probe, the
+    # count now for diagnose (its limits' headroom is read now).
+    held = max((r.get("connections") or 0 for r in rows), default=0) if held is None else held
     for limit in limits:
         limit.allows = allows(limit, held, slopes)
     rated = [(l.allows, i, l) for i, l in enumerate(limits) if l.allows is not None and not l.soft]
@@ -209,6 +211,24 @@ def project(rows: Sequence[dict], pids: Sequence[int],
     }
     out["sentence"] = sentence(out, binding)
     return out
+
+
+def rows_of_run(path: str) -> List[dict]:
+    """The step rows of a `tuner probe --connect URL --step K --json` document (the file
+    `tuner diagnose --cost FILE` names); ValueError saying what is wrong otherwise."""
+    import json  # only --cost reads a run file
+
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--cost {path}: cannot read it as JSON ({e})") from None
+    steps = doc.get("steps") if isinstance(doc, dict) else None
+    keys = ("connections", "service_memory_bytes", "service_kernel_bytes")
+    if not isinstance(steps, list) or not all(isinstance(r, dict) and all(k in r for k in keys) for r in steps):
+        raise ValueError(f"--cost {path}: not a step run (write one with 'tuner probe --connect URL "
+                         f"-n N --step K --json > FILE')")
+    return steps
 
 
 def _round(value: Optional[float]) -> Optional[int]:

@@ -32,7 +32,7 @@ from tuner.host import procfs
 from tuner.host.numfmt import values
 from tuner.diagnose import service
 from tuner.apps.base import AppCap, AppFix
-from tuner.capacity import APPLICATION_ROW, LISTENER_ROW, Row, limit_value
+from tuner.capacity import APPLICATION_ROW, LISTENER_ROW, MEMORY_ROW, Row, limit_value
 from tuner.diagnose.fixes import APP_LIMIT_HINT, LISTEN_BACKLOG, app_want, fixes
 from tuner.host.errors import TunerError, UsageError
 from tuner.knobs import CAPS_CONNECTIONS, Ctx
@@ -88,6 +88,9 @@ class Diagnosis:
     # The application's own cap (an adapter's AppCap as a dict, its fix sized by
     # diagnose), None when no adapter knows the process and --app-limit was not given.
     application: Optional[Dict[str, Any]] = None
+    # With --cost: what a connection costs the service and where its memory stops it
+    # (tuner.cost.project over a step run's rows, its limits read now), else None.
+    service_cost: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> dict:
         out = {"schema": SCHEMA}
@@ -124,7 +127,7 @@ def resolve(pids: Sequence[int] = (), port: Optional[int] = None, unit: Optional
 
 def diagnose(pids: Sequence[int] = (), port: Optional[int] = None, unit: Optional[str] = None,
              netns: Optional[str] = None, target: Optional[int] = None,
-             app_limit: Optional[int] = None) -> "Diagnosis":
+             app_limit: Optional[int] = None, cost_rows: Optional[List[dict]] = None) -> "Diagnosis":
     """Read the service and evaluate every limit for it (see the module docstring)."""
     procs = [service.read_process(pid) for pid in resolve(pids, port, unit, netns)]
     if len({p.netns_inode for p in procs}) > 1:
@@ -138,7 +141,11 @@ def diagnose(pids: Sequence[int] = (), port: Optional[int] = None, unit: Optiona
     snap = readings.take_snapshot(knobs.sysctl_names("host") + list(knobs.THREAD_SYSCTLS),
                                   knobs.sysctl_names("netns"), enter=service.in_netns_of(first))
     app = read_app(procs + supervisors, own, app_limit)
-    diag = evaluate(procs, own, conns, snap, target, _task_count(), app)
+    # Here: only --cost fits a slope and reads the memory limits (tuner.cost).
+    from tuner import cost
+
+    spent = None if cost_rows is None else cost.project(cost_rows, [p.pid for p in procs], held=conns.held)
+    diag = evaluate(procs, own, conns, snap, target, _task_count(), app, spent)
     for p in supervisors:
         diag.notes.append(f"pid {p.pid} ({p.name}) holds the listeners its children accept on "
                           f"(a pre-fork master): it is not counted in the service's capacity")
@@ -407,8 +414,22 @@ def _accept_stall(stop: Stop, own_listeners, snap, held_total: int) -> Stop:
                 stalled_accepting=True, full=full)
 
 
+def _memory_row(spent: Optional[dict], held_total: int) -> Optional[Row]:
+    """Where the service's memory stops it (tuner.cost.project's `service` object) as a
+    row: the limit that binds first, with its bytes and the connections it allows; with
+    no measured slope a row of unknown allowance, not of zero."""
+    if spent is None:
+        return None
+    limit = spent["memory_limit"]
+    name = f"memory ({spent['binding']})" if spent["binding"] else "memory"
+    return _as_used(Row(name, "memory", MEMORY_ROW, "bytes", CAPS_CONNECTIONS,
+                        [limit["bytes"]] if limit else None, None, spent["projected_max"], "",
+                        spent["sentence"] + "."), held_total)
+
+
 def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
-             host_tasks: Optional[int] = None, app: Optional[App] = None) -> Diagnosis:
+             host_tasks: Optional[int] = None, app: Optional[App] = None,
+             spent: Optional[dict] = None) -> Diagnosis:
     """The model over what was read: pure, so recorded figures test it as well."""
     held_total = conns.held
     shares = _shares(held_total, [p.fds for p in procs])
@@ -420,7 +441,9 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
     others = _backlog_rows(own_listeners, snap)
     app_row = _app_row(app, held_total, target)
     others += [app_row] if app_row else []
-    best = capacity.tightest(_candidates(rows + others, shared, app_row))
+    memory_row = _memory_row(spent, held_total)
+    others += [memory_row] if memory_row else []
+    best = capacity.tightest(_candidates(rows + others, shared + ([memory_row] if memory_row else []), app_row))
     stop = _accept_stall(Stop(*best, target=target) if best else Stop(None, None, [], target),
                          own_listeners, snap, held_total)
     reachable = None if target is None or stop.at is None else stop.at >= target
@@ -442,7 +465,7 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
         memory={k: reports[0][3][k] for k in ("source", "idle_bytes_per_connection",
                                                "worst_bytes_per_connection")},
         unreadable=list(snap.unreadable),
-        application=None if app is None else app.cap.to_dict())
+        application=None if app is None else app.cap.to_dict(), service_cost=spent)
     diag.verdict = _verdict(diag, procs, stop)
     _finish(diag, procs, snap, app)
     return diag
@@ -501,6 +524,8 @@ def _limit_words(d: Diagnosis) -> str:
     r = next(r for r in d.limits if r.name == d.binding_limit)
     if r.scope == "application":
         return f"{r.name}, {d.connections['held']:,} in use"
+    if r.scope == MEMORY_ROW:
+        return d.service_cost["sentence"]
     used = "" if r.in_use is None else f", {r.in_use:,} in use"
     per_thread = " (one thread per connection)" if r.unit in ("threads", "pids", "tasks") else ""
     what = f"{r.name} {_value(r.current)}{per_thread}{used}"
