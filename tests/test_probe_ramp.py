@@ -95,6 +95,21 @@ def test_ping_every_keeps_every_held_connection_exercised_over_the_hold(real_ser
     assert pings["sent"] - pings["answered"] <= n     # at most one in flight per connection
 
 
+def test_mqtt_steps_time_pingreq_and_mosquitto_memory_rises(real_server):
+    """MQTT's exchange on a held connection is PINGREQ -> PINGRESP (the second check's):
+    each step's latency is timed by it, and the broker's rows are sampled."""
+    srv = real_server("mosquitto", hosts=("127.0.0.1",))
+    rc, doc = probe(f"mqtt://127.0.0.1:{srv.port}", 900, "--step", 300, "--settle", 0.3,
+                    "--ping-every", 2, hold=3)
+    assert rc == 0 and doc["verified"] == 900, doc["stalled"]
+    rows = doc["steps"]
+    assert [r["connections"] for r in rows] == [300, 600, 900]
+    assert all(r["latency_ms"] and r["exchanges"] for r in rows), rows
+    assert [r["service_sockets"] for r in rows] == [300, 600, 900]
+    assert rows[0]["service_memory_bytes"] < rows[-1]["service_memory_bytes"]
+    assert doc["pings"]["refused"] == 0 and doc["latency_ms"] is not None
+
+
 def test_tuner_serve_answers_enq_on_held_connections():
     """tuner's own exchange has a timed round on a held connection too: ENQ -> ACK
     (wire.py step 5), answered by a real `tuner probe --serve`."""
