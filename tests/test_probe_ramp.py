@@ -159,6 +159,11 @@ def test_nginx_steps_have_rising_memory_and_kernel_memory(real_server):
     assert [r["service_sockets"] for r in rows] == [1000, 2000, 3000]
     assert all(r["latency_ms"] and r["exchanges"] for r in rows)
     assert all(r["service_cpu_seconds"] is not None and r["service_cpu_seconds"] >= 0 for r in rows)
+    # The cost per connection fitted from the rows, and where memory would stop nginx.
+    service = doc["service"]
+    assert service["bytes_per_connection"]["kernel"] > 1000 and service["fit_r2"]["kernel"] > 0.9, service
+    assert service["projected_max"] > 3000 and service["binding"] == service["memory_limit"]["name"]
+    assert service["sentence"].startswith(f"the service would hold {service['projected_max']:,} on this host")
 
 
 def test_redis_steps_have_rising_memory(real_server):

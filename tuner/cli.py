@@ -680,6 +680,7 @@ def _probe_connect(o: ProbeOptions) -> None:
                         step=o.step, settle=o.settle, ping_every=o.ping_every, max_p99=o.max_p99)
     result = probe_run.run_split(cfg, o.netns, o.quiet)
     probe_run.explain_stall(result, o.netns)
+    probe_run.add_service_cost(result.to_dict())
     _emit(render.to_json(probe_run.connect_document(result)) if o.json_out
           else render.connect_text(result.to_dict(), _width()))
     raise typer.Exit(result.exit_code)

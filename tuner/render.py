@@ -430,6 +430,8 @@ def step_table(r: dict, width: Optional[int]) -> List[str]:
              number(s["service_cpu_seconds"], 2), latency_cell(s["latency_ms"])] for s in r["steps"]]
     lines = ["", table(rows, ["held", "service memory", "sockets' kernel", "CPU s",
                               "p50 / p90 / p99 / max"], width)]
+    if r.get("service"):
+        lines.append(r["service"]["sentence"])
     if r["ramp"].get("sentence"):
         lines.append(r["ramp"]["sentence"])
     return lines

@@ -244,6 +244,18 @@ def connect_document(result) -> dict:
 RAN_OUT_OF = {"ports": "local ports", "bytes": "memory", "pages": "socket buffer memory"}
 
 
+def add_service_cost(data: dict) -> None:
+    """A --step run's `service`: what a connection costs the service (the slopes of its
+    rows) and where its memory stops it (tuner.cost); None without service rows (no
+    --step, or a service not on this host)."""
+    rows = [r for r in data.get("steps") or () if r["service_memory_bytes"] is not None]
+    if not rows:
+        data["service"] = None
+        return
+    from tuner import cost   # only a --step run fits and projects
+    data["service"] = cost.project(rows, data["ramp"]["pids"])
+
+
 def explain_stall(result: dict, netns: Optional[str] = None) -> None:
     """Complete result['stalled'] (probes.serverside's sentence, composed again with what
     only tuner knows): when the server stalled, the room this host still had (the model
