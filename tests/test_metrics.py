@@ -472,3 +472,33 @@ def test_application_cap_utilization_and_dead_connections(real_server):
             c.close()
         listen.kill()
         listen.wait()
+
+
+def test_probe_textfile_exports_the_services_measured_cost(tmp_path, nofile_raised):
+    """A step run's `service` (what a connection costs the probed service and where its
+    memory stops it, tuner.cost over rows sampled from a real server whose cost is known
+    by construction) is exported by the probe's textfile (issue 26); a run without one
+    exports neither series."""
+    from test_cost import rows_at
+    from test_servicecost import Costly
+    from tuner import cost
+    from tuner.host import servicecost
+
+    srv = Costly(64 << 10)
+    try:
+        sampler = servicecost.Sampler(srv.port)
+        service = cost.project(rows_at(srv, sampler, (0, 40, 80)), sampler.roots)
+    finally:
+        srv.close()
+    assert service["bytes_per_connection"]["application"] >= 0.95 * (64 << 10)   # its buffer, measured
+    path = metrics.write_probe_textfile(str(tmp_path), {"ok": True, "service": service})
+    samples = parse(open(path).read())
+    for part in ("application", "kernel"):
+        assert one(samples, "tuner_probe_service_memory_bytes_per_connection", part=part) == \
+            service["bytes_per_connection"][part]
+    assert one(samples, "tuner_probe_service_projected_connections", limit=service["binding"]) == \
+        service["projected_max"]
+    path = metrics.write_probe_textfile(str(tmp_path), {"ok": True})
+    samples = parse(open(path).read())
+    assert "tuner_probe_service_memory_bytes_per_connection" not in samples
+    assert "tuner_probe_service_projected_connections" not in samples

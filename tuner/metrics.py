@@ -210,6 +210,11 @@ def _probe(key):
     return lambda r: [] if r.get(key) is None else [((), r[key])]
 
 
+def _service_cost(r: dict):
+    per = (r.get("service") or {}).get("bytes_per_connection") or {}
+    return [((part,), per[part]) for part in ("application", "kernel") if per.get(part) is not None]
+
+
 PROBE_METRICS: List[Metric] = [
     Metric("tuner_probe_success", GAUGE, (),
            "1 when the last probe verified every connection it asked for, else 0 (probe ok).",
@@ -228,6 +233,15 @@ PROBE_METRICS: List[Metric] = [
            lambda r: _probe("kernel_slab_bytes_per_conn")(r) if r.get("kernel_figures_reliable") else []),
     Metric("tuner_probe_user_memory_bytes_per_connection", GAUGE, (),
            "Workers' USS per connection (probe user_bytes_per_conn).", _probe("user_bytes_per_conn")),
+    Metric("tuner_probe_service_memory_bytes_per_connection", GAUGE, ("part",),
+           "What one held connection costs the probed service, measured by a --step run (probe "
+           "service.bytes_per_connection: its own memory and its sockets' kernel memory apart); "
+           "absent without a measured slope.", lambda r: _service_cost(r)),
+    Metric("tuner_probe_service_projected_connections", GAUGE, ("limit",),
+           "Where the probed service's memory stops it, projected from a --step run (probe "
+           "service.projected_max), with the memory limit that binds first; absent without one.",
+           lambda r: [((s["binding"],), s["projected_max"])] if (s := r.get("service") or {}).get("projected_max")
+           is not None else []),
     Metric("tuner_probe_stopped_by_info", GAUGE, ("limit",),
            "1, with the limit (or signal, timeout) that stopped the last probe short (probe "
            "stopped_by); absent when it verified everything.",
