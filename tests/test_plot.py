@@ -281,3 +281,25 @@ def test_a_link_planted_at_the_output_is_not_followed(runs, tmp_path):
     os.mkfifo(fifo)
     proc = plot(runs[0], "-o", fifo)
     assert proc.returncode == 1 and proc.stderr == f"tuner: error: cannot write {fifo}: not a regular file\n"
+
+
+def test_a_step_run_draws_memory_and_p99_against_connections_with_the_projection(real_server, tmp_path):
+    """A real step run against Redis: the picture adds its cost panels (the service's
+    memory and the p99 of its exchange against connections held) and marks where its
+    memory limit would stop it (issue 26)."""
+    srv = real_server("redis", hosts=("127.0.0.1",))
+    proc = run_tuner("probe", "--connect", f"redis://127.0.0.1:{srv.port}", "-n", 1500, "--step", 500,
+                     "--settle", 0.3, "--hold", 1, "--json", "-q", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "ramp.json"
+    run.write_text(proc.stdout)
+    doc = json.loads(proc.stdout)
+    out = tmp_path / "ramp.svg"
+    p = plot(str(run), "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    svg = out.read_text()
+    assert 'id="run1-memory"' in svg and 'id="run1-p99"' in svg
+    projected = doc["service"]["projected_max"]
+    if projected is not None:   # the words name the count and the limit
+        assert f"memory binds at {projected:,}: {doc['service']['binding']}" in svg_texts(out)
+    assert "service memory (MiB)" in svg_texts(out) and "p99 of its exchange (ms)" in svg_texts(out)

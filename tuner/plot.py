@@ -217,6 +217,52 @@ def legend(ax, runs: Sequence[Run]) -> None:
     ax.figure.legend(handles=colours + styles, loc="outside lower center", ncols=2, fontsize=7)
 
 
+def cost_panels(fig, runs: Sequence[Run]) -> None:
+    """A step run's cost (issue 26): the service's memory (its own and its sockets' kernel
+    memory) and the p99 of its exchange against connections held, one line per run, the
+    projection where its memory limit binds marked ("projection" gid) with that limit
+    named, and --max-p99 as a line across the latency panel."""
+    # Here: matplotlib loads only when a plot is drawn (start-up time).
+    from matplotlib.ticker import FuncFormatter
+
+    memory_ax, p99_ax = fig.subplots(1, 2)
+    for i, run in enumerate(runs, 1):
+        steps = [r for r in run.doc.get("steps") or [] if r.get("service_memory_bytes") is not None]
+        color = f"C{(i - 1) % 10}"
+        if steps:
+            x = [r["connections"] for r in steps]
+            y = [(r["service_memory_bytes"] + (r.get("service_kernel_bytes") or 0)) / (1 << 20) for r in steps]
+            memory_ax.plot(x, y, color=color, marker="o", markersize=3.5, label=run.label, gid=f"run{i}-memory")
+        timed = [r for r in run.doc.get("steps") or [] if r.get("latency_ms")]
+        if timed:
+            p99_ax.plot([r["connections"] for r in timed], [r["latency_ms"]["p99"] for r in timed], color=color,
+                        marker="o", markersize=3.5, gid=f"run{i}-p99")
+        _mark_projection(memory_ax, run.doc.get("service") or {}, color)
+        bound = (run.doc.get("ramp") or {}).get("max_p99_ms")
+        if bound:
+            p99_ax.axhline(bound, color=color, linestyle="--", linewidth=0.8, gid=f"run{i}-max-p99")
+    memory_ax.set(xlabel="connections held", ylabel="service memory (MiB)\napplication + kernel")
+    p99_ax.set(xlabel="connections held", ylabel="p99 of its exchange (ms)")
+    for ax in (memory_ax, p99_ax):
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+
+
+def _mark_projection(ax, service: dict, color: str) -> None:
+    """Where memory stops the service: a dotted line at the projected count when it is
+    within three times what the run held, and its words (count, limit) in the panel."""
+    if service.get("projected_max") is None:
+        return
+    held = ax.get_xlim()[1]      # the right edge of what the run's points span
+    n = service["projected_max"]
+    limit = service.get("memory_limit") or {}
+    if n <= 3 * held:
+        ax.axvline(n, color=color, linestyle=":", linewidth=1.2, gid="projection")
+    ax.text(0.02, 0.95, f"memory binds at {number(n)}: {service.get('binding')} "
+            f"({number(round((limit.get('bytes') or 0) / (1 << 20)))} MiB)", transform=ax.transAxes,
+            fontsize=7, va="top", color=color, gid="projection-words")
+
+
 def draw(runs: Sequence[Run], path: str, fmt: str, title: Optional[str] = None) -> None:
     """Draw the runs and save them to path (fmt: svg or png)."""
     # Here: matplotlib loads only when a plot is drawn (start-up time).
@@ -229,8 +275,14 @@ def draw(runs: Sequence[Run], path: str, fmt: str, title: Optional[str] = None) 
     # the same file.
     style = {"svg.fonttype": "none", "svg.hashsalt": "tuner-plot", "font.size": 9}
     with matplotlib.rc_context(style):
-        fig = Figure(figsize=(8, 9), layout="constrained")
-        axes = fig.subplots(len(PANELS), 1, sharex=True)
+        costed = any(r.doc.get("steps") for r in runs)
+        fig = Figure(figsize=(8, 12 if costed else 9), layout="constrained")
+        if costed:   # a step run: its cost against connections held, under the timeline
+            top, bottom = fig.subfigures(2, 1, height_ratios=(3, 1))
+            cost_panels(bottom, runs)
+        else:
+            top = fig
+        axes = top.subplots(len(PANELS), 1, sharex=True)
         draw_runs(axes, runs)
         for ax, (panel, ylabel, key, scale) in zip(axes, PANELS):
             ax.set_ylabel(ylabel)
