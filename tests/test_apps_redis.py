@@ -196,3 +196,28 @@ def test_apply_pid_plans_a_listening_redis_as_a_server_and_names_its_cap(real_se
     told = json.loads(run_tuner("apply", "--pid", srv.pid, "--target", 5000, "--role", "loopback", "--dry-run",
                                 "--journal", jpath, "--json").stdout)
     assert told["plan"]["role"] == "loopback" and told["role_chosen"] is None
+
+
+def test_under_a_hard_limit_the_fix_is_the_most_that_fits_set_live(real_server):
+    # nofile 2,000:2,000 and a target of 5,000: 5,032 descriptors are refused by its hard
+    # limit, so the fix is maxclients 2,000 - 32, live, and it says what the rest needs.
+    srv = real_server("redis", maxclients=1000, nofile=(2000, 2000))
+    d = diagnose(srv, "--target", 5000)
+    fix = d["application"]["fix"]
+    assert (fix["lines"], fix["action"], fix["allows"]) == (["maxclients 1968"], "reload", 1968), fix
+    assert fix["file"] == srv.config, fix                      # from INFO server's config_file
+    assert fix["command"] == (f"redis-cli -p {srv.port} CONFIG SET maxclients 1968 && "
+                              f"redis-cli -p {srv.port} CONFIG REWRITE"), fix
+    assert "5,000 needs a hard RLIMIT_NOFILE of 5,032" in fix["why"], fix
+    subprocess.run(["sh", "-c", fix["command"]], check=True, capture_output=True, timeout=30)
+    assert near(measure(srv, 2100), 1968)
+    with open(srv.config) as f:
+        assert "maxclients 1968" in f.read()
+
+
+def test_a_config_file_gone_since_the_start_is_said_so(real_server):
+    srv = real_server("redis", maxclients=600, nofile=4096)
+    os.rename(srv.config, srv.config + ".moved")
+    cap = read(srv)
+    assert cap.allows == 600 and any("config_file" in u and "does not exist" in u for u in cap.unread), cap
+    assert cap.fix.file is None and "put the line in its config file too" in cap.fix.why, cap.fix

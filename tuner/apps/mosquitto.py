@@ -256,9 +256,14 @@ def read(proc: ProcView) -> AppCap:
 # ---------------------------------------------------------------- the fix
 
 def _restart(proc: ProcView) -> str:
+    """Its unit's restart, else the command line only when base.start_command may repeat
+    it: a broker that dropped to the `mosquitto` user owns its argv and could rewrite it."""
     if proc.unit:
-        return f"systemctl restart {proc.unit}"
-    return f"kill {proc.pid}, then start it again: {shlex.join(proc.cmdline)}"
+        return f"systemctl restart {shlex.quote(proc.unit)}"
+    start = base.start_command(proc)
+    return (f"kill {proc.pid}, then start it again: {start}" if start else
+            f"kill {proc.pid}, then start it again as it was started (its command line, "
+            f"which uid {proc.uid} may have rewritten, is not repeated here)")
 
 
 def _lines(conf: Config, want: int) -> List[Tuple[Listener, int]]:

@@ -14,7 +14,8 @@ loopback listener (no password: a Redis that asks for one answers NOAUTH, and tu
 so instead of guessing); else the config file named on the command line plus the
 command line's own `--maxclients`, with the reduction above computed from the process's
 descriptor limit.  Redis retitles its process ("redis-server 127.0.0.1:6379"), so the
-config file is usually no longer on its command line; then the cap is unknown.
+config file is usually no longer on its command line: the fix takes it from `INFO
+server`'s config_file (read under the trust rules; a file not there is said so).
 """
 from __future__ import annotations
 
@@ -158,6 +159,29 @@ def from_server(proc: ProcView, port: int) -> Tuple[Optional[int], Optional[int]
         raise Refused(f"answered {got!r} to CONFIG GET maxclients")
 
 
+def config_from_info(proc: ProcView, port: Optional[int], unread: List[str]) -> Optional[str]:
+    """The config file the running server names (`INFO server` config_file: Redis retitles
+    its process, so the command line no longer shows it), when the file is there and
+    readable under the trust rules; else None, with the reason in `unread`."""
+    if port is None:
+        return None
+    try:
+        with base.local_connect(proc, port) as sock:
+            path = info_fields(str(ask(sock, "INFO", "server"))).get("config_file", "").strip()
+    except (Refused, TooDeep, OSError, base.Untrusted):
+        return None                  # said already where maxclients was asked
+    if not path:
+        base.note(unread, "INFO server names no config_file: Redis runs without one, so "
+                          "CONFIG REWRITE cannot keep a change (start it with the line)")
+        return None
+    try:
+        base.read_trusted(path, (0, proc.uid), base.creds_of(proc))
+    except (OSError, base.Untrusted) as e:
+        base.note(unread, f"INFO server's config_file: {base.why_not(path, e)}")
+        return None
+    return path
+
+
 # ---------------------------------------------------------------- reading its files
 
 def config_path(proc: ProcView) -> Optional[str]:
@@ -243,24 +267,40 @@ def effective(configured: int, nofile_soft: Optional[int]) -> int:
     return max(nofile_soft - RESERVED_FDS, 0)
 
 
-def fix_for(proc: ProcView, want: int, path: Optional[str], port: Optional[int]) -> AppFix:
+def _config_set(proc: ProcView, want: int, path: Optional[str], cli: str, why: str) -> AppFix:
+    """maxclients `want` live: CONFIG SET (and CONFIG REWRITE when there is a file)."""
+    nofile = want + RESERVED_FDS
+    command = f"{cli} CONFIG SET maxclients {want}" + (f" && {cli} CONFIG REWRITE" if path else "")
+    why += ("; CONFIG REWRITE keeps it in the config file" if path else
+            "; put the line in its config file too, or a restart loses it")
+    return AppFix([f"maxclients {want}"], path, nofile, base.RELOAD, command, want, why)
+
+
+def fix_for(proc: ProcView, want: int, path: Optional[str], port: Optional[int],
+            now: Optional[int] = None) -> AppFix:
     """`maxclients want` and the descriptors it needs (want + 32).  CONFIG SET raises
-    Redis's own soft limit when the hard limit has room; else a restart under a higher
-    limit (Redis sets soft = hard when it raises, so a prlimit of the hard limit first)."""
+    Redis's own soft limit when the hard limit has room.  When it has not, the largest
+    value that fits (hard - 32) live if that is more than `now`, with what else the rest
+    needs; else a restart under a higher limit (Redis sets soft = hard when it raises)."""
     nofile = want + RESERVED_FDS
     cli = "redis-cli" + (f" -p {port}" if port and port != 6379 else "")
-    live = proc.nofile_hard is None or nofile <= proc.nofile_hard
-    if live:
-        command = f"{cli} CONFIG SET maxclients {want}" + (f" && {cli} CONFIG REWRITE" if path else "")
-        why = (f"CONFIG SET takes it live (Redis raises its own descriptor limit to {nofile:,}, "
-               f"within its hard limit {proc.nofile_hard or 0:,})"
-               + ("; CONFIG REWRITE keeps it in the config file" if path else
-                  "; put the line in its config file too, or a restart loses it"))
-        return AppFix([f"maxclients {want}"], path, nofile, base.RELOAD, command, want, why)
-    command = (f"set maxclients {want} in {path or 'its config file'} and restart Redis with "
-               f"RLIMIT_NOFILE >= {nofile} (LimitNOFILE={nofile} in its unit, or ulimit -n {nofile})")
-    why = (f"its hard RLIMIT_NOFILE {proc.nofile_hard:,} is below the {nofile:,} descriptors "
-           f"maxclients {want:,} needs: CONFIG SET would be refused, so restart it with the higher limit")
+    hard = proc.nofile_hard
+    if hard is None or nofile <= hard or proc.cap_sys_resource:
+        return _config_set(proc, want, path, cli,
+                           f"CONFIG SET takes it live (Redis raises its own descriptor limit to "
+                           f"{nofile:,}, within its hard limit {hard or 0:,})")
+    beyond = (f"{want:,} needs a hard RLIMIT_NOFILE of {nofile:,}: restart it under "
+              f"LimitNOFILE={nofile} (or ulimit -n {nofile}) with maxclients {want} in "
+              f"{path or 'its config file'}")
+    fit = hard - RESERVED_FDS
+    if now is not None and fit > now:
+        return _config_set(proc, fit, path, cli,
+                           f"the most its hard RLIMIT_NOFILE {hard:,} lets Redis take ({hard:,} - "
+                           f"{RESERVED_FDS}), live; beyond it, {beyond}")
+    command = (f"systemctl restart {shlex.quote(proc.unit)}" if proc.unit else
+               f"restart Redis under RLIMIT_NOFILE >= {nofile}")
+    why = (f"its hard RLIMIT_NOFILE {hard:,} is below the {nofile:,} descriptors maxclients "
+           f"{want:,} needs, so CONFIG SET would be refused: {beyond}")
     return AppFix([f"maxclients {want}"], path, nofile, base.RESTART, command, want, why)
 
 
@@ -276,9 +316,9 @@ def default_fix(proc: ProcView, value: int, configured: Optional[int], path, por
     the default 10,000) with the descriptors it needs."""
     room = (proc.nofile_soft or 0) - RESERVED_FDS
     if value < room:
-        return fix_for(proc, room, path, port)
+        return fix_for(proc, room, path, port, value)
     want = max(configured or DEFAULT_MAXCLIENTS, value + 1)
-    return fix_for(proc, want, path, port)
+    return fix_for(proc, want, path, port, value)
 
 
 def _asked(proc: ProcView, port: int, value: int, connected: Optional[int], where: str) -> AppCap:
@@ -288,8 +328,10 @@ def _asked(proc: ProcView, port: int, value: int, connected: Optional[int], wher
            if lowered else "Redis refuses a client beyond maxclients (-ERR max number of clients reached)")
     if connected is not None:
         why += f"; {connected:,} connected now (tuner's question among them)"
-    cap = AppCap("redis", f"maxclients {value:,}", value, where, base.READ, why)
-    cap.fix = default_fix(proc, value, None, None, port)
+    unread: List[str] = []
+    path = config_from_info(proc, port, unread) or config_path(proc)
+    cap = AppCap("redis", f"maxclients {value:,}", value, where, base.READ, why, unread=unread)
+    cap.fix = default_fix(proc, value, None, path, port)
     return cap
 
 
@@ -343,7 +385,8 @@ class Redis(base.Adapter):
         return read(proc)
 
     def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
-        return fix_for(proc, want, config_path(proc), proc.ports[0] if proc.ports else None)
+        port = proc.ports[0] if proc.ports else None
+        return fix_for(proc, want, config_from_info(proc, port, []) or config_path(proc), port, cap.allows)
 
 
 ADAPTER = Redis()
