@@ -175,6 +175,35 @@ def test_client_without_alias_dev_says_how_many_and_how(capsys, jpath, netns):
     assert not any(c["kind"] == "alias" for c in data["plan"]["changes"])
 
 
+def test_client_alias_dev_lo_keeps_the_port_range_and_down_link_is_named(capsys, jpath, netns):
+    """--alias-dev lo for a client counted lo's 127.0.0.0/8 (16,777,214 sources), said
+    'nothing to add' and dropped the port range the report marks as binding; and a DOWN
+    --alias-dev got aliases with no word about the link.  Dry runs: nothing applied."""
+    import subprocess
+    subprocess.run(["ip", "-n", netns, "link", "add", "dum0", "type", "veth", "peer", "name", "dum1"], check=True)
+    before, lo_before = netns_values(netns), addresses(netns, "lo")
+    data = plan_of(capsys, "-n", "1M", "--role", "client", "--netns", netns, "--alias-dev", "lo",
+                   "--alias-net", "10.99.0.0/24", "--journal", jpath)
+    plan = data["plan"]
+    knobs = [c["knob"] for c in plan["changes"]]
+    assert "net.ipv4.ip_local_port_range" in knobs, knobs
+    assert knobs.count("source addresses") == 19, knobs
+    assert not any("16,777,214" in n for n in plan["notes"]), plan["notes"]
+    assert any("127.0.0.0/8 on lo reaches only this host" in n for n in plan["notes"])
+    rc, out, err = tuner(capsys, "apply", "--dry-run", "-n", "1M", "--role", "client", "--netns",
+                         netns, "--alias-dev", "dum0", "--alias-net", "10.99.0.0/24",
+                         "--journal", jpath)
+    assert rc == 0, err
+    assert f"dum0 is down: addresses on it carry no traffic until `ip -n {netns} link set dum0 up`" in out
+    assert "10.99.0.19/32 on dum0" in out and "ip_local_port_range" in out
+    subprocess.run(["ip", "-n", netns, "link", "set", "dum0", "up"], check=True)
+    data = plan_of(capsys, "-n", "1M", "--role", "client", "--netns", netns, "--alias-dev", "dum0",
+                   "--alias-net", "10.99.0.0/24", "--journal", jpath)
+    assert not any("is down" in n for n in data["plan"]["notes"]), data["plan"]["notes"]
+    assert netns_values(netns) == before and addresses(netns, "lo") == lo_before
+    assert addresses(netns, "dum0") == []
+
+
 def test_pid_raises_child_soft_limit_and_says_hard_is_capped(capsys, jpath):
     with child_with_nofile(1024, 20000) as pid:
         rc, out, err = tuner(capsys, "apply", "-n", "1M", "--pid", pid, "--yes", "--journal", jpath)

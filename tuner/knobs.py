@@ -100,7 +100,9 @@ class Ctx:
         if self.source_count is not None:
             return self.source_count
         dev = self.source_dev or ("lo" if self.role == "loopback" else None)
-        return source_address_count(self.snap, dev)
+        # A client or server reaches other hosts: lo's 127.0.0.0/8 is no source for them,
+        # even with --alias-dev lo (it counted 16,777,214 and hid the port range).
+        return source_address_count(self.snap, dev, remote=self.role != "loopback")
 
     @cached_property
     def idle_breakdown(self) -> dict:
@@ -403,7 +405,8 @@ def _sources_explain(ctx):
     snap, parts = ctx.snap, []
     anyip = anyip_prefixes(snap.addresses, snap.local_routes)
     for version in (4, 6):
-        nets = source_networks(snap.addresses, snap.local_routes, dev, version=version)
+        nets = source_networks(snap.addresses, snap.local_routes, dev, version=version,
+                               remote=ctx.role != "loopback")
         prefixes = [n for n in anyip if n.version == version and n in nets]
         if not nets:
             continue

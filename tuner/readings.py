@@ -88,18 +88,20 @@ def _read_slab(snap: Snapshot) -> None:
     snap.slab_objects = {name: c.active_objs for name, c in caches.items()}
 
 
-def source_address_counts(snap: Snapshot, ifname: Optional[str]) -> dict:
+def source_address_counts(snap: Snapshot, ifname: Optional[str], remote: bool = False) -> dict:
     """{4: n, 6: n}: distinct source addresses outbound connections can use on `ifname`
-    (None: every non-loopback device, AnyIP prefixes on lo included), per IP version:
+    (None: every non-loopback device, AnyIP prefixes on lo included), per IP version;
+    `remote`: connections to another host (127.0.0.0/8 counts nowhere then):
     tuner.host.localnet counts them, for the probe too."""
     return {v: localnet.source_count(localnet.source_networks(snap.addresses, snap.local_routes,
-                                                                ifname, version=v)) for v in (4, 6)}
+                                                                ifname, version=v, remote=remote))
+            for v in (4, 6)}
 
 
-def source_address_count(snap: Snapshot, ifname: Optional[str]) -> int:
+def source_address_count(snap: Snapshot, ifname: Optional[str], remote: bool = False) -> int:
     """Source addresses of the better-provided IP version (a client connects over one:
     the report's row says how many each has)."""
-    return max(source_address_counts(snap, ifname).values())
+    return max(source_address_counts(snap, ifname, remote).values())
 
 
 def listeners(port: int, address: Optional[str] = None) -> int:

@@ -15,6 +15,7 @@ import this module.
 """
 from __future__ import annotations
 
+import fcntl
 import importlib
 import importlib.util
 import ipaddress
@@ -26,6 +27,7 @@ from typing import Dict, Iterator, List, Optional, Union
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 RT_TABLE_LOCAL = 255
 RTN_LOCAL = 2
+SIOCGIFFLAGS, IFF_UP = 0x8913, 0x1   # <linux/sockios.h>, <linux/if.h>
 _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 _messages = None
 
@@ -155,7 +157,8 @@ def route_for(routes, prefix: str) -> Optional[Dict[str, object]]:
 # ---------------------------------------------------------------- counting (pure)
 
 def source_networks(addresses, local_routes, ifname: Optional[str] = None,
-                    within: Optional[str] = None, version: int = 4) -> List[Network]:
+                    within: Optional[str] = None, version: int = 4,
+                    remote: bool = False) -> List[Network]:
     """The networks of one IP version outbound sockets can take source addresses from,
     disjoint.
 
@@ -165,7 +168,9 @@ def source_networks(addresses, local_routes, ifname: Optional[str] = None,
     --source-net; its version then decides).  An address on lo makes its whole prefix
     local (Linux answers for all of 127.0.0.0/8), elsewhere an address is itself only;
     local routes count whole (they are what the kernel answers for).  IPv6 link-local
-    and loopback addresses are no source for another host.
+    and loopback addresses are no source for another host.  remote: the sockets reach
+    another host, so loopback networks count on no device, a named lo included (its
+    127.0.0.0/8 answers only this host).
     """
     inside = None if within is None else ipaddress.ip_network(within, strict=False)
     version = inside.version if inside is not None else version
@@ -182,6 +187,8 @@ def source_networks(addresses, local_routes, ifname: Optional[str] = None,
             nets.append(net)
     if version == 6 and inside is None:
         nets = [n for n in nets if not (n.is_link_local or n.is_loopback)]
+    if remote:
+        nets = [n for n in nets if not n.is_loopback]
     # CIDR networks are nested or disjoint: keep the outermost ones (127.0.0.1/32 lies in
     # 127.0.0.0/8).  No merging of neighbours: 16 aliases side by side are 16 sources,
     # not a /28 without its first and last address.
@@ -207,6 +214,19 @@ def anyip_prefixes(addresses, local_routes) -> List[Network]:
         if net.num_addresses > 1 and not net.is_loopback and net not in own:
             out.append(net)
     return sorted(out, key=lambda n: (n.version, n))
+
+
+def link_up(ifname: str) -> Optional[bool]:
+    """Whether interface `ifname` of this namespace is administratively UP (IFF_UP, as
+    `ip link` shows it); None when there is no such interface.  An ioctl on a socket
+    reads the namespace the caller is in (sysfs would show the one it was mounted in)."""
+    ifreq = struct.pack("16sH22x", ifname.encode()[:15], 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            flags = struct.unpack("16sH22x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifreq))[1]
+        except OSError:
+            return None
+    return bool(flags & IFF_UP)
 
 
 def _on(dev: str, ifname: Optional[str], within: Optional[str]) -> bool:

@@ -11,6 +11,7 @@ import shlex
 from typing import List, Optional
 
 from tuner.host.errors import UsageError
+from tuner.host.localnet import link_up
 from tuner.host.netns import in_netns
 from .base import Change, Presence, WriteError, check, device_field, is_int, netns_gone, text_field
 
@@ -77,6 +78,21 @@ class Alias(Presence):
             except NetlinkError as e:
                 raise WriteError(f"{errno.errorcode.get(e.code, e.code)}: {e.args[-1]}") from None
 
+    def plan_first(self, planning) -> List[Change]:
+        req = planning.req
+        if req.alias_dev is not None:
+            with in_netns(req.netns):
+                up = link_up(req.alias_dev)
+            if up is False:
+                ip = f"ip -n {shlex.quote(req.netns)}" if req.netns else "ip"
+                dev = shlex.quote(req.alias_dev)
+                planning.notes.append(f"{req.alias_dev} is down: addresses on it carry no traffic "
+                                      f"until `{ip} link set {dev} up`.")
+        if req.alias_dev == "lo" and req.role != "loopback":
+            planning.notes.append(f"127.0.0.0/8 on lo reaches only this host: no source address "
+                                  f"for role {req.role}'s connections to others, not counted.")
+        return []
+
     def plan(self, knob, planning) -> List[Change]:
         req, sim = planning.req, planning.sim
         state = planning.needed(knob)
@@ -86,7 +102,7 @@ class Alias(Presence):
         dev = ctx.source_dev or ("lo" if req.role == "loopback" else "non-loopback interfaces and AnyIP prefixes")
         if needed is None:
             if req.role != "server":
-                local = " (all of 127.0.0.0/8 is local on lo)" if dev == "lo" else ""
+                local = " (all of 127.0.0.0/8 is local on lo)" if dev == "lo" and req.role == "loopback" else ""
                 planning.notes.append(f"source addresses: {ctx.sources:,} usable on {dev}{local}; "
                                       f"nothing to add for {req.target:,}.")
             return []
