@@ -25,6 +25,7 @@ import os
 import socket
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Tuple
+from urllib.parse import unquote
 
 from . import connect_held, connect_worker, kernel, protocols, serverside
 from .config import ProbeConfigError, fast_ports, source_network, split_shares, worker_capacity
@@ -199,6 +200,8 @@ class Client(Orchestration):
         self.uss = 0
         self.hold_latency = Histogram()
         self.ramp = Ramp(cfg, w, service_sampler(self.target), self.emit) if cfg.step else None
+        self.kinds: Dict[str, int] = {}        # what TLS handshakes negotiated, first seen first
+        self.handshakes = Histogram()
 
     def timeout(self) -> Optional[float]:
         # A ramp's steps each have their own (Ramp.stop_reason): its length is the user's.
@@ -230,6 +233,11 @@ class Client(Orchestration):
                 self.hold_latency.decode(values["chunk"])
             elif self.ramp:
                 self.ramp.latency(values["round"], values["chunk"])
+        elif line is connect_worker.KIND:
+            kind = unquote(values["kind"])
+            self.kinds[kind] = self.kinds.get(kind, 0) + values["count"]
+        elif line is connect_worker.HANDSHAKES:
+            self.handshakes.decode(values["chunk"])
 
     def tick(self, now: float) -> None:
         # Only while the run goes on: a stopped one takes no more rows.
@@ -325,7 +333,7 @@ class Client(Orchestration):
             "user_bytes_per_conn": self.user_bytes_per_conn(answered),
             "errors": errors,
             "timeline": self.timeline,
-            **self.traffic(),
+            **self.traffic(), **self.costs(server, established),
         }
         result["stalled"] = serverside.stalled(result)
         return ConnectResult(result)
@@ -339,6 +347,39 @@ class Client(Orchestration):
                 "latency_ms": self.hold_latency.summary_ms(), "latency_exchanges": self.hold_latency.count,
                 "steps": self.ramp.rows if self.ramp else [],
                 "ramp": self.ramp.to_dict() if self.ramp else None}
+
+    def costs(self, server: dict, established: int) -> dict:
+        """What opening cost: `tls` (the handshakes; None in plain text) and `cpu`."""
+        return {"tls": self.tls_figures(server), "cpu": self.cpu_figures(established)}
+
+    def tls_figures(self, server: dict) -> Optional[dict]:
+        """What the TLS handshakes negotiated and cost the probe (None: plain)."""
+        tls = self.protocol.transport
+        if tls.name != "tls":
+            return None
+        s = tls.settings
+        negotiated = []
+        for kind, count in self.kinds.items():
+            version, cipher, group = (kind.split(" ") + ["?", "?", "?"])[:3]
+            negotiated.append({"version": version, "cipher": cipher, "group": group, "count": count})
+        return {"insecure": s.insecure, "server_name": tls.hostname, "ca": s.ca, "client_cert": s.cert,
+                "alpn": list(s.alpn or tls.default_alpn), "version_asked": s.version, "resume": s.resume,
+                "handshakes_full": self.total("full"), "handshakes_resumed": self.total("resumed"),
+                "failed": server["tls_failed"], "stalled": server["tls_stalled"],
+                "negotiated": negotiated, "handshake_ms": self.handshakes.summary_ms()}
+
+    def cpu_figures(self, established: int) -> dict:
+        """The probe workers' CPU over the opening (to the end of the first check), per
+        connection opened (per handshake under TLS); the server's is added by the caller
+        when it runs on this host (tuner.probing.run)."""
+        seconds = self.total("cpu_us") / 1e6
+        tls = self.protocol.transport.name == "tls"
+        per = self.total("full") + self.total("resumed") if tls else established
+        return {"per": "handshake" if tls else "connection",
+                "probe_seconds": round(seconds, 3),
+                "probe_ms_per_conn": round(seconds * 1000 / per, 3) if per else None,
+                "server_seconds": None, "server_ms_per_conn": None, "server_pids": [],
+                "bound_by": None, "sentence": None}
 
 
 def service_sampler(target):
@@ -383,6 +424,13 @@ def summary_lines(r: dict) -> List[str]:
         + (f"{r['kernel_slab_bytes_per_conn']:,} B/conn" if r["kernel_figures_reliable"]
            else "not measurable (host busy)"),
     ]
+    tls = r.get("tls")
+    if tls:
+        lines.append(("TLS NOT VERIFIED (--insecure); " if tls["insecure"] else "")
+                     + f"TLS: {tls['handshakes_full']:,} full handshakes, {tls['handshakes_resumed']:,} resumed"
+                     + (f", p50 {tls['handshake_ms']['p50']} ms" if tls["handshake_ms"] else ""))
+    if r["cpu"]["sentence"]:
+        lines.append(r["cpu"]["sentence"])
     for e in r["errors"]:
         lines.append(f"error: {e['side']} {e['op']} {e['errno']} x{e['count']} -> {e['limit']}: "
                      f"{e['first_message']}")

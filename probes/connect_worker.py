@@ -31,6 +31,7 @@ from urllib.parse import quote
 from .connect_held import (CHECKING, CONNECTING, HEARD, HELD, HOLD_ROUND, LATENCY, PINGING, PINGS, SAMPLED,
                            SENT, STEP, HeldTraffic)
 from .fleet import ERROR, OPS, SIDES, Line, line_kinds
+from .latency import Histogram
 from .protocols import NEED, READ_SIZE, Connection, Exchange, Protocol
 from .protocols import VERIFIED as PASSED   # a verdict; VERIFIED below is a report line
 from .sockets import SOCK_FLAGS, client_options, family_of, libc, reset_on_close, sockaddr, socket_error
@@ -38,7 +39,7 @@ from .sockets import SOCK_FLAGS, client_options, family_of, libc, reset_on_close
 PROGRESS = Line("A", "opened", "established", "verified", counts=True)
 # How the connections that did not verify at open ended, on the server's side.
 SERVER = Line("S", "refused", "closed", "reset", "not_listening", "not_connected", "unaccepted", "no_answer",
-              counts=True)
+              "tls_failed", "tls_stalled", counts=True)
 VERIFIED = Line("V", "opened", "established", "verified", "mismatches", "t_verified",
                 counts=True, final=True)                 # first check over; now holding
 # The second check at the end of the hold: verified twice, or how the server ended it.
@@ -47,7 +48,15 @@ CHECKED = Line("C", "checked", "verified_twice", "check_refused", "closed_in_hol
 # The server's words (percent-encoded) and how many connections got them; when: 0 at
 # open, 1 at the second check.
 WORDS = Line("W", "when", "count", "words", text=("words",))
-LINES = line_kinds(PROGRESS, SERVER, VERIFIED, CHECKED, WORDS, PINGS, STEP, LATENCY, SAMPLED)
+# What opening cost this worker: its CPU (user + system) from start to the first check's
+# end, and under TLS the handshakes, full and resumed.
+COST = Line("U", "cpu_us", "full", "resumed", counts=True)
+# TLS: handshakes by what they negotiated ('TLSv1.3 TLS_AES_256_GCM_SHA384 X25519',
+# percent-encoded), this worker's first first; the handshake latency histogram's chunks.
+KIND = Line("K", "count", "kind", text=("kind",))
+HANDSHAKES = Line("H", "chunk", text=("chunk",))
+LINES = line_kinds(PROGRESS, SERVER, VERIFIED, CHECKED, WORDS, PINGS, STEP, LATENCY, SAMPLED, COST, KIND,
+                   HANDSHAKES)
 
 BATCH = 256
 DISTINCT_WORDS = 8            # distinct answers a worker reports per check; more are 'other'
@@ -56,6 +65,12 @@ OTHER_WORDS = "(other answers)"
 # a reset; no SYN-ACK before the kernel gave up).  Other errnos are this host's.
 NOT_LISTENING, SYN_UNANSWERED = {E.ECONNREFUSED}, {E.ETIMEDOUT}
 MSG_PEEK_DONTWAIT = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+def cpu_us() -> int:
+    """This process's CPU time so far (user + system), in microseconds."""
+    t = os.times()
+    return int((t.user + t.system) * 1e6)
 
 
 class ConnectWorker(HeldTraffic):
@@ -77,6 +92,12 @@ class ConnectWorker(HeldTraffic):
         # The transport's state per open connection, held ones too; empty for plain
         # (a held connection then keeps its descriptor and state byte only).
         self.conns: Dict[int, Connection] = {}
+        # TLS: the transport counts its handshakes (per worker, a copy after fork) into
+        # this histogram; the figures go out with the first check's.
+        self.tls = protocol.transport if protocol.transport.name == "tls" else None
+        self.handshakes = Histogram()
+        if self.tls is not None:
+            self.tls.record = self.handshakes.record
         self.opened = self.established = self.verified = self.pending = 0
         self.server = Counter()                       # SERVER's and CHECKED's columns
         self.words = Counter()
@@ -96,6 +117,7 @@ class ConnectWorker(HeldTraffic):
 
     # -- the run -------------------------------------------------------------------------
     def run(self) -> int:
+        self.cpu0 = cpu_us()
         self.poll = select.epoll()
         self.poll.register(self.stop_fd, select.EPOLLIN)
         self.open_and_verify()
@@ -122,10 +144,11 @@ class ConnectWorker(HeldTraffic):
             if target is not None:   # a new step: its own deadline, the rate counted from now
                 self.target, start, base = min(target, self.share), now, self.opened
                 self.deadline = now + self.step_timeout
-            opening = not (self.failed or self.stopped) and self.opened < self.target
+            alone = self.needs_session()
+            opening = not (self.failed or self.stopped) and self.opened < self.target and not (alone and self.pending)
             if opening:
                 due = self.target if not self.rate else min(self.target, base + int((now - start) * self.rate) + 1)
-                self.open(min(due, self.opened + BATCH))
+                self.open(min(due, self.opened + (1 if alone else BATCH)))
             elif not self.pending:
                 if self.target >= self.share or self.failed or self.stopped:
                     return
@@ -153,7 +176,14 @@ class ConnectWorker(HeldTraffic):
             else:
                 self.on_event(fd, ev)
 
+    def needs_session(self) -> bool:
+        """Under --resume, until a session is had: connections open one at a time, so the
+        first full handshake's session is what the others resume."""
+        tls = self.tls
+        return tls is not None and tls.settings.resume and tls.session is None
+
     def report_open(self) -> None:
+        self.report_cost()
         if self.control is None:   # the hold's latency starts now; a ramp's rounds cut their own
             self.window.clear()
         self.report_words(0)
@@ -161,6 +191,15 @@ class ConnectWorker(HeldTraffic):
         mismatches = self.server["refused"] if self.protocol.counts_mismatches else 0
         self.send(VERIFIED, opened=self.opened, established=self.established, verified=self.verified,
                   mismatches=mismatches, t_verified=time.monotonic_ns())
+
+    def report_cost(self) -> None:
+        tls = self.tls
+        if tls is not None:
+            for kind, count in tls.kinds.items():
+                self.send(KIND, count=count, kind=quote(kind[:200], safe="") or "-")
+            for chunk in self.handshakes.encode():
+                self.send(HANDSHAKES, chunk=chunk)
+        self.send(COST, cpu_us=cpu_us() - self.cpu0, full=tls.full if tls else 0, resumed=tls.resumed if tls else 0)
 
     def report_words(self, when: int) -> None:
         for words, count in self.words.items():
@@ -317,7 +356,7 @@ class ConnectWorker(HeldTraffic):
             self.verified += 1
             self.held += 1
             return
-        self.server["refused"] += 1
+        self.server["tls_failed" if getattr(ex, "handshaking", False) else "refused"] += 1
         self.refused(ex.words)
         self.forget(fd)
 
@@ -344,6 +383,8 @@ class ConnectWorker(HeldTraffic):
                 self.server["not_connected"] += 1
             elif st == CONNECTING and self.protocol.server_first:
                 self.server["unaccepted"] += 1   # not one byte of the server's greeting
+            elif getattr(self.exchanges[fd], "handshaking", False) and st != CONNECTING:
+                self.server["tls_stalled"] += 1  # accepted, and the handshake never finished
             else:
                 self.server["no_answer"] += 1
             self.poll.unregister(fd)
@@ -407,11 +448,25 @@ class ConnectWorker(HeldTraffic):
         byte = ctypes.create_string_buffer(1)
         got = libc.recv(fd, byte, 1, MSG_PEEK_DONTWAIT)
         code = ctypes.get_errno() if got < 0 else 0
+        if got > 0 and fd in self.conns:
+            got, code = self.still_open_tls(fd)
         if got > 0 or code in (E.EAGAIN, E.EWOULDBLOCK):
             self.server["verified_twice"] += 1
         else:
             self.server["closed_in_hold" if got == 0 else "reset_in_hold"] += 1
             self.forget(fd, in_flight=False)
+
+    def still_open_tls(self, fd: int):
+        """(got, errno) of the passive check on a TLS connection with records waiting:
+        read through TLS, a close_notify or an alert is the server ending it."""
+        try:
+            data = os.read(fd, 65536)
+        except OSError as exc:
+            return -1, exc.errno
+        if not data:
+            return 0, 0
+        closed = self.conns[fd].closed_in_hold(data)
+        return (0, 0) if closed else (1, 0) if closed is False else (-1, E.ECONNRESET)
 
     def answers(self, deadline: float) -> None:
         while self.exchanges and time.monotonic() < deadline:

@@ -17,8 +17,10 @@ from tuner.host.numfmt import millis
 
 from . import classify
 from .protocols import Target
+from .protocols.tls import WORDS as TLS_WORDS
 
 WHEN = ("open", "check")
+WORDED = ("refused", "check_refused", "tls_failed")
 FIRST_WORDS = 5      # distinct answers the result keeps (the first seen, with their counts)
 
 # (column, op, errno-like label, limit, what it means) of each way the server ended a
@@ -35,6 +37,9 @@ KINDS = (
     ("refused", "read", "REFUSED", classify.PEER, "refused by the server"),
     ("closed", "read", "EOF", classify.PEER, "closed by the server before it answered"),
     ("reset", "read", "ECONNRESET", classify.PEER, "reset by the server before it answered"),
+    ("tls_failed", "handshake", "TLS", classify.PEER, "failed the TLS handshake"),
+    ("tls_stalled", "handshake", "ETIMEDOUT", classify.PEER,
+     "accepted and stalled in the TLS handshake before --timeout"),
     ("closed_in_hold", "verify", "EOF", classify.PEER, "closed by the server during the hold"),
     ("reset_in_hold", "verify", "ECONNRESET", classify.PEER, "reset by the server during the hold"),
     ("check_refused", "verify", "REFUSED", classify.PEER, "refused by the server at the second check"),
@@ -94,9 +99,14 @@ def figures(total: Callable[[str], int], words: Words, queue: Optional[Queue],
     backlog is smaller than the connections the probe opened (else another listener's
     overflows would be named as the server's)."""
     out = {column: total(column) for column, *_ in KINDS if column != "queued"}
-    silent = out["no_answer"]
-    out["queued"] = min(silent, queue.queued if queue else 0)
-    out["no_answer"] = silent - out["queued"]
+    # Under TLS a connection still in the accept queue looks stalled in the handshake
+    # (its ClientHello went out, nothing came back): those the queue holds were never
+    # accepted, and are counted as queued first.
+    waiting = queue.queued if queue else 0
+    out["queued"] = queued = min(out["no_answer"] + out["tls_stalled"], waiting)
+    taken = min(queued, out["tls_stalled"])
+    out["tls_stalled"] -= taken
+    out["no_answer"] -= queued - taken
     out["accept_queue"] = queue.queued if queue else None
     out["listen_overflows"] = (sum((moved or {}).get(k, 0) for k in OVERFLOWS)
                                if queue is not None and attempted > queue.backlog else None)
@@ -112,7 +122,11 @@ def errors(server: dict, target: Target) -> List[dict]:
         if not count:
             continue
         said = [w for w in server["words"] if (w["when"] == "check") == column.startswith("check")]
-        words = "; ".join(f"{w['words']!r} x{w['count']:,}" for w in said) if "refused" in column else ""
+        if column == "tls_failed":
+            said = [w for w in said if w["words"].startswith(TLS_WORDS)]
+        elif "refused" in column:
+            said = [w for w in said if not w["words"].startswith(TLS_WORDS)]
+        words = "; ".join(f"{w['words']!r} x{w['count']:,}" for w in said) if column in WORDED else ""
         groups.append({"side": "server", "op": op, "errno": label, "count": count,
                        "first_message": f"{count:,} connection(s) to {target.endpoint} {meaning}"
                                         + (f": {words}" if words else ""),
@@ -158,7 +172,9 @@ def latency_stall(ramp: dict) -> dict:
 
 
 def server_parts(server: dict) -> List[str]:
-    words = {w["when"]: w for w in reversed(server["words"])}   # the first of each check
+    # The first words of each check (and, apart, of the TLS handshakes that failed).
+    words = {w["when"]: w for w in reversed(server["words"]) if not w["words"].startswith(TLS_WORDS)}
+    tls = [w for w in server["words"] if w["words"].startswith(TLS_WORDS)]
     overflows = server.get("listen_overflows") or 0
     backlog = f"its listen backlog full ({overflows:,} overflows)"
     texts = {
@@ -170,6 +186,8 @@ def server_parts(server: dict) -> List[str]:
         "refused": "{n} refused" + (f": {words['open']['words']!r}" if "open" in words else ""),
         "closed": "{n} closed before answering",
         "reset": "{n} reset before answering",
+        "tls_failed": "{n} failed the TLS handshake" + (f": {tls[0]['words']!r}" if tls else ""),
+        "tls_stalled": "{n} stalled in the TLS handshake",
         "closed_in_hold": "{n} closed during the hold",
         "reset_in_hold": "{n} reset during the hold",
         "check_refused": "{n} refused at the second check" + (f": {words['check']['words']!r}"

@@ -386,6 +386,119 @@ def _addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# --- TLS: certificates made here, the way a test needs them ---------------------------------
+
+@dataclass(frozen=True)
+class Pair:
+    cert: str
+    key: str
+
+    @property
+    def combined(self) -> str:
+        """cert and key in one PEM file beside them (HAProxy's `crt`)."""
+        path = self.cert[:-len(".pem")] + "-combined.pem"
+        if not os.path.exists(path):
+            with open(path, "w") as out, open(self.cert) as c, open(self.key) as k:
+                out.write(c.read() + k.read())
+        return path
+
+
+@dataclass(frozen=True)
+class Certs:
+    """A test CA and what it signed (each a Pair): `server` for localhost, 127.0.0.1 and
+    ::1; `expired` the same names, expired yesterday; `other_name` for other.example only;
+    `client` a client certificate (mutual TLS); `other_ca` a CA nobody trusts with a
+    server certificate it signed (`stranger`, valid names)."""
+    dir: str
+    ca: str
+    server: Pair
+    expired: Pair
+    other_name: Pair
+    client: Pair
+    other_ca: str
+    stranger: Pair
+
+
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def make_certs(d: str, rsa_bits: Optional[int] = None) -> Certs:
+    """Self-signed CAs and the certificates a TLS test needs, written into d (the
+    `cryptography` package: it can write the expired one); EC P-256 keys (fast), or RSA
+    keys of rsa_bits (what most sites serve: the server's signature is the dear side)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write(stem, cert, key):
+        paths = Pair(os.path.join(d, stem + ".pem"), os.path.join(d, stem + "-key.pem"))
+        _write(paths.cert, cert.public_bytes(serialization.Encoding.PEM).decode())
+        _write(paths.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()).decode())
+        os.chmod(paths.key, 0o644)      # servers that drop to their own user read it
+        return paths
+
+    def new_key():
+        if rsa_bits:
+            return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def ca(cn):
+        key = new_key()
+        cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name(cn)).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - day)
+                .not_valid_after(now + 30 * day).add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+                .sign(key, hashes.SHA256()))
+        return cert, key
+
+    def leaf(issuer, cn, names, before, after, usage):
+        cert_ca, key_ca = issuer
+        key = new_key()
+        sans = [x509.IPAddress(ipaddress.ip_address(n)) if n[0].isdigit() or ":" in n else x509.DNSName(n)
+                for n in names]
+        cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(cert_ca.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(before).not_valid_after(after)
+                .add_extension(x509.SubjectAlternativeName(sans), False)
+                .add_extension(x509.ExtendedKeyUsage([usage]), False)
+                .sign(key_ca, hashes.SHA256()))
+        return cert, key
+
+    root, other = ca("tuner test CA"), ca("a CA nobody trusts")
+    ca_path, other_path = os.path.join(d, "ca.pem"), os.path.join(d, "other-ca.pem")
+    _write(ca_path, root[0].public_bytes(serialization.Encoding.PEM).decode())
+    _write(other_path, other[0].public_bytes(serialization.Encoding.PEM).decode())
+    server = ExtendedKeyUsageOID.SERVER_AUTH
+    return Certs(
+        dir=d, ca=ca_path, other_ca=other_path,
+        server=write("server", *leaf(root, "localhost", LOCAL_NAMES, now - day, now + 30 * day, server)),
+        expired=write("expired", *leaf(root, "localhost", LOCAL_NAMES, now - 30 * day, now - day, server)),
+        other_name=write("other-name", *leaf(root, "other.example", ("other.example",), now - day, now + 30 * day,
+                                             server)),
+        client=write("client", *leaf(root, "tuner client", ("tuner-client",), now - day, now + 30 * day,
+                                     ExtendedKeyUsageOID.CLIENT_AUTH)),
+        stranger=write("stranger", *leaf(other, "localhost", LOCAL_NAMES, now - day, now + 30 * day, server)))
+
+
+@pytest.fixture(scope="session")
+def tls_certs():
+    """The certificates, in a directory servers that drop to their own user (Mosquitto)
+    can read; removed after the session."""
+    d = workdir("tls-certs")
+    yield make_certs(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
 # --- nginx ----------------------------------------------------------------------------------
 
 NGINX_SITE = """server {{
@@ -400,16 +513,31 @@ NGINX_SITE = """server {{
 """
 
 
-def _nginx_site(hosts, port) -> str:
-    return NGINX_SITE.format(listens="\n".join(f"    listen {_addr(h, port)};" for h in hosts))
+def _nginx_site(hosts, port, tls: Optional[Pair] = None, client_ca: Optional[str] = None,
+                extra: str = "") -> str:
+    """The site: plain, or `listen ... ssl` with tls's certificate (client_ca: clients must
+    present a certificate it signed); extra: more server-level lines."""
+    ssl = " ssl" if tls else ""
+    lines = [f"    listen {_addr(h, port)}{ssl};" for h in hosts]
+    if tls:
+        lines += [f"    ssl_certificate {tls.cert};", f"    ssl_certificate_key {tls.key};",
+                  "    ssl_protocols TLSv1.2 TLSv1.3;"]
+    if client_ca:
+        lines += [f"    ssl_client_certificate {client_ca};", "    ssl_verify_client on;"]
+    if extra:
+        lines.append(extra)
+    return NGINX_SITE.format(listens="\n".join(lines))
 
 
 def nginx(*, workers: int = 1, worker_connections: int = 512, worker_rlimit_nofile: Optional[int] = None,
           hosts: Sequence[str] = LOOPBACK, port: Optional[int] = None, netns: Optional[str] = None,
-          nofile: Union[int, tuple, None] = None, timeout: float = 30.0) -> Server:
+          nofile: Union[int, tuple, None] = None, timeout: float = 30.0, tls: Optional[Pair] = None,
+          client_ca: Optional[str] = None, site_extra: str = "", http_extra: str = "") -> Server:
     """nginx: `worker_processes workers; events { worker_connections C; }`, one location
     answering 200 "ok" with keep-alive; master in the foreground (daemon off), logs and pid
-    file in its temp dir; ready when all its workers run."""
+    file in its temp dir; ready when all its workers run.  tls: `listen ... ssl` with
+    that certificate (client_ca: mutual TLS); site_extra / http_extra: more lines in the
+    server / http block (a `location /ws` proxying WebSockets, ssl_buffer_size)."""
     binary = need("nginx")
     d, hosts, port = _prepare("nginx", hosts, port, netns)
     temp = "\n".join(f"    {k}_temp_path {d}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -425,7 +553,8 @@ events {{
 http {{
     access_log {d}/access.log;
 {temp}
-{_nginx_site(hosts, port)}}}
+{http_extra}
+{_nginx_site(hosts, port, tls, client_ca, site_extra)}}}
 """)
     return start("nginx", [binary, "-p", d + "/", "-e", f"{d}/error.log", "-c", conf], port=port,
                  hosts=hosts, config=conf, dir=d, netns=netns, nofile=nofile, timeout=timeout,
@@ -482,13 +611,19 @@ def nginx_packaged(*, hosts: Sequence[str] = LOOPBACK, port: Optional[int] = Non
 
 def redis(*, maxclients: Optional[int] = None, requirepass: Optional[str] = None,
           hosts: Sequence[str] = LOOPBACK, port: Optional[int] = None, netns: Optional[str] = None,
-          nofile: Union[int, tuple, None] = None, args: Sequence[str] = (), timeout: float = 30.0) -> Server:
+          nofile: Union[int, tuple, None] = None, args: Sequence[str] = (), timeout: float = 30.0,
+          tls: Optional[Pair] = None) -> Server:
     """redis-server with a config file in its temp dir: bind, port, maxclients (omitted: Redis's
     default 10,000, which Redis lowers to nofile - 32 at start), no persistence, optional
-    requirepass; `args` are appended to its command line (the command line overrides the file)."""
+    requirepass; `args` are appended to its command line (the command line overrides the file).
+    tls: `tls-port` on the port with that certificate (`port 0`: no plain listener; clients
+    need no certificate)."""
     binary = need("redis-server")
     d, hosts, port = _prepare("redis", hosts, port, netns)
-    lines = [f"port {port}", f"bind {' '.join(hosts)}", 'save ""', "appendonly no", f"dir {d}",
+    listen = [f"port {port}"] if tls is None else [
+        "port 0", f"tls-port {port}", f"tls-cert-file {tls.cert}", f"tls-key-file {tls.key}",
+        f"tls-ca-cert-file {tls.cert}", "tls-auth-clients no"]
+    lines = [*listen, f"bind {' '.join(hosts)}", 'save ""', "appendonly no", f"dir {d}",
              "daemonize no", 'logfile ""']
     if maxclients is not None:
         lines.append(f"maxclients {maxclients}")
@@ -505,19 +640,21 @@ def redis(*, maxclients: Optional[int] = None, requirepass: Optional[str] = None
 def haproxy(*, maxconn: Optional[int] = None, frontend_maxconn: Optional[int] = None,
             stats_socket: bool = False, hosts: Sequence[str] = LOOPBACK, port: Optional[int] = None,
             netns: Optional[str] = None, nofile: Union[int, tuple, None] = None,
-            timeout: float = 30.0) -> Server:
+            timeout: float = 30.0, tls: Optional[Pair] = None, global_extra: Sequence[str] = ()) -> Server:
     """haproxy -db (foreground, no master-worker: pid is the one process) with a frontend that
     answers HTTP itself (`http-request return status 200`); global maxconn omitted lets
     HAProxy compute its own from the descriptor limit; the stats socket (extra["stats_socket"])
-    answers `show info`."""
+    answers `show info`.  tls: `bind ... ssl crt` with that certificate; global_extra: more
+    global lines (tune.bufsize, tune.ssl.*)."""
     binary = need("haproxy")
     d, hosts, port = _prepare("haproxy", hosts, port, netns)
-    glob = [f"    maxconn {maxconn}"] if maxconn is not None else []
+    glob = ([f"    maxconn {maxconn}"] if maxconn is not None else []) + [f"    {g}" for g in global_extra]
     extra = {}
     if stats_socket:
         extra["stats_socket"] = os.path.join(d, "stats.sock")
         glob.append(f"    stats socket {extra['stats_socket']} mode 600 level admin")
-    front = [f"    bind {_addr(h, port)}" for h in hosts]
+    crt = f" ssl crt {tls.combined}" if tls else ""
+    front = [f"    bind {_addr(h, port)}{crt}" for h in hosts]
     if frontend_maxconn is not None:
         front.append(f"    maxconn {frontend_maxconn}")
     conf = _write(os.path.join(d, "haproxy.cfg"), "\n".join([
@@ -554,10 +691,11 @@ def _read_all(s: socket.socket) -> bytes:
 def ws_server(*, max_open: Optional[int] = None, close_code: int = 1013,
               close_reason: str = "too many connections", protocol: Optional[str] = None,
               hosts: Sequence[str] = LOOPBACK, port: Optional[int] = None, netns: Optional[str] = None,
-              nofile: Union[int, tuple, None] = None, timeout: float = 30.0) -> Server:
+              nofile: Union[int, tuple, None] = None, timeout: float = 30.0, tls: Optional[Pair] = None) -> Server:
     """tests/servers/node/ws_server.js on the real `ws` package: holds WebSocket connections
     (ws answers pings), with max_open closes each one beyond that many open with close_code
-    and close_reason, with protocol accepts that subprotocol. Node has no cap of its own."""
+    and close_reason, with protocol accepts that subprotocol; tls: Node's https with that
+    certificate (wss://). Node has no cap of its own."""
     node = need("node")
     need_ws()
     d, hosts, port = _prepare("ws", hosts, port, netns)
@@ -569,6 +707,8 @@ def ws_server(*, max_open: Optional[int] = None, close_code: int = 1013,
         argv += ["--max-open", str(max_open), "--close-code", str(close_code), "--close-reason", close_reason]
     if protocol:
         argv += ["--protocol", protocol]
+    if tls:
+        argv += ["--cert", tls.cert, "--key", tls.key]
     return start("node-ws", argv, port=port, hosts=hosts, config=script, dir=d, netns=netns,
                  nofile=nofile, timeout=timeout)
 
@@ -617,8 +757,9 @@ def _postmaster_ready(srv: Server) -> bool:
 def mosquitto(*, max_connections: Optional[int] = None, hosts: Sequence[str] = LOOPBACK,
               port: Optional[int] = None, netns: Optional[str] = None,
               nofile: Union[int, tuple, None] = None, lines: Sequence[str] = (),
-              conf_d: Optional[dict] = None, timeout: float = 30.0) -> Server:
-    """mosquitto -c FILE: one `listener PORT HOST` block per host (each block is its own
+              conf_d: Optional[dict] = None, timeout: float = 30.0, tls: Optional[Pair] = None) -> Server:
+    """mosquitto -c FILE: one `listener PORT HOST` block per host (tls: each with that
+    certfile and keyfile, MQTT over TLS) (each block is its own
     listener with its own count: max_connections, when given, caps each one), anonymous
     clients allowed, no persistence, logs to stderr (server.log); `lines` go before the
     listener blocks (what Mosquitto calls the default listener's options and the global
@@ -637,6 +778,8 @@ def mosquitto(*, max_connections: Optional[int] = None, hosts: Sequence[str] = L
         text.append(f"listener {port} {h}")
         if max_connections is not None:
             text.append(f"max_connections {max_connections}")
+        if tls:
+            text += [f"certfile {tls.cert}", f"keyfile {tls.key}"]
     conf = _write(os.path.join(d, "mosquitto.conf"), "\n".join(text) + "\n")
     return start("mosquitto", [binary, "-c", conf], port=port, hosts=hosts, config=conf, dir=d,
                  netns=netns, nofile=nofile, timeout=timeout)

@@ -109,9 +109,12 @@ def report_text(report: Report, wide: bool = False, width: Optional[int] = None)
         lines.append(f"processes needed for {number(p['for_connections'])}: {number(p['processes'])} "
                      f"x {number(p['connections_per_process'])} connections; {fd_note}")
     m = report.memory
+    user = m.get("user_bytes_per_connection") or 0
     lines.append(f"kernel memory per connection ({m['source']}): idle "
-                 f"{size(m['idle_bytes_per_connection'])}, {WORST_CASE} "
-                 f"{size(m['worst_bytes_per_connection'])}")
+                 f"{size(m['idle_bytes_per_connection'] - user)}, {WORST_CASE} "
+                 f"{size(m['worst_bytes_per_connection'] and m['worst_bytes_per_connection'] - user)}"
+                 + (f"; with --tls the probe's TLS state adds {size(user)} of user memory to each "
+                    f"(measured, probes/protocols/tls.py), counted in both" if user else ""))
     lines.append(f"for {number(m['for_connections'])}: idle {size(m['idle_total_bytes'])}, {WORST_CASE} "
                  f"{size(m.get('worst_total_bytes'))}; MemAvailable {size(m['mem_available_bytes'])}, "
                  f"tcp_mem high {size(m['tcp_mem_high_bytes'])}")
@@ -396,6 +399,8 @@ SERVER_ROWS = (
     ("refused", "refused at open"),
     ("closed", "closed before answering"),
     ("reset", "reset before answering"),
+    ("tls_failed", "failed the TLS handshake"),
+    ("tls_stalled", "stalled in the TLS handshake"),
     ("closed_in_hold", "closed during the hold"),
     ("reset_in_hold", "reset during the hold"),
     ("check_refused", "refused at the second check"),
@@ -437,6 +442,21 @@ def step_table(r: dict, width: Optional[int]) -> List[str]:
     return lines
 
 
+def tls_rows(tls: Optional[dict]) -> list:
+    """--connect over TLS: what was verified, what the handshakes negotiated and took."""
+    if not tls:
+        return []
+    trust = ("NOT VERIFIED (--insecure)" if tls["insecure"] else
+             f"verified against {tls['ca'] or 'the system store'} for {tls['server_name']!r}")
+    kinds = "; ".join(f"{k['version']} {k['cipher']} {k['group']} x{number(k['count'])}" for k in tls["negotiated"][:3])
+    ms = tls["handshake_ms"]
+    took = "" if not ms else f"; p50 {ms['p50']:g} ms, p90 {ms['p90']:g} ms, p99 {ms['p99']:g} ms"
+    return [["TLS certificate", trust],
+            ["TLS negotiated", kinds or "-"],
+            ["TLS handshakes", f"{number(tls['handshakes_full'])} full, {number(tls['handshakes_resumed'])} resumed"
+                               + took]]
+
+
 def connect_text(r: dict, width: Optional[int] = None) -> str:
     """`tuner probe --connect`: one sentence naming the side that stalled, then the table.
     The sentence carries the server's words and its process's comm: safe_text (the
@@ -446,6 +466,8 @@ def connect_text(r: dict, width: Optional[int] = None) -> str:
                                    + (", interrupted)" if r["interrupted"] else ")"))]
     if stalled.get("diagnose"):
         head.append(f"why: {stalled['diagnose']}")
+    if (r.get("tls") or {}).get("insecure"):
+        head.append("TLS certificates were NOT verified (--insecure)")
     server = r["server"]
     rows = [
         ["verified" + (" twice" if r["checked_twice"] else " (once: the run ended before its hold)"),
@@ -463,6 +485,10 @@ def connect_text(r: dict, width: Optional[int] = None) -> str:
         ["hold / second check", f"{seconds(r['seconds_hold'])} / "
                                 + ("-" if r["seconds_check"] is None else seconds(r["seconds_check"]))],
         ["kernel memory per connection", kernel_cell(r)],
+        ["probe's user memory per connection", "-" if r["user_bytes_per_conn"] is None
+                                               else f"{number(r['user_bytes_per_conn'])} B"],
+        *tls_rows(r.get("tls")),
+        *([["CPU", r["cpu"]["sentence"]]] if r.get("cpu") and r["cpu"]["sentence"] else []),
     ]
     if r.get("mismatches"):
         rows.insert(2, ["mismatches", number(r["mismatches"])])

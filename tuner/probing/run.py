@@ -183,9 +183,12 @@ def run_split(cfg, netns=None, quiet: bool = False):
         cfg.validate()
     serving = cfg.MODE == "serve"
     total = (cfg.expect or 0) if serving else cfg.connections
+    meter = None if serving else ServerCpu(cfg.protocol()[0], netns)
     with Progress(total, "serve" if serving else "connect", stream=sys.stderr, quiet=quiet) as bar:
         def on_event(event):
             kind = event.get("event")
+            if meter is not None:
+                meter.on_event(event)
             if kind in ("listening", "plan"):
                 bar.note(f"{kind}: {event['describe']}")
             elif kind == "progress" and serving:
@@ -200,7 +203,58 @@ def run_split(cfg, netns=None, quiet: bool = False):
                 bar.note(step_note(event))
 
         with _as_tuner_errors():
-            return launch.run(cfg, netns=netns, on_event=on_event)
+            result = launch.run(cfg, netns=netns, on_event=on_event)
+    if meter is not None:
+        meter.fill(result["cpu"])
+    return result
+
+
+class ServerCpu:
+    """The server's CPU (user + system of the processes that listen on its port, when
+    that is on this host) over the opening: from the plan to the first progress event
+    past it (every worker verified what it opened), beside the probe workers' own."""
+
+    def __init__(self, target, netns: Optional[str]):
+        self.pids = server_pids(target.host, target.port, netns)
+        self.start = self.end = None
+
+    def sample(self) -> Optional[float]:
+        from tuner.host import procfs   # only for --connect
+        times = [procfs.cpu_seconds(pid) for pid in self.pids]
+        return sum(t for t in times if t is not None) if self.pids else None
+
+    def on_event(self, event: dict) -> None:
+        if event.get("event") == "plan":
+            self.start = self.sample()
+        elif event.get("event") == "progress" and event.get("phase") != "establish" and self.end is None:
+            self.end = self.sample()
+
+    def fill(self, cpu: dict) -> None:
+        """Complete the result's `cpu` (probes.connect: the probe's side) with the
+        server's and the sentence saying whose CPU bounds the opening."""
+        if self.end is None:
+            self.end = self.sample()
+        per_conn, per = cpu["probe_ms_per_conn"], cpu["per"]
+        count = round(cpu["probe_seconds"] * 1000 / per_conn) if per_conn else 0
+        if self.start is not None and self.end is not None:
+            cpu["server_pids"] = self.pids
+            cpu["server_seconds"] = round(self.end - self.start, 3)
+            cpu["server_ms_per_conn"] = round(cpu["server_seconds"] * 1000 / count, 3) if count else None
+        cpu["bound_by"], cpu["sentence"] = cpu_sentence(per_conn, cpu["server_ms_per_conn"], per)
+
+
+def cpu_sentence(probe_ms, server_ms, per: str):
+    """('server' | 'probe' | None, the summary's sentence) from CPU ms per connection."""
+    what = "TLS handshakes" if per == "handshake" else "Opening connections"
+    if probe_ms is None:
+        return None, None
+    if server_ms is None:
+        return None, (f"{what}: {probe_ms:.2f} ms of the probe's CPU per {per} "
+                      f"(the server's not seen: it does not listen on this host)")
+    side, other = ("server", "probe") if server_ms >= probe_ms else ("probe", "server")
+    mine, theirs = max(server_ms, probe_ms), min(server_ms, probe_ms)
+    return side, (f"{what} bound by the {side}: {mine:.2f} ms of its CPU per {per} "
+                  f"against the {other}'s {theirs:.2f} ms")
 
 
 def step_note(row: dict) -> str:
@@ -298,21 +352,11 @@ def host_room(result: dict, netns: Optional[str]) -> Optional[int]:
 
 def local_server(address_text: str, port: int, netns: Optional[str]):
     """('nginx pid 812, 813', port) when the server listens on this host (in the probe's
-    namespace), else None.  Found by sock_diag and each process's lowest descriptors
-    (tuner.diagnose.service), never by walking a big process's /proc/PID/fd."""
-    # Here: diagnose's readers load only when a server stalled (the probe's start-up).
-    import ipaddress
+    namespace), else None (server_pids)."""
+    from tuner.host import procpid   # only when a server stalled
 
-    from tuner.host import localnet, procpid
-    from tuner.diagnose import service
-
-    address = ipaddress.ip_address(address_text)
-    try:
-        local = address.is_loopback or any(a.get("address") == str(address) for a in localnet.read_addresses())
-        if not local:
-            return None
-        pids = service.pids_by_port(port, netns)
-    except (TunerError, OSError):
+    pids = server_pids(address_text, port, netns)
+    if not pids:
         return None
     names = {}
     for pid in pids:
@@ -323,3 +367,20 @@ def local_server(address_text: str, port: int, netns: Optional[str]):
     text = "; ".join(f"{name} pid {', '.join(map(str, p[:4]))}" + (" ..." if len(p) > 4 else "")
                      for name, p in names.items())
     return (text or None), port
+
+
+def server_pids(address_text: str, port: int, netns: Optional[str]) -> List[int]:
+    """The processes listening on the port when the address is this host's (in the
+    probe's namespace), else []: by sock_diag and each process's lowest descriptors
+    (tuner.diagnose.service), never by walking a big process's /proc/PID/fd."""
+    import ipaddress   # these three: only for --connect
+
+    from tuner.diagnose import service
+    from tuner.host import localnet
+
+    address = ipaddress.ip_address(address_text)
+    try:
+        local = address.is_loopback or any(a.get("address") == str(address) for a in localnet.read_addresses())
+        return service.pids_by_port(port, netns) if local else []
+    except (TunerError, OSError):
+        return []

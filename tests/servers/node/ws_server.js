@@ -1,16 +1,18 @@
 // A WebSocket server on the real `ws` package, started by tests/realservers.py:
 //   node ws_server.js --port P --host 127.0.0.1 [--host ::1] [--max-open K
-//        [--close-code 1013] [--close-reason TEXT]] [--protocol NAME]
+//        [--close-code 1013] [--close-reason TEXT]] [--protocol NAME] [--cert PEM --key PEM]
 // It accepts WebSocket connections and holds them; ws answers pings by itself and this
 // echoes messages. With --max-open K, a connection beyond K open ones is accepted and at
 // once closed with the close code and reason, as a gateway at its own cap does.
-// A plain HTTP request (no upgrade) gets 426.
+// A plain HTTP request (no upgrade) gets 426. With --cert and --key it speaks TLS (wss://).
 'use strict';
+const fs = require('fs');
 const http = require('http');
+const https = require('https');
 const { WebSocketServer } = require('ws');
 
 function parse(argv) {
-  const opts = { hosts: [], port: 0, maxOpen: -1, closeCode: 1013, closeReason: 'too many connections', protocol: null };
+  const opts = { hosts: [], port: 0, maxOpen: -1, closeCode: 1013, closeReason: 'too many connections', protocol: null, cert: null, key: null };
   for (let i = 0; i < argv.length; i += 2) {
     const [flag, value] = [argv[i], argv[i + 1]];
     if (value === undefined) throw new Error(`${flag} needs a value`);
@@ -20,6 +22,8 @@ function parse(argv) {
     else if (flag === '--close-code') opts.closeCode = Number(value);
     else if (flag === '--close-reason') opts.closeReason = value;
     else if (flag === '--protocol') opts.protocol = value;
+    else if (flag === '--cert') opts.cert = value;
+    else if (flag === '--key') opts.key = value;
     else throw new Error(`unknown option ${flag}`);
   }
   if (!opts.port || opts.hosts.length === 0) throw new Error('--port and --host are required');
@@ -45,10 +49,13 @@ wss.on('connection', (ws) => {
 });
 
 for (const host of opts.hosts) {
-  const server = http.createServer((req, res) => {
+  const handler = (req, res) => {
     res.writeHead(426, { 'Content-Type': 'text/plain' });
     res.end('WebSocket only\n');
-  });
+  };
+  const server = opts.cert
+    ? https.createServer({ cert: fs.readFileSync(opts.cert), key: fs.readFileSync(opts.key) }, handler)
+    : http.createServer(handler);
   server.on('upgrade', (req, socket, head) => {
     socket.on('error', () => {});
     wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
