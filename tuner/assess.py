@@ -17,7 +17,7 @@ def snapshot(netns: Optional[str] = None) -> readings.Snapshot:
 def build(target: Optional[int] = None, role: str = "loopback", netns: Optional[str] = None,
           destinations: int = 1, source_dev: Optional[str] = None,
           snap: Optional[readings.Snapshot] = None,
-          source_count: Optional[int] = None) -> capacity.Report:
+          source_count: Optional[int] = None, user_bytes: int = 0) -> capacity.Report:
     if snap is None:
         snap = snapshot(netns)
     if source_dev is not None and not any(a["ifname"] == source_dev for a in snap.addresses):
@@ -25,7 +25,7 @@ def build(target: Optional[int] = None, role: str = "loopback", netns: Optional[
                          f"{' in namespace ' + repr(netns) if netns else ''}: "
                          f"list them with 'ip addr'")
     ctx = Ctx(snap, role=role, target=target, destinations=destinations, source_dev=source_dev,
-              source_count=source_count)
+              source_count=source_count, user_bytes=user_bytes)
     return capacity.evaluate(ctx)
 
 

@@ -216,6 +216,7 @@ def memory_estimates(ctx: Ctx, connections: int) -> Dict[str, Any]:
         "for_connections": connections,
         "idle_bytes_per_connection": ctx.idle_bytes,
         "idle_breakdown": ctx.idle_breakdown,
+        "user_bytes_per_connection": ctx.user_bytes,
         "worst_bytes_per_connection": ctx.worst_bytes,
         "mem_available_bytes": avail,
         "tcp_mem_high_bytes": tcp_mem_bytes,

@@ -143,6 +143,9 @@ def report(
         None, "--client-net", metavar="PREFIX",
         help="With --role server: the clients' AnyIP prefix (tuner apply --anyip-net on the "
              "load hosts); says whether replies to it are routed back to them."),
+    tls: bool = typer.Option(False, "--tls", help="With --role client: the connections are TLS "
+                             "(tuner probe --connect with a TLS scheme): each also costs the probe's "
+                             "TLS state in user memory, as measured, in the memory estimate."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """How many connections this host can hold now, which limit binds first, and what a
@@ -154,10 +157,12 @@ def report(
 
     n = parse_target(target)
     check_role(role)
+    if tls and role != "client":
+        raise errors.UsageError("--tls is for --role client (the probe's own TLS state per connection)")
     check_positive("--destinations", destinations)
     check_netns_name(netns)
     back = _client_net(client_net, role, netns)
-    result = assess.build(n, role, netns, destinations, source_dev)
+    result = assess.build(n, role, netns, destinations, source_dev, user_bytes=_tls_bytes() if tls else 0)
     if json_out:
         _emit(render.to_json({**result.to_dict(), **({"client_net": back} if back else {})}))
     else:
@@ -166,6 +171,11 @@ def report(
             _emit(assess.client_route_text(back))
     if result.reachable is False:
         raise typer.Exit(errors.EXIT_SHORT)
+
+
+def _tls_bytes() -> int:
+    from probes.protocols.tls import HELD_BYTES   # only for report --tls
+    return HELD_BYTES
 
 
 @app.command()

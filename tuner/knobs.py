@@ -76,6 +76,9 @@ class Ctx:
     # The plan may raise host-wide knobs (fs.nr_open). False for apply --netns, which
     # leaves them alone, so per-process values must fit under the host's as they are.
     host_changes: bool = True
+    # User memory per connection of the process that holds them (report --role client
+    # --tls: the probe's TLS state per held connection), counted with the slab objects.
+    user_bytes: int = 0
 
     # --- derived figures (the slab breakdown and source count are cached per Ctx) ---
     @property
@@ -111,7 +114,7 @@ class Ctx:
 
     @cached_property
     def idle_bytes(self) -> int:
-        return sum(self.idle_breakdown.values())
+        return sum(self.idle_breakdown.values()) + self.user_bytes
 
     @property
     def buffer_bytes(self) -> Optional[int]:

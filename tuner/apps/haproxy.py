@@ -138,6 +138,22 @@ class Config:
         return sorted(set(found))
 
 
+def tls_notes(conf: Config) -> List[str]:
+    """The TLS binds (`bind ... ssl crt`) and the global tune.* settings that change what
+    a TLS connection costs HAProxy in memory."""
+    binds = [(words, at) for s in conf.sections if s.kind in ("frontend", "listen")
+             for words, at in s.lines if words[0] == "bind" and "ssl" in words[2:]]
+    if not binds:
+        return []
+    tune = {k: conf.glob_setting(k) for k in ("tune.bufsize", "tune.ssl.cachesize", "tune.ssl.maxrecord")}
+    said = [f"{k} {v[0][1]} ({v[1]})" for k, v in tune.items() if v and len(v[0]) > 1]
+    return [f"TLS on bind {', '.join(w[1] for w, _ in binds[:4])} ({binds[0][1]}): each connection holds "
+            f"OpenSSL's state (tens of KB; HAProxy frees OpenSSL's buffers while idle) and its two "
+            f"tune.bufsize buffers while data flows; "
+            + ("; ".join(said) if said else "tune.bufsize 16384 and tune.ssl.cachesize 20000 (defaults)")
+            + " (the session cache is shared, not per connection)"]
+
+
 def show_info(path: str, creds: trust.Creds = trust.ROOT) -> Dict[str, str]:
     """`show info` of the running process over a trusted stats socket it could reach."""
     reply = base.exchange(base.unix_connect(path, creds=creds), b"show info\n").decode(errors="replace")
@@ -171,8 +187,9 @@ class HAProxy(base.Adapter):
 
     def read(self, proc: ProcView) -> AppCap:
         conf = Config(proc)
-        cap = self._global(proc, conf)
-        return self._frontend_bound(conf, cap)
+        cap = self._frontend_bound(conf, self._global(proc, conf))
+        cap.notes += tls_notes(conf)
+        return cap
 
     def _global(self, proc: ProcView, conf: Config) -> AppCap:
         """The global maxconn: show info, else -n, else the config, else computed."""

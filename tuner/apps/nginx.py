@@ -286,6 +286,7 @@ class Nginx(base.Adapter):
             cap.notes.append("nginx proxies here: each proxied request takes a second connection "
                              "(to its upstream) from the same worker_connections, so proxied "
                              "clients get about half of the figure")
+        cap.notes += tls_notes(conf)
         return cap
 
     def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
@@ -309,6 +310,29 @@ class Nginx(base.Adapter):
                       "worker_connections in the events block, worker_rlimit_nofile at the top "
                       "level (each worker's descriptor limit, set by the master); a reload "
                       "starts new workers with both")
+
+
+def tls_notes(conf: Config) -> List[str]:
+    """The TLS listeners (`listen ... ssl`) and the settings that change what a TLS
+    connection costs nginx in memory."""
+    listens = [d for server in _servers(conf.tree) for d in server.block
+               if d.name == "listen" and "ssl" in d.args[1:]]
+    if not listens:
+        return []
+    size = conf.find("http", "ssl_buffer_size")
+    cache = conf.find("http", "ssl_session_cache")
+    return [f"TLS on {', '.join(d.args[0] for d in listens[:4])} ({listens[0].where}): each connection "
+            f"holds OpenSSL's state (tens of KB: its session, the handshake's keys; nginx sets "
+            f"SSL_MODE_RELEASE_BUFFERS, so an idle one frees its 16 KiB read and write buffers) and, "
+            f"while it sends, an ssl_buffer_size buffer of "
+            f"{size.args[0] if size and size.args else '16k (the default)'}"
+            + (f" ({size.where})" if size else "")
+            + f"; ssl_session_cache {' '.join(cache.args) if cache else 'none (the default)'} is shared "
+            f"memory, not per connection: tuner probe --connect over TLS measures both sides"]
+
+
+def _servers(tree: List[Directive]) -> List[Directive]:
+    return [s for h in tree if h.name == "http" for s in h.block if s.name == "server"]
 
 
 def _nofile_ceiling(proc: ProcView, workers: List[ProcView]) -> Optional[int]:

@@ -354,7 +354,9 @@ def read(proc: ProcView) -> AppCap:
             else:
                 unread.append(f"the server on port {port} answered: {text}")
         except (OSError, base.Untrusted) as e:
-            unread.append(f"could not ask the server on port {port}: {getattr(e, 'strerror', None) or e}")
+            unread.append(f"could not ask the server on port {port}: {getattr(e, 'strerror', None) or e}"
+                          + (" (a TLS-only Redis, tls-port, resets tuner's plain-text question: ask it "
+                             "with redis-cli --tls)" if isinstance(e, (ConnectionResetError, EOFError)) else ""))
     configured, where, path = from_files(proc, unread)
     if configured is None:
         cap = base.unknown("redis", "maxclients", f"pid {proc.pid}", *unread)
@@ -375,6 +377,23 @@ def read(proc: ProcView) -> AppCap:
     return cap
 
 
+def tls_notes(proc: ProcView) -> List[str]:
+    """A `tls-port` in its files or command line: Redis's TLS listener, which tuner's own
+    question (plain INFO) cannot use, and the settings that change its memory."""
+    unread: List[str] = []
+    path = config_path(proc)
+    conf = parse_config(path, (0, proc.uid), unread, creds=base.creds_of(proc)) if path else {}
+    conf.update({k: (v, f"command line of pid {proc.pid}") for k, v in cmdline_options(proc).items()})
+    port = conf.get("tls-port", ("0", ""))
+    if port[0] in ("", "0"):
+        return []
+    cache = conf.get("tls-session-cache-size", ("20480 (the default)", ""))
+    return [f"TLS on tls-port {port[0]} ({port[1]}): each client holds OpenSSL's state (tens of KB) "
+            f"beside its client buffers; tls-session-cache-size {cache[0]} is shared, not per client; "
+            f"tuner asks INFO in plain text, so a TLS-only Redis is read from its files: "
+            f"tuner probe --connect over TLS measures it"]
+
+
 class Redis(base.Adapter):
     name = "redis"
 
@@ -382,7 +401,9 @@ class Redis(base.Adapter):
         return recognise(proc)
 
     def read(self, proc: ProcView) -> AppCap:
-        return read(proc)
+        cap = read(proc)
+        cap.notes += tls_notes(proc)
+        return cap
 
     def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
         port = proc.ports[0] if proc.ports else None
