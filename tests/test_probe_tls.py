@@ -1,0 +1,275 @@
+"""`tuner probe --connect` over TLS against real servers none of us wrote, with
+certificates the test makes (tests/realservers.py's tls_certs: a CA, a server
+certificate for localhost/127.0.0.1/::1, an expired one, one for another name, a client
+certificate, and a server certificate from a CA nobody trusts):
+
+    https://  nginx `listen ... ssl` (and mutual TLS), HAProxy `bind ... ssl crt`
+    wss://    Node https + the `ws` package
+    rediss:// Redis `tls-port`
+    mqtts://  Mosquitto with a TLS listener
+    tls://    raw TLS with --send/--expect (Redis's PING over its tls-port)
+
+Each cap verified exactly twice with the refusal named; certificate errors named as
+the server's in the library's words; a server that stalls mid-handshake counted as the
+server's; what the handshakes negotiated, took and cost each side in the document.
+"""
+import json
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import run_tuner
+from tuner import schemas
+from realservers import real_server, tls_certs  # noqa: F401 (fixtures)
+
+
+def connect(url, n, *args, timeout=5, hold=1):
+    proc = run_tuner("probe", "--connect", url, "-n", n, "--timeout", timeout, "--hold", hold,
+                     "--json", "-q", *args, timeout=180)
+    assert proc.stdout, proc.stderr
+    doc = json.loads(proc.stdout)
+    schemas.validate(doc)           # every TLS document holds to its schema
+    return proc.returncode, doc, proc.stderr
+
+
+def failures(doc) -> dict:
+    return {k: v for k, v in doc["server"].items() if k not in ("words", "accept_queue") and v}
+
+
+def test_https_against_nginx_twice_over_ipv4_and_ipv6_with_what_it_negotiated(real_server, tls_certs):
+    srv = real_server("nginx", workers=1, worker_connections=1024, tls=tls_certs.server)
+    for host in ("127.0.0.1", "[::1]"):
+        rc, doc, err = connect(f"https://{host}:{srv.port}/", 300, "--ca", tls_certs.ca)
+        assert rc == 0 and doc["verified"] == 300 and doc["checked_twice"], err
+        tls = doc["tls"]
+        assert tls["handshakes_full"] == 300 and tls["handshakes_resumed"] == 0
+        assert tls["server_name"] == host.strip("[]") and not tls["insecure"] and tls["alpn"] == ["http/1.1"]
+        assert sum(k["count"] for k in tls["negotiated"]) == 300
+        assert tls["negotiated"][0]["version"] == "TLSv1.3" and tls["negotiated"][0]["cipher"].startswith("TLS_")
+        ms = tls["handshake_ms"]
+        assert 0 < ms["p50"] <= ms["p90"] <= ms["p99"] <= ms["max"]
+        cpu = doc["cpu"]
+        assert cpu["per"] == "handshake" and cpu["probe_ms_per_conn"] > 0
+        assert srv.pid in cpu["server_pids"] and cpu["server_ms_per_conn"] > 0
+        assert cpu["bound_by"] in ("server", "probe")
+        assert cpu["sentence"].startswith(f"TLS handshakes bound by the {cpu['bound_by']}: ")
+        assert doc["user_bytes_per_conn"] > 0
+
+
+def test_tls_version_resume_and_the_text_table(real_server, tls_certs):
+    srv = real_server("nginx", workers=1, worker_connections=1024, tls=tls_certs.server, hosts=("127.0.0.1",))
+    url = f"https://127.0.0.1:{srv.port}/"
+    rc, doc, err = connect(url, 200, "--ca", tls_certs.ca, "--tls-version", "1.2", "--resume")
+    assert rc == 0 and doc["verified"] == 200, err
+    tls = doc["tls"]
+    assert {k["version"] for k in tls["negotiated"]} == {"TLSv1.2"} and tls["version_asked"] == "1.2"
+    # One worker: its first full handshake's session is what the other 199 resume.
+    assert tls["handshakes_full"] == 1 and tls["handshakes_resumed"] == 199 and tls["resume"]
+    proc = run_tuner("probe", "--connect", url, "-n", 50, "--hold", 0.5, "--ca", tls_certs.ca, "--tls-version", "1.3",
+                     timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "TLSv1.3" in proc.stdout and f"verified against {tls_certs.ca}" in proc.stdout
+    assert "TLS handshakes" in proc.stdout and "50 full, 0 resumed" in proc.stdout
+
+
+def test_nginx_over_https_holds_its_worker_connections_and_closes_the_rest(real_server, tls_certs):
+    """nginx's cap is a range (it closes idle keep-alive connections to make room, see
+    test_probe_services.py); every connection it did not hold it closed, named so."""
+    w = 256
+    srv = real_server("nginx", workers=1, worker_connections=w, tls=tls_certs.server, hosts=("127.0.0.1",))
+    rc, doc, err = connect(f"https://127.0.0.1:{srv.port}/", 400, "--ca", tls_certs.ca)
+    assert rc == 3 and doc["checked_twice"], err
+    top = w - w // 16 - 1
+    assert top - 32 <= doc["verified"] <= top, doc["verified"]
+    found = failures(doc)
+    assert set(found) <= {"closed", "closed_in_hold"} and sum(found.values()) == 400 - doc["verified"]
+    assert doc["stalled"]["sentence"].startswith(f"the server (nginx pid {srv.pid}")
+
+
+def test_haproxy_bind_ssl_maxconn_exactly_and_the_rest_in_its_accept_queue(real_server, tls_certs):
+    """Beyond maxconn HAProxy accepts nothing: those connections sent their ClientHello
+    into its accept queue, and are counted there, not as stalled handshakes."""
+    srv = real_server("haproxy", maxconn=100, tls=tls_certs.server, hosts=("127.0.0.1",))
+    rc, doc, err = connect(f"https://127.0.0.1:{srv.port}/", 300, "--ca", tls_certs.ca, timeout=3)
+    assert rc == 3 and doc["verified"] == 100 and doc["checked_twice"], err
+    server = doc["server"]
+    assert server["queued"] == server["accept_queue"] == 101
+    assert failures(doc) == {"queued": 101, "not_connected": 99}
+    assert "101 waited in its accept queue" in doc["stalled"]["sentence"]
+
+
+def test_redis_tls_port_maxclients_exactly(real_server, tls_certs):
+    """Redis over TLS cannot say 'max number of clients reached' before the handshake: it
+    closes, and the probe names that."""
+    srv = real_server("redis", maxclients=100, tls=tls_certs.server, hosts=("127.0.0.1",))
+    rc, doc, err = connect(f"rediss://127.0.0.1:{srv.port}", 250, "--ca", tls_certs.ca)
+    assert rc == 3 and doc["verified"] == 100 and doc["checked_twice"], err
+    assert failures(doc) == {"closed": 150}
+    assert doc["stalled"]["sentence"].startswith(
+        f"the server (redis-server pid {srv.pid}) stopped at 100 (150 closed before answering)")
+    assert doc["tls"]["alpn"] == []
+
+
+def test_raw_tls_with_send_and_expect_against_redis(real_server, tls_certs):
+    srv = real_server("redis", maxclients=1000, tls=tls_certs.server, hosts=("::1",))
+    rc, doc, err = connect(f"tls://[::1]:{srv.port}", 100, "--ca", tls_certs.ca, "--send", r"PING\r\n",
+                           "--expect", r"+PONG\r\n")
+    assert rc == 0 and doc["verified"] == 100 and doc["protocol"] == "tls", err
+
+
+def test_mqtts_against_mosquitto_max_connections_exactly(real_server, tls_certs):
+    srv = real_server("mosquitto", max_connections=60, tls=tls_certs.server, hosts=("127.0.0.1",))
+    rc, doc, err = connect(f"mqtts://127.0.0.1:{srv.port}", 100, "--ca", tls_certs.ca)
+    assert rc == 3 and doc["verified"] == 60 and doc["checked_twice"], err
+    assert set(failures(doc)) <= {"closed", "reset", "tls_failed"} and sum(failures(doc).values()) == 40
+    assert doc["tls"]["handshakes_full"] >= 60
+
+
+def test_wss_against_node_closing_beyond_its_cap(real_server, tls_certs):
+    srv = real_server("ws", max_open=120, tls=tls_certs.server, hosts=("::1",))
+    rc, doc, err = connect(f"wss://[::1]:{srv.port}/", 200, "--ca", tls_certs.ca)
+    assert rc == 3 and doc["verified"] == 120 and doc["checked_twice"], err
+    server = doc["server"]
+    assert server["refused"] + server["check_refused"] == 80 and set(failures(doc)) <= {"refused", "check_refused"}
+    assert {w["words"] for w in server["words"]} == {"close 1013 too many connections"}
+
+
+def test_mutual_tls_against_nginx(real_server, tls_certs):
+    srv = real_server("nginx", tls=tls_certs.server, client_ca=tls_certs.ca, hosts=("127.0.0.1",))
+    url = f"https://127.0.0.1:{srv.port}/"
+    rc, doc, err = connect(url, 50, "--ca", tls_certs.ca, "--cert", tls_certs.client.cert, "--key", tls_certs.client.key)
+    assert rc == 0 and doc["verified"] == 50 and doc["tls"]["client_cert"] == tls_certs.client.cert, err
+    # Without one nginx answers in HTTP: 400 'No required SSL certificate was sent'.
+    rc, doc, err = connect(url, 20, "--ca", tls_certs.ca)
+    assert rc == 3 and failures(doc) == {"refused": 20}
+    assert doc["server"]["words"][0]["words"].startswith("400")
+
+
+@pytest.mark.parametrize("pair,args,words", [
+    ("stranger", [], "TLS certificate: unable to get local issuer certificate"),
+    ("server", ["--ca", "OTHER_CA"], "TLS certificate: unable to get local issuer certificate"),
+    ("expired", [], "TLS certificate: certificate has expired"),
+    ("server", ["--sni", "wrong.example"], "TLS certificate: Hostname mismatch, certificate is not valid for "
+                                           "'wrong.example'."),
+    ("other_name", [], "TLS certificate: IP address mismatch, certificate is not valid for '127.0.0.1'."),
+])
+def test_certificate_errors_are_the_servers_side_in_their_words(real_server, tls_certs, pair, args, words):
+    srv = real_server("nginx", tls=getattr(tls_certs, pair), hosts=("127.0.0.1",))
+    args = [tls_certs.other_ca if a == "OTHER_CA" else a for a in args]
+    ca = [] if "--ca" in args else ["--ca", tls_certs.ca]
+    rc, doc, err = connect(f"https://127.0.0.1:{srv.port}/", 10, *ca, *args)
+    assert rc == 3 and doc["verified"] == 0 and "Traceback" not in err, err
+    assert failures(doc) == {"tls_failed": 10}
+    assert doc["server"]["words"] == [{"when": "open", "words": words, "count": 10}]
+    assert doc["stalled"]["side"] == "server"
+    assert f"(10 failed the TLS handshake: {words!r})" in doc["stalled"]["sentence"]
+
+
+def test_insecure_verifies_nothing_and_says_so(real_server, tls_certs):
+    srv = real_server("nginx", tls=tls_certs.stranger, hosts=("127.0.0.1",))
+    url = f"https://127.0.0.1:{srv.port}/"
+    rc, doc, err = connect(url, 20, "--insecure")
+    assert rc == 0 and doc["verified"] == 20 and doc["tls"]["insecure"], err
+    proc = run_tuner("probe", "--connect", url, "-n", 5, "--hold", 0.2, "--insecure", timeout=60)
+    assert proc.returncode == 0 and "TLS certificates were NOT verified (--insecure)" in proc.stdout
+
+
+class Staller:
+    """A TLS server that stalls mid-handshake: accepts, reads the ClientHello, answers
+    with the first bytes of a ServerHello record and nothing more (no real server does
+    this on cue)."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.conns, self.stopping = [], False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        self.listener.settimeout(0.1)
+        while not self.stopping:
+            try:
+                c, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            c.recv(4096)
+            c.sendall(b"\x16\x03\x03\x00\x7a\x02\x00")   # a handshake record, cut short
+            self.conns.append(c)
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(timeout=5)
+        for c in (*self.conns, self.listener):
+            c.close()
+
+
+def test_a_server_stalling_mid_handshake_is_counted_as_the_servers():
+    staller = Staller()
+    try:
+        rc, doc, err = connect(f"https://127.0.0.1:{staller.port}/", 30, timeout=2)
+    finally:
+        staller.close()
+    assert rc == 3 and doc["verified"] == 0 and doc["established"] == 30, err
+    assert failures(doc) == {"tls_stalled": 30} and doc["tls"]["stalled"] == 30
+    assert "30 stalled in the TLS handshake" in doc["stalled"]["sentence"]
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--connect", "https://127.0.0.1:1/", "--ca", "/nonexistent/ca.pem"], "--ca"),
+    (["--connect", "https://127.0.0.1:1/", "--tls-version", "1.1"], "--tls-version"),
+    (["--connect", "https://127.0.0.1:1/", "--key", "/etc/hostname"], "--key"),
+    (["--connect", "http://127.0.0.1:1/", "--insecure"], "--insecure"),
+])
+def test_bad_tls_options_are_one_line_and_exit_2(args, named):
+    proc = run_tuner("probe", "-n", 10, *args)
+    assert proc.returncode == 2 and named in proc.stderr and proc.stdout == "", proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind,options,said", [
+    ("nginx", {"http_extra": "    ssl_buffer_size 4k;"}, "an ssl_buffer_size buffer of 4k"),
+    ("haproxy", {"maxconn": 500, "global_extra": ["tune.bufsize 32768"]}, "tune.bufsize 32768"),
+])
+def test_diagnose_names_tls_listeners_and_what_they_cost(real_server, tls_certs, kind, options, said):
+    srv = real_server(kind, tls=tls_certs.server, hosts=("127.0.0.1",), **options)
+    proc = run_tuner("diagnose", "--port", srv.port, "--json", timeout=60)
+    doc = json.loads(proc.stdout)
+    notes = [n for n in doc["notes"] if n.startswith("TLS on")]
+    assert len(notes) == 1 and f"127.0.0.1:{srv.port}" in notes[0] and said in notes[0], doc["notes"]
+    plain = real_server(kind, hosts=("127.0.0.1",), **{k: v for k, v in options.items() if k == "maxconn"})
+    doc = json.loads(run_tuner("diagnose", "--port", plain.port, "--json", timeout=60).stdout)
+    assert not [n for n in doc["notes"] if n.startswith("TLS on")]
+
+
+def test_https_with_forked_workers_source_addresses_and_a_rate(real_server, tls_certs):
+    """Past one process's descriptor limit (the probe under RLIMIT_NOFILE 200 forks
+    workers for 300), over source addresses in 127.0.0.0/8, paced by --rate, resuming:
+    each worker's first handshake is full, the rest resume it."""
+    srv = real_server("nginx", workers=2, worker_connections=1024, tls=tls_certs.server, hosts=("127.0.0.1",))
+    proc = subprocess.run(["prlimit", "--nofile=200:200", sys.executable, "-m", "tuner", "probe", "--connect",
+                           f"https://127.0.0.1:{srv.port}/", "-n", "300", "--hold", "1", "--timeout", "20",
+                           "--ca", tls_certs.ca, "--source-net", "127.0.0.0/8", "--rate", "600", "--resume",
+                           "--json", "-q"], capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    doc = json.loads(proc.stdout)
+    schemas.validate(doc)
+    assert proc.returncode == 0 and doc["verified"] == 300 and doc["checked_twice"], proc.stderr
+    assert doc["workers"] >= 2 and doc["source_addresses"] > 1
+    tls = doc["tls"]
+    assert tls["handshakes_full"] == doc["workers"] and tls["handshakes_resumed"] == 300 - doc["workers"]
+
+
+def test_report_role_client_tls_counts_the_probes_tls_state():
+    from probes.protocols.tls import HELD_BYTES
+
+    plain = json.loads(run_tuner("report", "--role", "client", "-n", 1000000, "--json").stdout)["memory"]
+    tls = json.loads(run_tuner("report", "--role", "client", "-n", 1000000, "--tls", "--json").stdout)["memory"]
+    assert plain["user_bytes_per_connection"] == 0 and tls["user_bytes_per_connection"] == HELD_BYTES
+    assert tls["idle_bytes_per_connection"] - plain["idle_bytes_per_connection"] == HELD_BYTES
+    text = run_tuner("report", "--role", "client", "-n", 1000000, "--tls").stdout
+    assert "the probe's TLS state adds" in text
+    proc = run_tuner("report", "-n", 1000, "--tls")
+    assert proc.returncode == 2 and "--tls is for --role client" in proc.stderr
