@@ -85,7 +85,9 @@ def test_nginx_over_https_holds_its_worker_connections_and_closes_the_rest(real_
     top = w - w // 16 - 1
     assert top - 32 <= doc["verified"] <= top, doc["verified"]
     found = failures(doc)
-    assert set(found) <= {"closed", "closed_in_hold"} and sum(found.values()) == 400 - doc["verified"]
+    # Closing a TLS connection whose records it had not read, nginx's kernel resets it.
+    assert set(found) <= {"closed", "closed_in_hold", "reset", "reset_in_hold"}
+    assert sum(found.values()) == 400 - doc["verified"]
     assert doc["stalled"]["sentence"].startswith(f"the server (nginx pid {srv.pid}")
 
 
