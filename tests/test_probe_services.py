@@ -303,3 +303,31 @@ def test_a_full_listen_backlog_is_named_from_the_servers_counters(netns):
     assert p.returncode == 3, p.stderr
     assert doc["server"]["listen_overflows"] > 0, doc["server"]
     assert "its listen backlog full (" in doc["stalled"]["sentence"], doc["stalled"]
+
+
+def test_a_server_that_closes_after_each_answer_is_named_as_such(tmp_path):
+    """python's http.server answers HTTP/1.0 without keep-alive and closes: nothing can
+    be held there, and the probe says so in the server's terms (issue 28: it read '97
+    closed during the hold')."""
+    import subprocess
+    import sys
+
+    port = free_port(("127.0.0.1",))
+    srv = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        rc, doc, err = connect(f"http://127.0.0.1:{port}/", 20)
+    finally:
+        srv.kill()
+        srv.wait()
+    assert rc == 3 and doc["verified"] == 0, err
+    assert failures(doc) == {"refused": 20}
+    said = doc["server"]["words"][0]["words"]
+    assert said.startswith("200 OK over HTTP/1.0 without keep-alive: it closes after each answer"), said

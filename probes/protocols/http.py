@@ -54,6 +54,17 @@ def parse_head(raw: bytes) -> Optional[Tuple[int, str, Dict[str, str]]]:
     return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
 
 
+def _closes(raw: bytes, connection: str) -> str:
+    """Why the server will close this connection after its answer, in words ("" when it
+    keeps it): Connection: close, or HTTP/1.0 without keep-alive, whose default is to
+    close (a server answering so holds nothing, issue 28: python's http.server)."""
+    if "close" in connection:
+        return "with Connection: close"
+    if raw.startswith(b"HTTP/1.0") and "keep-alive" not in connection:
+        return "over HTTP/1.0 without keep-alive: it closes after each answer"
+    return ""
+
+
 def split_head(buf: bytes) -> Optional[Tuple[bytes, bytes]]:
     end = buf.find(b"\r\n\r\n")
     return None if end < 0 else (buf[:end], buf[end + 4:])
@@ -122,7 +133,7 @@ class Response(Exchange):
         self.status, self.reason, fields = head
         if 100 <= self.status < 200 and self.status != 101:
             return None                     # interim (100 Continue): the answer follows
-        self.close = "close" in fields.get("connection", "").lower()
+        self.close = _closes(raw, fields.get("connection", "").lower())
         if self.head_only or self.status in (204, 304) or self.status == 101:
             return self.verdict()
         if "chunked" in fields.get("transfer-encoding", "").lower():
@@ -131,7 +142,7 @@ class Response(Exchange):
         length = fields.get("content-length", "")
         if not length.isdigit():
             # The body ends when the server closes: nothing to hold.
-            self.close = True
+            self.close = "without a length: its answer ends when it closes"
             return self.verdict()
         self.state, self.left = LENGTH, int(length)
         return None
@@ -142,7 +153,7 @@ class Response(Exchange):
             self.words = said
             return REFUSED
         if self.close:
-            self.words = f"{said} with Connection: close (not held)"
+            self.words = f"{said} {self.close} (not held)"
             return REFUSED
         return VERIFIED
 
