@@ -26,11 +26,12 @@ def _changes(capsys, args):
     return json.loads(out)["plan"]["changes"]
 
 
-def _kill_every_step_then_revert(capsys, jpath, args, state):
-    """For every k: apply is killed after its k-th write; revert must restore `state()`."""
+def _kill_every_step_then_revert(capsys, jpath, args, state, least=5):
+    """For every k: apply is killed after its k-th write; revert must restore `state()`.
+    `least`: the changes the plan must have for the crash points to mean something."""
     before = state()
     changes = _changes(capsys, args)
-    assert len(changes) >= 5, changes
+    assert len(changes) >= least, changes
     for k in range(1, len(changes) + 1):
         proc = run_tuner("apply", "--yes", "--journal", jpath, *args,
                           env_extra={"TUNER_TEST_KILL_AFTER": str(k)})
@@ -76,8 +77,10 @@ def test_kill_9_after_every_change_in_namespace_with_an_anyip_route(capsys, jpat
     leaves the namespace's routes, addresses and sysctls as they were."""
     add_veth(netns)
     args = ["-n", "200k", "--role", "client", "--netns", netns, "--anyip-net", prefix]
+    # A client raises no listener knob (issue 28): the route and a few sysctls remain.
+    assert any(c["kind"] == "route" for c in _changes(capsys, args))
     _kill_every_step_then_revert(capsys, jpath, args,
-                                 lambda: (netns_values(netns), addresses(netns, "veth0"), _routes(netns)))
+                                 lambda: (netns_values(netns), addresses(netns, "veth0"), _routes(netns)), least=3)
 
 
 def test_apply_again_after_a_crash_keeps_the_first_originals(capsys, jpath, netns):
