@@ -157,3 +157,11 @@ def test_apply_pid_never_claims_a_target_the_application_cap_stops(real_server, 
     assert text.returncode == 3
     assert f"reachable: no, {label}" in text.stdout and "still binding: nginx worker_connections" in text.stdout
     assert run_tuner("revert", "--yes", "--journal", jpath).returncode == 0
+
+
+def test_the_listen_backlog_fix_is_nginx_own_setting(real_server):
+    """nginx's listen backlog is its listen directive's backlog=N (issue 28)."""
+    srv = real_server("nginx", workers=1, worker_connections=8192, nofile=(20000, 20000))
+    d = diagnose(srv, "--target", 5000)
+    backlog = [f for f in d["fix"] if "listen backlog" in f["command"]]
+    assert backlog and backlog[0]["command"].startswith("nginx: listen PORT backlog=N;"), d["fix"]

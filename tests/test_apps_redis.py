@@ -221,3 +221,13 @@ def test_a_config_file_gone_since_the_start_is_said_so(real_server):
     cap = read(srv)
     assert cap.allows == 600 and any("config_file" in u and "does not exist" in u for u in cap.unread), cap
     assert cap.fix.file is None and "put the line in its config file too" in cap.fix.why, cap.fix
+
+
+def test_the_listen_backlog_fix_is_redis_own_setting(real_server):
+    """A target past Redis's listen backlog: the fix names tcp-backlog, its own setting,
+    not a listen(fd, N) no Redis user can call (issue 28)."""
+    srv = real_server("redis", maxclients=6000, nofile=8192)
+    d = diagnose(srv, "--target", 5000)
+    backlog = [f for f in d["fix"] if "listen backlog" in f["command"]]
+    assert backlog and backlog[0]["command"].startswith("Redis: tcp-backlog N in its config"), d["fix"]
+    assert "listen(fd, N)" not in json.dumps(d["fix"])

@@ -181,6 +181,9 @@ def computed_maxconn(proc: ProcView, conf: Config) -> Tuple[int, str]:
 
 class HAProxy(base.Adapter):
     name = "haproxy"
+    # HAProxy's configuration manual: "backlog" in a frontend/listen section (or on a bind
+    # line); without it the frontend's maxconn is passed to listen().
+    backlog_setting = "HAProxy: backlog N in the frontend (or bind ... backlog N; default its maxconn), then a reload"
 
     def recognise(self, proc: ProcView) -> bool:
         return proc.exe_name == "haproxy"

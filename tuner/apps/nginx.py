@@ -261,6 +261,9 @@ def _overhead(proc: ProcView) -> int:
 
 class Nginx(base.Adapter):
     name = "nginx"
+    # ngx_http_core_module: listen ... backlog=N; NGX_LISTEN_BACKLOG is 511 on Linux.
+    backlog_default = 511
+    backlog_setting = "nginx: listen PORT backlog=N; in the server block (default 511), then a reload"
 
     def recognise(self, proc: ProcView) -> bool:
         return proc.exe_name == "nginx" or bool(proc.cmdline) and proc.cmdline[0].startswith("nginx: ")

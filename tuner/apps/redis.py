@@ -396,6 +396,9 @@ def tls_notes(proc: ProcView) -> List[str]:
 
 class Redis(base.Adapter):
     name = "redis"
+    # redis.conf tcp-backlog (server.c: listen(fd, server.tcp_backlog)), read at start only.
+    backlog_default = 511
+    backlog_setting = "Redis: tcp-backlog N in its config (default 511), then a restart"
 
     def recognise(self, proc: ProcView) -> bool:
         return recognise(proc)

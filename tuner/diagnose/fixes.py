@@ -219,12 +219,18 @@ def backlog_fix(d, listener: Dict[str, Any], somaxconn: Optional[int]) -> Sugges
     (`somaxconn`: the value of the knob that caps it); how, from its runtime's adapter."""
     adapter = apps.ADAPTERS.get((d.application or {}).get("app", ""))
     how = getattr(adapter, "backlog_setting", None)
-    return advice(f"listen(fd, N): raise the backlog the application passes for "
-                  f"{listener['address']}:{listener['port']} (now {listener['backlog']:,}; "
-                  f"{knobs.backlog_cap().name} {'?' if somaxconn is None else f'{somaxconn:,}'} allows up to that)"
-                  + (f"; {how}" if how else ""),
-                  "only the application sets its listen backlog (a burst beyond it waits a second "
-                  "for the retransmitted SYN)", "application")
+    where = (f"{listener['address']}:{listener['port']} (now {listener['backlog']:,}; "
+             f"{knobs.backlog_cap().name} {'?' if somaxconn is None else f'{somaxconn:,}'} allows up to that)")
+    # The application's own setting when its adapter knows it (issue 28: nginx, Redis,
+    # HAProxy were told 'listen(fd, N)'), or that it has none.
+    if how and how.startswith("none: "):
+        text = f"the listen backlog of {where} is the application's own: {how[len('none: '):]}"
+    elif how:
+        text = f"{how}: raises the listen backlog of {where}"
+    else:
+        text = f"listen(fd, N): raise the backlog the application passes for {where}"
+    return advice(text, "only the application sets its listen backlog (a burst beyond it waits a second "
+                        "for the retransmitted SYN)", "application")
 
 
 # ---------------------------------------------------------------- a limit hit now (--watch)
