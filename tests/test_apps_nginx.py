@@ -97,7 +97,10 @@ def test_known_worker_connections_predicted_measured_and_fixed(real_server):
     print(f"nginx 2 x 512: predicted {d['max_connections']}, held {measured}")
     assert within(d["max_connections"], measured), (d["max_connections"], measured)
     text = run_tuner("diagnose", "--port", srv.port).stdout
-    assert text.startswith(f"stalls at 1,018 connections: nginx worker_connections 512 x 2 workers ({srv.config}:")
+    idle = d["max_idle_connections"]
+    assert text.startswith(f"stalls at 1,018 busy connections (idle keep-alive ones: {idle['low']:,}-"
+                           f"{idle['high']:,}, closed to make room): nginx worker_connections 512 x 2 workers "
+                           f"({srv.config}:"), text
 
     fixed = diagnose(srv, "--target", 1500)
     assert fixed["reachable"] is False and fixed["fix"][0]["kind"] == "application"
@@ -165,3 +168,17 @@ def test_the_listen_backlog_fix_is_nginx_own_setting(real_server):
     d = diagnose(srv, "--target", 5000)
     backlog = [f for f in d["fix"] if "listen backlog" in f["command"]]
     assert backlog and backlog[0]["command"].startswith("nginx: listen PORT backlog=N;"), d["fix"]
+
+
+def test_idle_keep_alive_connections_are_predicted_as_the_range_nginx_keeps(real_server):
+    """Idle keep-alive clients (one whole request each, then nothing): nginx closes idle
+    ones to make room below its cap (ngx_drain_connections), so they hold within
+    max_idle_connections, not max_connections, which stays the ceiling for busy ones
+    (issue 28: 932 held against 1,020 predicted)."""
+    srv = real_server("nginx", workers=2, worker_connections=512, nofile=4096)
+    d = diagnose(srv)
+    idle = d["max_idle_connections"]
+    assert idle["low"] < idle["high"] < d["max_connections"], (idle, d["max_connections"])
+    measured = held(srv, d["max_connections"] + 200, answered=True)
+    print(f"nginx 2 x 512, idle keep-alive: predicted {idle['low']}-{idle['high']}, held {measured}")
+    assert idle["low"] - 3 <= measured <= idle["high"] + 3, (idle, measured)

@@ -228,6 +228,10 @@ class AppCap:
     # Descriptors it opens for a moment on each accept (Mosquitto built with libwrap reads
     # /etc/hosts.allow): it stops that many short of its RLIMIT_NOFILE.
     accept_fds: int = 0
+    # [low, high]: the idle keep-alive connections it keeps, where it closes idle ones to
+    # make room for new ones before its cap (nginx's ngx_drain_connections); None: the
+    # cap holds for idle connections too.
+    idle: Optional[List[int]] = None
 
     @property
     def label(self) -> str:

@@ -259,6 +259,17 @@ def _overhead(proc: ProcView) -> int:
     return len(set(proc.listeners)) + CHANNEL
 
 
+def idle_range(wc: int, over: int) -> List[int]:
+    """[low, high] of the idle keep-alive connections one worker keeps.  When a new
+    connection finds no more than worker_connections/16 free, ngx_get_connection calls
+    ngx_drain_connections (src/core/ngx_connection.c), which closes the
+    max(min(32, reusable/8), 1) idle keep-alive connections it reused least recently: a
+    worker of idle clients holds W - its own (listeners, channel) - W/16 at most, and that
+    many fewer just after a drain.  Busy connections are never drained: they reach the cap."""
+    high = max(wc - over - wc // 16, 0)
+    return [max(high - max(min(32, high // 8), 1), 0), high]
+
+
 class Nginx(base.Adapter):
     name = "nginx"
     # ngx_http_core_module: listen ... backlog=N; NGX_LISTEN_BACKLOG is 511 on Linux.
@@ -285,6 +296,7 @@ class Nginx(base.Adapter):
             f"({wc or DEFAULT_CONNECTIONS:,}), {over} of them taken by its listener"
             f"{'s' if over > 2 else ''} and its channel to the master; a worker out of "
             f"connections accepts and closes", unread=conf.unread)
+        cap.idle = [n * v for v in idle_range(wc or DEFAULT_CONNECTIONS, over)]
         if conf.anywhere(PROXY_DIRECTIVES):
             cap.notes.append("nginx proxies here: each proxied request takes a second connection "
                              "(to its upstream) from the same worker_connections, so proxied "

@@ -91,6 +91,10 @@ class Diagnosis:
     # With --cost: what a connection costs the service and where its memory stops it
     # (tuner.cost.project over a step run's rows, its limits read now), else None.
     service_cost: Optional[Dict[str, Any]] = None
+    # When the application's cap binds and it closes idle keep-alive connections before
+    # it (nginx): {low, high} of the idle ones it keeps; max_connections stays the ceiling
+    # for busy connections.
+    max_idle_connections: Optional[Dict[str, int]] = None
 
     def to_dict(self) -> dict:
         out = {"schema": SCHEMA}
@@ -414,6 +418,13 @@ def _accept_stall(stop: Stop, own_listeners, snap, held_total: int) -> Stop:
                 stalled_accepting=True, full=full)
 
 
+def _idle(app: Optional[App], app_row: Optional[Row], stop: Stop) -> Optional[Dict[str, int]]:
+    """The idle keep-alive range when the application's cap is what binds (AppCap.idle)."""
+    if app is None or app.cap.idle is None or app_row is None or stop.limit != app_row.name:
+        return None
+    return {"low": app.cap.idle[0], "high": app.cap.idle[1]}
+
+
 def _memory_row(spent: Optional[dict], held_total: int) -> Optional[Row]:
     """Where the service's memory stops it (tuner.cost.project's `service` object) as a
     row: the limit that binds first, with its bytes and the connections it allows; with
@@ -465,7 +476,8 @@ def evaluate(procs, own_listeners, conns, snap, target: Optional[int],
         memory={k: reports[0][3][k] for k in ("source", "idle_bytes_per_connection",
                                                "worst_bytes_per_connection")},
         unreadable=list(snap.unreadable),
-        application=None if app is None else app.cap.to_dict(), service_cost=spent)
+        application=None if app is None else app.cap.to_dict(), service_cost=spent,
+        max_idle_connections=_idle(app, app_row, stop))
     diag.verdict = _verdict(diag, procs, stop)
     _finish(diag, procs, snap, app)
     return diag
@@ -572,6 +584,12 @@ def _verdict(d: Diagnosis, procs, stop: Stop) -> str:
         return "no limit could be evaluated (see the table)"
     head = (f"stalls now at {d.connections['held']:,} connections" if stop.stalled_accepting
             else f"stalls at {d.max_connections:,} connections")
+    idle = d.max_idle_connections
+    if idle and not stop.stalled_accepting:
+        # Which figure the verdict gives: busy connections reach the cap; idle keep-alive
+        # ones are closed to make room before it (issue 28: 932 held, 1,020 predicted).
+        head = (f"stalls at {d.max_connections:,} busy connections (idle keep-alive ones: "
+                f"{idle['low']:,}-{idle['high']:,}, closed to make room)")
     dead = d.connections.get("peer_closed", 0)
     if dead >= PEER_CLOSED_MIN and not stop.stalled_accepting:
         # What the operator needs first: the room left now, and that the dead ones are the
