@@ -182,3 +182,21 @@ def test_idle_keep_alive_connections_are_predicted_as_the_range_nginx_keeps(real
     measured = held(srv, d["max_connections"] + 200, answered=True)
     print(f"nginx 2 x 512, idle keep-alive: predicted {idle['low']}-{idle['high']}, held {measured}")
     assert idle["low"] - 3 <= measured <= idle["high"] + 3, (idle, measured)
+
+
+def test_a_target_past_the_workers_hard_limit_gets_more_workers(real_server):
+    """The workers' hard RLIMIT_NOFILE (2,048) caps each at about 1,980 connections: the
+    fix for 6,000 adds worker_processes so that it reaches the target, and applied, nginx
+    holds what the fix says (issue 28: the fix stopped at one worker's cap, silent)."""
+    srv = real_server("nginx", workers=2, worker_connections=512, nofile=(1024, 2048))
+    d = diagnose(srv, "--target", 6000)
+    fix = d["application"]["fix"]
+    workers = [l for l in fix["lines"] if l.startswith("worker_processes ")]
+    assert workers and int(workers[0].split()[1].rstrip(";")) > 2, fix
+    assert fix["allows"] >= 6000, fix
+    apply_fix(srv, fix)
+    after = diagnose(srv, "--target", 6000)
+    assert after["max_connections"] >= 6000, after["verdict"]
+    measured = held(srv, after["max_connections"] + 300)
+    print(f"nginx after the worker fix: predicted {after['max_connections']}, held {measured}")
+    assert within(after["max_connections"], measured), (after["max_connections"], measured)

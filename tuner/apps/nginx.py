@@ -319,12 +319,18 @@ class Nginx(base.Adapter):
         lines = [f"worker_connections {per};"]
         if nofile > min((w.nofile_soft or 0) for w in workers) or conf.find("worker_rlimit_nofile"):
             lines.append(f"worker_rlimit_nofile {nofile};")
+        if per > over and n * (per - over) < want:
+            # The workers' hard descriptor limit caps each one: more workers reach the target
+            # (issue 28: the fix for 1,000,000 proposed 19,936 each and stopped at 19,934).
+            n = math.ceil(want / (per - over))
+            lines.append(f"worker_processes {n};")
         command = f"systemctl reload {shlex.quote(proc.unit)}" if proc.unit else f"kill -HUP {proc.pid}"
         return AppFix(lines, wc.where if wc else conf.path, nofile, base.RELOAD, command,
                       n * (per - over),
-                      "worker_connections in the events block, worker_rlimit_nofile at the top "
-                      "level (each worker's descriptor limit, set by the master); a reload "
-                      "starts new workers with both")
+                      "worker_connections in the events block, worker_rlimit_nofile and "
+                      "worker_processes at the top level (each worker's descriptor limit, set by "
+                      "the master, and how many workers share the connections); a reload starts "
+                      "new workers with all three")
 
 
 def tls_notes(conf: Config) -> List[str]:
