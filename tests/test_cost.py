@@ -150,3 +150,32 @@ def test_without_a_slope_diagnose_says_the_memory_row_is_unknown(nofile_raised, 
         assert d["service_cost"]["projected_max"] is None and not d["binding_limit"].startswith("memory")
     finally:
         srv.close()
+
+
+def test_diagnose_watch_measures_the_cost_per_connection_as_they_arrive(nofile_raised):
+    """tuner diagnose --watch samples the service's memory as its connections grow (issue
+    26: two samples over --watch): a server spending a known buffer per connection is
+    measured at that cost in the summary, with where its memory would stop it."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    srv = Costly(BUFFER)
+    try:
+        watch = subprocess.Popen([sys.executable, "-m", "tuner", "diagnose", "--pid", str(srv.proc.pid),
+                                  "--watch", "--interval", "0.3", "--json"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        for count in (40, 80, 120):
+            assert srv.hold(count) == count
+            time.sleep(2.5)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=60)
+    finally:
+        srv.close()
+    summary = json.loads(out.splitlines()[-1])
+    spent = summary["service_cost"]
+    assert spent is not None, err
+    assert 0.9 * BUFFER <= spent["bytes_per_connection"]["application"] <= 1.1 * BUFFER, spent
+    assert spent["projected_max"] and spent["sentence"].startswith("the service would hold")

@@ -140,6 +140,42 @@ class Event:
         return dict(self.__dict__)
 
 
+class CostReadings:
+    """What holding costs the service, read while it is watched (issue 26): a sample of its
+    memory and its sockets' kernel memory (tuner.host.servicecost) at the start and again
+    whenever it holds MIN_SPAN more connections than at the last one, at most every
+    COST_EVERY seconds (a sample walks its sockets: ~200 ms at 100,000); two or more give
+    tuner.cost's slope and where memory stops it."""
+
+    COST_EVERY = 2.0
+
+    def __init__(self, diag, ports: Sequence[int]) -> None:
+        # Here: only a watched listener's cost is sampled (tuner.cost, its sampler).
+        from tuner import cost
+        from tuner.host import servicecost
+
+        self.cost, self.diag, self.rows, self.last = cost, diag, [], 0.0
+        self.sampler = None
+        if ports:
+            with service.in_netns_of(diag.pids[0]):
+                self.sampler = servicecost.Sampler(ports[0], diag.pids)
+
+    def take(self, held: int) -> None:
+        now = time.monotonic()
+        if self.sampler is None or (self.rows and (held < self.rows[-1]["connections"] + self.cost.MIN_SPAN
+                                                   or now - self.last < self.COST_EVERY)):
+            return
+        with service.in_netns_of(self.diag.pids[0]):
+            s = self.sampler.sample()
+        self.last = now
+        self.rows.append({"connections": s.sockets, "service_memory_bytes": s.memory_bytes,
+                          "service_kernel_bytes": s.kernel_bytes, "service_buffer_bytes": s.socket_buffer_bytes})
+
+    def projection(self) -> Optional[dict]:
+        """tuner.cost.project over the samples (None before a second one)."""
+        return self.cost.project(self.rows, self.diag.pids) if len(self.rows) >= 2 else None
+
+
 class Watch:
     """Turns samples into events (which limit, which fix) and keeps the totals."""
 
@@ -156,6 +192,7 @@ class Watch:
         self.peak_queue = 0
         self.kernel_lines: List[str] = []
         self.samples = 0
+        self.costs: Optional[CostReadings] = None   # run() sets it for a service that listens
 
     def _fix_for(self, limit: str) -> str:
         """The fix a limit hit now asks for (tuner.diagnose.fixes.limit_fix), as the line says it."""
@@ -259,7 +296,8 @@ class Watch:
                 "seconds": round((self.prev.t - self.first.t) if self.first and self.prev else 0, 3),
                 "peak_connections": self.peak_connections, "peak_accept_queue": self.peak_queue,
                 "moved": self.moved, "limits_hit": self.limits_hit,
-                "kernel_log": self.kernel_lines}
+                "kernel_log": self.kernel_lines,
+                "service_cost": self.costs.projection() if self.costs else None}
 
 
 def line_text(s: Sample, events: List[Event]) -> str:
@@ -289,6 +327,9 @@ def summary_text(summary: dict) -> str:
         lines.append(f"limit hit: {safe_text(limit)}" + (f"; fix: {_t(fix)}" if fix else ""))
     for line in summary["kernel_log"]:
         lines.append(f"kernel: {safe_text(line)}")
+    spent = summary.get("service_cost")
+    lines.append(f"memory: {spent['sentence']}" if spent else
+                 "memory per connection: not measured (its connections did not grow while watched)")
     walk = summary.get("fd_walker")
     if walk and walk["walked"]:
         per = walk["bytes_per_connection"]
@@ -327,6 +368,7 @@ def run(pids: Sequence[int], target: Optional[int], duration: Optional[float], i
     diag = diagnose(pids=pids, target=target)
     ports = sorted({l["port"] for l in diag.listeners})
     w = Watch(diag, target, [SimpleNamespace(**p) for p in diag.processes])
+    w.costs = CostReadings(diag, ports)
     klog = KernelLog()
     rich_live = None
     if not json_out and sys.stdout.isatty():
@@ -346,6 +388,7 @@ def run(pids: Sequence[int], target: Optional[int], duration: Optional[float], i
         while True:
             s = take_sample(diag.pids, ports, klog)
             events = w.step(s)
+            w.costs.take(s.connections)
             if json_out:
                 emit(json.dumps(w.sample_dict(s, events)))
             elif rich_live is not None:
