@@ -275,3 +275,21 @@ def test_report_role_client_tls_counts_the_probes_tls_state():
     assert "the probe's TLS state adds" in text
     proc = run_tuner("report", "-n", 1000, "--tls")
     assert proc.returncode == 2 and "--tls is for --role client" in proc.stderr
+
+
+def test_what_a_held_tls_connection_costs_the_service_beside_a_plain_one(real_server, tls_certs):
+    """The same nginx configuration plain and over TLS, stepped to 1,500 each: the step
+    rows' slope says what a held connection costs the service either way, and TLS costs it
+    more per connection (its SSL object per connection; issue 27: the service's side of a
+    held TLS connection, named against the plain one)."""
+    plain = real_server("nginx", workers=1, worker_connections=4096, hosts=("127.0.0.1",))
+    tls = real_server("nginx", workers=1, worker_connections=4096, hosts=("127.0.0.1",), tls=tls_certs.server)
+    per = {}
+    for name, url, extra in (("plain", f"http://127.0.0.1:{plain.port}/", ()),
+                             ("tls", f"https://127.0.0.1:{tls.port}/", ("--ca", tls_certs.ca))):
+        rc, doc, err = connect(url, 1500, "--step", 500, "--settle", 0.5, *extra, timeout=20)
+        assert rc == 0, err
+        cost = doc["service"]["bytes_per_connection"]
+        per[name] = cost["application"] + cost["kernel"]
+        print(f"nginx {name}: {cost['application']:,} B application + {cost['kernel']:,} B kernel per connection")
+    assert per["tls"] > per["plain"] + 1024, per
