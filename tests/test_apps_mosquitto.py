@@ -153,7 +153,7 @@ def test_without_a_cap_its_descriptors_bind_one_short_for_libwrap_then_apply_rai
     assert "1 kept free for what it opens on each accept" in d["verdict"]
     assert d["application"]["setting"] == "max_connections -1 (unlimited)"
     assert mqtthold.held(srv, 360).held == 293
-    fix = next(f for f in d["fix"] if f["command"].startswith("tuner apply --pid"))
+    fix = next(f for f in d["fix"] if (f["command"] or "").startswith("tuner apply --pid"))
     journal = str(tmp_path / "journal.json")
     out = run_tuner(*shlex.split(fix["command"])[1:], "--yes", "--journal", journal)
     assert out.returncode in (0, 3), out.stdout + out.stderr

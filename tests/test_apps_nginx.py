@@ -166,8 +166,8 @@ def test_the_listen_backlog_fix_is_nginx_own_setting(real_server):
     """nginx's listen backlog is its listen directive's backlog=N (issue 28)."""
     srv = real_server("nginx", workers=1, worker_connections=8192, nofile=(20000, 20000))
     d = diagnose(srv, "--target", 5000)
-    backlog = [f for f in d["fix"] if "listen backlog" in f["command"]]
-    assert backlog and backlog[0]["command"].startswith("nginx: listen PORT backlog=N;"), d["fix"]
+    backlog = [f for f in d["fix"] if "listen backlog" in f["text"]]
+    assert backlog and backlog[0]["text"].startswith("nginx: listen PORT backlog=N;"), d["fix"]
 
 
 def test_idle_keep_alive_connections_are_predicted_as_the_range_nginx_keeps(real_server):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import stat
 import subprocess
@@ -149,7 +150,9 @@ def test_diagnose_predicts_992_under_nofile_1024_and_prints_the_restart(real_ser
     d = diagnose(srv)
     assert d["max_connections"] == 992 and d["binding_limit"].startswith("redis maxclients 992"), d["verdict"]
     app_fix = next(f for f in d["fix"] if f["kind"] == "application")
-    assert "maxclients" in app_fix["command"] and "restart" in app_fix["command"], app_fix
+    assert "maxclients" in app_fix["text"] and "restart" in app_fix["text"], app_fix
+    # Not one command: the config line to write, then the restart (issue 28).
+    assert app_fix["command"] is None and any(l.startswith("maxclients ") for l in app_fix["lines"]), app_fix
     assert near(measure(srv, 1100), 992)
 
 
@@ -228,6 +231,10 @@ def test_the_listen_backlog_fix_is_redis_own_setting(real_server):
     not a listen(fd, N) no Redis user can call (issue 28)."""
     srv = real_server("redis", maxclients=6000, nofile=8192)
     d = diagnose(srv, "--target", 5000)
-    backlog = [f for f in d["fix"] if "listen backlog" in f["command"]]
-    assert backlog and backlog[0]["command"].startswith("Redis: tcp-backlog N in its config"), d["fix"]
+    backlog = [f for f in d["fix"] if "listen backlog" in f["text"]]
+    assert backlog and backlog[0]["text"].startswith("Redis: tcp-backlog N in its config"), d["fix"]
+    assert backlog[0]["command"] is None     # words for a person, not a command
+    # Every fix's command is a shell command that runs as written, or absent (issue 28).
+    for f in d["fix"]:
+        assert f["command"] is None or shlex.split(f["command"])[0] in ("tuner", "sysctl", "echo", "ip", "prlimit"), f
     assert "listen(fd, N)" not in json.dumps(d["fix"])

@@ -180,7 +180,7 @@ def test_a_process_in_another_namespace_uses_that_namespaces_knobs(netns):
         assert d["listeners"][0]["backlog"] == ns_somax
         assert d["netns"] == netns
         # The fix for a bigger burst targets that namespace, not the host.
-        assert any(f["command"].endswith(f"--netns {netns}") for f in d["fix"]), d["fix"]
+        assert any((f["command"] or "").endswith(f"--netns {netns}") for f in d["fix"]), d["fix"]
     finally:
         stop(srv)
 

@@ -101,7 +101,7 @@ def test_jvm_under_ulimit_1024_stall_predicted_then_lifted(netns, classes, tmp_p
 
         # The fix diagnose printed for --target 5000, run as printed (plus --yes and a
         # journal of the test's own), lifts the limit of the running JVM.
-        fix = next(f["command"] for f in d["fix"] if f["command"].startswith("tuner apply --pid"))
+        fix = next(f["command"] for f in d["fix"] if (f["command"] or "").startswith("tuner apply --pid"))
         args = shlex.split(fix)[1:]
         assert args[:3] == ["apply", "--pid", str(pid)] and "--target" in args
         journal = str(tmp_path / "journal.json")
@@ -170,7 +170,7 @@ def test_thread_per_connection_jvm_stalls_at_its_cgroups_pids_max(netns, classes
         assert d["verdict"].startswith(f"stalls at {predicted:,} connections: cgroup pids.max {current + 60:,}")
         fd_row = next(r for r in d["limits"] if r["name"] == "RLIMIT_NOFILE.soft")
         assert fd_row["allows"] > 5 * predicted       # descriptors are nowhere near
-        assert any(f["command"].startswith("echo ") and f["command"].endswith(f"{pids_cgroup}/pids.max")
+        assert any((f["command"] or "").startswith("echo ") and f["command"].endswith(f"{pids_cgroup}/pids.max")
                    for f in d["fix"]), d["fix"]
         # Measure: the server's thread starts fail past pids.max and it closes those.
         r = probe_connect(netns, 150, timeout=6)

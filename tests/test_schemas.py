@@ -215,7 +215,7 @@ COMMANDS: List[Tuple[str, Callable[[Host], List[dict]], List[str]]] = [
     ("probe", _probe, ["tuner.probe/1"]),
     ("probe refused by pre-flight", _probe_refused, ["tuner.probe/1"]),
     ("probe --serve / --connect", _probe_split, ["tuner.probe.serve/1", "tuner.probe.connect/3"]),
-    ("diagnose", _diagnose, ["tuner.diagnose/2"]),
+    ("diagnose", _diagnose, ["tuner.diagnose/3"]),
     ("status", _status, ["tuner.status/1"] * 3),
 ]
 

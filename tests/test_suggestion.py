@@ -67,7 +67,12 @@ def test_spelling():
     conf = sg.config(["maxclients 600"], "/etc/redis/redis.conf:12", "kill -HUP 9", "reload", "why")
     assert conf.render() == "in /etc/redis/redis.conf:12: maxclients 600 then kill -HUP 9 (reload)"
     assert not conf.is_command and sg.RELOAD in conf.needs and conf.scope == sg.APPLICATION
-    assert conf.to_dict() == {"command": conf.render(), "why": "why", "kind": "application"}
+    # Not a command as written (a line to write first): its JSON command is null, its text
+    # the sentence, and the parts apart (issue 28).
+    assert conf.to_dict() == {"command": None, "text": conf.render(), "why": "why", "kind": "application",
+                              "lines": ["maxclients 600"], "file": "/etc/redis/redis.conf:12",
+                              "then": "kill -HUP 9", "action": "reload"}
+    assert apply.to_dict()["command"] == apply.to_dict()["text"] == apply.render()
     words = sg.advice("raise pids.max", "it binds", "cgroup")
     assert words.render() == "raise pids.max" and not words.is_command
 

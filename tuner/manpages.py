@@ -337,7 +337,7 @@ EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
         ("tuner diagnose --port 8080 --target 50000", "The service listening on 8080 (all its "
                                                      "SO_REUSEPORT workers summed): can it hold 50,000?"),
         ("tuner diagnose --unit gateway --json", "A systemd unit's processes, as JSON "
-                                                 "(schema tuner.diagnose/2)."),
+                                                 "(schema tuner.diagnose/3)."),
         ("tuner diagnose --port 7000 --netns demo", "A listener inside namespace demo, read with "
                                                     "that namespace's knobs."),
         ("tuner diagnose --pid 4242 --watch 60 --interval 0.5",

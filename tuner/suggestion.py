@@ -96,8 +96,16 @@ class Suggestion:
     def render(self) -> str:
         return _SPELL[self.verb](self)
 
-    def to_dict(self) -> Dict[str, str]:
-        return {"command": self.render(), "why": self.why, "kind": self.kind}
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON: `command` is a shell command that runs as written, or null (an
+        application's config lines, words for a person); `text` is what the text output
+        says, for every kind (issue 28: a config fix's 'command' was a sentence)."""
+        out: Dict[str, Any] = {"command": self.render() if self.is_command else None, "text": self.render(),
+                               "why": self.why, "kind": self.kind}
+        if self.verb == CONFIG:   # what to write where, then how the application takes it
+            out.update(lines=list(self.arg("lines")), file=self.arg("file"), then=self.arg("then"),
+                       action=self.arg("action"))
+        return out
 
 
 # ---------------------------------------------------------------- constructors

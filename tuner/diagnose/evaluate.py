@@ -17,7 +17,7 @@ Library entry point (tuner metrics uses it too):
 
     from tuner.diagnose.evaluate import diagnose
     d = diagnose(pids=[4242], target=5000)     # or port=8080, or unit="gateway"
-    d.max_connections, d.binding_limit, d.to_dict()   # schema tuner.diagnose/2
+    d.max_connections, d.binding_limit, d.to_dict()   # schema tuner.diagnose/3
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from tuner.host.errors import TunerError, UsageError
 from tuner.knobs import CAPS_CONNECTIONS, Ctx
 from tuner.suggestion import Suggestion, advice
 
-SCHEMA = "tuner.diagnose/2"
+SCHEMA = "tuner.diagnose/3"
 # A process running at least this many connections, each with a thread of its own
 # (threads >= connections), is taken for thread-per-connection: its thread limits bind.
 THREAD_PER_CONNECTION_MIN = 32
@@ -51,7 +51,7 @@ PROCESS_BINDING = tuple(k.name for k in knobs.ALL if k.binds_running)
 
 
 def limit_dict(row: Row) -> dict:
-    """A row of the table as diagnose's JSON has it (tuner.diagnose/2's limits[])."""
+    """A row of the table as diagnose's JSON has it (tuner.diagnose/3's limits[])."""
     return {"name": row.name, "scope": row.scope, "kind": row.kind, "unit": row.unit, "caps": row.caps,
             "current": copy.deepcopy(row.current), "used": row.in_use, "headroom": row.headroom,
             "allows": row.allows, "needed": copy.deepcopy(row.needed), "status": row.status, "why": row.why,

@@ -1,6 +1,6 @@
 """`tuner diagnose` as text: the verdict first, then the limits, listeners and fixes.
 
-The JSON is Diagnosis.to_dict() (schema tuner.diagnose/2), so text and JSON cannot
+The JSON is Diagnosis.to_dict() (schema tuner.diagnose/3), so text and JSON cannot
 disagree; numbers are formatted by render.number/value like every other table.  Every
 string here may carry words the service chose (its comm, paths, config values, what it
 answered): each goes through trust.safe_text on its way out (`_t`), before tuner's own
