@@ -349,9 +349,15 @@ def test_watch_notices_a_descriptor_walker_and_prices_it(netns):
         fd_dir = f"/proc/{srv.pid}/fd"
         walked = [os.lstat(os.path.join(fd_dir, name)) for name in os.listdir(fd_dir)]
         assert len(walked) > 1500
-        time.sleep(1.0)
+        # Held open (O_PATH) until the watch has sampled: unused proc inodes may be reclaimed
+        # before a sample sees them (in the full suite it once saw 271 B per connection
+        # where a proc inode is ~700 B).
+        pinned = [os.open(os.path.join(fd_dir, name), os.O_PATH | os.O_NOFOLLOW) for name in os.listdir(fd_dir)]
+        time.sleep(2.0)
         watch.send_signal(signal.SIGINT)
         out, err = watch.communicate(timeout=30)
+        for fd in pinned:
+            os.close(fd)
         summary = json.loads(out.splitlines()[-1])
         walker = summary["fd_walker"]
         assert walker["walked"] is True, walker

@@ -57,7 +57,9 @@ def test_split_probe_lines_say_what_they_count(netns):
     # The hold counts down once all are held.
     left = [p["left"] for p in served if p["left"] is not None]
     assert left and left == sorted(left, reverse=True) and left[0] <= 6, s_err
-    assert all(n(p["held"]) == conns for p in served if p["left"] is not None), s_err
+    # All are held when the hold begins; the clients' own hold (3.5 s) may end before the
+    # server's (6 s), so later lines may count fewer: that is their closing, not a loss.
+    assert n(next(p for p in served if p["left"] is not None)["held"]) == conns, s_err
 
     connected = progress(c_err)
     assert {p["label"] for p in connected} >= {"connect establish", "connect hold"}, c_err

@@ -192,7 +192,9 @@ def test_redis_config_including_itself_50_times_is_read_once(user, tmp_path):
     p = user.run("redis-server", "redis-server", conf)
     d, text, opens = diagnose_traced(p.pid, tmp_path)
     app = app_of(d)
-    assert len(read_opens(opens, conf)) == 1, read_opens(opens, conf)
+    # At most once for its cap and once for the fix diagnose sizes (each its own pass, as
+    # PostgreSQL's below), not 51 times each.
+    assert 1 <= len(read_opens(opens, conf)) <= 2, read_opens(opens, conf)
     assert app["allows"] == 4321
     assert sum("read once already" in u for u in app["unread"]) == 1, app["unread"]
 
