@@ -518,3 +518,20 @@ def test_persist_does_not_read_through_a_link_planted_at_its_file(capsys, tmp_pa
     assert "symbolic link" in err and "not-for-the-journal" not in out + err
     assert not os.path.exists(jpath)
     assert os.path.islink(root / "etc/sysctl.d/99-tuner.conf")
+
+
+@pytest.mark.parametrize("role, extra", [("loopback", ()), ("server", ()), ("client", ()),
+                                         ("client", ("--alias-dev", "lo", "--alias-net", "10.99.0.0/24"))])
+@pytest.mark.parametrize("target", ["1M", "200k"])
+def test_every_limit_the_report_says_binds_is_in_the_plan_or_said_why_not(capsys, netns, jpath, role, extra,
+                                                                          target):
+    """What report marks as stopping the target (binds, short, full) is in apply's plan for
+    the same target and role: changed, listed as not changed with the reason, or named in
+    its notes (issue 28: the port range report marked binding was dropped without a
+    word).  Each case read in a fresh namespace, nothing applied."""
+    report = json.loads(run_tuner("report", "--netns", netns, "--role", role, "-n", target, "--json").stdout)
+    plan = plan_of(capsys, "-n", target, "--role", role, "--netns", netns, "--journal", jpath, *extra)["plan"]
+    said = ({c["knob"] for c in plan["changes"]} | {s["knob"] for s in plan["skipped"]})
+    for row in report["rows"]:
+        if row["status"] in ("binds", "short", "full"):
+            assert row["name"] in said or any(row["name"] in n for n in plan["notes"]), (row, plan)
