@@ -180,16 +180,26 @@ class HeldTraffic:
         self.poll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
         self.pings["sent"] += 1
 
-    def ping_answer(self, fd: int, ex) -> None:
+    def read_answer(self, fd: int) -> Optional[bytes]:
+        """One read of a held connection's answer (a ping's, or the second check's): its
+        bytes, b"" while none has come; None when the server closed or reset it, counted
+        here (closed_in_hold, reset_in_hold) for the caller to let the connection go."""
         try:
             data = os.read(fd, READ_SIZE)
         except BlockingIOError:
-            return
+            return b""
         except OSError:
             data = None
         if not data:
             self.server["closed_in_hold" if data == b"" else "reset_in_hold"] += 1
+            return None
+        return data
+
+    def ping_answer(self, fd: int, ex) -> None:
+        data = self.read_answer(fd)
+        if data is None:
             self.drop_held(fd)
+        if not data:
             return
         verdict = ex.feed(data)
         if ex.out:

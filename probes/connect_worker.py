@@ -483,15 +483,10 @@ class ConnectWorker(HeldTraffic):
         self.exchanges.clear()
 
     def check_answer(self, fd: int, ex: Exchange) -> None:
-        try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = None
-        if not data:
-            self.server["closed_in_hold" if data == b"" else "reset_in_hold"] += 1
+        data = self.read_answer(fd)
+        if data is None:
             self.forget(fd, in_flight=False)
+        if not data:
             return
         verdict = ex.feed(data)
         if ex.out:

@@ -126,6 +126,11 @@ def test_diagnose_with_a_step_runs_cost_adds_the_memory_row_that_binds(memory_cg
         p = subprocess.run([sys.executable, "-m", "tuner", "diagnose", "--pid", str(srv.proc.pid), "--cost", str(bad)],
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and "not a step run" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+        # Root acts on it: a run file other users can write is refused, in one line.
+        run.chmod(0o666)
+        p = subprocess.run([sys.executable, "-m", "tuner", "diagnose", "--pid", str(srv.proc.pid), "--cost", str(run)],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and "other users can write it" in p.stderr, p.stderr
     finally:
         srv.close()
 

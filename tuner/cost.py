@@ -37,6 +37,8 @@ ALL, APPLICATION, BUFFERS = "all", "application", "buffers"
 # A slope is read only over at least this many connections between the first and last
 # point: a handful of connections is within the noise of a process's own allocations.
 MIN_SPAN = 16
+# A step run's JSON (`diagnose --cost FILE`): a 1,000-step run is well under this.
+RUN_MAX = 16 << 20
 
 
 @dataclass
@@ -218,14 +220,24 @@ def rows_of_run(path: str) -> List[dict]:
     `tuner diagnose --cost FILE` names); ValueError saying what is wrong otherwise."""
     import json  # only --cost reads a run file
 
+    from tuner.host import trust   # as root: a file only root or the invoker could have written
+
     try:
-        with open(path) as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as e:
+        fd = trust.open_nofollow(path, os.O_RDONLY, what="--cost file")
+        try:
+            trust.own_file(fd, path, what="--cost file")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                doc = json.loads(f.read(RUN_MAX + 1)[:RUN_MAX + 1])
+        finally:
+            os.close(fd)
+    except trust.UntrustedFile as e:
+        raise ValueError(str(e)) from None
+    except (OSError, ValueError, RecursionError) as e:
         raise ValueError(f"--cost {path}: cannot read it as JSON ({e})") from None
     steps = doc.get("steps") if isinstance(doc, dict) else None
     keys = ("connections", "service_memory_bytes", "service_kernel_bytes")
-    if not isinstance(steps, list) or not all(isinstance(r, dict) and all(k in r for k in keys) for r in steps):
+    if not isinstance(steps, list) or not all(isinstance(r, dict) and all(
+            isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for k in keys) for r in steps):
         raise ValueError(f"--cost {path}: not a step run (write one with 'tuner probe --connect URL "
                          f"-n N --step K --json > FILE')")
     return steps
