@@ -103,3 +103,70 @@ def test_a_printed_sysctl_fix_run_as_written_changes_the_limit(netns):
         assert int(read_sysctl(name)) == row.needed[0] > 128
     assert read_sysctl(name) == host_before
     assert assess.build(100_000, "server", netns).row(name).status == "ok"
+
+
+# ---------------------------------------------------------------- one fix builder
+
+# Where a Suggestion may be made: its own module (the value and its constructors), the one
+# fix builder (issue 25: "one fix builder"), and the knob table, whose entries declare their
+# own fix as a value (Knob.fix: data of the table, not a builder).
+BUILDERS = {"tuner/suggestion.py", "tuner/fixes.py", "tuner/knobs.py"}
+# The suggestion module's names that make one (a constructor, the class, a changed copy).
+MAKERS = {"Suggestion", "tuner", "setting", "write", "config", "advice", "either", "Placeholder"}
+
+
+def _suggestion_names(tree) -> tuple:
+    """(names bound to a maker of tuner.suggestion, names bound to the module itself)."""
+    import ast
+
+    makers, modules = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] == "suggestion":
+            makers |= {a.asname or a.name for a in node.names if a.name in MAKERS}
+        elif isinstance(node, ast.ImportFrom) and any(a.name == "suggestion" for a in node.names):
+            modules |= {a.asname or a.name for a in node.names if a.name == "suggestion"}
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname for a in node.names if a.name == "tuner.suggestion" and a.asname}
+    return makers, modules
+
+
+def fixes_built(source: str) -> list:
+    """Lines of `source` that make a Suggestion: a call of a maker imported from
+    tuner.suggestion (by name or through the module), or `.but(...)` (a changed copy)."""
+    import ast
+
+    tree = ast.parse(source)
+    makers, modules = _suggestion_names(tree)
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if (isinstance(f, ast.Name) and f.id in makers
+                or isinstance(f, ast.Attribute) and f.attr in MAKERS and isinstance(f.value, ast.Name)
+                and f.value.id in modules
+                or isinstance(f, ast.Attribute) and f.attr == "but"):
+            found.append(node.lineno)
+    return found
+
+
+def test_every_fix_is_built_in_the_one_home():
+    found = []
+    for path in _sources():
+        rel = os.path.relpath(path, REPO)
+        if rel in BUILDERS or not rel.startswith("tuner" + os.sep):
+            continue
+        with open(path) as fh:
+            found += [f"{rel}:{n}" for n in fixes_built(fh.read())]
+    assert not found, "a fix is built outside tuner/fixes.py; add a builder there:\n" + "\n".join(found)
+
+
+def test_the_one_home_check_sees_a_fix_being_built():
+    """The check above finds what it names (else it proves nothing): each way of making one."""
+    for code in ['from tuner.suggestion import APPLY, tuner\nx = tuner(APPLY, ("--target", 5))',
+                 'from .suggestion import advice as a\nx = a("raise it")',
+                 'from tuner import suggestion\nx = suggestion.tuner(suggestion.APPLY)',
+                 'import tuner.suggestion as sg\nx = sg.Suggestion("advice")',
+                 'x = row.fix.but(why="it binds")']:
+        assert fixes_built(code), code
+    assert not fixes_built('from tuner.suggestion import APPLY\nok = fix.verb == APPLY and fix.render()')

@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional
 from .host.conns import FD_HEADROOM, connections_within
 
 from tuner.host import memory
-from .suggestion import APPLY, PROBE, REPORT, ROOT, Count, Suggestion, advice, setting, tuner
+from . import fixes
+from .suggestion import Suggestion
 from .knobs import (BY_NAME, BY_NAME_ALL, CAPS_BUFFERS, CAPS_CONNECTIONS, CAPS_PER_PROCESS, KNOBS,
                     Ctx, Knob)
 
@@ -121,13 +122,6 @@ def row_dict(row: Row) -> Dict[str, Any]:
     return d
 
 
-def _args(report: "Report") -> list:
-    """The options that name what this report was about, as a next command repeats them."""
-    out = [("--target", Count(report.target))] if report.target else []
-    out += [("--role", report.role)] if report.role != "loopback" else []
-    return out + ([("--netns", report.netns)] if report.netns else [])
-
-
 def changes_wanted(report: "Report") -> List[Row]:
     """Rows a `tuner apply` for the target would change (what next_step's apply is for):
     every limit below what the target wants, not the ones apply cannot change (capped) or
@@ -146,13 +140,12 @@ def next_step(report: "Report") -> str:
         if row.fix and (row.status == FULL or stops) and (report.target is None or not BY_NAME[row.name].writable):
             return f"{row.name} ({row.status}): {row.fix.render()}"
     if report.target is None:
-        return f"{tuner(REPORT, ('--target', 'N')).render()} (what N connections need)"
+        return f"{fixes.sizing_report().render()} (what N connections need)"
     if changes_wanted(report):
-        return tuner(APPLY, *_args(report), ("--dry-run", None)).render()
+        return fixes.planned_apply(report.target, report.role, report.netns).render()
     if report.role != "loopback":
         return "nothing to change: tuner probe --serve and --connect prove it between the two hosts"
-    probe = tuner(PROBE, ("-n", Count(report.target)), *([("--netns", report.netns)] if report.netns else []))
-    return f"{probe.render()} (proves it with real connections)"
+    return f"{fixes.proving_probe(report.target, report.netns).render()} (proves it with real connections)"
 
 
 def k8s_section(rows: List[Row]) -> List[Dict[str, Any]]:
@@ -255,28 +248,6 @@ def status(planned: str, utilization: Optional[float]) -> str:
     return fill if planned == OK else planned
 
 
-def row_fix(knob: Knob, state: str, needed, netns: Optional[str], target: Optional[int]) -> Optional[Suggestion]:
-    """What lifts a row with an ACTION status, the same step apply would take: the
-    setting kind's own command for the value the target needs (as apply's plan prints
-    it), the knob table's fix where tuner cannot change it, else the apply that plans
-    the value from a target. None for rows that need nothing."""
-    if state not in ACTION:
-        return None
-    # Here, not at the top: only a report with a sysctl to fix imports the settings package.
-    from .settings.sysctl import KIND as writer, text
-
-    if knob.writable and knob.is_sysctl and needed is not None:
-        return setting(writer, netns if knob.scope == "netns" else None, knob.name, text(needed))
-    if knob.fix:
-        return advice(knob.fix)
-    if not knob.writable:
-        return None
-    wanted = [("--target", Count(target) if target else "N")]
-    if state == WARN:
-        wanted.append(("--shrink-buffers", None))
-    return tuner(APPLY, *wanted, needs=(ROOT,))
-
-
 def _status(ctx: Ctx, knob: Knob, row: Row, stop: Stop, worst_fits: Optional[bool], running: bool) -> str:
     """What the target (or, without one, the host's capacity) asks of this limit.
     `running`: the row is of a running service (tuner diagnose), whose processes are
@@ -305,7 +276,7 @@ def _status(ctx: Ctx, knob: Knob, row: Row, stop: Stop, worst_fits: Optional[boo
 def judge(ctx: Ctx, knob: Knob, row: Row, stop: Stop, worst_fits: Optional[bool] = None,
           running: bool = False) -> None:
     """The one judge of a knob's row: its status (what the target asks of it, then how
-    full it is: `status`) and, from that status, its fix (`row_fix`). Report's rows and
+    full it is: `status`) and, from that status, its fix (tuner.fixes.row_fix). Report's rows and
     a running service's (diagnose's, each with its own process's ctx) are judged here."""
     row.status = status(_status(ctx, knob, row, stop, worst_fits, running), row.utilization)
     # A running process's own limit that stops it is lifted by diagnose's fixes, which
@@ -313,7 +284,8 @@ def judge(ctx: Ctx, knob: Knob, row: Row, stop: Stop, worst_fits: Optional[bool]
     # fix, raising it for the target, where the target needs more.
     own = running and row.pid is not None and row.status in (BINDS, SHORT)
     state = (RAISE if row.needed is not None else OK) if own else row.status
-    row.fix = row_fix(knob, state, row.needed, ctx.snap.netns, ctx.target)
+    row.fix = (fixes.row_fix(knob, row.needed, ctx.snap.netns, ctx.target, shrink=state == WARN)
+               if state in ACTION else None)
 
 
 def judge_other(row: Row, stop: Stop) -> None:

@@ -1,11 +1,11 @@
 """A fix as a value: what to run or change, why, what it needs, and where it applies.
 
-The capacity model (tuner/capacity.py), diagnose (tuner/diagnose/fixes.py), its
---watch, the probe (tuner/probing/run.py) and the applications' adapters build
-Suggestions from facts; `render` (the text a user reads and pastes) and `to_dict` (the
-JSON, whose `command` is that same text, so the schemas did not change) are the only
-places that spell one.  Nothing reads a rendered command back: code that needs to know
-what a suggestion does asks its fields (`verb`, `option("--pid")`, `scope`, `needs`).
+One module builds every Suggestion from facts, for the capacity model, diagnose, its
+--watch and the probe: tuner/fixes.py.  `render` (the text a user reads and pastes)
+and `to_dict` (the JSON: `command` that same text when it runs as written, else null)
+are the only places that spell one.  Nothing reads a rendered command back: code that
+needs to know what a suggestion does asks its fields (`verb`, `option("--pid")`,
+`scope`, `needs`).
 
 Adding a kind of suggestion: a verb constant below, a constructor for it, and its
 spelling in `_SPELL`; `is_command` says whether it runs as pasted.

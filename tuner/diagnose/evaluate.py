@@ -7,7 +7,7 @@ application's own cap, from the adapter in tuner/apps/ that recognises the proce
 (or --app-limit).  The result is one verdict (the stall point: the minimum over kernel,
 process and application, and the limit that sets it), the table of every limit with
 what is used of it, and fixes as commands (from the knob table, `tuner apply` and the
-application's adapter: tuner/diagnose/fixes.py, never restated here).  The model
+application's adapter: tuner/fixes.py, never restated here).  The model
 measures each process's rows (capacity.measure), this module puts them together for the
 service (what it uses of each, where it stops: capacity.tightest) and the model judges
 every row once, for the service as a whole (capacity.judge, capacity.judge_other):
@@ -33,10 +33,10 @@ from tuner.host.numfmt import values
 from tuner.diagnose import service
 from tuner.apps.base import AppCap, AppFix
 from tuner.capacity import APPLICATION_ROW, LISTENER_ROW, MEMORY_ROW, Row, limit_value
-from tuner.diagnose.fixes import APP_LIMIT_HINT, LISTEN_BACKLOG, app_want, fixes
+from tuner.fixes import APP_LIMIT_HINT, LISTEN_BACKLOG, app_want, fixes, listener_row_fix
 from tuner.host.errors import TunerError, UsageError
 from tuner.knobs import CAPS_CONNECTIONS, Ctx
-from tuner.suggestion import Suggestion, advice
+from tuner.suggestion import Suggestion
 
 SCHEMA = "tuner.diagnose/3"
 # A process running at least this many connections, each with a thread of its own
@@ -361,8 +361,7 @@ def _backlog_rows(own_listeners, snap) -> List[Row]:
         f"passed to listen(), {cap.name} {somaxconn if somaxconn is not None else '?'} "
         f"when it called listen()); connects completed beyond it while the server does not "
         f"accept are dropped and retried a second later (ListenOverflows).",
-        advice("raise the backlog the application passes to listen()" if somaxconn and l.backlog < somaxconn
-               else f"raise {cap.name} (tuner apply), then the application must listen() again")), l.queued)
+        listener_row_fix(l.backlog, somaxconn, cap)), l.queued)
         for l in own_listeners]
 
 

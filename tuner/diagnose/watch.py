@@ -26,7 +26,7 @@ from tuner.host import procfs, procpid
 from tuner.host.trust import safe_text
 from tuner.diagnose import service
 from tuner.diagnose.evaluate import diagnose
-from tuner.diagnose.fixes import LISTEN_BACKLOG, limit_fix
+from tuner.fixes import LISTEN_BACKLOG, limit_fix
 from tuner.suggestion import APPLY
 
 SCHEMA = "tuner.diagnose.watch/1"
@@ -195,7 +195,7 @@ class Watch:
         self.costs: Optional[CostReadings] = None   # run() sets it for a service that listens
 
     def _fix_for(self, limit: str) -> str:
-        """The fix a limit hit now asks for (tuner.diagnose.fixes.limit_fix), as the line says it."""
+        """The fix a limit hit now asks for (tuner.fixes.limit_fix), as the line says it."""
         n = self.target or max(2 * (self.diag.connections["held"] or 1), 1000)
         fix = limit_fix(self.diag, limit, n, self.backlog_cap())
         if fix is None:

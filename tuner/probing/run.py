@@ -27,7 +27,7 @@ from probes import ProbeConfig, ProbeConfigError, launch
 from probes import serverside
 from probes.config import source_count, sources, worker_capacity
 
-from tuner import assess, knobs, suggestion
+from tuner import assess, fixes, knobs, suggestion
 from tuner.capacity import CAPPED, Report
 from tuner.host.errors import TunerError, UsageError
 from tuner.probing.progress import Progress
@@ -61,11 +61,7 @@ class Preflight:
     def apply_command(self) -> suggestion.Suggestion:
         """`tuner apply` planning for this probe's configuration, so its plan changes the
         knobs this probe needs (a narrow --source-net needs a wider port range)."""
-        args = [("--target", self.connections)]
-        args += [("--netns", self.report.netns)] if self.report.netns else []
-        args += [("--source-net", self.source_net)]
-        args += [("--destinations", self.destinations)] if self.destinations != 1 else []
-        return suggestion.tuner(suggestion.APPLY, *args, needs=(suggestion.ROOT,))
+        return fixes.probe_apply(self.connections, self.report.netns, self.source_net, self.destinations)
 
     def fix_for(self, limit: Optional[str]) -> Optional[str]:
         """The table's fix for a limit the probe hit: the value N needs, under this
@@ -333,8 +329,7 @@ def explain_stall(result: dict, netns: Optional[str] = None) -> None:
     if room is not None:
         stalled["sentence"] += f"; this host had room for {number(room)} more"
     if server is not None:
-        stalled["diagnose"] = suggestion.tuner(suggestion.DIAGNOSE, ("--port", server[1]),
-                                               *([("--netns", netns)] if netns else [])).render()
+        stalled["diagnose"] = fixes.port_diagnose(server[1], netns).render()
 
 
 def host_room(result: dict, netns: Optional[str]) -> Optional[int]:

@@ -1,23 +1,89 @@
-"""`tuner diagnose`'s fixes: one small function per kind of limit, each deciding whether
-its limit needs a fix and which command gives it.
+"""The one home that builds every fix (issue 25): the model's rows (`row_fix`) and its
+next step, the probe's, `tuner diagnose`'s (one small function per kind of limit, each
+deciding whether its limit needs a fix and which command gives it) and its --watch's.
 
-The commands come from where they live: `tuner apply` (the knob table's sizing), the
-setting kinds (a sysctl's own command), the knob table's fix text, the application's
-adapter (tuner/apps/: the config line, the descriptor limit with it, reload or
-restart).  A Diagnosis comes in evaluated; nothing here decides what binds.
+A fix is a `tuner.suggestion.Suggestion`, built here from facts: `tuner apply` (the knob
+table's sizing), the setting kinds (a sysctl's own command), the knob table's own fix
+(Knob.fix, a Suggestion the table declares), the application's adapter (tuner/apps/:
+the config line, the descriptor limit with it, reload or restart).  Nothing here decides
+what binds (the capacity model judges every row); nothing elsewhere builds a fix
+(tests/test_suggestion.py holds tuner/ to it).
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from tuner import apps, knobs
-from tuner.suggestion import (APPLY, DIAGNOSE, HOST, NETNS, PIDS, RESTART, ROOT, UNIT, Suggestion, advice,
-                              config, tuner, write)
+from tuner import knobs
+from tuner.knobs import Knob
+from tuner.suggestion import (APPLY, DIAGNOSE, HOST, NETNS, PIDS, PROBE, REPORT, RESTART, ROOT, UNIT, Count,
+                              Suggestion, advice, config, setting, tuner, write)
 
 SOFT, HARD = "RLIMIT_NOFILE.soft", "RLIMIT_NOFILE.hard"
 LISTEN_BACKLOG = "listen backlog"      # the application's own limit, named as in the table
 APP_LIMIT_HINT = "tell tuner the cap with --app-limit N"
+
+# ---------------------------------------------------------------- the model's rows (report)
+
+def row_fix(knob: Knob, needed, netns: Optional[str], target: Optional[int],
+            shrink: bool = False) -> Optional[Suggestion]:
+    """What lifts a row the model rated as asking for something (capacity.ACTION), the
+    same step apply would take: the setting kind's own command for the value the target
+    needs (as apply's plan prints it), the knob table's fix where tuner cannot change it,
+    else the apply that plans the value from a target (`shrink`: with --shrink-buffers,
+    for worst-case buffers that do not fit memory). None where nothing tuner knows does."""
+    # Here, not at the top: only a report with a sysctl to fix imports the settings package.
+    from .settings.sysctl import KIND as writer, text
+
+    if knob.writable and knob.is_sysctl and needed is not None:
+        return setting(writer, netns if knob.scope == "netns" else None, knob.name, text(needed))
+    if knob.fix:
+        return advice(knob.fix)
+    if not knob.writable:
+        return None
+    wanted = [("--target", Count(target) if target else "N")]
+    if shrink:
+        wanted.append(("--shrink-buffers", None))
+    return tuner(APPLY, *wanted, needs=(ROOT,))
+
+
+def sizing_report() -> Suggestion:
+    """The report that sizes a host for N connections (report's next step without a target)."""
+    return tuner(REPORT, ("--target", "N"))
+
+
+def planned_apply(target: Optional[int], role: str, netns: Optional[str]) -> Suggestion:
+    """apply's plan for what a report was about (its next step when a limit needs changing)."""
+    args = [("--target", Count(target))] if target else []
+    args += [("--role", role)] if role != "loopback" else []
+    args += [("--netns", netns)] if netns else []
+    return tuner(APPLY, *args, ("--dry-run", None))
+
+
+def proving_probe(target: int, netns: Optional[str]) -> Suggestion:
+    """The probe that proves a loopback target with real connections."""
+    return tuner(PROBE, ("-n", Count(target)), *([("--netns", netns)] if netns else []))
+
+
+# ---------------------------------------------------------------- the probe
+
+def probe_apply(connections: int, netns: Optional[str], source_net: str, destinations: int) -> Suggestion:
+    """`tuner apply` planning for a probe's configuration, so its plan changes the knobs
+    that probe needs (a narrow --source-net needs a wider port range)."""
+    args = [("--target", connections)]
+    args += [("--netns", netns)] if netns else []
+    args += [("--source-net", source_net)]
+    args += [("--destinations", destinations)] if destinations != 1 else []
+    return tuner(APPLY, *args, needs=(ROOT,))
+
+
+def port_diagnose(port: int, netns: Optional[str]) -> Suggestion:
+    """`tuner diagnose` of the local server a probe stalled against."""
+    return tuner(DIAGNOSE, ("--port", port), *([("--netns", netns)] if netns else []))
+
+
+# ---------------------------------------------------------------- tuner diagnose
+
 
 
 def apply_command(d, n: int, pids: Sequence[int] = (), why: str = "", kind: str = "tuner") -> Suggestion:
@@ -180,6 +246,15 @@ def host_fix(d) -> List[Suggestion]:
 
 # ---------------------------------------------------------------- the accept queue
 
+def listener_row_fix(backlog: int, somaxconn: Optional[int], cap: Knob) -> Suggestion:
+    """The fix of a listener's accept-queue row (`cap`: the knob that caps listen()'s
+    backlog, `somaxconn` its value): the application's own backlog while below it, else
+    the knob, then a new listen()."""
+    if somaxconn and backlog < somaxconn:
+        return advice("raise the backlog the application passes to listen()")
+    return advice(f"raise {cap.name} ({tuner(APPLY).render()}), then the application must listen() again")
+
+
 def _backlog_needs_fix(d, l) -> bool:
     small = d.target is not None and l["backlog"] < min(d.target, knobs.MAX_BACKLOG)
     full = l["queued"] >= l["backlog"] > 0
@@ -217,6 +292,9 @@ def backlog_fixes(d, snap, earlier: List[Suggestion]) -> List[Suggestion]:
 def backlog_fix(d, listener: Dict[str, Any], somaxconn: Optional[int]) -> Suggestion:
     """The application's own setting: only it can pass a larger backlog to listen()
     (`somaxconn`: the value of the knob that caps it); how, from its runtime's adapter."""
+    # Here, not at the top: report's model builds its fixes here too and reads no adapter.
+    from tuner import apps
+
     adapter = apps.ADAPTERS.get((d.application or {}).get("app", ""))
     how = getattr(adapter, "backlog_setting", None)
     where = (f"{listener['address']}:{listener['port']} (now {listener['backlog']:,}; "
