@@ -98,6 +98,7 @@ class Option:
     kind: type = str          # what the value is (the CLI parses it as this)
     bounds: Optional[Tuple[int, int]] = None   # a number's range (the CLI refuses others)
     unit: str = ""            # a number's unit, for the CLI's refusal: 'of seconds'
+    secret: bool = False      # a credential: Ansible's no_log, so no log or result shows it
 
     def given(self, value) -> bool:
         """Whether a value differs from the default (an option given to a scheme)."""

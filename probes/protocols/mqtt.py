@@ -166,7 +166,7 @@ SCHEME = Scheme(
              Option("username", "--username", "NAME", "the CONNECT's user name."),
              Option("password", "--password", "TEXT",
                     "the CONNECT's password (needs --username; other users see it in ps: use an account "
-                    "made for the probe)."),
+                    "made for the probe).", secret=True),
              Option("keepalive", "--keepalive", "SECONDS",
                     "the CONNECT's keep alive (default 0: the broker never times a silent connection "
                     "out; otherwise hold less than 1.5 x SECONDS: nothing is sent during the hold).",
