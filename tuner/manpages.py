@@ -508,5 +508,8 @@ def write_pages(target_dir: str) -> list:
 
 if __name__ == "__main__":
     write_commands_doc()   # the same source as the pages: docs/commands.md's option tables
+    from tuner import collection   # the probe module's options: the same registry and CLI
+    for name in collection.write():
+        print(name)
     for name in write_pages(sys.argv[1] if len(sys.argv) > 1 else "man"):
         print(name)
