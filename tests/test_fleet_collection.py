@@ -76,11 +76,31 @@ def test_shared_options_are_written_once_and_rendered_in_each_module(tmp_path):
     for m in MODULES:
         assert requirement in docs[m]["requirements"], m
     assert any(r.startswith("root") for r in docs["apply"]["requirements"])
-    # The documentation names exactly what each module accepts (its argument_spec).
+    # The documentation names exactly what each module accepts (its argument_spec):
+    # its own options, and probe's generated ones (mode=connect's) with their types.
+    generated = connect_options()
     for m in MODULES:
         source = open(os.path.join(COLLECTION, "plugins", "modules", f"{m}.py")).read()
-        spec_names = set(re.findall(r"^ {12}(\w+)=dict\(", source, re.M))
+        spec_names = set(re.findall(r"^ {8,12}(\w+)=dict\(", source, re.M)) - {"argument_spec"}
+        if m == "probe":
+            assert not spec_names & set(generated), "written by hand and generated"
+            spec_names |= set(generated)
         assert spec_names == set(docs[m]["options"]), m
+    for name, spec in generated.items():
+        doc = docs["probe"]["options"][name]
+        assert (doc["type"], doc.get("elements"), doc.get("default")) == \
+            (spec["type"], spec.get("elements"), spec.get("default")), name
+
+
+def connect_options() -> dict:
+    """The probe module's generated argument_spec for mode=connect (module_utils)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "tuner_probe_connect", os.path.join(COLLECTION, "plugins", "module_utils", "probe_connect.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.CONNECT_OPTIONS
 
 
 def test_playbook_syntax(tmp_path):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from probes import protocols
-from tuner import cli, manpages, schemas
+from tuner import cli, collection, manpages, schemas
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,14 +58,53 @@ def test_an_option_of_another_scheme_is_refused_in_one_line():
     assert r.stderr.count("\n") == 1 and "--method do(es) not apply to redis://" in r.stderr
 
 
+def test_the_ansible_probe_modules_connect_options_are_current(tmp_path):
+    """The probe module's mode=connect options (argument_spec and documentation, both
+    generated into ansible/) are the registry's and the ramp's, as the CLI takes them."""
+    assert collection.stale() == [], "run: python -m tuner.manpages man"
+    opts = {o.name: o for o in collection.options()}
+    assert list(opts) == ["server", *(o.name for o in protocols.options()), *cli._RAMP_OPTIONS]
+    for s in protocols.schemes():
+        assert s.usage in opts["server"].description
+    for o in protocols.options():
+        assert o.help.split(" (")[0].rstrip(".") in opts[o.name].description
+    # A credential is kept out of logs and results; a path that only looks like one says so.
+    assert [name for name, o in opts.items() if o.no_log] == [o.name for o in protocols.options() if o.secret] \
+        == ["password"]
+    assert opts["key"].no_log is False
+    assert (opts["step"].type, opts["settle"].default, opts["keepalive"].type) == ("int", 1.0, "int")
+    assert (opts["alpn"].type, opts["alpn"].elements, opts["insecure"].type) == ("list", "str", "bool")
+    # Stale is seen: a generated file edited by hand differs from what the walk writes.
+    for rel, text in collection.render().items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert collection.stale(str(tmp_path)) == []
+    (tmp_path / collection.SPEC_FILE).write_text(collection.render()[collection.SPEC_FILE].replace("'ca'", "'cafile'"))
+    assert collection.stale(str(tmp_path)) == [os.path.join("ansible", collection.SPEC_FILE)]
+
+
 def code_files():
-    """Python files of tuner/ and probes/ (comments and docstrings included)."""
-    for top in ("tuner", "probes"):
+    """Python files of tuner/ and probes/ (comments and docstrings included), and the
+    Ansible collection's Python and YAML but its generated files."""
+    for top in ("tuner", "probes", "ansible"):
         for root, dirs, files in os.walk(os.path.join(REPO, top)):
             dirs[:] = [d for d in dirs if d != "__pycache__"]
             for f in files:
-                if f.endswith(".py"):
+                if f.endswith((".py", ".yml", ".yaml")) and not generated(os.path.join(root, f)):
                     yield os.path.relpath(os.path.join(root, f), REPO)
+
+
+def generated(path: str) -> bool:
+    """A file tuner writes from the registry (its first line says so): it lists every scheme."""
+    with open(path) as f:
+        return f.readline().rstrip("\n") == collection.GENERATED
+
+
+def without_examples(text: str) -> str:
+    """An Ansible module's text but its EXAMPLES: an example names the scheme it uses, as
+    the docs' examples do (the docs are not searched); a list of schemes is what goes
+    stale, and lists live in the code and the DOCUMENTATION."""
+    return re.sub(r'^EXAMPLES = r?"""(.*?)"""', "", text, flags=re.S | re.M)
 
 
 # Not a probe's scheme: the metrics endpoint's own URL.
@@ -80,7 +119,7 @@ def test_a_scheme_is_named_only_in_its_module():
     found = []
     for path in code_files():
         with open(os.path.join(REPO, path)) as f:
-            text = f.read()
+            text = without_examples(f.read())
         for name, home in homes.items():
             if path != home and (name, path) not in NOT_A_PROBE and re.search(rf"(?<![\w+.-]){re.escape(name)}://", text):
                 found.append((name, path))

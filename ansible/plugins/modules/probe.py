@@ -27,8 +27,14 @@ description:
     to O(server), over the local addresses inside O(source_net) (the aliases the apply
     module added), held O(hold) seconds and each checked a second time at its end.
     O(server) is a URL like C(tuner probe --connect) takes: tuner's own C(mode=serve) at
-    HOST:PORT, or the service itself at tcp://, http://, ws:// or redis:// (IPv6 as
-    [ADDR]:PORT); the result's C(stalled) says which side stalled."
+    HOST:PORT, or the service itself in its own protocol, plain or through TLS (every
+    scheme and its options below; the certificate is verified against the system store
+    unless O(ca) or O(insecure) says otherwise); the result's C(stalled) says which side
+    stalled. O(step) ramps the connections up in steps, a row of what the service costs
+    each (C(probe.steps), C(probe.service) when it runs on this host)."
+  - "The options of C(mode=connect) and the URL's forms come from tuner's protocol
+    registry, as C(tuner probe --connect) takes them (a generated documentation fragment
+    and argument_spec: C(python -m tuner.manpages man) writes both)."
   - "The result is the probe's JSON (C(--json)) under C(probe), with C(verified) and
     C(ok) at the top. The task fails when the probe falls short (rc 3), with the limit
     that stopped it. A probe changes no setting: C(changed) is false (but for C(mode=stop)). In
@@ -37,6 +43,7 @@ version_added: "0.1.0"
 author: tuner developers
 extends_documentation_fragment:
   - tuner.tuner.common
+  - tuner.tuner.probe_connect
 options:
   mode:
     description: serve, listening, stop or connect.
@@ -46,29 +53,8 @@ options:
   listen:
     description: serve, listening and stop, ADDR:PORT (":PORT" for every address).
     type: str
-  server:
-    description: connect, the URL of the server (HOST:PORT or tuner://HOST:PORT, tcp://HOST:PORT, http://HOST[:PORT]/PATH, ws://HOST[:PORT]/PATH, redis://HOST[:PORT]).
-    type: str
   connections:
     description: connect, connections to open, verify and hold (100000, 100k).
-    type: str
-  expect:
-    description: serve, connections to verify; more are reset at accept. connect to tcp://, the answer's first bytes (escapes like \r\n).
-    type: str
-  send:
-    description: connect to tcp://, text sent once connected and again for the second check (escapes like \r\n).
-    type: str
-  method:
-    description: connect to http://, the request's method.
-    type: str
-    default: GET
-  headers:
-    description: "connect to http:// or ws://, request headers as 'Name: value' (Host replaces the URL's)."
-    type: list
-    elements: str
-    default: []
-  subprotocol:
-    description: connect to ws://, the subprotocol to ask for.
     type: str
   hold:
     description: Seconds to hold the verified connections (serve needs expect and ends once its clients closed; a server's must outlast its clients', whose second check is at the end of theirs).
@@ -127,6 +113,27 @@ EXAMPLES = r"""
     connections: 100000
     source_net: 10.77.1.0/24
     hold: 10
+
+- name: the service itself over TLS, its certificate verified against our CA
+  tuner.tuner.probe:
+    mode: connect
+    server: "https://gw.example.internal/health"
+    connections: 50000
+    ca: /etc/pki/internal-ca.pem
+    tls_version: "1.3"
+    source_net: 10.77.1.0/24
+    hold: 30
+
+- name: an MQTT broker, ramped in steps of 10,000 with a ping every 20 s
+  tuner.tuner.probe:
+    mode: connect
+    server: "mqtt://broker.example.internal"
+    connections: 100000
+    client_id_prefix: "loadtest-{{ inventory_hostname }}-"
+    keepalive: 60
+    step: 10000
+    ping_every: 20
+    hold: 60
 """
 
 RETURN = r"""
@@ -167,6 +174,7 @@ import signal
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.tuner.tuner.plugins.module_utils.probe_connect import CONNECT_OPTIONS, PROTOCOL, RAMP
 from ansible_collections.tuner.tuner.plugins.module_utils.tuner_common import (
     fail, require_tuner, short_of, tuner_errors)
 
@@ -218,10 +226,13 @@ def serve(module):
 
 
 def _protocol_options(p):
-    """The module's protocol options as the connect settings take them (those given)."""
-    given = dict(send=p["send"], expect=p["expect"], method=p["method"], headers=list(p["headers"]),
-                 subprotocol=p["subprotocol"])
-    return {k: v for k, v in given.items() if v not in (None, []) and not (k == "method" and v == "GET")}
+    """The protocol options given, as the connect settings take them: the registry says
+    which differ from their defaults (those the URL's scheme does not take are refused
+    by it, in one line)."""
+    from probes import protocols   # tuner's, importable once require_tuner passed
+
+    owned = dict((o.name, o) for o in protocols.options() if o.name in PROTOCOL)
+    return dict((name, list(p[name]) if o.repeatable else p[name]) for name, o in owned.items() if o.given(p[name]))
 
 
 def connect(module):
@@ -235,11 +246,13 @@ def connect(module):
         fail(module, exc)
     cfg = connect_mod.ConnectConfig(target=p["server"], connections=n, source_net=p["source_net"],
                                     rate=p["rate"], hold=p["hold"] or 0.0, timeout=p["timeout"],
-                                    workers=p["workers"], options=_protocol_options(p))
+                                    workers=p["workers"], options=_protocol_options(p),
+                                    **dict((name, p[name]) for name in RAMP))
     ran = _launch(module, cfg)
-    from tuner.probing.run import explain_stall
+    from tuner.probing.run import add_service_cost, explain_stall
     explain_stall(ran, p["netns"])   # the sentence names the side (and the server's process)
     rc, result = ran.exit_code, ran.to_dict()
+    add_service_cost(result)   # a step run's cost per connection, as the CLI's --json has it
     out = dict(changed=False, rc=rc, probe=result, verified=result["verified"], ok=result["ok"])
     if rc != 0:
         short_of(module, "verified %s of %s to %s: %s%s" % (
@@ -341,32 +354,48 @@ def stop(module):
     module.exit_json(changed=bool(pids), rc=0, stopped=pids, killed=killed)
 
 
+def _refuse_connect_options(module):
+    """A mode other than connect takes none of mode=connect's options but expect (serve's
+    N too): one given is refused in one line, as the CLI refuses another end's options,
+    rather than silently ignored."""
+    p = module.params
+    given = [name for name, spec in CONNECT_OPTIONS.items()
+             if name != "expect" and p[name] is not None and p[name] != spec.get("default", [])]
+    if given:
+        fail(module, tuner_errors.UsageError("%s: mode=connect's option(s), not mode=%s's" % (
+            ", ".join(given), p["mode"])))
+
+
+def argument_spec():
+    """The module's own options, then mode=connect's (the URL, every protocol's and the
+    ramp's), generated from tuner's registry beside the documentation that names them."""
+    spec = dict(
+        mode=dict(type="str", required=True, choices=["serve", "listening", "stop", "connect"]),
+        listen=dict(type="str"),
+        connections=dict(type="str"),
+        hold=dict(type="float"),
+        timeout=dict(type="float"),
+        echo_timeout=dict(type="float", default=10.0),
+        rate=dict(type="float"),
+        workers=dict(type="int"),
+        source_net=dict(type="str"),
+        netns=dict(type="str"),
+    )
+    spec.update((name, dict(option)) for name, option in CONNECT_OPTIONS.items())
+    return spec
+
+
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            mode=dict(type="str", required=True, choices=["serve", "listening", "stop", "connect"]),
-            listen=dict(type="str"),
-            server=dict(type="str"),
-            connections=dict(type="str"),
-            expect=dict(type="str"),
-            hold=dict(type="float"),
-            timeout=dict(type="float"),
-            echo_timeout=dict(type="float", default=10.0),
-            rate=dict(type="float"),
-            workers=dict(type="int"),
-            source_net=dict(type="str"),
-            netns=dict(type="str"),
-            send=dict(type="str"),
-            method=dict(type="str", default="GET"),
-            headers=dict(type="list", elements="str", default=[]),
-            subprotocol=dict(type="str"),
-        ),
+        argument_spec=argument_spec(),
         required_if=[("mode", "serve", ("listen",)), ("mode", "listening", ("listen",)),
                      ("mode", "stop", ("listen",)),
                      ("mode", "connect", ("server", "connections"))],
         supports_check_mode=True,
     )
     require_tuner(module)
+    if module.params["mode"] != "connect":
+        _refuse_connect_options(module)
     if module.check_mode and module.params["mode"] != "stop":
         # Nothing serves in check mode, so nothing listens either.
         module.exit_json(changed=False, skipped=True, msg="check mode: no connections opened")
