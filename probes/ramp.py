@@ -103,6 +103,7 @@ class Ramp:
                 "service_memory_bytes": cost.memory_bytes if found else None,
                 "service_kernel_bytes": cost.kernel_bytes if cost else None,
                 "service_buffer_bytes": cost.socket_buffer_bytes if cost else None,
+                "service_heap_bytes": cost.heap_bytes if found else None,
                 "service_sockets": cost.sockets if cost else None,
                 "service_cpu_seconds": cpu if found else None,
                 "latency_ms": window.summary_ms(), "exchanges": window.count,

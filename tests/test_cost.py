@@ -40,11 +40,23 @@ def test_fit_is_least_squares_with_r2():
     assert cost.fit([(0, 7)]) is None
 
 
+def test_heap_slope_starts_past_the_young_generation_and_needs_growth_past_it():
+    MiB = 1 << 20
+    # A young generation of 32 MiB filling over the first rows, then 1 MiB per 10 connections.
+    heap = {0: 6, 100: 30, 200: 40, 300: 50, 400: 60, 500: 70, 600: 80}
+    rows = [{"connections": n, "service_heap_bytes": mb * MiB} for n, mb in heap.items()]
+    f = cost.heap_fit(rows, 32 * MiB)
+    assert f.points == 5 and f.slope == MiB / 10       # from 200 (6 + 32 <= 40) on
+    assert cost.heap_fit(rows[:6], 32 * MiB) is None    # 40 -> 70 MiB: within the young generation
+    assert cost.heap_fit([dict(r, service_heap_bytes=None) for r in rows], 32 * MiB) is None
+    assert cost.heap_fit(rows, 0).points == 7
+
+
 def test_without_a_slope_the_memory_row_is_unknown_not_zero():
     d = cost.project([{"connections": 10, "service_memory_bytes": 1 << 20, "service_kernel_bytes": 0}],
                      [os.getpid()])
     assert d["projected_max"] is None and d["binding"] is None
-    assert d["bytes_per_connection"] == {"application": None, "kernel": None}
+    assert d["bytes_per_connection"] == {"application": None, "kernel": None, "heap": None}
     assert "unknown" in d["sentence"]
 
 

@@ -1,12 +1,15 @@
-"""Node `ws` under a small --max-old-space-size, holding a known array per connection
-on its V8 heap (tests/servers/node/ws_heap.js): the cost model names the heap limit as
-binding (read by the Node adapter's memory_cap from the command line) and projects
-below where V8 really aborts the process, by at most a quarter.
+"""Node `ws` under --max-old-space-size, holding a known array per connection on its V8
+heap (tests/servers/node/ws_heap.js): the cost model names the heap limit as binding
+(read by the Node adapter's memory_cap from the command line) and projects within 10%
+of where V8 really aborts the process.
 
-Not yet the issue's 10%: the slope is the process's PSS per connection, which counts
-what a ws connection holds outside the V8 heap too (measured here: projected 592, V8
-aborted at 732, i.e. ~19% low); the heap's own share is not readable from outside the
-process without running it.  The projection errs on the safe side."""
+What the projection is set against, measured here (docs/probe-services.md, "Node under
+a heap cap"): the V8 heap's committed pages (servicecost.v8_heap_bytes), not the
+process's PSS.  The cap counts the old generation's pages whole (64 KiB arrays fit
+three to a 256 KiB page: 87 KiB per connection where PSS sees ~70), and V8's young
+generation, which the cap does not count, fills first (2 to 32 MiB over the first 200
+connections).  So the heap is 512 MiB here: under 64 MiB the young generation is half
+the old and fills during every ramp short of the cap; that case is the second test."""
 from __future__ import annotations
 
 import base64
@@ -18,8 +21,9 @@ import realservers
 from tuner import cost
 from tuner.host import servicecost
 
-HEAP_MB = 64
+HEAP_MB = 512
 DOUBLES = 8192                      # 64 KiB of numbers per connection
+RAMP = (0, 500, 1000, 1500, 2000, 2500, 3000)   # to about half of where it fails (~6,100)
 
 
 def ws_open(port: int) -> socket.socket:
@@ -38,10 +42,12 @@ def ws_open(port: int) -> socket.socket:
     return s
 
 
-def test_node_heap_limit_binds_and_is_projected_within_10_percent(nofile_raised):
+def ramp_until_it_fails(heap_mb: int, ramp, flags=()) -> tuple:
+    """(the service object projected from a step at each count of `ramp`, the count at
+    which node failed) for ws_heap.js under --max-old-space-size=heap_mb (and flags)."""
     node_dir = realservers.need_ws()
     node = realservers.need("node")
-    proc = subprocess.Popen([node, f"--max-old-space-size={HEAP_MB}", os.path.join(node_dir, "ws_heap.js"),
+    proc = subprocess.Popen([node, f"--max-old-space-size={heap_mb}", *flags, os.path.join(node_dir, "ws_heap.js"),
                              "0", str(DOUBLES)], cwd=node_dir, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     clients = []
@@ -49,27 +55,61 @@ def test_node_heap_limit_binds_and_is_projected_within_10_percent(nofile_raised)
         port = int(proc.stdout.readline().split()[1])
         sampler = servicecost.Sampler(port)
         rows = []
-        for count in (0, 100, 200, 300):
+        for count in ramp:
             while len(clients) < count:
                 clients.append(ws_open(port))
             s = sampler.sample()
             rows.append({"connections": count, "service_memory_bytes": s.memory_bytes,
-                         "service_kernel_bytes": s.kernel_bytes})
+                         "service_kernel_bytes": s.kernel_bytes, "service_heap_bytes": s.heap_bytes})
         d = cost.project(rows, sampler.roots)
-        assert d["binding"] == f"--max-old-space-size={HEAP_MB} (command line)", d
-        assert "its runtime's heap limit binds first" in d["sentence"]
-        projected = d["projected_max"]
         try:
-            while len(clients) < 10 * projected:
+            while len(clients) < 10 * (d["projected_max"] or 1000):
                 clients.append(ws_open(port))
         except OSError:
             pass
         assert proc.wait(timeout=120) != 0, "node did not fail"
-        failed_at = len(clients)
-        print(f"projected {projected}, node failed at {failed_at}: {d['sentence']}")
-        assert 0.75 * failed_at <= projected <= failed_at, (projected, failed_at, d)
+        assert "Reached heap limit" in proc.stderr.read(), "node failed, but not on its heap limit"
+        return d, len(clients)
     finally:
         for c in clients:
             c.close()
         proc.kill()
         proc.wait()
+
+
+def test_node_heap_limit_binds_and_is_projected_within_10_percent(nofile_raised):
+    d, failed_at = ramp_until_it_fails(HEAP_MB, RAMP)
+    assert d["binding"] == f"--max-old-space-size={HEAP_MB} (command line)", d
+    assert "its runtime's heap limit binds first" in d["sentence"]
+    heap = [l for l in d["limits"] if l["where"] == "runtime"][0]
+    assert heap["counts"] == "heap" and heap["young"] == 32 << 20, heap
+    projected = d["projected_max"]
+    print(f"projected {projected}, node failed at {failed_at}: {d['sentence']}")
+    assert abs(projected - failed_at) <= 0.10 * failed_at, (projected, failed_at, d)
+    # The whole process's slope is not what the cap counts: it sees the pages V8
+    # touched (PSS), not the pages it committed, and the rest of the process too.
+    assert d["bytes_per_connection"]["heap"] != d["bytes_per_connection"]["application"]
+
+
+def test_node_heap_growth_hidden_by_its_young_generation_falls_back_and_says_so(nofile_raised):
+    """Under 64 MiB a ramp to 300 (~40% of where it fails) grows the heap mostly by V8's
+    young generation: the heap's own slope is not measurable, the limit says so and is
+    set against the process's PSS, which counts that growth and so projects low."""
+    d, failed_at = ramp_until_it_fails(64, (0, 100, 200, 300))
+    assert d["binding"] == "--max-old-space-size=64 (command line)", d
+    heap = [l for l in d["limits"] if l["where"] == "runtime"][0]
+    assert heap["counts"] == "application" and "young generation" in heap["note"], heap
+    assert d["bytes_per_connection"]["heap"] is None
+    print(f"projected {d['projected_max']}, node failed at {failed_at}: {d['sentence']}")
+    assert 0.70 * failed_at <= d["projected_max"] <= failed_at, (d["projected_max"], failed_at, d)
+
+
+def test_a_small_young_generation_read_from_its_flag_leaves_the_heap_measurable(nofile_raised):
+    """The same 64 MiB heap with --max-semi-space-size=1: the adapter reads the young
+    generation as 2 MiB, the heap's own slope is measured over the same short ramp and
+    the projection is within 10% again."""
+    d, failed_at = ramp_until_it_fails(64, (0, 100, 200, 300), ("--max-semi-space-size=1",))
+    heap = [l for l in d["limits"] if l["where"] == "runtime"][0]
+    assert heap["counts"] == "heap" and heap["young"] == 2 << 20, heap
+    print(f"projected {d['projected_max']}, node failed at {failed_at}: {d['sentence']}")
+    assert abs(d["projected_max"] - failed_at) <= 0.10 * failed_at, (d["projected_max"], failed_at, d)

@@ -15,7 +15,8 @@ allows, named like every other limit:
                 the sockets' buffers alone: held + (tcp_mem - used) / buffer slope
     runtime     the heap cap its adapter reads (tuner/apps: -Xmx, --max-old-space-size,
                 GOMEMLIMIT as soft): each of W connection-holding processes has its own
-                heap, so allows = W * (cap - idle base) / application slope
+                heap, so allows = W * (cap - idle base) / application slope; or, where
+                the adapter says the heap is V8's, / the V8 heap's own slope (heap_slope)
 
 `project` takes the fewest (soft limits are listed, never binding) and says it in one
 sentence: "the service would hold 412,000 on this host: its cgroup memory limit binds
@@ -33,7 +34,7 @@ from tuner.host.numfmt import number, size
 
 # Where a limit is set and what it counts.
 CGROUP, HOST, TCP_MEM, RUNTIME = "cgroup", "host", "tcp_mem", "runtime"
-ALL, APPLICATION, BUFFERS = "all", "application", "buffers"
+ALL, APPLICATION, BUFFERS, HEAP = "all", "application", "buffers", "heap"
 # A slope is read only over at least this many connections between the first and last
 # point: a handful of connections is within the noise of a process's own allocations.
 MIN_SPAN = 16
@@ -80,6 +81,8 @@ class MemoryLimit:
     soft: bool = False          # passing it stops nothing (GOMEMLIMIT)
     processes: int = 1          # runtime: processes each with a heap of this size
     allows: Optional[int] = None
+    young: int = 0              # HEAP: what the runtime commits beside the cap (V8's young generation)
+    note: str = ""              # why it is set against another slope than its own
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,7 +136,8 @@ def runtime_limit(pids: Sequence[int]) -> Optional[MemoryLimit]:
         cap = adapter.memory_cap(proc) if adapter else None
         if cap is not None and cap.kind in (base.HEAP, base.SOFT) and cap.bytes:
             return MemoryLimit(cap.source, RUNTIME, cap.bytes, cap.bytes - cap.base, cap.source,
-                               APPLICATION, soft=cap.kind == base.SOFT, processes=len(leaves))
+                               HEAP if cap.heap_pages else APPLICATION, soft=cap.kind == base.SOFT,
+                               processes=len(leaves), young=cap.young)
     return None
 
 
@@ -182,6 +186,43 @@ def slopes_of(rows: Sequence[dict]) -> Tuple[Dict[str, Optional[float]], Dict[st
     return slopes, fits
 
 
+def heap_fit(rows: Sequence[dict], young: int) -> Optional[Fit]:
+    """The V8 heap's bytes per connection (service_heap_bytes, its committed pages) over
+    the rows past its young generation's growth; None when that leaves too little.
+
+    V8 grows its two semi-spaces (up to `young` together) while what it allocates
+    survives, as every held connection's objects do: a ramp from an idle Node sees them
+    fill in its first rows (2 to 32 MiB over the first 200 connections of 64 KiB), and
+    that growth is no cost per connection: --max-old-space-size does not count it.  So
+    the rows before the heap grew by `young` over the first row are left out, and the
+    rest are used only when the heap grew by `young` again over them (old-generation
+    pages arrive a semi-space at a time, when a scavenge promotes what survived)."""
+    pts = sorted((r["connections"], r["service_heap_bytes"]) for r in rows
+                 if r.get("connections") is not None and r.get("service_heap_bytes") is not None)
+    if len(pts) < 2:
+        return None
+    kept = [(x, y) for x, y in pts if y - pts[0][1] >= young]
+    if len(kept) < 2 or kept[-1][1] - kept[0][1] < young:
+        return None
+    return fit(kept)
+
+
+def rate_heap(limits: List[MemoryLimit], rows: Sequence[dict], slopes: dict, fits: dict) -> None:
+    """A runtime limit set against the V8 heap gets its slope (slopes[HEAP]); without one
+    measurable it falls back to the whole process's (application) slope and says so."""
+    for limit in limits:
+        if limit.counts != HEAP:
+            continue
+        f = heap_fit(rows, limit.young)
+        if f is not None and f.slope > 0:
+            slopes[HEAP], fits[HEAP] = f.slope, f
+            continue
+        limit.counts = APPLICATION
+        limit.note = (f"the V8 heap's own growth was not measurable past its young generation "
+                      f"({size(limit.young)}, which the cap does not count): ramp further; set "
+                      f"against the whole process's memory instead, which counts that growth too")
+
+
 WHO = {CGROUP: "its cgroup memory limit", HOST: "the host's available memory",
        TCP_MEM: "the kernel's TCP buffer memory limit (tcp_mem)", RUNTIME: "its runtime's heap limit"}
 
@@ -193,6 +234,7 @@ def project(rows: Sequence[dict], pids: Sequence[int],
     the connections it allows, the one that binds first and the sentence saying so."""
     slopes, fits = slopes_of(rows)
     limits = read_limits(pids) if limits is None else limits
+    rate_heap(limits, rows, slopes, fits)
     # What it holds when its limits were read: the last row's count for the probe, the
     # count now for diagnose (its limits' headroom is read now).
     held = max((r.get("connections") or 0 for r in rows), default=0) if held is None else held
@@ -202,9 +244,9 @@ def project(rows: Sequence[dict], pids: Sequence[int],
     binding = min(rated)[2] if rated else None
     out = {
         "pids": list(pids), "points": len(rows),
-        "bytes_per_connection": {APPLICATION: _round(slopes[APPLICATION]), "kernel": _round(slopes["kernel"])},
-        "fit_r2": {APPLICATION: fits[APPLICATION].r2 if fits[APPLICATION] else None,
-                   "kernel": fits["kernel"].r2 if fits["kernel"] else None},
+        "bytes_per_connection": {APPLICATION: _round(slopes[APPLICATION]), "kernel": _round(slopes["kernel"]),
+                                 HEAP: _round(slopes.get(HEAP))},
+        "fit_r2": {k: fits[k].r2 if fits.get(k) else None for k in (APPLICATION, "kernel", HEAP)},
         "memory_limit": None if binding is None else {"name": binding.name, "bytes": binding.bytes,
                                                       "source": binding.source},
         "projected_max": None if binding is None else binding.allows,
@@ -259,5 +301,9 @@ def sentence(d: dict, binding: Optional[MemoryLimit]) -> str:
     if binding is None:
         return f"the service's memory does not grow with its connections here ({cost})"
     limit = binding.name if binding.where == RUNTIME else f"{binding.name} {size(binding.bytes)}"
+    if binding.counts == HEAP:
+        cost = f"its V8 heap commits {size(per[HEAP])} per connection, the whole service {cost}"
+    if binding.note:
+        limit = f"{limit}; {binding.note}"
     return (f"the service would hold {number(binding.allows)} on this host: {WHO[binding.where]} "
             f"binds first ({cost}; {limit})")

@@ -278,6 +278,11 @@ class MemoryCap:
     sureness: str                      # READ (given), COMPUTED (the runtime's default rule), UNKNOWN
     base: int = 0                      # what an idle process already holds of it (assumed)
     why: str = ""
+    # Set against the heap's own pages (servicecost's heap_bytes: V8's), not the whole
+    # process's PSS; `young` is what the runtime may commit beside the cap, uncounted by
+    # it, and grows first while objects survive (V8's two semi-spaces).
+    heap_pages: bool = False
+    young: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

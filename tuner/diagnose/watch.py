@@ -169,7 +169,8 @@ class CostReadings:
             s = self.sampler.sample()
         self.last = now
         self.rows.append({"connections": s.sockets, "service_memory_bytes": s.memory_bytes,
-                          "service_kernel_bytes": s.kernel_bytes, "service_buffer_bytes": s.socket_buffer_bytes})
+                          "service_kernel_bytes": s.kernel_bytes, "service_buffer_bytes": s.socket_buffer_bytes,
+                          "service_heap_bytes": s.heap_bytes})
 
     def projection(self) -> Optional[dict]:
         """tuner.cost.project over the samples (None before a second one)."""
