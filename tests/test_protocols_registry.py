@@ -83,6 +83,23 @@ def test_the_ansible_probe_modules_connect_options_are_current(tmp_path):
     assert collection.stale(str(tmp_path)) == [os.path.join("ansible", collection.SPEC_FILE)]
 
 
+def test_a_protocol_the_registry_gains_reaches_the_ansible_module(monkeypatch):
+    """Adding a protocol touches its module and its test: the scheme it declares is one
+    of the module's URL forms and its options are module options (argument_spec and
+    documentation), with no edit to tuner/collection.py or the module."""
+    protocols.schemes()
+    selector = protocols.Option("selector", "--selector", "TEXT", "the selector sent.")
+    monkeypatch.setitem(protocols._REGISTRY, "gopher", protocols.Scheme(
+        name="gopher", order=99, usage="gopher://HOST[:PORT]", does="a selector", second="again",
+        build=lambda target, options: None, default_port=70, options=(selector,)))
+    opts = {o.name: o for o in collection.options()}
+    assert "gopher://HOST[:PORT]" in opts["server"].description
+    assert opts["selector"].description == "C(mode=connect) to gopher://: the selector sent."
+    rendered = collection.render()
+    assert "'selector': {'type': 'str'}," in rendered[collection.SPEC_FILE]
+    assert "  selector:\n" in rendered[collection.DOC_FILE]
+
+
 def code_files():
     """Python files of tuner/ and probes/ (comments and docstrings included), and the
     Ansible collection's Python and YAML but its generated files."""
