@@ -171,6 +171,7 @@ rc:
 
 import os
 import signal
+import sys
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -225,13 +226,21 @@ def serve(module):
     module.exit_json(**out)
 
 
-def _protocol_options(p):
+def _protocol_options(module):
     """The protocol options given, as the connect settings take them: the registry says
     which differ from their defaults (those the URL's scheme does not take are refused
-    by it, in one line)."""
+    by it, in one line).  One this host's tuner does not know (the collection is newer)
+    is refused too, rather than dropped."""
     from probes import protocols   # tuner's, importable once require_tuner passed
 
-    owned = dict((o.name, o) for o in protocols.options() if o.name in PROTOCOL)
+    p = module.params
+    known = dict((o.name, o) for o in protocols.options())
+    unknown = [name for name in PROTOCOL if name not in known and _given(p, name)]
+    if unknown:
+        fail(module, tuner_errors.UsageError(
+            "%s: not an option of the tuner on this host (%s): update it to the collection's" % (
+                ", ".join(unknown), sys.executable)))
+    owned = dict((name, known[name]) for name in PROTOCOL if name in known)
     return dict((name, list(p[name]) if o.repeatable else p[name]) for name, o in owned.items() if o.given(p[name]))
 
 
@@ -246,7 +255,7 @@ def connect(module):
         fail(module, exc)
     cfg = connect_mod.ConnectConfig(target=p["server"], connections=n, source_net=p["source_net"],
                                     rate=p["rate"], hold=p["hold"] or 0.0, timeout=p["timeout"],
-                                    workers=p["workers"], options=_protocol_options(p),
+                                    workers=p["workers"], options=_protocol_options(module),
                                     **dict((name, p[name]) for name in RAMP))
     ran = _launch(module, cfg)
     from tuner.probing.run import add_service_cost, explain_stall
@@ -354,13 +363,17 @@ def stop(module):
     module.exit_json(changed=bool(pids), rc=0, stopped=pids, killed=killed)
 
 
+def _given(p, name):
+    """Whether a connect option was given a value other than its default."""
+    return p[name] is not None and p[name] != CONNECT_OPTIONS[name].get("default", [])
+
+
 def _refuse_connect_options(module):
     """A mode other than connect takes none of mode=connect's options but expect (serve's
     N too): one given is refused in one line, as the CLI refuses another end's options,
     rather than silently ignored."""
     p = module.params
-    given = [name for name, spec in CONNECT_OPTIONS.items()
-             if name != "expect" and p[name] is not None and p[name] != spec.get("default", [])]
+    given = [name for name in CONNECT_OPTIONS if name != "expect" and _given(p, name)]
     if given:
         fail(module, tuner_errors.UsageError("%s: mode=connect's option(s), not mode=%s's" % (
             ", ".join(given), p["mode"])))
