@@ -113,7 +113,7 @@ def test_a_hard_nofile_limit_too_low_for_the_probes_listeners_is_refused_with_th
     line = refused.stderr.strip()
     assert len(line.splitlines()) == 1 and "Traceback" not in line
     assert "RLIMIT_NOFILE is 100" in line and "listener" in line
-    assert knobs.BY_NAME["RLIMIT_NOFILE.hard"].fix in line
+    assert knobs.BY_NAME["RLIMIT_NOFILE.hard"].fix.render() in line
     lowest = int(re.search(r"to at least ([0-9,]+)", line).group(1).replace(",", ""))
     assert 100 < lowest < 20000
 

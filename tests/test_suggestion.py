@@ -170,3 +170,45 @@ def test_the_one_home_check_sees_a_fix_being_built():
                  'x = row.fix.but(why="it binds")']:
         assert fixes_built(code), code
     assert not fixes_built('from tuner.suggestion import APPLY\nok = fix.verb == APPLY and fix.render()')
+
+
+# ---------------------------------------------------------------- the knob table's fixes
+
+def test_the_knob_tables_fixes_are_values():
+    """Knob.fix is a Suggestion (or none), never text; and no word of the table (a hint,
+    a why) writes out a tuner command: a sentence that names one takes it from a value
+    (knobs.HINT_COMMANDS, spelled where the words are composed)."""
+    from tuner import knobs
+
+    assert all(k.fix is None or isinstance(k.fix, sg.Suggestion) for k in knobs.ALL), \
+        [k.name for k in knobs.ALL if k.fix is not None and not isinstance(k.fix, sg.Suggestion)]
+    words = [k.why for k in knobs.ALL] + [text for k in knobs.ALL for _, text in k.signs.hints]
+    written = [w for w in words if re.search(r"\btuner (apply|report|probe|diagnose) -", w)]
+    assert not written, written
+
+
+def test_placeholders_spell_as_they_are_and_do_not_run_as_written():
+    from tuner import knobs
+
+    fix = knobs.BY_NAME["source addresses"].fix
+    assert fix.render() == ("tuner apply --alias-dev DEV --alias-net CIDR, or one AnyIP prefix: "
+                            "tuner apply --anyip-net PREFIX")
+    assert fix.to_dict() == {"command": None, "text": fix.render(), "why": "", "kind": "tuner"}
+    first = fix.arg("first")
+    assert first.is_command and not first.runs_as_written and first.option("--alias-net") == ("CIDR",)
+    assert first.to_dict()["command"] is None and first.to_dict()["text"] == first.render()
+    filled = first.but(args=(("--alias-dev", "eth1"), ("--alias-net", "10.9.0.0/24")))
+    assert filled.runs_as_written and filled.to_dict()["command"] == \
+        "tuner apply --alias-dev eth1 --alias-net 10.9.0.0/24"
+
+
+def test_a_hint_names_its_command_from_the_value():
+    """The client's port-range hint, as probes/signs.json has it, spells the apply that
+    adds aliases from knobs.HINT_COMMANDS (the words around it unchanged)."""
+    from tuner import knobs
+    from tuner.probing import signs
+
+    hint = dict(signs.table()["hints"]["net.ipv4.ip_local_port_range"])["client"]
+    command = knobs.HINT_COMMANDS["client_aliases"].render()
+    assert command == "tuner apply --role client --alias-dev DEV --alias-net CIDR"
+    assert f"add source addresses ({command} adds them as aliases) and pass them" in hint

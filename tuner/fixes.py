@@ -38,7 +38,7 @@ def row_fix(knob: Knob, needed, netns: Optional[str], target: Optional[int],
     if knob.writable and knob.is_sysctl and needed is not None:
         return setting(writer, netns if knob.scope == "netns" else None, knob.name, text(needed))
     if knob.fix:
-        return advice(knob.fix)
+        return knob.fix
     if not knob.writable:
         return None
     wanted = [("--target", Count(target) if target else "N")]
@@ -240,7 +240,7 @@ def host_fix(d) -> List[Suggestion]:
     for r in d.limits:
         knob = knobs.BY_NAME.get(r.name)
         if knob and not knob.writable and knob.fix and r.name == d.binding_limit and knob.scope != "process":
-            out.append(advice(knob.fix, f"{r.name} binds", "host"))
+            out.append(knob.fix.but(why=f"{r.name} binds", kind="host"))
     return out
 
 
@@ -326,7 +326,7 @@ def limit_fix(d, limit: str, n: int, somaxconn: Optional[int]) -> Optional[Sugge
         return None
     if knob.writable and knob.is_sysctl:
         return apply_command(d, n, why=f"raises {knob.name} to what {n:,} connections need")
-    return advice(knob.fix or knob.why)
+    return knob.fix or advice(knob.why)
 
 
 # ---------------------------------------------------------------- all of them

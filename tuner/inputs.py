@@ -10,13 +10,11 @@ from decimal import Decimal
 from typing import Optional
 
 from tuner.host.errors import UsageError
+from tuner.host.numfmt import COUNT_SUFFIXES
 
 # The seed's theoretical bound for one listening address: 2^32 source addresses x
 # 2^16 source ports.  Beyond it no host setting can help.
 MAX_TARGET = 2 ** 48
-
-_SUFFIX = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
-
 
 # Longest numeric text read at all: 2^48 written out with separators fits; a 5000-digit
 # value is refused before any conversion (int() of it raises past 4300 digits).
@@ -43,7 +41,7 @@ def parse_target(text, what: str = "target") -> Optional[int]:
                          f"(examples: 1000000, 1_000_000, 1M)")
     # Decimal, not float: '1.0000000000000001M' is not 1,000,000, and a 400-digit
     # number is too large rather than an OverflowError.
-    exact = Decimal(m.group(1).replace("_", "")) * _SUFFIX[m.group(2).lower()]
+    exact = Decimal(m.group(1).replace("_", "")) * COUNT_SUFFIXES[m.group(2).lower()]
     if exact != exact.to_integral_value():
         raise UsageError(f"{what} {text!r} is not a whole number of connections")
     value = int(exact)
@@ -53,16 +51,6 @@ def parse_target(text, what: str = "target") -> Optional[int]:
         raise UsageError(f"{what} {value:,} is above 2^48 ({MAX_TARGET:,}), the most one "
                          f"listening address can ever accept; use a smaller target")
     return value
-
-
-def target_word(value: int) -> str:
-    """A target as a command line spells it back (parse_target's inverse, shortest form):
-    1000000 -> '1M', 100000 -> '100k', 1234 -> '1234'."""
-    for suffix in ("g", "m", "k"):
-        unit = _SUFFIX[suffix]
-        if value >= unit and value % unit == 0:
-            return f"{value // unit}{suffix.upper() if suffix != 'k' else suffix}"
-    return str(value)
 
 
 def check_role(role: str) -> str:

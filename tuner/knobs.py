@@ -36,6 +36,7 @@ from .host.conns import FD_HEADROOM, connections_within, port_share
 from tuner.host import memory
 from tuner.host import procfs
 from .readings import Snapshot, source_address_count
+from .suggestion import APPLY, ROOT, Placeholder, Suggestion, advice, either, tuner
 
 ROLES = ("loopback", "server", "client")
 HEADROOM_PERCENT = 10    # needed values cover N plus 10%
@@ -208,7 +209,9 @@ class Knob:
     needs: Callable[[Ctx], Any] = lambda ctx: None
     reads: tuple = ()    # extra (sysctl, scope) pairs the rules need, e.g. fs.file-nr
     writable: bool = True  # apply can change it (memory and capabilities cannot)
-    fix: str = ""        # what to do when it binds and tuner cannot change it
+    # What to do when it binds and tuner cannot change it (tuner.fixes gives it as the
+    # row's fix): a value, spelled only by its render (words, or commands to fill in).
+    fix: Optional[Suggestion] = None
     # Per-process limits only: True where this process cannot raise it (no
     # CAP_SYS_RESOURCE), so a target beyond one process must be sharded.
     capped: Callable[[Ctx], bool] = lambda ctx: False
@@ -511,8 +514,15 @@ def _cgroup_current(ctx):
 # ---------------------------------------------------------------- the table
 # Words for a probe that ran out of source ports as a client of another host.
 _CLIENT_PORTS_HINT = ("each source address gives one port range of connections to the server: add "
-                      "source addresses (tuner apply --role client --alias-dev DEV --alias-net CIDR "
-                      "adds them as aliases) and pass them with --source-net CIDR")
+                      "source addresses ({client_aliases} adds them as aliases) and pass them with "
+                      "--source-net CIDR")
+# The commands hints name ({key} in a hint's words), spelled where the words are
+# composed (tuner/probing/signs.py), never written out in them.
+DEV, CIDR, PREFIX = Placeholder("DEV"), Placeholder("CIDR"), Placeholder("PREFIX")
+HINT_COMMANDS = {
+    "client_aliases": tuner(APPLY, ("--role", "client"), ("--alias-dev", DEV), ("--alias-net", CIDR),
+                            needs=(ROOT,)),
+}
 _TASKS_HINT = ("no more worker processes could be forked (EAGAIN): {probe_name} caps the tasks "
                "here: raise it, or run fewer --workers")
 # Order is apply order: ceilings before what they cap (nr_open before RLIMIT_NOFILE,
@@ -540,7 +550,7 @@ KNOBS: List[Knob] = [
          current=lambda ctx: [ctx.snap.nofile_hard],
          allows=_per_process_allows(lambda ctx: ctx.snap.nofile_hard), needs=_hard_needs,
          capped=lambda ctx: not ctx.snap.cap_sys_resource,
-         fix="LimitNOFILE= in the service's unit, or nofile in /etc/security/limits.d/",
+         fix=advice("LimitNOFILE= in the service's unit, or nofile in /etc/security/limits.d/"),
          ceiling_of="RLIMIT_NOFILE.soft", service_use="fds",
          signs=Signs(errors=((E.EMFILE, None),), probe_name="RLIMIT_NOFILE", hints=(
              ("loopback", "a worker ran out of descriptors (2 per connection): let the probe size "
@@ -556,7 +566,7 @@ KNOBS: List[Knob] = [
          "often lack it, so one process is capped and the load must be sharded.",
          current=lambda ctx: ["yes" if ctx.snap.cap_sys_resource else "no"], writable=False,
          capped=lambda ctx: not ctx.snap.cap_sys_resource,
-         fix="run with CAP_SYS_RESOURCE, or shard across processes", ceiling_of="RLIMIT_NOFILE.hard"),
+         fix=advice("run with CAP_SYS_RESOURCE, or shard across processes"), ceiling_of="RLIMIT_NOFILE.hard"),
     Knob("net.ipv4.ip_local_port_range", "sysctl", "netns", "ports", CAPS_CONNECTIONS,
          "Ephemeral ports per (source address, destination); one source address reaches "
          "one server ip:port at most this many times.",
@@ -572,8 +582,8 @@ KNOBS: List[Knob] = [
          "Local addresses outbound sockets can bind to; each adds a full port range "
          "(all of 127.0.0.0/8 is local on lo).",
          current=lambda ctx: [ctx.sources], allows=_port_allows, needs=_addresses_needs,
-         fix="tuner apply --alias-dev DEV --alias-net CIDR, or one AnyIP prefix: tuner apply "
-             "--anyip-net PREFIX",
+         fix=either(tuner(APPLY, ("--alias-dev", DEV), ("--alias-net", CIDR), needs=(ROOT,)),
+                    tuner(APPLY, ("--anyip-net", PREFIX), needs=(ROOT,)), "one AnyIP prefix"),
          reads=((NONLOCAL_BIND[4], "netns"), (NONLOCAL_BIND[6], "netns")), explain=_sources_explain,
          # bind() of a source address that is not local.
          signs=Signs(errors=((E.EADDRNOTAVAIL, "bind"),), hints=(
@@ -655,7 +665,7 @@ KNOBS: List[Knob] = [
          "Memory the kernel can give without swapping; idle connections cost slab "
          "objects (estimated below), so RAM caps them when nothing else does.",
          current=lambda ctx: [ctx.mem_available] if ctx.mem_available is not None else None,
-         allows=_mem_allows, writable=False, fix="add memory or use a larger host",
+         allows=_mem_allows, writable=False, fix=advice("add memory or use a larger host"),
          net_of_use=True,
          signs=Signs(errors=((E.ENOBUFS, None), (E.ENOMEM, None)), probe_name="memory", hints=(
              (None, "the kernel ran out of memory for sockets: free memory or probe fewer connections"),))),
@@ -663,7 +673,7 @@ KNOBS: List[Knob] = [
          "Kernel socket memory is charged to the cgroup, so a container's limit caps "
          "connections even on a large host.",
          current=_cgroup_current, allows=_cgroup_allows, writable=False, usage=_cgroup_usage,
-         fix="raise the container's memory limit (memory.max / memory.limit_in_bytes)",
+         fix=advice("raise the container's memory limit (memory.max / memory.limit_in_bytes)"),
          net_of_use=True),
 ]
 
@@ -769,7 +779,7 @@ PROCESS_KNOBS: List[Knob] = [
                             or _tasks_wanted(_cgroup_tasks)(ctx) is None
                             or _tasks_wanted(_cgroup_tasks)(ctx) <= _cgroup_tasks(ctx)[0]
                             else [_tasks_wanted(_cgroup_tasks)(ctx)]),
-         fix="raise pids.max of the process's cgroup (systemd: TasksMax= in the unit)",
+         fix=advice("raise pids.max of the process's cgroup (systemd: TasksMax= in the unit)"),
          per_thread=1, signs=Signs(probe_name="pids.max", hints=((None, _TASKS_HINT),))),
     Knob("vm.max_map_count", "sysctl", "host", "mappings", CAPS_PER_PROCESS,
          "Memory mappings one process may have; each thread's stack takes two, so a "

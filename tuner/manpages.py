@@ -162,7 +162,7 @@ def knob_section() -> str:
     lines = []
     for k in KNOBS:
         lines += [".TP", f"\\fB{_roff_escape(k.name)}\\fP ({k.kind}, {k.scope}, {k.unit}; caps {k.caps})",
-                  _roff_escape(k.why) + (f" Fix when it binds: {_roff_escape(k.fix)}." if k.fix else "")]
+                  _roff_escape(k.why) + (f" Fix when it binds: {_roff_escape(k.fix.render())}." if k.fix else "")]
     return "\n".join(lines)
 
 

@@ -8,14 +8,15 @@ needs to know what a suggestion does asks its fields (`verb`, `option("--pid")`,
 `scope`, `needs`).
 
 Adding a kind of suggestion: a verb constant below, a constructor for it, and its
-spelling in `_SPELL`; `is_command` says whether it runs as pasted.
+spelling in `_SPELL`; `is_command` says whether it is shaped as a command,
+`runs_as_written` whether it runs as pasted (no Placeholder left to fill).
 """
 from __future__ import annotations
 
 import shlex
 from typing import Any, Callable, Dict, FrozenSet, Optional, Sequence, Tuple
 
-from tuner.inputs import target_word
+from tuner.host.numfmt import target_word
 
 # The verbs.  A tuner command's verb is its subcommand; its args are its options in order.
 APPLY, DIAGNOSE, PROBE, REPORT = "tuner apply", "tuner diagnose", "tuner probe", "tuner report"
@@ -24,6 +25,7 @@ SETTING = "setting"    # a setting kind's own command (tuner/settings/: sysctl -
 WRITE = "write"        # a value written to a file (a cgroup's pids.max)
 CONFIG = "config"      # an application's config lines, then the reload or restart taking them
 ADVICE = "advice"      # words for a person, where no one command does it
+EITHER = "either"      # one of two suggestions, the second named ("one AnyIP prefix")
 
 # What a suggestion needs besides being run.
 ROOT, RESTART, RELOAD = "root", "restart", "reload"
@@ -33,8 +35,14 @@ HOST, NETNS, PIDS, UNIT, CGROUP, APPLICATION = "host", "netns", "pid", "unit", "
 
 
 class Count(int):
-    """A number of connections spelled as a user types it (1000000 as 1M: inputs.target_word);
+    """A number of connections spelled as a user types it (1000000 as 1M: numfmt.target_word);
     a plain int is spelled in digits."""
+
+
+class Placeholder(str):
+    """A word the user puts a value in place of before running (DEV, CIDR, PREFIX):
+    spelled as it is, and a command holding one does not run as written (its JSON
+    `command` is null; the text wraps as a command still)."""
 
 
 class Suggestion:
@@ -90,8 +98,13 @@ class Suggestion:
 
     @property
     def is_command(self) -> bool:
-        """Runs as pasted (wrapped with '\\' when long), where advice wraps as prose."""
+        """Shaped as a command: wrapped with '\\' when long, where advice wraps as prose."""
         return self.verb in TUNER_VERBS or self.verb in (SETTING, WRITE)
+
+    @property
+    def runs_as_written(self) -> bool:
+        """A command with no Placeholder left to fill: what the JSON's `command` holds."""
+        return self.is_command and not any(isinstance(v, Placeholder) for _, v in self.args)
 
     def render(self) -> str:
         return _SPELL[self.verb](self)
@@ -100,7 +113,7 @@ class Suggestion:
         """The JSON: `command` is a shell command that runs as written, or null (an
         application's config lines, words for a person); `text` is what the text output
         says, for every kind (issue 28: a config fix's 'command' was a sentence)."""
-        out: Dict[str, Any] = {"command": self.render() if self.is_command else None, "text": self.render(),
+        out: Dict[str, Any] = {"command": self.render() if self.runs_as_written else None, "text": self.render(),
                                "why": self.why, "kind": self.kind}
         if self.verb == CONFIG:   # what to write where, then how the application takes it
             out.update(lines=list(self.arg("lines")), file=self.arg("file"), then=self.arg("then"),
@@ -140,9 +153,18 @@ def advice(words: str, why: str = "", kind: str = "tuner", scope: str = HOST, at
     return Suggestion(ADVICE, (), why, kind, frozenset(), scope, at, words)
 
 
+def either(first: Suggestion, second: Suggestion, second_is: str = "") -> Suggestion:
+    """One of two ways, the second named by `second_is` (words, not a command): "first,
+    or one AnyIP prefix: second". Not a command as written (the reader picks one)."""
+    return Suggestion(EITHER, (("first", first), ("second", second), ("second_is", second_is)),
+                      first.why, first.kind, first.needs | second.needs, first.scope, first.at)
+
+
 # ---------------------------------------------------------------- spelling
 
 def _value(v: Any) -> str:
+    if isinstance(v, Placeholder):
+        return str(v)
     return target_word(v) if isinstance(v, Count) else shlex.quote(str(v))
 
 
@@ -164,7 +186,12 @@ def _config(s: Suggestion) -> str:
     return f"{where}{' '.join(s.arg('lines'))} then {s.arg('then')} ({s.arg('action')})"
 
 
+def _either(s: Suggestion) -> str:
+    named = f"{s.arg('second_is')}: " if s.arg("second_is") else ""
+    return f"{s.arg('first').render()}, or {named}{s.arg('second').render()}"
+
+
 _SPELL: Dict[str, Callable[[Suggestion], str]] = {
     **{verb: _tuner for verb in TUNER_VERBS},
-    SETTING: _setting, WRITE: _write, CONFIG: _config, ADVICE: lambda s: s.words,
+    SETTING: _setting, WRITE: _write, CONFIG: _config, ADVICE: lambda s: s.words, EITHER: _either,
 }

@@ -83,3 +83,18 @@ def rate(value: Optional[float]) -> str:
 def of(done: int, total: Optional[int]) -> str:
     """Progress of a counted job: '1,024/20,000' (or just '1,024' when open-ended)."""
     return number(done) + (f"/{number(total)}" if total else "")
+
+
+# A count's suffixes as a command line takes them (tuner/inputs.py: parse_target) and
+# spells them back (target_word): one table for both ways.
+COUNT_SUFFIXES = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
+
+
+def target_word(value: int) -> str:
+    """A count of connections as a command line spells it (parse_target's inverse,
+    shortest form): 1000000 -> '1M', 100000 -> '100k', 1234 -> '1234'."""
+    for suffix in ("g", "m", "k"):
+        unit = COUNT_SUFFIXES[suffix]
+        if value >= unit and value % unit == 0:
+            return f"{value // unit}{suffix.upper() if suffix != 'k' else suffix}"
+    return str(value)

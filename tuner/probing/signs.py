@@ -41,10 +41,12 @@ def _timeout_causes() -> list:
 
 def _hints() -> dict:
     """{probe name: [[role (null: any), words]]}, the first knob of a probe name only
-    (as the table is asked); a knob without words has an empty list."""
+    (as the table is asked); a knob without words has an empty list. The commands the
+    words name are spelled here, from the table's values (knobs.HINT_COMMANDS)."""
+    commands = {key: s.render() for key, s in knobs.HINT_COMMANDS.items()}
     out: dict = {}
     for k in knobs.ALL:
-        out.setdefault(k.probe_name, [[role, text.format(name=k.name, probe_name=k.probe_name)]
+        out.setdefault(k.probe_name, [[role, text.format(name=k.name, probe_name=k.probe_name, **commands)]
                                       for role, text in k.signs.hints])
     return out
 
@@ -52,7 +54,7 @@ def _hints() -> dict:
 def table() -> dict:
     return {"generated_by": "python -m tuner.probing.signs (from tuner/knobs.py)",
             "errors": _errors(), "timeout_causes": _timeout_causes(), "full_share": knobs.FULL_SHARE,
-            "hints": _hints(), "fixes": {k.name: k.fix for k in knobs.ALL if k.fix}}
+            "hints": _hints(), "fixes": {k.name: k.fix.render() for k in knobs.ALL if k.fix}}
 
 
 def text() -> str:

@@ -110,7 +110,7 @@ class Alias(Presence):
         if req.alias_net is None:
             planning.notes.append(
                 f"source addresses: {needed[0]:,} needed, {ctx.sources:,} on {dev}: add "
-                f"{missing:,} more with {knob.fix} (each 'ip addr add A/32 dev DEV').")
+                f"{missing:,} more with {knob.fix.render()} (each 'ip addr add A/32 dev DEV').")
             return []
         taken = {str(a["address"]) for a in sim.addresses}
         net = ipaddress.ip_network(req.alias_net, strict=False)

@@ -151,7 +151,7 @@ class Rlimit(Kind):
                     why = f"the kernel caps every process at {NR_OPEN_MAX:,} descriptors"
                 planning.notes.append(
                     f"pid {pid}: {knob.name} {getattr(psnap, field_name):,} holds {allows:,} "
-                    f"connections per process and {why}: {knob.fix}; or shard the load over "
+                    f"connections per process and {why}: {knob.fix.render()}; or shard the load over "
                     f"{math.ceil(req.target / max(allows, 1)):,} processes.")
         return out
 
