@@ -9,12 +9,14 @@ checks the host once more at the end of the session).
 """
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from conftest import wait_gone
 from fleetrig import PLAYBOOKS, load_addresses, namespace_fleet, processes_left, state
+from realservers import real_server, tls_certs  # noqa: F401 (fixtures)
 from test_probe_split import SERVER_IP
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace hosts need root")
@@ -138,3 +140,39 @@ def test_a_load_host_failing_while_the_server_serves_stops_the_server_before_the
     assert set(reverted) == set(fleet.hosts) and all(r["status"] == "ok" and r["result"]["changed"]
                                                      for r in reverted.values())
     assert after == before and journals_left == [] and left == {}
+
+
+def test_million_playbook_proves_a_tls_service_with_the_probes_options(tmp_path, host_restored, real_server,
+                                                                        tls_certs):
+    """tuner_url and tuner_probe_options: the playbook proves the user's own service, here
+    nginx over TLS on the server host, its certificate verified against the test's CA
+    under the name it carries (sni: the certificate names localhost, not the address
+    the load hosts connect to); each load host's share verified twice, the server host
+    tuned and put back like the others, and no probe of tuner's own served."""
+    per_host = 300
+    with namespace_fleet(str(tmp_path / "fleet"), loads=2, per_host=per_host, port=7433) as fleet:
+        before = state(fleet)
+        srv = real_server("nginx", worker_connections=2048, tls=tls_certs.server, hosts=(SERVER_IP,),
+                          netns=fleet.server)
+        options = {"ca": tls_certs.ca, "sni": "localhost", "tls_version": "1.3"}
+        play = fleet.playbook(MILLION, "-e", json.dumps({
+            "tuner_url": f"https://{SERVER_IP}:{srv.port}/", "tuner_probe_options": options,
+            "tuner_client_hold": 1, "tuner_probe_timeout": 60}))
+        srv.stop()
+        after = state(fleet)
+        left = processes_left(fleet)
+
+    assert play.proc.returncode == 0, play.output
+    connected = {r["host"]: r["result"] for r in play.records if r["task"].startswith("Connect")
+                 and r["host"].startswith("load")}
+    assert set(connected) == {"load1", "load2"}
+    for host, res in connected.items():
+        assert res["ok"] and res["verified"] == per_host and res["probe"]["checked_twice"], host
+        tls = res["probe"]["tls"]
+        assert tls["server_name"] == "localhost" and tls["ca"] == tls_certs.ca and tls["version_asked"] == "1.3"
+        assert {k["version"] for k in tls["negotiated"]} == {"TLSv1.3"}, host
+    assert not [r for r in play.records if r["action"].endswith("probe") and r["host"] == "server"
+                and r["status"] != "skipped"]
+    reverted = {r["host"]: r for r in play.records if r["task"] == "Put every host back"}
+    assert set(reverted) == set(fleet.hosts) and all(r["status"] == "ok" for r in reverted.values())
+    assert after == before and left == {}
