@@ -32,6 +32,8 @@ def test_collection_builds_with_every_module_and_the_playbook(tmp_path):
         assert f"plugins/modules/{m}.py" in names
     assert "plugins/module_utils/tuner_common.py" in names and "playbooks/million.yml" in names
     assert "plugins/doc_fragments/common.py" in names
+    # The probe module's generated connect options: its argument_spec and its docs.
+    assert {"plugins/module_utils/probe_connect.py", "plugins/doc_fragments/probe_connect.py"} <= set(names)
 
 
 def test_module_docs_parse_and_name_every_option(tmp_path):
