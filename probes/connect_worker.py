@@ -59,6 +59,7 @@ LINES = line_kinds(PROGRESS, SERVER, VERIFIED, CHECKED, WORDS, PINGS, STEP, LATE
                    HANDSHAKES)
 
 BATCH = 256
+STALLED = 1.0                 # seconds without a connection in flight decided: the window widens by a BATCH
 DISTINCT_WORDS = 8            # distinct answers a worker reports per check; more are 'other'
 OTHER_WORDS = "(other answers)"
 # A connect() that fails asynchronously, ended by the server's side (nothing listens:
@@ -98,6 +99,8 @@ class ConnectWorker(HeldTraffic):
         # this histogram; the figures go out with the first check's.
         self.tls = protocol.transport if protocol.transport.name == "tls" else None
         self.handshakes = Histogram()
+        self.in_flight = protocol.transport.in_flight
+        self.decided_at = self.widened_at = time.monotonic()   # when one in flight last was, the window last widened
         if self.tls is not None:
             self.tls.record = self.handshakes.record
         self.opened = self.established = self.verified = self.pending = 0
@@ -147,10 +150,12 @@ class ConnectWorker(HeldTraffic):
                 self.target, start, base = min(target, self.share), now, self.opened
                 self.deadline = now + self.step_timeout
             alone = self.needs_session()
-            opening = not (self.failed or self.stopped) and self.opened < self.target and not (alone and self.pending)
+            room = 1 if alone else self.room(now)
+            opening = (not (self.failed or self.stopped) and self.opened < self.target and not (alone and self.pending)
+                       and room > 0)
             if opening:
                 due = self.target if not self.rate else min(self.target, base + int((now - start) * self.rate) + 1)
-                self.open(min(due, self.opened + (1 if alone else BATCH)))
+                self.open(min(due, self.opened + room))
             elif not self.pending:
                 if self.target >= self.share or self.failed or self.stopped:
                     return
@@ -167,6 +172,20 @@ class ConnectWorker(HeldTraffic):
             if now - last >= 0.25:
                 last = now
                 self.send(PROGRESS, opened=self.opened, established=self.established, verified=self.verified)
+
+    def room(self, now: float) -> int:
+        """How many connections may open now: a BATCH, or under a transport that bounds
+        those in flight (TLS: the handshakes' temporaries, allocated together, would leave
+        the heap fragmented under the held connections' state) what its window leaves,
+        and a BATCH more after STALLED seconds in which none in flight was decided (a
+        server that accepts no more: its accept queue and the SYNs it drops are still
+        seen, as without the window)."""
+        if self.in_flight is None:
+            return BATCH
+        if now - max(self.decided_at, self.widened_at) >= STALLED and now < self.deadline:
+            self.widened_at = now
+            return BATCH
+        return min(BATCH, self.in_flight - self.pending)
 
     def turn(self, wait: float) -> None:
         for fd, ev in self.poll.poll(wait):
@@ -350,6 +369,7 @@ class ConnectWorker(HeldTraffic):
                 return
 
     def decided(self, fd: int, verdict: int, ex: Exchange) -> None:
+        self.decided_at = time.monotonic()
         if verdict == PASSED:
             self.poll.unregister(fd)
             del self.exchanges[fd]
@@ -365,6 +385,7 @@ class ConnectWorker(HeldTraffic):
     def forget(self, fd: int, in_flight: bool = True) -> None:
         """A connection the server ended (or refused): closed, its exchange dropped; one in
         flight (not yet verified at open) is no longer pending."""
+        self.decided_at = time.monotonic()
         self.exchanges.pop(fd, None)
         self.conns.pop(fd, None)
         self.state[fd] = 0

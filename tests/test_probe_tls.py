@@ -109,9 +109,11 @@ def test_redis_tls_port_maxclients_exactly(real_server, tls_certs):
     srv = real_server("redis", maxclients=100, tls=tls_certs.server, hosts=("127.0.0.1",))
     rc, doc, err = connect(f"rediss://127.0.0.1:{srv.port}", 250, "--ca", tls_certs.ca)
     assert rc == 3 and doc["verified"] == 100 and doc["checked_twice"], err
-    assert failures(doc) == {"closed": 150}
-    assert doc["stalled"]["sentence"].startswith(
-        f"the server (redis-server pid {srv.pid}) stopped at 100 (150 closed before answering)")
+    # Closed, or reset when its close found the ClientHello unread (a race: the probe
+    # opens 32 handshakes at a time, so Redis is often idle when one arrives).
+    found = failures(doc)
+    assert set(found) <= {"closed", "reset"} and sum(found.values()) == 150, found
+    assert doc["stalled"]["sentence"].startswith(f"the server (redis-server pid {srv.pid}) stopped at 100 (")
     assert doc["tls"]["alpn"] == []
 
 
@@ -210,14 +212,31 @@ class Staller:
 
 
 def test_a_server_stalling_mid_handshake_is_counted_as_the_servers():
+    """All 100 opened though none finishes: the worker's window of IN_FLIGHT handshakes
+    widens when none in flight was decided for a second."""
     staller = Staller()
     try:
-        rc, doc, err = connect(f"https://127.0.0.1:{staller.port}/", 30, timeout=2)
+        rc, doc, err = connect(f"https://127.0.0.1:{staller.port}/", 100, timeout=4)
     finally:
         staller.close()
-    assert rc == 3 and doc["verified"] == 0 and doc["established"] == 30, err
-    assert failures(doc) == {"tls_stalled": 30} and doc["tls"]["stalled"] == 30
-    assert "30 stalled in the TLS handshake" in doc["stalled"]["sentence"]
+    assert rc == 3 and doc["verified"] == 0 and doc["established"] == 100, err
+    assert failures(doc) == {"tls_stalled": 100} and doc["tls"]["stalled"] == 100
+    assert "100 stalled in the TLS handshake" in doc["stalled"]["sentence"]
+
+
+def test_a_worker_keeps_at_most_in_flight_handshakes_at_once():
+    """Opened together, the handshakes' temporaries fragment the heap under the held
+    connections' state (bench/bench_services.py: 1.39x the SSLObject floor, 1.02x with
+    the window): a worker opens IN_FLIGHT, and before the window widens (a second
+    without a decision, after this run's deadline) no more."""
+    from probes.protocols.tls import IN_FLIGHT
+    staller = Staller()
+    try:
+        rc, doc, err = connect(f"https://127.0.0.1:{staller.port}/", 100, timeout=0.5)
+    finally:
+        staller.close()
+    assert rc == 3 and doc["workers"] == 1 and doc["verified"] == 0, err
+    assert doc["attempted"] == IN_FLIGHT and sum(failures(doc).values()) == IN_FLIGHT, doc["server"]
 
 
 @pytest.mark.parametrize("args,named", [

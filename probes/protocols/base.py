@@ -54,6 +54,7 @@ class Transport:
 
     name = "plain"
     per_connection = False    # True: connection() returns a Connection to keep
+    in_flight: Optional[int] = None   # connections a worker opens at once and not yet verified (None: any)
 
     def connection(self) -> Optional[Connection]:
         return None

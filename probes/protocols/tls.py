@@ -7,7 +7,9 @@ Per connection tuner keeps the library's state only: the SSLObject and its two B
 (OpenSSL's SSL, its session, the peer's certificate), nothing of its own.  CPython sets
 SSL_MODE_RELEASE_BUFFERS on every context, so OpenSSL frees a connection's 16 KiB read
 and write buffers once it is idle; the handshake's temporaries (this module's exchange
-wrapper, its start time) are dropped once the exchange is decided.
+wrapper, its start time) are dropped once the exchange is decided, and a worker keeps at
+most IN_FLIGHT handshakes in flight, so their temporaries do not fragment the heap under
+the held connections' state.
 
 Certificates the way users have them: verified by default against the system store
 (`--ca FILE` instead; `--insecure` verifies nothing and the summary says so), the name
@@ -40,6 +42,17 @@ SLICE = 512                   # ciphertext written into the incoming BIO at once
 # bench/bench_services.py on 2026-12-06 at 100,000 against nginx (36.81 KiB;
 # docs/probe-services.md); `tuner report --role client --tls` counts it per connection.
 HELD_BYTES = 37_700
+# Handshakes a worker keeps in flight at once.  Opened all together, each one's
+# temporaries (16 KiB record buffers, the key share, the certificate's verification)
+# interleave with the held connections' state and leave the heap fragmented under it.
+# Against nginx at 10,000 (bench/bench_services.py, 2026-12-07, one exclusive run of
+# each): 37.4 KB per held TLS 1.3 connection opened all at once, 27.6 KB 32 at a time,
+# against the bare SSLObject floor's 26.9-27.1 (1.39x -> 1.02x; TLS 1.2: 35.6 -> 21.0 KB,
+# floor 20.4, 1.75x -> 1.03x); 8 to 64 measured alike.  The open rate stayed (774 and
+# 767/s): a server's CPU bounds it long before 32 per worker do (~1.2 ms of nginx's CPU
+# per RSA 2048 handshake), and a worker's handshake latency no longer counts the wait
+# in the server's accept queue behind thousands of its own.
+IN_FLIGHT = 32
 WORDS = "TLS "                # every handshake failure's words start so (serverside counts them apart)
 
 
@@ -119,6 +132,7 @@ class Tls(Transport):
 
     name = "tls"
     per_connection = True
+    in_flight = IN_FLIGHT
 
     def __init__(self, settings: TlsSettings, host: str, default_alpn: Tuple[str, ...] = ()):
         self.settings = settings
