@@ -31,9 +31,20 @@ Each run happens in a fresh network namespace (deleted afterwards), the server i
 on 127.0.0.1 and the probe spreading its sources over 127.0.0.0/8 (100,000 connections to
 one ADDR:PORT need more than one source address's ports). The hard RLIMIT_NOFILE here is
 20,000, so the servers run several processes (nginx workers, Node cluster workers, the
-probe's --serve workers).
+probe's --serve workers). The servers are set up as an SRE sets up one for this load:
+the namespace's somaxconn and tcp_max_syn_backlog at 65,535 (so the listen backlogs are
+what the servers ask for), nginx's handshake timeout (client_header_timeout before
+1.25.5) and Node's handshakeTimeout raised from 60 s and 120 s, since 100,000 TLS
+handshakes queue for minutes on two vCPUs; `--rate RUN=N` paces a run the server cannot
+take all at once (Node's workers share one listener: one accept queue of 65,535).
 
-    python bench/bench_services.py [-n 100000] [--hold 5] [--only tuner,http,...] [--floor-n 5000]
+After the table, a line per run says what set its pace: --rate, or the server (its
+accept queue grew past a second's arrivals) or the probe (it did not), the machine's CPU
+busy while opening and the probe's and the server's share of it, the server's peak
+memory (PSS); and the namespace's TCP counters that moved (ListenOverflows,
+TCPReqQFullDrop, ...) and nginx's error log by message.
+
+    python bench/bench_services.py [-n 100000] [--hold 5] [--only tuner,http,...] [--floor-n 5000] [--rate wss=250]
 
 Prints a table; asserts nothing. Needs root, nginx, node (tests/realservers.py installs
 what is missing, `ws` included).
@@ -47,6 +58,7 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -54,17 +66,94 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import realservers  # noqa: E402  (starts real servers; installs them when missing)
+from tuner import knobs  # noqa: E402  (the names of the namespace's listen limits)
 
 NOFILE = 20000            # per server process: the hard limit of this machine
 PER_PROCESS = 17000       # connections a server process is planned to hold
 WS_PER_PROCESS = 11000    # ... a Node worker: they accept on one shared listener, unevenly
 
 
+# The namespace's own listen limits, set as an SRE sets a server host's (a fresh
+# namespace starts at somaxconn 4096 and tcp_max_syn_backlog 2048, whatever the host
+# has): with 4096, nginx's `backlog=65535` was cut to 4096 per worker, and 20,000 TLS
+# connections opened at once overflowed the accept queues 37,082 times (ListenOverflows,
+# 2026-12-07); at 100,000 the clients whose SYNs were dropped past tcp_syn_retries' 127 s
+# got no SYN-ACK (1,909 on 12-06) and those whose handshake's last ACK was dropped were
+# reset once the server gave up its SYN-ACKs (4,017).  Both are the namespace's, and go
+# with it.
+# The knob table's burst knobs (somaxconn, tcp_max_syn_backlog), both per namespace.
+NETNS_SYSCTLS = {k.name: 65535 for k in knobs.KNOBS if k.caps == knobs.CAPS_BURSTS and k.scope == "netns"}
+
+
 def netns_add() -> str:
     name = f"tuner-bench-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "netns", "exec", name, "sysctl", "-q", "-w",
+                    *(f"{k}={v}" for k, v in NETNS_SYSCTLS.items())], check=True)
     return name
+
+
+class Pace:
+    """What set a run's pace, sampled each second while the probe runs: the server's
+    accept queue (connections the kernel completed and the server has not yet accepted,
+    summed over its listeners) and how busy the machine's CPUs were.  A queue that
+    stays near 0 means the server kept up with what the probe opened; one that grows
+    means the server set the pace."""
+
+    def __init__(self, netns: str, port: int, server=None):
+        import threading   # only the pace sampler runs beside the probe
+        self.netns, self.port, self.queue_max, self.samples = netns, port, 0, []
+        self.server, self.memory_max = server, 0     # the server's processes' PSS, its peak
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self) -> "Pace":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.done.wait(1.0):
+            out = subprocess.run(["ip", "netns", "exec", self.netns, "ss", "-Hltn", f"sport = :{self.port}"],
+                                 capture_output=True, text=True).stdout
+            self.queue_max = max(self.queue_max, sum(int(line.split()[1]) for line in out.splitlines()
+                                                     if len(line.split()) > 2))
+            self.samples.append((time.monotonic() - start, *cpu_times()))
+            if self.server is not None:
+                self.memory_max = max(self.memory_max, pss(realservers.process_group(self.server.pid)))
+
+    def busy(self, seconds: float) -> Optional[float]:
+        """The machine's CPUs busy (not idle, not iowait) over the first seconds of the
+        run (the opening), 0..1."""
+        within = [x for x in self.samples if x[0] <= seconds + 1]
+        if len(within) < 2:
+            return None
+        (_, busy0, total0), (_, busy1, total1) = within[0], within[-1]
+        return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def pss(pids) -> int:
+    """The processes' proportional set size together, in bytes (shared pages counted once)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except OSError:
+            pass
+    return total
+
+
+def cpu_times() -> tuple:
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]
+    return sum(ticks) - idle, sum(ticks)
 
 
 def netns_del(name: str) -> None:
@@ -74,14 +163,63 @@ def netns_del(name: str) -> None:
     subprocess.run(["ip", "netns", "del", name])
 
 
-def probe(netns: str, url: str, n: int, hold: float, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "tuner", "probe", "--netns", netns, "--connect", url,
-                           "-n", str(n), "--source-net", "127.0.0.0/8", "--hold", str(hold),
-                           "--timeout", "900", "--json", "-q", *args],
-                          capture_output=True, text=True, timeout=1800, cwd=ROOT)
+# The namespace's TCP counters that say whether the kernel dropped what the server had no
+# room for: the accept queue full at the handshake's end (ListenOverflows), the SYN queue
+# (TCPReqQFullDrop), SYN-ACKs and data retransmitted, connections the kernel gave up on.
+# (Not TCPAbortOnData: the probe resets every connection at its end, and they count there.)
+KERNEL_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "TCPReqQFullDoCookies", "TCPTimeouts",
+                   "TCPSynRetrans", "TCPAbortOnTimeout", "TCPAbortOnClose")
+
+
+def kernel_counters(netns: str) -> dict:
+    """TcpExt counters of the namespace (fresh per run: its whole count is the run's)."""
+    text = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/netstat"],
+                          capture_output=True, text=True).stdout.splitlines()
+    values = {}
+    for names, numbers in zip(text[::2], text[1::2]):
+        values.update(zip(names.split()[1:], (int(x) for x in numbers.split()[1:])))
+    return {k: values.get(k, 0) for k in KERNEL_COUNTERS if values.get(k)}
+
+
+def error_log(srv) -> dict:
+    """nginx's error log by message (numbers, addresses and ids taken out), with counts."""
+    import re   # only for the log's lines, once per run
+    counts = {}
+    try:
+        with open(os.path.join(srv.dir, "error.log"), errors="replace") as f:
+            for line in f:
+                # Start-up lines, and the probe's resets of every connection at its end.
+                if "[notice]" in line or "closed keepalive connection" in line:
+                    continue
+                msg = re.sub(r"^\S+ \S+ \[(\w+)\] \d+#\d+: (\*\d+ )?", r"[\1] ", line.strip())
+                msg = re.sub(r"(client|server): [^,]*,?|\d+", "N", msg.split(" while ")[0])[:90]
+                counts[msg] = counts.get(msg, 0) + 1
+    except OSError:
+        pass
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:6])
+
+
+RATES = {}    # run name -> --rate (connections per second), from the command line
+
+
+def probe(netns: str, url: str, n: int, hold: float, *args: str, run: str = "", server=None) -> dict:
+    """The probe's JSON result, with `pace` (Pace's figures over the opening, the server's
+    peak memory when it is given) and `kernel` (the namespace's counters)."""
+    from urllib.parse import urlsplit   # only here: the port of the URL the probe is given
+    rate = RATES.get(run)
+    with Pace(netns, urlsplit(url).port, server) as pace:
+        proc = subprocess.run([sys.executable, "-m", "tuner", "probe", "--netns", netns, "--connect", url,
+                               "-n", str(n), "--source-net", "127.0.0.0/8", "--hold", str(hold),
+                               "--timeout", "900", "--json", "-q", *args,
+                               *(["--rate", f"{rate:g}"] if rate else [])],
+                              capture_output=True, text=True, timeout=1800, cwd=ROOT)
     if not proc.stdout:
         raise RuntimeError(f"probe of {url} failed: {proc.stderr.strip()[-500:]}")
-    return json.loads(proc.stdout)
+    r = json.loads(proc.stdout)
+    r["pace"] = {"rate": rate, "queue_max": pace.queue_max, "busy": pace.busy(r["seconds_verified"] or 0),
+                 "server_bytes": pace.memory_max}
+    r["kernel"] = kernel_counters(netns)
+    return r
 
 
 def run_tuner(netns: str, n: int, hold: float) -> dict:
@@ -93,7 +231,7 @@ def run_tuner(netns: str, n: int, hold: float) -> dict:
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         wait_listening(netns, port)
-        return probe(netns, f"tuner://127.0.0.1:{port}", n, hold)
+        return probe(netns, f"tuner://127.0.0.1:{port}", n, hold, run="tuner")
     finally:
         srv.terminate()
         srv.communicate(timeout=120)
@@ -124,7 +262,7 @@ user www-data;
 worker_processes {workers};
 worker_rlimit_nofile {NOFILE};
 pid {d}/nginx.pid;
-error_log {d}/error.log warn;
+error_log {d}/error.log info;
 events {{ worker_connections {NOFILE - 100}; }}
 http {{
     access_log off;
@@ -132,6 +270,10 @@ http {{
     server {{
         listen 127.0.0.1:{port} reuseport backlog=65535{" ssl" if certs else ""};{tls}
         keepalive_timeout 3600s;
+        # nginx before 1.25.5 times the TLS handshake of an accepted connection with
+        # client_header_timeout (later: ssl_handshake_timeout), 60 s by default: two
+        # saturated vCPUs must not have it close handshakes that are merely slow.
+        client_header_timeout 300s;
         keepalive_requests 1000000;
         location / {{ default_type text/plain; return 200 "ok\\n"; }}
     }}
@@ -142,10 +284,10 @@ http {{
                              ready=lambda s: len(s.children()) >= workers)
 
 
-def run_nginx(netns: str, n: int, hold: float, *extra: str) -> dict:
+def run_nginx(netns: str, n: int, hold: float, *extra: str, run: str = "http") -> dict:
     srv = start_nginx(netns, n)
     try:
-        return probe(netns, f"http://127.0.0.1:{srv.port}/", n, hold, *extra)
+        return probe(netns, f"http://127.0.0.1:{srv.port}/", n, hold, *extra, run=run, server=srv)
     finally:
         srv.stop()
 
@@ -156,7 +298,7 @@ PING_EVERY = 10.0
 def run_ramp(netns: str, n: int, hold: float) -> dict:
     """nginx again, in 4 steps, every held connection exercised once per PING_EVERY."""
     return run_nginx(netns, n, hold, "--step", str(-(-n // 4)), "--settle", "2",
-                     "--ping-every", str(PING_EVERY))
+                     "--ping-every", str(PING_EVERY), run="ramp")
 
 
 def ramp_lines(r: dict, hold: float) -> list:
@@ -181,8 +323,10 @@ def run_https(version: str):
     def run(netns: str, n: int, hold: float, certs) -> dict:
         srv = start_nginx(netns, n, certs)
         try:
-            return probe(netns, f"https://127.0.0.1:{srv.port}/", n, hold, "--ca", certs.ca,
-                         "--tls-version", version)
+            r = probe(netns, f"https://127.0.0.1:{srv.port}/", n, hold, "--ca", certs.ca,
+                      "--tls-version", version, run=f"https{version}", server=srv)
+            r["log"] = error_log(srv)
+            return r
         finally:
             srv.stop()
     return run
@@ -220,7 +364,7 @@ def start_ws(netns: str, n: int, certs=None):
 def run_ws(netns: str, n: int, hold: float) -> dict:
     srv = start_ws(netns, n)
     try:
-        return probe(netns, f"ws://127.0.0.1:{srv.port}/", n, hold)
+        return probe(netns, f"ws://127.0.0.1:{srv.port}/", n, hold, run="ws", server=srv)
     finally:
         srv.stop()
 
@@ -228,7 +372,7 @@ def run_ws(netns: str, n: int, hold: float) -> dict:
 def run_wss(netns: str, n: int, hold: float, certs) -> dict:
     srv = start_ws(netns, n, certs)
     try:
-        return probe(netns, f"wss://127.0.0.1:{srv.port}/", n, hold, "--ca", certs.ca)
+        return probe(netns, f"wss://127.0.0.1:{srv.port}/", n, hold, "--ca", certs.ca, run="wss", server=srv)
     finally:
         srv.stop()
 
@@ -247,6 +391,32 @@ def row(name: str, r: dict, ref_rate) -> list:
             f"{ms:g}" if ms else "-",
             _ms(cpu.get("probe_ms_per_conn")), _ms(cpu.get("server_ms_per_conn")),
             r["stalled"]["sentence"][:60]]
+
+
+def pace_line(name: str, r: dict) -> str:
+    """Who set the run's open rate: --rate, the server (its accept queue grew: more than
+    a second's arrivals waited in it) or the probe (the server kept up), and the CPU the
+    two spent per opened connection against what the machine had."""
+    pace, cpu, rate = r["pace"], r.get("cpu") or {}, r["rate_per_s"]
+    behind = pace["queue_max"] > max(100, rate or 0)
+    queue = f"its accept queue peaked at {pace['queue_max']:,}"
+    if pace["rate"]:
+        who = (f"paced by --rate {pace['rate']:g}/s; the server " + ("fell behind" if behind else "kept up")
+               + f" ({queue})")
+    else:
+        who = ("the server set the pace" if behind else "the probe set the pace (the server kept up)") + f": {queue}"
+    ncpu = os.cpu_count() or 1
+    share = [f"{side} {cpu[key] * rate / 1000 / ncpu:.0%}" for side, key in
+             (("the probe", "probe_ms_per_conn"), ("the server", "server_ms_per_conn")) if cpu.get(key) and rate]
+    others = (pace["busy"] or 0) - sum(cpu.get(k) or 0 for k in ("probe_ms_per_conn", "server_ms_per_conn")) * (rate or 0) / 1000 / ncpu
+    busy = f"the {ncpu} vCPUs {pace['busy']:.0%} busy while opening" if pace["busy"] is not None else \
+        "opened too fast to sample the CPUs"
+    rest = (f", the rest {max(0.0, others):.0%}: the kernel's softirqs and other processes on this host"
+            if pace["busy"] is not None else "")
+    return (f"{name}: {who}; {busy}" + (f" ({', '.join(share)} at {rate:,}/s{rest})" if share else "")
+            + (f"; the server's processes peaked at {pace['server_bytes'] / 2**20:,.0f} MiB PSS "
+               f"({pace['server_bytes'] / max(1, r['verified']) / 1024:.1f} KB per held connection)"
+               if pace["server_bytes"] else ""))
 
 
 def _ms(x) -> str:
@@ -284,10 +454,27 @@ def main() -> int:
     ap.add_argument("--floor-n", type=int, default=5000, help="connections the SSLObject floor holds")
     ap.add_argument("--ramp-hold", type=float, default=30.0, help="the ramp run's hold (seconds)")
     ap.add_argument("--rsa", type=int, default=2048, help="the server certificate's RSA key bits (0: EC P-256)")
+    ap.add_argument("--rate", action="append", default=[], metavar="RUN=N",
+                    help="open that run's connections at N per second (the probe's --rate), e.g. wss=250; "
+                         "repeatable (default: as fast as the server takes them)")
+    ap.add_argument("--results", metavar="FILE",
+                    help="keep every run's result in FILE (JSON) and print the table of all it holds: runs made "
+                         "in separate invocations (each under its own lock) in one table")
     args = ap.parse_args()
+    for spec in args.rate:
+        run, _, value = spec.partition("=")
+        if run not in RUNS or not value.replace(".", "", 1).isdigit() or float(value) <= 0:
+            ap.error(f"--rate {spec!r}: RUN=N with RUN one of {', '.join(RUNS)} and N > 0")
+        RATES[run] = float(value)
     results = {}
+    if args.results and os.path.exists(args.results):
+        with open(args.results) as f:
+            results = json.load(f)
     certs = None
-    for name in args.only.split(","):
+    names = [name for name in args.only.split(",") if name]   # none: print the table of --results
+    if set(names) - set(RUNS):
+        ap.error(f"--only: runs among {', '.join(RUNS)}")
+    for name in names:
         if name in TLS_RUNS and certs is None:
             d = tempfile.mkdtemp(prefix="tuner-bench-certs-")
             os.chmod(d, 0o755)
@@ -304,6 +491,15 @@ def main() -> int:
             netns_del(ns)
         said = results[name].get("stalled", {}).get("sentence") or results[name].get("version")
         print(f"{name}: {said}", file=sys.stderr, flush=True)
+        if args.results:
+            with open(args.results + ".new", "w") as f:
+                json.dump(results, f)
+            os.replace(args.results + ".new", args.results)
+    print_table(args, results)
+    return 0
+
+
+def print_table(args, results: dict) -> None:
     ramp = results.pop("ramp", None)
     ref = results.get("tuner", {}).get("rate_per_s")
     head = ["protocol", "verified twice", "open rate /s", "vs tuner", "open s", "2nd check s",
@@ -322,7 +518,15 @@ def main() -> int:
     for name, r in results.items():
         if (r.get("cpu") or {}).get("sentence"):
             print(f"{name}: {r['cpu']['sentence']}")
-    return 0
+    for name, r in results.items():
+        if r.get("pace"):
+            print(pace_line(name, r))
+        if r.get("kernel") or r.get("log"):
+            print(f"{name}: kernel counters {r['kernel'] or 'none moved'}"
+                  + (f"; nginx error log {r['log']}" if r.get("log") else ""))
+        said = (r.get("stalled") or {}).get("sentence") or ""
+        if len(said) > 60:
+            print(f"{name}: {said}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ if (cluster.isPrimary) {
   wss.on('connection', (ws) => { ws.on('error', () => {}); });
   const handler = (req, res) => { res.writeHead(426); res.end(); };
   const server = args.cert
-    ? https.createServer({ cert: fs.readFileSync(args.cert), key: fs.readFileSync(args.key) }, handler)
+    // handshakeTimeout: Node drops a TLS handshake not done in 120 s by default; with
+    // connections queued faster than two vCPUs sign, a slow one is not a dead one.
+    ? https.createServer({ cert: fs.readFileSync(args.cert), key: fs.readFileSync(args.key),
+                           handshakeTimeout: 600000 }, handler)
     : http.createServer(handler);
   server.on('upgrade', (req, socket, head) => {
     socket.on('error', () => {});
