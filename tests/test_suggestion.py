@@ -212,3 +212,15 @@ def test_a_hint_names_its_command_from_the_value():
     command = knobs.HINT_COMMANDS["client_aliases"].render()
     assert command == "tuner apply --role client --alias-dev DEV --alias-net CIDR"
     assert f"add source addresses ({command} adds them as aliases) and pass them" in hint
+
+
+def test_a_target_left_to_the_user_is_a_placeholder():
+    """`--target N` (no target given) reads as before but is not a command as written: the
+    JSON's command is null, as for DEV and CIDR (running it would be a usage error)."""
+    from tests.test_capacity import evaluate, host
+
+    row = evaluate(host(mem_available=1 << 30), role="loopback").row("net.ipv4.tcp_rmem")
+    assert row.status == "warn" and row.fix.render() == "tuner apply --target N --shrink-buffers"
+    assert row.fix.is_command and not row.fix.runs_as_written and row.fix.to_dict()["command"] is None
+    given = evaluate(host(mem_available=1 << 30), role="loopback", target=1_000_000).row("net.ipv4.tcp_rmem")
+    assert given.fix.render() == "tuner apply --target 1M --shrink-buffers" and given.fix.runs_as_written

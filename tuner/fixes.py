@@ -17,11 +17,13 @@ from typing import Any, Dict, List, Optional, Sequence
 from tuner import knobs
 from tuner.knobs import Knob
 from tuner.suggestion import (APPLY, DIAGNOSE, HOST, NETNS, PIDS, PROBE, REPORT, RESTART, ROOT, UNIT, Count,
-                              Suggestion, advice, config, setting, tuner, write)
+                              Placeholder, Suggestion, advice, config, setting, tuner, write)
 
 SOFT, HARD = "RLIMIT_NOFILE.soft", "RLIMIT_NOFILE.hard"
 LISTEN_BACKLOG = "listen backlog"      # the application's own limit, named as in the table
 APP_LIMIT_HINT = "tell tuner the cap with --app-limit N"
+# A number of connections the user chooses: a command holding it does not run as written.
+N = Placeholder("N")
 
 # ---------------------------------------------------------------- the model's rows (report)
 
@@ -41,7 +43,7 @@ def row_fix(knob: Knob, needed, netns: Optional[str], target: Optional[int],
         return knob.fix
     if not knob.writable:
         return None
-    wanted = [("--target", Count(target) if target else "N")]
+    wanted = [("--target", Count(target) if target else N)]
     if shrink:
         wanted.append(("--shrink-buffers", None))
     return tuner(APPLY, *wanted, needs=(ROOT,))
@@ -49,7 +51,7 @@ def row_fix(knob: Knob, needed, netns: Optional[str], target: Optional[int],
 
 def sizing_report() -> Suggestion:
     """The report that sizes a host for N connections (report's next step without a target)."""
-    return tuner(REPORT, ("--target", "N"))
+    return tuner(REPORT, ("--target", N))
 
 
 def planned_apply(target: Optional[int], role: str, netns: Optional[str]) -> Suggestion:
@@ -215,7 +217,7 @@ def _thread_sysctl_fix(d, r) -> List[Suggestion]:
         return [r.fix.but(why=f"{r.name} for {d.target:,} thread-per-connection connections",
                         kind="sysctl")]
     if r.name == d.binding_limit:
-        return [tuner(DIAGNOSE, *[("--pid", pid) for pid in d.pids], ("--target", "N"),
+        return [tuner(DIAGNOSE, *[("--pid", pid) for pid in d.pids], ("--target", N),
                       why=f"{r.name} binds; --target N prints the value N connections need", kind="sysctl")]
     return []
 
