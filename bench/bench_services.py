@@ -39,7 +39,7 @@ handshakes queue for minutes on two vCPUs; `--rate RUN=N` paces a run the server
 take all at once (Node's workers share one listener: one accept queue of 65,535).
 
 After the table, a line per run says what set its pace: --rate, or the server (its
-accept queue grew past a second's arrivals) or the probe (it did not), the machine's CPU
+accept queue held one or more on average while opening) or the probe (it did not), the CPUs
 busy while opening and the probe's and the server's share of it, the server's peak
 memory (PSS); and the namespace's TCP counters that moved (ListenOverflows,
 TCPReqQFullDrop, ...) and nginx's error log by message.
@@ -121,20 +121,28 @@ class Pace:
         while not self.done.wait(1.0):
             out = subprocess.run(["ip", "netns", "exec", self.netns, "ss", "-Hltn", f"sport = :{self.port}"],
                                  capture_output=True, text=True).stdout
-            self.queue_max = max(self.queue_max, sum(int(line.split()[1]) for line in out.splitlines()
-                                                     if len(line.split()) > 2))
-            self.samples.append((time.monotonic() - start, *cpu_times()))
+            queued = sum(int(line.split()[1]) for line in out.splitlines() if len(line.split()) > 2)
+            self.queue_max = max(self.queue_max, queued)
+            self.samples.append((time.monotonic() - start, *cpu_times(), queued))
             if self.server is not None:
                 self.memory_max = max(self.memory_max, pss(realservers.process_group(self.server.pid)))
 
     def busy(self, seconds: float) -> Optional[float]:
         """The machine's CPUs busy (not idle, not iowait) over the first seconds of the
         run (the opening), 0..1."""
-        within = [x for x in self.samples if x[0] <= seconds + 1]
+        within = self.opening(seconds)
         if len(within) < 2:
             return None
-        (_, busy0, total0), (_, busy1, total1) = within[0], within[-1]
+        (_, busy0, total0, _), (_, busy1, total1, _) = within[0], within[-1]
         return (busy1 - busy0) / max(1, total1 - total0)
+
+    def opening(self, seconds: float) -> list:
+        return [x for x in self.samples if x[0] <= seconds + 1]
+
+    def queue_mean(self, seconds: float) -> Optional[float]:
+        """Connections waiting in the server's accept queue, on average while opening."""
+        within = self.opening(seconds)
+        return sum(x[3] for x in within) / len(within) if within else None
 
 
 def pss(pids) -> int:
@@ -216,7 +224,9 @@ def probe(netns: str, url: str, n: int, hold: float, *args: str, run: str = "", 
     if not proc.stdout:
         raise RuntimeError(f"probe of {url} failed: {proc.stderr.strip()[-500:]}")
     r = json.loads(proc.stdout)
-    r["pace"] = {"rate": rate, "queue_max": pace.queue_max, "busy": pace.busy(r["seconds_verified"] or 0),
+    opening = r["seconds_verified"] or 0
+    r["pace"] = {"rate": rate, "queue_max": pace.queue_max, "queue_mean": pace.queue_mean(opening),
+                 "busy": pace.busy(opening),
                  "server_bytes": pace.memory_max}
     r["kernel"] = kernel_counters(netns)
     return r
@@ -394,17 +404,20 @@ def row(name: str, r: dict, ref_rate) -> list:
 
 
 def pace_line(name: str, r: dict) -> str:
-    """Who set the run's open rate: --rate, the server (its accept queue grew: more than
-    a second's arrivals waited in it) or the probe (the server kept up), and the CPU the
-    two spent per opened connection against what the machine had."""
+    """Who set the run's open rate: --rate (the server kept up when it was reached), or
+    the server (connections waited in its accept queue: on average at least one while
+    opening) or the probe (the server accepted each at once); the CPU the two spent per
+    opened connection against what the machine had; the server's peak memory."""
     pace, cpu, rate = r["pace"], r.get("cpu") or {}, r["rate_per_s"]
-    behind = pace["queue_max"] > max(100, rate or 0)
-    queue = f"its accept queue peaked at {pace['queue_max']:,}"
+    mean = pace.get("queue_mean")
+    queue = f"its accept queue peaked at {pace['queue_max']:,}" + (f", {mean:,.1f} on average" if mean is not None else "")
     if pace["rate"]:
-        who = (f"paced by --rate {pace['rate']:g}/s; the server " + ("fell behind" if behind else "kept up")
-               + f" ({queue})")
+        who = (f"paced by --rate {pace['rate']:g}/s; the server "
+               + ("kept up" if rate and rate >= 0.95 * pace["rate"] else "fell behind") + f" ({queue})")
+    elif mean is not None and mean >= 1:
+        who = f"the server set the pace: {queue}"
     else:
-        who = ("the server set the pace" if behind else "the probe set the pace (the server kept up)") + f": {queue}"
+        who = f"the probe set the pace (the server accepted at once): {queue}"
     ncpu = os.cpu_count() or 1
     share = [f"{side} {cpu[key] * rate / 1000 / ncpu:.0%}" for side, key in
              (("the probe", "probe_ms_per_conn"), ("the server", "server_ms_per_conn")) if cpu.get(key) and rate]
