@@ -534,8 +534,8 @@ def print_table(args, results: dict) -> None:
     for name, r in results.items():
         if r.get("pace"):
             print(pace_line(name, r))
-        if r.get("kernel") or r.get("log"):
-            print(f"{name}: kernel counters {r['kernel'] or 'none moved'}"
+        if "kernel" in r:
+            print(f"{name}: the namespace's kernel counters {r['kernel'] or 'none moved (' + ', '.join(KERNEL_COUNTERS) + ')'}"
                   + (f"; nginx error log {r['log']}" if r.get("log") else ""))
         said = (r.get("stalled") or {}).get("sentence") or ""
         if len(said) > 60:
