@@ -134,7 +134,7 @@ def test_diagnose_with_a_step_runs_cost_adds_the_memory_row_that_binds(memory_cg
         assert abs(spent["projected_max"] - expect) <= max(3, 0.01 * expect), (spent, expect)
         assert "its cgroup memory limit binds first" in d["verdict"]
         bad = tmp_path / "bad.json"
-        bad.write_text('{"schema": "tuner.report/2"}')
+        bad.write_text('{"schema": "tuner.report/3"}')
         p = subprocess.run([sys.executable, "-m", "tuner", "diagnose", "--pid", str(srv.proc.pid), "--cost", str(bad)],
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and "not a step run" in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -221,7 +221,7 @@ def test_a_file_that_is_not_a_probe_run_is_refused_and_nothing_is_written(runs, 
     del older["timeline"]               # a probe from before the timeline
     broken = json.loads(open(runs[0]).read())
     broken["timeline"][1]["established"] = "many"
-    cases = {"report.json": (report.stdout, "its schema is 'tuner.report/2'"),
+    cases = {"report.json": (report.stdout, "its schema is 'tuner.report/3'"),
              "refused.json": (json.dumps(refused_probe), "the pre-flight refused"),
              "older.json": (json.dumps(older), "'timeline' is a required property"),
              "broken.json": (json.dumps(broken), "at timeline/1/established"),

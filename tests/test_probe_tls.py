@@ -284,16 +284,32 @@ def test_https_with_forked_workers_source_addresses_and_a_rate(real_server, tls_
 
 
 def test_report_role_client_tls_counts_the_probes_tls_state():
+    """The probe's measured TLS state per held connection: --tls-version's, else the
+    dearer version's, and the document and the text say which."""
     from probes.protocols.tls import HELD_BYTES
 
-    plain = json.loads(run_tuner("report", "--role", "client", "-n", 1000000, "--json").stdout)["memory"]
-    tls = json.loads(run_tuner("report", "--role", "client", "-n", 1000000, "--tls", "--json").stdout)["memory"]
-    assert plain["user_bytes_per_connection"] == 0 and tls["user_bytes_per_connection"] == HELD_BYTES
-    assert tls["idle_bytes_per_connection"] - plain["idle_bytes_per_connection"] == HELD_BYTES
+    def memory(*args):
+        return json.loads(run_tuner("report", "--role", "client", "-n", 1000000, *args, "--json").stdout)["memory"]
+
+    plain, tls = memory(), memory("--tls")
+    assert plain["user_bytes_per_connection"] == 0 and plain["user_bytes_tls_version"] is None
+    dearer = max(HELD_BYTES, key=HELD_BYTES.get)
+    assert tls["user_bytes_per_connection"] == HELD_BYTES[dearer] and tls["user_bytes_tls_version"] == dearer
+    assert not tls["user_bytes_tls_version_asked"]
+    for version in ("1.2", "1.3"):
+        one = memory("--tls-version", version)           # implies --tls
+        assert one["user_bytes_per_connection"] == HELD_BYTES[version] and one["user_bytes_tls_version_asked"]
+        assert one["idle_bytes_per_connection"] - plain["idle_bytes_per_connection"] == HELD_BYTES[version]
+    assert HELD_BYTES["1.2"] != HELD_BYTES["1.3"]
     text = run_tuner("report", "--role", "client", "-n", 1000000, "--tls").stdout
-    assert "the probe's TLS state adds" in text
+    assert f"the probe's TLS {dearer} state adds" in text and "the dearer version's" in text
+    text = run_tuner("report", "--role", "client", "-n", 1000000, "--tls", "--tls-version", "1.2").stdout
+    assert "the probe's TLS 1.2 state adds" in text and "dearer" not in text
     proc = run_tuner("report", "-n", 1000, "--tls")
     assert proc.returncode == 2 and "--tls is for --role client" in proc.stderr
+    proc = run_tuner("report", "--role", "client", "-n", 1000, "--tls-version", "1.1")
+    assert proc.returncode == 2 and "--tls-version '1.1': one of 1.2, 1.3" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
 
 
 def test_what_a_held_tls_connection_costs_the_service_beside_a_plain_one(real_server, tls_certs):

@@ -24,7 +24,7 @@ def test_runner_json_schema_and_live_values():
     result = CliRunner().invoke(cli.app, ["report", "--target", "1M", "--json"])
     assert result.exit_code in (0, 3), result.output
     data = json.loads(result.output)
-    assert set(data) == TOP_KEYS and data["schema"] == "tuner.report/2"
+    assert set(data) == TOP_KEYS and data["schema"] == "tuner.report/3"
     assert [r["name"] for r in data["rows"]] == [k.name for k in knobs.KNOBS]
     for row in data["rows"]:
         assert set(row) == ROW_KEYS

@@ -207,7 +207,7 @@ def _status(h: Host) -> List[dict]:
 
 # (row name, function that runs the command(s) for real, the schema of each document returned)
 COMMANDS: List[Tuple[str, Callable[[Host], List[dict]], List[str]]] = [
-    ("report", _report, ["tuner.report/2", "tuner.report/2"]),
+    ("report", _report, ["tuner.report/3", "tuner.report/3"]),
     ("apply --dry-run", _apply_dry_run, ["tuner.apply/2"]),
     ("apply, journal, revert", _apply_then_revert,
      ["tuner.apply/2", "tuner.journal/2", "tuner.revert/2", "tuner.revert/2"]),

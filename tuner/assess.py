@@ -2,7 +2,7 @@
 the snapshot the knob table asks for and run the capacity model on it."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 from . import capacity, knobs, readings
 from tuner.host.errors import UsageError
@@ -17,7 +17,9 @@ def snapshot(netns: Optional[str] = None) -> readings.Snapshot:
 def build(target: Optional[int] = None, role: str = "loopback", netns: Optional[str] = None,
           destinations: int = 1, source_dev: Optional[str] = None,
           snap: Optional[readings.Snapshot] = None,
-          source_count: Optional[int] = None, user_bytes: int = 0) -> capacity.Report:
+          source_count: Optional[int] = None, user_tls: Optional[Tuple[str, int, bool]] = None) -> capacity.Report:
+    """user_tls: (version, bytes, asked): each connection also holds the probe's TLS state
+    of that version (report --role client --tls)."""
     if snap is None:
         snap = snapshot(netns)
     if source_dev is not None and not any(a["ifname"] == source_dev for a in snap.addresses):
@@ -25,8 +27,15 @@ def build(target: Optional[int] = None, role: str = "loopback", netns: Optional[
                          f"{' in namespace ' + repr(netns) if netns else ''}: "
                          f"list them with 'ip addr'")
     ctx = Ctx(snap, role=role, target=target, destinations=destinations, source_dev=source_dev,
-              source_count=source_count, user_bytes=user_bytes)
+              source_count=source_count, **_user_tls(user_tls))
     return capacity.evaluate(ctx)
+
+
+def _user_tls(user_tls: Optional[Tuple[str, int, bool]]) -> dict:
+    if user_tls is None:
+        return {}
+    version, size, asked = user_tls
+    return {"user_bytes": size, "user_tls_version": version, "user_tls_version_asked": asked}
 
 
 def client_route(netns: Optional[str], prefix: str) -> dict:

@@ -35,7 +35,7 @@ ALARM, CAUTION = (BINDS, SHORT, FULL), (RAISE, NEAR)
 # over the same share, so the table and the pager agree.
 NEAR_SHARE = 0.8
 
-SCHEMA = "tuner.report/2"
+SCHEMA = "tuner.report/3"
 
 
 @dataclass
@@ -210,6 +210,8 @@ def memory_estimates(ctx: Ctx, connections: int) -> Dict[str, Any]:
         "idle_bytes_per_connection": ctx.idle_bytes,
         "idle_breakdown": ctx.idle_breakdown,
         "user_bytes_per_connection": ctx.user_bytes,
+        "user_bytes_tls_version": ctx.user_tls_version,
+        "user_bytes_tls_version_asked": ctx.user_tls_version_asked,
         "worst_bytes_per_connection": ctx.worst_bytes,
         "mem_available_bytes": avail,
         "tcp_mem_high_bytes": tcp_mem_bytes,

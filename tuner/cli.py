@@ -146,6 +146,10 @@ def report(
     tls: bool = typer.Option(False, "--tls", help="With --role client: the connections are TLS "
                              "(tuner probe --connect with a TLS scheme): each also costs the probe's "
                              "TLS state in user memory, as measured, in the memory estimate."),
+    tls_version: Optional[str] = typer.Option(None, "--tls-version", metavar="1.2|1.3",
+                                              help="With --tls: the TLS version the connections speak "
+                                                   "(its measured state is counted; default: the dearer "
+                                                   "version's). Implies --tls."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """How many connections this host can hold now, which limit binds first, and what a
@@ -157,12 +161,14 @@ def report(
 
     n = parse_target(target)
     check_role(role)
+    tls = tls or tls_version is not None
     if tls and role != "client":
         raise errors.UsageError("--tls is for --role client (the probe's own TLS state per connection)")
+    user_tls = _tls_state(tls_version) if tls else None
     check_positive("--destinations", destinations)
     check_netns_name(netns)
     back = _client_net(client_net, role, netns)
-    result = assess.build(n, role, netns, destinations, source_dev, user_bytes=_tls_bytes() if tls else 0)
+    result = assess.build(n, role, netns, destinations, source_dev, user_tls=user_tls)
     if json_out:
         _emit(render.to_json({**result.to_dict(), **({"client_net": back} if back else {})}))
     else:
@@ -173,9 +179,16 @@ def report(
         raise typer.Exit(errors.EXIT_SHORT)
 
 
-def _tls_bytes() -> int:
+def _tls_state(version: Optional[str]):
+    """(version, bytes per held connection, asked) of the probe's TLS state: the version
+    asked, else the dearer one."""
     from probes.protocols.tls import HELD_BYTES   # only for report --tls
-    return HELD_BYTES
+    if version is None:
+        dearer = max(HELD_BYTES, key=HELD_BYTES.get)
+        return dearer, HELD_BYTES[dearer], False
+    if version not in HELD_BYTES:
+        raise errors.UsageError(f"--tls-version {version!r}: one of {', '.join(sorted(HELD_BYTES))}")
+    return version, HELD_BYTES[version], True
 
 
 @app.command()

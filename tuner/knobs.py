@@ -78,8 +78,12 @@ class Ctx:
     # leaves them alone, so per-process values must fit under the host's as they are.
     host_changes: bool = True
     # User memory per connection of the process that holds them (report --role client
-    # --tls: the probe's TLS state per held connection), counted with the slab objects.
+    # --tls: the probe's TLS state per held connection), counted with the slab objects;
+    # the TLS version it was measured for, and whether --tls-version asked for it (else
+    # the dearer version's).
     user_bytes: int = 0
+    user_tls_version: Optional[str] = None
+    user_tls_version_asked: bool = False
 
     # --- derived figures (the slab breakdown and source count are cached per Ctx) ---
     @property

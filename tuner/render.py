@@ -112,9 +112,12 @@ def report_text(report: Report, wide: bool = False, width: Optional[int] = None)
     user = m.get("user_bytes_per_connection") or 0
     lines.append(f"kernel memory per connection ({m['source']}): idle "
                  f"{size(m['idle_bytes_per_connection'] - user)}, {WORST_CASE} "
-                 f"{size(m['worst_bytes_per_connection'] and m['worst_bytes_per_connection'] - user)}"
-                 + (f"; with --tls the probe's TLS state adds {size(user)} of user memory to each "
-                    f"(measured, probes/protocols/tls.py), counted in both" if user else ""))
+                 f"{size(m['worst_bytes_per_connection'] and m['worst_bytes_per_connection'] - user)}")
+    if user:
+        lines.append(f"with --tls the probe's TLS {m['user_bytes_tls_version']} state adds {size(user)} of user "
+                     "memory to each, counted in both (measured"
+                     + ("" if m.get("user_bytes_tls_version_asked") else
+                        "; the dearer version's: --tls-version 1.2|1.3 for one") + ")")
     lines.append(f"for {number(m['for_connections'])}: idle {size(m['idle_total_bytes'])}, {WORST_CASE} "
                  f"{size(m.get('worst_total_bytes'))}; MemAvailable {size(m['mem_available_bytes'])}, "
                  f"tcp_mem high {size(m['tcp_mem_high_bytes'])}")

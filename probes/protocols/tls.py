@@ -37,11 +37,12 @@ from .base import NEED, REFUSED, VERIFIED, Connection, Exchange, Option, Protoco
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 RECORD = 16 * 1024 + 256      # one TLS record's plaintext at most, read at once
 SLICE = 512                   # ciphertext written into the incoming BIO at once (its buffer's size)
-# The probe's user memory per held TLS 1.3 connection (OpenSSL 3.0 under CPython 3.11:
-# its SSL, session and the peer's certificate, two BIOs), measured by
-# bench/bench_services.py on 2026-12-06 at 100,000 against nginx (36.81 KiB;
-# docs/probe-services.md); `tuner report --role client --tls` counts it per connection.
-HELD_BYTES = 37_700
+# The probe's user memory per held TLS connection, by version (OpenSSL 3.0 under CPython
+# 3.11: its SSL, session and the peer's certificate (RSA 2048), two BIOs; handshakes
+# IN_FLIGHT at a time), measured by bench/bench_services.py on 2026-12-07 at 10,000
+# against nginx (27.63 and 21.02 KiB; docs/probe-services.md).  `tuner report --role
+# client --tls` counts one per connection: --tls-version's, else the dearer.
+HELD_BYTES = {"1.2": 21_600, "1.3": 28_300}
 # Handshakes a worker keeps in flight at once.  Opened all together, each one's
 # temporaries (16 KiB record buffers, the key share, the certificate's verification)
 # interleave with the held connections' state and leave the heap fragmented under it.

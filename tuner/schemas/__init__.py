@@ -1,8 +1,8 @@
 """The JSON Schema (draft 2020-12) of every document tuner prints with --json or keeps
 on disk, one file per schema version, shipped inside the package.
 
-A document names its schema in its "schema" key ("tuner.report/2"); the file for it is
-`tuner.report-2.json` here, whose `properties.schema.const` is that same name.  Shared
+A document names its schema in its "schema" key ("tuner.report/3"); the file for it is
+`tuner.report-3.json` here, whose `properties.schema.const` is that same name.  Shared
 definitions live in common.json and are referenced by their URN.  The schemas are the
 one home of what each key means: docs/json.md is generated from their descriptions
 (`python -m tuner.schemas docs/json.md`; a test fails when it is stale), and the tests
@@ -34,7 +34,7 @@ def _files() -> List[str]:
 
 
 def file_name(schema_id: str) -> str:
-    """'tuner.report/2' -> 'tuner.report-2.json'."""
+    """'tuner.report/3' -> 'tuner.report-3.json'."""
     return schema_id.replace("/", "-") + ".json"
 
 
@@ -165,9 +165,9 @@ def markdown() -> str:
         "     edit the schema files, not this page (tests/test_schemas.py checks it is current). -->",
         "",
         "Every command that prints a table prints the same data with `--json`: one JSON object",
-        "on stdout whose `schema` key names its schema and version (`tuner.report/2`). The",
+        "on stdout whose `schema` key names its schema and version (`tuner.report/3`). The",
         "JSON Schema (draft 2020-12) of each ships inside the package, in `tuner/schemas/`",
-        "(`tuner.report/2` is `tuner.report-2.json`); `tuner.schemas.validate(doc)` checks a",
+        "(`tuner.report/3` is `tuner.report-3.json`); `tuner.schemas.validate(doc)` checks a",
         "document when the `jsonschema` package is installed:",
         "",
         "```python",

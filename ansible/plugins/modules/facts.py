@@ -45,7 +45,7 @@ ansible_facts:
   type: complex
   contains:
     tuner_report:
-      description: The whole report (schema tuner.report/2, as C(tuner report --json)).
+      description: The whole report (schema tuner.report/3, as C(tuner report --json)).
       type: dict
     tuner_max_connections:
       description: Most concurrent connections with current settings.
