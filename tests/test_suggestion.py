@@ -224,3 +224,21 @@ def test_a_target_left_to_the_user_is_a_placeholder():
     assert row.fix.is_command and not row.fix.runs_as_written and row.fix.to_dict()["command"] is None
     given = evaluate(host(mem_available=1 << 30), role="loopback", target=1_000_000).row("net.ipv4.tcp_rmem")
     assert given.fix.render() == "tuner apply --target 1M --shrink-buffers" and given.fix.runs_as_written
+
+
+def test_an_application_whose_backlog_no_setting_changes_says_so():
+    """PostgreSQL and Mosquitto pass their own backlog to listen(): the adapter says so in
+    its own field (backlog_fixed), not as a 'none: ' prefix the fix read back. A fake
+    diagnosis (only the application's name is read here)."""
+    from types import SimpleNamespace
+
+    from tuner import apps, fixes
+
+    listener = {"address": "127.0.0.1", "port": 5432, "backlog": 200}
+    for name, words in (("postgresql", "PostgreSQL passes twice max_connections"),
+                        ("mosquitto", "Mosquitto passes 100 to listen()")):
+        assert apps.ADAPTERS[name].backlog_setting is None
+        fix = fixes.backlog_fix(SimpleNamespace(application={"app": name}), listener, 4096)
+        assert fix.render().startswith("the listen backlog of 127.0.0.1:5432 (now 200; net.core.somaxconn "
+                                       f"4,096 allows up to that) is the application's own: {words}"), fix
+    assert not any((a.backlog_setting or "").startswith("none") for a in apps.ADAPTERS.values())

@@ -298,13 +298,13 @@ def backlog_fix(d, listener: Dict[str, Any], somaxconn: Optional[int]) -> Sugges
     from tuner import apps
 
     adapter = apps.ADAPTERS.get((d.application or {}).get("app", ""))
-    how = getattr(adapter, "backlog_setting", None)
+    how, fixed = getattr(adapter, "backlog_setting", None), getattr(adapter, "backlog_fixed", None)
     where = (f"{listener['address']}:{listener['port']} (now {listener['backlog']:,}; "
              f"{knobs.backlog_cap().name} {'?' if somaxconn is None else f'{somaxconn:,}'} allows up to that)")
     # The application's own setting when its adapter knows it (issue 28: nginx, Redis,
     # HAProxy were told 'listen(fd, N)'), or that it has none.
-    if how and how.startswith("none: "):
-        text = f"the listen backlog of {where} is the application's own: {how[len('none: '):]}"
+    if fixed:
+        text = f"the listen backlog of {where} is the application's own: {fixed}"
     elif how:
         text = f"{how}: raises the listen backlog of {where}"
     else:

@@ -293,9 +293,12 @@ class Adapter:
 
     name = "?"
     # A runtime's listen() backlog when the program passes none, and how to set it
-    # (diagnose's backlog fix and note name them): 50, "Java: ServerSocket(port, N) ...".
+    # (diagnose's backlog fix and note name them): 50, "Java: ServerSocket(port, N) ...";
+    # or, for an application no setting of which changes it, what it passes and why
+    # (backlog_fixed: "Mosquitto passes 100 to listen() ...").
     backlog_default: Optional[int] = None
     backlog_setting: Optional[str] = None
+    backlog_fixed: Optional[str] = None
 
     def recognise(self, proc: ProcView) -> bool:
         raise NotImplementedError

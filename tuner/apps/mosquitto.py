@@ -300,7 +300,7 @@ def fix_for(proc: ProcView, want: int) -> Optional[AppFix]:
 
 class Mosquitto(base.Adapter):
     name = "mosquitto"
-    backlog_setting = "none: Mosquitto passes 100 to listen() (src/net.c) and no option changes it"
+    backlog_fixed = "Mosquitto passes 100 to listen() (src/net.c) and no option changes it"
 
     def recognise(self, proc: ProcView) -> bool:
         return proc.exe_name == "mosquitto" or proc.name == "mosquitto"

@@ -275,8 +275,8 @@ class PostgreSQL(base.Adapter):
     name = "postgresql"
     # src/backend/libpq/pqcomm.c (StreamServerPort): listen(fd, min(2 * MaxConnections,
     # PG_SOMAXCONN 10000)); no setting of its own.
-    backlog_setting = ("none: PostgreSQL passes twice max_connections (at most 10,000) to listen() "
-                       "(pqcomm.c); raising max_connections raises it")
+    backlog_fixed = ("PostgreSQL passes twice max_connections (at most 10,000) to listen() "
+                     "(pqcomm.c); raising max_connections raises it")
 
     def recognise(self, proc: ProcView) -> bool:
         return recognise(proc)
