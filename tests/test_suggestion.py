@@ -242,3 +242,16 @@ def test_an_application_whose_backlog_no_setting_changes_says_so():
         assert fix.render().startswith("the listen backlog of 127.0.0.1:5432 (now 200; net.core.somaxconn "
                                        f"4,096 allows up to that) is the application's own: {words}"), fix
     assert not any((a.backlog_setting or "").startswith("none") for a in apps.ADAPTERS.values())
+
+
+def test_the_next_step_between_two_hosts_names_the_serving_probe():
+    """A server with nothing to change: report's next step names the probe's serving side
+    (built in tuner/fixes.py), in the words it always had."""
+    from tests.test_capacity import evaluate, host
+    from tuner import capacity
+
+    snap = host()
+    snap.nofile_soft = snap.nofile_hard
+    rep = evaluate(snap, role="server", target=1000)
+    assert capacity.next_step(rep) == \
+        "nothing to change: tuner probe --serve and --connect prove it between the two hosts"

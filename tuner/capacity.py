@@ -144,7 +144,7 @@ def next_step(report: "Report") -> str:
     if changes_wanted(report):
         return fixes.planned_apply(report.target, report.role, report.netns).render()
     if report.role != "loopback":
-        return "nothing to change: tuner probe --serve and --connect prove it between the two hosts"
+        return f"nothing to change: {fixes.serving_probe().render()} and --connect prove it between the two hosts"
     return f"{fixes.proving_probe(report.target, report.netns).render()} (proves it with real connections)"
 
 

@@ -62,6 +62,12 @@ def planned_apply(target: Optional[int], role: str, netns: Optional[str]) -> Sug
     return tuner(APPLY, *args, ("--dry-run", None))
 
 
+def serving_probe() -> Suggestion:
+    """The probe's server side, which with --connect on a load host proves a target
+    between two hosts (report's next step for the server and client roles)."""
+    return tuner(PROBE, ("--serve", None))
+
+
 def proving_probe(target: int, netns: Optional[str]) -> Suggestion:
     """The probe that proves a loopback target with real connections."""
     return tuner(PROBE, ("-n", Count(target)), *([("--netns", netns)] if netns else []))
