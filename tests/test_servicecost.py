@@ -7,16 +7,19 @@ from __future__ import annotations
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
-from tuner.host import servicecost
+from tuner.host import servicecost, sockdiag
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COSTLY = os.path.join(HERE, "servers", "costly.py")
 BUFFER = 64 * 1024
+SO_MEMINFO = 55                # socket(7): the nine figures SKMEMINFO carries
 
 
 class Costly:
@@ -122,3 +125,66 @@ def test_tree_counts_children_and_pss_counts_shared_pages_once(nofile_raised):
         for pid in servicecost.tree([proc.pid]):
             os.kill(pid, 9)
         proc.wait()
+
+
+def _meminfo(sock: socket.socket) -> tuple:
+    """The nine figures sock_diag's SKMEMINFO carries, read from the socket itself."""
+    return struct.unpack("=9I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
+
+
+def _settled(socks) -> list:
+    """Each socket's BUFFER_FIELDS figures once two reads agree (loopback delivery done)."""
+    index = [sockdiag.SKMEM_FIELDS.index(k) for k in servicecost.BUFFER_FIELDS]
+    for _ in range(50):
+        first = [_meminfo(s) for s in socks]
+        time.sleep(0.05)
+        if first == [_meminfo(s) for s in socks]:
+            return [[m[i] for i in index] for m in first]
+    raise AssertionError("socket buffers kept moving")
+
+
+def test_one_walk_dump_reads_the_service_sockets_and_not_the_clients(nofile_raised):
+    """Both ends on this host: a service listening on 127.0.0.1:P and [::1]:P (two families),
+    clients of it, and another service on Q with its own clients. The v1 dump (one walk,
+    both families) counts exactly the accepted sockets on P (not the clients, whose
+    remote port is P, nor Q's) and sums exactly their SO_MEMINFO figures; the per-family
+    dumps add up to it. Each side has unread bytes queued, so a wrong side changes the sums."""
+    l4 = socket.socket()
+    l4.bind(("127.0.0.1", 0))
+    port = l4.getsockname()[1]
+    l6 = socket.socket(socket.AF_INET6)
+    l6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    l6.bind(("::1", port))
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    opened = [l4, l6, other]
+    try:
+        for lsock in (l4, l6, other):
+            lsock.listen(128)
+        plan = [(l4, "127.0.0.1", 30), (l6, "::1", 20), (other, "127.0.0.1", 10)]
+        served = {}
+        for lsock, host, count in plan:
+            for i in range(count):
+                client = socket.create_connection((host, lsock.getsockname()[1]))
+                server = lsock.accept()[0]
+                opened += [client, server]
+                client.sendall(b"c" * (1000 + 37 * i))     # unread by the server
+                server.sendall(b"s" * 3000)                # unread by the client
+                served.setdefault(lsock, []).append(server)
+        mine = served[l4] + served[l6]
+        expect = [sum(col) for col in zip(*_settled(mine))]
+        assert expect[0] > 0                               # rmem_alloc: the unread bytes
+        bytecode = sockdiag.port_filter([port])
+        fields = servicecost.BUFFER_FIELDS
+        whole = sockdiag.dump_skmem(socket.AF_UNSPEC, sockdiag.HELD_STATES, bytecode, fields)
+        v4 = sockdiag.dump_skmem(socket.AF_INET, sockdiag.HELD_STATES, bytecode, fields)
+        v6 = sockdiag.dump_skmem(socket.AF_INET6, sockdiag.HELD_STATES, bytecode, fields)
+        assert whole == (50, expect)
+        assert (v4[0], v6[0]) == (30, 20)
+        assert [a + b for a, b in zip(v4[1], v6[1])] == expect
+        clients = [s for s in opened[3:] if s not in sum(served.values(), [])]
+        assert sum(m[0] for m in _settled(clients)) > 0   # the clients' side holds bytes too
+    finally:
+        for s in opened:
+            s.close()
+

@@ -11,12 +11,13 @@ What one sample reads, and why it stays cheap at 100,000 held connections:
   page shared by nginx's or a Node cluster's workers is counted once across them (RSS
   would count it in each).  The kernel walks the process's page tables for it, O(its
   mapped memory), not O(its descriptors); /proc/PID/fd is never listed.
-- kernel: one sock_diag dump per address family, filtered in the kernel to the held
-  sockets (established, close-wait) whose local port is `port`, each answer carrying
-  INET_DIAG_SKMEMINFO: buffers queued (rmem_alloc, wmem_queued), memory reserved for
-  them (fwd_alloc) and socket options (optmem), summed in C over each recv(); plus the
-  slab objects each socket pins (tuner/host/memory.py's per-socket objects, the knob
-  table's idle estimate, epoll's watch included), counted, not read per socket.
+- kernel: one sock_diag dump, filtered in the kernel to the held sockets (established,
+  close-wait) whose local port is `port`, for both address families in one walk of the
+  socket table (the v1 request), each answer carrying INET_DIAG_SKMEMINFO: buffers
+  queued (rmem_alloc, wmem_queued), memory reserved for them (fwd_alloc) and socket
+  options (optmem), summed in C over each recv(); plus the slab objects each socket
+  pins (tuner/host/memory.py's per-socket objects, the knob table's idle estimate,
+  epoll's watch included), counted, not read per socket.
 - CPU: utime + stime of /proc/PID/stat of every process (clock ticks -> seconds).
 - heap: the V8 heap's committed pages, from /proc/PID/maps (one line per mapping, no
   page walk): what Node's --max-old-space-size is checked against (see v8_heap_bytes).
@@ -26,6 +27,7 @@ the tree grows (a new worker) counts from the next sample.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -214,6 +216,7 @@ class Sampler:
         self.families = tuple(families)
         self.bytecode = sockdiag.port_filter([port])
         self.slab_bytes, self.slab_source = slab_per_socket()
+        self.unspec = True           # False once the kernel refused the v1 dump
 
     def sample(self) -> Sample:
         t0, wall = time.monotonic(), time.time()
@@ -230,12 +233,8 @@ class Sampler:
                 alive.append(pid)
             except (FileNotFoundError, ProcessLookupError):
                 continue   # exited between the listing and the read
-        count, sums = 0, [0] * len(sockdiag.SKMEM_FIELDS)
-        for family in self.families:
-            n, part = sockdiag.dump_skmem(family, sockdiag.HELD_STATES, self.bytecode)
-            count += n
-            sums = [a + b for a, b in zip(sums, part)]
-        skmem = dict(zip(sockdiag.SKMEM_FIELDS, sums))
+        count, sums = self.dump()
+        skmem = dict(zip(BUFFER_FIELDS, sums))
         buffers = sum(skmem[k] for k in BUFFER_FIELDS)
         slab = count * self.slab_bytes
         return Sample(at=t0, wall=wall, pids=alive, memory_bytes=mem["pss"], rss_bytes=mem["rss"],
@@ -244,4 +243,22 @@ class Sampler:
                       kernel_bytes=buffers + slab, slab_bytes_per_socket=self.slab_bytes,
                       slab_source=self.slab_source, heap_bytes=heap,
                       took_ms=round((time.monotonic() - t0) * 1000, 2),
-                      skmem={k: skmem[k] for k in BUFFER_FIELDS})
+                      skmem=skmem)
+
+    def dump(self):
+        """(held sockets on the port, their BUFFER_FIELDS sums), every one read: one walk
+        of the socket table for both families (the v1 request), one per family on a
+        kernel that refuses it."""
+        if set(self.families) == {socket.AF_INET, socket.AF_INET6} and self.unspec:
+            try:
+                return sockdiag.dump_skmem(socket.AF_UNSPEC, sockdiag.HELD_STATES, self.bytecode, BUFFER_FIELDS)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP):
+                    raise
+                self.unspec = False
+        count, sums = 0, [0] * len(BUFFER_FIELDS)
+        for family in self.families:
+            n, part = sockdiag.dump_skmem(family, sockdiag.HELD_STATES, self.bytecode, BUFFER_FIELDS)
+            count += n
+            sums = [a + b for a, b in zip(sums, part)]
+        return count, sums
