@@ -105,6 +105,7 @@ class Ramp:
                 "service_buffer_bytes": cost.socket_buffer_bytes if cost else None,
                 "service_heap_bytes": cost.heap_bytes if found else None,
                 "service_sockets": cost.sockets if cost else None,
+                "service_sampled": cost.sampled if cost else None,
                 "service_cpu_seconds": cpu if found else None,
                 "latency_ms": window.summary_ms(), "exchanges": window.count,
                 "sample_ms": cost.took_ms if cost else None,

@@ -14,12 +14,11 @@ import time
 
 import pytest
 
-from tuner.host import servicecost, sockdiag
+from tuner.host import fdsample, servicecost, sockdiag
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COSTLY = os.path.join(HERE, "servers", "costly.py")
 BUFFER = 64 * 1024
-SO_MEMINFO = 55                # socket(7): the nine figures SKMEMINFO carries
 
 
 class Costly:
@@ -129,7 +128,7 @@ def test_tree_counts_children_and_pss_counts_shared_pages_once(nofile_raised):
 
 def _meminfo(sock: socket.socket) -> tuple:
     """The nine figures sock_diag's SKMEMINFO carries, read from the socket itself."""
-    return struct.unpack("=9I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
+    return struct.unpack("=9I", sock.getsockopt(socket.SOL_SOCKET, fdsample.SO_MEMINFO, 36))
 
 
 def _settled(socks) -> list:
@@ -188,3 +187,80 @@ def test_one_walk_dump_reads_the_service_sockets_and_not_the_clients(nofile_rais
         for s in opened:
             s.close()
 
+
+HOLDER = r"""
+import os, socket, sys
+lsock = socket.socket()
+lsock.bind(("127.0.0.1", 0))
+lsock.listen(1024)
+log = open(os.devnull, "rb")            # descriptors that are not held sockets on the port
+pair = socket.socketpair()
+out = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+print(lsock.getsockname()[1], flush=True)
+held = [lsock.accept()[0] for _ in range(int(sys.argv[2]))]
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_descriptor_sample_reads_what_sock_diag_reads(nofile_raised):
+    """A real process holding 400 accepted sockets with unread bytes of different sizes, a
+    listener, a file, a socket pair and an outbound connection on another port: read
+    through its descriptors (pidfd_getfd, every one), the held sockets on its port and
+    their buffer figures are exactly sock_diag's; drawn (64 per sample), the count and the
+    buffers are estimates near them, and the Sampler says how many it read."""
+    elsewhere = socket.socket()
+    elsewhere.bind(("127.0.0.1", 0))
+    elsewhere.listen(8)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(elsewhere.getsockname()[1]), "400"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    clients = []
+    try:
+        port = int(proc.stdout.readline())
+        for i in range(400):
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+            clients[-1].sendall(b"x" * (200 + 50 * (i % 40)))
+        assert proc.stdout.readline().strip() == "held"
+        fields = servicecost.BUFFER_FIELDS
+        index = [sockdiag.SKMEM_FIELDS.index(k) for k in fields]
+        exact = sockdiag.dump_skmem(socket.AF_UNSPEC, sockdiag.HELD_STATES, sockdiag.port_filter([port]), fields)
+        every = fdsample.service([proc.pid], port, sockdiag.HELD_STATES, budget=100_000)
+        assert exact[0] == 400 and exact[1][0] > 0
+        assert (every.sockets, every.held_read) == (400, 400)
+        assert [every.sums[i] for i in index] == exact[1]
+        drawn = fdsample.service([proc.pid], port, sockdiag.HELD_STATES, budget=64, seed=7)
+        assert 64 <= drawn.held_read < 400
+        assert abs(drawn.sockets - 400) <= 400 * 0.05
+        assert abs(drawn.sums[index[0]] - exact[1][0]) <= exact[1][0] * 0.25
+        sampler = servicecost.Sampler(port)
+        assert sampler.sample().sampled == 0                       # 400 held: every socket
+        servicecost.SAMPLE_FROM, saved = 0, servicecost.SAMPLE_FROM
+        try:
+            sample = sampler.sample()
+        finally:
+            servicecost.SAMPLE_FROM = saved
+        assert sample.sampled > 0 and abs(sample.sockets - 400) <= 400 * 0.05
+        assert sample.kernel_bytes == sample.sockets * sample.slab_bytes_per_socket + sample.socket_buffer_bytes
+    finally:
+        for s in clients:
+            s.close()
+        proc.kill()
+        proc.wait()
+        elsewhere.close()
+
+
+def test_step_table_marks_sampled_figures():
+    """A step whose sockets were sampled shows its kernel figure with '~' and a line says
+    how many sockets the estimate rests on; an exact step shows none."""
+    from tuner import render   # the text side, for this one test
+
+    def row(held, sampled):
+        return {"step": 1, "connections": held, "service_memory_bytes": 50 << 20,
+                "service_kernel_bytes": held * 4028, "service_cpu_seconds": 1.0,
+                "latency_ms": None, "service_sampled": sampled}
+
+    text = "\n".join(render.step_table({"steps": [row(10_000, 0), row(100_000, 1148)], "ramp": {}}, 100))
+    assert "~384.1 MiB" in text and "~38.4 MiB" not in text
+    assert "up to 1,148 held sockets read through the service's descriptors" in text
+    plain = "\n".join(render.step_table({"steps": [row(10_000, 0)], "ramp": {}}, 100))
+    assert "~" not in plain

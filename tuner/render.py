@@ -434,10 +434,15 @@ def traffic_rows(r: dict) -> List[list]:
 def step_table(r: dict, width: Optional[int]) -> List[str]:
     """--step: one row per step (the service's figures are '-' when it is not on this
     host), and the latency sentence."""
-    rows = [[number(s["connections"]), size(s["service_memory_bytes"]), size(s["service_kernel_bytes"]),
+    rows = [[number(s["connections"]), size(s["service_memory_bytes"]),
+             ("~" if s.get("service_sampled") else "") + size(s["service_kernel_bytes"]),
              number(s["service_cpu_seconds"], 2), latency_cell(s["latency_ms"])] for s in r["steps"]]
     lines = ["", table(rows, ["held", "service memory", "sockets' kernel", "CPU s",
                               "p50 / p90 / p99 / max"], width)]
+    sampled = [s["service_sampled"] for s in r["steps"] if s.get("service_sampled")]
+    if sampled:
+        lines.append(f"~ estimated from a sample: up to {number(max(sampled))} held sockets read "
+                     f"through the service's descriptors")
     if r.get("service"):
         lines.append(r["service"]["sentence"])
     if r["ramp"].get("sentence"):

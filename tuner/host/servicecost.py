@@ -11,13 +11,18 @@ What one sample reads, and why it stays cheap at 100,000 held connections:
   page shared by nginx's or a Node cluster's workers is counted once across them (RSS
   would count it in each).  The kernel walks the process's page tables for it, O(its
   mapped memory), not O(its descriptors); /proc/PID/fd is never listed.
-- kernel: one sock_diag dump, filtered in the kernel to the held sockets (established,
-  close-wait) whose local port is `port`, for both address families in one walk of the
-  socket table (the v1 request), each answer carrying INET_DIAG_SKMEMINFO: buffers
-  queued (rmem_alloc, wmem_queued), memory reserved for them (fwd_alloc) and socket
-  options (optmem), summed in C over each recv(); plus the slab objects each socket
-  pins (tuner/host/memory.py's per-socket objects, the knob table's idle estimate,
-  epoll's watch included), counted, not read per socket.
+- kernel: while the service holds fewer than SAMPLE_FROM descriptors, every held socket
+  (established, close-wait) whose local port is `port`: one sock_diag dump, filtered in
+  the kernel, for both address families in one walk of the socket table, each answer
+  carrying INET_DIAG_SKMEMINFO: buffers queued (rmem_alloc, wmem_queued), memory
+  reserved for them (fwd_alloc) and socket options (optmem), summed in C over each
+  recv().  Past it, a walk alone costs more than the goal (every socket of the host,
+  the load generator's too: ~150 ms a sample at 100,000 held on this host), so the held
+  sockets are counted and their buffers summed from a bounded random sample of the
+  service's own descriptors (tuner.host.fdsample: ~20 ms at 100,000), and the sample
+  says how many it read (`sampled`).  Plus the slab objects each socket pins
+  (tuner/host/memory.py's per-socket objects, the knob table's idle estimate, epoll's
+  watch included), counted, not read per socket.
 - CPU: utime + stime of /proc/PID/stat of every process (clock ticks -> seconds).
 - heap: the V8 heap's committed pages, from /proc/PID/maps (one line per mapping, no
   page walk): what Node's --max-old-space-size is checked against (see v8_heap_bytes).
@@ -34,11 +39,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from tuner.host import memory, netns, procfs, procpid, sockdiag
+from tuner.host import fdsample, memory, netns, procfs, procpid, sockdiag
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The SKMEMINFO figures that are memory the sockets hold (rcvbuf and sndbuf are limits).
 BUFFER_FIELDS = ("rmem_alloc", "wmem_queued", "fwd_alloc", "optmem")
+# Past this many open descriptors of the service, its held sockets are sampled through
+# its descriptors (tuner.host.fdsample) rather than each read through sock_diag: below,
+# a dump costs ~25 ms here (20,000 held, both ends on this host); at 100,000, ~150 ms.
+SAMPLE_FROM = 20_000
+SAMPLE_BUDGET = 1024           # open descriptors drawn per sample, over all processes
 _SMAPS_KEYS = {b"Pss:": "pss", b"Rss:": "rss", b"Pss_Anon:": "pss_anon"}
 
 
@@ -62,6 +72,9 @@ class Sample:
     heap_bytes          V8 heap pages committed, summed (v8_heap_bytes; 0 without V8)
     took_ms             what taking this sample cost, wall time
     skmem               the BUFFER_FIELDS sums apart, bytes
+    sampled             0: every held socket was read (sock_diag); else how many held
+                        sockets were read through the service's descriptors, `sockets`
+                        and the buffer figures estimated from them (tuner.host.fdsample)
     """
 
     at: float
@@ -80,6 +93,7 @@ class Sample:
     took_ms: float = 0.0
     heap_bytes: int = 0
     skmem: Dict[str, int] = field(default_factory=dict)
+    sampled: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -216,6 +230,7 @@ class Sampler:
         self.families = tuple(families)
         self.bytecode = sockdiag.port_filter([port])
         self.slab_bytes, self.slab_source = slab_per_socket()
+        self.descriptors = True      # False once fdsample could not read them here
         self.unspec = True           # False once the kernel refused the v1 dump
 
     def sample(self) -> Sample:
@@ -233,8 +248,7 @@ class Sampler:
                 alive.append(pid)
             except (FileNotFoundError, ProcessLookupError):
                 continue   # exited between the listing and the read
-        count, sums = self.dump()
-        skmem = dict(zip(BUFFER_FIELDS, sums))
+        count, skmem, sampled = self.sockets(alive)
         buffers = sum(skmem[k] for k in BUFFER_FIELDS)
         slab = count * self.slab_bytes
         return Sample(at=t0, wall=wall, pids=alive, memory_bytes=mem["pss"], rss_bytes=mem["rss"],
@@ -243,7 +257,24 @@ class Sampler:
                       kernel_bytes=buffers + slab, slab_bytes_per_socket=self.slab_bytes,
                       slab_source=self.slab_source, heap_bytes=heap,
                       took_ms=round((time.monotonic() - t0) * 1000, 2),
-                      skmem=skmem)
+                      skmem=skmem, sampled=sampled)
+
+    def sockets(self, pids: Sequence[int]):
+        """(held sockets on the port, {BUFFER_FIELDS: bytes}, sampled): every socket
+        through sock_diag while the service holds fewer than SAMPLE_FROM descriptors,
+        a sample of its descriptors past that (fdsample), sock_diag again wherever the
+        descriptors cannot be read."""
+        opened = fdsample.open_descriptors(pids) if self.descriptors else None
+        if opened is not None and opened >= SAMPLE_FROM:
+            try:
+                est = fdsample.service(pids, self.port, sockdiag.HELD_STATES, SAMPLE_BUDGET)
+                index = [sockdiag.SKMEM_FIELDS.index(k) for k in BUFFER_FIELDS]
+                return (round(est.sockets), {k: round(est.sums[i]) for k, i in zip(BUFFER_FIELDS, index)},
+                        est.held_read)
+            except fdsample.Unsupported:
+                self.descriptors = False     # not on this host: every socket from now on
+        count, sums = self.dump()
+        return count, dict(zip(BUFFER_FIELDS, sums)), 0
 
     def dump(self):
         """(held sockets on the port, their BUFFER_FIELDS sums), every one read: one walk
