@@ -17,13 +17,22 @@ import os
 import socket
 import subprocess
 
+import json
+
 import realservers
-from tuner import cost
+from conftest import run_tuner
+from test_metrics import one, parse
+from test_plot import svg_texts
+from tuner import cost, metrics, schemas
 from tuner.host import servicecost
 
 HEAP_MB = 512
 DOUBLES = 8192                      # 64 KiB of numbers per connection
 RAMP = (0, 500, 1000, 1500, 2000, 2500, 3000)   # to about half of where it fails (~6,100)
+# By construction: an array of 8,192 doubles is 65,552 bytes with its header and three fit
+# in a 256 KiB V8 page (a fourth would need 64 bytes more), so each connection commits a
+# third of a page of old generation; the ws objects fill the pages' last quarters.
+HEAP_PER_CONNECTION = (256 << 10) / 3
 
 
 def ws_open(port: int) -> socket.socket:
@@ -113,3 +122,38 @@ def test_a_small_young_generation_read_from_its_flag_leaves_the_heap_measurable(
     assert heap["counts"] == "heap" and heap["young"] == 2 << 20, heap
     print(f"projected {d['projected_max']}, node failed at {failed_at}: {d['sentence']}")
     assert abs(d["projected_max"] - failed_at) <= 0.10 * failed_at, (d["projected_max"], failed_at, d)
+
+
+def test_a_step_run_carries_the_heap_to_the_json_the_plot_and_the_metrics(nofile_raised, tmp_path):
+    """`tuner probe --connect ws:// --step` against the same server: each row has the V8
+    heap, the heap slope is what the server commits by construction (within 10%), the
+    document holds to its schema, the plot draws the heap the projection follows and
+    the metrics export its slope."""
+    node_dir = realservers.need_ws()
+    proc = subprocess.Popen([realservers.need("node"), f"--max-old-space-size={HEAP_MB}",
+                             os.path.join(node_dir, "ws_heap.js"), "0", str(DOUBLES)], cwd=node_dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        run = run_tuner("probe", "--connect", f"ws://127.0.0.1:{port}/", "-n", 3000, "--step", 500,
+                        "--settle", 0.5, "--json", "-q", timeout=300)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    schemas.validate(doc)
+    heap = [r["service_heap_bytes"] for r in doc["steps"]]
+    assert heap == sorted(heap) and heap[-1] > 200 << 20, heap
+    service = doc["service"]
+    assert service["binding"] == f"--max-old-space-size={HEAP_MB} (command line)", service
+    per = service["bytes_per_connection"]["heap"]
+    assert abs(per - HEAP_PER_CONNECTION) <= 0.10 * HEAP_PER_CONNECTION, service
+    path = tmp_path / "ramp.json"
+    path.write_text(run.stdout)
+    drawn = run_tuner("plot", str(path), "-o", str(tmp_path / "ramp.svg"))
+    assert drawn.returncode == 0, drawn.stderr
+    assert 'id="run1-heap"' in (tmp_path / "ramp.svg").read_text()
+    assert "its V8 heap, which the heap limit counts" in svg_texts(tmp_path / "ramp.svg")
+    samples = parse(open(metrics.write_probe_textfile(str(tmp_path), doc)).read())
+    assert one(samples, "tuner_probe_service_memory_bytes_per_connection", part="heap") == per

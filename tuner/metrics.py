@@ -212,7 +212,7 @@ def _probe(key):
 
 def _service_cost(r: dict):
     per = (r.get("service") or {}).get("bytes_per_connection") or {}
-    return [((part,), per[part]) for part in ("application", "kernel") if per.get(part) is not None]
+    return [((part,), per[part]) for part in ("application", "kernel", "heap") if per.get(part) is not None]
 
 
 PROBE_METRICS: List[Metric] = [
@@ -235,7 +235,8 @@ PROBE_METRICS: List[Metric] = [
            "Workers' USS per connection (probe user_bytes_per_conn).", _probe("user_bytes_per_conn")),
     Metric("tuner_probe_service_memory_bytes_per_connection", GAUGE, ("part",),
            "What one held connection costs the probed service, measured by a --step run (probe "
-           "service.bytes_per_connection: its own memory and its sockets' kernel memory apart); "
+           "service.bytes_per_connection: its own memory and its sockets' kernel memory apart, and "
+           "heap: its V8 heap's committed pages where Node's heap limit is set against them); "
            "absent without a measured slope.", lambda r: _service_cost(r)),
     Metric("tuner_probe_service_projected_connections", GAUGE, ("limit",),
            "Where the probed service's memory stops it, projected from a --step run (probe "

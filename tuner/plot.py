@@ -233,6 +233,7 @@ def cost_panels(fig, runs: Sequence[Run]) -> None:
             x = [r["connections"] for r in steps]
             y = [(r["service_memory_bytes"] + (r.get("service_kernel_bytes") or 0)) / (1 << 20) for r in steps]
             memory_ax.plot(x, y, color=color, marker="o", markersize=3.5, label=run.label, gid=f"run{i}-memory")
+            _heap_line(memory_ax, run.doc.get("service") or {}, steps, color, i)
         timed = [r for r in run.doc.get("steps") or [] if r.get("latency_ms")]
         if timed:
             p99_ax.plot([r["connections"] for r in timed], [r["latency_ms"]["p99"] for r in timed], color=color,
@@ -246,6 +247,18 @@ def cost_panels(fig, runs: Sequence[Run]) -> None:
     for ax in (memory_ax, p99_ax):
         ax.grid(True, linewidth=0.4, alpha=0.5)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+
+
+def _heap_line(ax, service: dict, steps: Sequence[dict], color: str, i: int) -> None:
+    """When the limit that binds is set against the V8 heap (Node's heap limit), that
+    heap's committed pages, dashed: the line the projection follows, not the PSS one."""
+    binding = [l for l in service.get("limits") or () if l.get("name") == service.get("binding")]
+    rows = [r for r in steps if r.get("service_heap_bytes") is not None]
+    if binding and binding[0].get("counts") == "heap" and rows:
+        ax.plot([r["connections"] for r in rows], [r["service_heap_bytes"] / (1 << 20) for r in rows],
+                color=color, linestyle="--", linewidth=1, gid=f"run{i}-heap")
+        ax.text(0.02, 0.88, "dashed: its V8 heap, which the heap limit counts",
+                transform=ax.transAxes, fontsize=7, va="top", color=color, gid="heap-words")
 
 
 def _mark_projection(ax, service: dict, color: str) -> None:
