@@ -52,6 +52,20 @@ def test_heap_slope_starts_past_the_young_generation_and_needs_growth_past_it():
     assert cost.heap_fit(rows, 0).points == 7
 
 
+def test_a_run_file_with_a_figure_that_is_not_a_number_is_not_a_step_run(tmp_path):
+    """diagnose --cost reads numbers only: the optional heap and buffer figures too."""
+    import json
+
+    row = {"connections": 10, "service_memory_bytes": 1, "service_kernel_bytes": 1}
+    for extra in ({"service_heap_bytes": "1e9"}, {"service_buffer_bytes": [1]}, {"service_heap_bytes": True}):
+        path = tmp_path / "run.json"
+        path.write_text(json.dumps({"steps": [row, dict(row, **extra)]}))
+        with pytest.raises(ValueError, match="not a step run"):
+            cost.rows_of_run(str(path))
+    path.write_text(json.dumps({"steps": [row, dict(row, service_heap_bytes=None, service_buffer_bytes=3)]}))
+    assert len(cost.rows_of_run(str(path))) == 2
+
+
 def test_without_a_slope_the_memory_row_is_unknown_not_zero():
     d = cost.project([{"connections": 10, "service_memory_bytes": 1 << 20, "service_kernel_bytes": 0}],
                      [os.getpid()])

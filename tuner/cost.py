@@ -278,8 +278,14 @@ def rows_of_run(path: str) -> List[dict]:
         raise ValueError(f"--cost {path}: cannot read it as JSON ({e})") from None
     steps = doc.get("steps") if isinstance(doc, dict) else None
     keys = ("connections", "service_memory_bytes", "service_kernel_bytes")
-    if not isinstance(steps, list) or not all(isinstance(r, dict) and all(
-            isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for k in keys) for r in steps):
+    optional = ("service_buffer_bytes", "service_heap_bytes")   # a number or null when there
+
+    def number_(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(steps, list) or not all(isinstance(r, dict) and all(number_(r.get(k)) for k in keys)
+                                              and all(r.get(k) is None or number_(r[k]) for k in optional)
+                                              for r in steps):
         raise ValueError(f"--cost {path}: not a step run (write one with 'tuner probe --connect URL "
                          f"-n N --step K --json > FILE')")
     return steps
