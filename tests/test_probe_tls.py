@@ -224,19 +224,21 @@ def test_a_server_stalling_mid_handshake_is_counted_as_the_servers():
     assert "100 stalled in the TLS handshake" in doc["stalled"]["sentence"]
 
 
-def test_a_worker_keeps_at_most_in_flight_handshakes_at_once():
+@pytest.mark.parametrize("args", [(), ("--tls-in-flight", "4")])
+def test_a_worker_keeps_at_most_in_flight_handshakes_at_once(args):
     """Opened together, the handshakes' temporaries fragment the heap under the held
     connections' state (bench/bench_services.py: 1.39x the SSLObject floor, 1.02x with
-    the window): a worker opens IN_FLIGHT, and before the window widens (a second
-    without a decision, after this run's deadline) no more."""
+    the window): a worker opens IN_FLIGHT (or --tls-in-flight), and before the window
+    widens (a second without a decision, after this run's deadline) no more."""
     from probes.protocols.tls import IN_FLIGHT
+    window = int(args[1]) if args else IN_FLIGHT
     staller = Staller()
     try:
-        rc, doc, err = connect(f"https://127.0.0.1:{staller.port}/", 100, timeout=0.5)
+        rc, doc, err = connect(f"https://127.0.0.1:{staller.port}/", 100, *args, timeout=0.5)
     finally:
         staller.close()
     assert rc == 3 and doc["workers"] == 1 and doc["verified"] == 0, err
-    assert doc["attempted"] == IN_FLIGHT and sum(failures(doc).values()) == IN_FLIGHT, doc["server"]
+    assert doc["attempted"] == window and sum(failures(doc).values()) == window, doc["server"]
 
 
 @pytest.mark.parametrize("args,named", [

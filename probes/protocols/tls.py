@@ -69,6 +69,7 @@ class TlsSettings:
     key: Optional[str] = None
     version: Optional[str] = None
     resume: bool = False
+    in_flight: int = 0            # handshakes a worker keeps in flight (0: IN_FLIGHT)
 
 
 def context(settings: TlsSettings, default_alpn: Tuple[str, ...] = ()) -> ssl.SSLContext:
@@ -134,13 +135,13 @@ class Tls(Transport):
 
     name = "tls"
     per_connection = True
-    in_flight = IN_FLIGHT
 
     def __init__(self, settings: TlsSettings, host: str, default_alpn: Tuple[str, ...] = ()):
         self.settings = settings
         self.ctx = context(settings, default_alpn)
         self.hostname = settings.sni or host
         self.default_alpn = default_alpn
+        self.in_flight = settings.in_flight or IN_FLIGHT
         self.session: Optional[ssl.SSLSession] = None
         self.full = self.resumed = 0
         self.kinds: Counter = Counter()          # 'TLSv1.3 TLS_AES_256_GCM_SHA384 X25519' -> count
@@ -339,6 +340,10 @@ OPTIONS = (
     Option("tls_version", "--tls-version", "1.2|1.3", "speak this TLS version only."),
     Option("resume", "--resume", "", "resume the first full handshake's session on every later connection "
                                      "(what resumption saves the server).", default=False, kind=bool),
+    Option("tls_in_flight", "--tls-in-flight", "N",
+           f"handshakes each worker keeps in flight (default {IN_FLIGHT}: more fragment the probe's memory under "
+           "the held connections; raise it against a distant server, where round trips rather than CPU bound "
+           "the open rate).", default=IN_FLIGHT, kind=int, bounds=(1, 4096)),
 )
 
 
@@ -355,7 +360,8 @@ def over(plain: Scheme, name: str, order: int, default_port: Optional[int], alpn
     def build(target: Target, options: dict) -> Protocol:
         settings = TlsSettings(ca=options["ca"], insecure=options["insecure"], sni=options["sni"],
                                alpn=tuple(options["alpn"]), cert=options["cert"], key=options["key"],
-                               version=options["tls_version"], resume=options["resume"])
+                               version=options["tls_version"], resume=options["resume"],
+                               in_flight=options["tls_in_flight"])
         inner = plain.build(replace(target, scheme=plain.name), {o.name: options[o.name] for o in plain.options})
         inner.transport = Tls(settings, url_host(target.host_header), alpn)
         inner.name = name

@@ -25,6 +25,7 @@ CONNECT_OPTIONS = {
     'key': {'type': 'str', 'no_log': False},
     'tls_version': {'type': 'str'},
     'resume': {'type': 'bool', 'default': False},
+    'tls_in_flight': {'type': 'int', 'default': 32},
     'step': {'type': 'int'},
     'settle': {'type': 'float', 'default': 1.0},
     'ping_every': {'type': 'float'},
@@ -32,5 +33,5 @@ CONNECT_OPTIONS = {
 }
 # The protocol's options (handed to it as they are given) and the ramp's (the
 # connect settings' own).
-PROTOCOL = ('send', 'expect', 'method', 'headers', 'subprotocol', 'client_id_prefix', 'username', 'password', 'keepalive', 'ca', 'insecure', 'sni', 'alpn', 'cert', 'key', 'tls_version', 'resume')
+PROTOCOL = ('send', 'expect', 'method', 'headers', 'subprotocol', 'client_id_prefix', 'username', 'password', 'keepalive', 'ca', 'insecure', 'sni', 'alpn', 'cert', 'key', 'tls_version', 'resume', 'tls_in_flight')
 RAMP = ('step', 'settle', 'ping_every', 'max_p99')
