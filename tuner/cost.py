@@ -17,6 +17,11 @@ allows, named like every other limit:
                 GOMEMLIMIT as soft): each of W connection-holding processes has its own
                 heap, so allows = W * (cap - idle base) / application slope; or, where
                 the adapter says the heap is V8's, / the V8 heap's own slope (heap_slope)
+    its own     a cap the application sets against what it counts itself, not its PSS
+                (Redis maxmemory-clients: it evicts clients past it; maxmemory, soft:
+                writes fail past it): the probe reads its count at each step (the rows'
+                service_own) and the line fitted to it meets the cap at allows; without
+                such rows, what it counts per connection now
 
 `project` takes the fewest (soft limits are listed, never binding) and says it in one
 sentence: "the service would hold 412,000 on this host: its cgroup memory limit binds
@@ -33,8 +38,8 @@ from tuner.host import procfs, procpid
 from tuner.host.numfmt import number, size
 
 # Where a limit is set and what it counts.
-CGROUP, HOST, TCP_MEM, RUNTIME = "cgroup", "host", "tcp_mem", "runtime"
-ALL, APPLICATION, BUFFERS, HEAP = "all", "application", "buffers", "heap"
+CGROUP, HOST, TCP_MEM, RUNTIME, OWN_CAP = "cgroup", "host", "tcp_mem", "runtime", "application"
+ALL, APPLICATION, BUFFERS, HEAP, OWN = "all", "application", "buffers", "heap", "own count"
 # A slope is read only over at least this many connections between the first and last
 # point: a handful of connections is within the noise of a process's own allocations.
 MIN_SPAN = 16
@@ -83,6 +88,12 @@ class MemoryLimit:
     allows: Optional[int] = None
     young: int = 0              # HEAP: what the runtime commits beside the cap (V8's young generation)
     note: str = ""              # why it is set against another slope than its own
+    # OWN: bytes per connection as the application counts them, the connections where it
+    # was seen acting on the cap (Redis evicted clients), what it does past it.
+    per_connection: Optional[int] = None
+    acted_at: Optional[int] = None
+    does: str = ""
+    kind: str = ""              # OWN: the adapter's MemoryCap kind (what it counts)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,6 +174,8 @@ def read_limits(pids: Sequence[int]) -> List[MemoryLimit]:
 def allows(limit: MemoryLimit, held: int, slopes: Dict[str, Optional[float]]) -> Optional[int]:
     """Connections the limit allows at these slopes (bytes per connection); None when
     the slope it is set against is unknown or does not grow."""
+    if limit.counts == OWN:
+        return limit.allows          # set from the application's own count (own_limits)
     slope = slopes.get(limit.counts)
     if slope is None or slope <= 0 or limit.headroom is None:
         return None
@@ -224,17 +237,55 @@ def rate_heap(limits: List[MemoryLimit], rows: Sequence[dict], slopes: dict, fit
 
 
 WHO = {CGROUP: "its cgroup memory limit", HOST: "the host's available memory",
-       TCP_MEM: "the kernel's TCP buffer memory limit (tcp_mem)", RUNTIME: "its runtime's heap limit"}
+       TCP_MEM: "the kernel's TCP buffer memory limit (tcp_mem)", RUNTIME: "its runtime's heap limit",
+       OWN_CAP: "its own client memory limit"}
+
+
+def own_reading(cap) -> dict:
+    """What a step row keeps of an adapter's own-counted cap (tuner.apps.base.MemoryCap)."""
+    return {"name": cap.name, "kind": cap.kind, "bytes": cap.bytes, "source": cap.source, "does": cap.does,
+            "used": cap.used, "connections": cap.connections, "evicted": cap.evicted}
+
+
+def own_limits(rows: Sequence[dict], own: Optional[Sequence[dict]]) -> List[MemoryLimit]:
+    """The caps the application sets against its own count (`own`: read now, else the last
+    row's service_own), each with the connections it allows: where the line fitted to the
+    rows' own count (before it first acted on the cap) meets it, else what it counts per
+    connection now."""
+    own = own if own is not None else ((rows[-1].get("service_own") if rows else None) or [])
+    out = []
+    for cap in own:
+        if cap.get("used") is None or not cap.get("bytes"):
+            continue
+        readings = [r for row in rows for r in (row.get("service_own") or ()) if r.get("kind") == cap["kind"]]
+        first = readings[0].get("evicted") if readings else None
+        acted = next((r["connections"] for r in readings if (r.get("evicted") or 0) > (first or 0)), None)
+        line = fit([(r["connections"], r["used"]) for r in readings if r.get("evicted") == first])
+        if line is not None and line.slope > 0:
+            per, allows = line.slope, int((cap["bytes"] - line.intercept) / line.slope)
+        elif cap.get("connections"):
+            per = cap["used"] / cap["connections"]
+            allows = cap["connections"] + int((cap["bytes"] - cap["used"]) / per) if per > 0 else None
+        else:
+            continue
+        out.append(MemoryLimit(cap["name"], OWN_CAP, cap["bytes"], cap["bytes"] - cap["used"], cap["source"],
+                               OWN, soft=cap["kind"] == "data", allows=None if allows is None else max(allows, 0),
+                               per_connection=_round(per), acted_at=acted, does=cap.get("does", ""),
+                               kind=cap["kind"]))
+    return out
 
 
 def project(rows: Sequence[dict], pids: Sequence[int],
-            limits: Optional[List[MemoryLimit]] = None, held: Optional[int] = None) -> dict:
+            limits: Optional[List[MemoryLimit]] = None, held: Optional[int] = None,
+            own: Optional[Sequence[dict]] = None) -> dict:
     """The `service` object of the probe's connect document and of diagnose: bytes per
     connection (application and kernel apart, with their r^2), every memory limit with
-    the connections it allows, the one that binds first and the sentence saying so."""
+    the connections it allows, the one that binds first and the sentence saying so.
+    `own`: the application's own-counted caps read now (diagnose), else the rows'."""
     slopes, fits = slopes_of(rows)
     limits = read_limits(pids) if limits is None else limits
     rate_heap(limits, rows, slopes, fits)
+    limits = limits + own_limits(rows, own)
     # What it holds when its limits were read: the last row's count for the probe, the
     # count now for diagnose (its limits' headroom is read now).
     held = max((r.get("connections") or 0 for r in rows), default=0) if held is None else held
@@ -297,6 +348,8 @@ def _round(value: Optional[float]) -> Optional[int]:
 
 def sentence(d: dict, binding: Optional[MemoryLimit]) -> str:
     per = d["bytes_per_connection"]
+    if binding is not None and binding.counts == OWN:
+        return own_sentence(binding, d)
     if per[APPLICATION] is None or per["kernel"] is None:
         return ("what a connection costs the service is unknown: no slope was measured (it needs "
                 f"samples at connection counts at least {MIN_SPAN} apart), so no memory limit is "
@@ -313,3 +366,16 @@ def sentence(d: dict, binding: Optional[MemoryLimit]) -> str:
         limit = f"{limit}; {binding.note}"
     return (f"the service would hold {number(binding.allows)} on this host: {WHO[binding.where]} "
             f"binds first ({cost}; {limit})")
+
+
+def own_sentence(binding: MemoryLimit, d: dict) -> str:
+    """'the service would hold 2,310 on this host: its own client memory limit binds first
+    (maxmemory-clients 4.0 MiB: 1.8 KiB per connection as the application counts it; ...)'."""
+    text = (f"the service would hold {number(binding.allows)} on this host: {WHO[OWN_CAP]} binds "
+            f"first ({binding.name}, {binding.does}: {size(binding.per_connection)} per connection "
+            f"as the application counts it")
+    if binding.acted_at is not None:
+        text += f"; it began evicting clients by {number(binding.acted_at)} connections"
+    soft = [l for l in d["limits"] if l["soft"] and l["counts"] == OWN and l["allows"] is not None]
+    text += "".join(f"; past {number(l['allows'])}, {l['name']}: {l['does']}" for l in soft)
+    return text + ")"

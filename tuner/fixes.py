@@ -137,6 +137,16 @@ def app_fix(d) -> List[Suggestion]:
                    "; ".join(w for w in (held, nofile, f["why"]) if w))]
 
 
+def memory_fix(d) -> List[Suggestion]:
+    """The application's own memory cap that binds (Redis maxmemory-clients): its setting,
+    as its adapter sized it (service_cost.memory_limit.fix)."""
+    f = ((d.service_cost or {}).get("memory_limit") or {}).get("fix")
+    if f is None:
+        return []
+    return [config(f["lines"], f["file"], f["command"], f["action"],
+                   f"{d.service_cost['binding']} binds: with it, {f['why']}")]
+
+
 def _next_limit(d, app_label: str) -> Optional[int]:
     """What the service holds once the application's cap is out of the way: the tightest
     of the other limits (the per-process ones summed over the processes)."""
@@ -341,7 +351,7 @@ def limit_fix(d, limit: str, n: int, somaxconn: Optional[int]) -> Optional[Sugge
 
 def fixes(d, procs, snap) -> List[Suggestion]:
     """Every fix the diagnosis asks for, the application's own first, each command once."""
-    out = app_fix(d) + fd_fixes(d, procs)
+    out = app_fix(d) + memory_fix(d) + fd_fixes(d, procs)
     out += sysctl_fix(d, out)
     out += process_knob_fixes(d, procs) + host_fix(d)
     out += backlog_fixes(d, snap, out)

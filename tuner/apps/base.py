@@ -263,8 +263,10 @@ def unknown(app: str, setting: str, where: str, *unread: str) -> AppCap:
 # What a runtime's own memory cap counts (MemoryCap.kind): the heap its objects live in
 # (the runtime fails past it: the JVM's OutOfMemoryError, V8's "heap limit" abort), a soft
 # target the runtime collects harder to stay under (Go's GOMEMLIMIT: nothing fails there),
-# or the data the application stores (Redis maxmemory: clients are not refused there).
-HEAP, SOFT, DATA = "heap", "soft", "data"
+# the data the application stores (Redis maxmemory: clients are not refused there, writes
+# are), or the memory of its clients as the application itself counts it (Redis
+# maxmemory-clients: past it the application disconnects clients, a connection cap).
+HEAP, SOFT, DATA, CLIENTS = "heap", "soft", "data", "clients"
 
 
 @dataclass
@@ -283,6 +285,19 @@ class MemoryCap:
     # it, and grows first while objects survive (V8's two semi-spaces).
     heap_pages: bool = False
     young: int = 0
+    # DATA and CLIENTS caps are set against what the application itself counts, not its
+    # PSS: what it counts now against the cap and over how many connections, and what it
+    # did past the cap so far (Redis: clients evicted), read with the cap.
+    used: Optional[int] = None
+    connections: Optional[int] = None
+    evicted: Optional[int] = None
+    name: str = ""                     # the setting's short name: "maxmemory-clients 1 MiB"
+    does: str = ""                     # what the application does past it: "evicts clients"
+
+    @property
+    def per_connection(self) -> Optional[float]:
+        """Bytes per connection as the application counts them now (used / connections)."""
+        return self.used / self.connections if self.used is not None and self.connections else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -314,6 +329,17 @@ class Adapter:
     def memory_cap(self, proc: ProcView) -> Optional[MemoryCap]:
         """The runtime's own memory cap (its heap limit), None when it has none: read from
         its flags and environment, never by running it."""
+        return None
+
+    def memory_caps(self, proc: ProcView) -> List[MemoryCap]:
+        """Every memory cap of the application's own (a runtime's heap; Redis's
+        maxmemory-clients and maxmemory, read from the server): its memory_cap by default."""
+        cap = self.memory_cap(proc)
+        return [] if cap is None else [cap]
+
+    def memory_fix(self, proc: ProcView, kind: str, want: int, per_connection: float) -> Optional[AppFix]:
+        """The setting that lets its own memory cap of `kind` hold `want` connections at
+        `per_connection` bytes each (as the application counts them); None: none."""
         return None
 
 

@@ -16,6 +16,15 @@ command line's own `--maxclients`, with the reduction above computed from the pr
 descriptor limit.  Redis retitles its process ("redis-server 127.0.0.1:6379"), so the
 config file is usually no longer on its command line: the fix takes it from `INFO
 server`'s config_file (read under the trust rules; a file not there is said so).
+
+Its memory caps (issue 26, `memory_caps`), asked the same way (INFO memory, clients,
+stats; CONFIG GET maxmemory-clients): `maxmemory-clients` (Redis 7.0+, bytes or a
+percentage of maxmemory, at least 128 KiB) is a connection cap: once all its clients
+together count more, Redis frees the ones using the most memory (evictClients,
+INFO stats evicted_clients).  It is set against Redis's own count of its clients
+(mem_clients_normal), not its PSS, so the probe reads that count at each step and the
+cost model fits it.  `maxmemory` is where writes fail (noeviction: -OOM) or keys go,
+clients' memory counted in it; connections are still accepted there (a soft limit).
 """
 from __future__ import annotations
 
@@ -25,14 +34,27 @@ import socket
 from typing import Dict, List, Optional, Tuple
 
 from tuner.host import trust
+from tuner.host.numfmt import size
 from . import base
-from .base import AppCap, AppFix, ProcView
+from .base import AppCap, AppFix, MemoryCap, ProcView
 
 RESERVED_FDS = 32            # CONFIG_MIN_RESERVED_FDS in Redis's server.h
 DEFAULT_MAXCLIENTS = 10000   # config.c: createUIntConfig("maxclients", ..., 10000, ...)
 INCLUDE_DEPTH = 8
 REPLY_MAX = 64 << 10
 REPLY_DEPTH = 32             # arrays in arrays: INFO and CONFIG GET answer one level
+# networking.c getClientEvictionLimit: a maxmemory-clients below this is taken as this, so
+# a bad setting cannot cut every client off.
+CLIENT_EVICTION_MIN = 128 << 10
+# What a client costs Redis as it counts it (networking.c getClientMemoryUsage: its struct,
+# its reply buffer, its query buffer's allocation, its argv): a new one gets a 16 KiB reply
+# buffer (PROTO_REPLY_CHUNK_BYTES) that clientsCron shrinks to 1 KiB (PROTO_REPLY_MIN_BYTES)
+# while its replies stay small (measured on 7.0.15: within two seconds); a command read grows
+# its query buffer to 16 KiB (PROTO_IOBUF_LEN; 20,472 B counted, jemalloc's 20 KiB class),
+# given back after 2 s idle (clientsCronResizeQueryBuffer).  Measured: an idle client counts
+# 1,800 B (CLIENT LIST tot-mem: its 768 B struct, the 1 KiB reply buffer, an 8 B empty
+# query buffer), one that sent a command in the last ~3 s 22,272 B.
+REPLY_CHUNK, REPLY_MIN, IOBUF = 16 << 10, 1 << 10, 16 << 10
 NAMES = ("redis-server", "redis-check-rdb")   # Debian links redis-server to redis-check-rdb
 
 
@@ -394,6 +416,111 @@ def tls_notes(proc: ProcView) -> List[str]:
             f"tuner probe --connect over TLS measures it"]
 
 
+# ---------------------------------------------------------------- its memory caps (issue 26)
+
+def client_eviction_limit(setting: str, maxmemory: int) -> Optional[int]:
+    """Bytes Redis evicts clients past (networking.c getClientEvictionLimit): CONFIG GET
+    maxmemory-clients as bytes or "P%" of maxmemory (none while maxmemory is 0), at least
+    128 KiB; None when client eviction is off (0) or the answer is none of those."""
+    text = setting.strip()
+    if text.endswith("%") and text[:-1].isdigit():
+        limit = maxmemory * int(text[:-1]) // 100 if maxmemory > 0 else 0
+    elif text.isdigit():
+        limit = int(text)
+    else:
+        return None
+    return max(limit, CLIENT_EVICTION_MIN) if limit > 0 else None
+
+
+def _figures(proc: ProcView, port: int) -> Tuple[Dict[str, str], Optional[str], str]:
+    """(INFO memory + clients + stats fields, maxmemory-clients or None before Redis 7,
+    where).  INFO memory is the connection's first command: tuner's own client is not yet
+    counted in mem_clients_normal (Redis counts a client after its first command)."""
+    with base.local_connect(proc, port) as sock:
+        where = "INFO memory over {}:{}".format(*sock.getpeername()[:2])
+        fields: Dict[str, str] = {}
+        for section in ("memory", "clients", "stats"):
+            fields.update(info_fields(str(ask(sock, "INFO", section))))
+        got = ask(sock, "CONFIG", "GET", "maxmemory-clients")
+    setting = str(got[1]) if isinstance(got, list) and len(got) == 2 else None
+    return fields, setting, where
+
+
+def _number(fields: Dict[str, str], key: str) -> Optional[int]:
+    value = fields.get(key, "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def clients_cap(fields: Dict[str, str], setting: str, where: str) -> Optional[MemoryCap]:
+    """maxmemory-clients as a connection cap: Redis frees the clients using the most
+    memory, biggest first, once all clients together count more (evictClients)."""
+    limit = client_eviction_limit(setting, _number(fields, "maxmemory") or 0)
+    if limit is None:
+        return None
+    clients = max((_number(fields, "connected_clients") or 1) - 1, 0)   # less tuner's question
+    shown = setting if setting.endswith("%") else size(int(setting))
+    cap = MemoryCap(limit, f"maxmemory-clients {shown} ({where.replace('INFO memory', 'CONFIG GET')})",
+                    base.CLIENTS, base.READ, why=(
+                        "Redis disconnects the clients using the most memory (INFO stats evicted_clients) "
+                        "once all its clients together count more (networking.c evictClients): an idle "
+                        f"client counts its struct and a {size(REPLY_MIN)} reply buffer (~1.8 KiB), a new "
+                        f"one a {size(REPLY_CHUNK)} reply buffer for its first second or two and one that "
+                        f"sent a command in the last ~3 s a {size(IOBUF)} query buffer more (~22 KiB), "
+                        "so busy clients are evicted long before as many idle ones"),
+                    used=_number(fields, "mem_clients_normal"), connections=clients,
+                    evicted=_number(fields, "evicted_clients"), name=f"maxmemory-clients {shown}",
+                    does="it evicts clients past it")
+    if setting.endswith("%") and limit == CLIENT_EVICTION_MIN:
+        cap.why += f" ({setting} of maxmemory is below Redis's floor of {size(CLIENT_EVICTION_MIN)})"
+    return cap
+
+
+def clients_fix(want: int, per: float, path: Optional[str], port: Optional[int]) -> AppFix:
+    """maxmemory-clients for `want` clients at `per` bytes each (whole MiB), set live."""
+    mib = -(-int(want * per) // (1 << 20))
+    cli = "redis-cli" + (f" -p {port}" if port and port != 6379 else "")
+    command = f"{cli} CONFIG SET maxmemory-clients {mib}mb" + (f" && {cli} CONFIG REWRITE" if path else "")
+    why = (f"{want:,} clients at the {size(per)} each counted; CONFIG SET takes it live"
+           + ("; CONFIG REWRITE keeps it in the config file" if path else
+              "; put the line in its config file too, or a restart loses it")
+           + "; 0 turns client eviction off")
+    return AppFix([f"maxmemory-clients {mib}mb"], path, None, base.RELOAD, command, want, why)
+
+
+def data_cap(fields: Dict[str, str], where: str) -> Optional[MemoryCap]:
+    """maxmemory: what all of Redis's memory (its clients' included) may reach before
+    writes fail or keys go; connections are still accepted past it (a soft limit here)."""
+    maxmemory = _number(fields, "maxmemory") or 0
+    if maxmemory <= 0:
+        return None
+    policy = fields.get("maxmemory_policy", "noeviction").strip()
+    clients = max((_number(fields, "connected_clients") or 1) - 1, 0)
+    why = ("past it Redis answers every write with -OOM (noeviction); connections are still accepted "
+           "and reads still answered" if policy == "noeviction" else
+           f"past it Redis evicts keys ({policy}) to make room, its clients' memory counted in "
+           f"used_memory; once nothing is left to evict, writes answer -OOM; connections are still "
+           f"accepted")
+    name = f"maxmemory {size(maxmemory)} ({policy})"
+    does = "writes answer -OOM" if policy == "noeviction" else "keys are evicted to make room"
+    return MemoryCap(maxmemory, f"{name} ({where})", base.DATA, base.READ, why=why,
+                     used=_number(fields, "used_memory"), connections=clients, name=name, does=does)
+
+
+def memory_caps(proc: ProcView) -> List[MemoryCap]:
+    """maxmemory-clients (a connection cap) and maxmemory (where writes fail), as the
+    running server holds them; none when it cannot be asked (its cap says why)."""
+    port = proc.ports[0] if proc.ports else None
+    if port is None:
+        return []
+    try:
+        fields, setting, where = _figures(proc, port)
+    except (Refused, OSError, base.Untrusted, ValueError):
+        return []
+    caps = [clients_cap(fields, setting, where) if setting is not None else None,
+            data_cap(fields, where)]
+    return [c for c in caps if c is not None]
+
+
 class Redis(base.Adapter):
     name = "redis"
     # redis.conf tcp-backlog (server.c: listen(fd, server.tcp_backlog)), read at start only.
@@ -411,6 +538,15 @@ class Redis(base.Adapter):
     def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
         port = proc.ports[0] if proc.ports else None
         return fix_for(proc, want, config_from_info(proc, port, []) or config_path(proc), port, cap.allows)
+
+    def memory_caps(self, proc: ProcView) -> List[MemoryCap]:
+        return memory_caps(proc)
+
+    def memory_fix(self, proc: ProcView, kind: str, want: int, per_connection: float) -> Optional[AppFix]:
+        if kind != base.CLIENTS or not per_connection or per_connection <= 0:
+            return None
+        port = proc.ports[0] if proc.ports else None
+        return clients_fix(want, per_connection, config_from_info(proc, port, []) or config_path(proc), port)
 
 
 ADAPTER = Redis()

@@ -148,12 +148,21 @@ def diagnose(pids: Sequence[int] = (), port: Optional[int] = None, unit: Optiona
     # Here: only --cost fits a slope and reads the memory limits (tuner.cost).
     from tuner import cost
 
-    spent = None if cost_rows is None else cost.project(cost_rows, [p.pid for p in procs], held=conns.held)
+    spent = None if cost_rows is None else cost.project(cost_rows, [p.pid for p in procs], held=conns.held,
+                                                       own=_own_caps(app))
     diag = evaluate(procs, own, conns, snap, target, _task_count(), app, spent)
     for p in supervisors:
         diag.notes.append(f"pid {p.pid} ({p.name}) holds the listeners its children accept on "
                           f"(a pre-fork master): it is not counted in the service's capacity")
     return diag
+
+
+def _own_caps(app: Optional[App]) -> Optional[List[dict]]:
+    """The application's own-counted memory caps read now (Redis maxmemory-clients), in the
+    shape of a step row's service_own; None when its adapter was not asked."""
+    from tuner import cost   # only with --cost
+    caps = app.memory_caps() if app is not None else None
+    return None if caps is None else [cost.own_reading(c) for c in caps if c.used is not None]
 
 
 def _own_listeners(procs) -> List[Any]:
@@ -223,7 +232,8 @@ def read_app(procs, own, app_limit: Optional[int] = None) -> Optional[App]:
         cap = adapter.read(view)
     except (OSError, ValueError, apps.Untrusted) as e:
         cap = apps.base.unknown(adapter.name, "cap", "?", f"reading it failed: {e}")
-    return App(cap, lambda want: adapter.fix(view, cap, want))
+    return App(cap, lambda want: adapter.fix(view, cap, want), lambda: adapter.memory_caps(view),
+               lambda kind, want, per: adapter.memory_fix(view, kind, want, per))
 
 
 def _task_count() -> Optional[int]:
@@ -288,6 +298,10 @@ class App:
 
     cap: AppCap
     fix_for: Callable[[int], Optional[AppFix]] = lambda want: None
+    # Its own memory caps read now (None: not read, a step run's readings stand), and the
+    # setting that lets one of a kind hold `want` at `per_connection` bytes each.
+    memory_caps: Callable[[], Optional[list]] = lambda: None
+    memory_fix: Callable[[str, int, float], Optional[AppFix]] = lambda kind, want, per: None
 
 
 @dataclass
@@ -608,9 +622,26 @@ def _finish(d: Diagnosis, procs, snap, app: Optional[App]) -> None:
     if app is not None and want is not None:
         f = app.fix_for(want)
         d.application["fix"] = None if f is None else f.to_dict()
+    _memory_fix(d, app)
     d.fix = fixes(d, procs, snap)
     d.notes = (_client_notes(d) + (list(app.cap.notes) if app is not None else [])
                + _backlog_note(d))
+
+
+def _memory_fix(d: Diagnosis, app: Optional[App]) -> None:
+    """When the application's own memory cap binds (Redis maxmemory-clients), its adapter's
+    setting for the target, else for the application's connection cap, at the bytes per
+    connection it counts: service_cost.memory_limit.fix."""
+    spent = d.service_cost
+    if app is None or spent is None or spent.get("memory_limit") is None or d.binding_limit is None \
+            or not d.binding_limit.startswith("memory ("):
+        return
+    limit = next((l for l in spent["limits"] if l["name"] == spent["binding"]), None)
+    want = d.target or app.cap.allows
+    if limit is None or not limit.get("kind") or not want or want <= (limit["allows"] or 0):
+        return
+    f = app.memory_fix(limit["kind"], want, limit["per_connection"])
+    spent["memory_limit"]["fix"] = None if f is None else f.to_dict()
 
 
 def _value(current) -> str:

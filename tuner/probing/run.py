@@ -180,11 +180,14 @@ def run_split(cfg, netns=None, quiet: bool = False):
     serving = cfg.MODE == "serve"
     total = (cfg.expect or 0) if serving else cfg.connections
     meter = None if serving else ServerCpu(cfg.protocol()[0], netns)
+    own = OwnCount(meter.pids, cfg.protocol()[0]) if meter is not None and cfg.step else None
     with Progress(total, "serve" if serving else "connect", stream=sys.stderr, quiet=quiet) as bar:
         def on_event(event):
             kind = event.get("event")
             if meter is not None:
                 meter.on_event(event)
+            if own is not None:
+                own.on_event(event)
             if kind in ("listening", "plan"):
                 bar.note(f"{kind}: {event['describe']}")
             elif kind == "progress" and serving:
@@ -202,7 +205,38 @@ def run_split(cfg, netns=None, quiet: bool = False):
             result = launch.run(cfg, netns=netns, on_event=on_event)
     if meter is not None:
         meter.fill(result["cpu"])
+    if own is not None:
+        own.fill(result)
     return result
+
+
+class OwnCount:
+    """What the service counts itself against its own memory caps (its adapter's
+    memory_caps: Redis's mem_clients_normal against maxmemory-clients, used_memory against
+    maxmemory), read when each --step row is taken, while its connections are held: at
+    the end of the run they are closed and the count is gone."""
+
+    def __init__(self, pids: List[int], target):
+        from tuner import apps   # only a --step run against a service on this host reads it
+
+        self.readings: dict = {}
+        self.view = self.adapter = None
+        if pids:
+            self.view = apps.base.view(min(pids), [(target.host, target.port)], depth=0)
+            self.adapter = apps.find(self.view)
+
+    def on_event(self, event: dict) -> None:
+        if event.get("event") == "step" and self.adapter is not None:
+            from tuner import cost   # the reading's shape is the cost model's
+            caps = self.adapter.memory_caps(self.view)
+            self.readings[event["step"]] = [cost.own_reading(c) for c in caps if c.used is not None]
+
+    def fill(self, result) -> None:
+        """Each step row's readings, in the rows and in the ramp's copies of them."""
+        ramp = result["ramp"] or {}
+        for row in (result["steps"] or []) + [ramp.get("within"), ramp.get("over")]:
+            if row is not None:
+                row["service_own"] = self.readings.get(row["step"], [])
 
 
 class ServerCpu:

@@ -1,0 +1,108 @@
+"""Redis's own memory caps (issue 26): `maxmemory-clients` is a connection cap (past it
+Redis evicts the clients using the most memory, INFO stats evicted_clients), counted in
+Redis's own accounting of its clients (INFO memory mem_clients_normal), not in its PSS.
+
+For real: a Redis with maxmemory-clients 6 MiB under `tuner probe --connect redis://...
+--step 20`; the probe reads Redis's own count at each step (the rows' service_own), fits
+it against the connections held before Redis first evicted, and projects where the line
+meets the cap.  The same ramp goes on past it, so where Redis really began evicting is
+in the rows (and in INFO stats, asked apart): the projection is within 10% of it.  Then
+`tuner diagnose --cost FILE` of that Redis names maxmemory-clients as binding, and its
+fix (CONFIG SET maxmemory-clients ... && CONFIG REWRITE), run in a shell, changes the cap.
+
+What one client costs Redis here is what the ramp does to it: each step's latency round
+PINGs the held connections, and a client that sent a command in the last ~3 s counts its
+16 KiB query buffer (22,272 B in all, measured by CLIENT LIST tot-mem); an idle one 1,800 B.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from conftest import run_tuner
+from realservers import real_server  # noqa: F401 (a fixture)
+from tuner import schemas
+from tuner.apps import redis as redis_app
+
+LIMIT = "6mb"
+LIMIT_BYTES = 6 << 20
+
+
+def ask(port: int, *words: str):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        return redis_app.ask(s, *words)
+
+
+def info(port: int, section: str) -> dict:
+    return redis_app.info_fields(str(ask(port, "INFO", section)))
+
+
+def test_client_eviction_limit_follows_redis_rule():
+    """networking.c getClientEvictionLimit: bytes, or a percentage of maxmemory (none
+    without one), never below 128 KiB; 0 is off."""
+    assert redis_app.client_eviction_limit("6291456", 0) == 6 << 20
+    assert redis_app.client_eviction_limit("10%", 100 << 20) == 10 << 20
+    assert redis_app.client_eviction_limit("1%", 1 << 20) == 128 << 10
+    assert redis_app.client_eviction_limit("1000", 0) == 128 << 10
+    assert redis_app.client_eviction_limit("10%", 0) is None
+    assert redis_app.client_eviction_limit("0", 1 << 30) is None
+    assert redis_app.client_eviction_limit("lots", 0) is None
+
+
+def _eviction_point(rows):
+    """Redis's own readings at the last row before it evicted and at the first after."""
+    own = [next(o for o in r["service_own"] if o["kind"] == "clients") for r in rows]
+    first = next(i for i, o in enumerate(own) if o["evicted"] > 0)
+    assert first >= 3, own                      # a line needs rows before it evicted
+    return own[first - 1], own[first]
+
+
+def test_maxmemory_clients_binds_and_is_projected_within_10_percent(real_server, tmp_path):
+    srv = real_server("redis", hosts=("127.0.0.1",), args=("--maxmemory-clients", LIMIT))
+    proc = run_tuner("probe", "--connect", f"redis://127.0.0.1:{srv.port}", "-n", 320, "--step", 20,
+                     "--settle", 1, "--json", "-q", timeout=400)
+    assert proc.stdout, proc.stderr
+    doc = json.loads(proc.stdout)
+    schemas.validate(doc)
+    service = doc["service"]
+    assert service["binding"] == "maxmemory-clients 6.0 MiB", service
+    assert service["memory_limit"]["bytes"] == LIMIT_BYTES
+    assert "its own client memory limit binds first" in service["sentence"], service["sentence"]
+    limit = next(l for l in service["limits"] if l["name"] == service["binding"])
+    assert limit["where"] == "application" and limit["counts"] == "own count" and limit["kind"] == "clients"
+    # Redis evicted, and says so apart from the rows.
+    assert int(info(srv.port, "stats")["evicted_clients"]) > 0
+    last_whole, first_evicted = _eviction_point(doc["steps"])
+    # It held `before` with none evicted; `after` clients had come when it had evicted some.
+    before, after = last_whole["connections"], first_evicted["connections"] + first_evicted["evicted"]
+    projected = service["projected_max"]
+    print(f"projected {projected}; Redis began evicting between {before} and {after} clients; "
+          f"{limit['per_connection']} B per client as Redis counts them: {service['sentence']}")
+    assert 0.9 * before <= projected <= 1.1 * after, (projected, before, after)
+    assert limit["acted_at"] == first_evicted["connections"]
+    # A PINGed client counts its 16 KiB query buffer: 768 + 1,024 + 20,472 B (CLIENT LIST).
+    assert 15_000 <= limit["per_connection"] <= 30_000, limit
+
+    # diagnose --cost FILE: the same rows, the cap read now, the memory row binds, and
+    # its fix is the adapter's CONFIG SET, which run as printed moves the cap.
+    run = tmp_path / "run.json"
+    run.write_text(proc.stdout)
+    run.chmod(0o600)
+    p = subprocess.run([sys.executable, "-m", "tuner", "diagnose", "--port", str(srv.port), "--cost", str(run),
+                        "--json"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    schemas.validate(d)
+    assert d["binding_limit"] == "memory (maxmemory-clients 6.0 MiB)", d["verdict"]
+    assert abs(d["max_connections"] - projected) <= 0.02 * projected, (d["max_connections"], projected)
+    assert "maxmemory-clients 6.0 MiB" in d["verdict"]
+    fix = next(f for f in d["fix"] if f.get("lines") and f["lines"][0].startswith("maxmemory-clients "))
+    assert "CONFIG SET maxmemory-clients" in fix["then"] and "CONFIG REWRITE" in fix["then"], fix
+    mib = int(fix["lines"][0].split()[1].removesuffix("mb"))
+    assert mib > 6
+    subprocess.run(fix["then"], shell=True, check=True, capture_output=True, timeout=30,
+                   env={**os.environ, "PATH": "/usr/bin:/bin"})
+    assert ask(srv.port, "CONFIG", "GET", "maxmemory-clients")[1] == str(mib << 20)
+    with open(srv.config) as f:
+        assert f"maxmemory-clients {mib}mb" in f.read()
