@@ -18,12 +18,17 @@ import socket
 import subprocess
 
 import json
+import time
+import uuid
+
+import pytest
 
 import realservers
 from conftest import run_tuner
 from test_metrics import one, parse
 from test_plot import svg_texts
 from tuner import cost, metrics, schemas
+from tuner.apps import base, node as node_app
 from tuner.host import servicecost
 
 HEAP_MB = 512
@@ -157,3 +162,60 @@ def test_a_step_run_carries_the_heap_to_the_json_the_plot_and_the_metrics(nofile
     assert "its V8 heap, which the heap limit counts" in svg_texts(tmp_path / "ramp.svg")
     samples = parse(open(metrics.write_probe_textfile(str(tmp_path), doc)).read())
     assert one(samples, "tuner_probe_service_memory_bytes_per_connection", part="heap") == per
+
+
+V1_MEMORY = "/sys/fs/cgroup/memory"
+MiB, GiB = 1 << 20, 1 << 30
+
+
+@pytest.fixture
+def memory_cgroup_of():
+    """memory_cgroup_of(limit) -> a fresh cgroup v1 memory group of that limit; all
+    removed at the end."""
+    if not os.path.exists(os.path.join(V1_MEMORY, "memory.limit_in_bytes")):
+        pytest.skip("no cgroup v1 memory controller mounted here")
+    made = []
+
+    def make(limit: int) -> str:
+        path = os.path.join(V1_MEMORY, f"tuner-node-{uuid.uuid4().hex[:8]}")
+        os.mkdir(path)
+        made.append(path)
+        with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(limit))
+        return path
+
+    yield make
+    for path in made:
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.1)      # the process's pages are still being freed
+        assert not os.path.exists(path)
+
+
+# Oracle: what V8 itself says its limit is (heap_size_limit: the old space plus three
+# semi-spaces), printed by a node that then waits on its stdin while the adapter reads it.
+SAY_LIMIT = ("process.stdout.write(require('v8').getHeapStatistics().heap_size_limit + '\\n');"
+             "process.stdin.resume()")
+
+
+@pytest.mark.parametrize("limit,flags", [(1 * GiB, ()), (3 * GiB, ()), (12 * GiB, ()),
+                                         (2 * GiB, ("--max-old-space-size=512",)),
+                                         (12 * GiB, ("--max-semi-space-size=3",))])
+def test_node_heap_limit_and_young_generation_are_what_v8_says(memory_cgroup_of, limit, flags):
+    """The Node adapter's heap cap and young generation against V8's own heap_size_limit
+    for a node in a memory cgroup: half the memory it sees, at most 2 GiB below 16 GiB
+    (a quarter at most 4 GiB, as this adapter had it, said 3 GiB under 12 GiB, where V8
+    aborts at 2), and semi-spaces sized from that, not from --max-old-space-size."""
+    procs = os.path.join(memory_cgroup_of(limit), "cgroup.procs")
+    proc = subprocess.Popen(["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", realservers.need("node"),
+                             *flags, "-e", SAY_LIMIT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        says = int(proc.stdout.readline())
+        cap = node_app.memory_cap(base.view(proc.pid, depth=0))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert cap.bytes + 3 * cap.young // 2 == says, (cap, says / MiB)
