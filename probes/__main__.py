@@ -2,7 +2,9 @@
 
     python -m probes --connections 100000 [--json]     summary (or the result as JSON) on stdout,
                                                        progress lines on stderr
-    python -m probes --jsonl --config '{...}'          one JSON event per line (run_probe's feed)
+    python -m probes --jsonl --config - < SETTINGS     one JSON event per line (run_probe's feed),
+                                                       the settings as JSON on stdin (a credential in
+                                                       them stays out of the command line)
     python -m probes --serve ADDR:PORT [--expect N --hold S] [--json|--jsonl]
                                                        the server side of a probe across hosts
     python -m probes --connect URL -n N [--source-net CIDR] [--json|--jsonl]
@@ -25,6 +27,8 @@ from . import modes
 from .config import ProbeConfig, ProbeConfigError
 from .result import EXIT_USAGE
 
+MAX_SETTINGS = 16 << 20   # bytes of --config on stdin: far past any configuration (a few KB)
+
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m probes", description=__doc__.split("\n\n")[0])
@@ -41,7 +45,8 @@ def parse(argv):
     p.add_argument("--worker-nofile", type=int, help="RLIMIT_NOFILE in workers (to provoke EMFILE)")
     p.add_argument("--accept-pause", type=float, default=0.0, help="sleep after each accept round")
     p.add_argument("--progress-interval", type=float, default=0.25)
-    p.add_argument("--config", help="all settings as a JSON object (overrides the flags)")
+    p.add_argument("--config", help="all settings as a JSON object (overrides the flags); '-' reads it "
+                                    "from stdin (keep a protocol's password there, not in argv)")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--serve", metavar="ADDR:PORT", help="serve the wire exchange to remote clients")
     split.add_argument("--connect", metavar="URL", help="open the connections to a --serve elsewhere "
@@ -58,13 +63,28 @@ def parse(argv):
     return p.parse_args(argv)
 
 
+def settings(args) -> dict:
+    """--config's JSON object: the text given, or with '-' stdin's, read to its end; then
+    stdin is /dev/null, so the forked workers do not hold the pipe."""
+    if args.config != "-":
+        return json.loads(args.config)
+    with os.fdopen(os.dup(0), "rb") as f:
+        text = f.read(MAX_SETTINGS + 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    if len(text) > MAX_SETTINGS:
+        raise ValueError(f"--config -: more than {MAX_SETTINGS:,} bytes of settings on stdin")
+    return json.loads(text)
+
+
 def config_from(args):
     """The configuration of the mode asked for: ProbeConfig, ServeConfig or ConnectConfig."""
     workers = None if args.workers == "auto" else int(args.workers)
     if args.serve:
         from .serve import ServeConfig
         if args.config:
-            return ServeConfig.from_dict(json.loads(args.config))
+            return ServeConfig.from_dict(settings(args))
         return ServeConfig(listen=args.serve, expect=args.expect,
                            hold=args.hold,
                            timeout=args.timeout, echo_timeout=args.echo_timeout, workers=workers,
@@ -72,13 +92,13 @@ def config_from(args):
     if args.connect:
         from .connect import ConnectConfig
         if args.config:
-            return ConnectConfig.from_dict(json.loads(args.config))
+            return ConnectConfig.from_dict(settings(args))
         return ConnectConfig(target=args.connect, connections=args.connections,
                              source_net=None if (args.source_net or "none") == "none" else args.source_net,
                              rate=args.rate, hold=args.hold or 0.0, timeout=args.timeout, workers=workers,
                              worker_nofile=args.worker_nofile, progress_interval=args.progress_interval)
     if args.config:
-        return ProbeConfig.from_dict(json.loads(args.config))
+        return ProbeConfig.from_dict(settings(args))
     return ProbeConfig(connections=args.connections, hold=args.hold or 0.0, rate=args.rate, workers=workers or "auto",
                        per_worker=args.per_worker, source_net=args.source_net or "127.0.0.0/8", port=args.port,
                        timeout=args.timeout, worker_nofile=args.worker_nofile,

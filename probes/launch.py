@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from . import modes
 from .config import ProbeConfig, ProbeConfigError
@@ -36,14 +36,19 @@ class ProbeError(RuntimeError):
     """The probe machinery itself failed (not a limit of the host): message has the detail."""
 
 
-def command(config, netns: Optional[str] = None, python: str = sys.executable) -> list:
-    """The argv that runs any mode's `config` as a lean orchestrator emitting JSON lines,
-    inside `ip netns exec` when the configuration (the local probe's) or `netns` says."""
+def command(config, netns: Optional[str] = None, python: str = sys.executable) -> Tuple[list, str]:
+    """(argv, stdin): the argv that runs any mode's `config` as a lean orchestrator
+    emitting JSON lines, inside `ip netns exec` when the configuration (the local
+    probe's) or `netns` says, and the settings it reads from its stdin (`--config -`).
+    The settings never go in argv: every user reads any process's command line
+    (/proc/PID/cmdline, ps), and they may hold a credential (a protocol's secret
+    option: a broker's password); a pipe is read by the orchestrator alone, and `ip
+    netns exec` hands its stdin on through exec."""
     settings = config.to_dict()
     netns = settings.pop("netns", None) or netns
     argv = [python, "-m", "probes", "--jsonl", "--parent-pid", str(os.getpid()), *config.mode_argv(),
-            "--config", json.dumps(settings)]
-    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+            "--config", "-"]
+    return (["ip", "netns", "exec", netns, *argv] if netns else argv), json.dumps(settings)
 
 
 def run(config, netns: Optional[str] = None, on_event: Optional[Callable[[dict], None]] = None) -> ModeResult:
@@ -52,7 +57,8 @@ def run(config, netns: Optional[str] = None, on_event: Optional[Callable[[dict],
     listening, progress)."""
     config.validate()
     name = "orchestrator" if config.MODE == "local" else config.MODE
-    return modes.result_type(config).from_dict(follow_events(command(config, netns), name, on_event))
+    argv, settings = command(config, netns)
+    return modes.result_type(config).from_dict(follow_events(argv, name, on_event, settings))
 
 
 class ProbeInterrupted(ProbeError):
@@ -101,8 +107,32 @@ def _takes_five(fn) -> bool:
             or sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 5)
 
 
-def follow_events(argv: list, name: str, on_event: Optional[Callable[[dict], None]]) -> dict:
-    """Start the orchestrator (argv), feed its events to on_event, return its result dict.
+def _env() -> dict:
+    """Ours, with this package first on PYTHONPATH (the lean interpreter imports it)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _start(argv: list, settings: str, stderr) -> subprocess.Popen:
+    """The orchestrator, started with the settings on its stdin, then EOF.  One that died
+    first (`ip netns exec` of a namespace that is gone) closed the pipe: its exit says why."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=_env(),
+                            text=True, bufsize=1)
+    try:
+        proc.stdin.write(settings)
+        proc.stdin.close()
+    except BrokenPipeError:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:   # the close flushed what the write had buffered
+            pass
+    return proc
+
+
+def follow_events(argv: list, name: str, on_event: Optional[Callable[[dict], None]], settings: str = "") -> dict:
+    """Start the orchestrator (argv), hand it `settings` on stdin, feed its events to
+    on_event, return its result dict.
 
     SIGTERM and SIGINT to this process are passed on to the orchestrator, which ends its
     workers and still reports: whoever stops a probe (Ctrl-C, kill, a service manager)
@@ -112,12 +142,10 @@ def follow_events(argv: list, name: str, on_event: Optional[Callable[[dict], Non
     KeyboardInterrupt.  Handlers can only be set from the main thread; elsewhere the
     caller's own handling stands.
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     state = {"result": None, "error": None}
     got: list = []   # the signals this process received, in order
     with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True, bufsize=1)
+        proc = _start(argv, settings, stderr)
 
         def forward(signum, frame):
             got.append(signum)

@@ -111,10 +111,32 @@ def run_tuner(*args, env=None, env_extra=None, timeout=120, check_rc=None):
     return proc
 
 
+MARKER_VAR = "TUNER_TEST_MARKER"
+
+
+def marked(marker: str, env=None) -> dict:
+    """An environment (ours, or env) carrying marker.  A probe's orchestrator reads its
+    settings from stdin, not its command line (a credential must not be in ps), so a
+    marker given in a configuration (--timeout 37.0413) is in no command line of the
+    orchestrator or its workers: they inherit their caller's environment instead."""
+    return dict(os.environ if env is None else env, **{MARKER_VAR: marker})
+
+
 def processes_with(marker: str) -> list:
-    """PIDs whose command line holds marker (probe workers are forks: same command line)."""
+    """PIDs whose command line holds marker (probe workers are forks: same command line),
+    or whose environment has it as marked() puts it."""
     out = subprocess.run(["pgrep", "-f", "--", marker], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split() if int(p) != os.getpid()]
+    found = {int(p) for p in out.split()}
+    needle = f"{MARKER_VAR}={marker}".encode()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        found.add(int(name))
+            except OSError:   # gone meanwhile, or a kernel thread's
+                pass
+    return sorted(found - {os.getpid()})
 
 
 def wait_gone(marker: str, seconds: float = 5.0) -> list:

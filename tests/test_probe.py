@@ -19,7 +19,7 @@ import pytest
 from probes import ProbeConfig, ProbeConfigError, ProbeResult, run_probe
 from probes import classify, kernel
 from probes.launch import PACKAGE_ROOT
-from conftest import processes_with, wait_gone
+from conftest import MARKER_VAR, marked, processes_with, wait_gone
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the probe tests use network namespaces")
 
@@ -44,7 +44,8 @@ def probe_env() -> dict:
     return dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
 
 
-def test_verifies_every_connection_and_leaves_nothing_behind(netns):
+def test_verifies_every_connection_and_leaves_nothing_behind(netns, monkeypatch):
+    monkeypatch.setenv(MARKER_VAR, "37.0413")   # the orchestrator and its workers inherit it
     progress = []
     plans = []
     result = run_probe(ProbeConfig(connections=20000, hold=0.3, timeout=37.0413, netns=netns),
@@ -155,7 +156,7 @@ def test_killed_caller_takes_the_probe_down(netns):
             f"    if phase == 'hold': print('holding', flush=True)\n"
             f"run_probe(ProbeConfig(connections=5000, hold=60, timeout={marker}, netns={netns!r}), seen)\n")
     caller = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              env=probe_env())
+                              env=marked(marker, probe_env()))
     try:
         assert caller.stdout.readline().strip() == "holding"
         assert tcp_inuse(netns) >= 10000

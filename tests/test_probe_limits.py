@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from conftest import run_tuner, wait_gone
+from conftest import marked, run_tuner, wait_gone
 from probes.launch import PACKAGE_ROOT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups, prlimit and namespaces need root")
@@ -36,7 +36,7 @@ def test_fork_eagain_in_a_pids_cgroup_is_the_pids_limit_with_a_summary(pids_cgro
     proc = subprocess.run(
         ["sh", "-c", f'echo $$ > {pids_cgroup}/cgroup.procs && exec {wrap}"$0" -m tuner "$@"', sys.executable,
          "probe", "-n", "2000", "--workers", "40", "--timeout", marker, "--force", "--json"],
-        capture_output=True, text=True, timeout=120, env=ENV)
+        capture_output=True, text=True, timeout=120, env=marked(marker, ENV))
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr and "BlockingIOError" not in proc.stderr
     result = json.loads(proc.stdout)
@@ -53,7 +53,8 @@ def test_timeout_bounds_a_ramp_that_cannot_finish_and_nothing_is_killed(netns):
     worker waits on the stop pipe, not in a sleep tuner must SIGKILL and then blame on
     the OOM killer)."""
     marker = "3.0629"
-    proc = run_tuner("probe", "--netns", netns, "-n", 10, "--rate", "1e-9", "--timeout", marker, "--json")
+    proc = run_tuner("probe", "--netns", netns, "-n", 10, "--rate", "1e-9", "--timeout", marker, "--json",
+                     env=marked(marker))
     assert proc.returncode == 3, proc.stderr
     result = json.loads(proc.stdout)
     assert result["stopped_by"] == "timeout" and result["verified"] == 1
@@ -67,7 +68,7 @@ def test_ctrl_c_ends_a_slow_ramp_at_once_with_its_summary(netns):
     marker = "600.0631"
     proc = subprocess.Popen([sys.executable, "-m", "tuner", "probe", "--netns", netns, "-n", "10",
                              "--rate", "1e-9", "--timeout", marker, "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=marked(marker, ENV))
     try:
         for line in proc.stderr:
             if line.startswith("plan:"):

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from applyhelp import addresses
-from conftest import make_netns, processes_with, remove_netns, run_tuner, wait_gone
+from conftest import make_netns, marked, processes_with, remove_netns, run_tuner, wait_gone
 from probes import wire
 from probes.launch import PACKAGE_ROOT
 from tuner import render
@@ -41,10 +41,15 @@ def ip(*args) -> None:
 
 
 def tuner_in(ns: str, *args, **kwargs) -> subprocess.Popen:
-    """`tuner ARGS` as a process inside namespace ns (stdout: the JSON result)."""
-    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "tuner", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT), **kwargs)
+    """`tuner ARGS` as a process inside namespace ns (stdout: the JSON result); its
+    --timeout, which tests choose as a marker, marks its environment (conftest.marked),
+    so processes_with finds its orchestrator and workers too."""
+    argv = [str(a) for a in args]
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+    if "--timeout" in argv[:-1]:
+        env = marked(argv[argv.index("--timeout") + 1], env)
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "tuner", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 
 
 @pytest.fixture
