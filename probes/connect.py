@@ -88,7 +88,9 @@ class ConnectConfig:
                 target = protocols.Target(**self.resolved) if self.resolved else protocols.parse_target(self.target)
                 if protocols.scheme(target.scheme) is None:
                     raise protocols.TargetError(f"{self.target!r}: unknown scheme {target.scheme!r}")
-                made = self.__dict__["_made"] = target, protocols.make(target, **self.options)
+                options = protocols.read_files(target, self.options)
+                made = self.__dict__["_made"] = target, protocols.make(target, **options)
+                self.options = options   # the orchestrator gets the text, read once here
             except protocols.TargetError as exc:
                 raise ProbeConfigError(f"--connect: {exc}") from None
             except TypeError:

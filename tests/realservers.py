@@ -19,7 +19,9 @@ under CI a skip is a failure: tests/conftest.py).
 """
 from __future__ import annotations
 
+import base64
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -757,17 +759,24 @@ def _postmaster_ready(srv: Server) -> bool:
 def mosquitto(*, max_connections: Optional[int] = None, hosts: Sequence[str] = LOOPBACK,
               port: Optional[int] = None, netns: Optional[str] = None,
               nofile: Union[int, tuple, None] = None, lines: Sequence[str] = (),
-              conf_d: Optional[dict] = None, timeout: float = 30.0, tls: Optional[Pair] = None) -> Server:
+              conf_d: Optional[dict] = None, timeout: float = 30.0, tls: Optional[Pair] = None,
+              users: Optional[dict] = None) -> Server:
     """mosquitto -c FILE: one `listener PORT HOST` block per host (tls: each with that
     certfile and keyfile, MQTT over TLS) (each block is its own
     listener with its own count: max_connections, when given, caps each one), anonymous
     clients allowed, no persistence, logs to stderr (server.log); `lines` go before the
     listener blocks (what Mosquitto calls the default listener's options and the global
     ones), `conf_d` {name: text} are files of an include_dir in the temp dir. Started as
-    root it drops to the `mosquitto` user its package makes; SIGHUP reloads."""
+    root it drops to the `mosquitto` user its package makes; SIGHUP reloads.  `users`
+    {name: password}: those alone may connect (a password_file, anonymous refused)."""
     binary = need("mosquitto")
     d, hosts, port = _prepare("mosquitto", hosts, port, netns)
     text = ["persistence false", "log_dest stderr", "allow_anonymous true", *lines]
+    if users:
+        path = _write(os.path.join(d, "passwd"), "".join(f"{u}:{mosquitto_hash(p)}\n" for u, p in users.items()),
+                      owner="mosquitto")
+        os.chmod(path, 0o600)
+        text += ["allow_anonymous false", f"password_file {path}"]
     if conf_d:
         inc = os.path.join(d, "conf.d")
         os.mkdir(inc, 0o755)
@@ -783,6 +792,15 @@ def mosquitto(*, max_connections: Optional[int] = None, hosts: Sequence[str] = L
     conf = _write(os.path.join(d, "mosquitto.conf"), "\n".join(text) + "\n")
     return start("mosquitto", [binary, "-c", conf], port=port, hosts=hosts, config=conf, dir=d,
                  netns=netns, nofile=nofile, timeout=timeout)
+
+
+def mosquitto_hash(password: str, iterations: int = 101) -> str:
+    """A password_file entry's hash as mosquitto_passwd writes it (Mosquitto 2.0: $7$,
+    PBKDF2-SHA512 over a 12-byte salt), made here so the password is in no command line
+    (mosquitto_passwd -b takes it in argv)."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 STARTERS = {"nginx": nginx, "nginx-packaged": nginx_packaged, "redis": redis, "haproxy": haproxy,

@@ -147,7 +147,7 @@ def test_remaining_length_is_the_specifications():
 
 @pytest.mark.parametrize("options,words", [
     ({"keepalive": 70000}, "--keepalive"), ({"keepalive": -1}, "--keepalive"),
-    ({"password": "x"}, "--password needs --username"), ({"client_id_prefix": "a\nb"}, "--client-id-prefix"),
+    ({"password": "x"}, r"--password \(or --password-file\) needs --username"), ({"client_id_prefix": "a\nb"}, "--client-id-prefix"),
 ])
 def test_bad_options(options, words):
     with pytest.raises(TargetError, match=words):

@@ -31,7 +31,7 @@ from .base import (NEED, PLAIN, READ_SIZE, REFUSED, VERIFIED, Connection, Exchan
 
 __all__ = ["NEED", "PLAIN", "READ_SIZE", "REFUSED", "VERIFIED", "Connection", "Exchange", "Option",
            "Protocol", "Scheme", "Target", "TargetError", "Transport",
-           "schemes", "scheme", "options", "owners", "parse_target", "unescape", "make"]
+           "schemes", "scheme", "options", "owners", "parse_target", "unescape", "read_files", "make"]
 
 _REGISTRY: Dict[str, Scheme] = {}
 
@@ -136,6 +136,28 @@ def unescape(text: str) -> bytes:
         return codecs.escape_decode(text.encode("utf-8"))[0]
     except ValueError as exc:
         raise TargetError(f"{text!r}: {exc}") from None
+
+
+def read_files(target: Target, given: dict) -> dict:
+    """The options given, each of the target's scheme's that names a file (Option.file_of:
+    --password-file) replaced by the file's text under the option it holds (--password):
+    what the orchestrator is handed, so its workers read no file.  TargetError for a
+    file tuner will not read, or for both forms given; an option another scheme owns is
+    left for make() to refuse, unread."""
+    out = dict(given)
+    for o in scheme(target.scheme).options:
+        if not o.file_of or not o.given(given.get(o.name, o.default)):
+            continue
+        held = next(h for h in options() if h.name == o.file_of)
+        if held.given(given.get(held.name, held.default)):
+            raise TargetError(f"{held.flag} and {o.flag} both given: give one ({o.flag} keeps it out of ps)")
+        # Only a probe given a file reads one (workers never do): the trust layer loads then.
+        from tuner.host import trust
+        try:
+            out[held.name] = trust.read_secret(str(out.pop(o.name)), o.flag)
+        except trust.UntrustedFile as exc:
+            raise TargetError(str(exc)) from None
+    return out
 
 
 def make(target: Target, **given) -> Protocol:

@@ -100,6 +100,10 @@ class Option:
     bounds: Optional[Tuple[int, int]] = None   # a number's range (the CLI refuses others)
     unit: str = ""            # a number's unit, for the CLI's refusal: 'of seconds'
     secret: bool = False      # a credential: Ansible's no_log, so no log or result shows it
+    # A FILE holding the value of the option so named (a secret's: --password-file for
+    # --password), read once where the probe is configured, as tuner reads its own
+    # files (tuner.host.trust.read_secret), so the secret is in no command line.
+    file_of: str = ""
 
     def given(self, value) -> bool:
         """Whether a value differs from the default (an option given to a scheme)."""

@@ -2,8 +2,8 @@
 deployments (EMQX, HiveMQ, VerneMQ, Mosquitto; emqtt-bench is their load tool).
 
 A connection sends CONNECT (clean session, a client id unique to it: --client-id-prefix,
-a random token per worker process and a counter; --username, --password, --keepalive)
-and reads the broker's first packet, which must be CONNACK: return code 0 verifies, any
+a random token per worker process and a counter; --username, --password-file or
+--password, --keepalive) and reads the broker's first packet, which must be CONNACK: return code 0 verifies, any
 other is the broker refusing in the specification's words (3.2.2.3: 'CONNACK 3 server
 unavailable').  The second check is PINGREQ answered by PINGRESP.  A broker at its
 connection cap (Mosquitto's max_connections) closes without a CONNACK: the worker counts
@@ -148,14 +148,14 @@ def _build(target, options) -> Mqtt:
     if len(prefix.encode("utf-8")) > 256 or any(c in prefix for c in "\0\r\n"):
         raise TargetError(f"--client-id-prefix {prefix[:40]!r}: at most 256 bytes, no control characters")
     if options["password"] is not None and options["username"] is None:
-        raise TargetError("--password needs --username (MQTT 3.1.1 sends no password without a user name)")
+        raise TargetError("--password (or --password-file) needs --username (MQTT 3.1.1 sends no password without a user name)")
     return Mqtt(prefix, keepalive, options["username"], options["password"])
 
 
 SCHEME = Scheme(
     name="mqtt", order=5, usage="mqtt://HOST[:PORT]", default_port=1883,
     does="MQTT 3.1.1 CONNECT with a clean session and a client id unique to the connection "
-         "(`--client-id-prefix`, `--username`, `--password`, `--keepalive S`); CONNACK 0 serves, any other "
+         "(`--client-id-prefix`, `--username`, `--password-file` or `--password`, `--keepalive S`); CONNACK 0 serves, any other "
          "return code is the broker refusing (`CONNACK 5 not authorized`), a close before CONNACK is the "
          "broker at its cap",
     second="PINGREQ answered by PINGRESP",
@@ -165,8 +165,12 @@ SCHEME = Scheme(
                     "counter follow.", default="tuner"),
              Option("username", "--username", "NAME", "the CONNECT's user name."),
              Option("password", "--password", "TEXT",
-                    "the CONNECT's password (needs --username; other users see it in ps: use an account "
-                    "made for the probe).", secret=True),
+                    "the CONNECT's password (needs --username; other users see it in ps: prefer "
+                    "--password-file).", secret=True),
+             Option("password_file", "--password-file", "FILE",
+                    "the CONNECT's password, read from FILE (its text, one trailing newline dropped; "
+                    "needs --username): owned by root or you, mode 600 (tuner refuses a file others "
+                    "can read, or a symlink), and kept out of every command line.", file_of="password"),
              Option("keepalive", "--keepalive", "SECONDS",
                     "the CONNECT's keep alive (default 0: the broker never times a silent connection "
                     "out; otherwise hold less than 1.5 x SECONDS: nothing is sent during the hold).",

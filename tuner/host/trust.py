@@ -64,6 +64,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import shlex
 import socket
 import stat
 import time
@@ -522,6 +523,49 @@ def open_nofollow(path: str, flags: int, what: str = "journal", mode: int = 0o60
             raise UntrustedFile(f"{what} {path} is a symlink: tuner does not follow links for "
                                 f"files it acts on as root; give the real path") from None
         raise
+
+
+SECRET_MAX = 64 << 10     # bytes of a credential file: a password, not a document
+OTHERS_RW = stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH
+
+
+def read_secret(path: str, what: str) -> str:
+    """A credential the invoker keeps in a file (`what` names the option: '--password-file'),
+    read as tuner reads its own files (rule 8: owned by root or the invoker, opened
+    without following a symlink, never blocking on a FIFO, a regular file, checked on
+    the open descriptor) and, being a secret, readable and writable by its owner alone:
+    a file others may read is refused, saying `chmod 600 FILE`.  Its text (UTF-8), one
+    trailing newline dropped (`echo TEXT > FILE` writes one); UntrustedFile otherwise."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY, what=what)
+    except OSError as e:
+        raise UntrustedFile(f"{what} {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_mode & OTHERS_RW:
+            raise UntrustedFile(f"{what} {path} is mode {stat.S_IMODE(st.st_mode):04o}: other users can read "
+                                f"it; chmod 600 {shlex.quote(path)} (and change the password if someone may have)")
+        own_file(fd, path, what=what)
+        data = _read_upto(fd, SECRET_MAX + 1)
+    finally:
+        os.close(fd)
+    if len(data) > SECRET_MAX:
+        raise UntrustedFile(f"{what} {path} is larger than {SECRET_MAX:,} bytes: not a password")
+    data = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UntrustedFile(f"{what} {path} is not UTF-8 text") from None
+
+
+def _read_upto(fd: int, limit: int) -> bytes:
+    out = b""
+    while len(out) < limit:
+        chunk = os.read(fd, limit - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
 # ---------------------------------------------------------------- text a service chose

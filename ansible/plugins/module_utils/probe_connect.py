@@ -16,6 +16,7 @@ CONNECT_OPTIONS = {
     'client_id_prefix': {'type': 'str', 'default': 'tuner'},
     'username': {'type': 'str'},
     'password': {'type': 'str', 'no_log': True},
+    'password_file': {'type': 'str', 'no_log': False},
     'keepalive': {'type': 'int', 'default': 0},
     'ca': {'type': 'str'},
     'insecure': {'type': 'bool', 'default': False},
@@ -33,5 +34,5 @@ CONNECT_OPTIONS = {
 }
 # The protocol's options (handed to it as they are given) and the ramp's (the
 # connect settings' own).
-PROTOCOL = ('send', 'expect', 'method', 'headers', 'subprotocol', 'client_id_prefix', 'username', 'password', 'keepalive', 'ca', 'insecure', 'sni', 'alpn', 'cert', 'key', 'tls_version', 'resume', 'tls_in_flight')
+PROTOCOL = ('send', 'expect', 'method', 'headers', 'subprotocol', 'client_id_prefix', 'username', 'password', 'password_file', 'keepalive', 'ca', 'insecure', 'sni', 'alpn', 'cert', 'key', 'tls_version', 'resume', 'tls_in_flight')
 RAMP = ('step', 'settle', 'ping_every', 'max_p99')
