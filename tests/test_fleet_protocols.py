@@ -16,12 +16,14 @@ import subprocess
 import sys
 
 from fleetrig import Play, ansible_bin, ansible_env
+from procscan import Scan
 from realservers import real_server, tls_certs  # noqa: F401 (fixtures)
 
 
 def play(tmp_path, text: str, **extra_vars) -> Play:
     """ansible-playbook of `text` on this host (one inventory host, `load`), every task's
-    result recorded; extra_vars go in as -e JSON."""
+    result recorded; extra_vars go in as -e @FILE (JSON, mode 600: a password among them
+    stays out of ansible-playbook's command line)."""
     env = ansible_env(str(tmp_path))
     record = str(tmp_path / "record")
     env["TUNER_RECORD"] = record
@@ -29,8 +31,11 @@ def play(tmp_path, text: str, **extra_vars) -> Play:
     inventory.write_text(json.dumps({"all": {"hosts": {"load": {
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
     (tmp_path / "play.yml").write_text(text)
+    variables = tmp_path / "vars.json"
+    variables.touch(0o600)
+    variables.write_text(json.dumps(extra_vars))
     proc = subprocess.run([ansible_bin("ansible-playbook"), "-i", str(inventory), "play.yml",
-                           "-e", json.dumps(extra_vars)], capture_output=True, text=True, env=env,
+                           "-e", f"@{variables}"], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=600, stdin=subprocess.DEVNULL)
     lines = []
     if os.path.exists(record):
@@ -153,19 +158,41 @@ MQTTS = """
         username: probe
         password: "{{ password }}"
       ignore_errors: true
+    - name: the password from a file on the managed host
+      tuner.tuner.probe:
+        mode: connect
+        server: "mqtts://127.0.0.1:{{ port }}"
+        connections: 50
+        hold: 1
+        timeout: 10
+        ca: "{{ ca }}"
+        username: probe
+        password_file: "{{ password_file }}"
 """
 
 
 def test_mqtts_through_a_playbook_verifies_the_cap_and_keeps_the_password_out(tmp_path, real_server, tls_certs):
-    srv = real_server("mosquitto", max_connections=60, tls=tls_certs.server, hosts=("127.0.0.1",))
+    """The broker checks the password (anonymous refused), so a verified connection
+    carried it; while the playbook runs, user nobody reads every /proc/PID/cmdline and
+    environ it may (tests/procscan.py) and finds it in none: not in ansible-playbook's
+    (the vars come from a file), the module's, the orchestrator's or its workers'."""
     secret = "s3cret-of-the-probe"
-    p = play(tmp_path, MQTTS, port=srv.port, ca=tls_certs.ca, password=secret)
+    srv = real_server("mosquitto", max_connections=60, tls=tls_certs.server, hosts=("127.0.0.1",),
+                      users={"probe": secret})
+    password_file = tmp_path / "mqtt.pw"
+    password_file.touch(0o600)
+    password_file.write_text(secret + "\n")
+    with Scan(secret, f"mqtts://127.0.0.1:{srv.port}") as scan:
+        p = play(tmp_path, MQTTS, port=srv.port, ca=tls_certs.ca, password=secret, password_file=str(password_file))
     rec = task(p, "through TLS, past the broker's cap")
     res = rec["result"]
     assert rec["status"] == "failed" and res["rc"] == 3 and res["verified"] == 60, p.output
     assert res["probe"]["tls"]["handshakes_full"] >= 60 and res["probe"]["checked_twice"]
+    from_file = task(p, "the password from a file on the managed host")
+    assert from_file["status"] == "ok" and from_file["result"]["verified"] == 50, p.output
+    assert len(scan.probes) >= 2 and scan.found == [], (scan.probes, scan.found)
     # password is no_log (the registry marks it secret): neither the screen nor the result shows it.
-    assert secret not in p.output and secret not in json.dumps(rec)
+    assert secret not in p.output and secret not in json.dumps(p.records)
 
 
 RAMP = """
