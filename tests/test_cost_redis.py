@@ -106,3 +106,51 @@ def test_maxmemory_clients_binds_and_is_projected_within_10_percent(real_server,
     assert ask(srv.port, "CONFIG", "GET", "maxmemory-clients")[1] == str(mib << 20)
     with open(srv.config) as f:
         assert f"maxmemory-clients {mib}mb" in f.read()
+
+
+def _client_list(port: int) -> list:
+    """CLIENT LIST as one dict per client (its own words: tot-mem, qbuf, rbs, ...)."""
+    text = str(ask(port, "CLIENT", "LIST"))
+    return [dict(w.split("=", 1) for w in line.split() if "=" in w) for line in text.splitlines()]
+
+
+def test_an_idle_client_costs_redis_its_struct_and_its_smallest_reply_buffer(real_server):
+    """What Redis counts for a client (networking.c getClientMemoryUsage: the client struct,
+    its reply buffer, its query buffer, its argv) against what its source sizes them: a
+    client that sent a command holds a query buffer of PROTO_IOBUF_LEN (16 KiB, in jemalloc's
+    20 KiB class); idle for more than 2 s, clientsCron gives it back and shrinks the reply
+    buffer to PROTO_REPLY_MIN_BYTES (1 KiB).  Every idle client then counts the same, and
+    mem_clients_normal is that times the clients (docs/probe-services.md, Redis)."""
+    import time
+
+    srv = real_server("redis", hosts=("127.0.0.1",))
+    n = 200
+    clients = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(redis_app.command("PING"))
+            assert s.recv(16) == b"+PONG\r\n"
+            clients.append(s)
+        busy = [c for c in _client_list(srv.port) if c.get("cmd") == "ping"]
+        assert len(busy) == n and all(int(c["qbuf"]) + int(c["qbuf-free"]) >= redis_app.IOBUF for c in busy), busy[0]
+        deadline = time.monotonic() + 60
+        while True:
+            idle = [c for c in _client_list(srv.port) if c.get("cmd") == "ping"]
+            if all(c["qbuf-free"] == "0" and c["rbs"] == str(redis_app.REPLY_MIN) for c in idle):
+                break
+            assert time.monotonic() < deadline, idle[0]
+            time.sleep(0.5)
+        each = {int(c["tot-mem"]) for c in idle}
+        assert len(each) == 1, each
+        tot = each.pop()
+        struct = tot - redis_app.REPLY_MIN - 8        # 8: the empty query buffer's allocation
+        assert 256 <= struct <= 2048, tot             # sizeof(client) in a jemalloc class
+        counted = int(info(srv.port, "memory")["mem_clients_normal"])
+        print(f"an idle client counts {tot} B (struct {struct} + reply buffer {redis_app.REPLY_MIN} + 8); "
+              f"{n} count {counted} B; one that just sent a command {int(busy[0]['tot-mem'])} B")
+        # tuner's own question is counted from its first command on: at most one busy client more.
+        assert n * tot <= counted <= n * tot + int(busy[0]["tot-mem"]), (counted, n * tot)
+    finally:
+        for s in clients:
+            s.close()
