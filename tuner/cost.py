@@ -226,13 +226,15 @@ def rate_heap(limits: List[MemoryLimit], rows: Sequence[dict], slopes: dict, fit
     for limit in limits:
         if limit.counts != HEAP:
             continue
-        f = heap_fit(rows, limit.young)
+        young = limit.young * limit.processes       # each worker has its own
+        f = heap_fit(rows, young)
         if f is not None and f.slope > 0:
             slopes[HEAP], fits[HEAP] = f.slope, f
             continue
         limit.counts = APPLICATION
+        each = f" in {limit.processes} processes" if limit.processes > 1 else ""
         limit.note = (f"the V8 heap's own growth was not measurable past its young generation "
-                      f"({size(limit.young)}, which the cap does not count): ramp further; set "
+                      f"({size(young)}{each}, which the cap does not count): ramp further; set "
                       f"against the whole process's memory instead, which counts that growth too")
 
 
