@@ -1,7 +1,7 @@
 """A credential given to `tuner probe` is in no command line: the orchestrator reads its
 settings from a pipe (probes/launch.py), its workers get them by fork, and the password
 itself can come from a file (--password-file, read as tuner reads its own files:
-tuner.host.trust.read_secret).  For real: while `tuner probe --connect mqtt://` runs
+tuner.host.trust.read_secret) or a pipe (--password-file -).  For real: while `tuner probe --connect mqtt://` runs
 against a Mosquitto that checks passwords, a process of user nobody reads every
 /proc/PID/cmdline and /proc/PID/environ it may, and finds the password in none."""
 from __future__ import annotations
@@ -67,6 +67,8 @@ def test_a_symlink_another_users_file_a_fifo_and_a_directory_are_refused(tmp_pat
         trust.read_secret(str(tmp_path / "absent"), FLAG)
     with pytest.raises(trust.UntrustedFile, match="larger than"):
         trust.read_secret(secret_file(tmp_path, text="x" * (trust.SECRET_MAX + 1), name="big"), FLAG)
+    with pytest.raises(trust.UntrustedFile, match="holds no password"):
+        trust.read_secret(secret_file(tmp_path, text="\n", name="empty"), FLAG)
 
 
 @pytest.mark.parametrize("case", ["0644", "symlink", "both"])
@@ -81,6 +83,17 @@ def test_the_cli_refuses_in_one_line_with_exit_2_and_opens_nothing(tmp_path, cas
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     words = {"0644": f"chmod 600 {path}", "symlink": "is a symlink", "both": "--password and --password-file"}
     assert words[case] in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("stdin,words", [("", "--password-file - (stdin) holds no password"),
+                                         (SECRET, "--password and --password-file both given")])
+def test_password_file_dash_reads_stdin_and_refuses_what_a_file_would(stdin, words):
+    extra = ["--password", "x"] if stdin else []
+    proc = subprocess.run([sys.executable, "-m", "tuner", "probe", "--connect", "mqtt://127.0.0.1:1", "-n", "1",
+                           "--username", "u", FLAG, "-", *extra], input=stdin, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert words in proc.stderr
 
 
 # -- the orchestrator's command line ----------------------------------------------------------
@@ -116,12 +129,15 @@ def test_the_orchestrator_takes_its_settings_from_stdin_and_refuses_a_bad_one():
 
 # -- for real: Mosquitto that checks the password ---------------------------------------------
 
-def probe_in_scan(srv, *args):
-    """`tuner probe --connect mqtt://…` with ARGS under a Scan: (exit code, document, stderr, scan)."""
+def probe_in_scan(srv, *args, stdin=None):
+    """`tuner probe --connect mqtt://…` with ARGS (and stdin) under a Scan: (exit code,
+    document, stderr, scan)."""
     url = f"mqtt://127.0.0.1:{srv.port}"
+    argv = ["probe", "--connect", url, "-n", 100, "--hold", 2, "--timeout", 20, "--workers", 2, "--json", "-q",
+            "--username", "probe", *args]
     with Scan(SECRET, url) as scan:
-        proc = run_tuner("probe", "--connect", url, "-n", 100, "--hold", 2, "--timeout", 20, "--workers", 2,
-                         "--json", "-q", "--username", "probe", *args, timeout=120)
+        proc = subprocess.run([sys.executable, "-m", "tuner", *map(str, argv)], input=stdin or "",
+                              capture_output=True, text=True, timeout=120)
     assert proc.stdout, proc.stderr
     return proc.returncode, json.loads(proc.stdout), proc.stderr, scan
 
@@ -132,6 +148,10 @@ def test_no_process_shows_the_password_while_the_probe_holds_a_brokers_connectio
     assert rc == 0 and doc["verified"] == 100 and doc["checked_twice"], err   # the broker took the password
     assert len(scan.probes) >= 3, scan.probes   # the orchestrator and both workers were seen, and read
     assert scan.found == [] and SECRET not in err and SECRET not in json.dumps(doc)
+    # Piped in (a secrets manager's output): the same.
+    rc, doc, err, scan = probe_in_scan(srv, FLAG, "-", stdin=SECRET + "\n")
+    assert rc == 0 and doc["verified"] == 100, err
+    assert len(scan.probes) >= 3 and scan.found == []
     # The broker does check it: a wrong one is refused in its words.
     rc, doc, err, _ = probe_in_scan(srv, FLAG, secret_file(tmp_path, text="wrong\n", name="wrong"))
     assert rc == 3 and doc["verified"] == 0, err

@@ -631,7 +631,34 @@ class ProbeOptions:
         # A shared option (--expect) is the command's own too: --connect reads it as TEXT.
         protocol = {o.name: list(p[o.name]) if o.repeatable else p[o.name]
                     for o in protocols.options() if o.given(p[o.name])}
+        for o in protocols.options():
+            if o.file_of and protocol.get(o.name) == "-":
+                protocol[o.file_of] = _secret_from_stdin(o, protocols.options(), protocol)
+                del protocol[o.name]
         return cls(**own, protocol=protocol, given=frozenset(name for name in p if _given(ctx, name)))
+
+
+def _secret_from_stdin(option, options, given: dict) -> str:
+    """`--password-file -`: the secret from stdin, as `docker login --password-stdin`
+    takes it (a secrets manager's output piped in), or asked for without echo when stdin
+    is a terminal; either way in no command line."""
+    import getpass  # only a secret read from stdin needs it
+
+    from tuner.host import trust   # the text's rules: one home with a file's
+
+    held = next(o for o in options if o.name == option.file_of)
+    if held.name in given:
+        raise errors.UsageError(f"{held.flag} and {option.flag} both given: give one")
+    if sys.stdin is None or sys.stdin.closed:
+        raise errors.UsageError(f"{option.flag} -: no stdin to read the password from: pipe it in")
+    try:
+        if sys.stdin.isatty():
+            return getpass.getpass(f"{held.flag.lstrip('-')} for {option.flag} -: ", stream=sys.stderr)
+        return trust.secret_text(sys.stdin.buffer.read(trust.SECRET_MAX + 1), f"{option.flag} - (stdin)")
+    except trust.UntrustedFile as e:
+        raise errors.UsageError(str(e)) from None
+    except (EOFError, OSError) as e:
+        raise errors.UsageError(f"{option.flag} -: could not read the password from stdin ({e})") from None
 
 
 def _probe_local(o: ProbeOptions) -> None:

@@ -170,7 +170,8 @@ SCHEME = Scheme(
              Option("password_file", "--password-file", "FILE",
                     "the CONNECT's password, read from FILE (its text, one trailing newline dropped; "
                     "needs --username): owned by root or you, mode 600 (tuner refuses a file others "
-                    "can read, or a symlink), and kept out of every command line.", file_of="password"),
+                    "can read, or a symlink), and kept out of every command line; '-' reads it from "
+                    "stdin (a pipe, or asked for at a terminal).", file_of="password"),
              Option("keepalive", "--keepalive", "SECONDS",
                     "the CONNECT's keep alive (default 0: the broker never times a silent connection "
                     "out; otherwise hold less than 1.5 x SECONDS: nothing is sent during the hold).",

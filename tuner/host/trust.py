@@ -549,13 +549,22 @@ def read_secret(path: str, what: str) -> str:
         data = _read_upto(fd, SECRET_MAX + 1)
     finally:
         os.close(fd)
+    return secret_text(data, f"{what} {path}")
+
+
+def secret_text(data: bytes, where: str) -> str:
+    """A credential's bytes as read (from a file, or a pipe: --password-file -) as its
+    text: at most SECRET_MAX bytes, UTF-8, one trailing newline dropped, not empty (a
+    file or pipe left empty by mistake); UntrustedFile saying `where` otherwise."""
     if len(data) > SECRET_MAX:
-        raise UntrustedFile(f"{what} {path} is larger than {SECRET_MAX:,} bytes: not a password")
+        raise UntrustedFile(f"{where} is larger than {SECRET_MAX:,} bytes: not a password")
     data = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+    if not data:
+        raise UntrustedFile(f"{where} holds no password (empty)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UntrustedFile(f"{what} {path} is not UTF-8 text") from None
+        raise UntrustedFile(f"{where} is not UTF-8 text") from None
 
 
 def _read_upto(fd: int, limit: int) -> bytes:

@@ -41,7 +41,7 @@ options:
     description: "C(mode=connect) to mqtt:// or mqtts://: the CONNECT's password (needs O(username); other users see it in ps: prefer O(password_file))."
     type: str
   password_file:
-    description: "C(mode=connect) to mqtt:// or mqtts://: the CONNECT's password, read from FILE (its text, one trailing newline dropped; needs O(username)): owned by root or you, mode 600 (tuner refuses a file others can read, or a symlink), and kept out of every command line."
+    description: "C(mode=connect) to mqtt:// or mqtts://: the CONNECT's password, read from FILE (its text, one trailing newline dropped; needs O(username)): owned by root or you, mode 600 (tuner refuses a file others can read, or a symlink), and kept out of every command line; '-' reads it from stdin (a pipe, or asked for at a terminal)."
     type: str
   keepalive:
     description: "C(mode=connect) to mqtt:// or mqtts://: the CONNECT's keep alive (default 0: the broker never times a silent connection out; otherwise hold less than 1.5 x SECONDS: nothing is sent during the hold)."
