@@ -154,3 +154,40 @@ def test_an_idle_client_costs_redis_its_struct_and_its_smallest_reply_buffer(rea
     finally:
         for s in clients:
             s.close()
+
+
+def test_diagnose_watch_reads_redis_own_count_and_names_maxmemory_clients(real_server):
+    """tuner diagnose --watch samples Redis's own count of its clients beside its memory as
+    clients arrive (the rows' service_own), so its summary names maxmemory-clients, with
+    the bytes per client Redis counted, as where its memory stops it."""
+    import signal
+    import time
+
+    srv = real_server("redis", hosts=("127.0.0.1",), args=("--maxmemory-clients", "4mb"))
+    clients = []
+    try:
+        watch = subprocess.Popen([sys.executable, "-m", "tuner", "diagnose", "--port", str(srv.port),
+                                  "--watch", "--interval", "0.3", "--json"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        for _ in range(3):
+            for _ in range(40):
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                s.sendall(redis_app.command("PING"))
+                assert s.recv(16) == b"+PONG\r\n"
+                clients.append(s)
+            time.sleep(2.5)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=60)
+    finally:
+        for s in clients:
+            s.close()
+    summary = json.loads(out.splitlines()[-1])
+    spent = summary["service_cost"]
+    assert spent is not None, err
+    print(spent["sentence"])
+    assert spent["binding"] == "maxmemory-clients 4.0 MiB", spent
+    limit = next(l for l in spent["limits"] if l["name"] == spent["binding"])
+    # Between an idle client (1,800 B) and a new one that just sent a command (37,632 B).
+    assert 1_800 <= limit["per_connection"] <= 37_632, limit
+    assert spent["projected_max"] > 120 and "its own client memory limit binds first" in spent["sentence"]

@@ -159,6 +159,7 @@ class CostReadings:
         if ports:
             with service.in_netns_of(diag.pids[0]):
                 self.sampler = servicecost.Sampler(ports[0], diag.pids)
+        self.own = own_counter(diag)
 
     def take(self, held: int) -> None:
         now = time.monotonic()
@@ -170,11 +171,25 @@ class CostReadings:
         self.last = now
         self.rows.append({"connections": s.sockets, "service_memory_bytes": s.memory_bytes,
                           "service_kernel_bytes": s.kernel_bytes, "service_buffer_bytes": s.socket_buffer_bytes,
-                          "service_heap_bytes": s.heap_bytes})
+                          "service_heap_bytes": s.heap_bytes, "service_own": self.own()})
 
     def projection(self) -> Optional[dict]:
         """tuner.cost.project over the samples (None before a second one)."""
         return self.cost.project(self.rows, self.diag.pids) if len(self.rows) >= 2 else None
+
+
+def own_counter(diag):
+    """A reader of what the application counts itself against its own memory caps (its
+    adapter's memory_caps: Redis's mem_clients_normal against maxmemory-clients), in a
+    step row's service_own shape; one that reads nothing for an application without."""
+    # Here: only a watched service with an adapter is asked (tuner.apps, tuner.cost).
+    from tuner import apps, cost
+
+    view = apps.base.view(diag.pids[0], [(l["address"], l["port"]) for l in diag.listeners], depth=0)
+    adapter = apps.find(view)
+    if adapter is None:
+        return list
+    return lambda: [cost.own_reading(c) for c in adapter.memory_caps(view) if c.used is not None]
 
 
 class Watch:
