@@ -130,6 +130,8 @@ EXAMPLES = r"""
     server: "mqtt://broker.example.internal"
     connections: 100000
     client_id_prefix: "loadtest-{{ inventory_hostname }}-"
+    username: loadtest
+    password_file: /etc/tuner/mqtt.pw   # mode 600 on the load host: the password in no command line
     keepalive: 60
     step: 10000
     ping_every: 20
