@@ -191,3 +191,42 @@ def test_diagnose_watch_reads_redis_own_count_and_names_maxmemory_clients(real_s
     # Between an idle client (1,800 B) and a new one that just sent a command (37,632 B).
     assert 1_800 <= limit["per_connection"] <= 37_632, limit
     assert spent["projected_max"] > 120 and "its own client memory limit binds first" in spent["sentence"]
+
+
+def test_maxmemory_under_noeviction_is_where_writes_fail_not_connections(real_server):
+    """maxmemory counts the clients' memory too; under noeviction, past it Redis answers a
+    write with -OOM while it still answers PING and accepts new clients: tuner reads it as
+    a soft limit saying so, never as where connections stop."""
+    srv = real_server("redis", hosts=("127.0.0.1",),
+                      args=("--maxmemory", "2mb", "--maxmemory-policy", "noeviction"))
+    from tuner.apps import base
+    from tuner import cost
+
+    view = base.view(srv.pid, [("127.0.0.1", srv.port)], depth=0)
+    clients = []
+    try:
+        while int(info(srv.port, "memory")["used_memory"]) <= 2 << 20:
+            for _ in range(20):
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                s.sendall(redis_app.command("PING"))
+                assert s.recv(16) == b"+PONG\r\n"
+                clients.append(s)
+            assert len(clients) < 2000
+        caps = redis_app.ADAPTER.memory_caps(view)
+        data = next(c for c in caps if c.kind == base.DATA)
+        assert data.name == "maxmemory 2.0 MiB (noeviction)" and data.does == "writes answer -OOM"
+        assert data.used > data.bytes
+        rows = [{"connections": len(clients), "service_memory_bytes": 0, "service_kernel_bytes": 0,
+                 "service_own": [cost.own_reading(data)]}]
+        limits = cost.own_limits(rows, None)
+        assert limits == [] or all(l.soft for l in limits)       # never a connection cap
+        assert str(ask(srv.port, "PING")) == "PONG"
+        try:
+            got = ask(srv.port, "SET", "k", "v")
+        except redis_app.Refused as e:
+            got = e
+        assert isinstance(got, redis_app.Refused) and str(got).startswith("OOM"), got
+        print(f"{len(clients)} clients took used_memory past maxmemory 2 MiB: SET answered {got}")
+    finally:
+        for s in clients:
+            s.close()

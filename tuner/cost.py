@@ -265,7 +265,8 @@ def own_limits(rows: Sequence[dict], own: Optional[Sequence[dict]]) -> List[Memo
         line = fit([(r["connections"], r["used"]) for r in readings if r.get("evicted") == first])
         if line is not None and line.slope > 0:
             per, allows = line.slope, int((cap["bytes"] - line.intercept) / line.slope)
-        elif cap.get("connections"):
+        elif cap.get("connections") and cap["kind"] == "clients":
+            # All it counts against this cap is its clients' (not so for maxmemory).
             per = cap["used"] / cap["connections"]
             allows = cap["connections"] + int((cap["bytes"] - cap["used"]) / per) if per > 0 else None
         else:
