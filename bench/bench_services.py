@@ -526,6 +526,8 @@ def main() -> int:
 
 
 def print_table(args, results: dict) -> None:
+    # In RUNS' order, however the runs were made (--results gathers them across invocations).
+    results = {name: results[name] for name in RUNS if name in results}
     ramp = results.pop("ramp", None)
     ref = results.get("tuner", {}).get("rate_per_s")
     head = ["protocol", "verified twice", "open rate /s", "vs tuner", "open s", "2nd check s",
