@@ -38,23 +38,26 @@ VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 RECORD = 16 * 1024 + 256      # one TLS record's plaintext at most, read at once
 SLICE = 512                   # ciphertext written into the incoming BIO at once (its buffer's size)
 # The probe's user memory per held TLS connection, by version (OpenSSL 3.0 under CPython
-# 3.11: its SSL, session and the peer's certificate (RSA 2048), two BIOs; handshakes
-# IN_FLIGHT at a time), measured by bench/bench_services.py on 2026-12-07 against nginx,
-# the larger of two exclusive runs: TLS 1.3 27.63 KiB at 10,000 and 30.38 at 30,000 (two
-# workers), TLS 1.2 21.02 and 20.71 (docs/probe-services.md).  `tuner report --role
-# client --tls` counts one per connection: --tls-version's, else the dearer.
+# 3.11: its SSL, session and the peer's certificate (RSA 2048), two BIOs), measured by
+# bench/bench_services.py on 2026-12-07 against nginx, the largest of three exclusive
+# runs: TLS 1.3 27.63 KiB at 10,000 and 30.38 at 30,000 (two workers) with 32 in flight,
+# 27.14 at 10,000 with 16; TLS 1.2 21.02, 20.71 and 20.99 (docs/probe-services.md).
+# `tuner report --role client --tls` counts one per connection: --tls-version's, else
+# the dearer.
 HELD_BYTES = {"1.2": 21_600, "1.3": 31_200}
 # Handshakes a worker keeps in flight at once.  Opened all together, each one's
 # temporaries (16 KiB record buffers, the key share, the certificate's verification)
 # interleave with the held connections' state and leave the heap fragmented under it.
-# Against nginx at 10,000 (bench/bench_services.py, 2026-12-07, one exclusive run of
-# each): 37.4 KB per held TLS 1.3 connection opened all at once, 27.6 KB 32 at a time,
-# against the bare SSLObject floor's 26.9-27.1 (1.39x -> 1.02x; TLS 1.2: 35.6 -> 21.0 KB,
-# floor 20.4, 1.75x -> 1.03x); 8 to 64 measured alike.  The open rate stayed (774 and
-# 767/s): a server's CPU bounds it long before 32 per worker do (~1.2 ms of nginx's CPU
-# per RSA 2048 handshake), and a worker's handshake latency no longer counts the wait
-# in the server's accept queue behind thousands of its own.
-IN_FLIGHT = 32
+# Against nginx at 10,000 (bench/bench_services.py, 2026-12-07, exclusive runs): 37.4 KB
+# per held TLS 1.3 connection opened all at once, 27.6 KB 32 at a time, 27.1 KB 16 at a
+# time, against the bare SSLObject floor's 26.9-27.2 (1.39x -> 1.02x -> 1.00x; TLS 1.2:
+# 35.6 -> 21.0 -> 21.0 KB, floor 20.4, 1.75x -> 1.03x); a worker's own growth per
+# connection measured 25.7-27.1 KB with 8, 26.8-27.2 with 16, 27.0-28.7 with 32 (shared
+# runs).  The open rate stayed (774, 767 and 710/s): a server's CPU bounds it long
+# before 16 per worker do (~1.3 ms of nginx's CPU per RSA 2048 handshake), and a
+# handshake's latency no longer counts a wait in the server's accept queue behind
+# thousands of its worker's own.  --tls-in-flight raises it (a distant server).
+IN_FLIGHT = 16
 WORDS = "TLS "                # every handshake failure's words start so (serverside counts them apart)
 
 

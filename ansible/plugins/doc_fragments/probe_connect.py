@@ -76,9 +76,9 @@ options:
     type: bool
     default: false
   tls_in_flight:
-    description: "C(mode=connect) to https:// or wss:// or rediss:// or mqtts:// or tls://: handshakes each worker keeps in flight (default 32: more fragment the probe's memory under the held connections; raise it against a distant server, where round trips rather than CPU bound the open rate)."
+    description: "C(mode=connect) to https:// or wss:// or rediss:// or mqtts:// or tls://: handshakes each worker keeps in flight (default 16: more fragment the probe's memory under the held connections; raise it against a distant server, where round trips rather than CPU bound the open rate)."
     type: int
-    default: 32
+    default: 16
   step:
     description: "C(mode=connect): open K more connections per step up to N; after each, once the service settled, a row: connections held, the service's memory (PSS) and its sockets' kernel memory, its CPU, and the latency of one exchange on a sample of held ones."
     type: int

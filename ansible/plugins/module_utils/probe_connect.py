@@ -26,7 +26,7 @@ CONNECT_OPTIONS = {
     'key': {'type': 'str', 'no_log': False},
     'tls_version': {'type': 'str'},
     'resume': {'type': 'bool', 'default': False},
-    'tls_in_flight': {'type': 'int', 'default': 32},
+    'tls_in_flight': {'type': 'int', 'default': 16},
     'step': {'type': 'int'},
     'settle': {'type': 'float', 'default': 1.0},
     'ping_every': {'type': 'float'},
