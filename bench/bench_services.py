@@ -53,6 +53,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -496,13 +497,23 @@ def main() -> int:
     if args.results and os.path.exists(args.results):
         with open(args.results) as f:
             results = json.load(f)
-    certs = None
     names = [name for name in args.only.split(",") if name]   # none: print the table of --results
     if set(names) - set(RUNS):
         ap.error(f"--only: runs among {', '.join(RUNS)}")
+    d = tempfile.mkdtemp(prefix="tuner-bench-certs-")
+    try:
+        run_all(args, names, results, d)
+    finally:   # the run's certificates go with it (they were left behind, one directory per run)
+        shutil.rmtree(d, ignore_errors=True)
+    print_table(args, results)
+    return 0
+
+
+def run_all(args, names: list, results: dict, d: str) -> None:
+    """Each run in a fresh namespace, its result kept (in --results as soon as it is had)."""
+    certs = None
     for name in names:
         if name in TLS_RUNS and certs is None:
-            d = tempfile.mkdtemp(prefix="tuner-bench-certs-")
             os.chmod(d, 0o755)
             certs = realservers.make_certs(d, rsa_bits=args.rsa or None)
         ns = netns_add()
@@ -521,8 +532,6 @@ def main() -> int:
             with open(args.results + ".new", "w") as f:
                 json.dump(results, f)
             os.replace(args.results + ".new", args.results)
-    print_table(args, results)
-    return 0
 
 
 def print_table(args, results: dict) -> None:
