@@ -81,6 +81,10 @@ def test_maxmemory_clients_binds_and_is_projected_within_10_percent(real_server,
           f"{limit['per_connection']} B per client as Redis counts them: {service['sentence']}")
     assert 0.9 * before <= projected <= 1.1 * after, (projected, before, after)
     assert limit["acted_at"] == first_evicted["connections"]
+    # The clients Redis closed were its choice, at its own cap: the first line says so.
+    stalled = doc["stalled"]
+    print(stalled["sentence"])
+    assert stalled["side"] == "server" and "clients past its maxmemory-clients 6.0 MiB" in stalled["sentence"]
     # A PINGed client counts its 16 KiB query buffer: 768 + 1,024 + 20,472 B (CLIENT LIST).
     assert 15_000 <= limit["per_connection"] <= 30_000, limit
 

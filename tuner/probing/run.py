@@ -360,10 +360,26 @@ def explain_stall(result: dict, netns: Optional[str] = None) -> None:
     server = local_server(result["address"], result["port"], netns)
     process = server[0] if server is not None else None
     stalled.update(serverside.stalled(result, server=process), room=room, process=process)
+    stalled["sentence"] += evicted_words(result["steps"] or [])
     if room is not None:
         stalled["sentence"] += f"; this host had room for {number(room)} more"
     if server is not None:
         stalled["diagnose"] = fixes.port_diagnose(server[1], netns).render()
+
+
+def evicted_words(steps: List[dict]) -> str:
+    """'; it evicted 38 clients past its maxmemory-clients 6.0 MiB' when the service's own
+    count (the rows' service_own, Redis INFO stats evicted_clients) rose during the run:
+    the connections it closed were its choice, at its own cap."""
+    first: dict = {}
+    last: dict = {}
+    for row in steps:
+        for r in row.get("service_own") or ():
+            if r.get("evicted") is not None:
+                first.setdefault(r["name"], r["evicted"])
+                last[r["name"]] = r["evicted"]
+    return "".join(f"; it evicted {number(last[n] - first[n])} clients past its {n}"
+                   for n in last if last[n] > first[n])
 
 
 def host_room(result: dict, netns: Optional[str]) -> Optional[int]:
