@@ -234,3 +234,17 @@ def test_maxmemory_under_noeviction_is_where_writes_fail_not_connections(real_se
     finally:
         for s in clients:
             s.close()
+
+
+def test_diagnose_without_a_measured_cost_names_the_caps_but_projects_none(real_server):
+    """Without --watch or --cost, diagnose says Redis has maxmemory-clients (and maxmemory,
+    not a connection cap) and how to measure where it binds; it projects nothing from it."""
+    srv = real_server("redis", hosts=("127.0.0.1",), args=("--maxmemory-clients", "6mb", "--maxmemory", "64mb"))
+    p = subprocess.run([sys.executable, "-m", "tuner", "diagnose", "--port", str(srv.port), "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    notes = d["application"]["notes"]
+    assert any(n.startswith("maxmemory-clients 6.0 MiB") and "--watch" in n for n in notes), notes
+    assert any(n.startswith("maxmemory 64.0 MiB (noeviction)") and "not a connection cap" in n for n in notes), notes
+    assert d["service_cost"] is None and not d["binding_limit"].startswith("memory"), d["binding_limit"]

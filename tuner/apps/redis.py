@@ -506,6 +506,21 @@ def data_cap(fields: Dict[str, str], where: str) -> Optional[MemoryCap]:
                      used=_number(fields, "used_memory"), connections=clients, name=name, does=does)
 
 
+def memory_notes(caps: List[MemoryCap]) -> List[str]:
+    """What diagnose says of its memory caps without a measured cost (--watch, --cost):
+    that they are there, what Redis does past them, what it counts now."""
+    out = []
+    for cap in caps:
+        now = (f"; {size(cap.used)} counted now over {cap.connections:,} clients"
+               if cap.used is not None and cap.connections is not None else "")
+        if cap.kind == base.CLIENTS:
+            out.append(f"{cap.source}: {cap.why}{now}; tuner diagnose --watch, or --cost FILE of a "
+                       f"tuner probe --step run, measures what a client costs and projects where it binds")
+        else:
+            out.append(f"{cap.source}: {cap.why}; not a connection cap")
+    return out
+
+
 def memory_caps(proc: ProcView) -> List[MemoryCap]:
     """maxmemory-clients (a connection cap) and maxmemory (where writes fail), as the
     running server holds them; none when it cannot be asked (its cap says why)."""
@@ -532,7 +547,7 @@ class Redis(base.Adapter):
 
     def read(self, proc: ProcView) -> AppCap:
         cap = read(proc)
-        cap.notes += tls_notes(proc)
+        cap.notes += tls_notes(proc) + memory_notes(memory_caps(proc))
         return cap
 
     def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
