@@ -87,6 +87,12 @@ def test_maxmemory_clients_binds_and_is_projected_within_10_percent(real_server,
     assert stalled["side"] == "server" and "clients past its maxmemory-clients 6.0 MiB" in stalled["sentence"]
     # A PINGed client counts its 16 KiB query buffer: 768 + 1,024 + 20,472 B (CLIENT LIST).
     assert 15_000 <= limit["per_connection"] <= 30_000, limit
+    # The plot draws what Redis counts, dashed, beside the PSS line: what the projection follows.
+    (tmp_path / "ramp.json").write_text(proc.stdout)
+    drawn = run_tuner("plot", str(tmp_path / "ramp.json"), "-o", str(tmp_path / "ramp.svg"))
+    assert drawn.returncode == 0, drawn.stderr
+    svg = (tmp_path / "ramp.svg").read_text()
+    assert 'id="run1-own"' in svg and "what it counts itself against maxmemory-clients 6.0 MiB" in svg
 
     # diagnose --cost FILE: the same rows, the cap read now, the memory row binds, and
     # its fix is the adapter's CONFIG SET, which run as printed moves the cap.

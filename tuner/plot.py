@@ -234,6 +234,7 @@ def cost_panels(fig, runs: Sequence[Run]) -> None:
             y = [(r["service_memory_bytes"] + (r.get("service_kernel_bytes") or 0)) / (1 << 20) for r in steps]
             memory_ax.plot(x, y, color=color, marker="o", markersize=3.5, label=run.label, gid=f"run{i}-memory")
             _heap_line(memory_ax, run.doc.get("service") or {}, steps, color, i)
+            _own_line(memory_ax, run.doc.get("service") or {}, steps, color, i)
         timed = [r for r in run.doc.get("steps") or [] if r.get("latency_ms")]
         if timed:
             p99_ax.plot([r["connections"] for r in timed], [r["latency_ms"]["p99"] for r in timed], color=color,
@@ -259,6 +260,23 @@ def _heap_line(ax, service: dict, steps: Sequence[dict], color: str, i: int) -> 
                 color=color, linestyle="--", linewidth=1, gid=f"run{i}-heap")
         ax.text(0.02, 0.88, "dashed: its V8 heap, which the heap limit counts",
                 transform=ax.transAxes, fontsize=7, va="top", color=color, gid="heap-words")
+
+
+def _own_line(ax, service: dict, steps: Sequence[dict], color: str, i: int) -> None:
+    """When the limit that binds is the application's own, set against what it counts
+    itself (Redis maxmemory-clients against mem_clients_normal), that count, dashed: the
+    line the projection follows, not the PSS one."""
+    binding = [l for l in service.get("limits") or () if l.get("name") == service.get("binding")]
+    if not binding or binding[0].get("counts") != "own count":
+        return
+    kind = binding[0].get("kind")
+    rows = [(o["connections"], o["used"]) for r in steps for o in r.get("service_own") or ()
+            if o.get("kind") == kind and o.get("used") is not None and o.get("connections") is not None]
+    if rows:
+        ax.plot([x for x, _ in rows], [y / (1 << 20) for _, y in rows], color=color, linestyle="--",
+                linewidth=1, gid=f"run{i}-own")
+        ax.text(0.02, 0.88, f"dashed: what it counts itself against {binding[0]['name']}",
+                transform=ax.transAxes, fontsize=7, va="top", color=color, gid="own-words")
 
 
 def _mark_projection(ax, service: dict, color: str) -> None:
