@@ -22,7 +22,8 @@ import sys
 
 from conftest import run_tuner
 from realservers import real_server  # noqa: F401 (a fixture)
-from tuner import schemas
+from test_metrics import one, parse
+from tuner import metrics, schemas
 from tuner.apps import redis as redis_app
 
 LIMIT = "6mb"
@@ -93,6 +94,9 @@ def test_maxmemory_clients_binds_and_is_projected_within_10_percent(real_server,
     assert drawn.returncode == 0, drawn.stderr
     svg = (tmp_path / "ramp.svg").read_text()
     assert 'id="run1-own"' in svg and "what it counts itself against maxmemory-clients 6.0 MiB" in svg
+    samples = parse(open(metrics.write_probe_textfile(str(tmp_path), doc)).read())
+    assert one(samples, "tuner_probe_service_memory_bytes_per_connection", part="own") == limit["per_connection"]
+    assert one(samples, "tuner_probe_service_projected_connections", limit=service["binding"]) == projected
 
     # diagnose --cost FILE: the same rows, the cap read now, the memory row binds, and
     # its fix is the adapter's CONFIG SET, which run as printed moves the cap.

@@ -211,8 +211,14 @@ def _probe(key):
 
 
 def _service_cost(r: dict):
-    per = (r.get("service") or {}).get("bytes_per_connection") or {}
-    return [((part,), per[part]) for part in ("application", "kernel", "heap") if per.get(part) is not None]
+    service = r.get("service") or {}
+    per = service.get("bytes_per_connection") or {}
+    out = [((part,), per[part]) for part in ("application", "kernel", "heap") if per.get(part) is not None]
+    # own: what the application counts itself per connection against its own cap that binds
+    # (Redis maxmemory-clients: mem_clients_normal's slope).
+    own = [l for l in service.get("limits") or () if l.get("name") == service.get("binding")
+           and l.get("counts") == "own count" and l.get("per_connection") is not None]
+    return out + [(("own",), own[0]["per_connection"])] if own else out
 
 
 PROBE_METRICS: List[Metric] = [
@@ -236,7 +242,8 @@ PROBE_METRICS: List[Metric] = [
     Metric("tuner_probe_service_memory_bytes_per_connection", GAUGE, ("part",),
            "What one held connection costs the probed service, measured by a --step run (probe "
            "service.bytes_per_connection: its own memory and its sockets' kernel memory apart, and "
-           "heap: its V8 heap's committed pages where Node's heap limit is set against them); "
+           "heap: its V8 heap's committed pages where Node's heap limit is set against them; own: what "
+           "the application counts itself where its own cap binds, Redis's maxmemory-clients); "
            "absent without a measured slope.", lambda r: _service_cost(r)),
     Metric("tuner_probe_service_projected_connections", GAUGE, ("limit",),
            "Where the probed service's memory stops it, projected from a --step run (probe "
