@@ -189,7 +189,12 @@ def own_counter(diag):
     adapter = apps.find(view)
     if adapter is None:
         return list
-    return lambda: [cost.own_reading(c) for c in adapter.memory_caps(view) if c.used is not None]
+    def read() -> list:
+        try:
+            return [cost.own_reading(c) for c in adapter.memory_caps(view) if c.used is not None]
+        except (OSError, ValueError, apps.Untrusted):
+            return []            # a service gone or unreadable mid-watch: this sample says nothing
+    return read
 
 
 class Watch:

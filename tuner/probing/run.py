@@ -227,8 +227,11 @@ class OwnCount:
 
     def on_event(self, event: dict) -> None:
         if event.get("event") == "step" and self.adapter is not None:
-            from tuner import cost   # the reading's shape is the cost model's
-            caps = self.adapter.memory_caps(self.view)
+            from tuner import apps, cost   # the reading's shape is the cost model's
+            try:
+                caps = self.adapter.memory_caps(self.view)
+            except (OSError, ValueError, apps.Untrusted):
+                caps = []        # a service gone or unreadable mid-run: the row says nothing
             self.readings[event["step"]] = [cost.own_reading(c) for c in caps if c.used is not None]
 
     def fill(self, result) -> None:
