@@ -326,7 +326,9 @@ def ramp_lines(r: dict, hold: float) -> list:
         lines.append(f"  step {s['step']}: {s['connections']:,} held, nginx "
                      f"{(s['service_memory_bytes'] or 0) / 2**20:.1f} MiB + "
                      f"{(s['service_kernel_bytes'] or 0) / 2**20:.1f} MiB kernel, {s['service_cpu_seconds']} s CPU, "
-                     f"p99 {lat.get('p99', 0):.1f} ms; sampling the service took {s['sample_ms']} ms (goal < 50)")
+                     f"p99 {lat.get('p99', 0):.1f} ms; sampling the service took {s['sample_ms']} ms (goal < 50), "
+                     f"{s.get('sample_cpu_ms')} ms of CPU, "
+                     + (f"{s['service_sampled']:,} held sockets read" if s.get("service_sampled") else "every socket read"))
     return lines
 
 

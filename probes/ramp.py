@@ -109,6 +109,7 @@ class Ramp:
                 "service_cpu_seconds": cpu if found else None,
                 "latency_ms": window.summary_ms(), "exchanges": window.count,
                 "sample_ms": cost.took_ms if cost else None,
+                "sample_cpu_ms": cost.took_cpu_ms if cost else None,
                 "t": round(now - self.since, 3)}
 
     # -- what the workers send -----------------------------------------------------------

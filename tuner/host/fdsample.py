@@ -199,7 +199,7 @@ def open_descriptors(pids: Sequence[int]) -> Optional[int]:
     return total
 
 
-def service(pids: Sequence[int], port: int, states: int, budget: int = 1024,
+def service(pids: Sequence[int], port: int, states: int, budget: int = 512,
             seed: Optional[int] = None) -> Estimate:
     """The held sockets on `port` of every process in `pids` (gone ones skipped), the
     `budget` of drawn descriptors shared in proportion to their open descriptors."""
