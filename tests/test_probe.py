@@ -301,20 +301,34 @@ def test_a_reader_that_goes_away_is_no_traceback(netns, both):
     assert wait_gone(marker) == []
 
 
-def _open_pairs_meanwhile(stop, held):
+def _open_pairs_meanwhile(stop, held, begin=lambda: True):
     """Loopback connection pairs opened in this process's (the host's) namespace, 200 every
-    20 ms until told to stop: other work on the host that a probe in a namespace shares
-    Slab with."""
+    20 ms from when `begin()` says until told to stop: other work on the host that a probe
+    in a namespace shares Slab with."""
     import socket
 
     listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
     held.append(listener)
     port = listener.getsockname()[1]
+    while not stop.is_set() and not begin():
+        time.sleep(0.005)
     while not stop.is_set() and len(held) < 12000:
         for _ in range(100):
             c = socket.create_connection(("127.0.0.1", port))
             held += [c, listener.accept()[0]]
         time.sleep(0.02)
+
+
+def _tcp_inuse(pid: int) -> int:
+    """TCP sockets in use in the network namespace of process `pid` (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    return int(line.split()[2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def test_other_sockets_opening_during_a_run_make_its_kernel_figures_unmeasurable(netns):
@@ -324,20 +338,31 @@ def test_other_sockets_opening_during_a_run_make_its_kernel_figures_unmeasurable
     sockets make the figure 'not measurable', in the JSON and the text alike."""
     import threading
 
-    stop, held = threading.Event(), []
-    opener = threading.Thread(target=_open_pairs_meanwhile, args=(stop, held), daemon=True)
+    # The opener starts once the probe's listener is up in its namespace (its baseline is
+    # read just before), and the probe opens at --rate 500, so the others' sockets open
+    # between the probe's two readings however slowly this machine starts the probe.
+    # A process parked in the namespace shows its sockstat (ip netns exec execs in place).
+    watcher = subprocess.Popen(["ip", "netns", "exec", netns, "sleep", "300"])
+    stop, held, probe = threading.Event(), [], []
+    begin = lambda: bool(probe) and _tcp_inuse(watcher.pid) > 0
+    opener = threading.Thread(target=_open_pairs_meanwhile, args=(stop, held, begin), daemon=True)
     opener.start()
     try:
-        time.sleep(0.2)
-        p = subprocess.run([sys.executable, "-m", "tuner", "probe", "--netns", netns, "-n", "1000", "--json", "-q"],
-                           capture_output=True, text=True, timeout=120)
+        probe.append(subprocess.Popen([sys.executable, "-m", "tuner", "probe", "--netns", netns, "-n", "1000",
+                                       "--rate", "500", "--json", "-q"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        out, err = probe[0].communicate(timeout=120)
     finally:
         stop.set()
         opener.join(30)
         for s in held:
             s.close()
-    assert p.returncode == 0, p.stderr
-    r = json.loads(p.stdout)
+        if probe and probe[0].poll() is None:
+            probe[0].kill()
+        watcher.kill()
+        watcher.wait()
+    assert probe[0].returncode == 0, err
+    r = json.loads(out)
     assert len(held) > 2000   # the opener did open sockets meanwhile
     assert r["kernel_figures_reliable"] is False and "other sockets opened on the host" in r["kernel_figures_note"]
     # The same judge, alone: growth within the probe's own sockets is the probe's.
