@@ -40,6 +40,30 @@ def test_the_password_is_the_files_text_one_newline_dropped(tmp_path):
     assert trust.read_secret(secret_file(tmp_path, text=" a b \n\n", name="c"), FLAG) == " a b \n"
 
 
+def test_a_file_on_a_way_another_user_could_change_is_refused(tmp_path):
+    """O_NOFOLLOW guards the last component alone: a directory another user owns or may
+    write (or a link of theirs to a directory) on the way could hand root any
+    root-owned mode-600 file of that name; each is refused, the file itself root's."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    secret_file(theirs)
+    os.chown(theirs, 65534, 65534)
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    secret_file(open_dir)
+    os.chmod(open_dir, 0o777)
+    root_dir = tmp_path / "root"
+    root_dir.mkdir()
+    secret_file(root_dir)
+    os.symlink(root_dir, tmp_path / "link")
+    os.lchown(tmp_path / "link", 65534, 65534)
+    for way in (theirs, open_dir, tmp_path / "link"):
+        with pytest.raises(trust.UntrustedFile, match="keep it in a directory only root") as e:
+            trust.read_secret(str(way / "mqtt.pw"), FLAG)
+        assert SECRET not in str(e.value) and "\n" not in str(e.value)
+    assert trust.read_secret(str(root_dir / "mqtt.pw"), FLAG) == SECRET
+
+
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o666])
 def test_a_file_others_may_read_is_refused_saying_chmod_600(tmp_path, mode):
     path = secret_file(tmp_path, mode)

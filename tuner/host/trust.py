@@ -546,10 +546,31 @@ def read_secret(path: str, what: str) -> str:
             raise UntrustedFile(f"{what} {path} is mode {stat.S_IMODE(st.st_mode):04o}: other users can read "
                                 f"it; chmod 600 {shlex.quote(path)} (and change the password if someone may have)")
         own_file(fd, path, what=what)
+        _trusted_way(fd, path, what)
         data = _read_upto(fd, SECRET_MAX + 1)
     finally:
         os.close(fd)
     return secret_text(data, f"{what} {path}")
+
+
+def _trusted_way(fd: int, path: str, what: str) -> None:
+    """Every directory on the way to `path` is root's or the invoker's and nobody else's
+    to write (rule 8; sticky is fine), walked from "/" as rule 2 walks (a link only if
+    root made it), and the walk ends on the inode `fd` holds: O_NOFOLLOW guards the last
+    component alone, so a directory another user could swap would let them hand root
+    any root-owned mode-600 file of that name as the password."""
+    try:
+        with _Walk(ROOT, tuple(sorted(set(invoker_owners())))) as walk:
+            wfd, st = walk.to(os.path.abspath(path))
+            os.close(wfd)
+    except Unreadable as e:
+        raise UntrustedFile(f"{what} {path}: {e}; keep it in a directory only root (or you) "
+                            f"can write") from None
+    except OSError as e:
+        raise UntrustedFile(f"{what} {path}: {e.strerror}") from None
+    got = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (got.st_dev, got.st_ino):
+        raise UntrustedFile(f"{what} {path} changed while it was opened: run again")
 
 
 def secret_text(data: bytes, where: str) -> str:
