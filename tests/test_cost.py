@@ -53,16 +53,23 @@ def test_heap_slope_starts_past_the_young_generation_and_needs_growth_past_it():
 
 
 def test_a_run_file_with_a_figure_that_is_not_a_number_is_not_a_step_run(tmp_path):
-    """diagnose --cost reads numbers only: the optional heap and buffer figures too."""
+    """diagnose --cost reads numbers only: the optional heap and buffer figures too, and
+    the application's own count (service_own) as the probe writes it; a malformed one
+    had reached own_limits as an internal error."""
     import json
 
     row = {"connections": 10, "service_memory_bytes": 1, "service_kernel_bytes": 1}
-    for extra in ({"service_heap_bytes": "1e9"}, {"service_buffer_bytes": [1]}, {"service_heap_bytes": True}):
+    bad_own = ["x", ["x"], [[1]], [{"kind": "clients", "used": "q"}], [{"kind": 5, "used": 1}]]
+    for extra in ({"service_heap_bytes": "1e9"}, {"service_buffer_bytes": [1]}, {"service_heap_bytes": True},
+                  *({"service_own": own} for own in bad_own)):
         path = tmp_path / "run.json"
         path.write_text(json.dumps({"steps": [row, dict(row, **extra)]}))
         with pytest.raises(ValueError, match="not a step run"):
             cost.rows_of_run(str(path))
-    path.write_text(json.dumps({"steps": [row, dict(row, service_heap_bytes=None, service_buffer_bytes=3)]}))
+    own = [{"name": "maxmemory-clients 4.0 MiB", "kind": "clients", "bytes": 4 << 20, "source": "s", "does": "d",
+            "used": 1800, "connections": 1, "evicted": None}]
+    path.write_text(json.dumps({"steps": [row, dict(row, service_heap_bytes=None, service_buffer_bytes=3,
+                                                    service_own=own)]}))
     assert len(cost.rows_of_run(str(path))) == 2
 
 

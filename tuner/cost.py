@@ -339,10 +339,23 @@ def rows_of_run(path: str) -> List[dict]:
 
     if not isinstance(steps, list) or not all(isinstance(r, dict) and all(number_(r.get(k)) for k in keys)
                                               and all(r.get(k) is None or number_(r[k]) for k in optional)
+                                              and _own_ok(r.get("service_own"), number_)
                                               for r in steps):
         raise ValueError(f"--cost {path}: not a step run (write one with 'tuner probe --connect URL "
                          f"-n N --step K --json > FILE')")
     return steps
+
+
+def _own_ok(own, number_) -> bool:
+    """A row's service_own as the probe writes it (own_reading): absent, null, or a list of
+    objects whose figures are numbers or null and whose words are text; anything else
+    reached own_limits as an internal error instead of --cost's one line."""
+    if own is None:
+        return True
+    figures, words = ("used", "bytes", "connections", "evicted"), ("name", "kind", "source", "does")
+    return isinstance(own, list) and all(
+        isinstance(r, dict) and all(r.get(k) is None or number_(r[k]) for k in figures)
+        and all(isinstance(r.get(k, ""), str) for k in words) for r in own)
 
 
 def _round(value: Optional[float]) -> Optional[int]:
