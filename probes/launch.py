@@ -36,6 +36,13 @@ class ProbeError(RuntimeError):
     """The probe machinery itself failed (not a limit of the host): message has the detail."""
 
 
+# `python -m` puts the working directory first on sys.path: run as root from a directory
+# another user can write (/tmp, their home), their probes/__main__.py would run as root.
+# -P (3.11+) leaves it out; -I before it does too, and ignores PYTHONPATH (an installed
+# tuner then, not a checkout).
+SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else ["-I"]
+
+
 def command(config, netns: Optional[str] = None, python: str = sys.executable) -> Tuple[list, str]:
     """(argv, stdin): the argv that runs any mode's `config` as a lean orchestrator
     emitting JSON lines, inside `ip netns exec` when the configuration (the local
@@ -46,7 +53,7 @@ def command(config, netns: Optional[str] = None, python: str = sys.executable) -
     netns exec` hands its stdin on through exec."""
     settings = config.to_dict()
     netns = settings.pop("netns", None) or netns
-    argv = [python, "-m", "probes", "--jsonl", "--parent-pid", str(os.getpid()), *config.mode_argv(),
+    argv = [python, *SAFE_PATH, "-m", "probes", "--jsonl", "--parent-pid", str(os.getpid()), *config.mode_argv(),
             "--config", "-"]
     return (["ip", "netns", "exec", netns, *argv] if netns else argv), json.dumps(settings)
 

@@ -144,6 +144,22 @@ def test_the_password_file_is_read_once_and_handed_on_as_text(tmp_path):
     assert SECRET not in " ".join(argv) and "mqtt.pw" not in " ".join(argv)
 
 
+def test_the_orchestrator_imports_no_probes_package_from_the_working_directory(tmp_path):
+    """`python -m probes` put the working directory first on sys.path: root running tuner
+    from a directory another user writes ran their probes/__main__.py (found for real
+    with an unprivileged user's /tmp directory).  The planted one must not run."""
+    planted = tmp_path / "probes"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("")
+    (planted / "__main__.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\nraise SystemExit(9)\n")
+    # tuner as root runs it: its entry point, which puts no working directory on sys.path.
+    tuner = os.path.join(os.path.dirname(sys.executable), "tuner")
+    proc = subprocess.run([tuner, "probe", "-n", "10", "--json"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert not (tmp_path / "ran").exists(), proc.stderr
+    assert proc.returncode == 0 and json.loads(proc.stdout)["verified"] == 10, proc.stderr
+
+
 def test_the_orchestrator_takes_its_settings_from_stdin_and_refuses_a_bad_one():
     env = dict(os.environ, PYTHONPATH=launch.PACKAGE_ROOT)
     proc = subprocess.run([sys.executable, "-m", "probes", "--jsonl", "--config", "-"], input="{not json",
