@@ -319,7 +319,8 @@ def _serving(listen, netns):
         uids = proc.info["uids"]
         if proc.pid == os.getpid() or uids is None or uids.real != os.getuid():
             continue
-        if argv[1:3] != ["-m", "probes"] or "--serve" not in argv[:-1]:
+        start = 2 if argv[1:2] in (["-P"], ["-I"]) else 1   # probes.launch.SAFE_PATH's flag
+        if argv[start:start + 2] != ["-m", "probes"] or "--serve" not in argv[:-1]:
             continue
         if argv[argv.index("--serve") + 1] != listen:
             continue
