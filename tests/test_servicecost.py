@@ -232,6 +232,9 @@ def test_descriptor_sample_reads_what_sock_diag_reads(nofile_raised):
         assert exact[0] == 400 and exact[1][0] > 0
         assert (every.sockets, every.held_read) == (400, 400)
         assert [every.sums[i] for i in index] == exact[1]
+        apart = fdsample.isolated([proc.pid], port, sockdiag.HELD_STATES, budget=100_000)
+        assert (apart.sockets, apart.held_read, apart.sums) == (every.sockets, every.held_read, every.sums)
+        assert apart.cpu_seconds >= 0
         drawn = fdsample.service([proc.pid], port, sockdiag.HELD_STATES, budget=64, seed=7)
         assert 64 <= drawn.held_read < 400
         assert abs(drawn.sockets - 400) <= 400 * 0.05
@@ -251,6 +254,34 @@ def test_descriptor_sample_reads_what_sock_diag_reads(nofile_raised):
         proc.kill()
         proc.wait()
         elsewhere.close()
+
+
+def test_a_descriptor_whose_close_waits_cannot_hold_tuner(nofile_raised, monkeypatch):
+    """The duplicates of the service's descriptors live in a child tuner walks away from:
+    closing one may wait on what the service chose (a file on its own FUSE mount, whose
+    flush its daemon never answers).  Made here by a stand-in, as the test says: the
+    reading in the child is replaced by one that never returns (a FUSE daemon of the
+    test's own is not made); the listener and its 50 held sockets are real.  tuner gives
+    up within the timeout, kills the child, and reads every socket through sock_diag."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    accepted = [listener.accept()[0] for _ in clients]
+    monkeypatch.setattr(fdsample, "service", lambda *a, **k: time.sleep(3600))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(fdsample.Unsupported, match="took over 0.5 s"):
+            fdsample.isolated([os.getpid()], port, sockdiag.HELD_STATES, timeout=0.5)
+        assert time.monotonic() - t0 < 30
+        sampler = servicecost.Sampler(port, pids=[os.getpid()])
+        monkeypatch.setattr(fdsample, "CHILD_SECONDS", 0.5)
+        monkeypatch.setattr(servicecost, "SAMPLE_FROM", 0)
+        sample = sampler.sample()
+        assert (sample.sockets, sample.sampled, sampler.descriptors) == (50, 0, False)
+    finally:
+        for s in clients + accepted:
+            s.close()
+        listener.close()
 
 
 def test_step_table_marks_sampled_figures():

@@ -34,9 +34,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import json
 import random
+import select
+import signal
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -59,6 +63,7 @@ class Estimate:
     """Held sockets on the port, summed over the service's processes.
 
     sockets     held sockets (established, close-wait) on the port, estimated
+    cpu_seconds the CPU the child that read them used (isolated())
     read        descriptors duplicated and read (open or not)
     held_read   of them, held sockets on the port: the sample the figures rest on
     sums        the nine SO_MEMINFO figures summed over `sockets`, estimated
@@ -68,6 +73,7 @@ class Estimate:
     read: int = 0
     held_read: int = 0
     sums: List[float] = field(default_factory=lambda: [0.0] * 9)
+    cpu_seconds: float = 0.0     # the reading child's CPU (isolated())
 
 
 def _getfd(pidfd: int, fd: int) -> Optional[int]:
@@ -222,3 +228,80 @@ def service(pids: Sequence[int], port: int, states: int, budget: int = 512,
         out.held_read += part.held_read
         out.sums = [a + b for a, b in zip(out.sums, part.sums)]
     return out
+
+
+# How long the child reading the descriptors may take before tuner stops waiting: a
+# sample reads ~20 ms at 100,000 held; a child stuck past this is stuck for good.
+CHILD_SECONDS = 5.0
+
+
+def isolated(pids: Sequence[int], port: int, states: int, budget: int = 512,
+             seed: Optional[int] = None, timeout: Optional[float] = None) -> Estimate:
+    """service(), run in a child process that tuner can walk away from.
+
+    Why a child: the descriptors are the service's to choose, and closing a duplicate
+    runs that file's flush.  A file on a FUSE mount the service's user runs (possible
+    in its own user namespace wherever /dev/fuse is 0666) makes that close wait for its
+    daemon's answer, uninterruptibly; a socket the service closed meanwhile with a long
+    SO_LINGER makes it wait for its data.  Checking the type first is a race the service
+    can win, so the duplicates live only in a child: if it does not answer within
+    `timeout`, tuner kills it (it may stay stuck in the kernel, alone) and raises
+    Unsupported, and the caller reads the sockets through sock_diag instead."""
+    timeout = CHILD_SECONDS if timeout is None else timeout
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:                        # the child: read, write its figures, exit
+        try:
+            os.close(r)
+            try:
+                est = service(pids, port, states, budget, seed)
+                out = {"sockets": est.sockets, "read": est.read, "held_read": est.held_read, "sums": est.sums}
+            except Unsupported as e:
+                out = {"unsupported": str(e)}
+            except BaseException as e:    # noqa: BLE001 - the parent names it
+                out = {"unsupported": f"{type(e).__name__}: {e}"}
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        data = _read_until(r, time.monotonic() + timeout)
+    finally:
+        os.close(r)
+    if data is None:
+        os.kill(child, signal.SIGKILL)
+        _reap(child, wait=False)
+        raise Unsupported(f"reading the service's descriptors took over {timeout:g} s (a file whose "
+                          f"close waits, e.g. on a FUSE mount): every socket read through sock_diag")
+    cpu = _reap(child, wait=True)
+    try:
+        out = json.loads(data)
+    except ValueError:
+        raise Unsupported("the descriptor-reading child ended without its figures") from None
+    if "unsupported" in out:
+        raise Unsupported(out["unsupported"])
+    return Estimate(sockets=out["sockets"], read=out["read"], held_read=out["held_read"],
+                    sums=out["sums"], cpu_seconds=cpu)
+
+
+def _read_until(fd: int, deadline: float) -> Optional[bytes]:
+    """All the child writes, up to its exit; None past `deadline`."""
+    chunks = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _reap(child: int, wait: bool) -> float:
+    """The child's CPU seconds once reaped; a killed child stuck in the kernel is left to
+    init once tuner exits (waitpid with WNOHANG, never a wait on it)."""
+    try:
+        pid, _, usage = os.wait4(child, 0 if wait else os.WNOHANG)
+    except ChildProcessError:
+        return 0.0
+    return usage.ru_utime + usage.ru_stime if pid else 0.0
