@@ -73,6 +73,26 @@ def test_a_run_file_with_a_figure_that_is_not_a_number_is_not_a_step_run(tmp_pat
     assert len(cost.rows_of_run(str(path))) == 2
 
 
+def test_a_run_file_in_a_directory_others_can_write_is_refused(tmp_path):
+    """Root acts on a run file (rule 8): the directories on the way are checked as the
+    file is, since whoever may write one could swap in another root-owned file of that
+    name; a sticky directory (/tmp's kind) is fine."""
+    import json
+
+    doc = json.dumps({"steps": [{"connections": n, "service_memory_bytes": n, "service_kernel_bytes": n}
+                                for n in (10, 20)]})
+    for mode, refused in ((0o777, True), (0o1777, False), (0o755, False)):
+        where = tmp_path / f"d{mode:o}"
+        where.mkdir()
+        where.chmod(mode)
+        (where / "run.json").write_text(doc)
+        if refused:
+            with pytest.raises(ValueError, match="directory only root"):
+                cost.rows_of_run(str(where / "run.json"))
+        else:
+            assert len(cost.rows_of_run(str(where / "run.json"))) == 2
+
+
 def test_without_a_slope_the_memory_row_is_unknown_not_zero():
     d = cost.project([{"connections": 10, "service_memory_bytes": 1 << 20, "service_kernel_bytes": 0}],
                      [os.getpid()])

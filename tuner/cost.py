@@ -322,6 +322,7 @@ def rows_of_run(path: str) -> List[dict]:
         fd = trust.open_nofollow(path, os.O_RDONLY, what="--cost file")
         try:
             trust.own_file(fd, path, what="--cost file")
+            trust.trusted_way(fd, path, "--cost file")   # rule 8: the directories on the way too
             with os.fdopen(fd, "rb", closefd=False) as f:
                 doc = json.loads(f.read(RUN_MAX + 1)[:RUN_MAX + 1])
         finally:

@@ -546,19 +546,19 @@ def read_secret(path: str, what: str) -> str:
             raise UntrustedFile(f"{what} {path} is mode {stat.S_IMODE(st.st_mode):04o}: other users can read "
                                 f"it; chmod 600 {shlex.quote(path)} (and change the password if someone may have)")
         own_file(fd, path, what=what)
-        _trusted_way(fd, path, what)
+        trusted_way(fd, path, what)
         data = _read_upto(fd, SECRET_MAX + 1)
     finally:
         os.close(fd)
     return secret_text(data, f"{what} {path}")
 
 
-def _trusted_way(fd: int, path: str, what: str) -> None:
+def trusted_way(fd: int, path: str, what: str) -> None:
     """Every directory on the way to `path` is root's or the invoker's and nobody else's
     to write (rule 8; sticky is fine), walked from "/" as rule 2 walks (a link only if
     root made it), and the walk ends on the inode `fd` holds: O_NOFOLLOW guards the last
     component alone, so a directory another user could swap would let them hand root
-    any root-owned mode-600 file of that name as the password."""
+    any root-owned file of that name (as a password, as a run file to act on)."""
     try:
         with _Walk(ROOT, tuple(sorted(set(invoker_owners())))) as walk:
             wfd, st = walk.to(os.path.abspath(path))
