@@ -238,3 +238,24 @@ def test_the_listen_backlog_fix_is_redis_own_setting(real_server):
     for f in d["fix"]:
         assert f["command"] is None or shlex.split(f["command"])[0] in ("tuner", "sysctl", "echo", "ip", "prlimit"), f
     assert "listen(fd, N)" not in json.dumps(d["fix"])
+
+
+def test_a_fix_names_the_config_file_redis_says_not_an_argument(monkeypatch):
+    """Where Redis answered INFO that it runs without a config file, an absolute first
+    argument on its command line (a script a hostile 'redis-server' runs under an
+    interpreter: a fake, since a real Redis retitles itself) is not named as its config
+    file, nor does the fix promise CONFIG REWRITE keeps it; the command line is the
+    fallback only when Redis could not be asked."""
+    from tuner.apps import redis
+    from tuner.apps.base import ProcView
+
+    proc = ProcView(pid=1, ppid=0, name="redis-server", exe="/usr/bin/python3",
+                    cmdline=("python3", "/home/u/redis-server", "--port", "7000"), uid=1000, gid=1000,
+                    nofile_soft=1024, nofile_hard=1024, netns_inode=None)
+    for said, named in ((redis.NO_FILE, None), ("/etc/redis/redis.conf", "/etc/redis/redis.conf"),
+                        (None, "/home/u/redis-server")):
+        monkeypatch.setattr(redis, "config_from_info", lambda *a, said=said: said)
+        assert redis.config_file(proc, 7000, []) == named
+    monkeypatch.setattr(redis, "config_from_info", lambda *a: redis.NO_FILE)
+    fix = redis.clients_fix(100, 2000.0, redis.config_file(proc, 7000, []), 7000)
+    assert "CONFIG REWRITE" not in fix.command and fix.file is None

@@ -181,10 +181,22 @@ def from_server(proc: ProcView, port: int) -> Tuple[Optional[int], Optional[int]
         raise Refused(f"answered {got!r} to CONFIG GET maxclients")
 
 
+NO_FILE = ""        # config_from_info: Redis answered, and no file a fix may name
+
+
+def config_file(proc: ProcView, port: Optional[int], unread: List[str]) -> Optional[str]:
+    """The config file a fix names: the one the running server says (INFO server), and the
+    command line's only when Redis could not be asked: where Redis answered that it runs
+    without a file, an absolute first argument is not one (a script the process runs)."""
+    said = config_from_info(proc, port, unread)
+    return (said or None) if said is not None else config_path(proc)
+
+
 def config_from_info(proc: ProcView, port: Optional[int], unread: List[str]) -> Optional[str]:
     """The config file the running server names (`INFO server` config_file: Redis retitles
     its process, so the command line no longer shows it), when the file is there and
-    readable under the trust rules; else None, with the reason in `unread`."""
+    readable under the trust rules; NO_FILE when Redis says it runs without one or its
+    file cannot be read (the reason in `unread`); None when Redis could not be asked."""
     if port is None:
         return None
     try:
@@ -195,12 +207,12 @@ def config_from_info(proc: ProcView, port: Optional[int], unread: List[str]) -> 
     if not path:
         base.note(unread, "INFO server names no config_file: Redis runs without one, so "
                           "CONFIG REWRITE cannot keep a change (start it with the line)")
-        return None
+        return NO_FILE
     try:
         base.read_trusted(path, (0, proc.uid), base.creds_of(proc))
     except (OSError, base.Untrusted) as e:
         base.note(unread, f"INFO server's config_file: {base.why_not(path, e)}")
-        return None
+        return NO_FILE
     return path
 
 
@@ -351,7 +363,7 @@ def _asked(proc: ProcView, port: int, value: int, connected: Optional[int], wher
     if connected is not None:
         why += f"; {connected:,} connected now (tuner's question among them)"
     unread: List[str] = []
-    path = config_from_info(proc, port, unread) or config_path(proc)
+    path = config_file(proc, port, unread)
     cap = AppCap("redis", f"maxclients {value:,}", value, where, base.READ, why, unread=unread)
     cap.fix = default_fix(proc, value, None, path, port)
     return cap
@@ -552,7 +564,7 @@ class Redis(base.Adapter):
 
     def fix(self, proc: ProcView, cap: AppCap, want: int) -> Optional[AppFix]:
         port = proc.ports[0] if proc.ports else None
-        return fix_for(proc, want, config_from_info(proc, port, []) or config_path(proc), port, cap.allows)
+        return fix_for(proc, want, config_file(proc, port, []), port, cap.allows)
 
     def memory_caps(self, proc: ProcView) -> List[MemoryCap]:
         return memory_caps(proc)
@@ -561,7 +573,7 @@ class Redis(base.Adapter):
         if kind != base.CLIENTS or not per_connection or per_connection <= 0:
             return None
         port = proc.ports[0] if proc.ports else None
-        return clients_fix(want, per_connection, config_from_info(proc, port, []) or config_path(proc), port)
+        return clients_fix(want, per_connection, config_file(proc, port, []), port)
 
 
 ADAPTER = Redis()
