@@ -13,6 +13,7 @@ W - W/16 - listeners - 32 and W - W/16 - listeners, and every connection it answ
 either held to the end or closed by it during the hold.
 """
 import json
+import os
 import socket
 import threading
 import time
@@ -331,3 +332,48 @@ def test_a_server_that_closes_after_each_answer_is_named_as_such(tmp_path):
     assert failures(doc) == {"refused": 20}
     said = doc["server"]["words"][0]["words"]
     assert said.startswith("200 OK over HTTP/1.0 without keep-alive: it closes after each answer"), said
+
+
+LATE_WORKER = """
+import os, socket, sys, threading, time
+OK = b"HTTP/1.1 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n"
+
+def serve(c, burn):
+    while c.recv(4096):
+        t = time.thread_time()
+        while time.thread_time() - t < burn:
+            pass
+        burn = 0
+        c.sendall(OK)
+
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1024)
+print(s.getsockname()[1], flush=True)
+first, _ = s.accept()
+if os.fork() == 0:                   # the worker started by the load: 5 ms of CPU a connection
+    while True:
+        threading.Thread(target=serve, args=(s.accept()[0], 0.005), daemon=True).start()
+serve(first, 0)
+"""
+
+
+def test_the_servers_cpu_counts_a_worker_it_started_during_the_opening():
+    """A server that starts its worker when the load comes (as a Node cluster's workers
+    come ready one by one): the probe's CPU sentence counts that worker's CPU too; it
+    counted only the processes listening when the probe started (the bench's Node read
+    0.23 ms a handshake for 2.39)."""
+    import subprocess
+    import sys
+
+    srv = subprocess.Popen([sys.executable, "-c", LATE_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        port = int(srv.stdout.readline())
+        rc, doc, err = connect(f"http://127.0.0.1:{port}/", 300)
+        cpu = doc["cpu"]
+        assert doc["verified"] == 300, err
+        assert srv.pid in cpu["server_pids"] and len(cpu["server_pids"]) == 2, cpu
+        # 299 connections at 5 ms of the worker's CPU each: ~1.5 s, the master's ~0.
+        assert cpu["server_seconds"] >= 299 * 0.005 * 0.8, cpu
+    finally:
+        os.killpg(srv.pid, 9)
+        srv.wait()

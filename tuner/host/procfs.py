@@ -278,6 +278,20 @@ def task_limit_hit() -> tuple:
     return "kernel.threads-max", "the host's task limit (or its memory for new tasks)"
 
 
+def started_seconds(pid: int) -> Optional[float]:
+    """When process pid started, in seconds since boot (/proc/PID/stat starttime), None
+    once it is gone: beside uptime_seconds(), whether it started after a moment."""
+    text = read_text(f"/proc/{pid}/stat")
+    if text is None:
+        return None
+    return int(text.rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def uptime_seconds() -> float:
+    """Seconds since boot (/proc/uptime), the clock starttime counts on."""
+    return float((read_text("/proc/uptime") or "0").split()[0])
+
+
 def cpu_seconds(pid: int) -> Optional[float]:
     """User + system CPU time of process pid so far (/proc/PID/stat), None once it is gone."""
     text = read_text(f"/proc/{pid}/stat")

@@ -21,7 +21,7 @@ import os
 import resource
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 from probes import ProbeConfig, ProbeConfigError, launch
 from probes import serverside
@@ -245,33 +245,52 @@ class OwnCount:
 class ServerCpu:
     """The server's CPU (user + system of the processes that listen on its port, when
     that is on this host) over the opening: from the plan to the first progress event
-    past it (every worker verified what it opened), beside the probe workers' own."""
+    past it (every worker verified what it opened), beside the probe workers' own.
+
+    The listeners are found again at the end: a server may start workers as the load
+    comes (a Node cluster's are ready one by one), and a process that started during
+    the opening counts all its CPU; one seen only at the end that started before it is
+    left out (its CPU before the opening is unknown)."""
 
     def __init__(self, target, netns: Optional[str]):
-        self.pids = server_pids(target.host, target.port, netns)
-        self.start = self.end = None
+        self.where = (target.host, target.port, netns)
+        self.pids = server_pids(*self.where)
+        self.start = self.end = self.t0 = None
 
-    def sample(self) -> Optional[float]:
+    @staticmethod
+    def cpu(pids) -> Dict[int, float]:
         from tuner.host import procfs   # only for --connect
-        times = [procfs.cpu_seconds(pid) for pid in self.pids]
-        return sum(t for t in times if t is not None) if self.pids else None
+        times = {pid: procfs.cpu_seconds(pid) for pid in pids}
+        return {pid: t for pid, t in times.items() if t is not None}
+
+    def finish(self) -> None:
+        from tuner.host import procfs   # only for --connect
+        later = [p for p in server_pids(*self.where) if p not in self.pids]
+        born = [p for p in later if (procfs.started_seconds(p) or 0) >= (self.t0 or float("inf"))]
+        self.start.update({p: 0.0 for p in born})
+        self.pids = sorted(set(self.pids) | set(born))
+        self.end = self.cpu(self.pids)
 
     def on_event(self, event: dict) -> None:
-        if event.get("event") == "plan":
-            self.start = self.sample()
-        elif event.get("event") == "progress" and event.get("phase") != "establish" and self.end is None:
-            self.end = self.sample()
+        from tuner.host import procfs   # only for --connect
+        if event.get("event") == "plan" and self.pids:
+            self.t0, self.start = procfs.uptime_seconds(), self.cpu(self.pids)
+        elif event.get("event") == "progress" and event.get("phase") != "establish" and self.end is None \
+                and self.start is not None:
+            self.finish()
 
     def fill(self, cpu: dict) -> None:
         """Complete the result's `cpu` (probes.connect: the probe's side) with the
         server's and the sentence saying whose CPU bounds the opening."""
-        if self.end is None:
-            self.end = self.sample()
+        if self.end is None and self.start is not None:
+            self.finish()
         per_conn, per = cpu["probe_ms_per_conn"], cpu["per"]
         count = round(cpu["probe_seconds"] * 1000 / per_conn) if per_conn else 0
         if self.start is not None and self.end is not None:
             cpu["server_pids"] = self.pids
-            cpu["server_seconds"] = round(self.end - self.start, 3)
+            # A process gone by the end counts what it had at the start: nothing of its own.
+            cpu["server_seconds"] = round(sum(self.end.get(p, self.start[p]) - self.start[p]
+                                              for p in self.start), 3)
             cpu["server_ms_per_conn"] = round(cpu["server_seconds"] * 1000 / count, 3) if count else None
         cpu["bound_by"], cpu["sentence"] = cpu_sentence(per_conn, cpu["server_ms_per_conn"], per)
 
