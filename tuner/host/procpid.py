@@ -365,3 +365,36 @@ def process_cgroup_pids(pid: int) -> Dict[str, Optional[int]]:
 def cgroup_procs(cgroup_dir: str) -> List[int]:
     """PIDs in a cgroup directory (cgroup.procs)."""
     return [int(p) for p in _read_text(os.path.join(cgroup_dir, "cgroup.procs")).split()]
+
+
+def smaps_rollup(pid: int, keys: Dict[str, str]) -> Dict[str, int]:
+    """/proc/PID/smaps_rollup's fields named in `keys` ({"Pss:": "pss"}), in bytes, under
+    the names given; 0 for one it does not show (a kernel thread's)."""
+    out = {name: 0 for name in keys.values()}
+    with open(_pid_path(pid, "smaps_rollup"), "rb") as f:
+        for line in f.read().splitlines():
+            parts = line.split()
+            name = keys.get(parts[0].decode("ascii", "replace")) if len(parts) > 1 else None
+            if name:
+                out[name] = int(parts[1]) * 1024
+    return out
+
+
+def maps(pid: int, limit: int) -> bytes:
+    """/proc/PID/maps as the kernel writes it (one line per mapping), at most `limit` bytes."""
+    with open(_pid_path(pid, "maps"), "rb") as f:
+        return f.read(limit)
+
+
+def children(pid: int) -> List[int]:
+    """Direct children of a process, from /proc/PID/task/TID/children (every thread's:
+    a child belongs to the thread that forked it)."""
+    out: List[int] = []
+    base = _pid_path(pid, "task")
+    for tid in os.listdir(base):
+        try:
+            with open(os.path.join(base, tid, "children"), "rb") as f:
+                out.extend(int(p) for p in f.read().split())
+        except FileNotFoundError:
+            continue   # the thread ended while listed
+    return out

@@ -41,7 +41,6 @@ from typing import Dict, List, Optional, Sequence
 
 from tuner.host import fdsample, memory, netns, procfs, procpid, sockdiag
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The SKMEMINFO figures that are memory the sockets hold (rcvbuf and sndbuf are limits).
 BUFFER_FIELDS = ("rmem_alloc", "wmem_queued", "fwd_alloc", "optmem")
 # Past this many open descriptors of the service, its held sockets are sampled through
@@ -52,7 +51,7 @@ SAMPLE_FROM = 20_000
 # it pidfd_getfd's own (1,024 took 21-32 ms a sample at 100,000 held, 50 ms inside a busy
 # ramp); 512 keep a buffer mean's standard error near 4% of the sockets' spread.
 SAMPLE_BUDGET = 512
-_SMAPS_KEYS = {b"Pss:": "pss", b"Rss:": "rss", b"Pss_Anon:": "pss_anon"}
+_SMAPS_KEYS = {"Pss:": "pss", "Rss:": "rss", "Pss_Anon:": "pss_anon"}
 
 
 @dataclass
@@ -106,15 +105,9 @@ class Sample:
 
 
 def smaps_rollup(pid: int) -> Dict[str, int]:
-    """{"pss", "rss", "pss_anon"} of one process in bytes, from /proc/PID/smaps_rollup
-    (kernel 4.14+).  A kernel thread or a process with no memory left gives zeros."""
-    out = {"pss": 0, "rss": 0, "pss_anon": 0}
-    with open(f"/proc/{int(pid)}/smaps_rollup", "rb") as f:
-        for line in f.read().splitlines():
-            key = _SMAPS_KEYS.get(line.split(None, 1)[0] if line else b"")
-            if key:
-                out[key] = int(line.split()[1]) * 1024
-    return out
+    """{"pss", "rss", "pss_anon"} of one process in bytes (procpid.smaps_rollup, kernel
+    4.14+).  A kernel thread or a process with no memory left gives zeros."""
+    return procpid.smaps_rollup(pid, _SMAPS_KEYS)
 
 
 # V8 (Node 20's 11.3 here) takes its heap from mmap in pages of 256 KiB, each aligned to
@@ -141,8 +134,7 @@ def v8_heap_bytes(pid: int) -> int:
     sockets' native parts, malloc) grew by 1.3-3.7 KiB per connection against the
     heap's 87 KiB.  A process without V8 gives 0 or a small constant (a chance-aligned
     mapping), which no slope sees."""
-    with open(f"/proc/{int(pid)}/maps", "rb") as f:
-        lines = f.read(MAPS_MAX).split(b"\n")
+    lines = procpid.maps(pid, MAPS_MAX).split(b"\n")
     total = 0
     for i, line in enumerate(lines):
         parts = line.split()
@@ -163,25 +155,17 @@ def _reserved_after(lines: List[bytes], i: int) -> bool:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (all its threads), in seconds."""
-    with open(f"/proc/{int(pid)}/stat", "rb") as f:
-        text = f.read()
-    fields = text[text.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of one process (all its threads), in seconds (procfs.cpu_seconds);
+    ProcessLookupError once it is gone."""
+    spent = procfs.cpu_seconds(pid)
+    if spent is None:
+        raise ProcessLookupError(pid)
+    return spent
 
 
 def children(pid: int) -> List[int]:
-    """Direct children of a process, from /proc/PID/task/TID/children (every thread's:
-    a child belongs to the thread that forked it)."""
-    out: List[int] = []
-    base = f"/proc/{int(pid)}/task"
-    for tid in os.listdir(base):
-        try:
-            with open(f"{base}/{tid}/children", "rb") as f:
-                out.extend(int(p) for p in f.read().split())
-        except FileNotFoundError:
-            continue   # the thread ended while listed
-    return out
+    """Direct children of a process (procpid.children)."""
+    return procpid.children(pid)
 
 
 def tree(roots: Sequence[int]) -> List[int]:
